@@ -1,0 +1,77 @@
+"""Read videos through PyAV: exact size and frame count without decoding, and streamed frames."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import av
+import numpy as np
+
+
+class VideoError(ValueError):
+    """A video file is missing, unreadable, or has no video stream."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """Size in pixels, exact number of frames, and average frame rate (Hz) of a video's first stream."""
+
+    width: int
+    height: int
+    num_frames: int
+    fps: float
+
+
+def probe(path: os.PathLike | str) -> VideoInfo:
+    """Size, frame count and rate of the first video stream.
+
+    The frame count is the container's own count (MP4's sample table) when it has one; otherwise
+    (MKV, some streams) the packets are counted by demuxing, which reads no pixels.
+    """
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        width, height = stream.codec_context.width, stream.codec_context.height
+        rate = stream.average_rate or stream.guessed_rate
+        num_frames = stream.frames
+        if num_frames <= 0:
+            try:
+                num_frames = sum(1 for packet in container.demux(stream) if packet.size > 0)
+            except av.FFmpegError as exc:
+                raise VideoError(f"{path}: cannot demux video stream: {exc}") from None
+    if width <= 0 or height <= 0:
+        raise VideoError(f"{path}: video stream has no frame size")
+    return VideoInfo(width=width, height=height, num_frames=num_frames,
+                     fps=float(rate) if rate else float("nan"))
+
+
+def iter_frames(path: os.PathLike | str, fmt: str = "rgb24") -> Iterator[np.ndarray]:
+    """Decoded frames one at a time, each converted to ``fmt`` (an FFmpeg pixel format).
+
+    Packed formats give (H, W, C) arrays, single-plane ones (``gray``, ``gray16le``) (H, W).
+    Only one frame is held at a time, so whole episodes never sit in memory.
+    """
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        stream.thread_type = "AUTO"
+        try:
+            for frame in container.decode(stream):
+                yield frame.to_ndarray(format=fmt)
+        except av.FFmpegError as exc:
+            raise VideoError(f"{path}: cannot decode video: {exc}") from None
+
+
+def _open(path: os.PathLike | str) -> av.container.InputContainer:
+    try:
+        return av.open(os.fspath(path))
+    except FileNotFoundError:
+        raise VideoError(f"{path}: video file not found") from None
+    except (av.FFmpegError, OSError) as exc:
+        raise VideoError(f"{path}: cannot open video: {exc}") from None
+
+
+def _video_stream(container: av.container.InputContainer, path: os.PathLike | str) -> av.VideoStream:
+    if not container.streams.video:
+        raise VideoError(f"{path}: no video stream")
+    return container.streams.video[0]
