@@ -45,8 +45,8 @@ def panda_flange_poses(joint_positions: np.ndarray) -> np.ndarray:
     joint_positions = np.asarray(joint_positions, dtype=np.float64)
     if joint_positions.ndim == 0 or joint_positions.shape[-1] != NUM_ARM_JOINTS:
         raise ValueError(f"Panda joint positions need a last axis of {NUM_ARM_JOINTS}, got shape {joint_positions.shape}")
-    if np.isnan(joint_positions).any():
-        raise ValueError("Panda joint positions contain NaN")
+    if not np.isfinite(joint_positions).all():
+        raise ValueError("Panda joint positions contain NaN or infinite values")
     values = {name: joint_positions[..., i] for i, name in enumerate(arm_joint_names())}
     return robot_model().forward_kinematics(ROBOT_BASE_LINK, FLANGE_LINK, values)
 

@@ -103,8 +103,8 @@ class Robot:
         chain = self.chain(base_link, tip_link)
         values = {joint.name: self.joint_value(joint.name, joint_values) for joint in chain if joint.movable}
         for name, value in values.items():
-            if np.isnan(value).any():
-                raise ValueError(f"joint {name!r} has NaN values")
+            if not np.isfinite(value).all():
+                raise ValueError(f"joint {name!r} has NaN or infinite values")
         lead = np.broadcast_shapes(*(value.shape for value in values.values()))
         pose = np.broadcast_to(np.eye(4), (*lead, 4, 4))
         for joint in chain:
@@ -229,6 +229,14 @@ def _check_tree(robot: str, links: list[str], joints: dict[str, Joint]) -> None:
         children.add(joint.child)
         if joint.mimic is not None and joint.mimic.joint not in joints:
             raise ValueError(f"URDF {robot!r}, joint {joint.name!r}: mimics unknown joint {joint.mimic.joint!r}")
+    for joint in joints.values():
+        followed = joint
+        for _ in range(len(joints) + 1):
+            if followed.mimic is None:
+                break
+            followed = joints[followed.mimic.joint]
+        else:
+            raise ValueError(f"URDF {robot!r}, joint {joint.name!r}: its mimic relations form a loop")
     parent_of = {joint.child: joint.parent for joint in joints.values()}
     for link in links:
         steps = 0

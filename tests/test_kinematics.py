@@ -142,6 +142,10 @@ def test_mesh_files_are_not_needed(shared_data):
      "<joint name='k' type='fixed'><parent link='c'/><child link='b'/></joint></robot>", "loop"),
     ("<robot name='x'><link name='a'/><link name='b'/><joint name='j' type='revolute'>"
      "<parent link='a'/><child link='b'/><mimic joint='nope'/></joint></robot>", "mimics unknown joint"),
+    ("<robot name='x'><link name='a'/><link name='b'/><link name='c'/>"
+     "<joint name='j' type='revolute'><parent link='a'/><child link='b'/><mimic joint='k'/></joint>"
+     "<joint name='k' type='revolute'><parent link='b'/><child link='c'/><mimic joint='j'/></joint></robot>",
+     "mimic relations form a loop"),
 ])
 def test_malformed_urdf_names_the_cause(text, message):
     with pytest.raises(ValueError, match=message):
