@@ -12,12 +12,14 @@ The format is described in docs/depth_format.md.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
 import re
 import shlex
 import shutil
+import sys
 import tempfile
 import zipfile
 from collections.abc import Iterable, Iterator
@@ -32,7 +34,8 @@ import cv2
 import numpy as np
 
 from droid_pipeline.atomic import atomic_path, write_json_atomic
-from droid_pipeline.config import FFV1Config
+from droid_pipeline.cli import EXIT_EPISODE_FAILED, add_config_args, config_from_args
+from droid_pipeline.config import ConfigError, FFV1Config
 
 FORMAT = "mkv"
 CODEC = "ffv1"
@@ -43,7 +46,7 @@ INVALID_VALUE = 0
 CHECKSUM_ALGORITHM = "sha256"
 
 # FFV1Config.coder names -> the ffv1 encoder's "coder" option values.
-_CODER_OPTION = {"golomb_rice": "rice", "range_def": "range_def", "range_tab": "range_tab"}
+_CODER_OPTION = {"range_def": "range_def", "range_tab": "range_tab"}
 _T = TypeVar("_T")
 
 
@@ -58,7 +61,19 @@ def meta_path_for(path: os.PathLike | str) -> Path:
 
 
 def encoder_options(settings: FFV1Config) -> dict[str, str]:
-    """FFmpeg ffv1 encoder options for ``settings`` (slice CRCs always on)."""
+    """FFmpeg ffv1 encoder options for ``settings`` (slice CRCs always on).
+
+    Settings FFmpeg would silently override for 16-bit frames are refused, so that the encoder
+    settings recorded in depth_meta.json are the ones in the file: level 1 has no slice CRCs
+    (FFmpeg turns it into version 3 when they are asked for), and Golomb-Rice cannot code more
+    than 8 bits (FFmpeg switches to the range coder).
+    """
+    if settings.level != 3:
+        raise ConfigError(f"ffv1.level must be 3 for depth (slices with CRCs need FFV1 "
+                          f"version 3), got {settings.level}")
+    if settings.coder == "golomb_rice":
+        raise ConfigError("ffv1.coder golomb_rice cannot code 16-bit depth (FFmpeg replaces it "
+                          "with range_tab); use range_tab or range_def")
     return {"level": str(settings.level), "g": str(settings.gop), "slices": str(settings.slices),
             "slicecrc": "1", "context": str(settings.context),
             "coder": _CODER_OPTION[settings.coder]}
@@ -153,20 +168,24 @@ class _LibavErrors:
     """Collect FFmpeg's error-level log lines during a block (PyAV discards them by default).
 
     FFV1 slice-CRC mismatches and truncated Matroska files are only logged by FFmpeg, never
-    returned as errors; this is how they become exceptions. The previous log level is restored.
+    returned as errors; this is how they become exceptions. PyAV's suppression of a message that
+    repeats the previous one is turned off meanwhile, or a second damaged file would go unseen.
+    The previous log settings are restored.
     """
 
     def __enter__(self) -> _LibavErrors:
-        self._previous = av.logging.get_level()
-        if self._previous is None or self._previous < av.logging.ERROR:
+        self._previous = av.logging.get_level(), av.logging.get_skip_repeated()
+        if self._previous[0] is None or self._previous[0] < av.logging.ERROR:
             av.logging.set_level(av.logging.ERROR)
+        av.logging.set_skip_repeated(False)
         self._capture = av.logging.Capture(local=False)
         self._records = self._capture.__enter__()
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
         self._capture.__exit__(*exc_info)
-        av.logging.set_level(self._previous)
+        av.logging.set_level(self._previous[0])
+        av.logging.set_skip_repeated(self._previous[1])
 
     def text(self) -> str:
         lines = [message.strip() for level, _, message in self._records
@@ -185,7 +204,7 @@ def _libav(path: Path, what: str, call: Callable[[], _T]) -> _T:
                                   ) from None
         logged = log.text()
     if logged:
-        raise DepthCodecError(f"{path}: {what}: {logged}")
+        raise DepthCodecError(f"{path}: {what}: damaged or truncated file (FFmpeg: {logged})")
     return result
 
 
@@ -230,6 +249,7 @@ class DepthWriter:
             raise DepthCodecError(f"{self.path}: fps must be positive, got {fps!r}")
         self.width, self.height, self.fps = int(width), int(height), float(fps)
         self.settings = settings
+        self._options = encoder_options(settings)
         self.source = dict(source or {})
         self._digest = _FrameDigest()
         self._missing: list[int] = []
@@ -250,11 +270,11 @@ class DepthWriter:
                            lambda: av.open(str(self._tmp), "w", format="matroska"))
         stream = container.add_stream(CODEC, rate=Fraction(self.fps).limit_denominator(100_000))
         stream.width, stream.height, stream.pix_fmt = self.width, self.height, PIX_FMT
-        stream.codec_context.options = encoder_options(self.settings)
+        stream.codec_context.options = self._options
         stream.codec_context.thread_type = "SLICE"
         stream.codec_context.thread_count = self.settings.threads
         try:
-            _libav(self.path, f"ffv1 encoder rejected settings {encoder_options(self.settings)} "
+            _libav(self.path, f"ffv1 encoder rejected settings {self._options} "
                    f"at {self.width}x{self.height}", container.start_encoding)
         except DepthCodecError:
             container.close()
@@ -664,3 +684,40 @@ def decode_to_pngs(path: os.PathLike | str, out_dir: os.PathLike | str, *,
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return digest.count
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line of compress_depth_ffv1.py: convert legacy depth to depth.mkv, or decode one."""
+    parser = argparse.ArgumentParser(
+        prog="compress_depth_ffv1.py",
+        description="Convert a folder of 16-bit PNG depth frames, or an .npy/.npz stack, to a "
+                    "verified lossless depth.mkv (FFV1, gray16le, mm) plus depth_meta.json; or "
+                    "decode a depth.mkv back to 16-bit PNGs. Encoder settings: the ffv1 group "
+                    "of the config (e.g. --set ffv1.threads=4).")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--input", type=Path, metavar="DIR_OR_FILE",
+                      help="folder of 16-bit PNGs (name order), or an .npy/.npz (N,H,W) uint16 stack")
+    mode.add_argument("--decode", type=Path, metavar="MKV", help="depth.mkv to write back as PNGs")
+    parser.add_argument("--output", type=Path, required=True,
+                        help="depth.mkv to write (with --input) or empty folder (with --decode)")
+    parser.add_argument("--fps", type=float, default=15.0,
+                        help="frame rate recorded in the file (default: DROID's 15 Hz control rate)")
+    parser.add_argument("--key", help="array inside an .npz holding the depth stack")
+    parser.add_argument("--meta", type=Path, metavar="JSON",
+                        help="metadata path (default: <output stem>_meta.json beside the .mkv)")
+    add_config_args(parser)
+    args = parser.parse_args(argv)
+    settings = config_from_args(args).ffv1
+    try:
+        if args.input is not None:
+            meta = convert_to_mkv(args.input, args.output, args.fps, settings, key=args.key,
+                                  meta_path=args.meta)
+            print(f"{args.output}: {meta.num_frames} frames {meta.width}x{meta.height}, "
+                  f"{args.output.stat().st_size} bytes, verified (sha256 {meta.checksum['value']})")
+        else:
+            count = decode_to_pngs(args.decode, args.output, meta_path=args.meta)
+            print(f"{args.output}: {count} PNG frames")
+    except DepthCodecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_EPISODE_FAILED
+    return 0
