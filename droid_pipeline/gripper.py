@@ -70,16 +70,16 @@ class GripperModel:
         return _packaged_model()
 
     def finger_angle(self, gripper_position: np.ndarray) -> np.ndarray:
-        """finger_joint angle (radians) for DROID gripper_position; values outside [0, 1] are clipped."""
+        """(T,) finger_joint angles (radians) for (T,) gripper_position; values outside [0, 1] are clipped."""
         width = self.pad_separation(gripper_position)
         return np.interp(width, self._separation_table[::-1], self._angle_table[::-1])
 
     def pad_separation(self, gripper_position: np.ndarray) -> np.ndarray:
-        """Distance between the two pad faces (metres): (1 - gripper_position) * max_width."""
+        """(T,) distance between the two pad faces (metres): (1 - gripper_position) * max_width."""
         return (1.0 - _clipped_position(gripper_position)) * self.max_width
 
     def finger_poses(self, gripper_position: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(left, right) inner finger link poses in the flange frame, each (..., 4, 4)."""
+        """(left, right) inner finger link poses in the flange frame, each (T, 4, 4)."""
         left, right = self._finger_link_poses(self.finger_angle(gripper_position))
         return self._mount @ left, self._mount @ right
 
@@ -87,9 +87,9 @@ class GripperModel:
         """(num_points, 3) pad points, left finger's half first, each in its own finger link frame.
 
         Points follow the unscrambled Halton sequence over the contact face (those falling on the
-        face, in sequence order), so they are spread evenly, identical on every call, and a
-        smaller set is a prefix of a larger one. The right finger's points are the left's
-        reflected across the gripper's mid-plane.
+        face, in sequence order), so they are spread evenly and identical on every call; a
+        finger's points for a smaller count are a prefix of those for a larger one. The right
+        finger's points are the left's reflected across the gripper's mid-plane.
         """
         if isinstance(num_points, bool) or not isinstance(num_points, (int, np.integer)):
             raise ValueError(f"num_points must be an integer, got {num_points!r}")
@@ -99,7 +99,7 @@ class GripperModel:
         return np.concatenate([left, left @ self._mirror.T])
 
     def contact_points(self, gripper_position: np.ndarray, num_points: int) -> np.ndarray:
-        """(..., num_points, 3) pad points in the flange frame, left finger's half first."""
+        """(T, num_points, 3) pad points in the flange frame, left finger's half first."""
         local = self.contact_points_local(num_points)
         half = num_points // 2
         left, right = self.finger_poses(gripper_position)

@@ -12,7 +12,8 @@ import trimesh
 import yourdfpy
 from scipy.spatial import cKDTree
 
-from droid_pipeline.gripper import GripperModel
+from droid_pipeline.gripper import GripperModel, read_binary_stl
+from droid_pipeline.kinematics import read_asset
 
 NUM_POINTS = 480
 GRIPPER_POSITIONS = np.array([0.0, 0.1, 0.33, 0.5, 0.8, 0.97, 1.0])
@@ -207,3 +208,19 @@ def test_pad_box_encloses_the_pad(model, finger_mesh):
     assert abs(lower[0] - finger_mesh.bounds[0, 0]) < 1e-6
     assert upper[0] - lower[0] > 1e-3
     assert np.all(lower >= finger_mesh.bounds[0] - 1e-9) and np.all(upper <= finger_mesh.bounds[1] + 1e-9)
+
+
+@pytest.mark.parametrize("name, reference", [("panda_robotiq.urdf", "panda_robotiq.urdf"),
+                                             ("inner_finger_fine.STL", "robotiq_2f85/inner_finger_fine.STL")])
+def test_packaged_assets_are_the_reference_files(shared_data, name, reference):
+    assert read_asset(name) == (shared_data / reference).read_bytes()
+
+
+def test_stl_reader_matches_trimesh_and_refuses_truncated_files(shared_data):
+    data = read_asset("inner_finger_fine.STL")
+    unprocessed = trimesh.load(shared_data / "robotiq_2f85" / "inner_finger_fine.STL", process=False)
+    np.testing.assert_array_equal(read_binary_stl(data), unprocessed.triangles)
+    with pytest.raises(ValueError, match="not a binary STL"):
+        read_binary_stl(data[:-10])
+    with pytest.raises(ValueError, match="not a binary STL"):
+        read_binary_stl(b"solid")
