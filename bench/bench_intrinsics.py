@@ -1,0 +1,128 @@
+"""Per-camera time of the CPU intrinsics sources (published json, trajectory.h5, ZED .conf).
+
+Builds one synthetic episode (three 1280x720 MP4s, trajectory.h5 with camera_intrinsics, a ZED
+calibration file per camera) and a published intrinsics file the size of DROID's (~92k episodes),
+then times extract_intrinsics per camera and source (video probe and atomic json write included),
+the one-off parse of the published file, and a whole extract_intrinsics_only.py process.
+The goal is well under 50 ms per camera; the seed system needed about 5 s and a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import av
+import h5py
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from droid_pipeline import intrinsics  # noqa: E402
+from droid_pipeline.config import load_config  # noqa: E402
+from droid_pipeline.episodes import build_index  # noqa: E402
+from droid_pipeline.video import probe  # noqa: E402
+from droid_pipeline.zed_conf import CameraCalibration, StereoExtras, ZedConf, format_conf, parse_conf, rectify  # noqa: E402
+
+EPISODE_ID = "BENCHLab+0badc0de+2023-07-07-09h-42m-23s"
+SERIALS = {"wrist": "13062452", "ext1": "24259877", "ext2": "26405488"}
+PUBLISHED_EPISODES = 92_000
+REPEATS = 30
+SEED_SECONDS = 5.0
+GOAL_MS = 50.0
+
+
+def build(root: Path) -> tuple[Path, Path, Path]:
+    """Episode folder, published intrinsics file and ZED calibration folder under ``root``."""
+    rng = np.random.default_rng(0)
+    folder = root / "droid" / "BENCHLab" / "success" / "2023-07-07" / "Fri_Jul__7_09:42:23_2023"
+    (folder / "recordings" / "MP4").mkdir(parents=True)
+    (folder / f"metadata_{EPISODE_ID}.json").write_text(
+        json.dumps({"uuid": EPISODE_ID, **{f"{r}_cam_serial": s for r, s in SERIALS.items()}}))
+    K = np.array([[522.0, 0.0, 640.5], [0.0, 522.0, 360.5], [0.0, 0.0, 1.0]])
+    with h5py.File(folder / "trajectory.h5", "w") as h5:
+        for serial in SERIALS.values():
+            h5[f"observation/camera_intrinsics/{serial}_left"] = np.repeat(K[None], 300, axis=0)
+    for serial in SERIALS.values():
+        with av.open(str(folder / "recordings" / "MP4" / f"{serial}.mp4"), "w") as container:
+            stream = container.add_stream("libx264", rate=15)
+            stream.width, stream.height, stream.pix_fmt = 1280, 720, "yuv420p"
+            for _ in range(30):
+                frame = av.VideoFrame.from_ndarray(np.zeros((720, 1280, 3), np.uint8), format="rgb24")
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+    table = {f"LAB{i % 50}+{i:08x}+2023-01-01-00h-00m-00s": {s: [522.0, 640.5, 522.0, 360.5] for s in SERIALS.values()}
+             for i in range(PUBLISHED_EPISODES - 1)}
+    table[EPISODE_ID] = {s: [522.0, 640.5, 522.0, 360.5] for s in SERIALS.values()}
+    published = root / "intrinsics.json"
+    published.write_text(json.dumps(table))
+    calibration = root / "zed"
+    calibration.mkdir()
+    for serial in SERIALS.values():
+        def lens() -> CameraCalibration:
+            return CameraCalibration(rng.uniform(690, 710), rng.uniform(690, 710), rng.uniform(630, 650),
+                                     rng.uniform(350, 370), -0.05, 0.02, 1e-4, -2e-4, -0.01)
+        conf = ZedConf(serial, {"HD": lens()}, {"HD": lens()}, 120.0, {"HD": StereoExtras(0.2, -0.3, 0.004, 0.001, 0.0)})
+        (calibration / f"SN{serial}.conf").write_text(format_conf(conf))
+    return folder, published, calibration
+
+
+def median_ms(function, repeats: int = REPEATS) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return 1000.0 * statistics.median(times)
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        folder, published, calibration = build(root)
+        config = load_config([], [f"droid_root={root / 'droid'}", f"output_root={root / 'out'}",
+                                  f"episode_index_path={root / 'index.json'}", f"intrinsics_path={published}",
+                                  f"zed_calibration_dir={calibration}"])
+        episode = build_index(config.droid_root, config.index_path).get(EPISODE_ID)
+        mp4 = folder / "recordings" / "MP4" / f"{SERIALS['ext1']}.mp4"
+        conf_path = calibration / f"SN{SERIALS['ext1']}.conf"
+
+        full_parse_ms = median_ms(lambda: json.loads(published.read_bytes()), repeats=3)
+        lookup_ms = median_ms(lambda: intrinsics._published_entry(published, EPISODE_ID))
+        print(f"published intrinsics file: {PUBLISHED_EPISODES} episodes, {published.stat().st_size / 1e6:.1f} MB: "
+              f"one episode's entry in {lookup_ms:.1f} ms, whole-file json.loads {full_parse_ms:.0f} ms "
+              f"({full_parse_ms / lookup_ms:.0f}x)")
+        print(f"video probe (1280x720 MP4):          {median_ms(lambda: probe(mp4)):7.2f} ms")
+        print(f"parse SN<serial>.conf:               {median_ms(lambda: parse_conf(conf_path)):7.2f} ms")
+        conf = parse_conf(conf_path)
+        print(f"rectify (cv2.stereoRectify):         {median_ms(lambda: rectify(conf, 1280, 720)):7.2f} ms")
+        print(f"per camera, end to end (probe, source, checks, atomic json write; median of {REPEATS}):")
+        worst = 0.0
+        for source in ("published", "h5", "zed_conf"):
+            ms = median_ms(lambda: intrinsics.extract_intrinsics(config, episode, root / "out", cameras=["ext1"],
+                                                                 sources=[source]))
+            worst = max(worst, ms)
+            print(f"  {source:10s} {ms:7.2f} ms   {SEED_SECONDS * 1000 / ms:8.0f}x faster than the seed's ~5 s, "
+                  f"{ms / GOAL_MS:.2f} of the 50 ms goal")
+
+        command = [sys.executable, str(REPO / "extract_intrinsics_only.py"), "--episode_id", EPISODE_ID,
+                   "--set", f"droid_root={root / 'droid'}", "--set", f"output_root={root / 'out'}",
+                   "--set", f"episode_index_path={root / 'index.json'}",
+                   "--set", f"zed_calibration_dir={calibration}", "--source", "zed_conf"]
+        process_ms = median_ms(lambda: subprocess.run(command, check=True, capture_output=True), repeats=3)
+        print(f"whole extract_intrinsics_only.py process, 3 cameras, zed_conf (interpreter start and imports "
+              f"included): {process_ms:.0f} ms")
+        print(f"worst source per camera: {worst:.2f} ms ({'within' if worst < GOAL_MS else 'OVER'} the {GOAL_MS:.0f} ms goal)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
