@@ -119,11 +119,25 @@ def test_origin_rpy_is_fixed_axis_roll_pitch_yaw():
     np.testing.assert_allclose(pose[:3, 3], [1, 2, 3])
 
 
-def test_mesh_files_are_not_needed(shared_data):
-    # The URDF names meshes that are not shipped; only the kinematic tree is read.
-    robot = load_urdf(shared_data / "robotiq_2f85" / "robotiq_arg85_description.urdf")
-    assert robot.joint("left_inner_finger_joint").mimic.multiplier == -1.0
-    assert robot.joint("finger_joint").limit.upper == 0.725
+@pytest.mark.parametrize("name", ["panda_robotiq.urdf", "robotiq_2f85/robotiq_arg85_description.urdf"])
+def test_parsed_tree_matches_yourdfpy(shared_data, name):
+    # The URDFs name mesh files that are not shipped; only the kinematic tree is read.
+    robot = load_urdf(shared_data / name)
+    reference = reference_urdf(shared_data / name)
+    assert set(robot.links) == set(reference.link_map)
+    assert set(robot.joints) == set(reference.joint_map)
+    for joint_name, expected in reference.joint_map.items():
+        joint = robot.joint(joint_name)
+        assert (joint.type, joint.parent, joint.child) == (expected.type, expected.parent, expected.child)
+        np.testing.assert_allclose(joint.origin, expected.origin, atol=1e-12)
+        if joint.movable:
+            np.testing.assert_allclose(joint.axis, expected.axis, atol=1e-12)
+            assert (joint.limit.lower, joint.limit.upper) == (expected.limit.lower, expected.limit.upper)
+        if expected.mimic is None:
+            assert joint.mimic is None
+        else:
+            assert (joint.mimic.joint, joint.mimic.multiplier, joint.mimic.offset) == (
+                expected.mimic.joint, expected.mimic.multiplier, expected.mimic.offset)
 
 
 @pytest.mark.parametrize("text, message", [
