@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 from droid_pipeline import zed_adapter
@@ -115,3 +117,41 @@ def test_only_the_adapter_imports_pyzed_and_only_inside_functions():
     assert list(importers) == ["zed_adapter.py"]
     top_level = ast.parse((PACKAGE / "zed_adapter.py").read_text()).body
     assert not any(node in top_level for node in importers["zed_adapter.py"])
+
+
+def depth_recording(rng: np.random.Generator) -> dict:
+    """Three recorded frames (4x6): invalid values included, the middle one a failed grab."""
+    depth = rng.uniform(300.0, 5000.0, (2, 4, 6))
+    depth[0, 0, :3] = [np.nan, -np.inf, np.inf]
+    left = rng.integers(0, 256, (2, 4, 6, 4))
+    return {**RECORDING, "resolution": [6, 4], "fps": 15.0,
+            "depth_frames": [depth[0].tolist(), None, depth[1].tolist()],
+            "left_frames": [left[0].tolist(), None, left[1].tolist()]}
+
+
+def test_open_depth_streams_frames_in_order(fake_sl, tmp_path):
+    recording = depth_recording(np.random.default_rng(0))
+    svo = write_svo(tmp_path / "789.svo", recording)
+    with zed_adapter.open_depth(svo, "NEURAL", left_image=True) as reader:
+        assert (reader.width, reader.height, reader.num_frames, reader.fps) == (6, 4, 3, 15.0)
+        frames = list(reader.frames())
+    assert fake_sl.CALLS[-1] == ("close",)
+    assert [c for c in fake_sl.CALLS if c[0] == "open"][0][2:4] == (fake_sl.DEPTH_MODE.NEURAL,
+                                                                   fake_sl.UNIT.MILLIMETER)
+    assert len(frames) == 3 and frames[1] == (None, None)
+    for (depth, left), recorded_depth, recorded_left in zip(
+            (frames[0], frames[2]), (recording["depth_frames"][0], recording["depth_frames"][2]),
+            (recording["left_frames"][0], recording["left_frames"][2])):
+        assert depth.dtype == np.float32 and left.dtype == np.uint8
+        np.testing.assert_array_equal(depth, np.array(recorded_depth, dtype=np.float32))
+        np.testing.assert_array_equal(left, cv2.cvtColor(np.array(recorded_left, np.uint8), cv2.COLOR_BGRA2RGB))
+
+
+def test_open_depth_without_left_image_and_bad_mode(fake_sl, tmp_path):
+    svo = write_svo(tmp_path / "790.svo", depth_recording(np.random.default_rng(1)))
+    with zed_adapter.open_depth(svo, "PERFORMANCE") as reader:
+        assert all(left is None for _, left in reader.frames())
+    assert not [c for c in fake_sl.CALLS if c[0] == "retrieve_image"]
+    with pytest.raises(zed_adapter.ZedSdkError, match="unknown ZED depth mode 'FASTEST'"):
+        with zed_adapter.open_depth(svo, "FASTEST"):
+            pass

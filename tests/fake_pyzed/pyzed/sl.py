@@ -1,8 +1,10 @@
 """Recorded fake of the few ``pyzed.sl`` (ZED SDK 4) calls the pipeline's ZED adapter makes.
 
 An "SVO" here is a JSON file holding what the real SDK reported for a recording:
-``{"resolution": [w, h], "left_cam": {"fx", "fy", "cx", "cy", "disto": [12 floats]},
-"baseline_mm": B}``. Opening anything else fails like the SDK does, with an error code.
+``{"resolution": [w, h], "fps": F, "left_cam": {"fx", "fy", "cx", "cy", "disto": [12 floats]},
+"baseline_mm": B, "depth_frames": [HxW millimetres or null for a failed grab, ...],
+"left_frames": [HxWx4 BGRA, ...]}``. Opening anything else fails like the SDK does, with an
+error code; ``grab`` past the last frame returns END_OF_SVOFILE_REACHED.
 Every call is appended to :data:`CALLS` so tests can check how the adapter drove the SDK.
 """
 
@@ -11,12 +13,16 @@ from __future__ import annotations
 import enum
 import json
 
+import numpy as np
+
 CALLS: list[tuple] = []
 
 
 class ERROR_CODE(enum.Enum):
     SUCCESS = 0
     INVALID_SVO_FILE = 1
+    END_OF_SVOFILE_REACHED = 2
+    CORRUPTED_FRAME = 3
 
 
 class DEPTH_MODE(enum.Enum):
@@ -25,6 +31,26 @@ class DEPTH_MODE(enum.Enum):
     QUALITY = 2
     ULTRA = 3
     NEURAL = 4
+
+
+class MEASURE(enum.Enum):
+    DEPTH = 0
+
+
+class VIEW(enum.Enum):
+    LEFT = 0
+
+
+class RuntimeParameters:
+    pass
+
+
+class Mat:
+    def __init__(self):
+        self._data = None
+
+    def get_data(self) -> np.ndarray:
+        return self._data
 
 
 class UNIT(enum.Enum):
@@ -56,8 +82,9 @@ class CalibrationParameters:
 
 
 class CameraConfiguration:
-    def __init__(self, resolution: Resolution, calibration_parameters: CalibrationParameters):
+    def __init__(self, resolution: Resolution, fps: float, calibration_parameters: CalibrationParameters):
         self.resolution = resolution
+        self.fps = fps
         self.calibration_parameters = calibration_parameters
 
 
@@ -82,6 +109,7 @@ class Camera:
     def __init__(self):
         self._recording = None
         self._units = UNIT.MILLIMETER
+        self._position = -1
 
     def open(self, init: InitParameters) -> ERROR_CODE:
         CALLS.append(("open", init.svo_input_filename, init.depth_mode, init.coordinate_units,
@@ -99,7 +127,30 @@ class Camera:
         record = self._recording
         left = CameraParameters(**record["left_cam"])
         return CameraInformation(CameraConfiguration(
-            Resolution(*record["resolution"]), CalibrationParameters(left, record["baseline_mm"], self._units)))
+            Resolution(*record["resolution"]), record.get("fps", 60.0), CalibrationParameters(left, record["baseline_mm"], self._units)))
+
+    def get_svo_number_of_frames(self) -> int:
+        CALLS.append(("get_svo_number_of_frames",))
+        return len(self._recording.get("depth_frames", []))
+
+    def grab(self, runtime: RuntimeParameters) -> ERROR_CODE:
+        CALLS.append(("grab",))
+        self._position += 1
+        frames = self._recording.get("depth_frames", [])
+        if self._position >= len(frames):
+            return ERROR_CODE.END_OF_SVOFILE_REACHED
+        return ERROR_CODE.CORRUPTED_FRAME if frames[self._position] is None else ERROR_CODE.SUCCESS
+
+    def retrieve_measure(self, mat: Mat, measure: MEASURE) -> ERROR_CODE:
+        CALLS.append(("retrieve_measure", measure))
+        depth = np.array(self._recording["depth_frames"][self._position], dtype=np.float32)
+        mat._data = depth / 1000.0 if self._units == UNIT.METER else depth
+        return ERROR_CODE.SUCCESS
+
+    def retrieve_image(self, mat: Mat, view: VIEW) -> ERROR_CODE:
+        CALLS.append(("retrieve_image", view))
+        mat._data = np.array(self._recording["left_frames"][self._position], dtype=np.uint8)
+        return ERROR_CODE.SUCCESS
 
     def close(self) -> None:
         CALLS.append(("close",))
