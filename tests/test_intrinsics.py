@@ -26,7 +26,7 @@ from droid_pipeline.episodes import build_index
 from droid_pipeline.errors import EpisodeError
 from droid_pipeline.intrinsics import IntrinsicsError, extract_intrinsics, load_intrinsics, main
 from droid_pipeline.video import VideoError, iter_frames, probe
-from droid_pipeline.zed_conf import RESOLUTIONS, CameraCalibration, StereoExtras, ZedConf, format_conf
+from droid_pipeline.zed_conf import CameraCalibration, StereoExtras, ZedConf, format_conf
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE_SDK = Path(__file__).resolve().parent / "fake_pyzed"
