@@ -225,7 +225,7 @@ def read_records(path: Path, start_offset: int = 0) -> tuple[list[dict], int]:
         if isinstance(record, dict):
             records.append(record)
         else:
-            log.warning("%s: skipping a torn or corrupt line near byte %d", path, start_offset + number)
+            log.warning("%s: skipping torn or corrupt line %d after byte %d", path, number + 1, start_offset)
     return records, start_offset + end
 
 

@@ -1,0 +1,415 @@
+"""Uploader tests: the real huggingface_hub client against the loopback Hub server in
+tests/hub_server.py, real uploader subprocesses, real signals (SIGTERM, kill -9)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from droid_pipeline.ledger import Ledger
+from droid_pipeline.staging import publish_episode
+from hub_server import HubServer
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "hf_TestTokenNeverLogged0123456789"
+SERIAL = "13062452"
+
+
+def fake_episode(work_dir: Path, pipeline: str, seed: int) -> dict[str, bytes]:
+    """Small random files laid out like an episode; text files go inline, binary ones via LFS."""
+    rng = random.Random(seed)
+    files = {
+        "tracks.npz": b"\0" + rng.randbytes(5000),
+        "extrinsics.npz": b"\0" + rng.randbytes(300),
+        "quality.json": json.dumps({"seed": seed, "note": "x" * rng.randint(1, 50)}).encode(),
+        f"recordings/{SERIAL}/intrinsics.json": json.dumps({"fx": rng.random()}).encode(),
+    }
+    if pipeline == "full":
+        files[f"recordings/{SERIAL}/depth.mkv"] = b"\0" + rng.randbytes(9000)
+        files[f"recordings/{SERIAL}/depth_meta.json"] = json.dumps({"frames": seed}).encode()
+    for rel, data in files.items():
+        (work_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (work_dir / rel).write_bytes(data)
+    return files
+
+
+def publish_fake(root: Path, index: int, pipeline: str, seed: int | None = None) -> tuple[str, str, dict[str, bytes]]:
+    """Publish one fake episode under ``root/output``; returns (episode id, relative path, files)."""
+    episode_id = f"LAB+0000abcd+2023-08-18-12h-{index // 60:02d}m-{index % 60:02d}s"
+    relative_path = f"LAB/success/2023-08-18/Fri_Aug_18_12:{index // 60:02d}:{index % 60:02d}_2023"
+    work = root / "work" / f"{episode_id}-{time.monotonic_ns()}"
+    work.mkdir(parents=True)
+    files = fake_episode(work, pipeline, index if seed is None else seed)
+    publish_episode(work, root / "output", relative_path, episode_id, pipeline, root / "run")
+    return episode_id, relative_path, files
+
+
+def write_config(root: Path, **keys: object) -> Path:
+    data = {"run_root": str(root / "run"), "output_root": str(root / "output"), "upload_interval_s": 0.2,
+            "private": True, **keys}
+    path = root / "upload.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def uploader_env(hub_endpoint: str | None, root: Path, token: str | None = TOKEN) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update({"HF_HOME": str(root / "hf_home"), "HF_HUB_DISABLE_XET": "1",
+                "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONUNBUFFERED": "1"})
+    if hub_endpoint:
+        env["HF_ENDPOINT"] = hub_endpoint
+    if token:
+        env["HF_TOKEN"] = token
+    return env
+
+
+def uploader_cmd(config: Path, *args: str) -> list[str]:
+    return [sys.executable, str(REPO_ROOT / "upload_batches.py"), "--config", str(config), *args]
+
+
+def run_uploader(config: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(uploader_cmd(config, *args), env=env, cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=120)
+
+
+def ledger_lines(root: Path) -> list[dict]:
+    path = root / "run" / "upload_ledger.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip().startswith("{")]
+
+
+def ledger_files(root: Path, repo: str) -> dict[str, tuple[int, str]]:
+    """path -> (size, sha256) of every file the ledger records in ``repo`` (each path once)."""
+    files: dict[str, tuple[int, str]] = {}
+    for line in ledger_lines(root):
+        if line["repo"] == repo:
+            for f in line["files"]:
+                assert f["path"] not in files, f"{f['path']} recorded twice"
+                files[f["path"]] = (f["size"], f["sha256"])
+    return files
+
+
+def wait_for(predicate: Callable[[], bool], what: str, limit_s: float = 60.0) -> None:
+    """Poll until ``predicate`` holds; the limit only guards against a hang."""
+    deadline = time.monotonic() + limit_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.05)
+
+
+META = "hf://datasets/user/droid-meta"
+FULL = "hf://datasets/user/droid-full"
+DEPTH_NAMES = ("depth.mkv", "depth_meta.json")
+
+
+@pytest.fixture
+def hub(tmp_path: Path):
+    with HubServer(tmp_path / "hub", token=TOKEN) as server:
+        yield server
+
+
+def repo_id(url: str) -> str:
+    return url.removeprefix("hf://datasets/")
+
+
+def server_files(hub: HubServer, url: str) -> dict[str, tuple[int, str]]:
+    if ("dataset", repo_id(url)) not in hub.repos:
+        return {}
+    return {p: (f.size, f.sha256) for p, f in hub.repo(repo_id(url)).files.items()}
+
+
+def expected_contents(root: Path, episodes: list[tuple], full: bool) -> dict[str, bytes]:
+    """What a repo must hold: episode files by kind, plus each episode's manifest.json."""
+    manifests = {}
+    for entry in (json.loads(line) for line in (root / "run" / "published.jsonl").read_text().splitlines()):
+        manifests[entry["relative_path"]] = entry["manifest_sha256"]
+    contents = {}
+    for _, rel, files, pipeline in episodes:
+        if full and pipeline != "full":
+            continue
+        contents.update({f"{rel}/{p}": data for p, data in files.items()
+                         if full or not p.endswith(DEPTH_NAMES)})
+        contents[f"{rel}/manifest.json"] = manifests[rel]
+    return contents
+
+
+def assert_repo_complete(root: Path, hub: HubServer, url: str, episodes: list[tuple], full: bool) -> None:
+    """Every file once on the server, identical to the published one, and the ledger equal to it."""
+    expected = expected_contents(root, episodes, full)
+    on_server = server_files(hub, url)
+    assert set(on_server) == set(expected)
+    for path, data in expected.items():
+        if isinstance(data, str):  # manifest.json: its checksum comes from the journal
+            assert on_server[path][1] == data
+        else:
+            assert hub.read(repo_id(url), path) == data, path
+    assert set(hub.writes_per_path(repo_id(url)).values()) == {1}, "a file was committed twice"
+    assert ledger_files(root, url) == on_server
+
+
+def publish_mix(root: Path, count: int) -> list[tuple]:
+    """Alternate metadata and full episodes; (episode id, relative path, files, pipeline)."""
+    episodes = []
+    for index in range(count):
+        pipeline = "full" if index % 2 else "metadata"
+        episodes.append((*publish_fake(root, index, pipeline), pipeline))
+    return episodes
+
+
+def test_once_uploads_metadata_and_full_repos_with_both_transfer_paths(tmp_path, hub):
+    episodes = publish_mix(tmp_path, 6)
+    config = write_config(tmp_path, metadata_repo=META, full_repo=FULL, max_files_per_commit=12)
+    env = uploader_env(hub.endpoint, tmp_path)
+    result = run_uploader(config, env, "--once")
+    assert result.returncode == 0, result.stderr
+    assert_repo_complete(tmp_path, hub, META, episodes, full=False)
+    assert_repo_complete(tmp_path, hub, FULL, episodes, full=True)
+    assert hub.repo(repo_id(META)).private
+    for url in (META, FULL):
+        assert all(len(c.changed) <= 12 for c in hub.repo(repo_id(url)).commits)
+    methods = {(m, p.split("/")[1]) for m, p in hub.requests}
+    assert ("PUT", "lfs-upload") in methods  # binary files went through the LFS batch API
+    assert any(not f.lfs for f in hub.repo(repo_id(META)).files.values())  # text files inline
+    commits = len(hub.repo(repo_id(META)).commits) + len(hub.repo(repo_id(FULL)).commits)
+    again = run_uploader(config, env, "--once")
+    assert again.returncode == 0, again.stderr
+    assert len(hub.repo(repo_id(META)).commits) + len(hub.repo(repo_id(FULL)).commits) == commits
+    status = run_uploader(config, env, "status").stdout
+    assert "6 episode(s) published" in status and "uploaded: 6 episode(s); pending: 0" in status
+    assert "uploaded: 3 episode(s); pending: 0" in status
+
+
+def test_file_targets_get_the_same_layout_and_ledger(tmp_path):
+    episodes = publish_mix(tmp_path, 4)
+    meta_dir, full_dir = tmp_path / "hub" / "meta", tmp_path / "hub" / "full"
+    config = write_config(tmp_path, metadata_repo=f"file://{meta_dir}", full_repo=f"file://{full_dir}",
+                          max_files_per_commit=5)
+    result = run_uploader(config, uploader_env(None, tmp_path, token=None), "--once")
+    assert result.returncode == 0, result.stderr
+    assert f"uploaded to file://{meta_dir}" in result.stdout
+    for folder, full in ((meta_dir, False), (full_dir, True)):
+        on_disk = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
+        expected = expected_contents(tmp_path, episodes, full)
+        assert set(on_disk) == set(expected)  # no temporary files left either
+        for path, data in expected.items():
+            if not isinstance(data, str):
+                assert on_disk[path].read_bytes() == data
+        ledger = ledger_files(tmp_path, f"file://{folder}")
+        assert set(ledger) == set(expected)
+
+
+def test_429_with_short_retry_after_is_waited_out(tmp_path, hub):
+    episodes = publish_mix(tmp_path, 2)
+    hub.inject("commit", status=429, headers={"Retry-After": "1"}, repo_id=repo_id(META))
+    config = write_config(tmp_path, metadata_repo=META)
+    result = run_uploader(config, uploader_env(hub.endpoint, tmp_path), "--once")
+    assert result.returncode == 0, result.stderr
+    assert_repo_complete(tmp_path, hub, META, episodes, full=False)
+
+
+def test_429_with_long_retry_after_carries_over_and_is_respected_after_restart(tmp_path, hub):
+    publish_mix(tmp_path, 2)
+    hub.inject("commit", status=429, headers={"Retry-After": "900"})
+    config = write_config(tmp_path, metadata_repo=META)
+    env = uploader_env(hub.endpoint, tmp_path)
+    assert run_uploader(config, env, "--once").returncode == 3
+    commit_calls = sum(1 for m, p in hub.requests if "/commit/" in p)
+    assert run_uploader(config, env, "--once").returncode == 3
+    assert sum(1 for m, p in hub.requests if "/commit/" in p) == commit_calls
+    status = run_uploader(config, env, "status").stdout
+    assert "blocked until" in status and "Retry-After 900" in status and "pending: 2" in status
+    assert server_files(hub, META) == {} and ledger_lines(tmp_path) == []
+
+
+def test_server_error_is_reported_then_retried(tmp_path, hub):
+    episodes = publish_mix(tmp_path, 3)
+    hub.inject("commit", status=503, body="storage unavailable")
+    config = write_config(tmp_path, metadata_repo=META)
+    env = uploader_env(hub.endpoint, tmp_path)
+    first = run_uploader(config, env, "--once")
+    assert first.returncode == 1
+    assert "storage unavailable" in first.stdout
+    status = run_uploader(config, env, "status").stdout
+    assert "failed: 3" in status and "storage unavailable" in status
+    assert run_uploader(config, env, "--once").returncode == 0
+    assert_repo_complete(tmp_path, hub, META, episodes, full=False)
+    assert "failed: 0" in run_uploader(config, env, "status").stdout
+
+
+def test_commit_that_lands_but_loses_its_answer_is_not_committed_twice(tmp_path, hub):
+    episodes = publish_mix(tmp_path, 4)
+    hub.inject("commit", action="apply_then_drop", times=2)
+    config = write_config(tmp_path, metadata_repo=META, full_repo=FULL)
+    result = run_uploader(config, uploader_env(hub.endpoint, tmp_path), "--once")
+    assert result.returncode == 0, result.stderr
+    assert_repo_complete(tmp_path, hub, META, episodes, full=False)
+    assert_repo_complete(tmp_path, hub, FULL, episodes, full=True)
+    assert len(hub.repo(repo_id(META)).commits) == 1
+
+
+def test_commit_that_lands_after_the_client_timed_out_is_recorded_once(tmp_path, hub, monkeypatch):
+    from huggingface_hub import constants
+
+    from droid_pipeline.config import load_config
+    from droid_pipeline.upload import Uploader
+
+    monkeypatch.setattr(constants, "ENDPOINT", hub.endpoint)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    episodes = publish_mix(tmp_path, 2)
+    hub.inject("commit", action="apply_then_delay", delay_s=2.0)
+    config = load_config([write_config(tmp_path, metadata_repo=META)])
+    report = Uploader(config, tmp_path / "run", token=TOKEN, request_timeout_s=0.5).run_batch()
+    assert report.exit_code == 0
+    assert_repo_complete(tmp_path, hub, META, episodes, full=False)
+    assert len(hub.repo(repo_id(META)).commits) == 1
+
+
+def test_kill_9_at_random_points_then_rerun_loses_and_duplicates_nothing(tmp_path, hub):
+    episodes = publish_mix(tmp_path, 8)
+    config = write_config(tmp_path, metadata_repo=META, full_repo=FULL, max_files_per_commit=3,
+                          delete_after_upload=True)
+    env = uploader_env(hub.endpoint, tmp_path)
+    rng = random.Random(7)
+    for _ in range(6):
+        proc = subprocess.Popen(uploader_cmd(config, "--once"), env=env, cwd=REPO_ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.3, 2.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    result = run_uploader(config, env, "--once")
+    assert result.returncode == 0, result.stderr
+    assert_repo_complete(tmp_path, hub, META, episodes, full=False)
+    assert_repo_complete(tmp_path, hub, FULL, episodes, full=True)
+    assert not any(p.is_file() for p in (tmp_path / "output").rglob("*"))  # all deleted after upload
+    ledger = Ledger(tmp_path / "run")
+    assert all(ledger.has(eid, [META, FULL] if pipeline == "full" else [META])
+               for eid, _, _, pipeline in episodes)
+
+
+def test_sigterm_finishes_the_commit_in_flight_and_later_publications_are_not_lost(tmp_path, hub):
+    episodes = publish_mix(tmp_path, 2)
+    hub.inject("commit", action="hold", repo_id=repo_id(META))
+    config = write_config(tmp_path, metadata_repo=META, full_repo=FULL)
+    env = uploader_env(hub.endpoint, tmp_path)
+    daemon = subprocess.Popen(uploader_cmd(config, "--daemon"), env=env, cwd=REPO_ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(hub.held.is_set, "the first commit to reach the server")
+        episodes += [(*publish_fake(tmp_path, 10 + i, "full"), "full") for i in range(2)]
+        daemon.send_signal(signal.SIGTERM)
+        hub.release()
+        out, err = daemon.communicate(timeout=60)
+    finally:
+        daemon.kill()
+    assert daemon.returncode == 0, err
+    held_commit = hub.repo(repo_id(META)).commits[0]
+    recorded = {line["episode_id"] for line in ledger_lines(tmp_path) if line["commit"] == held_commit.oid}
+    assert recorded == {eid for eid, *_ in episodes[:2]}
+    assert "commit in flight" not in run_uploader(config, env, "status").stdout
+    assert run_uploader(config, env, "--once").returncode == 0
+    assert_repo_complete(tmp_path, hub, META, episodes, full=False)
+    assert_repo_complete(tmp_path, hub, FULL, episodes, full=True)
+
+
+def test_daemon_uploads_episodes_published_while_a_commit_is_in_flight(tmp_path, hub):
+    episodes = publish_mix(tmp_path, 2)
+    hub.inject("commit", action="hold", repo_id=repo_id(META))
+    config = write_config(tmp_path, metadata_repo=META)
+    daemon = subprocess.Popen(uploader_cmd(config, "--daemon"), env=uploader_env(hub.endpoint, tmp_path),
+                              cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(hub.held.is_set, "the first commit to reach the server")
+        episodes += [(*publish_fake(tmp_path, 20 + i, "metadata"), "metadata") for i in range(3)]
+        hub.release()
+        ledger = Ledger(tmp_path / "run")
+
+        def all_recorded() -> bool:
+            ledger.refresh()
+            return ledger.has(episodes[-1][0], [META]) and all(ledger.has(e[0], [META]) for e in episodes)
+
+        wait_for(all_recorded, "the episodes published during the commit")
+        daemon.send_signal(signal.SIGTERM)
+        daemon.communicate(timeout=60)
+    finally:
+        daemon.kill()
+    assert daemon.returncode == 0
+    assert_repo_complete(tmp_path, hub, META, episodes, full=False)
+
+
+def test_local_files_are_deleted_only_once_every_repo_holds_them(tmp_path, hub):
+    meta_dir = tmp_path / "hub" / "meta"
+    episodes = publish_mix(tmp_path, 4)
+    hub.inject("commit", status=500, times=100, repo_id=repo_id(FULL))
+    config = write_config(tmp_path, metadata_repo=f"file://{meta_dir}", full_repo=FULL,
+                          delete_after_upload=True)
+    env = uploader_env(hub.endpoint, tmp_path)
+    assert run_uploader(config, env, "--once").returncode == 1
+    for _, rel, _, pipeline in episodes:
+        assert (tmp_path / "output" / rel).exists() == (pipeline == "full")
+    hub.clear_faults()
+    assert run_uploader(config, env, "--once").returncode == 0
+    assert not any((tmp_path / "output" / rel).exists() for _, rel, _, _ in episodes)
+    assert_repo_complete(tmp_path, hub, FULL, episodes, full=True)
+
+
+def test_commit_budget_is_respected_across_restarts(tmp_path, hub):
+    publish_mix(tmp_path, 6)
+    config = write_config(tmp_path, metadata_repo=META, max_files_per_commit=5, max_commits_per_hour=2)
+    env = uploader_env(hub.endpoint, tmp_path)
+    assert run_uploader(config, env, "--once").returncode == 3
+    assert run_uploader(config, env, "--once").returncode == 3
+    assert len(hub.repo(repo_id(META)).commits) == 2
+    status = run_uploader(config, env, "status").stdout
+    assert "commits in the last hour: 2/2" in status and "uploaded: 2 episode(s); pending: 4" in status
+
+
+def test_token_never_appears_in_logs_state_or_urls(tmp_path, hub):
+    publish_mix(tmp_path, 2)
+    hub.inject("commit", status=500, body=f"bad request from Bearer {TOKEN}")
+    config = write_config(tmp_path, metadata_repo=META)
+    env = uploader_env(hub.endpoint, tmp_path)
+    runs = [run_uploader(config, env, "--once", "-v"), run_uploader(config, env, "--once", "-v"),
+            run_uploader(config, env, "status")]
+    assert runs[0].returncode == 1 and "bad request from Bearer ***" in runs[0].stdout + runs[0].stderr
+    assert runs[1].returncode == 0
+    for run in runs:
+        assert TOKEN not in run.stdout + run.stderr
+    for path in (tmp_path / "run").rglob("*"):
+        assert not path.is_file() or TOKEN.encode() not in path.read_bytes(), path
+    assert not any(TOKEN in url for _, url in hub.requests)
+
+
+def test_missing_token_is_a_clear_error_before_any_work_and_the_token_file_works(tmp_path, hub):
+    publish_mix(tmp_path, 1)
+    config = write_config(tmp_path, metadata_repo=META)
+    env = uploader_env(hub.endpoint, tmp_path, token=None)
+    result = run_uploader(config, env, "--once")
+    assert result.returncode == 2 and "HF_TOKEN" in result.stderr
+    assert hub.requests == []
+    (tmp_path / "hf_home").mkdir()
+    (tmp_path / "hf_home" / "token").write_text(TOKEN)
+    assert run_uploader(config, env, "--once").returncode == 0
+    assert len(server_files(hub, META)) == 5
+
+
+def test_dry_run_plans_without_touching_anything(tmp_path, hub):
+    episodes = publish_mix(tmp_path, 3)
+    config = write_config(tmp_path, metadata_repo=META, full_repo=FULL, max_files_per_commit=10)
+    result = run_uploader(config, uploader_env(hub.endpoint, tmp_path, token=None), "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert f"{META}: 2 commit(s), 3 episode(s)" in result.stdout
+    assert f"{FULL}: 1 commit(s), 1 episode(s)" in result.stdout
+    assert episodes[1][0] in result.stdout
+    assert hub.requests == [] and ledger_lines(tmp_path) == []
