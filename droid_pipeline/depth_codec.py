@@ -200,8 +200,8 @@ def _libav(path: Path, what: str, call: Callable[[], _T]) -> _T:
             result = call()
         except (av.FFmpegError, OSError) as exc:
             logged = log.text()
-            raise DepthCodecError(f"{path}: {what}: {exc}" + (f" ({logged})" if logged else "")
-                                  ) from None
+            detail = f" ({logged})" if logged and logged not in str(exc) else ""
+            raise DepthCodecError(f"{path}: {what}: {exc}{detail}") from None
         logged = log.text()
     if logged:
         raise DepthCodecError(f"{path}: {what}: damaged or truncated file (FFmpeg: {logged})")
