@@ -1,0 +1,260 @@
+"""Depth extraction of whole episodes, checked against independent references.
+
+The references: the synthetic episodes' ray-cast ground-truth depth (droid_pipeline.synthetic),
+Debian's ffmpeg to decode every depth.mkv and rgb.mp4 written here, and hand-written values for
+the millimetre conversion. Frame alignment (frame i = step i) is checked by shortening and
+lengthening an episode's trajectory against an unchanged video.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from droid_pipeline.config import load_config
+from droid_pipeline.depth import STEPS_KEY, depth_to_uint16_mm, extract_depth
+from droid_pipeline.depth_codec import DepthMeta
+from droid_pipeline.episodes import build_index
+from droid_pipeline.errors import EpisodeError
+from droid_pipeline.synthetic import generate_dataset
+
+REPO = Path(__file__).resolve().parent.parent
+FRAMES = 12
+SIZE = (320, 180)
+# Median absolute error of stereo depth on pixels valid in both, per role, on the synthetic
+# 320x180 episode (measured: wrist ~3 mm at 0.1-0.55 m, exterior ~35-41 mm at 0.8-4.6 m, i.e.
+# about 1/4 pixel of disparity). Bounds leave headroom; docs/depth.md states the figures.
+MEDIAN_ABS_ERROR_MM = {"wrist": 8.0, "ext1": 70.0, "ext2": 70.0}
+MEDIAN_REL_ERROR = 0.03
+
+
+def ffmpeg_frames(path: Path, pix_fmt: str, width: int, height: int, channels: int = 1) -> np.ndarray:
+    """Every frame of a video decoded by Debian's ffmpeg, as (N, H, W[, C])."""
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt",
+                          pix_fmt, "-"], check=True, capture_output=True).stdout
+    dtype = "<u2" if pix_fmt == "gray16le" else np.uint8
+    shape = (-1, height, width) if channels == 1 else (-1, height, width, channels)
+    return np.frombuffer(raw, dtype).reshape(shape)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return generate_dataset(tmp_path_factory.mktemp("synthetic"), episodes=1, frames=FRAMES,
+                            size=SIZE, seed=3)
+
+
+@pytest.fixture(scope="module")
+def episode(dataset):
+    config = load_config([dataset.config_path])
+    return build_index(config.droid_root, None).get(dataset.episodes[0].episode_id)
+
+
+def config_for(dataset, tmp: Path, *overrides: str):
+    return load_config([dataset.config_path], [f"output_root={tmp / 'output'}",
+                                               f"episode_index_path={tmp / 'index.json'}", *overrides])
+
+
+@pytest.fixture(scope="module")
+def full_run(dataset, episode, tmp_path_factory):
+    """Stereo depth of every camera of the unchanged episode."""
+    tmp = tmp_path_factory.mktemp("full")
+    config = config_for(dataset, tmp)
+    output = tmp / "episode"
+    summary = extract_depth(config, episode, output, backend="stereo")
+    return {"summary": summary, "output": output, "config": config}
+
+
+def decoded_depth(output: Path, serial: str) -> np.ndarray:
+    return ffmpeg_frames(output / "recordings" / serial / "depth.mkv", "gray16le", *SIZE)
+
+
+def copy_episode(dataset, episode, tmp: Path, num_steps: int):
+    """A copy of the raw episode whose trajectory has ``num_steps`` steps; same videos."""
+    root = tmp / "droid_raw"
+    shutil.copytree(dataset.droid_root / episode.relative_path, root / episode.relative_path)
+    with h5py.File(root / episode.relative_path / "trajectory.h5", "r+") as h5:
+        poses = h5[STEPS_KEY][()]
+        del h5[STEPS_KEY]
+        h5[STEPS_KEY] = np.resize(poses, (num_steps, poses.shape[1]))
+    return config_for(dataset, tmp, f"droid_root={root}")
+
+
+# ---------------------------------------------------------------- millimetre conversion
+
+def test_conversion_rounds_and_zeroes_nan_inf_and_out_of_range():
+    depth = np.array([np.nan, np.inf, -np.inf, -5.0, 0.0, 299.6, 300.0, 300.4, 1234.6, 1235.5,
+                      19999.6, 20000.0, 20000.4, 70000.0], np.float32)
+    expected = [0, 0, 0, 0, 0, 0, 300, 300, 1235, 1236, 20000, 20000, 0, 0]
+    out = depth_to_uint16_mm(depth, 300, 20000)
+    assert out.dtype == np.uint16
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_conversion_never_wraps_beyond_uint16():
+    out = depth_to_uint16_mm(np.array([65535.0, 65535.6, 1e6, 0.4]), 0, 1e9)
+    np.testing.assert_array_equal(out, [65535, 0, 0, 0])  # 0.4 mm rounds to the invalid value
+
+
+def test_conversion_keeps_shape_of_frames():
+    frame = np.full((4, 6), 1500.25, np.float64)
+    frame[1, 2] = np.nan
+    out = depth_to_uint16_mm(frame, 100, 15000)
+    assert out.shape == (4, 6) and out[1, 2] == 0 and (np.delete(out.ravel(), 8) == 1500).all()
+
+
+# ---------------------------------------------------------------- stereo backend vs ground truth
+
+@pytest.mark.parametrize("role", ["wrist", "ext1", "ext2"])
+def test_stereo_depth_recovers_ground_truth(dataset, episode, full_run, role):
+    serial = episode.serials[role]
+    truth = np.load(dataset.ground_truth_path(dataset.episodes[0]) / f"{serial}_depth_mm.npy")
+    depth = decoded_depth(full_run["output"], serial)
+    assert depth.shape == truth.shape == (FRAMES, SIZE[1], SIZE[0])
+    both = (depth > 0) & (truth > 0)
+    assert both.mean() > 0.75
+    error = np.abs(depth.astype(np.float64) - truth)[both]
+    assert np.median(error) < MEDIAN_ABS_ERROR_MM[role]
+    assert np.median(error / truth[both]) < MEDIAN_REL_ERROR
+    # frame i is step i: the wrist camera moves with the gripper, so each of its depth frames
+    # fits its own step's truth best (exterior views change only where the gripper is)
+    for index in range(FRAMES if role == "wrist" else 0):
+        errors = [np.mean(np.abs(depth[index].astype(float) - truth[j])[(depth[index] > 0) & (truth[j] > 0)])
+                  for j in range(FRAMES)]
+        assert int(np.argmin(errors)) == index
+    config = full_run["config"]
+    valid = depth[depth > 0]
+    assert valid.min() >= config.depth_min_mm.for_role(role)
+    assert valid.max() <= config.depth_max_mm.for_role(role)
+
+
+def test_summary_and_meta_report_counts(episode, full_run):
+    summary = full_run["summary"]
+    assert summary["num_steps"] == FRAMES and summary["backend"] == "stereo"
+    assert list(summary["cameras"]) == list(episode.serials.values())
+    for serial, camera in summary["cameras"].items():
+        folder = full_run["output"] / "recordings" / serial
+        meta = DepthMeta.load(folder / "depth_meta.json")
+        depth = decoded_depth(full_run["output"], serial)
+        assert meta.num_frames == FRAMES and meta.missing_frames == [] and camera["num_missing"] == 0
+        assert (meta.width, meta.height) == SIZE
+        assert meta.source["valid_fraction"] == pytest.approx((depth > 0).mean())
+        assert meta.source["valid_fraction"] == camera["valid_fraction"]
+        assert meta.source["source_frames"] == FRAMES and meta.source["frame_count_mismatch"] == 0
+        assert meta.source["role"] == camera["role"] and camera["role"] in episode.serials
+        assert meta.source["baseline_source"].endswith(f"SN{serial}.conf")
+        assert not (folder / "rgb.mp4").exists()
+
+
+def test_video_shorter_than_trajectory_gets_invalid_tail_frames(dataset, episode, full_run, tmp_path):
+    config = copy_episode(dataset, episode, tmp_path, FRAMES + 3)
+    summary = extract_depth(config, episode, tmp_path / "out", cameras=["wrist"])
+    serial = episode.serials["wrist"]
+    camera = summary["cameras"][serial]
+    assert camera["missing_frames"] == [FRAMES, FRAMES + 1, FRAMES + 2]
+    assert camera["num_missing"] == 3 and camera["frame_count_mismatch"] == -3
+    depth = decoded_depth(tmp_path / "out", serial)
+    assert depth.shape[0] == FRAMES + 3 and not depth[FRAMES:].any()
+    np.testing.assert_array_equal(depth[:FRAMES], decoded_depth(full_run["output"], serial))
+    meta = DepthMeta.load(tmp_path / "out" / "recordings" / serial / "depth_meta.json")
+    assert meta.missing_frames == camera["missing_frames"] and meta.source["num_missing"] == 3
+
+
+def test_video_longer_than_trajectory_is_cut_to_steps(dataset, episode, full_run, tmp_path):
+    config = copy_episode(dataset, episode, tmp_path, FRAMES - 4)
+    summary = extract_depth(config, episode, tmp_path / "out", cameras=["ext1"])
+    serial = episode.serials["ext1"]
+    camera = summary["cameras"][serial]
+    assert camera["frame_count_mismatch"] == 4 and camera["missing_frames"] == []
+    depth = decoded_depth(tmp_path / "out", serial)
+    np.testing.assert_array_equal(depth, decoded_depth(full_run["output"], serial)[:FRAMES - 4])
+
+
+def test_export_rgb_writes_left_frames_aligned_with_steps(dataset, episode, tmp_path):
+    config = copy_episode(dataset, episode, tmp_path, FRAMES + 2)
+    config = config_for(dataset, tmp_path, f"droid_root={config.droid_root}", "export_rgb=true")
+    summary = extract_depth(config, episode, tmp_path / "out", cameras=["ext2"])
+    serial = episode.serials["ext2"]
+    rgb = ffmpeg_frames(tmp_path / "out" / "recordings" / serial / "rgb.mp4", "rgb24", *SIZE, channels=3)
+    left = ffmpeg_frames(dataset.droid_root / episode.relative_path / "recordings" / "MP4" /
+                         f"{serial}-stereo.mp4", "rgb24", 2 * SIZE[0], SIZE[1], channels=3)[:, :, :SIZE[0]]
+    assert rgb.shape[0] == FRAMES + 2 and summary["cameras"][serial]["rgb_export"] == "rgb.mp4"
+    difference = np.abs(rgb[:FRAMES].astype(int) - left)
+    assert difference.mean() < 3.0  # one H.264 re-encode at CRF 18
+    assert rgb[FRAMES:].max() < 20  # missing steps are black (limited-range YUV round trip)
+
+
+def test_intrinsics_are_computed_when_absent_and_read_when_present(dataset, episode, tmp_path):
+    config = config_for(dataset, tmp_path)
+    serial = episode.serials["wrist"]
+    intrinsics = tmp_path / "out" / "recordings" / serial / "intrinsics.json"
+    extract_depth(config, episode, tmp_path / "out", backend="stereo", cameras=[serial])
+    record = json.loads(intrinsics.read_text())
+    truth = json.loads((dataset.ground_truth_path(dataset.episodes[0]) / "cameras.json").read_text())
+    assert record["fx"] == pytest.approx(truth[serial]["K"][0][0])
+    before = decoded_depth(tmp_path / "out", serial).astype(np.float64)
+    # an existing intrinsics.json is what the step uses: doubling fx doubles every depth
+    record["fx"] *= 2
+    record["K"][0][0] *= 2
+    intrinsics.write_text(json.dumps(record))
+    summary = extract_depth(config, episode, tmp_path / "out", backend="stereo", cameras=[serial])
+    assert summary["cameras"][serial]["fx"] == pytest.approx(2 * truth[serial]["K"][0][0])
+    after = decoded_depth(tmp_path / "out", serial).astype(np.float64)
+    both = (before > 0) & (after > 0)
+    assert np.median(after[both] / before[both]) == pytest.approx(2.0, abs=0.01)
+
+
+def test_missing_baseline_fails_the_episode(dataset, episode, tmp_path):
+    config = config_for(dataset, tmp_path, "zed_calibration_dir=null")
+    with pytest.raises(EpisodeError, match=r"step depth: camera \d+ \(wrist\): .*baseline"):
+        extract_depth(config, episode, tmp_path / "out", backend="stereo", cameras=["wrist"])
+    assert not (tmp_path / "out" / "recordings" / episode.serials["wrist"] / "depth.mkv").exists()
+
+
+def test_corrupt_video_fails_the_episode_and_writes_nothing(dataset, episode, tmp_path):
+    config = copy_episode(dataset, episode, tmp_path, FRAMES)
+    serial = episode.serials["ext1"]
+    video = config.droid_root / episode.relative_path / "recordings" / "MP4" / f"{serial}-stereo.mp4"
+    video.write_bytes(video.read_bytes()[:2000])
+    with pytest.raises(EpisodeError, match=f"step depth: camera {serial} \\(ext1\\)"):
+        extract_depth(config, episode, tmp_path / "out", cameras=["ext1"])
+    folder = tmp_path / "out" / "recordings" / serial
+    assert not (folder / "depth.mkv").exists() and not (folder / "depth_meta.json").exists()
+    assert not list(folder.glob(".depth*"))  # no temporary leftovers
+
+
+def test_missing_trajectory_and_unknown_names_fail_clearly(dataset, episode, tmp_path):
+    config = copy_episode(dataset, episode, tmp_path, FRAMES)
+    with pytest.raises(EpisodeError, match="unknown camera 'left'"):
+        extract_depth(config, episode, tmp_path / "out", cameras=["left"])
+    with pytest.raises(EpisodeError, match="unknown depth backend 'lidar'"):
+        extract_depth(config, episode, tmp_path / "out", backend="lidar")
+    (config.droid_root / episode.relative_path / "trajectory.h5").unlink()
+    with pytest.raises(EpisodeError, match="step depth: cannot open .*trajectory.h5"):
+        extract_depth(config, episode, tmp_path / "out")
+
+
+def test_cli_writes_depth_and_prints_summary(dataset, episode, tmp_path):
+    out = tmp_path / "cli"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "extract_rgb_depth.py"), "--config", str(dataset.config_path),
+         "--set", f"episode_index_path={tmp_path / 'index.json'}", "--episode_id", episode.episode_id,
+         "--depth-backend", "stereo", "--cameras", "wrist,ext1", "--output-dir", str(out)],
+        capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert sorted(summary["cameras"]) == sorted([episode.serials["wrist"], episode.serials["ext1"]])
+    assert decoded_depth(out, episode.serials["ext1"]).shape[0] == FRAMES
+    assert not (out / "recordings" / episode.serials["ext2"] / "depth.mkv").exists()
+    failed = subprocess.run(
+        [sys.executable, str(REPO / "extract_rgb_depth.py"), "--config", str(dataset.config_path),
+         "--set", f"episode_index_path={tmp_path / 'index.json'}", "--episode_id", episode.episode_id,
+         "--cameras", "nope", "--output-dir", str(out)], capture_output=True, text=True, cwd=tmp_path)
+    assert failed.returncode == 1
+    assert f"episode {episode.episode_id}: step depth: unknown camera 'nope'" in failed.stderr
