@@ -49,7 +49,7 @@ from droid_pipeline.slurm import SlurmError, sbatch_script, submit
 from droid_pipeline.timing import (EPISODE_LIST_NAME, TIMING_NAME, append_locked, append_row,
                                    parse_timestamp, read_rows, utc_timestamp)
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("droid_pipeline.runner")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -564,6 +564,14 @@ def summary_main(argv: Sequence[str]) -> int:
     parser.add_argument("--interrupted", action="store_true")
     args = parser.parse_args(argv)
     summary, code = summarize(args.run_dir, args.task, args.interrupted)
+    if not args.task:  # array tasks share the work root; each run's own is empty by now
+        run = json.loads((args.run_dir / "run.json").read_text())
+        for folder in (Path(run["output_root"]) / ".work" / args.run_dir.name,
+                       Path(run["output_root"]) / ".work"):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
     suffix = f".task{args.task}" if args.task else ""
     text = format_summary(summary, args.run_dir)
     write_json_atomic(args.run_dir / f"summary{suffix}.json", summary)

@@ -215,7 +215,8 @@ def plot_review(rows: Sequence[dict[str, str]], path: os.PathLike | str) -> None
             data.append(values)
             labels.append(step)
     if data:
-        left.boxplot(data, labels=labels, showfliers=True)
+        left.boxplot(data, showfliers=True)
+        left.set_xticks(range(1, len(labels) + 1), labels)
     left.set_ylabel("seconds per episode")
     left.set_title("per-step time")
     if finished:
