@@ -410,11 +410,11 @@ class DepthReader:
             if stream.codec_context.name != CODEC or pix_fmt != PIX_FMT:
                 problem = (f"stream is {stream.codec_context.name}/{pix_fmt}, expected "
                            f"{CODEC}/{PIX_FMT}")
-            stream.thread_type = "SLICE"
-            stream.thread_count = self.threads
         if problem:
             container.close()
             raise DepthCodecError(f"{self.path}: not a depth file: {problem}")
+        stream.thread_type = "SLICE"
+        stream.thread_count = self.threads
         return container
 
     def __enter__(self) -> DepthReader:
@@ -521,7 +521,8 @@ class DepthReader:
         array = frame.to_ndarray()
         if frame.format.name != PIX_FMT or array.shape != (self.height, self.width):
             raise DepthCodecError(f"{self.path}: frame {index} decoded as {frame.format.name} "
-                                  f"{array.shape}, expected {PIX_FMT} ({self.height}, {self.width})")
+                                  f"{array.shape}, expected {PIX_FMT} "
+                                  f"({self.height}, {self.width})")
         return array
 
 
@@ -696,12 +697,14 @@ def main(argv: list[str] | None = None) -> int:
                     "of the config (e.g. --set ffv1.threads=4).")
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--input", type=Path, metavar="DIR_OR_FILE",
-                      help="folder of 16-bit PNGs (name order), or an .npy/.npz (N,H,W) uint16 stack")
+                      help="folder of 16-bit PNGs (name order), or an .npy/.npz (N,H,W) "
+                           "uint16 stack")
     mode.add_argument("--decode", type=Path, metavar="MKV", help="depth.mkv to write back as PNGs")
     parser.add_argument("--output", type=Path, required=True,
                         help="depth.mkv to write (with --input) or empty folder (with --decode)")
     parser.add_argument("--fps", type=float, default=15.0,
-                        help="frame rate recorded in the file (default: DROID's 15 Hz control rate)")
+                        help="frame rate recorded in the file (default: DROID's 15 Hz "
+                             "control rate)")
     parser.add_argument("--key", help="array inside an .npz holding the depth stack")
     parser.add_argument("--meta", type=Path, metavar="JSON",
                         help="metadata path (default: <output stem>_meta.json beside the .mkv)")

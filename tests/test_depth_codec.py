@@ -92,7 +92,8 @@ def test_round_trip_is_bit_exact_with_extremes_and_odd_size(tmp_path, settings):
     assert (on_disk["format"], on_disk["codec"], on_disk["pix_fmt"], on_disk["unit"],
             on_disk["scale"], on_disk["invalid_value"]) == ("mkv", "ffv1", "gray16le", "mm", 1.0, 0)
     assert (on_disk["width"], on_disk["height"], on_disk["num_frames"], on_disk["fps"],
-            on_disk["missing_frames"], on_disk["source"]) == (33, 17, 5, 15.0, [], {"serial": "12345"})
+            on_disk["missing_frames"]) == (33, 17, 5, 15.0, [])
+    assert on_disk["source"] == {"serial": "12345"}
     assert on_disk["encoder"]["slices"] == settings.slices
     reader.verify(DepthMeta.load(tmp_path / "depth_meta.json"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["depth.mkv", "depth_meta.json"]
@@ -224,6 +225,18 @@ def test_failed_verification_publishes_nothing(tmp_path, settings, monkeypatch):
     with pytest.raises(DepthCodecError, match=r"depth\.mkv: decoded frames have sha256"):
         write_mkv(tmp_path / "depth.mkv", depth_like_frames(3, 20, 24), settings)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_encode_depth_stack_takes_a_generator_and_a_meta_path(tmp_path, settings):
+    frames = depth_like_frames(4, 26, 18)
+    meta = encode_depth_stack((frame for frame in frames), tmp_path / "cam" / "d.mkv", 15.0,
+                              settings, meta_path=tmp_path / "meta" / "m.json")
+    assert ffmpeg_raw(tmp_path / "cam" / "d.mkv") == raw_bytes(frames)
+    assert DepthMeta.load(tmp_path / "meta" / "m.json") == meta
+    assert sorted(p.name for p in (tmp_path / "cam").iterdir()) == ["d.mkv"]
+    with pytest.raises(DepthCodecError, match="no depth frames to encode"):
+        encode_depth_stack(iter(()), tmp_path / "empty.mkv", 15.0, settings)
+    assert not (tmp_path / "empty.mkv").exists()
 
 
 @pytest.fixture
