@@ -358,6 +358,14 @@ def test_cli_converts_png_folder_and_decodes_back(tmp_path):
         assert got.dtype == np.uint16
         np.testing.assert_array_equal(got, want)
 
+    result = run_cli("--decode", str(out), "--output", str(back))
+    assert result.returncode == 1 and "exists and is not an empty folder" in result.stderr
+    meta["checksum"]["value"] = "0" * 64
+    (tmp_path / "out" / "depth_meta.json").write_text(json.dumps(meta))
+    result = run_cli("--decode", str(out), "--output", str(tmp_path / "again"))
+    assert result.returncode == 1 and "depth_meta.json says 12 frames with 000" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["back", "out", "pngs"]
+
 
 @pytest.mark.parametrize("layout", ["npy", "npz", "npz_key"])
 def test_cli_converts_npy_and_npz_stacks(tmp_path, layout):
