@@ -621,6 +621,8 @@ def legacy_depth_frames(source: os.PathLike | str, *, key: str | None = None
     """Stream frames from the layouts older conversions left: a folder of 16-bit PNGs (sorted by
     name, numbers in natural order), an .npy stack, or an .npz holding one (``key`` selects it)."""
     source = Path(source)
+    if not source.exists():
+        raise DepthCodecError(f"{source}: no such file or folder")
     if source.is_dir():
         yield from _png_frames(source)
     elif source.suffix.lower() == ".npy" and source.is_file():

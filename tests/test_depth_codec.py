@@ -403,6 +403,9 @@ def test_cli_reports_bad_input_with_the_file_and_cause(tmp_path):
     result = run_cli("--input", str(tmp_path / "float.npy"), "--output", str(tmp_path / "d.mkv"))
     assert result.returncode == 1 and "float.npy: expected a uint16 array" in result.stderr
 
+    result = run_cli("--input", str(tmp_path / "absent"), "--output", str(tmp_path / "d.mkv"))
+    assert result.returncode == 1 and "absent: no such file or folder" in result.stderr
+
     result = run_cli("--input", str(pngs), "--output", str(tmp_path / "d.mkv"),
                      "--set", "ffv1.coder=golomb_rice")
     assert result.returncode == 2 and "ffv1.coder" in result.stderr
