@@ -37,7 +37,7 @@ from droid_pipeline.gripper import GripperModel
 from droid_pipeline.intrinsics import IntrinsicsError, load_intrinsics
 from droid_pipeline.normalize import (ArcLengthSampling, arc_length_sampling, interpolate_linear,
                                       interpolate_rotations)
-from droid_pipeline.poses import pose6_to_matrix, transform_points
+from droid_pipeline.poses import pose6_to_matrix
 from droid_pipeline.projection import points_in_camera, project, visible
 from droid_pipeline.trajectory import STEP, Trajectory, read_metadata, read_trajectory
 from droid_pipeline.video import VideoError, probe
@@ -128,8 +128,8 @@ def _contact_geometry(gripper: GripperModel, trajectory: Trajectory, num_points:
     local = gripper.contact_points_local(num_points)
     left_finger, right_finger = gripper.finger_poses(trajectory.gripper_positions)
     left_base, right_base = flange @ left_finger, flange @ right_finger
-    tracks = np.concatenate([transform_points(left_base, local[:half]),
-                             transform_points(right_base, local[half:])], axis=1)
+    tracks = np.concatenate([_apply(left_base, local[:half]),
+                             _apply(right_base, local[half:])], axis=1)
     gripper_poses = flange @ mount
     centroids = tracks.mean(axis=1)
     return {
@@ -143,6 +143,12 @@ def _contact_geometry(gripper: GripperModel, trajectory: Trajectory, num_points:
         "left_contact_frames": _frames(left_base[:, :3, :3], tracks[:, :half].mean(axis=1)),
         "right_contact_frames": _frames(right_base[:, :3, :3], tracks[:, half:].mean(axis=1)),
     }
+
+
+def _apply(poses: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """(K, 4, 4) poses applied to (P, 3) points -> (K, P, 3); one batched matmul (BLAS), which is
+    several times faster than the equivalent einsum at these sizes."""
+    return points @ np.swapaxes(poses[:, :3, :3], -1, -2) + poses[:, None, :3, 3]
 
 
 def _frames(rotations: np.ndarray, origins: np.ndarray) -> np.ndarray:
@@ -164,8 +170,8 @@ def _normalized_flow(gripper: GripperModel, geometry: dict[str, np.ndarray], gri
     mount_rotation = geometry["mount"][:3, :3]
     local = geometry["contact_points_local"]
     left_finger, right_finger = gripper.finger_poses(opening)
-    in_flange = np.concatenate([transform_points(left_finger, local[:half]),
-                                transform_points(right_finger, local[half:])], axis=1)
+    in_flange = np.concatenate([_apply(left_finger, local[:half]),
+                                _apply(right_finger, local[half:])], axis=1)
     # Points in the contact frame: gripper-frame axes, origin at the points' centroid.
     in_contact = (in_flange - in_flange.mean(axis=1, keepdims=True)) @ mount_rotation
     tracks = centroids[:, None, :] + in_contact @ np.swapaxes(rotations, -1, -2)
