@@ -1,0 +1,12 @@
+#!/usr/bin/env python3
+"""Draw one episode's tracks, contact frames, normalized tracks or depth onto its camera videos.
+
+Usage: render_tracks.py --episode_id ID | --episode-dir DIR [--camera SERIAL|all] [--out DIR]
+[--trail K] [--what tracks|frames|normalized|depth]; see --help and docs/inspecting.md.
+"""
+
+from droid_pipeline.cli import run_main
+from droid_pipeline.overlay import main
+
+if __name__ == "__main__":
+    run_main(main)
