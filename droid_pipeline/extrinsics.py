@@ -48,7 +48,7 @@ class EpisodeExtrinsics:
     """Every camera's pose, the calibration entry used, and the wrist consistency check."""
 
     cameras: dict[str, CameraPose]                 # by serial, in role order
-    calibration_file: str | None
+    calibration_file: str | None                   # file name only: no local paths in outputs
     calibration_entry: dict[str, Any] | None
     wrist_check: dict[str, Any] | None
     warnings: list[str] = field(default_factory=list)
@@ -110,7 +110,7 @@ def camera_poses(episode_id: str, serials: dict[str, str], metadata: dict[str, A
             if entry is not None:
                 warnings.append(f"cam2base entry lacks {role} camera {serial}: used metadata {key}")
         cameras[serial] = CameraPose(serial, role, pose6_to_matrix(pose), source)
-    return EpisodeExtrinsics(cameras, None if cam2base_path is None else str(cam2base_path),
+    return EpisodeExtrinsics(cameras, None if cam2base_path is None else Path(cam2base_path).name,
                              entry, wrist_check, warnings)
 
 

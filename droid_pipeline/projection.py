@@ -30,7 +30,8 @@ def project(points_camera: np.ndarray, camera_matrix: np.ndarray,
             distortion: np.ndarray | None = None) -> np.ndarray:
     """(..., 3) camera-frame points -> (..., 2) pixels, as ``cv2.projectPoints`` computes them.
 
-    ``distortion`` is (k1, k2, p1, p2, k3); None or zeros for rectified images.
+    Uses fx, fy, cx, cy of ``camera_matrix`` (OpenCV ignores skew too); ``distortion`` is
+    (k1, k2, p1, p2, k3), None or zeros for rectified images.
     """
     depth = points_camera[..., 2]
     safe_depth = np.where(np.abs(depth) < MIN_ABS_DEPTH_M,
@@ -44,7 +45,7 @@ def project(points_camera: np.ndarray, camera_matrix: np.ndarray,
         x, y = (x * radial + 2.0 * p1 * x * y + p2 * (r2 + 2.0 * x * x),
                 y * radial + p1 * (r2 + 2.0 * y * y) + 2.0 * p2 * x * y)
     k = np.asarray(camera_matrix, dtype=np.float64)
-    u = k[0, 0] * x + k[0, 1] * y + k[0, 2]
+    u = k[0, 0] * x + k[0, 2]
     v = k[1, 1] * y + k[1, 2]
     return np.stack([u, v], axis=-1)
 

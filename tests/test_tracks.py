@@ -250,8 +250,8 @@ def test_outputs_load_without_pickle_with_documented_shapes(episode: Built) -> N
 
 
 def test_fps_is_measured_from_control_timestamps(episode: Built) -> None:
-    stamps = episode.h5("observation/timestamp/control/step_start")
-    assert float(episode.tracks()["fps"]) == pytest.approx(1000.0 / np.median(np.diff(stamps)), rel=1e-12)
+    # the fixture's steps are 66.67 ms with 2 ms jitter: 15 Hz
+    assert float(episode.tracks()["fps"]) == pytest.approx(15.0, abs=0.1)
     assert episode.quality()["fps_source"] == "observation/timestamp/control/step_start"
 
 
@@ -557,6 +557,7 @@ def test_missing_intrinsics_allowed_is_listed_not_dropped(tmp_path: Path) -> Non
 def test_quality_json_reports_provenance_and_checks(episode: Built) -> None:
     quality = episode.quality()
     assert quality["schema_version"] == SCHEMA_VERSION
+    assert quality["calibration"]["cam2base_file"] == "cam2base.json"
     assert quality["episode"]["episode_id"] == EPISODE_ID
     assert quality["episode"]["relative_path"] == f"{LAB}/success/{DATE}/{FOLDER}"
     assert quality["metadata"]["current_task"] == "put the cup in the sink"

@@ -14,7 +14,7 @@ from scipy.spatial.transform import Rotation
 from droid_pipeline.config import load_config
 from droid_pipeline.episodes import build_index
 from droid_pipeline.intrinsics import extract_intrinsics
-from droid_pipeline.synthetic import generate_dataset
+from droid_pipeline.synthetic import CONTROL_HZ, generate_dataset
 from droid_pipeline.tracks import default_output_dir, generate_tracks
 
 FRAMES = 12
@@ -54,6 +54,11 @@ def test_written_under_output_root_mirroring_the_input(run: dict) -> None:
     assert run["output_dir"] == run["output_root"] / run["relative_path"]
     assert run["summary"]["warnings"] == []
     assert set(run["summary"]["files"]) == {"tracks.npz", "extrinsics.npz", "quality.json"}
+
+
+def test_fps_measured_from_whole_millisecond_stamps(run: dict) -> None:
+    # stamps jitter by up to 3 ms at either end of 11 steps: at most ~0.06 Hz off
+    assert float(run["tracks"]["fps"]) == pytest.approx(CONTROL_HZ, abs=0.1)
 
 
 def test_camera_poses_and_intrinsics_equal_the_ground_truth(run: dict) -> None:
