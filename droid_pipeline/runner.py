@@ -58,6 +58,7 @@ EXIT_WORKER_STOP = 255
 WORKERS_LOCK = ".workers.lock"
 FAILED_NAME = "failed.txt"
 SLOT_VAR = "DROID_WORKER_SLOT"
+MAX_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -254,7 +255,8 @@ def plan_main(argv: Sequence[str]) -> int:
     run_dir = _make_run_dir(config, spec, plan, todo)
     return _write_plan_file(plan_file, action="run", run_dir=run_dir, run_root=config.run_root,
                             todo_file=run_dir / "todo.jsonl", todo=len(todo), workers=workers,
-                            gpus=",".join(gpus), upload=int(upload), debug=int(debug),
+                            batch=batch_size(len(todo), workers), gpus=",".join(gpus),
+                            upload=int(upload), debug=int(debug),
                             summary_task="")
 
 
@@ -320,6 +322,12 @@ def _submit_slurm(spec: PipelineSpec, config: Config, plan: dict[str, Any], todo
     return _write_plan_file(plan_file, action="exit", exit_code=EXIT_OK)
 
 
+def batch_size(todo: int, workers: int) -> int:
+    """Episodes per worker process: amortizes interpreter and import start-up (about 2 s) while
+    leaving each worker about four batches, so the last ones end close together."""
+    return max(1, min(MAX_BATCH, todo // (workers * 4)))
+
+
 def shard(items: Sequence[Any], index: int, count: int) -> list[Any]:
     """Array task ``index`` of ``count`` takes items index, index+count, ... (deterministic)."""
     if not 0 <= index < count:
@@ -351,7 +359,8 @@ def _plan_slurm_task(spec: PipelineSpec, run_dir: Path, plan_file: Path) -> int:
         print("nothing left to do in this shard")
     return _write_plan_file(plan_file, action="run", run_dir=run_dir, run_root=config.run_root,
                             todo_file=todo_file, todo=len(todo), workers=workers,
-                            gpus=",".join(gpus), upload=int(run["upload"]), debug=0,
+                            batch=batch_size(len(todo), workers), gpus=",".join(gpus),
+                            upload=int(run["upload"]), debug=0,
                             summary_task=str(task))
 
 
@@ -375,11 +384,10 @@ class _Signals:
         raise Interrupted(signal.Signals(signum).name)
 
 
-def _setup_logging(log_path: Path, debug: bool, verbose: bool) -> tuple[Any, Any]:
-    """Episode log file (plus the terminal in debug runs); returns (log file, terminal stream)."""
+def _setup_logging(log_path: Path, terminal: Any, debug: bool, verbose: bool) -> Any:
+    """Log to the episode's file (and the terminal in debug runs); returns the open log file."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_file = open(log_path, "a", buffering=1)
-    terminal = os.fdopen(os.dup(2), "w", buffering=1)
     if not debug:
         # Libraries that print (FFmpeg, OpenCV) go to the episode log, not the shared terminal.
         os.dup2(log_file.fileno(), 1)
@@ -391,41 +399,50 @@ def _setup_logging(log_path: Path, debug: bool, verbose: bool) -> tuple[Any, Any
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     logging.captureWarnings(True)
     faulthandler.enable(log_file)
-    return log_file, terminal
+    return log_file
 
 
 def worker_main(argv: Sequence[str]) -> int:
+    """Run episodes one after the other in this process (imports are paid once per batch)."""
     parser = argparse.ArgumentParser(prog="python -m droid_pipeline.runner worker")
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--gpus", default="", help="comma list: slot S uses gpus[S // workers_per_gpu]")
-    parser.add_argument("episode", metavar="EPISODE_JSON", help="one line of the run's todo file")
+    parser.add_argument("episodes", nargs="+", metavar="EPISODE_JSON", help="lines of the todo file")
     args = parser.parse_args(argv)
     signals = _Signals()
     signals.install()
     run_dir = args.run_dir
+    stop = EXIT_WORKER_STOP
     try:
-        lock = open(run_dir / WORKERS_LOCK, "a")
-        fcntl.flock(lock, fcntl.LOCK_SH)  # the driver waits for every worker through this lock
+        lock_fd = os.open(run_dir / WORKERS_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(lock_fd, fcntl.LOCK_SH)  # held until exit: the driver waits on this lock
         run = json.loads((run_dir / "run.json").read_text())
-        episode = Episode.from_json(json.loads(args.episode))
+        stop = EXIT_INTERRUPTED if run["debug"] else EXIT_WORKER_STOP
         slot = int(os.environ.get(SLOT_VAR, "0"))
         gpus = [g for g in args.gpus.split(",") if g]
         gpu = gpus[slot // run["workers_per_gpu"]] if gpus else None
         if gpu is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-        log_file, terminal = _setup_logging(run_dir / "logs" / f"{episode.episode_id}.log",
-                                            run["debug"], run["verbose"])
+        terminal = os.fdopen(os.dup(2), "w", buffering=1)
     except Interrupted:
-        return EXIT_WORKER_STOP  # stopped before it began: nothing to undo
-    try:
+        return stop  # stopped before it began: nothing to undo
+    failed = False
+    for line in args.episodes:
+        try:
+            signals.deferred = False
+            if signals.pending:
+                return stop
+            episode = Episode.from_json(json.loads(line))
+            log_file = _setup_logging(run_dir / "logs" / f"{episode.episode_id}.log", terminal,
+                                      run["debug"], run["verbose"])
+        except Interrupted:
+            return stop
         status = run_episode(run_dir, run, episode, slot, gpu, signals, terminal)
-    finally:
         log_file.flush()
-    if status == "done" and not signals.pending:
-        return EXIT_OK
-    if status == "failed":
-        return EXIT_FAILED
-    return EXIT_INTERRUPTED if run["debug"] else EXIT_WORKER_STOP
+        if status == "interrupted" or signals.pending:
+            return stop
+        failed = failed or status == "failed"
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def run_episode(run_dir: Path, run: dict[str, Any], episode: Episode, slot: int, gpu: str | None,

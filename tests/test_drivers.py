@@ -1,0 +1,235 @@
+"""Both bash drivers end to end on synthetic episodes, as real subprocesses with real signals."""
+
+from __future__ import annotations
+
+import collections
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from droid_pipeline import SCHEMA_VERSION
+from droid_pipeline.ledger import Ledger
+from droid_pipeline.staging import finished_state, read_manifest
+from droid_pipeline.synthetic import generate_dataset
+from droid_pipeline.timing import COLUMNS
+
+REPO = Path(__file__).resolve().parent.parent
+METADATA = REPO / "run_pipeline_metadata_only.sh"
+DEPTH = REPO / "run_pipeline_compressed_depth.sh"
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return generate_dataset(tmp_path_factory.mktemp("synthetic"), episodes=6, frames=12)
+
+
+def run_driver(script: Path, *args: str, cwd: Path, check_rc: int | None = None,
+               timeout: float = 300) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(script), *args], cwd=cwd, capture_output=True, text=True,
+                            timeout=timeout)
+    if check_rc is not None:
+        assert result.returncode == check_rc, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    return result
+
+
+def common_args(dataset, work: Path) -> list[str]:
+    return ["--config", str(dataset.config_path), "--out", str(work / "out"),
+            "--set", f"run_root={work / 'runs'}"]
+
+
+def run_dirs(work: Path, pipeline: str) -> list[Path]:
+    return sorted((work / "runs").glob(f"{pipeline}-*"))
+
+
+def timing_rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "timing.csv", newline="") as fh:
+        reader = csv.DictReader(fh)
+        assert tuple(reader.fieldnames) == COLUMNS
+        return list(reader)
+
+
+def published_ids(work: Path) -> list[str]:
+    lines = (work / "runs" / "published.jsonl").read_text().splitlines()
+    return [json.loads(line)["episode_id"] for line in lines]
+
+
+def leftover_work_files(work: Path) -> list[Path]:
+    return [p for p in (work / "out" / ".work").rglob("*") if p.is_file()]
+
+
+def test_help_documents_the_options():
+    for script, extra in ((METADATA, []), (DEPTH, ["--gpus", "--workers-per-gpu", "--depth-backend"])):
+        result = run_driver(script, "--help", cwd=REPO, check_rc=0)
+        for option in ["--episodes", "--episode_id", "--workers", "--config", "--set", "--droid-root",
+                       "--out", "--no-upload", "--force", "--dry-run", "--slurm", *extra]:
+            assert option in result.stdout, option
+        assert f"usage: {script.name} " in result.stdout
+
+
+def test_drivers_are_shellcheck_clean():
+    scripts = [METADATA, DEPTH, REPO / "scripts" / "driver_lib.sh"]
+    result = subprocess.run(["shellcheck", "-x", *map(str, scripts)], cwd=REPO, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_metadata_driver_sigint_then_rerun_does_every_episode_once(dataset, tmp_path):
+    repo = tmp_path / "hub"
+    args = [*common_args(dataset, tmp_path), "--workers", "2", "--set", f"metadata_repo=file://{repo}"]
+    ids = [e.episode_id for e in dataset.episodes]
+    with open(tmp_path / "first.out", "w") as out:
+        driver = subprocess.Popen([str(METADATA), *args], cwd=tmp_path, stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            csv_path = None
+            while driver.poll() is None:  # interrupt once the first episode is finished
+                found = run_dirs(tmp_path, "metadata")
+                csv_path = found[0] / "timing.csv" if found else None
+                if csv_path and csv_path.exists() and "done" in csv_path.read_text():
+                    break
+                time.sleep(0.05)
+            assert driver.poll() is None, (tmp_path / "first.out").read_text()
+            os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+            assert driver.wait(timeout=120) == 130, (tmp_path / "first.out").read_text()
+        finally:
+            if driver.poll() is None:
+                os.killpg(driver.pid, signal.SIGKILL)
+    first = run_dirs(tmp_path, "metadata")[0]
+    summary = json.loads((first / "summary.json").read_text())
+    assert summary["interrupted"] and summary["exit_code"] == 130
+    assert 1 <= summary["done"] < len(ids)
+    # Nothing half-finished: every output folder is complete, no work folder survives.
+    for episode in dataset.episodes:
+        state, _ = finished_state(tmp_path / "out" / episode.relative_path)
+        assert state in ("finished", "missing")
+    assert not leftover_work_files(tmp_path)
+    done_first = {r["episode_id"] for r in timing_rows(first) if r["status"] == "done"}
+    assert len(done_first) == summary["done"]
+    assert "interrupted" in (tmp_path / "first.out").read_text()
+
+    second = run_driver(METADATA, *args, cwd=tmp_path, check_rc=0)
+    assert f"{len(done_first)} finished and 0 uploaded skipped" in second.stdout
+    rerun = run_dirs(tmp_path, "metadata")[1]
+    rows = timing_rows(rerun)
+    assert {r["episode_id"] for r in rows} == set(ids) - done_first
+    assert all(r["status"] == "done" for r in rows)
+    assert collections.Counter(published_ids(tmp_path)) == collections.Counter(ids)  # once each
+    for episode in dataset.episodes:
+        assert finished_state(tmp_path / "out" / episode.relative_path)[0] == "finished"
+    # The background uploader and the final flush put every episode in the repo.
+    assert Ledger(tmp_path / "runs").has(ids[0], [f"file://{repo}"])
+    assert all(Ledger(tmp_path / "runs").has(i, [f"file://{repo}"]) for i in ids)
+    assert len(list(repo.rglob("tracks.npz"))) == len(ids)
+
+    third = run_driver(METADATA, *args, cwd=tmp_path, check_rc=0)
+    assert "nothing left to do" in third.stdout
+    last = run_dirs(tmp_path, "metadata")[2]
+    assert not (last / "timing.csv").exists()
+    assert (last / "episodes.txt").read_text() == ""
+    # Deleted locally after upload: still skipped, thanks to the ledger.
+    shutil.rmtree(tmp_path / "out" / dataset.episodes[0].relative_path)
+    fourth = run_driver(METADATA, *args, "--dry-run", cwd=tmp_path, check_rc=0)
+    assert f"{len(ids) - 1} finished and 1 uploaded skipped, 0 to run" in fourth.stdout
+
+
+def _fake_old_output(folder: Path, *, schema: int | None) -> None:
+    """An output of an older pipeline: 3D tracks only, with an old manifest or none at all."""
+    folder.mkdir(parents=True)
+    (folder / "tracks.npz").write_bytes(b"old")
+    if schema is not None:
+        (folder / "manifest.json").write_text(json.dumps({
+            "schema_version": schema, "episode_id": "x", "relative_path": "x", "pipeline": "full",
+            "created": 0.0, "files": [{"path": "tracks.npz", "size": 3, "sha256": "0", "kind": "metadata"}]}))
+
+
+def test_depth_driver_broken_episode_fails_alone_and_old_outputs_are_redone(dataset, tmp_path):
+    droid_root = tmp_path / "droid_raw"
+    shutil.copytree(dataset.droid_root, droid_root)
+    episodes = sorted(dataset.episodes, key=lambda e: e.relative_path)[:4]
+    broken, stale, unfinished = episodes[1], episodes[2], episodes[3]
+    serial = broken.serials["ext1"]
+    (droid_root / broken.relative_path / "recordings" / "MP4" / f"{serial}-stereo.mp4").unlink()
+    _fake_old_output(tmp_path / "out" / stale.relative_path, schema=SCHEMA_VERSION - 1)
+    _fake_old_output(tmp_path / "out" / unfinished.relative_path, schema=None)
+    args = [*common_args(dataset, tmp_path), "--droid-root", str(droid_root), "--workers", "2",
+            "--gpus", "none", "--depth-backend", "stereo", "4"]
+
+    dry = run_driver(DEPTH, *args, "--dry-run", cwd=tmp_path, check_rc=0)
+    assert f"redo {stale.episode_id}: stale-schema" in dry.stdout
+    assert f"redo {unfinished.episode_id}: incomplete" in dry.stdout
+    assert dry.stdout.count("  run ") == 4 and not (tmp_path / "runs").exists()
+
+    result = run_driver(DEPTH, *args, cwd=tmp_path, check_rc=1)
+    run_dir = run_dirs(tmp_path, "full")[0]
+    rows = timing_rows(run_dir)
+    assert sorted(r["episode_id"] for r in rows) == sorted(e.episode_id for e in episodes)
+    by_id = {r["episode_id"]: r for r in rows}
+    assert by_id[broken.episode_id]["status"] == "failed"
+    assert by_id[broken.episode_id]["failed_step"] == "depth"
+    assert serial in by_id[broken.episode_id]["error"]
+    assert float(by_id[broken.episode_id]["intrinsics_s"]) > 0
+    failed = (run_dir / "failed.txt").read_text().splitlines()
+    assert [line.split("\t")[:2] for line in failed] == [[broken.episode_id, "depth"]]
+    for episode in episodes:
+        folder = tmp_path / "out" / episode.relative_path
+        if episode is broken:
+            assert finished_state(folder)[0] == "missing"
+            continue
+        row = by_id[episode.episode_id]
+        assert row["status"] == "done" and row["gpu"] == "-"
+        for step in ("intrinsics", "depth", "tracks", "publish"):
+            assert float(row[f"{step}_s"]) >= 0 and len(row[f"{step}_s"].split(".")[1]) == 3
+        assert finished_state(folder)[0] == "finished"
+        manifest = read_manifest(folder)
+        assert manifest.pipeline == "full" and manifest.schema_version == SCHEMA_VERSION
+        assert {f.path for f in manifest.files_of_kind("depth")} >= {
+            f"recordings/{s}/depth.mkv" for s in episode.serials.values()}
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["failed_by_step"] == {"depth": 1} and summary["done"] == 3
+    assert f"step depth" in result.stdout and broken.episode_id in result.stdout
+    log = (run_dir / "logs" / f"{broken.episode_id}.log").read_text()
+    assert "Traceback" in log and "step depth failed" in log
+    assert "upload: off (no metadata_repo/full_repo in the config)" in result.stdout
+
+
+def test_depth_workers_are_pinned_to_gpus_by_slot(dataset, tmp_path):
+    # The zed backend cannot run here (no ZED SDK): every episode fails at its depth step, but
+    # only after its worker slot chose its GPU, which the timing row records.
+    args = [*common_args(dataset, tmp_path), "--depth-backend", "zed", "--gpus", "3,7",
+            "--workers-per-gpu", "2", "4"]
+    result = run_driver(DEPTH, *args, cwd=tmp_path, check_rc=1)
+    assert "with 4 worker(s) on GPUs 3,7 x 2" in result.stdout
+    rows = timing_rows(run_dirs(tmp_path, "full")[0])
+    assert len(rows) == 4
+    for row in rows:
+        assert row["gpu"] == ["3", "7"][int(row["slot"]) // 2]
+        assert row["status"] == "failed" and row["failed_step"] == "depth"
+        assert "ZED" in row["error"]
+
+
+def test_single_episode_debug_run(dataset, tmp_path):
+    episode = dataset.episodes[2]
+    repo = tmp_path / "hub"
+    args = [*common_args(dataset, tmp_path), "--set", f"metadata_repo=file://{repo}",
+            "--episode_id", episode.episode_id]
+    result = run_driver(METADATA, *args, cwd=tmp_path, check_rc=0)
+    run_dir = run_dirs(tmp_path, "metadata")[0]
+    # Verbose log on the terminal, the same in the episode log.
+    assert "DEBUG" in result.stderr and "step intrinsics" in result.stderr
+    assert "step tracks" in (run_dir / "logs" / f"{episode.episode_id}.log").read_text()
+    work = run_dir / "work" / episode.episode_id
+    assert f"work folder kept: {work}" in result.stderr
+    assert (work / "tracks.npz").is_file()
+    assert {p.name for p in (work / "recordings").iterdir()} == set(episode.serials.values())
+    assert finished_state(tmp_path / "out" / episode.relative_path)[0] == "finished"
+    assert "debug run without --upload" in result.stdout
+    assert not repo.exists() and not (run_dir / "uploader.log").exists()
+    rows = timing_rows(run_dir)
+    assert [(r["episode_id"], r["status"]) for r in rows] == [(episode.episode_id, "done")]
