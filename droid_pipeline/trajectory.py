@@ -144,8 +144,8 @@ class _Reader:
                                           for got, want in zip(data.shape, shape)):
             wanted = "(" + ", ".join("T" if s is None else str(s) for s in shape) + ")"
             raise self.fail(f"{key} has shape {data.shape}, expected {wanted}")
-        bad = ~np.isfinite(data.reshape(data.shape[0], -1)).all(axis=1) if data.ndim else None
-        if bad is not None and bad.any():
+        bad = ~np.isfinite(data).all(axis=tuple(range(1, data.ndim)))
+        if bad.any():
             steps = np.flatnonzero(bad)
             listed = ", ".join(map(str, steps[:MAX_LISTED_STEPS])) + (" ..." if steps.size > MAX_LISTED_STEPS else "")
             raise self.fail(f"NaN or inf in {key} at {steps.size} of {data.shape[0]} steps: {listed}")

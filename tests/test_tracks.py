@@ -519,6 +519,16 @@ def test_bad_input_fails_clearly_and_writes_nothing(tmp_path: Path, spec: Episod
     assert_fails(build_episode(tmp_path, spec), *phrases)
 
 
+def test_empty_trajectory_is_never_written(tmp_path: Path) -> None:
+    built = build_episode(tmp_path, EpisodeSpec(num_frames=10, metadata_extra={"trajectory_length": None}))
+    with h5py.File(built.root / "droid_raw" / LAB / "success" / DATE / FOLDER / "trajectory.h5", "r+") as h5:
+        for key in ("observation/robot_state/cartesian_position", "observation/robot_state/gripper_position"):
+            shape = (0, *h5[key].shape[1:])
+            del h5[key]
+            h5.create_dataset(key, shape=shape, dtype=np.float64)
+    assert_fails(built, "observation/robot_state/cartesian_position has no steps")
+
+
 def test_fps_from_config_when_timestamps_are_missing(tmp_path: Path) -> None:
     spec = EpisodeSpec(num_frames=10, drop_h5=("observation/timestamp/control/step_start",
                                                "observation/timestamp/control/step_end"))
