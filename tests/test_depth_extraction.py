@@ -258,3 +258,168 @@ def test_cli_writes_depth_and_prints_summary(dataset, episode, tmp_path):
          "--cameras", "nope", "--output-dir", str(out)], capture_output=True, text=True, cwd=tmp_path)
     assert failed.returncode == 1
     assert f"episode {episode.episode_id}: step depth: unknown camera 'nope'" in failed.stderr
+
+
+# ---------------------------------------------------------------- memory
+
+# Peak RSS of the probe process itself: VmHWM starts afresh with the new program image, while
+# getrusage's ru_maxrss would carry over the forking test process's own peak.
+MEMORY_PROBE = """
+import json, sys
+from droid_pipeline.config import load_config
+from droid_pipeline.depth import extract_depth
+from droid_pipeline.episodes import Episode
+config = load_config([sys.argv[1]], sys.argv[4:])
+episode = Episode.from_json(json.loads(sys.argv[2]))
+extract_depth(config, episode, sys.argv[3], backend="stereo", cameras=["wrist"])
+status = open("/proc/self/status").read().split("VmHWM:")[1].split()
+print(int(status[0]) * 1024)
+"""
+
+
+def peak_rss_bytes(dataset, episode, config, out: Path) -> int:
+    result = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(dataset.config_path),
+                             json.dumps(episode.to_json()), str(out), f"droid_root={config.droid_root}",
+                             f"episode_index_path={out / 'index.json'}", "stereo.num_disparities=32"],
+                            capture_output=True, text=True, check=True, cwd=REPO)
+    return int(result.stdout.split()[-1])
+
+
+def test_memory_stays_flat_as_the_episode_grows(dataset, episode, tmp_path):
+    """Peak RSS of a 20-step and a 240-step episode (same video, looped) in fresh processes
+    (a narrower disparity search keeps it quick; memory does not depend on it)."""
+    import av
+
+    short_steps, long_steps = 20, 240
+    long_config = copy_episode(dataset, episode, tmp_path / "long", long_steps)
+    serial = episode.serials["wrist"]
+    video = long_config.droid_root / episode.relative_path / "recordings" / "MP4" / f"{serial}-stereo.mp4"
+    frames = list(ffmpeg_frames(video, "rgb24", 2 * SIZE[0], SIZE[1], channels=3))
+    with av.open(str(video), "w") as container:  # the same scene played back and forth
+        stream = container.add_stream("libx264", rate=15)
+        stream.width, stream.height, stream.pix_fmt = 2 * SIZE[0], SIZE[1], "yuv420p"
+        loop = frames + frames[-2:0:-1]
+        for index in range(long_steps):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(loop[index % len(loop)], format="rgb24")))
+        container.mux(stream.encode(None))
+    short_config = copy_episode(dataset, episode, tmp_path / "short", short_steps)
+    shutil.copy(video, short_config.droid_root / episode.relative_path / "recordings" / "MP4" / video.name)
+
+    short = peak_rss_bytes(dataset, episode, short_config, tmp_path / "short" / "out")
+    long = peak_rss_bytes(dataset, episode, long_config, tmp_path / "long" / "out")
+    assert ffmpeg_frames(tmp_path / "long" / "out" / "recordings" / serial / "depth.mkv", "gray16le",
+                         *SIZE).shape[0] == long_steps
+    # The 220 extra steps hold 25 MB of uint16 depth (51 MB as float, 76 MB of decoded RGB);
+    # streaming keeps the growth to noise, far below even the smallest of these.
+    extra_depth_bytes = (long_steps - short_steps) * SIZE[0] * SIZE[1] * 2
+    assert long - short < 0.15 * extra_depth_bytes, (short, long)
+
+
+# ---------------------------------------------------------------- zed backend (through the fake SDK)
+
+FAKE_SDK = Path(__file__).resolve().parent / "fake_pyzed"
+ZED_SIZE = (16, 12)
+
+
+@pytest.fixture
+def fake_sl(monkeypatch):
+    """The recorded fake of pyzed.sl on sys.path for one test."""
+    for name in ("pyzed", "pyzed.sl"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.syspath_prepend(str(FAKE_SDK))
+    import pyzed.sl as sl
+
+    sl.CALLS.clear()
+    yield sl
+    for name in ("pyzed.sl", "pyzed"):
+        sys.modules.pop(name, None)
+
+
+def write_fake_svo(episode_dir: Path, serial: str, depth: list, left: list | None = None) -> None:
+    """A recording for the fake SDK: what the real one would report for this SVO."""
+    width, height = ZED_SIZE
+    recording = {"resolution": [width, height], "fps": 60.0, "baseline_mm": 120.0,
+                 "left_cam": {"fx": 10.0, "fy": 10.0, "cx": 7.5, "cy": 5.5, "disto": [0.0] * 12},
+                 "depth_frames": [None if d is None else d.tolist() for d in depth],
+                 "left_frames": [None if image is None else image.tolist() for image in (left or [None] * len(depth))]}
+    svo = episode_dir / "recordings" / "SVO" / f"{serial}.svo"
+    svo.parent.mkdir(parents=True, exist_ok=True)
+    svo.write_text(json.dumps(recording))
+
+
+def sdk_depth_frames(count: int, seed: int) -> list[np.ndarray]:
+    """Float millimetre frames as the SDK gives them, with every kind of invalid value."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(count):
+        depth = rng.uniform(50.0, 25000.0, ZED_SIZE[::-1]).astype(np.float32)
+        depth[0, :6] = [np.nan, -np.inf, np.inf, 99.4, 15000.4, 20000.6]
+        depth[1, :3] = [100.0, 1234.5, 1235.5]
+        frames.append(depth)
+    return frames
+
+
+def expected_uint16(depth: np.ndarray, low: float, high: float) -> np.ndarray:
+    """The output rule written out independently: round half to even, 0 outside [low, high]."""
+    out = np.zeros(depth.shape, np.uint16)
+    for index, value in np.ndenumerate(depth):
+        if np.isfinite(value) and low <= value <= high:
+            out[index] = int(round(float(value)))
+    return out
+
+
+def test_zed_backend_streams_sdk_depth_with_missing_frames_and_ranges(
+        fake_sl, dataset, episode, tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    config = copy_episode(dataset, episode, tmp_path, FRAMES)
+    episode_dir = config.droid_root / episode.relative_path
+    wrist, ext1 = episode.serials["wrist"], episode.serials["ext1"]
+    short = sdk_depth_frames(FRAMES - 2, seed=0)
+    short[3] = None  # a failed grab
+    write_fake_svo(episode_dir, wrist, short)
+    long = sdk_depth_frames(FRAMES + 2, seed=1)
+    write_fake_svo(episode_dir, ext1, long)
+
+    summary = extract_depth(config, episode, tmp_path / "out", backend="zed", cameras=["wrist", "ext1"])
+
+    opened = [call for call in fake_sl.CALLS if call[0] == "open"]
+    assert [call[2:] for call in opened] == [(fake_sl.DEPTH_MODE.NEURAL, fake_sl.UNIT.MILLIMETER, False)] * 2
+    width, height = ZED_SIZE
+    depth = ffmpeg_frames(tmp_path / "out" / "recordings" / wrist / "depth.mkv", "gray16le", width, height)
+    camera = summary["cameras"][wrist]
+    assert depth.shape[0] == FRAMES
+    assert camera["missing_frames"] == [3, FRAMES - 2, FRAMES - 1] and camera["frame_count_mismatch"] == -2
+    for index, frame in enumerate(short):
+        expected = np.zeros((height, width), np.uint16) if frame is None else expected_uint16(frame, 100, 15000)
+        np.testing.assert_array_equal(depth[index], expected)
+    assert not depth[FRAMES - 2:].any()
+    meta = DepthMeta.load(tmp_path / "out" / "recordings" / wrist / "depth_meta.json")
+    assert meta.source["backend"] == "zed" and meta.source["depth_mode"] == "NEURAL"
+    assert meta.source["cuda_visible_devices"] == "1" and meta.missing_frames == camera["missing_frames"]
+    assert meta.source["valid_fraction"] == pytest.approx((depth > 0).mean())
+
+    depth = ffmpeg_frames(tmp_path / "out" / "recordings" / ext1 / "depth.mkv", "gray16le", width, height)
+    assert summary["cameras"][ext1]["frame_count_mismatch"] == 2
+    assert summary["cameras"][ext1]["missing_frames"] == []
+    np.testing.assert_array_equal(depth, [expected_uint16(f, 300, 20000) for f in long[:FRAMES]])
+
+
+def test_zed_backend_exports_left_images(fake_sl, dataset, episode, tmp_path):
+    config = copy_episode(dataset, episode, tmp_path, FRAMES)
+    config = config_for(dataset, tmp_path, f"droid_root={config.droid_root}", "export_rgb=true")
+    serial = episode.serials["ext2"]
+    width, height = ZED_SIZE
+    colours = np.linspace(40, 220, FRAMES).astype(np.uint8)
+    left = [np.dstack([np.full((height, width), c, np.uint8)] * 3 + [np.full((height, width), 255, np.uint8)])
+            for c in colours]  # BGRA grey levels, one per frame
+    write_fake_svo(config.droid_root / episode.relative_path, serial, sdk_depth_frames(FRAMES, 2), left)
+    extract_depth(config, episode, tmp_path / "out", backend="zed", cameras=["ext2"])
+    rgb = ffmpeg_frames(tmp_path / "out" / "recordings" / serial / "rgb.mp4", "rgb24", width, height, 3)
+    np.testing.assert_allclose(rgb.reshape(FRAMES, -1).mean(axis=1), colours, atol=3)
+
+
+def test_zed_backend_without_sdk_names_the_alternative(dataset, episode, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyzed", None)  # import pyzed.sl fails as on a CPU node
+    config = config_for(dataset, tmp_path)
+    with pytest.raises(EpisodeError, match="step depth: .*ZED SDK not installed.*depth_backend: stereo"):
+        extract_depth(config, episode, tmp_path / "out", backend="zed", cameras=["wrist"])
