@@ -395,8 +395,9 @@ def _setup_logging(log_path: Path, terminal: Any, debug: bool, verbose: bool) ->
     handlers: list[logging.Handler] = [logging.StreamHandler(log_file)]
     if debug:
         handlers.append(logging.StreamHandler(terminal))
-    logging.basicConfig(level=logging.DEBUG if (debug or verbose) else logging.INFO, handlers=handlers,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("droid_pipeline").setLevel(logging.DEBUG if debug or verbose else logging.INFO)
     logging.captureWarnings(True)
     faulthandler.enable(log_file)
     return log_file
