@@ -366,7 +366,7 @@ def test_visibility_is_in_front_beyond_min_depth_and_inside_the_image(episode: B
         assert episode.quality()["visible_fraction"][serial] == pytest.approx(expected.mean())
 
 
-def test_camera_behind_the_gripper_sees_nothing(tmp_path: Path) -> None:
+def test_camera_behind_or_beside_the_gripper_sees_nothing(tmp_path: Path) -> None:
     spec = EpisodeSpec(num_frames=10, cam2base={EPISODE_ID: {
         SERIALS["ext1"]: look_at_pose6([0.5, 0.0, 1.2], [0.5, 0.1, 2.5]),         # above, facing up
         SERIALS["ext2"]: look_at_pose6([0.5, -1.0, 0.3], [1.5, -1.0, 0.3])}})     # beside, facing +x
