@@ -344,8 +344,9 @@ def _plan_motion(rng: np.random.Generator, frames: int, closed_value: float
 
     steps = np.arange(frames)
     ramp = max(1.0, min(SPEED_RAMP_S * CONTROL_HZ, (frames - 1) / 4))
-    speed = np.minimum(1.0, np.minimum(steps / ramp, (frames - 1 - steps) / ramp))
-    distance = np.concatenate([[0.0], np.cumsum(0.5 * (speed[1:] + speed[:-1]))])
+    midpoints = steps[:-1] + 0.5  # speed of each step-to-step interval
+    speed = np.minimum(1.0, np.minimum(midpoints / ramp, (frames - 1 - midpoints) / ramp))
+    distance = np.concatenate([[0.0], np.cumsum(speed)])
     distance *= PATH_SPEED_M_S * (frames - 1) / CONTROL_HZ / distance[-1]
     # The spline is periodic, so distance along the loop wraps around it.
     joints = spline(np.interp(np.mod(distance, arc[-1]), arc, phase))
@@ -531,9 +532,14 @@ class _Mp4Writer:
         self._stream.pix_fmt = "yuv420p"
         self._stream.time_base = Fraction(1, CONTROL_HZ)
         self._stream.options = {"crf": str(VIDEO_CRF), "preset": "veryfast"}
+        self._stream.thread_count = 1
+        self._frames = 0
 
     def write(self, rgb: np.ndarray) -> None:
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        frame = av.VideoFrame.from_ndarray(rgb_to_yuv420p(rgb), format="yuv420p")
+        frame.pts = self._frames
+        frame.time_base = Fraction(1, CONTROL_HZ)
+        self._frames += 1
         self._container.mux(self._stream.encode(frame))
 
     def __enter__(self) -> _Mp4Writer:
@@ -545,6 +551,19 @@ class _Mp4Writer:
                 self._container.mux(self._stream.encode(None))
         finally:
             self._container.close()
+
+
+def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> planar YUV 4:2:0 as one (3H/2, W) uint8 array (Y, then U, then V),
+    BT.601 limited range (what decoders assume for untagged H.264), chroma averaged over 2x2."""
+    height, width, _ = rgb.shape
+    values = rgb.astype(np.float32)
+    luma = 16.0 + values @ np.array([0.256788, 0.504129, 0.097906], dtype=np.float32)
+    pooled = values.reshape(height // 2, 2, width // 2, 2, 3).mean(axis=(1, 3))
+    blue = 128.0 + pooled @ np.array([-0.148223, -0.290993, 0.439216], dtype=np.float32)
+    red = 128.0 + pooled @ np.array([0.439216, -0.367788, -0.071427], dtype=np.float32)
+    planes = [luma.ravel(), blue.ravel(), red.ravel()]
+    return np.clip(np.rint(np.concatenate(planes)), 0, 255).astype(np.uint8).reshape(height * 3 // 2, width)
 
 
 class _DepthWriter:
