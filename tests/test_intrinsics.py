@@ -7,6 +7,7 @@ cv2.stereoRectify run for the ZED calibration files, the recorded values for the
 
 from __future__ import annotations
 
+import configparser
 import importlib
 import json
 import re
@@ -490,3 +491,67 @@ def test_entry_point_exit_codes(tmp_path, videos):
                             capture_output=True, text=True)
     assert failed.returncode == 1 and "intrinsics_path is not set" in failed.stderr
     assert "Traceback" not in failed.stderr + unknown.stderr
+
+
+# ------------------------------------------------------------------ the synthetic episodes' ground truth
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Path:
+    """Three generated episodes (the third also carries observation/camera_intrinsics)."""
+    out = tmp_path_factory.mktemp("synthetic")
+    subprocess.run([sys.executable, "-m", "droid_pipeline.demo", "--out", str(out), "--episodes", "3",
+                    "--frames", "2"], check=True, capture_output=True, cwd=REPO)
+    return out
+
+
+RESOLUTION_WIDTHS = {"HD": 1280, "FHD": 1920, "2K": 2208, "VGA": 672}  # smallest downscale factor first
+
+
+def conf_rectified_by_opencv(conf_path: Path, width: int, height: int) -> tuple[np.ndarray, float]:
+    """Rectified K and baseline read straight from the INI with configparser and cv2.stereoRectify."""
+    ini = configparser.ConfigParser()
+    ini.read(conf_path)
+    key, scale = next((k, RESOLUTION_WIDTHS[k] // width) for k in RESOLUTION_WIDTHS
+                      if RESOLUTION_WIDTHS[k] % width == 0 and f"LEFT_CAM_{k}" in ini)
+    def lens(side: str) -> tuple[np.ndarray, np.ndarray]:
+        s = {name: float(ini[f"{side}_CAM_{key}"][name]) for name in ("fx", "fy", "cx", "cy", "k1", "k2", "p1",
+                                                                      "p2", "k3")}
+        return (pinhole(s["fx"] / scale, s["fy"] / scale, (s["cx"] + 0.5) / scale - 0.5, (s["cy"] + 0.5) / scale - 0.5),
+                np.array([s["k1"], s["k2"], s["p1"], s["p2"], s["k3"]]))
+    stereo = ini["STEREO"]
+    R = cv2.Rodrigues(np.array([float(stereo[f"RX_{key}"]), float(stereo[f"CV_{key}"]), float(stereo[f"RZ_{key}"])]))[0]
+    T = np.array([[-float(stereo["Baseline"])], [float(stereo[f"TY_{key}"])], [float(stereo[f"TZ_{key}"])]]) / 1000
+    (K_l, d_l), (K_r, d_r) = lens("LEFT"), lens("RIGHT")
+    _, _, P1, P2, *_ = cv2.stereoRectify(K_l, d_l, K_r, d_r, (width, height), R, T,
+                                         flags=cv2.CALIB_ZERO_DISPARITY, alpha=0)
+    return P1[:3, :3], -P2[0, 3] / P2[0, 0]
+
+
+@pytest.mark.parametrize("source", ["published", "h5", "zed_conf"])
+def test_synthetic_episodes_match_ground_truth(synthetic, tmp_path, source):
+    dataset = json.loads((synthetic / "ground_truth" / "dataset.json").read_text())
+    checked = 0
+    for episode in dataset["episodes"]:
+        h5_path = synthetic / "droid_raw" / episode["relative_path"] / "trajectory.h5"
+        with h5py.File(h5_path, "r") as h5:
+            if source == "h5" and "observation/camera_intrinsics" not in h5:
+                continue
+        truth = json.loads((synthetic / "ground_truth" / episode["relative_path"] / "cameras.json").read_text())
+        out = tmp_path / episode["episode_id"]
+        assert main(["--episode_id", episode["episode_id"], "--config", str(synthetic / "config.yaml"),
+                     "--set", f"episode_index_path={tmp_path / 'index.json'}", "--source", source,
+                     "--output-dir", str(out)]) == 0
+        for serial, expected in truth.items():
+            record = load_intrinsics(out / "recordings" / serial / "intrinsics.json")
+            assert record["source"] == source
+            assert (record["width"], record["height"]) == (expected["width"], expected["height"])
+            np.testing.assert_allclose(record["K"], expected["K"], rtol=1e-6)
+            if source == "zed_conf":
+                assert record["baseline_m"] == pytest.approx(expected["baseline_m"], rel=1e-9)
+                K, baseline = conf_rectified_by_opencv(synthetic / "calibration" / "zed" / f"SN{serial}.conf",
+                                                       record["width"], record["height"])
+                np.testing.assert_allclose(record["K"], K, rtol=1e-12)
+                assert record["baseline_m"] == pytest.approx(baseline, rel=1e-12)
+            checked += 1
+    assert checked >= 3
