@@ -283,9 +283,9 @@ def test_contact_frames_and_centroids(episode: Built) -> None:
     np.testing.assert_array_equal(tracks["contact_frames"][:, 3], np.tile([0, 0, 0, 1], (45, 1)))
 
 
-def in_gripper_frame(tracks: dict[str, np.ndarray], key: str = "tracks_3d") -> np.ndarray:
+def in_gripper_frame(tracks: dict[str, np.ndarray]) -> np.ndarray:
     poses = tracks["gripper_poses"].astype(np.float64)
-    points = tracks[key].astype(np.float64)
+    points = tracks["tracks_3d"].astype(np.float64)
     return np.einsum("tji,tnj->tni", poses[:, :3, :3], points - poses[:, None, :3, 3])
 
 
@@ -477,9 +477,9 @@ def test_still_episode_gives_one_normalized_sample(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- bad input
 
-def assert_fails(built: Built, *phrases: str, overrides: tuple[str, ...] = ()) -> None:
+def assert_fails(built: Built, *phrases: str) -> None:
     with pytest.raises(EpisodeError) as info:
-        built.run(*overrides)
+        built.run()
     error = info.value
     assert error.episode_id == built.spec.episode_id and error.step == "tracks"
     for phrase in phrases:
