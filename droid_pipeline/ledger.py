@@ -84,14 +84,6 @@ class Ledger:
             return set()
         return set(progress.paths)
 
-    def commit_of(self, repo: str, episode_id: str) -> str | None:
-        progress = self._index.get((repo, episode_id))
-        return progress.commit if progress else None
-
-    def count(self, repo: str) -> int:
-        """Episodes completely uploaded to ``repo``."""
-        return sum(1 for (r, _), p in self._index.items() if r == repo and p.paths is None)
-
     def _apply(self, record: dict[str, Any]) -> None:
         try:
             key = (record["repo"], record["episode_id"])

@@ -113,6 +113,7 @@ class RepoState:
     last_error: str = ""
 
     def budget_wait(self, max_per_hour: int, now: float) -> float:
+        """Seconds until the rolling-hour budget allows another commit (forgets older commits)."""
         self.commit_times = [t for t in self.commit_times if t > now - HOUR_S]
         if len(self.commit_times) < max_per_hour:
             return 0.0
@@ -185,9 +186,14 @@ class Uploader:
             started = time.monotonic()
             report = self.run_batch()
             log.info("batch done: %s", report.summary())
-            while not self._stop and time.monotonic() - started < self.config.upload_interval_s:
-                time.sleep(min(0.2, self.config.upload_interval_s))
+            self._sleep(started + self.config.upload_interval_s - time.monotonic())
         return report
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep, waking early when :meth:`stop` is called."""
+        deadline = time.monotonic() + seconds
+        while not self._stop and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(0.2, left))
 
     def run_batch(self) -> BatchReport:
         """One batch over every repo (see the module docstring)."""
@@ -197,7 +203,6 @@ class Uploader:
         self._refresh_queue()
         for url, target in self.targets.items():
             report.commits[url] = report.episodes[url] = report.carried[url] = 0
-            report.failed[url] = {}
             with self._repo_lock(target):
                 self._upload_repo(target, report)
         self._finish_uploaded(report)
@@ -208,7 +213,7 @@ class Uploader:
         self._refresh_queue()
         plan = {}
         for url in self.targets:
-            work = self._missing(url, RepoState(), BatchReport())
+            work = self._to_upload(url, BatchReport())
             plan[url] = [[w.episode_id for w in chunk] for chunk in _pack(work, self.config.max_files_per_commit)]
         return plan
 
@@ -218,12 +223,12 @@ class Uploader:
         self.ledger.refresh()
         state = self._load_state(target)
         if state.pending is not None and self._reconcile(target, state) == "unknown":
-            report.carried[url] = len(self._missing(url, state, report))
+            report.carried[url] = len(self._to_upload(url, report))
             return
         if not self._ensure_exists(target, state):
-            report.carried[url] = len(self._missing(url, state, report))
+            report.carried[url] = len(self._to_upload(url, report))
             return
-        chunks = _pack(self._missing(url, state, report), self.config.max_files_per_commit)
+        chunks = _pack(self._to_upload(url, report), self.config.max_files_per_commit)
         waited_for_429 = False
         for index, chunk in enumerate(chunks):
             outcome = "not tried"
@@ -235,8 +240,9 @@ class Uploader:
                                  state.blocked_reason, len(chunks) - index, wait)
                         break
                     log.info("%s: waiting %.1f s (%s)", url, wait, state.blocked_reason)
-                    time.sleep(wait)
-                    waited_for_429 = True
+                    self._sleep(wait)
+                    state.blocked_until, waited_for_429 = 0.0, True
+                    continue
                 outcome = self._commit(target, state, self._verified(chunk, state), report)
             if outcome != "committed":
                 report.carried[url] += sum(len(c) for c in chunks[index:])
@@ -351,7 +357,7 @@ class Uploader:
                 self._queue.pop(entry["episode_id"], None)
                 self._queue[entry["episode_id"]] = entry
 
-    def _missing(self, url: str, state: RepoState, report: BatchReport) -> list[_Work]:
+    def _to_upload(self, url: str, report: BatchReport) -> list[_Work]:
         """Episodes of the queue whose files ``url`` still lacks and whose folder is ready."""
         work = []
         for episode_id, entry in self._queue.items():

@@ -8,7 +8,9 @@ repo histories in memory, and lets tests inject faults per endpoint:
 - ``status``: answer with an HTTP status (e.g. 429 with ``Retry-After``, 500) and do nothing,
 - ``apply_then_drop``: apply a commit, then close the connection without answering,
 - ``apply_then_delay``: apply a commit, then answer only after ``delay_s`` (a client timeout),
-- ``hold``: wait (before applying) until the test calls :meth:`HubServer.release`.
+- ``hold``: wait (before applying) until the test calls :meth:`HubServer.release`,
+- ``hold_then_reject``: wait for :meth:`HubServer.release`, then answer ``status`` without applying,
+- ``apply_then_hold``: apply a commit, then wait for :meth:`HubServer.release` before answering.
 
 The client's xet transfer protocol is not implemented: run the client with
 ``HF_HUB_DISABLE_XET=1`` so that LFS-mode files go through the LFS batch API.
@@ -251,9 +253,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self._body()
                 return self._send(fault.status, {"error": fault.body or f"injected {fault.status}"},
                                   fault.headers)
-            if fault is not None and fault.action == "hold":
+            if fault is not None and fault.action in ("hold", "hold_then_reject"):
                 self.hub.held.set()
                 self.hub._release.wait(60)
+            if fault is not None and fault.action == "hold_then_reject":
+                self._body()
+                return self._send(fault.status, {"error": fault.body or f"injected {fault.status}"})
             return handler(self, groups, query, fault, method == "HEAD")
         self._error(404, f"no route for {method} {path}")
 
@@ -344,6 +349,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if fault is not None and fault.action == "apply_then_delay":
             time.sleep(fault.delay_s)
+        if fault is not None and fault.action == "apply_then_hold":
+            self.hub.held.set()
+            self.hub._release.wait(60)
         prefix = "" if repo.repo_type == "model" else f"{repo.repo_type}s/"
         self._send(200, {"success": True, "commitOid": commit.oid, "pullRequestUrl": None,
                          "commitUrl": f"{self.hub.endpoint}/{prefix}{repo.repo_id}/commit/{commit.oid}"})

@@ -157,6 +157,10 @@ def assert_repo_complete(root: Path, hub: HubServer, url: str, episodes: list[tu
             assert hub.read(repo_id(url), path) == data, path
     assert set(hub.writes_per_path(repo_id(url)).values()) == {1}, "a file was committed twice"
     assert ledger_files(root, url) == on_server
+    written_by = {p: c.oid for c in hub.repo(repo_id(url)).commits for p in c.changed}
+    for line in ledger_lines(root):
+        if line["repo"] == url:
+            assert {written_by[f["path"]] for f in line["files"]} == {line["commit"]}
 
 
 def publish_mix(root: Path, count: int) -> list[tuple]:
@@ -276,25 +280,58 @@ def test_commit_that_lands_after_the_client_timed_out_is_recorded_once(tmp_path,
     assert len(hub.repo(repo_id(META)).commits) == 1
 
 
-def test_kill_9_at_random_points_then_rerun_loses_and_duplicates_nothing(tmp_path, hub):
+@pytest.mark.parametrize("hold", ["hold_then_reject", "apply_then_hold"])
+def test_kill_9_while_a_commit_is_in_flight_then_rerun(tmp_path, hub, hold):
+    episodes = publish_mix(tmp_path, 4)
+    hub.inject("commit", action=hold, repo_id=repo_id(META))
+    config = write_config(tmp_path, metadata_repo=META, max_files_per_commit=5)
+    env = uploader_env(hub.endpoint, tmp_path)
+    proc = subprocess.Popen(uploader_cmd(config, "--once"), env=env, cwd=REPO_ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(hub.held.is_set, "a commit to reach the server")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    hub.release()
+    assert "commit in flight" in run_uploader(config, env, "status").stdout
+    hub.apply_commit(hub.repo(repo_id(META)), [{"key": "header", "value": {"summary": "another writer"}}])
+    result = run_uploader(config, env, "--once")
+    assert result.returncode == 0, result.stderr
+    assert_repo_complete(tmp_path, hub, META, episodes, full=False)
+
+
+@pytest.mark.parametrize("target", ["hub", "folder"])
+def test_kill_9_at_random_points_then_rerun_loses_and_duplicates_nothing(tmp_path, hub, target):
     episodes = publish_mix(tmp_path, 8)
-    config = write_config(tmp_path, metadata_repo=META, full_repo=FULL, max_files_per_commit=3,
+    meta, full = (META, FULL) if target == "hub" else \
+        (f"file://{tmp_path / 'hub' / 'meta'}", f"file://{tmp_path / 'hub' / 'full'}")
+    config = write_config(tmp_path, metadata_repo=meta, full_repo=full, max_files_per_commit=3,
                           delete_after_upload=True)
     env = uploader_env(hub.endpoint, tmp_path)
     rng = random.Random(7)
-    for _ in range(6):
+    for _ in range(8):
         proc = subprocess.Popen(uploader_cmd(config, "--once"), env=env, cwd=REPO_ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.3, 2.0))
+        if target == "hub":  # kill after a random number of requests reached the server
+            goal = len(hub.requests) + rng.randint(1, 30)
+            wait_for(lambda: len(hub.requests) >= goal or proc.poll() is not None, "uploader requests")
+        else:
+            time.sleep(rng.uniform(0.5, 1.5))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     result = run_uploader(config, env, "--once")
     assert result.returncode == 0, result.stderr
-    assert_repo_complete(tmp_path, hub, META, episodes, full=False)
-    assert_repo_complete(tmp_path, hub, FULL, episodes, full=True)
+    if target == "hub":
+        assert_repo_complete(tmp_path, hub, META, episodes, full=False)
+        assert_repo_complete(tmp_path, hub, FULL, episodes, full=True)
+    else:
+        for url, full_repo in ((meta, False), (full, True)):
+            folder = Path(url.removeprefix("file://"))
+            on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+            assert on_disk == set(expected_contents(tmp_path, episodes, full_repo))
+            assert set(ledger_files(tmp_path, url)) == on_disk
     assert not any(p.is_file() for p in (tmp_path / "output").rglob("*"))  # all deleted after upload
     ledger = Ledger(tmp_path / "run")
-    assert all(ledger.has(eid, [META, FULL] if pipeline == "full" else [META])
+    assert all(ledger.has(eid, [meta, full] if pipeline == "full" else [meta])
                for eid, _, _, pipeline in episodes)
 
 
@@ -380,14 +417,19 @@ def test_token_never_appears_in_logs_state_or_urls(tmp_path, hub):
     hub.inject("commit", status=500, body=f"bad request from Bearer {TOKEN}")
     config = write_config(tmp_path, metadata_repo=META)
     env = uploader_env(hub.endpoint, tmp_path)
-    runs = [run_uploader(config, env, "--once", "-v"), run_uploader(config, env, "--once", "-v"),
-            run_uploader(config, env, "status")]
-    assert runs[0].returncode == 1 and "bad request from Bearer ***" in runs[0].stdout + runs[0].stderr
-    assert runs[1].returncode == 0
-    for run in runs:
+
+    def state_files_clean() -> bool:
+        return all(TOKEN.encode() not in p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file())
+
+    failed = run_uploader(config, env, "--once", "-v")
+    assert failed.returncode == 1 and "bad request from Bearer ***" in failed.stdout
+    assert state_files_clean()
+    status = run_uploader(config, env, "status")
+    assert "Bearer ***" in status.stdout and state_files_clean()
+    succeeded = run_uploader(config, env, "--once", "-v")
+    assert succeeded.returncode == 0 and state_files_clean()
+    for run in (failed, status, succeeded):
         assert TOKEN not in run.stdout + run.stderr
-    for path in (tmp_path / "run").rglob("*"):
-        assert not path.is_file() or TOKEN.encode() not in path.read_bytes(), path
     assert not any(TOKEN in url for _, url in hub.requests)
 
 
