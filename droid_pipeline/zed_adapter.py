@@ -110,11 +110,11 @@ def open_svo(svo_path: os.PathLike | str, depth_mode: str = "NONE") -> Iterator[
     path = Path(svo_path)
     if not path.is_file():
         raise ZedSdkError(f"{path}: SVO file not found")
+    if not hasattr(sl.DEPTH_MODE, depth_mode):
+        raise ZedSdkError(f"unknown ZED depth mode {depth_mode!r}")
     init = sl.InitParameters()
     init.set_from_svo_file(str(path))
     init.svo_real_time_mode = False
-    if not hasattr(sl.DEPTH_MODE, depth_mode):
-        raise ZedSdkError(f"unknown ZED depth mode {depth_mode!r}")
     init.depth_mode = getattr(sl.DEPTH_MODE, depth_mode)
     init.coordinate_units = sl.UNIT.MILLIMETER
     camera = sl.Camera()
