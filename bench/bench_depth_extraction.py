@@ -1,0 +1,117 @@
+"""Benchmark the stereo depth backend: accuracy against ground truth, and throughput.
+
+Generates synthetic episodes (droid_pipeline.synthetic) at 320x180 and 640x360 per eye, runs
+the whole depth step (decode, SGBM, left-right check, uint16 conversion, FFV1 encode and
+verification) with and without the left-right check, and compares each depth.mkv with the
+ray-cast ground truth on pixels valid in both. Then times the matcher alone on a DROID-size
+(1280x720 per eye) pair upscaled from a synthetic frame. Prints figures and ratios; exits 0.
+
+Usage: python bench/bench_depth_extraction.py [--frames N] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from droid_pipeline.config import load_config  # noqa: E402
+from droid_pipeline.depth import extract_depth  # noqa: E402
+from droid_pipeline.depth_codec import DepthReader  # noqa: E402
+from droid_pipeline.episodes import build_index  # noqa: E402
+from droid_pipeline.stereo import StereoMatcher, split_side_by_side  # noqa: E402
+from droid_pipeline.synthetic import DatasetInfo, generate_dataset  # noqa: E402
+from droid_pipeline.video import iter_frames  # noqa: E402
+
+SIZES = ((320, 180), (640, 360))
+
+
+def run_episode(dataset: DatasetInfo, output: Path, lr_check: bool) -> list[dict]:
+    """Depth step on a synthetic episode; per-camera accuracy and speed."""
+    config = load_config([dataset.config_path], [f"stereo.lr_check={str(lr_check).lower()}"])
+    episode = build_index(config.droid_root, None).episodes[0]
+    truth_dir = dataset.ground_truth_path(dataset.episodes[0])
+    frames, size = dataset.episodes[0].num_frames, (dataset.episodes[0].width, dataset.episodes[0].height)
+    rows = []
+    for role, serial in episode.serials.items():
+        start = time.perf_counter()
+        summary = extract_depth(config, episode, output, backend="stereo", cameras=[serial])
+        seconds = time.perf_counter() - start
+        depth = DepthReader(output / "recordings" / serial / "depth.mkv").read_all().astype(np.float64)
+        truth = np.load(truth_dir / f"{serial}_depth_mm.npy").astype(np.float64)
+        both = (depth > 0) & (truth > 0)
+        error = np.abs(depth - truth)[both]
+        rows.append({"size": f"{size[0]}x{size[1]}", "role": role, "lr": lr_check,
+                     "valid": summary["cameras"][serial]["valid_fraction"],
+                     "median_mm": float(np.median(error)), "p90_mm": float(np.percentile(error, 90)),
+                     "median_rel": float(np.median(error / truth[both])),
+                     "range_m": (truth[truth > 0].min() / 1000, truth.max() / 1000),
+                     "fps": frames / seconds})
+    return rows
+
+
+def matcher_speed(dataset: DatasetInfo, repeats: int = 3) -> list[tuple[str, float]]:
+    """Seconds per 1280x720 pair for the matcher alone, with and without the left-right check."""
+    settings = load_config().stereo
+    video = next(dataset.droid_root.rglob("*-stereo.mp4"))
+    frame = next(iter_frames(video, "gray"))
+    left, right = (cv2.resize(np.ascontiguousarray(v), (1280, 720), interpolation=cv2.INTER_LINEAR)
+                   for v in split_side_by_side(frame))
+    out = []
+    for lr_check in (True, False):
+        matcher = StereoMatcher(dataclasses.replace(settings, lr_check=lr_check))
+        matcher.disparity(left, right)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            matcher.disparity(left, right)
+        out.append((f"lr_check={lr_check}", (time.perf_counter() - start) / repeats))
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=10, help="steps per synthetic episode")
+    parser.add_argument("--keep", type=Path, help="work in this folder and keep it")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        root = args.keep or Path(scratch)
+        root.mkdir(parents=True, exist_ok=True)
+        print(f"stereo depth step on synthetic episodes, {args.frames} steps, {cv2.getNumThreads()} "
+              "OpenCV threads")
+        print(f"{'size':>8} {'camera':>6} {'LR':>5} {'valid':>6} {'median mm':>10} {'p90 mm':>7} "
+              f"{'median rel':>10} {'depth range m':>14} {'fps':>6}")
+        results = {}
+        datasets = {size: generate_dataset(root / f"synthetic_{size[0]}x{size[1]}", episodes=1,
+                                           frames=args.frames, size=size) for size in SIZES}
+        for size, dataset in datasets.items():
+            for lr_check in (True, False):
+                output = root / f"output_{size[0]}x{size[1]}_lr_{lr_check}"
+                for row in run_episode(dataset, output, lr_check):
+                    results[(row["size"], row["role"], lr_check)] = row
+                    low, high = row["range_m"]
+                    print(f"{row['size']:>8} {row['role']:>6} {str(lr_check):>5} {row['valid']:6.3f} "
+                          f"{row['median_mm']:10.1f} {row['p90_mm']:7.1f} {row['median_rel']:10.4f} "
+                          f"{low:6.2f}-{high:<6.2f}  {row['fps']:6.2f}")
+        print("\nleft-right check, ratios with / without:")
+        for size in SIZES:
+            label = f"{size[0]}x{size[1]}"
+            for role in ("wrist", "ext1", "ext2"):
+                on, off = results[(label, role, True)], results[(label, role, False)]
+                print(f"  {label} {role:>5}: p90 error x{on['p90_mm'] / off['p90_mm']:.2f}, "
+                      f"valid x{on['valid'] / off['valid']:.2f}, time x{off['fps'] / on['fps']:.2f}")
+        print("\nmatcher alone on a 1280x720 pair (DROID's HD720):")
+        for label, seconds in matcher_speed(datasets[SIZES[-1]]):
+            print(f"  {label}: {seconds * 1000:.0f} ms per frame, {1 / seconds:.2f} frames/s per camera")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
