@@ -523,7 +523,8 @@ def _render_camera(episode: EpisodePlan, rig: CameraRig, gripper_boxes: list[lis
 
 
 class _Mp4Writer:
-    """H.264 MP4 (libx264, yuv420p, near-lossless CRF) at the control rate, one RGB frame at a time."""
+    """H.264 MP4 (libx264, yuv420p, near-lossless CRF) at the control rate, one RGB frame at a
+    time, byte-identical for identical frames."""
 
     def __init__(self, path: Path, width: int, height: int):
         self._container = av.open(str(path), mode="w")
@@ -532,6 +533,7 @@ class _Mp4Writer:
         self._stream.pix_fmt = "yuv420p"
         self._stream.time_base = Fraction(1, CONTROL_HZ)
         self._stream.options = {"crf": str(VIDEO_CRF), "preset": "veryfast"}
+        # Frame-threaded x264 output varies from run to run here; one thread keeps it reproducible.
         self._stream.thread_count = 1
         self._frames = 0
 
@@ -555,15 +557,23 @@ class _Mp4Writer:
 
 def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 RGB -> planar YUV 4:2:0 as one (3H/2, W) uint8 array (Y, then U, then V),
-    BT.601 limited range (what decoders assume for untagged H.264), chroma averaged over 2x2."""
+    BT.601 limited range (what decoders assume for untagged H.264), chroma averaged over 2x2.
+
+    Element-wise arithmetic only (no BLAS, no SIMD colour converter), so the bytes depend on
+    the pixels alone and the videos are reproducible per seed.
+    """
     height, width, _ = rgb.shape
-    values = rgb.astype(np.float32)
-    luma = 16.0 + values @ np.array([0.256788, 0.504129, 0.097906], dtype=np.float32)
-    pooled = values.reshape(height // 2, 2, width // 2, 2, 3).mean(axis=(1, 3))
-    blue = 128.0 + pooled @ np.array([-0.148223, -0.290993, 0.439216], dtype=np.float32)
-    red = 128.0 + pooled @ np.array([0.439216, -0.367788, -0.071427], dtype=np.float32)
-    planes = [luma.ravel(), blue.ravel(), red.ravel()]
-    return np.clip(np.rint(np.concatenate(planes)), 0, 255).astype(np.uint8).reshape(height * 3 // 2, width)
+    red, green, blue = (rgb[..., k].astype(np.float32) for k in range(3))
+    luma = 16.0 + 0.256788 * red + 0.504129 * green + 0.097906 * blue
+
+    def pooled(channel: np.ndarray) -> np.ndarray:
+        return 0.25 * (channel[0::2, 0::2] + channel[1::2, 0::2] + channel[0::2, 1::2] + channel[1::2, 1::2])
+
+    red, green, blue = pooled(red), pooled(green), pooled(blue)
+    chroma_blue = 128.0 - 0.148223 * red - 0.290993 * green + 0.439216 * blue
+    chroma_red = 128.0 + 0.439216 * red - 0.367788 * green - 0.071427 * blue
+    planes = np.concatenate([luma.ravel(), chroma_blue.ravel(), chroma_red.ravel()])
+    return np.clip(np.rint(planes), 0, 255).astype(np.uint8).reshape(height * 3 // 2, width)
 
 
 class _DepthWriter:
