@@ -22,6 +22,7 @@ next one is tried.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -238,10 +239,21 @@ def _from_published(context: CameraContext) -> dict[str, Any]:
 def _published_entry(path: Path, episode_id: str) -> Any:
     """The published file's value for one episode id, ``None`` if the id is not a key.
 
-    DROID's file holds ~92k episodes (about 15 MB, ~0.3 s to parse whole, once per episode
-    process). When the quoted id occurs exactly once followed by ``:``, only the value after it is
-    decoded (~10 ms); in any other case the whole file is parsed and looked up exactly.
+    DROID's file holds ~92k episodes (about 15 MB, ~0.3 s to parse whole). When the quoted id
+    occurs exactly once followed by ``:``, only the value after it is decoded (~5 ms); in any
+    other case the whole file is parsed and looked up exactly. The last few answers are kept
+    while the file is unchanged, so an episode's cameras read it once.
     """
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise SourceFailed(f"cannot read {path}: {exc.strerror}") from None
+    return _read_published_entry(path, episode_id, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_published_entry(path: Path, episode_id: str, mtime_ns: int, size: int) -> Any:
+    """:func:`_published_entry` for one version (mtime, size) of the file."""
     try:
         data = path.read_bytes()
     except OSError as exc:
