@@ -233,25 +233,26 @@ def test_published_lookup_is_by_exact_id(tmp_path, videos):
     make_episode(root, videos)
     ext1 = SERIALS["ext1"]
     right, wrong = [510.0, 641.0, 511.0, 359.0], [999.0, 600.0, 999.0, 300.0]
-    path = tmp_path / "p.json"
-    config = config_for(root, tmp_path, f"intrinsics_path={path}")
     cases = [  # the id also nested under another episode, and another id that extends this one
         ({"A+1+2023-01-01-00h-00m-00s": {EPISODE_ID: {ext1: wrong}}, EPISODE_ID: {ext1: right}}, right),
         ({EPISODE_ID + "0": {ext1: wrong}, EPISODE_ID: {ext1: right}}, right),
         ({EPISODE_ID + "0": {ext1: wrong}}, None),
     ]
-    for table, expected in cases:
-        path.write_text(json.dumps(table, indent=1))
+    bad_files = ['{"' + EPISODE_ID + '": {"' + ext1 + '": [1, 2', "[1, 2]"]
+    for index, (text, expected) in enumerate([(json.dumps(t, indent=1), e) for t, e in cases]
+                                             + [(t, "bad") for t in bad_files]):
+        path = tmp_path / f"published_{index}.json"
+        path.write_text(text)
+        config = config_for(root, tmp_path, f"intrinsics_path={path}")
         if expected is None:
             with pytest.raises(EpisodeError, match="published: episode not in"):
+                extract_intrinsics(config, episode_of(config), tmp_path / "w", cameras=[ext1], sources=["published"])
+        elif expected == "bad":
+            with pytest.raises(EpisodeError, match="published: (cannot read|.*expected a JSON object)"):
                 extract_intrinsics(config, episode_of(config), tmp_path / "w", cameras=[ext1], sources=["published"])
         else:
             record = extract_intrinsics(config, episode_of(config), tmp_path / "w", cameras=[ext1])[ext1]
             assert [record[k] for k in ("fx", "cx", "fy", "cy")] == expected
-    for text in ('{"' + EPISODE_ID + '": {"' + ext1 + '": [1, 2', "[1, 2]"):
-        path.write_text(text)
-        with pytest.raises(EpisodeError, match="published: (cannot read|.*expected a JSON object)"):
-            extract_intrinsics(config, episode_of(config), tmp_path / "w", cameras=[ext1], sources=["published"])
 
 
 def test_h5_source(tmp_path, videos):
