@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_term)
     started = time.monotonic()
     with tqdm(total=len(wanted), unit="ep", disable=None, file=sys.stderr, dynamic_ncols=True,
-              bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}] {postfix}") as bar:
+              bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]") as bar:
         while True:
             done, failed = counts(args.run_dir, wanted)
             finished = done + failed

@@ -110,6 +110,9 @@ def _driver_parser(spec: PipelineSpec) -> argparse.ArgumentParser:
                         help="override one config key, e.g. --set slurm.partition=cpu (repeatable)")
     parser.add_argument("--droid-root", metavar="DIR", help="raw DROID root (config 'droid_root')")
     parser.add_argument("--out", metavar="DIR", help="output root (config 'output_root')")
+    parser.add_argument("--episodes-per-worker", type=int, metavar="B",
+                        help="episodes each worker process runs in turn (default: up to "
+                             f"{MAX_BATCH}, fewer for short runs); start-up is paid once per process")
     parser.add_argument("--no-upload", action="store_true", help="do not start the uploader")
     parser.add_argument("--upload", action="store_true", help="with --episode_id: upload too")
     parser.add_argument("--force", action="store_true", help="redo finished and uploaded episodes")
@@ -243,10 +246,11 @@ def plan_main(argv: Sequence[str]) -> int:
         if state not in ("missing", "forced"):
             redo.append({"episode_id": episode.episode_id, "state": state, "reason": reason})
     upload = bool(repos) and not args.no_upload and (args.upload or not debug)
+    batch = batch_size(len(todo), workers, args.episodes_per_worker)
     plan = {"pipeline": spec.name, "schema_version": SCHEMA_VERSION, "selected": len(selected),
             "skipped": skipped, "redo": redo, "todo": len(todo), "workers": workers, "gpus": gpus,
             "workers_per_gpu": config.workers_per_gpu, "upload": upload, "repos": repos,
-            "debug": debug, "verbose": args.verbose}
+            "episodes_per_worker": args.episodes_per_worker, "debug": debug, "verbose": args.verbose}
     _print_plan(plan, todo, args, config)
     if args.dry_run and not args.slurm:
         return _write_plan_file(plan_file, action="exit", exit_code=EXIT_OK)
@@ -255,8 +259,7 @@ def plan_main(argv: Sequence[str]) -> int:
     run_dir = _make_run_dir(config, spec, plan, todo)
     return _write_plan_file(plan_file, action="run", run_dir=run_dir, run_root=config.run_root,
                             todo_file=run_dir / "todo.jsonl", todo=len(todo), workers=workers,
-                            batch=batch_size(len(todo), workers), gpus=",".join(gpus),
-                            upload=int(upload), debug=int(debug),
+                            batch=batch, gpus=",".join(gpus), upload=int(upload), debug=int(debug),
                             summary_task="")
 
 
@@ -322,9 +325,13 @@ def _submit_slurm(spec: PipelineSpec, config: Config, plan: dict[str, Any], todo
     return _write_plan_file(plan_file, action="exit", exit_code=EXIT_OK)
 
 
-def batch_size(todo: int, workers: int) -> int:
+def batch_size(todo: int, workers: int, requested: int | None) -> int:
     """Episodes per worker process: amortizes interpreter and import start-up (about 2 s) while
     leaving each worker about four batches, so the last ones end close together."""
+    if requested is not None:
+        if requested < 1:
+            raise ConfigError(f"--episodes-per-worker must be >= 1, got {requested}")
+        return requested
     return max(1, min(MAX_BATCH, todo // (workers * 4)))
 
 
@@ -359,8 +366,8 @@ def _plan_slurm_task(spec: PipelineSpec, run_dir: Path, plan_file: Path) -> int:
         print("nothing left to do in this shard")
     return _write_plan_file(plan_file, action="run", run_dir=run_dir, run_root=config.run_root,
                             todo_file=todo_file, todo=len(todo), workers=workers,
-                            batch=batch_size(len(todo), workers), gpus=",".join(gpus),
-                            upload=int(run["upload"]), debug=0,
+                            batch=batch_size(len(todo), workers, run["episodes_per_worker"]),
+                            gpus=",".join(gpus), upload=int(run["upload"]), debug=0,
                             summary_task=str(task))
 
 
@@ -459,6 +466,8 @@ def run_episode(run_dir: Path, run: dict[str, Any], episode: Episode, slot: int,
     work_dir = work_root / episode.episode_id
     log.info("episode %s (%s): %s pipeline, slot %d, gpu %s, work folder %s", episode.episode_id,
              episode.relative_path, spec.name, slot, gpu or "-", work_dir)
+    log.debug("episode record: %s", json.dumps(episode.to_json()))
+    log.debug("effective config: %s", run_dir / "config.yaml")
     step = "setup"
     t0 = time.perf_counter()
     try:

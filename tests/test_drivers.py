@@ -82,7 +82,8 @@ def test_drivers_are_shellcheck_clean():
 
 def test_metadata_driver_sigint_then_rerun_does_every_episode_once(dataset, tmp_path):
     repo = tmp_path / "hub"
-    args = [*common_args(dataset, tmp_path), "--workers", "2", "--set", f"metadata_repo=file://{repo}"]
+    args = [*common_args(dataset, tmp_path), "--workers", "2", "--episodes-per-worker", "2",
+            "--set", f"metadata_repo=file://{repo}"]
     ids = [e.episode_id for e in dataset.episodes]
     with open(tmp_path / "first.out", "w") as out:
         driver = subprocess.Popen([str(METADATA), *args], cwd=tmp_path, stdout=out,
@@ -222,7 +223,8 @@ def test_single_episode_debug_run(dataset, tmp_path):
     result = run_driver(METADATA, *args, cwd=tmp_path, check_rc=0)
     run_dir = run_dirs(tmp_path, "metadata")[0]
     # Verbose log on the terminal, the same in the episode log.
-    assert "DEBUG" in result.stderr and "step intrinsics" in result.stderr
+    assert "DEBUG droid_pipeline.runner: episode record" in result.stderr
+    assert "INFO droid_pipeline.runner: step intrinsics" in result.stderr
     assert "step tracks" in (run_dir / "logs" / f"{episode.episode_id}.log").read_text()
     work = run_dir / "work" / episode.episode_id
     assert f"work folder kept: {work}" in result.stderr

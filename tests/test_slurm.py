@@ -34,7 +34,7 @@ def dataset(tmp_path_factory):
 
 def slurm_args(dataset, work: Path) -> list[str]:
     return ["--config", str(dataset.config_path), "--out", str(work / "out"),
-            "--set", f"run_root={work / 'runs'}", "--no-upload", "--slurm",
+            "--set", f"run_root={work / 'runs'}", "--no-upload", "--slurm", "--episodes-per-worker", "2",
             "--set", "slurm.num_tasks=2", "--set", "slurm.cpus_per_task=1",
             "--set", "slurm.max_parallel_tasks=2", "--set", "slurm.time=00:20:00",
             "--set", "slurm.partition=debug"]
