@@ -126,6 +126,8 @@ def load_intrinsics(path: os.PathLike | str) -> dict[str, Any]:
 
 
 def _select_cameras(episode: Episode, cameras: Sequence[str] | None) -> list[str]:
+    if not episode.serials:
+        raise EpisodeError(episode.episode_id, STEP, f"metadata {episode.metadata_file} names no camera serial")
     if cameras is None:
         return list(episode.serials.values())
     chosen = []

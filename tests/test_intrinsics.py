@@ -386,12 +386,16 @@ def test_allow_missing_intrinsics_leaves_camera_out(tmp_path, videos):
 
 def test_unknown_camera_and_source_are_errors(tmp_path, videos):
     root = tmp_path / "droid"
-    make_episode(root, videos)
+    folder = make_episode(root, videos)
     config = config_for(root, tmp_path)
     with pytest.raises(EpisodeError, match="unknown camera 'ext3'; this episode has wrist=13062452"):
         extract_intrinsics(config, episode_of(config), tmp_path / "w", cameras=["ext3"])
     with pytest.raises(EpisodeError, match="unknown or no intrinsics sources"):
         extract_intrinsics(config, episode_of(config), tmp_path / "w", sources=["magic"])
+    (folder / f"metadata_{EPISODE_ID}.json").write_text(json.dumps({"uuid": EPISODE_ID}))
+    config = config_for(root, tmp_path, f"episode_index_path={tmp_path / 'index2.json'}")
+    with pytest.raises(EpisodeError, match="names no camera serial"):
+        extract_intrinsics(config, episode_of(config), tmp_path / "w")
 
 
 # ------------------------------------------------------------------ ZED SDK source through the fake
