@@ -176,6 +176,35 @@ def test_video_longer_than_trajectory_is_cut_to_steps(dataset, episode, full_run
     np.testing.assert_array_equal(depth, decoded_depth(full_run["output"], serial)[:FRAMES - 4])
 
 
+def test_video_cut_off_mid_file_gets_invalid_frames_from_the_break(dataset, episode, full_run, tmp_path):
+    """A partly copied file (index at the front, frame data cut off after a whole packet)."""
+    import av
+
+    config = copy_episode(dataset, episode, tmp_path, FRAMES)
+    serial = episode.serials["ext2"]
+    video = config.droid_root / episode.relative_path / "recordings" / "MP4" / f"{serial}-stereo.mp4"
+    front = tmp_path / "front.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(video), "-c", "copy", "-movflags", "+faststart",
+                    str(front)], check=True)
+    with av.open(str(front)) as container:  # packets in file order, frames numbered by timestamp
+        packets = [(p.pts, p.pos + p.size) for p in container.demux(video=0) if p.size]
+    rank = {pts: index for index, pts in enumerate(sorted(pts for pts, _ in packets))}
+    seen: set[int] = set()
+    for pts, end in packets:  # cut after the first whole packet that completes frames 0..k-1, k >= 5
+        seen.add(rank[pts])
+        if len(seen) >= 5 and seen == set(range(len(seen))):
+            break
+    kept = len(seen)
+    video.write_bytes(front.read_bytes()[:end])
+    summary = extract_depth(config, episode, tmp_path / "out", cameras=["ext2"])
+    camera = summary["cameras"][serial]
+    assert camera["missing_frames"] == list(range(kept, FRAMES))
+    assert camera["source_frames"] == FRAMES  # the container still lists every frame
+    depth = decoded_depth(tmp_path / "out", serial)
+    np.testing.assert_array_equal(depth[:kept], decoded_depth(full_run["output"], serial)[:kept])
+    assert not depth[kept:].any()
+
+
 def test_export_rgb_writes_left_frames_aligned_with_steps(dataset, episode, tmp_path):
     config = copy_episode(dataset, episode, tmp_path, FRAMES + 2)
     config = config_for(dataset, tmp_path, f"droid_root={config.droid_root}", "export_rgb=true")
