@@ -316,7 +316,7 @@ def _find_episode(episode_id: str, folders: Iterable[tuple[str, str]],
                      _lab_of(episode_id))
         try:
             data = json.loads(read(folder, record))
-        except (OSError, ValueError) as exc:
+        except ValueError as exc:
             log.warning("%s/%s/%s: unreadable (%s); skipped", where, folder, record, exc)
             continue
         found = data.get("episode_id") if record == MANIFEST_NAME else (data.get("episode") or {}).get("episode_id")
@@ -404,6 +404,6 @@ def _load_from_hub(url: str, episode: str | None, repo_type: str, revision: str 
         if f"{rel}/{TRACKS_FILE}" not in files:
             raise LoadError(f"{url}: no episode at {rel} (no {TRACKS_FILE} there)")
         local = {f: download(f) for f in files}
-    except HfHubHTTPError as exc:
+    except (HfHubHTTPError, OSError) as exc:   # HTTP errors, and no connection to the Hub
         raise LoadError(f"{url}: {exc}") from None
     return read_episode_dir(Path(local[f"{rel}/{TRACKS_FILE}"]).parent)
