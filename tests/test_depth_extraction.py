@@ -30,7 +30,7 @@ FRAMES = 12
 SIZE = (320, 180)
 # Median absolute error of stereo depth on pixels valid in both, per role, on the synthetic
 # 320x180 episode (measured: wrist ~3 mm at 0.1-0.55 m, exterior ~35-41 mm at 0.8-4.6 m, i.e.
-# about 1/4 pixel of disparity). Bounds leave headroom; docs/depth.md states the figures.
+# about 0.15 pixel of disparity). Bounds leave headroom; docs/depth.md states the figures.
 MEDIAN_ABS_ERROR_MM = {"wrist": 8.0, "ext1": 70.0, "ext2": 70.0}
 MEDIAN_REL_ERROR = 0.03
 
