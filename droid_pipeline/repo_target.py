@@ -15,8 +15,12 @@ import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from droid_pipeline.staging import sha256_file
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi
 
 _HF_URL = re.compile(r"^hf://datasets/(?P<repo_id>[^/\s]+/[^/\s]+)$")
 _COPY_CHUNK = 1 << 20
@@ -49,15 +53,14 @@ class RepoTarget(ABC):
 
     @property
     def slug(self) -> str:
-        """File-system-safe name of the repo, for its lock and state files."""
-        return re.sub(r"[^A-Za-z0-9._-]+", "_", self.url).strip("_")
+        return repo_slug(self.url)
 
     @abstractmethod
     def ensure_exists(self, private: bool) -> None:
         """Create the repo when it is missing."""
 
     @abstractmethod
-    def commit(self, files: list[UploadFile], message: str, timeout_s: float) -> str:
+    def commit(self, files: list[UploadFile], message: str) -> str:
         """Add ``files`` in one commit and return its id."""
 
     @abstractmethod
@@ -65,39 +68,53 @@ class RepoTarget(ABC):
         """Id of the commit carrying ``marker`` if it landed (all of ``files`` present), else None."""
 
 
-def open_target(url: str, token: str | None) -> RepoTarget:
+def repo_slug(url: str) -> str:
+    """File-system-safe name of a repo URL, for its lock and state files."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", url).strip("_")
+
+
+def open_target(url: str, token: str | None, request_timeout_s: float) -> RepoTarget:
+    """The target for a repo URL; Hub requests give up after ``request_timeout_s`` of silence."""
     if url.startswith("file://"):
         return FolderTarget(url)
     match = _HF_URL.match(url)
     if match is None:
         raise RepoUrlError(f"repo {url!r}: expected hf://datasets/<user>/<name> or file://DIR")
-    return HubTarget(url, match["repo_id"], token)
+    return HubTarget(url, match["repo_id"], token, request_timeout_s)
 
 
 class HubTarget(RepoTarget):
     """A dataset repo on the Hub at huggingface_hub's endpoint (``HF_ENDPOINT``)."""
 
-    def __init__(self, url: str, repo_id: str, token: str | None):
+    def __init__(self, url: str, repo_id: str, token: str | None, request_timeout_s: float):
         from huggingface_hub import HfApi
+        from huggingface_hub.utils import disable_progress_bars
 
+        disable_progress_bars()  # batch logs, not terminals
         self.url = url
         self.repo_id = repo_id
+        self.request_timeout_s = request_timeout_s
         self._api = HfApi(token=token)
 
-    def ensure_exists(self, private: bool) -> None:
-        self._api.create_repo(self.repo_id, repo_type="dataset", private=private, exist_ok=True)
+    def _client(self) -> HfApi:
+        """The API client, its shared HTTP session bounded by the timeout (the default waits forever)."""
+        from huggingface_hub import get_session
 
-    def commit(self, files: list[UploadFile], message: str, timeout_s: float) -> str:
-        from huggingface_hub import CommitOperationAdd, get_session
+        get_session().timeout = self.request_timeout_s
+        return self._api
+
+    def ensure_exists(self, private: bool) -> None:
+        self._client().create_repo(self.repo_id, repo_type="dataset", private=private, exist_ok=True)
+
+    def commit(self, files: list[UploadFile], message: str) -> str:
+        from huggingface_hub import CommitOperationAdd
         from huggingface_hub.errors import HfHubHTTPError
 
-        # huggingface_hub's shared HTTP client waits forever by default; a commit must time out.
-        get_session().timeout = timeout_s
         operations = [CommitOperationAdd(path_in_repo=f.path_in_repo, path_or_fileobj=str(f.local_path))
                       for f in files]
         try:
-            info = self._api.create_commit(self.repo_id, operations, commit_message=message,
-                                           repo_type="dataset")
+            info = self._client().create_commit(self.repo_id, operations, commit_message=message,
+                                                repo_type="dataset")
         except HfHubHTTPError as exc:
             response = getattr(exc, "response", None)
             if response is not None and response.status_code == 429:
@@ -106,7 +123,7 @@ class HubTarget(RepoTarget):
         return info.oid
 
     def find_commit(self, marker: str, files: list[UploadFile]) -> str | None:
-        for commit in self._api.list_repo_commits(self.repo_id, repo_type="dataset"):
+        for commit in self._client().list_repo_commits(self.repo_id, repo_type="dataset"):
             if marker in commit.title or marker in (commit.message or ""):
                 return commit.commit_id
         return None
@@ -124,7 +141,7 @@ class FolderTarget(RepoTarget):
     def ensure_exists(self, private: bool) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def commit(self, files: list[UploadFile], message: str, timeout_s: float) -> str:
+    def commit(self, files: list[UploadFile], message: str) -> str:
         for item in files:
             _copy_verified(item, self.root / item.path_in_repo)
         return _marker_of(message)

@@ -37,7 +37,7 @@ from droid_pipeline.atomic import write_json_atomic
 from droid_pipeline.config import Config
 from droid_pipeline.ledger import Ledger, repos_for
 from droid_pipeline.repo_target import (RateLimited, RepoTarget, UploadFile, commit_message,
-                                        open_target)
+                                        open_target, repo_slug)
 from droid_pipeline.staging import (MANIFEST_NAME, Manifest, finished_state, read_journal,
                                     read_manifest, sha256_file)
 
@@ -164,8 +164,8 @@ class Uploader:
         self.config = config
         self.run_root = Path(run_root)
         self.redactor = Redactor(token)
-        self.request_timeout_s = request_timeout_s
-        self.targets: dict[str, RepoTarget] = {url: open_target(url, token) for url in repo_urls(config)}
+        self.targets: dict[str, RepoTarget] = {url: open_target(url, token, request_timeout_s)
+                                               for url in repo_urls(config)}
         self.ledger = Ledger(self.run_root)
         self._queue: dict[str, dict[str, Any]] = {}
         self._journal_offset = 0
@@ -269,7 +269,7 @@ class Uploader:
         state.commit_times.append(time.time())
         self._save_state(target, state)
         try:
-            commit_id = target.commit(files, message, self.request_timeout_s)
+            commit_id = target.commit(files, message)
         except RateLimited as exc:
             state.pending = None
             state.blocked_until = time.time() + min(exc.retry_after_s, MAX_BLOCK_S)
@@ -513,8 +513,7 @@ def status_report(config: Config, run_root: os.PathLike | str) -> str:
     lines = [f"staging {run_root}: {len(latest)} episode(s) published"]
     now = time.time()
     for url in repo_urls(config):
-        target = open_target(url, None)
-        state = load_state(run_root / STATE_DIR / f"{target.slug}.json")
+        state = load_state(run_root / STATE_DIR / f"{repo_slug(url)}.json")
         members = {e: entry for e, entry in latest.items()
                    if url in repos_for(entry["pipeline"], config.metadata_repo, config.full_repo)}
         pending = [e for e, entry in members.items() if not ledger.holds(url, e, entry["manifest_sha256"])]
