@@ -45,7 +45,7 @@ from droid_pipeline.depth_codec import DepthCodecError, DepthWriter
 from droid_pipeline.episodes import Episode
 from droid_pipeline.errors import EpisodeError
 from droid_pipeline.intrinsics import IntrinsicsError, extract_intrinsics, load_intrinsics
-from droid_pipeline.stereo import StereoMatcher, split_side_by_side, to_gray
+from droid_pipeline.stereo import StereoMatcher, split_side_by_side
 from droid_pipeline.video import VideoError, VideoInfo, iter_frames, probe
 from droid_pipeline.zed_conf import ZedConfError, parse_conf, rectify
 
@@ -249,7 +249,7 @@ def _stereo_frames(path: Path, matcher: StereoMatcher, fx: float, baseline_m: fl
             if frame is None:
                 return
             left, right = split_side_by_side(frame)
-            yield (matcher.depth_mm(to_gray(left), to_gray(right), fx, baseline_m),
+            yield (matcher.depth_mm(left, right, fx, baseline_m),
                    np.ascontiguousarray(left) if with_rgb else None)
 
 

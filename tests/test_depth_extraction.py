@@ -370,7 +370,8 @@ def write_fake_svo(episode_dir: Path, serial: str, depth: list, left: list | Non
     recording = {"resolution": [width, height], "fps": 60.0, "baseline_mm": 120.0,
                  "left_cam": {"fx": 10.0, "fy": 10.0, "cx": 7.5, "cy": 5.5, "disto": [0.0] * 12},
                  "depth_frames": [None if d is None else d.tolist() for d in depth],
-                 "left_frames": [None if image is None else image.tolist() for image in (left or [None] * len(depth))]}
+                 "left_frames": [None if image is None else image.tolist()
+                                 for image in (left or [None] * len(depth))]}
     svo = episode_dir / "recordings" / "SVO" / f"{serial}.svo"
     svo.parent.mkdir(parents=True, exist_ok=True)
     svo.write_text(json.dumps(recording))
@@ -419,7 +420,8 @@ def test_zed_backend_streams_sdk_depth_with_missing_frames_and_ranges(
     assert depth.shape[0] == FRAMES
     assert camera["missing_frames"] == [3, FRAMES - 2, FRAMES - 1] and camera["frame_count_mismatch"] == -2
     for index, frame in enumerate(short):
-        expected = np.zeros((height, width), np.uint16) if frame is None else expected_uint16(frame, 100, 15000)
+        expected = (np.zeros((height, width), np.uint16) if frame is None
+                    else expected_uint16(frame, 100, 15000))
         np.testing.assert_array_equal(depth[index], expected)
     assert not depth[FRAMES - 2:].any()
     meta = DepthMeta.load(tmp_path / "out" / "recordings" / wrist / "depth_meta.json")
