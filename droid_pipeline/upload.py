@@ -365,10 +365,13 @@ class Uploader:
                 continue
             episode_dir = Path(entry["episode_dir"])
             ready, reason = _ready(episode_dir, entry["manifest_sha256"])
+            try:
+                files = self._repo_files(url, entry, read_manifest(episode_dir)) if ready else []
+            except OSError as exc:  # deleted or replaced meanwhile
+                ready, reason = False, str(exc)
             if not ready:
                 report.waiting[episode_id] = reason
                 continue
-            files = self._repo_files(url, entry, read_manifest(episode_dir))
             done = self.ledger.uploaded_paths(url, episode_id, entry["manifest_sha256"])
             work.append(_Work(entry, [f for f in files if f.path_in_repo not in done], len(files)))
         return work
@@ -387,8 +390,7 @@ class Uploader:
         """The episodes of ``chunk`` whose files still match their manifest checksums."""
         good = []
         for work in chunk:
-            bad = [f.local_path.name for f in work.files
-                   if not f.local_path.is_file() or sha256_file(f.local_path) != f.sha256]
+            bad = [f.local_path.name for f in work.files if not _intact(f)]
             if bad:
                 reason = f"checksum or file differs from the manifest: {', '.join(bad)}"
                 state.failures[work.episode_id] = reason
@@ -401,16 +403,21 @@ class Uploader:
         return list(dict.fromkeys(repos_for(entry["pipeline"], self.config.metadata_repo, self.config.full_repo)))
 
     def _finish_uploaded(self, report: BatchReport) -> None:
-        """Forget episodes uploaded everywhere; delete their folders when configured to."""
-        for url, target in self.targets.items():
-            report.failed[url] = dict(self._load_state(target).failures)
+        """Forget episodes uploaded everywhere (deleting their folders when configured to) and
+        report the failures of those still pending."""
+        self.ledger.refresh()
         for episode_id, entry in list(self._queue.items()):
-            if not all(self.ledger.holds(url, episode_id, entry["manifest_sha256"]) for url in self._repos_of(entry)):
+            sha = entry["manifest_sha256"]
+            if not all(self.ledger.holds(url, episode_id, sha) for url in self._repos_of(entry)):
                 continue
-            if self.config.delete_after_upload and _delete_episode(Path(entry["episode_dir"]), entry["manifest_sha256"]):
+            if self.config.delete_after_upload and _delete_episode(Path(entry["episode_dir"]), sha):
                 report.deleted += 1
             del self._queue[episode_id]
             report.waiting.pop(episode_id, None)
+        for url, target in self.targets.items():
+            report.failed[url] = {e: reason for e, reason in self._load_state(target).failures.items()
+                                  if e in self._queue
+                                  and not self.ledger.holds(url, e, self._queue[e]["manifest_sha256"])}
 
     # -- state and locks --------------------------------------------------------------------
     def _state_path(self, target: RepoTarget) -> Path:
@@ -470,11 +477,22 @@ def _pack(work: list[_Work], max_files: int) -> list[list[_Work]]:
     return chunks
 
 
+def _intact(item: UploadFile) -> bool:
+    try:
+        return sha256_file(item.local_path) == item.sha256
+    except OSError:
+        return False
+
+
 def _ready(episode_dir: Path, manifest_sha256: str) -> tuple[bool, str]:
     state, reason = finished_state(episode_dir)
     if state != "finished":
         return False, f"{state}: {reason}"
-    if sha256_file(episode_dir / MANIFEST_NAME) != manifest_sha256:
+    try:
+        same = sha256_file(episode_dir / MANIFEST_NAME) == manifest_sha256
+    except OSError as exc:
+        return False, str(exc)
+    if not same:
         return False, f"{episode_dir} holds another version than the one published (being replaced)"
     return True, ""
 

@@ -335,6 +335,18 @@ def test_kill_9_at_random_points_then_rerun_loses_and_duplicates_nothing(tmp_pat
                for eid, _, _, pipeline in episodes)
 
 
+def test_two_uploaders_on_one_staging_area_commit_each_file_once(tmp_path, hub):
+    episodes = publish_mix(tmp_path, 8)
+    config = write_config(tmp_path, metadata_repo=META, full_repo=FULL, max_files_per_commit=4)
+    env = uploader_env(hub.endpoint, tmp_path)
+    procs = [subprocess.Popen(uploader_cmd(config, "--once"), env=env, cwd=REPO_ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for proc in procs:
+        assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    assert_repo_complete(tmp_path, hub, META, episodes, full=False)
+    assert_repo_complete(tmp_path, hub, FULL, episodes, full=True)
+
+
 def test_sigterm_finishes_the_commit_in_flight_and_later_publications_are_not_lost(tmp_path, hub):
     episodes = publish_mix(tmp_path, 2)
     hub.inject("commit", action="hold", repo_id=repo_id(META))
