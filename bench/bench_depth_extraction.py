@@ -1,10 +1,10 @@
 """Benchmark the stereo depth backend: accuracy against ground truth, and throughput.
 
-Generates synthetic episodes (droid_pipeline.synthetic) at 320x180 and 640x360 per eye, runs
-the whole depth step (decode, SGBM, left-right check, uint16 conversion, FFV1 encode and
-verification) with and without the left-right check, and compares each depth.mkv with the
-ray-cast ground truth on pixels valid in both. Then times the matcher alone on a DROID-size
-(1280x720 per eye) pair upscaled from a synthetic frame. Prints figures and ratios; exits 0.
+Generates synthetic episodes (droid_pipeline.synthetic) at 320x180, 640x360 and DROID's
+1280x720 per eye, runs the whole depth step (decode, SGBM, left-right check, uint16 conversion,
+FFV1 encode and verification) with and without the left-right check, and compares each
+depth.mkv with the ray-cast ground truth on pixels valid in both. Prints figures and ratios;
+exits 0.
 
 Usage: python bench/bench_depth_extraction.py [--frames N] [--keep DIR]
 """
@@ -12,7 +12,6 @@ Usage: python bench/bench_depth_extraction.py [--frames N] [--keep DIR]
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import tempfile
 import time
@@ -27,11 +26,9 @@ from droid_pipeline.config import load_config  # noqa: E402
 from droid_pipeline.depth import extract_depth  # noqa: E402
 from droid_pipeline.depth_codec import DepthReader  # noqa: E402
 from droid_pipeline.episodes import build_index  # noqa: E402
-from droid_pipeline.stereo import StereoMatcher, split_side_by_side  # noqa: E402
 from droid_pipeline.synthetic import DatasetInfo, generate_dataset  # noqa: E402
-from droid_pipeline.video import iter_frames  # noqa: E402
 
-SIZES = ((320, 180), (640, 360))
+SIZES = ((320, 180), (640, 360), (1280, 720))  # DROID records 1280x720 per eye
 
 
 def run_episode(dataset: DatasetInfo, output: Path, lr_check: bool) -> list[dict]:
@@ -58,27 +55,9 @@ def run_episode(dataset: DatasetInfo, output: Path, lr_check: bool) -> list[dict
     return rows
 
 
-def matcher_speed(dataset: DatasetInfo, repeats: int = 3) -> list[tuple[str, float]]:
-    """Seconds per 1280x720 pair for the matcher alone, with and without the left-right check."""
-    settings = load_config().stereo
-    video = next(dataset.droid_root.rglob("*-stereo.mp4"))
-    frame = next(iter_frames(video, "gray"))
-    left, right = (cv2.resize(np.ascontiguousarray(v), (1280, 720), interpolation=cv2.INTER_LINEAR)
-                   for v in split_side_by_side(frame))
-    out = []
-    for lr_check in (True, False):
-        matcher = StereoMatcher(dataclasses.replace(settings, lr_check=lr_check))
-        matcher.disparity(left, right)
-        start = time.perf_counter()
-        for _ in range(repeats):
-            matcher.disparity(left, right)
-        out.append((f"lr_check={lr_check}", (time.perf_counter() - start) / repeats))
-    return out
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=10, help="steps per synthetic episode")
+    parser.add_argument("--frames", type=int, default=6, help="steps per synthetic episode")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
@@ -107,9 +86,6 @@ def main() -> int:
                 on, off = results[(label, role, True)], results[(label, role, False)]
                 print(f"  {label} {role:>5}: p90 error x{on['p90_mm'] / off['p90_mm']:.2f}, "
                       f"valid x{on['valid'] / off['valid']:.2f}, time x{off['fps'] / on['fps']:.2f}")
-        print("\nmatcher alone on a 1280x720 pair (DROID's HD720):")
-        for label, seconds in matcher_speed(datasets[SIZES[-1]]):
-            print(f"  {label}: {seconds * 1000:.0f} ms per frame, {1 / seconds:.2f} frames/s per camera")
     return 0
 
 
