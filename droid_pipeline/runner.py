@@ -6,9 +6,11 @@ The bash drivers (``run_pipeline_metadata_only.sh``, ``run_pipeline_compressed_d
   ones (an older schema or an unfinished folder is redone), write the run folder and hand the
   driver a ``key=value`` plan file; ``--dry-run`` prints the plan, ``--slurm`` submits an array
   (:mod:`droid_pipeline.slurm`) and ``--slurm-task`` plans one array task's shard.
-- ``worker``: run one episode's steps in order, in-process, in a private work folder; time each
-  step, log to ``logs/<episode_id>.log``, publish with its manifest, append the timing row. The
-  slot given by ``xargs --process-slot-var`` picks the GPU. SIGTERM/SIGINT discards the work.
+- ``worker``: run its episodes one after the other, each in a process forked from the warm
+  worker (imports are paid once; a crash or out-of-memory kill fails that episode only): the
+  steps in order, in-process, in a private work folder, each timed; log to
+  ``logs/<episode_id>.log``; publish with the manifest; append the timing row. The slot given
+  by ``xargs --process-slot-var`` picks the GPU. SIGTERM/SIGINT discards the work in progress.
 - ``summary``: done / skipped / failed by step and episodes per hour; its exit code is the
   driver's (0 all done, 1 anything failed or not run, 130 interrupted).
 
@@ -374,10 +376,10 @@ def _plan_slurm_task(spec: PipelineSpec, run_dir: Path, plan_file: Path) -> int:
 # -------------------------------------------------------------------------------------- worker
 
 class _Signals:
-    """Turn SIGTERM/SIGINT into :class:`Interrupted`, or remember them while publishing."""
+    """SIGTERM/SIGINT: raise :class:`Interrupted`, or only remember them while ``deferred``."""
 
-    def __init__(self) -> None:
-        self.deferred = False
+    def __init__(self, deferred: bool) -> None:
+        self.deferred = deferred
         self.pending = False
 
     def install(self) -> None:
@@ -385,10 +387,33 @@ class _Signals:
             signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.deferred:
-            self.pending = True
-            return
-        raise Interrupted(signal.Signals(signum).name)
+        self.pending = True
+        if not self.deferred:
+            raise Interrupted(signal.Signals(signum).name)
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """What a worker process knows: its run, its slot and the GPU the slot is pinned to."""
+
+    run_dir: Path
+    run: dict[str, Any]
+    slot: int
+    gpu: str | None
+
+    @property
+    def spec(self) -> PipelineSpec:
+        return PIPELINES[self.run["pipeline"]]
+
+    def work_dir(self, episode: Episode) -> Path:
+        if self.run["debug"]:
+            return self.run_dir / "work" / episode.episode_id
+        return Path(self.run["output_root"]) / ".work" / self.run_dir.name / episode.episode_id
+
+    def new_row(self, episode: Episode, start: float) -> dict[str, Any]:
+        return {"episode_id": episode.episode_id, "pipeline": self.spec.name,
+                "host": socket.gethostname(), "slot": self.slot, "gpu": self.gpu or "-",
+                "start_time": utc_timestamp(start), "status": "done"}
 
 
 def _setup_logging(log_path: Path, terminal: Any, debug: bool, verbose: bool) -> Any:
@@ -410,86 +435,145 @@ def _setup_logging(log_path: Path, terminal: Any, debug: bool, verbose: bool) ->
     return log_file
 
 
+# Exit codes of an episode process, read by its worker.
+_EPISODE_EXIT = {0: "done", 1: "failed", 2: "interrupted"}
+
+
 def worker_main(argv: Sequence[str]) -> int:
-    """Run episodes one after the other in this process (imports are paid once per batch)."""
+    """Run episodes one after the other, each in a forked process of this warm worker."""
     parser = argparse.ArgumentParser(prog="python -m droid_pipeline.runner worker")
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--gpus", default="", help="comma list: slot S uses gpus[S // workers_per_gpu]")
     parser.add_argument("episodes", nargs="+", metavar="EPISODE_JSON", help="lines of the todo file")
     args = parser.parse_args(argv)
-    signals = _Signals()
+    signals = _Signals(deferred=True)  # the worker only stops between episodes
     signals.install()
-    run_dir = args.run_dir
-    stop = EXIT_WORKER_STOP
-    try:
-        lock_fd = os.open(run_dir / WORKERS_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(lock_fd, fcntl.LOCK_SH)  # held until exit: the driver waits on this lock
-        run = json.loads((run_dir / "run.json").read_text())
-        stop = EXIT_INTERRUPTED if run["debug"] else EXIT_WORKER_STOP
-        slot = int(os.environ.get(SLOT_VAR, "0"))
-        gpus = [g for g in args.gpus.split(",") if g]
-        gpu = gpus[slot // run["workers_per_gpu"]] if gpus else None
-        if gpu is not None:
-            os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-        terminal = os.fdopen(os.dup(2), "w", buffering=1)
-    except Interrupted:
-        return stop  # stopped before it began: nothing to undo
+    lock_fd = os.open(args.run_dir / WORKERS_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(lock_fd, fcntl.LOCK_SH)  # held until exit: the driver waits on this lock
+    run = json.loads((args.run_dir / "run.json").read_text())
+    stop = EXIT_INTERRUPTED if run["debug"] else EXIT_WORKER_STOP
+    slot_number = int(os.environ.get(SLOT_VAR, "0"))
+    gpus = [g for g in args.gpus.split(",") if g]
+    gpu = gpus[slot_number // run["workers_per_gpu"]] if gpus else None
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    slot = _Slot(args.run_dir, run, slot_number, gpu)
+    _preload(slot.spec)
     failed = False
     for line in args.episodes:
-        try:
-            signals.deferred = False
-            if signals.pending:
-                return stop
-            episode = Episode.from_json(json.loads(line))
-            log_file = _setup_logging(run_dir / "logs" / f"{episode.episode_id}.log", terminal,
-                                      run["debug"], run["verbose"])
-        except Interrupted:
+        if signals.pending:
             return stop
-        status = run_episode(run_dir, run, episode, slot, gpu, signals, terminal)
-        log_file.flush()
+        status = _attempt(slot, Episode.from_json(json.loads(line)), signals)
         if status == "interrupted" or signals.pending:
             return stop
         failed = failed or status == "failed"
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def run_episode(run_dir: Path, run: dict[str, Any], episode: Episode, slot: int, gpu: str | None,
-                signals: _Signals, terminal: Any) -> str:
-    """Run the steps, publish, append the timing row; return done, failed or interrupted."""
-    spec = PIPELINES[run["pipeline"]]
-    debug = run["debug"]
+def _preload(spec: PipelineSpec) -> None:
+    """Import the step modules once, so every forked episode process starts warm.
+
+    A module that cannot be imported is left alone here: the episode process imports it again
+    and records the error as that step's failure.
+    """
+    for step in spec.steps:
+        try:
+            importlib.import_module(STEP_FUNCTIONS[step][0])
+        except Exception:  # noqa: BLE001 - reported per episode, see docstring
+            continue
+
+
+def _attempt(slot: _Slot, episode: Episode, signals: _Signals) -> str:
+    """Run one episode in a forked process; record it here if that process dies (OOM, crash)."""
     start = time.time()
-    row: dict[str, Any] = {"episode_id": episode.episode_id, "pipeline": spec.name,
-                           "host": socket.gethostname(), "slot": slot, "gpu": gpu or "-",
-                           "start_time": utc_timestamp(start), "status": "done"}
-    work_root = run_dir / "work" if debug else Path(run["output_root"]) / ".work" / run_dir.name
-    work_dir = work_root / episode.episode_id
-    log.info("episode %s (%s): %s pipeline, slot %d, gpu %s, work folder %s", episode.episode_id,
-             episode.relative_path, spec.name, slot, gpu or "-", work_dir)
-    log.debug("episode record: %s", json.dumps(episode.to_json()))
-    log.debug("effective config: %s", run_dir / "config.yaml")
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 3
+        try:
+            os.close(read_fd)
+            code = _episode_process(slot, episode, start, write_fd, signals)
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as pipe:
+        started = [line.strip() for line in pipe]  # the steps it began, until it exits
+    _, status = os.waitpid(pid, 0)
+    if os.WIFEXITED(status) and os.WEXITSTATUS(status) in _EPISODE_EXIT:
+        return _EPISODE_EXIT[os.WEXITSTATUS(status)]
+    if os.WIFSIGNALED(status):
+        name = signal.Signals(os.WTERMSIG(status)).name
+        how = f"killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
+    else:
+        how = f"exited with {os.WEXITSTATUS(status)}"
+    step = started[-1] if started else "setup"
+    row = slot.new_row(episode, start)
+    row.update(status="interrupted" if signals.pending else "failed", failed_step=step,
+               error=f"episode process {pid} {how} during step {step}", total_s=time.time() - start)
+    if not slot.run["debug"]:
+        shutil.rmtree(slot.work_dir(episode), ignore_errors=True)
+    _record(slot, episode, row, sys.stderr)
+    return row["status"]
+
+
+def _episode_process(slot: _Slot, episode: Episode, start: float, notify_fd: int,
+                     inherited: _Signals) -> int:
+    """Body of the forked episode process; returns its exit code (see ``_EPISODE_EXIT``)."""
+    signals = _Signals(deferred=False)
+    try:
+        signals.install()
+        if inherited.pending:  # a signal reached it before its own handlers were in place
+            return 2
+        terminal = os.fdopen(os.dup(2), "w", buffering=1)
+        _setup_logging(slot.run_dir / "logs" / f"{episode.episode_id}.log", terminal,
+                       slot.run["debug"], slot.run["verbose"])
+    except Interrupted:
+        return 2
+
+    def notify(step: str) -> None:
+        os.write(notify_fd, f"{step}\n".encode())
+
+    status = run_episode(slot, episode, start, signals, terminal, notify)
+    logging.shutdown()
+    terminal.flush()
+    return {v: k for k, v in _EPISODE_EXIT.items()}[status]
+
+
+def run_episode(slot: _Slot, episode: Episode, start: float, signals: _Signals, terminal: Any,
+                notify: Any) -> str:
+    """Run the steps in a work folder, publish, record the attempt; return its status."""
+    spec, debug = slot.spec, slot.run["debug"]
+    row = slot.new_row(episode, start)
+    work_dir = slot.work_dir(episode)
     step = "setup"
     t0 = time.perf_counter()
     try:
+        log.info("episode %s (%s): %s pipeline, slot %d, gpu %s, process %d, work folder %s",
+                 episode.episode_id, episode.relative_path, spec.name, slot.slot, slot.gpu or "-",
+                 os.getpid(), work_dir)
+        log.debug("episode record: %s", json.dumps(episode.to_json()))
+        log.debug("effective config: %s", slot.run_dir / "config.yaml")
         shutil.rmtree(work_dir, ignore_errors=True)
         work_dir.mkdir(parents=True)
-        config = load_config([run_dir / "config.yaml"])
+        config = load_config([slot.run_dir / "config.yaml"])
         for step in spec.steps:
+            notify(step)
             t0 = time.perf_counter()
             module, function = STEP_FUNCTIONS[step]
             getattr(importlib.import_module(module), function)(config, episode, work_dir)
             row[f"{step}_s"] = time.perf_counter() - t0
             log.info("step %s: %.3f s", step, row[f"{step}_s"])
         step = "publish"
+        notify(step)
         t0 = time.perf_counter()
-        _publish(run, spec, episode, work_dir, debug, signals)
+        _publish(slot, episode, work_dir, signals)
         row["publish_s"] = time.perf_counter() - t0
-        log.info("published to %s", Path(run["output_root"]) / episode.relative_path)
+        log.info("published to %s", Path(slot.run["output_root"]) / episode.relative_path)
     except Interrupted as exc:
         row.update(status="interrupted", failed_step=step, error=f"interrupted by {exc}")
         log.warning("interrupted by %s during step %s; work folder discarded", exc, step)
     except Exception as exc:  # noqa: BLE001 - any failure fails this episode only
-        if step in spec.steps or step == "publish":
+        if step != "setup":
             row[f"{step}_s"] = time.perf_counter() - t0
         cause = exc.cause if isinstance(exc, EpisodeError) else f"{type(exc).__name__}: {exc}"
         row.update(status="failed", failed_step=step, error=cause)
@@ -498,34 +582,39 @@ def run_episode(run_dir: Path, run: dict[str, Any], episode: Episode, slot: int,
     row["total_s"] = time.time() - start
     if row["status"] != "done" and not debug:
         shutil.rmtree(work_dir, ignore_errors=True)
-    append_row(run_dir / TIMING_NAME, row)
-    if row["status"] == "failed":
-        append_locked(run_dir / FAILED_NAME,
-                      f"{episode.episode_id}\t{row['failed_step']}\t{' '.join(row['error'].split())}\n")
-        print(f"failed: episode {episode.episode_id}: step {row['failed_step']}: {row['error']} "
-              f"(log: {run_dir / 'logs' / (episode.episode_id + '.log')})", file=terminal)
+    _record(slot, episode, row, terminal)
     if debug:
         print(f"{row['status']}: episode {episode.episode_id} in {row['total_s']:.3f} s; "
               f"work folder kept: {work_dir}", file=terminal)
     return row["status"]
 
 
-def _publish(run: dict[str, Any], spec: PipelineSpec, episode: Episode, work_dir: Path, debug: bool,
-             signals: _Signals) -> None:
+def _record(slot: _Slot, episode: Episode, row: dict[str, Any], terminal: Any) -> None:
+    """Append the timing row; a failure also goes to failed.txt and one line on the terminal."""
+    append_row(slot.run_dir / TIMING_NAME, row)
+    if row["status"] == "failed":
+        error = " ".join(row["error"].split())
+        append_locked(slot.run_dir / FAILED_NAME, f"{episode.episode_id}\t{row['failed_step']}\t{error}\n")
+        print(f"failed: episode {episode.episode_id}: step {row['failed_step']}: {error} "
+              f"(log: {slot.run_dir / 'logs' / (episode.episode_id + '.log')})", file=terminal)
+
+
+def _publish(slot: _Slot, episode: Episode, work_dir: Path, signals: _Signals) -> None:
     """Publish atomically; a signal arriving from now on takes effect once the row is written."""
     from droid_pipeline.staging import publish_episode
 
+    output_root = Path(slot.run["output_root"])
     source = work_dir
-    if debug:  # keep the debug work folder: publish a copy of it
-        source = Path(run["output_root"]) / ".work" / f"debug-{os.getpid()}" / episode.episode_id
+    if slot.run["debug"]:  # keep the debug work folder: publish a copy of it
+        source = output_root / ".work" / f"debug-{os.getpid()}" / episode.episode_id
         shutil.rmtree(source, ignore_errors=True)
         shutil.copytree(work_dir, source)
     signals.deferred = True  # from here on the episode completes; a signal stops the worker after
     try:
-        publish_episode(source, run["output_root"], episode.relative_path, episode.episode_id,
-                        spec.name, run["run_root"])
+        publish_episode(source, output_root, episode.relative_path, episode.episode_id,
+                        slot.spec.name, slot.run["run_root"])
     finally:
-        if debug:
+        if slot.run["debug"]:
             shutil.rmtree(source.parent, ignore_errors=True)
 
 

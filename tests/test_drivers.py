@@ -6,9 +6,11 @@ import collections
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -235,3 +237,44 @@ def test_single_episode_debug_run(dataset, tmp_path):
     assert not repo.exists() and not (run_dir / "uploader.log").exists()
     rows = timing_rows(run_dir)
     assert [(r["episode_id"], r["status"]) for r in rows] == [(episode.episode_id, "done")]
+
+
+def test_killed_episode_process_fails_alone(dataset, tmp_path):
+    # One episode's trajectory.h5 is a FIFO: its episode process blocks reading it (in the tracks
+    # step: intrinsics come from the published file), and this test, the FIFO's writer, knows
+    # exactly when, then kills that process as the out-of-memory killer would.
+    droid_root = tmp_path / "droid_raw"
+    shutil.copytree(dataset.droid_root, droid_root)
+    episodes = sorted(dataset.episodes, key=lambda e: e.relative_path)[:3]
+    stuck = episodes[1]
+    fifo = droid_root / stuck.relative_path / "trajectory.h5"
+    fifo.unlink()
+    os.mkfifo(fifo)
+    args = [*common_args(dataset, tmp_path), "--droid-root", str(droid_root), "--workers", "2",
+            "--episodes-per-worker", "3", "3"]
+    driver = subprocess.Popen([str(METADATA), *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        opened: list = []
+        opener = threading.Thread(target=lambda: opened.append(open(fifo, "wb")), daemon=True)
+        opener.start()
+        opener.join(timeout=120)
+        assert opened, "the episode never opened its trajectory.h5"
+        log = (run_dirs(tmp_path, "metadata")[0] / "logs" / f"{stuck.episode_id}.log").read_text()
+        pid = int(re.search(r", process (\d+),", log).group(1))
+        os.kill(pid, signal.SIGKILL)
+        out, _ = driver.communicate(timeout=120)
+        opened[0].close()
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 1, out
+    run_dir = run_dirs(tmp_path, "metadata")[0]
+    rows = {r["episode_id"]: r for r in timing_rows(run_dir)}
+    assert len(rows) == 3 and len({r["slot"] for r in rows.values()}) == 1  # one worker, in turn
+    row = rows[stuck.episode_id]
+    assert (row["status"], row["failed_step"]) == ("failed", "tracks")
+    assert row["error"] == f"episode process {pid} killed by SIGKILL (out of memory?) during step tracks"
+    assert [r["status"] for e, r in rows.items() if e != stuck.episode_id] == ["done", "done"]
+    assert f"failed: episode {stuck.episode_id}: step tracks" in out
+    assert not leftover_work_files(tmp_path)
