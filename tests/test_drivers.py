@@ -205,12 +205,16 @@ def test_depth_driver_broken_episode_fails_alone_and_old_outputs_are_redone(data
 def test_depth_workers_are_pinned_to_gpus_by_slot(dataset, tmp_path):
     # The zed backend cannot run here (no ZED SDK): every episode fails at its depth step, but
     # only after its worker slot chose its GPU, which the timing row records.
+    chosen = [e.episode_id for e in dataset.episodes[1:5]]
+    (tmp_path / "ids.txt").write_text("# four of them\n" + "\n".join(chosen) + "\n")
     args = [*common_args(dataset, tmp_path), "--depth-backend", "zed", "--gpus", "3,7",
-            "--workers-per-gpu", "2", "4"]
+            "--workers-per-gpu", "2", "--episodes", str(tmp_path / "ids.txt")]
     result = run_driver(DEPTH, *args, cwd=tmp_path, check_rc=1)
     assert "with 4 worker(s) on GPUs 3,7 x 2" in result.stdout
-    rows = timing_rows(run_dirs(tmp_path, "full")[0])
-    assert len(rows) == 4
+    run_dir = run_dirs(tmp_path, "full")[0]
+    assert (run_dir / "episodes.txt").read_text().split() == chosen
+    rows = timing_rows(run_dir)
+    assert sorted(r["episode_id"] for r in rows) == sorted(chosen)
     for row in rows:
         assert row["gpu"] == ["3", "7"][int(row["slot"]) // 2]
         assert row["status"] == "failed" and row["failed_step"] == "depth"
