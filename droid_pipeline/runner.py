@@ -61,6 +61,8 @@ WORKERS_LOCK = ".workers.lock"
 FAILED_NAME = "failed.txt"
 SLOT_VAR = "DROID_WORKER_SLOT"
 MAX_BATCH = 8
+# Episodes to redo, or failed, listed on the terminal (plan.json and failed.txt hold them all).
+REDO_SHOWN = 20
 
 
 @dataclass(frozen=True)
@@ -272,8 +274,11 @@ def _print_plan(plan: dict[str, Any], todo: list[Episode], args: argparse.Namesp
           f"and {skipped['uploaded']} uploaded skipped, {plan['todo']} to run "
           f"({len(plan['redo'])} redone) with {plan['workers']} worker(s)"
           + (f" on GPUs {','.join(plan['gpus'])} x {plan['workers_per_gpu']}" if plan["gpus"] else ""))
-    for item in plan["redo"]:
+    shown = plan["redo"] if args.dry_run else plan["redo"][:REDO_SHOWN]
+    for item in shown:
         print(f"  redo {item['episode_id']}: {item['state']}: {item['reason']}")
+    if len(shown) < len(plan["redo"]):
+        print(f"  ... and {len(plan['redo']) - len(shown)} more (all listed by --dry-run and in plan.json)")
     if not plan["upload"]:
         why = ("--no-upload" if args.no_upload else "no metadata_repo/full_repo in the config"
                if not plan["repos"] else "debug run without --upload")
@@ -667,8 +672,11 @@ def format_summary(summary: dict[str, Any], run_dir: Path) -> str:
              + (" (interrupted)" if summary["interrupted"] else ""),
              f"episodes per hour: {'n/a' if rate is None else f'{rate:.1f}'}"]
     if summary["failed"]:
-        lines.append(f"failed episodes ({run_dir / FAILED_NAME}):")
-        lines += [f"  {f['episode_id']}: step {f['step']}: {f['error']}" for f in summary["failed_episodes"]]
+        lines.append(f"failed episodes (all in {run_dir / FAILED_NAME}):")
+        lines += [f"  {f['episode_id']}: step {f['step']}: {f['error']}"
+                  for f in summary["failed_episodes"][:REDO_SHOWN]]
+        if summary["failed"] > REDO_SHOWN:
+            lines.append(f"  ... and {summary['failed'] - REDO_SHOWN} more")
     lines.append(f"run folder: {run_dir}; review: python -m droid_pipeline.timing review {run_dir}")
     return "\n".join(lines)
 

@@ -196,7 +196,7 @@ def test_depth_driver_broken_episode_fails_alone_and_old_outputs_are_redone(data
             f"recordings/{s}/depth.mkv" for s in episode.serials.values()}
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["failed_by_step"] == {"depth": 1} and summary["done"] == 3
-    assert f"step depth" in result.stdout and broken.episode_id in result.stdout
+    assert "step depth" in result.stdout and broken.episode_id in result.stdout
     log = (run_dir / "logs" / f"{broken.episode_id}.log").read_text()
     assert "Traceback" in log and "step depth failed" in log
     assert "upload: off (no metadata_repo/full_repo in the config)" in result.stdout
