@@ -31,6 +31,7 @@ import json
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -46,7 +47,7 @@ from droid_pipeline.atomic import write_json_atomic, write_text_atomic
 from droid_pipeline.gripper import GripperModel
 from droid_pipeline.kinematics import panda_flange_poses
 from droid_pipeline.poses import matrix_to_pose6, transform_points
-from droid_pipeline.render import Box, Material, PinholeCamera, Rendering, render
+from droid_pipeline.render import Box, Material, PinholeCamera, render
 from droid_pipeline.zed_conf import (RESOLUTIONS, CameraCalibration, RectifiedStereo, StereoExtras,
                                      ZedConf, format_conf, match_resolution, rectify)
 
@@ -79,14 +80,13 @@ CAMERA_MODELS = {
     "ZED Mini": {"fx": 700.0, "baseline_mm": 63.0},
 }
 ROLE_MODEL = {"wrist": "ZED Mini", "ext1": "ZED 2", "ext2": "ZED 2"}
-# Optical centre of the sensor modes relative to HD: pixel scale and (x, y) crop offset in
-# HD-scaled pixels (2K and FHD are crops of the 2x sensor grid, VGA a binned 0.5x grid).
+# Pixel scale of each sensor mode relative to HD: 2K and FHD are centred crops of the 2x grid,
+# VGA a binned 0.5x grid; all share one optical centre.
 MODE_SCALE = {"2K": 2.0, "FHD": 2.0, "HD": 1.0, "VGA": 0.5}
 
-LABS = (("AUTOLab", "Etcheverry Hall"), ("CLVR", "RTH"), ("GuptaLab", "Warren Weaver Hall"),
-        ("ILIAD", "Gates"), ("IPRL", "Gates"), ("IRIS", "Gates"), ("PennPAL", "Levine Hall"),
-        ("RAD", "Wu and Chen"), ("RAIL", "Sutardja Dai Hall"), ("REAL", "CEPSR"),
-        ("RPL", "Robotics Building"), ("TRI", "Los Altos"), ("WEIRD", "Paul G. Allen Center"))
+LABS = ("AUTOLab", "CLVR", "GuptaLab", "ILIAD", "IPRL", "IRIS", "PennPAL", "RAD", "RAIL", "REAL", "RPL",
+        "TRI", "WEIRD")
+BUILDINGS = ("North Hall", "Engineering Center", "Robotics Building", "Science Hall")
 USERS = ("Alex Kim", "Sam Rivera", "Jordan Lee", "Taylor Chen", "Morgan Patel", "Casey Novak")
 TASKS = ("Put the marker in the cup", "Move the red block to the left of the box",
          "Pick up the sponge and place it on the plate", "Stack the small box on the large box",
@@ -271,8 +271,9 @@ class EpisodePlan:
 
 def _plan_episode(seed: int, index: int, frames: int, width: int, height: int) -> EpisodePlan:
     rng = np.random.default_rng([seed, index])
-    lab, building = LABS[int(rng.integers(len(LABS)))]
-    lab_rng = np.random.default_rng([seed, 1_000_000 + LABS.index((lab, building))])
+    lab_index = int(rng.integers(len(LABS)))
+    lab, building = LABS[lab_index], BUILDINGS[lab_index % len(BUILDINGS)]
+    lab_rng = np.random.default_rng([seed, 1_000_000 + lab_index])
     serials = {"wrist": str(lab_rng.integers(10_000_000, 20_000_000)),
                "ext1": str(lab_rng.integers(20_000_000, 30_000_000)),
                "ext2": str(lab_rng.integers(30_000_000, 40_000_000))}
@@ -320,7 +321,7 @@ def _plan_motion(rng: np.random.Generator, frames: int, closed_value: float
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Joint positions (T, 7), observed gripper_position (T,) and commanded gripper target (T,).
 
-    The arm follows a periodic cubic spline through random joint-space waypoints near home
+    The arm follows a periodic cubic spline through random joint-space waypoints near the work pose
     (checked densely to keep the pads in the workspace and pointing down), at a trapezoidal
     speed profile whose mean moves the pad centre at :data:`PATH_SPEED_M_S`. The gripper is
     commanded closed from 30% to 65% of the episode and follows within a few steps, stopping at
@@ -502,24 +503,26 @@ def _write_episode(info: DatasetInfo, episode: EpisodePlan) -> None:
 def _render_camera(episode: EpisodePlan, rig: CameraRig, gripper_boxes: list[list[Box]],
                    mp4_dir: Path, depth_path: Path) -> None:
     """Render and stream one camera's left MP4, left|right stereo MP4 and true depth, frame by
-    frame. A fixed camera's static scene is rendered once per lens and reused as background."""
+    frame; the two lenses render in parallel threads (NumPy releases the GIL). A fixed camera's
+    static scene is rendered once per lens and reused as the background of every frame."""
     scene = [ROOM, TABLE, *episode.objects]
     static = rig.role != "wrist"
-    backgrounds = (render(scene, rig.camera(0)), render(scene, rig.camera(0, right=True))) if static else None
+    lenses = (False, True)
     width, height = rig.rectified.width, rig.rectified.height
     depth_path.parent.mkdir(parents=True, exist_ok=True)
-    with _Mp4Writer(mp4_dir / f"{rig.serial}.mp4", width, height) as mono, \
+    with ThreadPoolExecutor(max_workers=len(lenses)) as pool, \
+            _Mp4Writer(mp4_dir / f"{rig.serial}.mp4", width, height) as mono, \
             _Mp4Writer(mp4_dir / f"{rig.serial}-stereo.mp4", 2 * width, height) as stereo, \
             _DepthWriter(depth_path, (episode.num_frames, height, width)) as depth:
+        backgrounds = (list(pool.map(lambda right: render(scene, rig.camera(0, right=right)), lenses))
+                       if static else [None, None])
         for step, moving in enumerate(gripper_boxes):
-            views: list[Rendering] = []
-            for lens, right in enumerate((False, True)):
-                camera = rig.camera(step, right=right)
-                views.append(render(moving, camera, backgrounds[lens]) if static
-                             else render(scene + moving, camera))
-            mono.write(views[0].rgb)
-            stereo.write(np.concatenate([views[0].rgb, views[1].rgb], axis=1))
-            depth.write(step, views[0].depth)
+            boxes = moving if static else scene + moving
+            left, right = pool.map(lambda lens: render(boxes, rig.camera(step, right=lens), backgrounds[lens]),
+                                   lenses)
+            mono.write(left.rgb)
+            stereo.write(np.concatenate([left.rgb, right.rgb], axis=1))
+            depth.write(step, left.depth)
 
 
 class _Mp4Writer:
