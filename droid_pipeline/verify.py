@@ -10,8 +10,9 @@ an episode file (tracks.npz, extrinsics.npz, quality.json or manifest.json) is c
 - ``contract``: every key of both npz files with its dtype and shape (T steps, N points, M
   normalized samples), and the schema version;
 - ``values``: all floats finite, poses and frames rigid, centroids the mean of their points,
-  ``frame_to_normalized_idx`` non-decreasing within range, intrinsics equal to intrinsics.json,
-  and quality.json agreeing with the arrays;
+  ``frame_to_normalized_idx`` non-decreasing from 0 to M-1, ``cumulative_distance_mm`` from 0
+  and never decreasing, intrinsics equal to intrinsics.json, and quality.json agreeing with the
+  arrays;
 - ``2d``: each camera's tracks_3d reprojected with ``cv2.projectPoints`` (an implementation
   independent of the pipeline's) and the saved intrinsics and extrinsics match tracks_2d at every
   visible point, and no visible point is behind the camera or off the image;
@@ -297,11 +298,11 @@ def _check_values(episode_dir: Path, state: dict[str, Any]) -> None:
         error = np.abs(points.astype(np.float64).mean(axis=1) - tracks[key][:, :3, 3]).max()
         if error > CENTROID_TOLERANCE_M:
             problems.append(f"{key} origins differ from their finger's point centroid by {error * 1000:.4f} mm")
-    index = tracks["frame_to_normalized_idx"]
-    if (np.diff(index) < 0).any() or index.min() < 0 or index.max() >= int(tracks["num_normalized_steps"]):
-        problems.append("frame_to_normalized_idx is not non-decreasing within [0, num_normalized_steps)")
-    if (np.diff(tracks["cumulative_distance_mm"]) < 0).any():
-        problems.append("cumulative_distance_mm decreases")
+    index, distance = tracks["frame_to_normalized_idx"], tracks["cumulative_distance_mm"]
+    if (np.diff(index) < 0).any() or index[0] != 0 or index[-1] != int(tracks["num_normalized_steps"]) - 1:
+        problems.append("frame_to_normalized_idx is not non-decreasing from 0 to num_normalized_steps - 1")
+    if (np.diff(distance) < 0).any() or distance[0] != 0:
+        problems.append("cumulative_distance_mm does not start at 0 and never decrease")
     serials = [str(s) for s in extrinsics["serials"]]
     roles = [str(r) for r in extrinsics["roles"]]
     if any(role not in ROLES for role in roles) or len(set(serials)) != len(serials):

@@ -187,7 +187,7 @@ DAMAGE = [
     (nan_value, "values", r"normalized_tracks_3d has NaN or inf"),
     (stretch_frame, "values", r"contact_frames is not a rigid transform"),
     (move_centroids, "values", r"contact_centroids differs from the mean of its points by 1\.0000 mm"),
-    (reverse_index, "values", r"frame_to_normalized_idx is not non-decreasing"),
+    (reverse_index, "values", r"frame_to_normalized_idx is not non-decreasing from 0"),
     (change_intrinsics, "values", r"intrinsics_\d+ differs from recordings/\d+/intrinsics.json"),
     (remove_intrinsics_json, "files", r"recordings/\d+/intrinsics.json missing"),
     (misplace, "files", r"folder is .*Mon_Jan__1_00:00:00_2024 but quality.json names"),
