@@ -3,11 +3,11 @@
 #
 # Bash only fans out, times, logs and passes exit codes: the plan (selection, skipping,
 # sharding, run folder, SLURM script), each episode's steps and the summary are Python
-# (droid_pipeline.runner). Fan-out: GNU xargs -P feeds the run's todo.jsonl to one worker per
-# episode; --process-slot-var gives each worker its slot, which pins its GPU. xargs runs in its
-# own session, so Ctrl-C reaches only this script, which then stops the workers with SIGTERM,
-# waits for them (each holds a shared lock on the run folder's .workers.lock), writes the
-# summary and exits 130.
+# (droid_pipeline.runner). Fan-out: GNU xargs -P feeds the run's todo.jsonl, a few episode lines
+# per worker process; --process-slot-var gives each worker its slot, which pins its GPU. xargs
+# runs in its own session, so Ctrl-C reaches only this script, which then stops the workers with
+# SIGTERM, waits for them (each holds a shared lock on the run folder's .workers.lock), writes
+# the summary and exits 130.
 
 DRIVER_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly DRIVER_ROOT
@@ -28,7 +28,8 @@ info() {
   echo "$(date -u +%FT%TZ) $(basename "$0"): $*"
 }
 
-# The interpreter: $DROID_PYTHON, else the checkout's .venv, else python3.
+# The interpreter: $DROID_PYTHON, else the checkout's .venv, else python3; the checkout's
+# package comes first on its path.
 find_python() {
   if [[ -n "${DROID_PYTHON:-}" ]]; then
     PY="${DROID_PYTHON}"
@@ -37,6 +38,7 @@ find_python() {
   else
     PY="python3"
   fi
+  export PYTHONPATH="${DRIVER_ROOT}${PYTHONPATH:+:${PYTHONPATH}}"
 }
 
 cleanup() {

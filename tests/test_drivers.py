@@ -91,9 +91,9 @@ def test_metadata_driver_sigint_then_rerun_does_every_episode_once(dataset, tmp_
         driver = subprocess.Popen([str(METADATA), *args], cwd=tmp_path, stdout=out,
                                   stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            csv_path = None
-            while driver.poll() is None:  # interrupt once the first episode is finished
-                found = run_dirs(tmp_path, "metadata")
+            deadline = time.monotonic() + 300
+            while driver.poll() is None and time.monotonic() < deadline:
+                found = run_dirs(tmp_path, "metadata")  # interrupt once an episode is finished
                 csv_path = found[0] / "timing.csv" if found else None
                 if csv_path and csv_path.exists() and "done" in csv_path.read_text():
                     break
