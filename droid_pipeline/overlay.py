@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -55,8 +54,6 @@ DEFAULT_SHEET_FRAMES = 4
 SHEET_TILE_HEIGHT = 240
 VIDEO_CRF = 18
 _SHIFT = 4                          # cv2 sub-pixel drawing: coordinates in 1/16 px
-
-log = logging.getLogger(__name__)
 
 
 class RenderError(ValueError):
@@ -168,7 +165,9 @@ def _render_camera(data: EpisodeData, job: CameraJob, path: Path, what: str, tra
         writer = stack.enter_context(Mp4Writer(path, data.fps))
         bar = stack.enter_context(tqdm(total=job.num_frames, unit="frame", disable=not progress,
                                        desc=f"{camera.role} {camera.serial} {what}"))
-        for step, image in zip(range(job.num_frames), iter_frames(job.video)):
+        frames = iter_frames(job.video)
+        stack.callback(frames.close)
+        for step, image in zip(range(job.num_frames), frames):
             if job.crop_left:
                 image = image[:, : image.shape[1] // 2]
             image = np.ascontiguousarray(image)
@@ -184,7 +183,7 @@ def _render_camera(data: EpisodeData, job: CameraJob, path: Path, what: str, tra
 
 def draw_step(data: EpisodeData, camera: CameraData, image: np.ndarray, step: int, what: str,
               trail: int) -> np.ndarray:
-    """Draw mode ``what`` of control step ``step`` onto a copy-free RGB ``image`` (returned)."""
+    """Draw mode ``what`` of control step ``step`` onto the RGB ``image`` in place; return it."""
     half = data.num_points_per_finger
     if what == "frames":
         frames = (data.contact_frames[step], data.left_contact_frames[step], data.right_contact_frames[step])
@@ -216,8 +215,8 @@ def draw_tracks(image: np.ndarray, pixels: np.ndarray, visible: np.ndarray, num_
     ends are visible. The first ``num_left`` points are the left finger's.
     """
     radius = max(2, round(image.shape[0] / 240))
-    fixed = np.round(np.nan_to_num(pixels) * (1 << _SHIFT)).astype(np.int64)
-    fixed = np.clip(fixed, -(1 << 28), 1 << 28).astype(np.int32)   # far off-image stays drawable
+    # Invisible points may project far off the image; clip them into int32 range (never drawn).
+    fixed = np.clip(np.round(pixels * (1 << _SHIFT)), -(1 << 28), 1 << 28).astype(np.int32)
     steps = len(pixels)
     for finger, color in ((slice(0, num_left), LEFT_COLOR), (slice(num_left, None), RIGHT_COLOR)):
         for k in range(steps - 1):
