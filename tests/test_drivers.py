@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import collections
 import csv
+import fcntl
 import json
 import os
+import pty
 import re
+import select
 import shutil
 import signal
+import struct
 import subprocess
+import termios
 import threading
 import time
 from pathlib import Path
@@ -200,6 +205,7 @@ def test_depth_driver_broken_episode_fails_alone_and_old_outputs_are_redone(data
     log = (run_dir / "logs" / f"{broken.episode_id}.log").read_text()
     assert "Traceback" in log and "step depth failed" in log
     assert "upload: off (no metadata_repo/full_repo in the config)" in result.stdout
+    assert "remaining" not in result.stderr  # no progress line when stderr is not a terminal
 
 
 def test_depth_workers_are_pinned_to_gpus_by_slot(dataset, tmp_path):
@@ -282,3 +288,30 @@ def test_killed_episode_process_fails_alone(dataset, tmp_path):
     assert [r["status"] for e, r in rows.items() if e != stuck.episode_id] == ["done", "done"]
     assert f"failed: episode {stuck.episode_id}: step tracks" in out
     assert not leftover_work_files(tmp_path)
+
+
+def test_live_progress_line_on_a_terminal_only(dataset, tmp_path):
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+    args = [*common_args(dataset, tmp_path), "--workers", "2", "2"]
+    driver = subprocess.Popen([str(METADATA), *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=slave, text=True)
+    os.close(slave)
+    terminal = b""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if not select.select([master], [], [], 1.0)[0]:
+            continue
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # every writer closed the terminal
+            break
+        if not chunk:
+            break
+        terminal += chunk
+    os.close(master)
+    out, _ = driver.communicate(timeout=300)
+    assert driver.returncode == 0, out + terminal.decode(errors="replace")
+    screen = terminal.decode(errors="replace")
+    assert "2/2" in screen and "done 2 failed 0 remaining 0" in screen
+    assert "remaining" not in out  # the progress line goes to the terminal only
