@@ -5,7 +5,8 @@ A worker builds an episode in a private work folder, then calls :func:`publish_e
 1. lists every file with its size, SHA-256 and kind (``metadata`` or ``depth``),
 2. writes ``manifest.json`` into the work folder, last,
 3. appends one line to the publish journal ``<run_root>/published.jsonl``,
-4. moves the folder to ``<output_root>/<relative_path>/`` (replacing an older copy).
+4. moves the folder to ``<output_root>/<relative_path>/`` (replacing an older copy) under
+   :func:`episode_lock`, which the uploader also holds while it deletes an uploaded folder.
 
 The journal line is written before the move so that a kill between the two never leaves a
 finished episode the uploader does not know about: the driver sees no finished folder and
@@ -18,6 +19,7 @@ fsyncs it; :func:`read_records` skips a torn line left by a killed writer.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import hashlib
@@ -28,6 +30,7 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +42,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
 JOURNAL_NAME = "published.jsonl"
+LOCK_NAME = ".publish.lock"
 PIPELINES = ("metadata", "full")
 Pipeline = Literal["metadata", "full"]
 FileKind = Literal["metadata", "depth"]
@@ -249,6 +253,21 @@ def _list_files(work_dir: Path) -> tuple[ManifestFile, ...]:
     return tuple(files)
 
 
+@contextlib.contextmanager
+def episode_lock(episode_dir: os.PathLike | str) -> Iterator[None]:
+    """Exclusive lock over swapping published folders in ``episode_dir``'s parent folder: held by
+    :func:`publish_episode` while it moves a folder in, and by the uploader while it deletes one,
+    so a folder being re-published is never deleted."""
+    parent = Path(episode_dir).parent
+    parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(parent / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _move_into_place(work_dir: Path, dest: Path) -> None:
     """Rename ``work_dir`` onto ``dest``; an existing ``dest`` is renamed aside, then removed."""
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -261,12 +280,12 @@ def _move_into_place(work_dir: Path, dest: Path) -> None:
         _fsync_tree(incoming)
         shutil.rmtree(work_dir)
     old = dest.parent / f".{dest.name}.replaced-{token}"
-    replaced = False
-    if dest.exists():
-        os.rename(dest, old)
-        replaced = True
-    os.rename(incoming, dest)
-    _fsync_dir(dest.parent)
+    with episode_lock(dest):
+        replaced = dest.exists()
+        if replaced:
+            os.rename(dest, old)
+        os.rename(incoming, dest)
+        _fsync_dir(dest.parent)
     if replaced:
         shutil.rmtree(old)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import glob
 import json
 import logging
 import os
@@ -38,8 +39,8 @@ from droid_pipeline.config import Config
 from droid_pipeline.ledger import Ledger, repos_for
 from droid_pipeline.repo_target import (RateLimited, RepoTarget, UploadFile, commit_message,
                                         open_target, repo_slug)
-from droid_pipeline.staging import (MANIFEST_NAME, Manifest, finished_state, read_journal,
-                                    read_manifest, sha256_file)
+from droid_pipeline.staging import (MANIFEST_NAME, Manifest, episode_lock, finished_state,
+                                    read_journal, read_manifest, sha256_file)
 
 log = logging.getLogger(__name__)
 
@@ -498,25 +499,23 @@ def _ready(episode_dir: Path, manifest_sha256: str) -> tuple[bool, str]:
 
 
 def _delete_episode(episode_dir: Path, manifest_sha256: str) -> bool:
-    """Remove a published folder if it still holds the uploaded version; it is renamed aside first
-    so a concurrent re-publish is never deleted."""
-    aside = episode_dir.parent / f".{episode_dir.name}.deleting-{uuid.uuid4().hex[:12]}"
-    try:
-        os.rename(episode_dir, aside)
-    except FileNotFoundError:
-        return False
-    try:
-        same = sha256_file(aside / MANIFEST_NAME) == manifest_sha256
-    except OSError:
-        same = False
-    if same:
+    """Remove a published folder if it still holds the uploaded version.
+
+    Under the folder's publish lock it is renamed aside (so it is gone at once for everyone),
+    then removed; asides left by a killed run hold uploaded data too and are removed with it.
+    """
+    with episode_lock(episode_dir):
+        asides = list(episode_dir.parent.glob(f".{glob.escape(episode_dir.name)}.deleting-*"))
+        try:
+            uploaded = sha256_file(episode_dir / MANIFEST_NAME) == manifest_sha256
+        except OSError:
+            uploaded = False
+        if uploaded:
+            asides.append(episode_dir.parent / f".{episode_dir.name}.deleting-{uuid.uuid4().hex[:12]}")
+            os.rename(episode_dir, asides[-1])
+    for aside in asides:
         shutil.rmtree(aside)
-        return True
-    try:
-        os.rename(aside, episode_dir)
-    except OSError:  # a newer version was published meanwhile; the one aside is older
-        shutil.rmtree(aside)
-    return False
+    return uploaded
 
 
 def status_report(config: Config, run_root: os.PathLike | str) -> str:

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from droid_pipeline.ledger import Ledger
-from droid_pipeline.staging import publish_episode
+from droid_pipeline.staging import LOCK_NAME, publish_episode
 from hub_server import HubServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -329,7 +329,8 @@ def test_kill_9_at_random_points_then_rerun_loses_and_duplicates_nothing(tmp_pat
             on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
             assert on_disk == set(expected_contents(tmp_path, episodes, full_repo))
             assert set(ledger_files(tmp_path, url)) == on_disk
-    assert not any(p.is_file() for p in (tmp_path / "output").rglob("*"))  # all deleted after upload
+    left = [p for p in (tmp_path / "output").rglob("*") if p.is_file() and p.name != LOCK_NAME]
+    assert left == []  # all deleted after upload, leftovers of killed deletions too
     ledger = Ledger(tmp_path / "run")
     assert all(ledger.has(eid, [meta, full] if pipeline == "full" else [meta])
                for eid, _, _, pipeline in episodes)

@@ -53,7 +53,7 @@ def test_republishing_replaces_the_older_folder(tmp_path):
                              tmp_path / "run")
     dest = tmp_path / "out" / REL
     assert read_manifest(dest) == second and not (dest / "recordings/111/depth.mkv").exists()
-    assert sorted(p.name for p in dest.parent.iterdir()) == [dest.name]
+    assert sorted(p.name for p in dest.parent.iterdir()) == [".publish.lock", dest.name]
     assert len(read_journal(tmp_path / "run")[0]) == 2
 
 
