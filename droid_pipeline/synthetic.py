@@ -522,7 +522,7 @@ def _render_camera(episode: EpisodePlan, rig: CameraRig, gripper_boxes: list[lis
                                    lenses)
             mono.write(left.rgb)
             stereo.write(np.concatenate([left.rgb, right.rgb], axis=1))
-            depth.write(step, left.depth)
+            depth.write(left.depth)
 
 
 class _Mp4Writer:
@@ -580,23 +580,26 @@ def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
 
 
 class _DepthWriter:
-    """True depth as (T, H, W) uint16 millimetres in a .npy written frame by frame through a
-    memory map under a temporary name, renamed when complete."""
+    """True depth as a (T, H, W) little-endian uint16 .npy of millimetres, appended frame by
+    frame under a temporary name (nothing of the episode is held in memory) and renamed once
+    the episode is complete."""
 
     def __init__(self, path: Path, shape: tuple[int, int, int]):
         self._path = path
-        self._tmp = path.with_name(f".{path.name}.tmp.npy")
-        self._array = np.lib.format.open_memmap(self._tmp, mode="w+", dtype=np.uint16, shape=shape)
+        self._tmp = path.with_name(f".{path.name}.tmp")
+        self._file = open(self._tmp, "wb")
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<u2")), "fortran_order": False,
+                  "shape": shape}
+        np.lib.format.write_array_header_1_0(self._file, header)
 
-    def write(self, step: int, depth_m: np.ndarray) -> None:
-        self._array[step] = depth_to_mm(depth_m)
+    def write(self, depth_m: np.ndarray) -> None:
+        self._file.write(depth_to_mm(depth_m).astype("<u2").tobytes())
 
     def __enter__(self) -> _DepthWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._array.flush()
-        del self._array
+        self._file.close()
         if exc[0] is None:
             os.replace(self._tmp, self._path)
         else:
