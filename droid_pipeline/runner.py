@@ -351,6 +351,8 @@ def shard(items: Sequence[Any], index: int, count: int) -> list[Any]:
 
 def _plan_slurm_task(spec: PipelineSpec, run_dir: Path, plan_file: Path) -> int:
     """One array task: its shard of the run's episodes, minus those finished meanwhile."""
+    if "SLURM_ARRAY_TASK_ID" not in os.environ:
+        raise ConfigError("--slurm-task is for the array tasks of a --slurm run (no SLURM_ARRAY_TASK_ID)")
     run = json.loads((run_dir / "run.json").read_text())
     task = int(os.environ["SLURM_ARRAY_TASK_ID"])
     config = load_config([run_dir / "config.yaml"])

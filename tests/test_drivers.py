@@ -225,6 +225,9 @@ def test_depth_workers_are_pinned_to_gpus_by_slot(dataset, tmp_path):
         assert row["gpu"] == ["3", "7"][int(row["slot"]) // 2]
         assert row["status"] == "failed" and row["failed_step"] == "depth"
         assert "ZED" in row["error"]
+    refused = run_driver(DEPTH, *common_args(dataset, tmp_path), "--depth-backend", "zed",
+                         "--gpus", "none", cwd=tmp_path, check_rc=2)
+    assert "depth_backend zed needs a GPU" in refused.stderr and "--depth-backend stereo" in refused.stderr
 
 
 def test_single_episode_debug_run(dataset, tmp_path):
