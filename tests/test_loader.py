@@ -171,6 +171,9 @@ def test_broken_or_missing_episodes_are_clear_errors(converted, tmp_path):
     with pytest.raises(LoadError, match="no camera 'ext3'"):
         load_episode(folder).camera("ext3")
     tracks = npz(folder / "tracks.npz")
+    np.savez_compressed(folder / "tracks.npz", **{**tracks, "schema_version": np.int32(1)})
+    with pytest.raises(LoadError, match="written under output schema 1; this package reads schema 2"):
+        load_episode(folder)
     del tracks["normalized_frames"]
     np.savez_compressed(folder / "tracks.npz", **tracks)
     with pytest.raises(LoadError, match="no key 'normalized_frames'"):
@@ -179,6 +182,10 @@ def test_broken_or_missing_episodes_are_clear_errors(converted, tmp_path):
         load_episode(converted["root"])
     with pytest.raises(LoadError, match="neither an episode id"):
         load_episode(converted["root"], "not-an-id")
+    with pytest.raises(LoadError, match="expected hf://datasets/<user>/<name>"):
+        load_episode("hf://datasets/user", episode.episode_id)
+    with pytest.raises(LoadError, match="already names an episode"):
+        load_episode(f"hf://datasets/{REPO}/{episode.relative_path}", episode.episode_id)
 
 
 @pytest.fixture()
