@@ -24,7 +24,8 @@ NEAR_CLIP_M = 1e-3
 LIGHT_DIRECTION = np.array([0.3, -0.2, 1.0]) / np.linalg.norm([0.3, -0.2, 1.0])
 AMBIENT = 0.45
 BACKGROUND_RGB = np.array([40, 40, 48], dtype=np.uint8)
-NOISE_TABLE_SIZE = 256
+NOISE_TABLE_BITS = 8
+NOISE_TABLE_SIZE = 1 << NOISE_TABLE_BITS
 
 
 @dataclass(frozen=True)
@@ -225,13 +226,18 @@ def surface_color(material: Material, u: np.ndarray, v: np.ndarray, face: np.nda
 
 @lru_cache(maxsize=64)
 def _noise_table(seed: int) -> np.ndarray:
-    """Deterministic lattice of random values in [0, 1) for one material."""
-    return np.random.default_rng(seed).random((NOISE_TABLE_SIZE, NOISE_TABLE_SIZE), dtype=np.float32)
+    """Deterministic lattice of random values in [0, 1) for one material, flattened (row-major)."""
+    return np.random.default_rng(seed).random(NOISE_TABLE_SIZE * NOISE_TABLE_SIZE, dtype=np.float32)
 
 
 def _lattice(table: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Table values at integer lattice points (float arrays of whole numbers), wrapping around."""
+    return table.take(_lattice_index(i.astype(np.int32), j.astype(np.int32)))
+
+
+def _lattice_index(i: np.ndarray, j: np.ndarray) -> np.ndarray:
     mask = NOISE_TABLE_SIZE - 1
-    return table[i.astype(np.int32) & mask, j.astype(np.int32) & mask]
+    return ((i & mask) << NOISE_TABLE_BITS) | (j & mask)
 
 
 def _value_noise(table: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -239,6 +245,9 @@ def _value_noise(table: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     x0, y0 = np.floor(x), np.floor(y)
     fx, fy = x - x0, y - y0
     sx, sy = fx * fx * (3.0 - 2.0 * fx), fy * fy * (3.0 - 2.0 * fy)
-    top = _lattice(table, x0, y0) * (1 - sx) + _lattice(table, x0 + 1, y0) * sx
-    bottom = _lattice(table, x0, y0 + 1) * (1 - sx) + _lattice(table, x0 + 1, y0 + 1) * sx
-    return top * (1 - sy) + bottom * sy
+    i, j = x0.astype(np.int32), y0.astype(np.int32)
+    v00, v10 = table.take(_lattice_index(i, j)), table.take(_lattice_index(i + 1, j))
+    v01, v11 = table.take(_lattice_index(i, j + 1)), table.take(_lattice_index(i + 1, j + 1))
+    top = v00 + sx * (v10 - v00)
+    bottom = v01 + sx * (v11 - v01)
+    return top + sy * (bottom - top)
