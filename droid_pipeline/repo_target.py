@@ -134,9 +134,10 @@ class FolderTarget(RepoTarget):
 
     def __init__(self, url: str):
         self.url = url
-        self.root = Path(url[len("file://"):]).expanduser()
-        if not str(self.root):
+        folder = url[len("file://"):]
+        if not folder:
             raise RepoUrlError(f"repo {url!r}: file:// needs a folder")
+        self.root = Path(folder).expanduser().absolute()  # a relative folder: from the working directory
 
     def ensure_exists(self, private: bool) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

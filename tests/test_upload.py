@@ -195,6 +195,18 @@ def test_once_uploads_metadata_and_full_repos_with_both_transfer_paths(tmp_path,
     assert "uploaded: 3 episode(s); pending: 0" in status
 
 
+def test_uploaded_files_download_through_resolve(tmp_path, hub):
+    from huggingface_hub import hf_hub_download
+
+    _, rel, files, _ = publish_mix(tmp_path, 2)[1]
+    config = write_config(tmp_path, metadata_repo=META, full_repo=FULL)
+    assert run_uploader(config, uploader_env(hub.endpoint, tmp_path), "--once").returncode == 0
+    for name in (f"recordings/{SERIAL}/depth.mkv", "quality.json"):
+        path = hf_hub_download(repo_id(FULL), f"{rel}/{name}", repo_type="dataset", endpoint=hub.endpoint,
+                               token=TOKEN, cache_dir=tmp_path / "cache")
+        assert Path(path).read_bytes() == files[name]
+
+
 def test_file_targets_get_the_same_layout_and_ledger(tmp_path):
     episodes = publish_mix(tmp_path, 4)
     meta_dir, full_dir = tmp_path / "hub" / "meta", tmp_path / "hub" / "full"
