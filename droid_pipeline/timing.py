@@ -222,8 +222,8 @@ def plot_review(rows: Sequence[dict[str, str]], path: os.PathLike | str) -> None
     if finished:
         ends = sorted(parse_timestamp(r["start_time"]) + float(r["total_s"] or 0.0) for r in finished)
         t0 = min(parse_timestamp(r["start_time"]) for r in finished)
-        hours = (np.array(ends) - t0) / 3600.0
-        right.step(hours, np.arange(1, len(ends) + 1), where="post")
+        hours = (np.array([t0, *ends]) - t0) / 3600.0
+        right.step(hours, np.arange(len(hours)), where="post")
     right.set_xlabel("hours since first start")
     right.set_ylabel("episodes finished")
     right.set_title("throughput")
