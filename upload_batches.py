@@ -67,8 +67,8 @@ def main() -> int:
     for url, failures in report.failed.items():
         for episode_id, reason in sorted(failures.items()):
             print(redactor.redact(f"failed {url} {episode_id}: {reason}"))
-    for url in repo_urls(config):
-        print(f"uploaded to {url}")
+    for target in uploader.targets.values():
+        print(f"repo {target.url}: {target.location}")
     return 0 if args.daemon else report.exit_code
 
 

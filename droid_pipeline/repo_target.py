@@ -55,6 +55,11 @@ class RepoTarget(ABC):
     def slug(self) -> str:
         return repo_slug(self.url)
 
+    @property
+    @abstractmethod
+    def location(self) -> str:
+        """Where the files can be seen: the repo's web address or the folder's absolute path."""
+
     @abstractmethod
     def ensure_exists(self, private: bool) -> None:
         """Create the repo when it is missing."""
@@ -95,6 +100,10 @@ class HubTarget(RepoTarget):
         self.repo_id = repo_id
         self.request_timeout_s = request_timeout_s
         self._api = HfApi(token=token)
+
+    @property
+    def location(self) -> str:
+        return f"{self._api.endpoint}/datasets/{self.repo_id}"
 
     def _client(self) -> HfApi:
         """The API client, its shared HTTP session bounded by the timeout (the default waits forever)."""
@@ -138,6 +147,10 @@ class FolderTarget(RepoTarget):
         if not folder:
             raise RepoUrlError(f"repo {url!r}: file:// needs a folder")
         self.root = Path(folder).expanduser().absolute()  # a relative folder: from the working directory
+
+    @property
+    def location(self) -> str:
+        return str(self.root)
 
     def ensure_exists(self, private: bool) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -214,7 +214,7 @@ def test_file_targets_get_the_same_layout_and_ledger(tmp_path):
                           max_files_per_commit=5)
     result = run_uploader(config, uploader_env(None, tmp_path, token=None), "--once")
     assert result.returncode == 0, result.stderr
-    assert f"uploaded to file://{meta_dir}" in result.stdout
+    assert f"repo file://{meta_dir}: {meta_dir}" in result.stdout
     for folder, full in ((meta_dir, False), (full_dir, True)):
         on_disk = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
         expected = expected_contents(tmp_path, episodes, full)
@@ -320,7 +320,7 @@ def test_kill_9_at_random_points_then_rerun_loses_and_duplicates_nothing(tmp_pat
                           delete_after_upload=True)
     env = uploader_env(hub.endpoint, tmp_path)
     rng = random.Random(7)
-    for _ in range(5 if target == "hub" else 3):
+    for _ in range(4 if target == "hub" else 3):
         proc = subprocess.Popen(uploader_cmd(config, "--once"), env=env, cwd=REPO_ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if target == "hub":  # kill after a random number of requests reached the server
@@ -349,8 +349,8 @@ def test_kill_9_at_random_points_then_rerun_loses_and_duplicates_nothing(tmp_pat
 
 
 def test_two_uploaders_on_one_staging_area_commit_each_file_once(tmp_path, hub):
-    episodes = publish_mix(tmp_path, 8)
-    config = write_config(tmp_path, metadata_repo=META, full_repo=FULL, max_files_per_commit=4)
+    episodes = publish_mix(tmp_path, 6)
+    config = write_config(tmp_path, metadata_repo=META, full_repo=FULL, max_files_per_commit=5)
     env = uploader_env(hub.endpoint, tmp_path)
     procs = [subprocess.Popen(uploader_cmd(config, "--once"), env=env, cwd=REPO_ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
