@@ -264,6 +264,21 @@ def test_server_error_is_reported_then_retried(tmp_path, hub):
     assert "failed: 0" in run_uploader(config, env, "status").stdout
 
 
+def test_episode_whose_file_no_longer_matches_its_manifest_fails_and_is_not_uploaded(tmp_path, hub):
+    episodes = publish_mix(tmp_path, 3)
+    bad_id, bad_rel, bad_files, _ = episodes.pop(1)
+    corrupted = tmp_path / "output" / bad_rel / "tracks.npz"
+    corrupted.write_bytes(b"\1" * len(bad_files["tracks.npz"]))  # same size, other content
+    config = write_config(tmp_path, metadata_repo=META)
+    env = uploader_env(hub.endpoint, tmp_path)
+    result = run_uploader(config, env, "--once")
+    assert result.returncode == 1
+    assert f"failed {META} {bad_id}: checksum or file differs from the manifest: tracks.npz" in result.stdout
+    assert not any(path.startswith(bad_rel) for path in server_files(hub, META))
+    assert_repo_complete(tmp_path, hub, META, episodes, full=False)
+    assert f"{bad_id}: checksum" in run_uploader(config, env, "status").stdout
+
+
 def test_commit_that_lands_but_loses_its_answer_is_not_committed_twice(tmp_path, hub):
     episodes = publish_mix(tmp_path, 4)
     hub.inject("commit", action="apply_then_drop", times=2)
