@@ -5,12 +5,13 @@ A worker builds an episode in a private work folder, then calls :func:`publish_e
 1. lists every file with its size, SHA-256 and kind (``metadata`` or ``depth``),
 2. writes ``manifest.json`` into the work folder, last,
 3. appends one line to the publish journal ``<run_root>/published.jsonl``,
-4. moves the folder to ``<output_root>/<relative_path>/`` (replacing an older copy) under
-   :func:`episode_lock`, which the uploader also holds while it deletes an uploaded folder.
+4. moves the folder to ``<output_root>/<relative_path>/`` (replacing an older copy).
 
-The journal line is written before the move so that a kill between the two never leaves a
-finished episode the uploader does not know about: the driver sees no finished folder and
-redoes the episode, and the uploader waits for a folder whose manifest matches the line.
+Steps 3 and 4 run under :func:`episode_lock`, which the uploader also takes to delete an
+uploaded folder or to settle a folder that does not hold the journaled version. The journal
+line comes first, so a kill can never leave a finished folder the uploader does not know
+about; a kill between the two leaves a line whose version never arrived, and the uploader,
+under the lock, then takes the version the folder really holds.
 
 The journal and the uploader's ledger are append-only JSON Lines files shared by several
 processes: :func:`append_record` holds an exclusive ``flock`` while it writes one line and
@@ -129,12 +130,17 @@ def publish_episode(work_dir: os.PathLike | str, output_root: os.PathLike | str,
         raise StagingError(f"episode {episode_id}: metadata pipeline published depth files "
                            f"{[f.path for f in manifest.files_of_kind('depth')]}")
     write_json_atomic(work_dir / MANIFEST_NAME, manifest.to_json())
+    manifest_sha256 = sha256_file(work_dir / MANIFEST_NAME)
     dest = output_root / rel
-    append_record(run_root / JOURNAL_NAME, {
-        "episode_id": episode_id, "relative_path": rel, "pipeline": pipeline,
-        "episode_dir": str(dest.resolve()), "manifest_sha256": sha256_file(work_dir / MANIFEST_NAME),
-        "published": time.time()})
-    _move_into_place(work_dir, dest)
+    incoming = _stage_beside(work_dir, dest)
+    with episode_lock(dest):
+        append_record(run_root / JOURNAL_NAME, {
+            "episode_id": episode_id, "relative_path": rel, "pipeline": pipeline,
+            "episode_dir": str(dest.resolve()), "manifest_sha256": manifest_sha256,
+            "published": time.time()})
+        replaced = _swap_into_place(incoming, dest)
+    if replaced is not None:
+        shutil.rmtree(replaced)
     return manifest
 
 
@@ -268,26 +274,29 @@ def episode_lock(episode_dir: os.PathLike | str) -> Iterator[None]:
         os.close(fd)
 
 
-def _move_into_place(work_dir: Path, dest: Path) -> None:
-    """Rename ``work_dir`` onto ``dest``; an existing ``dest`` is renamed aside, then removed."""
+def _stage_beside(work_dir: Path, dest: Path) -> Path:
+    """Bring ``work_dir`` next to ``dest`` under a hidden name (a rename, or a copy across file
+    systems), so that the final move is a rename."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex[:12]
-    incoming = dest.parent / f".{dest.name}.incoming-{token}"
+    incoming = dest.parent / f".{dest.name}.incoming-{uuid.uuid4().hex[:12]}"
     try:
         os.rename(work_dir, incoming)
     except OSError:
         shutil.copytree(work_dir, incoming)
         _fsync_tree(incoming)
         shutil.rmtree(work_dir)
-    old = dest.parent / f".{dest.name}.replaced-{token}"
-    with episode_lock(dest):
-        replaced = dest.exists()
-        if replaced:
-            os.rename(dest, old)
-        os.rename(incoming, dest)
-        _fsync_dir(dest.parent)
-    if replaced:
-        shutil.rmtree(old)
+    return incoming
+
+
+def _swap_into_place(incoming: Path, dest: Path) -> Path | None:
+    """Rename ``incoming`` onto ``dest``; an existing ``dest`` is renamed aside and returned."""
+    old = None
+    if dest.exists():
+        old = dest.parent / f".{dest.name}.replaced-{uuid.uuid4().hex[:12]}"
+        os.rename(dest, old)
+    os.rename(incoming, dest)
+    _fsync_dir(dest.parent)
+    return old
 
 
 def _fsync_tree(root: Path) -> None:

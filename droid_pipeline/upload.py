@@ -40,7 +40,7 @@ from droid_pipeline.ledger import Ledger, repos_for
 from droid_pipeline.repo_target import (RateLimited, RepoTarget, UploadFile, commit_message,
                                         open_target, repo_slug)
 from droid_pipeline.staging import (MANIFEST_NAME, Manifest, episode_lock, finished_state,
-                                    read_journal, read_manifest, sha256_file)
+                                    is_finished, read_journal, read_manifest, sha256_file)
 
 log = logging.getLogger(__name__)
 
@@ -361,11 +361,17 @@ class Uploader:
     def _to_upload(self, url: str, report: BatchReport) -> list[_Work]:
         """Episodes of the queue whose files ``url`` still lacks and whose folder is ready."""
         work = []
-        for episode_id, entry in self._queue.items():
+        for episode_id in list(self._queue):
+            entry = self._queue[episode_id]
             if url not in self._repos_of(entry) or self.ledger.holds(url, episode_id, entry["manifest_sha256"]):
                 continue
             episode_dir = Path(entry["episode_dir"])
             ready, reason = _ready(episode_dir, entry["manifest_sha256"])
+            if not ready and is_finished(episode_dir):
+                entry = self._settle(entry)
+                if url not in self._repos_of(entry) or self.ledger.holds(url, episode_id, entry["manifest_sha256"]):
+                    continue
+                ready, reason = _ready(episode_dir, entry["manifest_sha256"])
             try:
                 files = self._repo_files(url, entry, read_manifest(episode_dir)) if ready else []
             except OSError as exc:  # deleted or replaced meanwhile
@@ -376,6 +382,27 @@ class Uploader:
             done = self.ledger.uploaded_paths(url, episode_id, entry["manifest_sha256"])
             work.append(_Work(entry, [f for f in files if f.path_in_repo not in done], len(files)))
         return work
+
+    def _settle(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """The entry for what a finished folder that does not hold the journaled version really holds.
+
+        Under the folder's publish lock (a publisher holds it from its journal line to its move)
+        either a newer line has been journaled meanwhile, or the publish of this line was killed
+        before its move and the folder holds an earlier published version, which then stands.
+        """
+        episode_id, episode_dir = entry["episode_id"], Path(entry["episode_dir"])
+        with episode_lock(episode_dir):
+            self._refresh_queue()
+            entry = self._queue[episode_id]
+            if not is_finished(episode_dir) or _ready(episode_dir, entry["manifest_sha256"])[0]:
+                return entry
+            manifest = read_manifest(episode_dir)
+            log.warning("episode %s: the publish journaled last never reached %s; taking the version "
+                        "it holds", episode_id, episode_dir)
+            entry = {**entry, "pipeline": manifest.pipeline,
+                     "manifest_sha256": sha256_file(episode_dir / MANIFEST_NAME)}
+            self._queue[episode_id] = entry
+            return entry
 
     def _repo_files(self, url: str, entry: dict[str, Any], manifest: Manifest) -> list[UploadFile]:
         episode_dir, rel = Path(entry["episode_dir"]), entry["relative_path"]
@@ -478,6 +505,18 @@ def _pack(work: list[_Work], max_files: int) -> list[list[_Work]]:
     return chunks
 
 
+def _published_version(entry: dict[str, Any]) -> str:
+    """Manifest checksum of what the entry's folder holds when finished, else the journaled one
+    (see :meth:`Uploader._settle`)."""
+    episode_dir = Path(entry["episode_dir"])
+    if is_finished(episode_dir):
+        try:
+            return sha256_file(episode_dir / MANIFEST_NAME)
+        except OSError:
+            pass
+    return entry["manifest_sha256"]
+
+
 def _intact(item: UploadFile) -> bool:
     try:
         return sha256_file(item.local_path) == item.sha256
@@ -533,8 +572,8 @@ def status_report(config: Config, run_root: os.PathLike | str) -> str:
         state = load_state(run_root / STATE_DIR / f"{repo_slug(url)}.json")
         members = {e: entry for e, entry in latest.items()
                    if url in repos_for(entry["pipeline"], config.metadata_repo, config.full_repo)}
-        pending = [e for e, entry in members.items() if not ledger.holds(url, e, entry["manifest_sha256"])]
-        waiting = [e for e in pending if not _ready(Path(members[e]["episode_dir"]), members[e]["manifest_sha256"])[0]]
+        pending = [e for e, entry in members.items() if not ledger.holds(url, e, _published_version(entry))]
+        waiting = [e for e in pending if not _ready(Path(members[e]["episode_dir"]), _published_version(members[e]))[0]]
         recent = [t for t in state.commit_times if t > now - HOUR_S]
         lines.append(f"{url}:")
         lines.append(f"  uploaded: {len(members) - len(pending)} episode(s); pending: {len(pending)} "

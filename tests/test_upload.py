@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from droid_pipeline.ledger import Ledger
-from droid_pipeline.staging import LOCK_NAME, publish_episode
+from droid_pipeline.staging import LOCK_NAME, append_record, publish_episode
 from hub_server import HubServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -277,6 +277,20 @@ def test_episode_whose_file_no_longer_matches_its_manifest_fails_and_is_not_uplo
     assert not any(path.startswith(bad_rel) for path in server_files(hub, META))
     assert_repo_complete(tmp_path, hub, META, episodes, full=False)
     assert f"{bad_id}: checksum" in run_uploader(config, env, "status").stdout
+
+
+def test_a_publish_killed_between_its_journal_line_and_its_move_does_not_block_uploads(tmp_path, hub):
+    episodes = publish_mix(tmp_path, 2)
+    config = write_config(tmp_path, metadata_repo=META)
+    env = uploader_env(hub.endpoint, tmp_path)
+    assert run_uploader(config, env, "--once").returncode == 0
+    assert_repo_complete(tmp_path, hub, META, episodes, full=False)
+    commits = len(hub.repo(repo_id(META)).commits)
+    journal = tmp_path / "run" / "published.jsonl"
+    append_record(journal, {**json.loads(journal.read_text().splitlines()[0]), "manifest_sha256": "0" * 64})
+    assert "pending: 0 (0 waiting" in run_uploader(config, env, "status").stdout
+    assert run_uploader(config, env, "--once").returncode == 0
+    assert len(hub.repo(repo_id(META)).commits) == commits
 
 
 def test_commit_that_lands_but_loses_its_answer_is_not_committed_twice(tmp_path, hub):
