@@ -73,9 +73,11 @@ class Ledger:
         return (progress is not None and progress.paths is None
                 and manifest_sha256 in (None, progress.manifest_sha256))
 
-    def has(self, episode_id: str, repos: Iterable[str]) -> bool:
-        """Whether the episode is completely uploaded to every one of ``repos``."""
-        return all(self.holds(repo, episode_id) for repo in repos)
+    def has(self, episode_id: str, repos: Iterable[str], manifest_sha256: str | None = None) -> bool:
+        """Whether the episode (of that manifest, if given) is completely uploaded to every one of
+        ``repos``; False when ``repos`` is empty (an episode no repo takes is never uploaded)."""
+        repos = list(repos)
+        return bool(repos) and all(self.holds(repo, episode_id, manifest_sha256) for repo in repos)
 
     def uploaded_paths(self, repo: str, episode_id: str, manifest_sha256: str) -> set[str]:
         """Paths in ``repo`` already recorded for this manifest of a partly uploaded episode."""

@@ -436,7 +436,7 @@ class Uploader:
         self.ledger.refresh()
         for episode_id, entry in list(self._queue.items()):
             sha = entry["manifest_sha256"]
-            if not all(self.ledger.holds(url, episode_id, sha) for url in self._repos_of(entry)):
+            if not self.ledger.has(episode_id, self._repos_of(entry), sha):
                 continue
             if self.config.delete_after_upload and _delete_episode(Path(entry["episode_dir"]), sha):
                 report.deleted += 1

@@ -455,6 +455,15 @@ def test_local_files_are_deleted_only_once_every_repo_holds_them(tmp_path, hub):
     assert_repo_complete(tmp_path, hub, FULL, episodes, full=True)
 
 
+def test_episodes_no_configured_repo_takes_are_never_deleted(tmp_path, hub):
+    episodes = publish_mix(tmp_path, 2)
+    config = write_config(tmp_path, full_repo=FULL, delete_after_upload=True)
+    assert run_uploader(config, uploader_env(hub.endpoint, tmp_path), "--once").returncode == 0
+    for _, rel, _, pipeline in episodes:
+        assert (tmp_path / "output" / rel).exists() == (pipeline == "metadata")
+    assert_repo_complete(tmp_path, hub, FULL, episodes, full=True)
+
+
 def test_commit_budget_is_respected_across_restarts(tmp_path, hub):
     publish_mix(tmp_path, 6)
     config = write_config(tmp_path, metadata_repo=META, max_files_per_commit=5, max_commits_per_hour=2)
