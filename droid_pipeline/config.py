@@ -62,11 +62,11 @@ class StereoConfig:
 
 @dataclass(frozen=True)
 class FFV1Config:
-    level: Literal[1, 3] = _field()
+    level: Literal[3] = _field()
     gop: int = _field(min=1)
     slices: int = _field(min=1, max=1024)
     context: Literal[0, 1] = _field()
-    coder: Literal["golomb_rice", "range_def", "range_tab"] = _field()
+    coder: Literal["range_def", "range_tab"] = _field()
     threads: int = _field(min=0, max=256)
 
 

@@ -51,5 +51,4 @@ def invert(transform: np.ndarray) -> np.ndarray:
 def transform_points(transform: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Apply (..., 4, 4) transforms to (..., N, 3) points (broadcasting over leading axes)."""
     transform = np.asarray(transform, dtype=np.float64)
-    return (np.einsum("...ij,...nj->...ni", transform[..., :3, :3], points)
-            + transform[..., None, :3, 3])
+    return points @ np.swapaxes(transform[..., :3, :3], -1, -2) + transform[..., None, :3, 3]
