@@ -6,7 +6,7 @@
   upload_batches.py --dry-run   print the commits a batch would make; touches nothing
   upload_batches.py status      published, uploaded, pending and failed episodes per repo
 
-Exit codes of --once: 0 all uploaded, 1 some episodes failed, 2 usage/config/token error,
+Exit codes of --once: 0 all uploaded, 1 episodes failed or a repo error, 2 usage/config/token error,
 3 work carried over to a later batch (rate limit, commit budget, files not ready).
 See docs/upload.md.
 """
@@ -64,6 +64,8 @@ def main() -> int:
         signal.signal(signum, lambda *_: uploader.stop())
     report = uploader.run_daemon() if args.daemon else uploader.run_batch()
     print(redactor.redact(report.summary()))
+    for url, error in report.errors.items():
+        print(redactor.redact(f"error {url}: {error}"))
     for url, failures in report.failed.items():
         for episode_id, reason in sorted(failures.items()):
             print(redactor.redact(f"failed {url} {episode_id}: {reason}"))

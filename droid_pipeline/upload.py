@@ -128,11 +128,12 @@ class BatchReport:
     carried: dict[str, int] = field(default_factory=dict)
     failed: dict[str, dict[str, str]] = field(default_factory=dict)
     waiting: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
     deleted: int = 0
 
     @property
     def exit_code(self) -> int:
-        if any(self.failed.values()):
+        if any(self.failed.values()) or self.errors:
             return EXIT_FAILED
         return EXIT_CARRIED_OVER if any(self.carried.values()) or self.waiting else EXIT_DONE
 
@@ -223,10 +224,9 @@ class Uploader:
         url = target.url
         self.ledger.refresh()
         state = self._load_state(target)
-        if state.pending is not None and self._reconcile(target, state) == "unknown":
-            report.carried[url] = len(self._to_upload(url, report))
-            return
-        if not self._ensure_exists(target, state):
+        if (state.pending is not None and self._reconcile(target, state) == "unknown") \
+                or not self._ensure_exists(target, state):
+            report.errors[url] = state.last_error
             report.carried[url] = len(self._to_upload(url, report))
             return
         chunks = _pack(self._to_upload(url, report), self.config.max_files_per_commit)

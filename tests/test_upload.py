@@ -496,6 +496,15 @@ def test_token_never_appears_in_logs_state_or_urls(tmp_path, hub):
     assert not any(TOKEN in url for _, url in hub.requests)
 
 
+def test_a_token_the_hub_refuses_is_an_error(tmp_path, hub):
+    publish_mix(tmp_path, 1)
+    config = write_config(tmp_path, metadata_repo=META)
+    result = run_uploader(config, uploader_env(hub.endpoint, tmp_path, token="hf_refused"), "--once")
+    assert result.returncode == 1
+    assert f"error {META}: cannot create or reach the repo" in result.stdout and "401" in result.stdout
+    assert "hf_refused" not in result.stdout + result.stderr
+
+
 def test_missing_token_is_a_clear_error_before_any_work_and_the_token_file_works(tmp_path, hub):
     publish_mix(tmp_path, 1)
     config = write_config(tmp_path, metadata_repo=META)
