@@ -55,6 +55,8 @@ MAX_BLOCK_S = 3600.0
 # huggingface_hub's HTTP client has no timeout by default; one request may not stall longer.
 DEFAULT_REQUEST_TIMEOUT_S = 300.0
 
+BUDGET_REASON = "commit budget of max_commits_per_hour used up"
+
 EXIT_DONE = 0
 EXIT_FAILED = 1
 EXIT_CARRIED_OVER = 3
@@ -234,13 +236,13 @@ class Uploader:
         for index, chunk in enumerate(chunks):
             outcome = "not tried"
             while outcome in ("not tried", "rate-limited") and not self._stop:
-                wait = self._blocked_for(state)
+                wait, reason = self._blocked_for(state)
                 if wait > 0:
-                    if wait > RETRY_AFTER_WAIT_LIMIT_S or waited_for_429 or state.blocked_reason == "commit budget":
-                        log.info("%s: %s; carrying %d commit(s) over (%.0f s to wait)", url,
-                                 state.blocked_reason, len(chunks) - index, wait)
+                    if wait > RETRY_AFTER_WAIT_LIMIT_S or waited_for_429 or reason == BUDGET_REASON:
+                        log.info("%s: %s; carrying %d commit(s) over (%.0f s to wait)", url, reason,
+                                 len(chunks) - index, wait)
                         break
-                    log.info("%s: waiting %.1f s (%s)", url, wait, state.blocked_reason)
+                    log.info("%s: waiting %.1f s (%s)", url, wait, reason)
                     self._sleep(wait)
                     state.blocked_until, waited_for_429 = 0.0, True
                     continue
@@ -249,13 +251,13 @@ class Uploader:
                 report.carried[url] += sum(len(c) for c in chunks[index:])
                 return
 
-    def _blocked_for(self, state: RepoState) -> float:
+    def _blocked_for(self, state: RepoState) -> tuple[float, str]:
+        """Seconds to wait before the next commit, and why."""
         now = time.time()
         budget = state.budget_wait(self.config.max_commits_per_hour, now)
         if budget > 0:
-            state.blocked_reason = "commit budget"
-            return budget
-        return max(0.0, state.blocked_until - now)
+            return budget, BUDGET_REASON
+        return max(0.0, state.blocked_until - now), state.blocked_reason
 
     def _commit(self, target: RepoTarget, state: RepoState, chunk: list[_Work], report: BatchReport) -> str:
         if not chunk:
