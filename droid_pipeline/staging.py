@@ -48,10 +48,10 @@ PIPELINES = ("metadata", "full")
 Pipeline = Literal["metadata", "full"]
 FileKind = Literal["metadata", "depth"]
 
-# Files an episode may hold, by kind. depth_meta.json is "depth": it only describes depth.mkv,
-# which the metadata repo does not receive.
+# Files an episode may hold, by kind. "depth" files go to the full repo only: depth.mkv,
+# depth_meta.json (it only describes depth.mkv) and the optional RGB export of the depth step.
 _METADATA_FILES = re.compile(r"^(tracks\.npz|extrinsics\.npz|quality\.json|recordings/[^/]+/intrinsics\.json)$")
-_DEPTH_FILES = re.compile(r"^recordings/[^/]+/(depth\.mkv|depth_meta\.json)$")
+_DEPTH_FILES = re.compile(r"^recordings/[^/]+/(depth\.mkv|depth_meta\.json|rgb\.mp4)$")
 _HASH_CHUNK = 1 << 20
 
 

@@ -64,15 +64,17 @@ class DepthReader:
     def frames(self) -> Iterator[tuple[np.ndarray | None, np.ndarray | None]]:
         """``(depth, left)`` per recorded frame: depth float32 millimetres (NaN occluded, -inf too
         close, +inf too far), left RGB uint8 when asked for, else ``None``. A frame the SDK fails
-        to grab gives ``(None, None)`` so that frame i stays frame i; at most ``num_frames``."""
+        to grab gives ``(None, None)`` and the reader seeks past it, so that frame i stays frame
+        i; at most ``num_frames``."""
         sl = self.sl
         runtime = sl.RuntimeParameters()
         depth, image = sl.Mat(), sl.Mat()
-        for _ in range(self.num_frames):
+        for index in range(self.num_frames):
             status = self.camera.grab(runtime)
             if status == sl.ERROR_CODE.END_OF_SVOFILE_REACHED:
                 return
             if status != sl.ERROR_CODE.SUCCESS:
+                self.camera.set_svo_position(index + 1)
                 yield None, None
                 continue
             self.camera.retrieve_measure(depth, sl.MEASURE.DEPTH)

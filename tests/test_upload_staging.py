@@ -88,6 +88,17 @@ def test_publish_rejects_files_outside_the_contract_and_depth_in_metadata_episod
     assert not (tmp_path / "out").exists() and read_journal(tmp_path / "run") == ([], 0)
 
 
+def test_rgb_export_of_the_depth_step_goes_to_the_full_repo_only(tmp_path):
+    work = make_work(tmp_path, "full")
+    (work / "recordings/111/rgb.mp4").write_bytes(b"\x00" * 64)
+    manifest = publish_episode(work, tmp_path / "out", REL, EPISODE, "full", tmp_path / "run")
+    assert {f.path: f.kind for f in manifest.files}["recordings/111/rgb.mp4"] == "depth"
+    metadata_work = make_work(tmp_path, "metadata")
+    (metadata_work / "recordings/111/rgb.mp4").write_bytes(b"\x00" * 64)
+    with pytest.raises(StagingError, match="rgb.mp4"):
+        publish_episode(metadata_work, tmp_path / "out2", REL, EPISODE, "metadata", tmp_path / "run")
+
+
 def test_journal_tolerates_a_torn_line(tmp_path):
     journal = tmp_path / "published.jsonl"
     append_record(journal, {"n": 1})

@@ -139,7 +139,14 @@ class Camera:
         frames = self._recording.get("depth_frames", [])
         if self._position >= len(frames):
             return ERROR_CODE.END_OF_SVOFILE_REACHED
-        return ERROR_CODE.CORRUPTED_FRAME if frames[self._position] is None else ERROR_CODE.SUCCESS
+        if frames[self._position] is None:
+            self._position -= 1  # worst case: a failed grab does not move past the bad frame
+            return ERROR_CODE.CORRUPTED_FRAME
+        return ERROR_CODE.SUCCESS
+
+    def set_svo_position(self, frame: int) -> None:
+        CALLS.append(("set_svo_position", frame))
+        self._position = frame - 1
 
     def retrieve_measure(self, mat: Mat, measure: MEASURE) -> ERROR_CODE:
         CALLS.append(("retrieve_measure", measure))
