@@ -26,7 +26,7 @@ from droid_pipeline.config import load_config  # noqa: E402
 from droid_pipeline.episodes import build_index  # noqa: E402
 from droid_pipeline.intrinsics import extract_intrinsics  # noqa: E402
 from droid_pipeline.synthetic import generate_dataset  # noqa: E402
-from droid_pipeline.tracks import TRACKS_FILE, default_output_dir, generate_tracks  # noqa: E402
+from droid_pipeline.tracks import TRACKS_FILE, generate_tracks  # noqa: E402
 
 # The figures the issue gives for the seed implementation of this step, per episode.
 SEED_SECONDS = 25.0
@@ -59,7 +59,7 @@ def main() -> int:
         print(f"setup: synthetic episode of {args.frames} steps rendered in {time.perf_counter() - start:.1f} s")
         config = load_config([info.config_path])
         episode = build_index(config.droid_root, config.index_path).get(info.episodes[0].episode_id)
-        output_dir = default_output_dir(config, episode)
+        output_dir = config.output_root / episode.relative_path
         extract_intrinsics(config, episode, output_dir)
 
         summary = generate_tracks(config, episode, output_dir)  # warm: gripper model built once per process

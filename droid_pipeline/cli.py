@@ -6,8 +6,11 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 from droid_pipeline.config import Config, ConfigError, load_config
+from droid_pipeline.episodes import DiscoveryError, Episode, build_index
 from droid_pipeline.errors import EpisodeError
 
 EXIT_EPISODE_FAILED = 1
@@ -28,6 +31,39 @@ def add_config_args(parser: argparse.ArgumentParser, *, episode: bool = False) -
 
 def config_from_args(args: argparse.Namespace) -> Config:
     return load_config(args.config, args.overrides)
+
+
+def add_step_args(parser: argparse.ArgumentParser, *, cameras: bool = False) -> None:
+    """``--output-dir`` (and ``--cameras``) shared by the per-episode step entry points."""
+    if cameras:
+        parser.add_argument("--cameras", nargs="+", metavar="CAMERA",
+                            help="serials or roles (wrist ext1 ext2; commas also separate); default: all")
+    parser.add_argument("--output-dir", "--output_dir", type=Path, metavar="DIR",
+                        help="episode output folder, also read by later steps "
+                             "(default: output_root/<episode's relative path>)")
+
+
+@dataclass(frozen=True)
+class StepRequest:
+    """What a per-episode step entry point was asked to do."""
+
+    config: Config
+    episode: Episode
+    output_dir: Path
+    cameras: list[str] | None
+
+
+def step_request(args: argparse.Namespace, step: str) -> StepRequest:
+    """Load the config, find the episode (an unknown id fails as this step) and the output folder."""
+    config = config_from_args(args)
+    try:
+        episode = build_index(config.droid_root, config.index_path).get(args.episode_id)
+    except DiscoveryError as exc:
+        raise EpisodeError(args.episode_id, step, str(exc)) from None
+    names = getattr(args, "cameras", None)
+    cameras = [c for item in names for c in item.split(",") if c] if names else None
+    output_dir = args.output_dir or config.output_root / episode.relative_path
+    return StepRequest(config, episode, output_dir, cameras)
 
 
 def run_main(main: Callable[[], int | None]) -> None:

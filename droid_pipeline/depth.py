@@ -42,7 +42,7 @@ from droid_pipeline import zed_adapter
 from droid_pipeline.atomic import atomic_path
 from droid_pipeline.config import Config
 from droid_pipeline.depth_codec import DepthCodecError, DepthWriter
-from droid_pipeline.episodes import Episode
+from droid_pipeline.episodes import Episode, select_cameras
 from droid_pipeline.errors import EpisodeError
 from droid_pipeline.intrinsics import IntrinsicsError, extract_intrinsics, load_intrinsics
 from droid_pipeline.stereo import StereoMatcher, split_side_by_side
@@ -104,7 +104,7 @@ def extract_depth(config: Config, episode: Episode, output_dir: os.PathLike | st
     num_steps, control_fps = _read_steps(episode, episode_dir / "trajectory.h5")
     summary: dict[str, Any] = {"episode_id": episode.episode_id, "backend": backend,
                                "num_steps": num_steps, "cameras": {}}
-    for serial in _select_cameras(episode, cameras):
+    for serial in select_cameras(episode, cameras, STEP):
         role = next(r for r, s in episode.serials.items() if s == serial)
         try:
             with _open_source(config, episode, episode_dir, output_dir, backend, serial) as source:
@@ -151,20 +151,6 @@ def _frame_rate(config: Config, control_fps: float | None, source: FrameSource) 
         return source.fps, "source video"
     raise ValueError("no frame rate: fps is null in the config, trajectory.h5 has no "
                      f"{CONTROL_TIMESTAMPS_KEY} and the source reports none")
-
-
-def _select_cameras(episode: Episode, cameras: Sequence[str] | None) -> list[str]:
-    if cameras is None:
-        return list(episode.serials.values())
-    chosen = []
-    for name in cameras:
-        serial = episode.serials.get(name, name)
-        if serial not in episode.serials.values():
-            known = ", ".join(f"{role}={s}" for role, s in episode.serials.items())
-            raise EpisodeError(episode.episode_id, STEP, f"unknown camera {name!r}; this episode has {known}")
-        if serial not in chosen:
-            chosen.append(serial)
-    return chosen
 
 
 def _write_camera(config: Config, folder: Path, source: FrameSource, role: str, num_steps: int,
@@ -345,8 +331,7 @@ def _rgb_writer(path: Path | None, source: FrameSource, fps: float) -> Iterator[
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line of extract_rgb_depth.py: depth of one episode, summary printed as JSON."""
-    from droid_pipeline.cli import add_config_args, config_from_args
-    from droid_pipeline.episodes import DiscoveryError, build_index
+    from droid_pipeline.cli import add_config_args, add_step_args, step_request
 
     parser = argparse.ArgumentParser(
         prog="extract_rgb_depth.py",
@@ -357,18 +342,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--depth-backend", "--depth_backend", choices=BACKENDS,
                         help="zed: ZED SDK on a GPU (needs pyzed.sl); stereo: OpenCV SGBM on the "
                              "stereo MP4s, CPU only (default: the config's depth_backend)")
-    parser.add_argument("--cameras", nargs="+", metavar="CAMERA",
-                        help="serials or roles (wrist ext1 ext2; commas also separate); default: all")
-    parser.add_argument("--output-dir", "--output_dir", type=Path, metavar="DIR",
-                        help="episode output folder (default: output_root/<episode's relative path>)")
+    add_step_args(parser, cameras=True)
     args = parser.parse_args(argv)
-    config = config_from_args(args)
-    try:
-        episode = build_index(config.droid_root, config.index_path).get(args.episode_id)
-    except DiscoveryError as exc:
-        raise EpisodeError(args.episode_id, STEP, str(exc)) from None
-    cameras = [c for item in args.cameras for c in item.split(",") if c] if args.cameras else None
-    output_dir = args.output_dir or config.output_root / episode.relative_path
-    summary = extract_depth(config, episode, output_dir, backend=args.depth_backend, cameras=cameras)
+    request = step_request(args, STEP)
+    summary = extract_depth(request.config, request.episode, request.output_dir,
+                            backend=args.depth_backend, cameras=request.cameras)
     print(json.dumps(summary, indent=2))
     return 0

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from droid_pipeline.atomic import write_json_atomic
+from droid_pipeline.errors import EpisodeError
 
 OUTCOMES = ("success", "failure")
 CAMERA_ROLES = ("wrist", "ext1", "ext2")
@@ -118,6 +119,23 @@ class EpisodeIndex:
                              and e.episode_id not in duplicated),
                             key=lambda e: e.relative_path)
         return chosen[:limit] if limit is not None else chosen
+
+
+def select_cameras(episode: Episode, names: Sequence[str] | None, step: str) -> list[str]:
+    """Serials of the wanted cameras, given as serials or roles (None = all), each once, in order."""
+    if not episode.serials:
+        raise EpisodeError(episode.episode_id, step, f"metadata {episode.metadata_file} names no camera serial")
+    if names is None:
+        return list(episode.serials.values())
+    chosen = []
+    for name in names:
+        serial = episode.serials.get(name, name)
+        if serial not in episode.serials.values():
+            known = ", ".join(f"{role}={s}" for role, s in episode.serials.items())
+            raise EpisodeError(episode.episode_id, step, f"unknown camera {name!r}; this episode has {known}")
+        if serial not in chosen:
+            chosen.append(serial)
+    return chosen
 
 
 def read_id_file(path: os.PathLike | str) -> list[str]:

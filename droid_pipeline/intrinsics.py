@@ -39,7 +39,7 @@ import numpy as np
 from droid_pipeline import zed_adapter
 from droid_pipeline.atomic import write_json_atomic
 from droid_pipeline.config import Config
-from droid_pipeline.episodes import Episode
+from droid_pipeline.episodes import Episode, select_cameras
 from droid_pipeline.errors import EpisodeError
 from droid_pipeline.video import VideoError, probe
 from droid_pipeline.zed_conf import ZedConfError, match_resolution, parse_conf, rectify
@@ -98,7 +98,7 @@ def extract_intrinsics(config: Config, episode: Episode, output_dir: os.PathLike
                                                      f"known: {', '.join(SOURCES)}")
     episode_dir = episode.path(config.droid_root)
     records = {}
-    for serial in _select_cameras(episode, cameras):
+    for serial in select_cameras(episode, cameras, STEP):
         context = CameraContext(config, episode, episode_dir, serial, _camera_video(episode, episode_dir, serial))
         try:
             records[serial] = _first_working_source(context, order)
@@ -123,22 +123,6 @@ def load_intrinsics(path: os.PathLike | str) -> dict[str, Any]:
         return _validated(record)
     except IntrinsicsError as exc:
         raise IntrinsicsError(f"{path}: {exc}") from None
-
-
-def _select_cameras(episode: Episode, cameras: Sequence[str] | None) -> list[str]:
-    if not episode.serials:
-        raise EpisodeError(episode.episode_id, STEP, f"metadata {episode.metadata_file} names no camera serial")
-    if cameras is None:
-        return list(episode.serials.values())
-    chosen = []
-    for name in cameras:
-        serial = episode.serials.get(name, name)
-        if serial not in episode.serials.values():
-            known = ", ".join(f"{role}={s}" for role, s in episode.serials.items())
-            raise EpisodeError(episode.episode_id, STEP, f"unknown camera {name!r}; this episode has {known}")
-        if serial not in chosen:
-            chosen.append(serial)
-    return chosen
 
 
 def _camera_video(episode: Episode, episode_dir: Path, serial: str) -> CameraVideo | None:
@@ -397,30 +381,21 @@ def _positive_int(value: Any, name: str, path: os.PathLike | str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line of extract_intrinsics_only.py."""
-    from droid_pipeline.cli import add_config_args, config_from_args
-    from droid_pipeline.episodes import DiscoveryError, build_index
+    from droid_pipeline.cli import add_config_args, add_step_args, step_request
 
     parser = argparse.ArgumentParser(
         prog="extract_intrinsics_only.py",
         description="Write recordings/<serial>/intrinsics.json (rectified left intrinsics) for each "
                     "camera of one episode, on CPU, from the first source that works.")
     add_config_args(parser, episode=True)
-    parser.add_argument("--cameras", nargs="+", metavar="CAMERA",
-                        help="serials or roles (wrist ext1 ext2; commas also separate); default: all")
+    add_step_args(parser, cameras=True)
     parser.add_argument("--source", action="append", choices=SOURCES, dest="sources",
                         help="use only this source (repeatable, tried in the order given); "
                              "default: the config's intrinsics_sources")
-    parser.add_argument("--output-dir", "--output_dir", type=Path, metavar="DIR",
-                        help="episode output folder (default: output_root/<episode's relative path>)")
     args = parser.parse_args(argv)
-    config = config_from_args(args)
-    try:
-        episode = build_index(config.droid_root, config.index_path).get(args.episode_id)
-    except DiscoveryError as exc:
-        raise EpisodeError(args.episode_id, STEP, str(exc)) from None
-    cameras = [c for item in args.cameras for c in item.split(",") if c] if args.cameras else None
-    output_dir = args.output_dir or config.output_root / episode.relative_path
-    records = extract_intrinsics(config, episode, output_dir, cameras=cameras, sources=args.sources)
+    request = step_request(args, STEP)
+    records = extract_intrinsics(request.config, request.episode, request.output_dir,
+                                 cameras=request.cameras, sources=args.sources)
     for serial, record in records.items():
         print(f"{serial} ({record['camera']}): {record['source']} fx={record['fx']:.3f} fy={record['fy']:.3f} "
               f"cx={record['cx']:.3f} cy={record['cy']:.3f} {record['width']}x{record['height']}")

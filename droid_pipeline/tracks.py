@@ -51,11 +51,6 @@ DISTORTION_KEYS = ("k1", "k2", "p1", "p2", "k3")   # OpenCV's order
 log = logging.getLogger(__name__)
 
 
-def default_output_dir(config: Config, episode: Episode) -> Path:
-    """``output_root/<relative path of the input episode>``."""
-    return config.output_root / episode.relative_path
-
-
 def generate_tracks(config: Config, episode: Episode, output_dir: os.PathLike | str) -> dict[str, Any]:
     """Write tracks.npz, extrinsics.npz and quality.json for one episode; return a summary.
 
@@ -349,8 +344,7 @@ written by extract_intrinsics_only.py.
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line of generate_tracks_and_metadata.py."""
-    from droid_pipeline.cli import add_config_args, config_from_args
-    from droid_pipeline.episodes import DiscoveryError, build_index
+    from droid_pipeline.cli import add_config_args, add_step_args, step_request
 
     parser = argparse.ArgumentParser(
         prog="generate_tracks_and_metadata.py",
@@ -358,15 +352,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "flow, camera extrinsics and quality report (contract: docs/outputs.md).",
         epilog=CLI_OUTPUTS, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser, episode=True)
-    parser.add_argument("--output-dir", "--output_dir", type=Path, metavar="DIR",
-                        help="where to write (and read intrinsics.json from); "
-                             "default: output_root/<relative path of the episode>")
+    add_step_args(parser)
     args = parser.parse_args(argv)
-    config = config_from_args(args)
-    try:
-        episode = build_index(config.droid_root, config.index_path).get(args.episode_id)
-    except DiscoveryError as exc:
-        raise EpisodeError(args.episode_id, STEP, str(exc)) from None
-    summary = generate_tracks(config, episode, args.output_dir or default_output_dir(config, episode))
+    request = step_request(args, STEP)
+    summary = generate_tracks(request.config, request.episode, request.output_dir)
     print(json.dumps(summary))
     return 0

@@ -4,7 +4,6 @@ its ground truth: true camera poses and intrinsics, and the rendered depth of th
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,7 +14,7 @@ from droid_pipeline.config import load_config
 from droid_pipeline.episodes import build_index
 from droid_pipeline.intrinsics import extract_intrinsics
 from droid_pipeline.synthetic import CONTROL_HZ, generate_dataset
-from droid_pipeline.tracks import default_output_dir, generate_tracks
+from droid_pipeline.tracks import generate_tracks
 
 FRAMES = 12
 
@@ -25,7 +24,7 @@ def run(tmp_path_factory) -> dict:
     info = generate_dataset(tmp_path_factory.mktemp("synthetic"), episodes=1, frames=FRAMES)
     config = load_config([info.config_path])
     episode = build_index(config.droid_root, config.index_path).get(info.episodes[0].episode_id)
-    output_dir = default_output_dir(config, episode)
+    output_dir = config.output_root / episode.relative_path
     extract_intrinsics(config, episode, output_dir)
     summary = generate_tracks(config, episode, output_dir)
     truth_dir = info.ground_truth_path(info.episodes[0])
