@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import pytest
 
+from droid_pipeline.config import load_config
+from droid_pipeline.depth import extract_depth
+from droid_pipeline.episodes import build_index
+from droid_pipeline.intrinsics import extract_intrinsics
+from droid_pipeline.staging import publish_episode
 from droid_pipeline.synthetic import DatasetInfo, generate_dataset
+from droid_pipeline.tracks import generate_tracks
 
 SMALL_EPISODES = 3
 SMALL_FRAMES = 40
@@ -17,6 +23,7 @@ SMALL_SIZE = (320, 180)
 SMALL_SEED = 0
 
 _generated: dict[str, DatasetInfo] = {}
+_converted: dict[str, dict] = {}
 
 
 def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> DatasetInfo:
@@ -28,3 +35,27 @@ def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> DatasetInfo:
         _generated["small"] = generate_dataset(tmp_path_factory.mktemp("synthetic"), episodes=SMALL_EPISODES,
                                                frames=SMALL_FRAMES, size=SMALL_SIZE, seed=SMALL_SEED)
     return _generated["small"]
+
+
+def converted_small_dataset(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The small dataset through the intrinsics and tracks steps (episode 0 also stereo depth of
+    its ext1 camera, published as a full-pipeline episode), with manifests, under an output root.
+    Returns ``{"root": output root, "episodes": [Episode, ...]}``; converted once per session,
+    read-only like the dataset itself."""
+    if "small" not in _converted:
+        info = small_dataset(tmp_path_factory)
+        tmp = tmp_path_factory.mktemp("converted")
+        config = load_config([info.config_path], [f"output_root={tmp / 'output'}", f"run_root={tmp / 'run'}",
+                                                  f"episode_index_path={tmp / 'index.json'}"])
+        index = build_index(config.droid_root, config.index_path)
+        episodes = [index.get(e.episode_id) for e in info.episodes]
+        for number, episode in enumerate(episodes):
+            work = tmp / "work" / str(number)
+            extract_intrinsics(config, episode, work)
+            generate_tracks(config, episode, work)
+            if number == 0:
+                extract_depth(config, episode, work, backend="stereo", cameras=["ext1"])
+            publish_episode(work, config.output_root, episode.relative_path, episode.episode_id,
+                            "full" if number == 0 else "metadata", config.run_root)
+        _converted["small"] = {"root": config.output_root, "episodes": episodes}
+    return _converted["small"]

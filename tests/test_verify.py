@@ -14,37 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from droid_pipeline.config import load_config
-from droid_pipeline.depth import extract_depth
-from droid_pipeline.episodes import build_index
-from droid_pipeline.intrinsics import extract_intrinsics
-from droid_pipeline.staging import publish_episode
-from droid_pipeline.tracks import generate_tracks
 from droid_pipeline.verify import CHECKS, main, verify_episode
-from synthetic_fixtures import small_dataset
+from synthetic_fixtures import converted_small_dataset
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory) -> dict:
-    """The small dataset through intrinsics and tracks (episode 0 also stereo depth of ext1),
-    published with manifests."""
-    info = small_dataset(tmp_path_factory)
-    tmp = tmp_path_factory.mktemp("converted")
-    config = load_config([info.config_path], [f"output_root={tmp / 'output'}", f"run_root={tmp / 'run'}",
-                                              f"episode_index_path={tmp / 'index.json'}"])
-    index = build_index(config.droid_root, config.index_path)
-    episodes = [index.get(e.episode_id) for e in info.episodes]
-    for number, episode in enumerate(episodes):
-        work = tmp / "work" / str(number)
-        extract_intrinsics(config, episode, work)
-        generate_tracks(config, episode, work)
-        if number == 0:
-            extract_depth(config, episode, work, backend="stereo", cameras=["ext1"])
-        publish_episode(work, config.output_root, episode.relative_path, episode.episode_id,
-                        "full" if number == 0 else "metadata", config.run_root)
-    return {"root": config.output_root, "episodes": episodes}
+    return converted_small_dataset(tmp_path_factory)
 
 
 def copy_episode(converted: dict, number: int, root: Path, *, manifest: bool = False) -> Path:
