@@ -264,7 +264,7 @@ def _stereo_calibration(config: Config, episode: Episode, output_dir: Path, seri
             baseline_m = rectify(parse_conf(conf), width, height).baseline_m
         except ZedConfError as exc:
             raise IntrinsicsError(f"{path} has no baseline_m and {exc}") from None
-        provenance["baseline_source"] = str(conf)
+        provenance["baseline_source"] = conf.name
     return width, height, float(record["fx"]), baseline_m, provenance
 
 

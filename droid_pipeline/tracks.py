@@ -30,6 +30,7 @@ import numpy as np
 from droid_pipeline import SCHEMA_VERSION
 from droid_pipeline.atomic import savez_atomic, write_json_atomic
 from droid_pipeline.config import Config
+from droid_pipeline.depth_codec import DepthCodecError, DepthMeta, meta_path_for
 from droid_pipeline.episodes import Episode
 from droid_pipeline.errors import EpisodeError
 from droid_pipeline.extrinsics import EpisodeExtrinsics, camera_poses
@@ -71,6 +72,7 @@ def generate_tracks(config: Config, episode: Episode, output_dir: os.PathLike | 
     extrinsics = camera_poses(episode_id, episode.serials, metadata, trajectory, geometry["flange"],
                               config.cam2base_extrinsics_path, config.wrist_pose_tolerance_mm)
     warnings.extend(extrinsics.warnings)
+    depth = _depth_summary(episode, output_dir, trajectory.num_frames, warnings)
     cameras = _project_cameras(config, episode, output_dir, extrinsics, geometry["tracks_3d"], warnings)
     sampling = arc_length_sampling(geometry["contact_centroids"], config.normalized_step_size_mm)
     normalized = _normalized_flow(gripper, geometry, trajectory.gripper_positions, sampling, num_points)
@@ -79,7 +81,7 @@ def generate_tracks(config: Config, episode: Episode, output_dir: os.PathLike | 
                             config.normalized_step_size_mm)
     _require_finite(episode_id, tracks)
     quality = _quality(config, episode, metadata, trajectory, gripper, extrinsics, cameras, sampling,
-                       video_frames, warnings)
+                       video_frames, depth, warnings)
     savez_atomic(output_dir / TRACKS_FILE, **tracks)
     savez_atomic(output_dir / EXTRINSICS_FILE, schema_version=np.int32(SCHEMA_VERSION),
                  **extrinsics.arrays())
@@ -113,6 +115,34 @@ def _check_video_frames(episode: Episode, droid_root: Path, num_frames: int,
             raise EpisodeError(episode.episode_id, STEP, f"{path.name} has {counts[serial]} frames but "
                                f"trajectory.h5 has {num_frames} steps")
     return counts
+
+
+def _depth_summary(episode: Episode, output_dir: Path, num_frames: int,
+                   warnings: list[str]) -> dict[str, dict[str, Any]]:
+    """Per camera with depth (written earlier by the depth step): frames, missing frames and valid
+    fraction, for quality.json. Depth whose frame count is not T fails the episode."""
+    summary = {}
+    for serial in episode.serials.values():
+        path = meta_path_for(output_dir / "recordings" / serial / "depth.mkv")
+        if not path.exists():
+            continue
+        try:
+            meta = DepthMeta.load(path)
+        except DepthCodecError as exc:
+            raise EpisodeError(episode.episode_id, STEP, f"camera {serial}: {exc}") from None
+        if meta.num_frames != num_frames:
+            raise EpisodeError(episode.episode_id, STEP,
+                               f"camera {serial}: depth.mkv has {meta.num_frames} frames, trajectory has {num_frames}")
+        source = meta.source
+        summary[serial] = {"backend": source.get("backend"), "num_frames": meta.num_frames,
+                           "missing_frames": list(meta.missing_frames),
+                           "valid_fraction": source.get("valid_fraction"),
+                           "source_frames": source.get("source_frames"),
+                           "frame_count_mismatch": source.get("frame_count_mismatch")}
+        if meta.missing_frames:
+            warnings.append(f"camera {serial}: {len(meta.missing_frames)} depth frame(s) could not be "
+                            "produced and are all-invalid (0)")
+    return summary
 
 
 def _contact_geometry(gripper: GripperModel, trajectory: Trajectory, num_points: int) -> dict[str, np.ndarray]:
@@ -272,7 +302,7 @@ def _require_finite(episode_id: str, arrays: dict[str, np.ndarray]) -> None:
 def _quality(config: Config, episode: Episode, metadata: dict[str, Any], trajectory: Trajectory,
              gripper: GripperModel, extrinsics: EpisodeExtrinsics, cameras: dict[str, dict[str, Any]],
              sampling: ArcLengthSampling, video_frames: dict[str, int | None],
-             warnings: list[str]) -> dict[str, Any]:
+             depth: dict[str, dict[str, Any]], warnings: list[str]) -> dict[str, Any]:
     """quality.json: provenance of every input and the measured checks."""
     gripper_positions = trajectory.gripper_positions
     separation_mm = 1000.0 * gripper.pad_separation(gripper_positions)
@@ -301,6 +331,7 @@ def _quality(config: Config, episode: Episode, metadata: dict[str, Any], traject
         "cameras_without_intrinsics": [s for s in extrinsics.cameras if s not in cameras],
         "visible_fraction": {s: float(c["visibility"].mean()) for s, c in cameras.items()},
         "wrist_pose_deviation": extrinsics.wrist_check,
+        "depth": depth,
         "warnings": warnings,
     }
 

@@ -4,6 +4,8 @@ its ground truth: true camera poses and intrinsics, and the rendered depth of th
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -11,7 +13,9 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from droid_pipeline.config import load_config
+from droid_pipeline.depth_codec import DepthWriter
 from droid_pipeline.episodes import build_index
+from droid_pipeline.errors import EpisodeError
 from droid_pipeline.intrinsics import extract_intrinsics
 from droid_pipeline.synthetic import CONTROL_HZ, generate_dataset
 from droid_pipeline.tracks import generate_tracks
@@ -96,3 +100,36 @@ def test_wrist_tracks_land_on_the_rendered_pads(run: dict) -> None:
     difference = np.abs(rendered - z_mm[t, n])
     assert np.median(difference) < 1.0
     assert np.mean(difference < 3.0) > 0.6
+
+
+def _write_depth(output_dir: Path, serial: str, num_frames: int, missing: set[int]) -> None:
+    """depth.mkv + depth_meta.json as the depth step writes them, some frames missing."""
+    config = load_config()
+    height, width = 18, 32
+    path = output_dir / "recordings" / serial / "depth.mkv"
+    with DepthWriter(path, width, height, CONTROL_HZ, config.ffv1,
+                     source={"backend": "stereo", "valid_fraction": 0.5}) as writer:
+        for index in range(num_frames):
+            if index in missing:
+                writer.write_missing()
+            else:
+                writer.write(np.full((height, width), 1000 + index, dtype=np.uint16))
+
+
+def test_missing_depth_frames_are_counted_in_quality_and_depth_of_another_length_fails(
+        run: dict, tmp_path: Path) -> None:
+    config = load_config([run["output_root"].parent / "config.yaml"])
+    episode = build_index(config.droid_root, config.index_path).get(run["quality"]["episode"]["episode_id"])
+    serial = episode.serials["ext1"]
+    output_dir = Path(shutil.copytree(run["output_dir"], tmp_path / "episode"))
+    _write_depth(output_dir, serial, FRAMES, missing={0, 7})
+    summary = generate_tracks(config, episode, output_dir)
+    quality = json.loads((output_dir / "quality.json").read_text())
+    assert quality["depth"][serial]["missing_frames"] == [0, 7]
+    assert quality["depth"][serial]["num_frames"] == FRAMES
+    assert any(serial in w and "2 depth frame(s)" in w for w in summary["warnings"])
+
+    _write_depth(output_dir, serial, FRAMES - 1, missing=set())
+    with pytest.raises(EpisodeError) as info:
+        generate_tracks(config, episode, output_dir)
+    assert info.value.step == "tracks" and f"{FRAMES - 1} frames" in info.value.cause
