@@ -48,7 +48,7 @@ from droid_pipeline.config import Config, ConfigError, dump_config, load_config
 from droid_pipeline.episodes import DiscoveryError, Episode, build_index, read_id_file
 from droid_pipeline.errors import EpisodeError
 from droid_pipeline.slurm import SlurmError, sbatch_script, submit
-from droid_pipeline.timing import (EPISODE_LIST_NAME, TIMING_NAME, append_locked, append_row,
+from droid_pipeline.timing import (EPISODE_LIST_NAME, TIMING_NAME, append_locked, append_row, create_csv,
                                    parse_timestamp, read_rows, utc_timestamp)
 
 log = logging.getLogger("droid_pipeline.runner")
@@ -295,6 +295,7 @@ def _make_run_dir(config: Config, spec: PipelineSpec, plan: dict[str, Any],
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     run_dir = Path(config.run_root) / f"{spec.name}-{stamp}-{os.getpid()}"
     (run_dir / "logs").mkdir(parents=True)
+    create_csv(run_dir / TIMING_NAME)
     dump_config(config, run_dir / "config.yaml")
     write_json_atomic(run_dir / "run.json", {**plan, "run_root": str(config.run_root),
                                              "output_root": str(config.output_root),

@@ -28,6 +28,7 @@ EPISODE_LIST_NAME = "episodes.txt"
 STEPS = ("intrinsics", "depth", "tracks", "publish")
 COLUMNS = ("episode_id", "pipeline", "host", "slot", "gpu", "start_time",
            *(f"{step}_s" for step in STEPS), "total_s", "status", "failed_step", "error")
+_HEADER = ",".join(COLUMNS) + "\n"
 STATUSES = ("done", "failed", "interrupted")
 MAX_ERROR_CHARS = 500
 
@@ -76,13 +77,17 @@ def format_row(row: dict[str, Any]) -> str:
     return buffer.getvalue()
 
 
+def create_csv(path: os.PathLike | str) -> None:
+    """Start timing.csv with its header, so that a run with nothing to do still has one."""
+    append_locked(path, "", _HEADER)
+
+
 def append_row(path: os.PathLike | str, row: dict[str, Any]) -> None:
     """Append one episode's row to timing.csv (header written by the first writer)."""
     unknown = set(row) - set(COLUMNS)
     if unknown:
         raise ValueError(f"unknown timing columns: {sorted(unknown)}")
-    header = ",".join(COLUMNS) + "\n"
-    append_locked(path, format_row(row), header)
+    append_locked(path, format_row(row), _HEADER)
 
 
 def read_rows(path: os.PathLike | str) -> list[dict[str, str]]:
