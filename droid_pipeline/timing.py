@@ -202,6 +202,10 @@ def _fmt_duration(seconds: float) -> str:
     return f"{hours}h{rest // 60:02d}m{rest % 60:02d}s"
 
 
+# Unit of the throughput plot's time axis: the first whose span covers the run.
+_TIME_UNITS = (("seconds", 1.0, 120.0), ("minutes", 60.0, 7200.0), ("hours", 3600.0, float("inf")))
+
+
 def plot_review(rows: Sequence[dict[str, str]], path: os.PathLike | str) -> None:
     """PNG with the per-step time distributions and the cumulative throughput over time."""
     import matplotlib
@@ -224,12 +228,14 @@ def plot_review(rows: Sequence[dict[str, str]], path: os.PathLike | str) -> None
         left.set_xticks(range(1, len(labels) + 1), labels)
     left.set_ylabel("seconds per episode")
     left.set_title("per-step time")
+    unit, scale = "hours", 3600.0
     if finished:
         ends = sorted(parse_timestamp(r["start_time"]) + float(r["total_s"] or 0.0) for r in finished)
         t0 = min(parse_timestamp(r["start_time"]) for r in finished)
-        hours = (np.array([t0, *ends]) - t0) / 3600.0
-        right.step(hours, np.arange(len(hours)), where="post")
-    right.set_xlabel("hours since first start")
+        elapsed = np.array([t0, *ends]) - t0
+        unit, scale = next((u, s) for u, s, span in _TIME_UNITS if elapsed[-1] <= span)
+        right.step(elapsed / scale, np.arange(len(elapsed)), where="post")
+    right.set_xlabel(f"{unit} since first start")
     right.set_ylabel("episodes finished")
     right.set_title("throughput")
     fig.tight_layout()
