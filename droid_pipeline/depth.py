@@ -221,19 +221,25 @@ def _stereo_source(config: Config, episode: Episode, episode_dir: Path, output_d
 
 
 def _stereo_frames(path: Path, matcher: StereoMatcher, fx: float, baseline_m: float, with_rgb: bool,
-                   details: dict[str, Any]) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-    """Depth (and left image) of each decoded frame; a decode error ends the stream, recorded."""
+                   details: dict[str, Any]) -> Iterator[tuple[np.ndarray | None, np.ndarray | None]]:
+    """Depth (and left image) of each recorded frame, ``(None, None)`` for a frame the decoder
+    could not give (so frame i stays step i); a decode error ends the stream, recorded."""
     frames = iter_frames(path, "rgb24" if with_rgb else "gray")
+    expected = 0
     with contextlib.closing(frames):
         while True:
             try:
-                frame = next(frames, None)
+                item = next(frames, None)
             except VideoError as exc:
                 details["decode_error"] = str(exc)
                 log.warning("%s", exc)
                 return
-            if frame is None:
+            if item is None:
                 return
+            index, frame = item
+            for _ in range(expected, index):
+                yield None, None
+            expected = index + 1
             left, right = split_side_by_side(frame)
             yield (matcher.depth_mm(left, right, fx, baseline_m),
                    np.ascontiguousarray(left) if with_rgb else None)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -167,7 +167,7 @@ def _render_camera(data: EpisodeData, job: CameraJob, path: Path, what: str, tra
                                        desc=f"{camera.role} {camera.serial} {what}"))
         frames = iter_frames(job.video)
         stack.callback(frames.close)
-        for step, image in zip(range(job.num_frames), frames):
+        for step, image in _frames_by_step(frames, job.num_frames):
             if job.crop_left:
                 image = image[:, : image.shape[1] // 2]
             image = np.ascontiguousarray(image)
@@ -179,6 +179,24 @@ def _render_camera(data: EpisodeData, job: CameraJob, path: Path, what: str, tra
                 tiles[step] = frame
             bar.update()
     return tiles
+
+
+def _frames_by_step(frames: Iterator[tuple[int, np.ndarray]], num_steps: int
+                    ) -> Iterator[tuple[int, np.ndarray]]:
+    """One image per step: a frame the video lacks is drawn on black, never shifted."""
+    blank = None
+    step = 0
+    for index, image in frames:
+        blank = np.zeros_like(image)
+        for step in range(step, min(index, num_steps)):
+            yield step, blank.copy()
+        if index >= num_steps:
+            return
+        yield index, image
+        step = index + 1
+    if blank is not None:
+        for step in range(step, num_steps):
+            yield step, blank.copy()
 
 
 def draw_step(data: EpisodeData, camera: CameraData, image: np.ndarray, step: int, what: str,

@@ -16,7 +16,7 @@ class VideoError(ValueError):
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """Size in pixels, exact number of frames, and average frame rate (Hz) of a video's first stream."""
+    """Size in pixels, exact number of frames, and nominal frame rate (Hz) of a video's first stream."""
 
     width: int
     height: int
@@ -33,7 +33,7 @@ def probe(path: os.PathLike | str) -> VideoInfo:
     with _open(path) as container:
         stream = _video_stream(container, path)
         width, height = stream.codec_context.width, stream.codec_context.height
-        rate = stream.average_rate or stream.guessed_rate
+        rate = stream.guessed_rate or stream.average_rate  # nominal: a missing frame skews the average
         num_frames = stream.frames
         if num_frames <= 0:
             try:
@@ -46,18 +46,33 @@ def probe(path: os.PathLike | str) -> VideoInfo:
                      fps=float(rate) if rate else float("nan"))
 
 
-def iter_frames(path: os.PathLike | str, fmt: str = "rgb24") -> Iterator[np.ndarray]:
-    """Decoded frames one at a time, each converted to ``fmt`` (an FFmpeg pixel format).
+def iter_frames(path: os.PathLike | str, fmt: str = "rgb24") -> Iterator[tuple[int, np.ndarray]]:
+    """``(index, frame)`` of each decoded frame, the frame converted to ``fmt`` (an FFmpeg pixel format).
 
+    ``index`` is the frame's position in the recording, from its presentation timestamp and the
+    stream's frame rate: a frame the decoder drops leaves a gap instead of shifting every later
+    frame (frame i must stay control step i). Frames without timestamps are numbered in order.
     Packed formats give (H, W, C) arrays, single-plane ones (``gray``, ``gray16le``) (H, W).
     Only one frame is held at a time, so whole episodes never sit in memory.
     """
     with _open(path) as container:
         stream = _video_stream(container, path)
         stream.thread_type = "AUTO"
+        rate, time_base = stream.guessed_rate or stream.average_rate, stream.time_base  # nominal: a gap skews the average
+        origin = stream.start_time
+        previous = -1
         try:
             for frame in container.decode(stream):
-                yield frame.to_ndarray(format=fmt)
+                if frame.pts is None or not rate or time_base is None:
+                    index = previous + 1
+                else:
+                    origin = frame.pts if origin is None else origin
+                    index = round((frame.pts - origin) * time_base * rate)
+                if index <= previous:
+                    raise VideoError(f"{path}: frame timestamps do not increase (frame {index} "
+                                     f"after frame {previous})")
+                previous = index
+                yield index, frame.to_ndarray(format=fmt)
         except av.FFmpegError as exc:
             raise VideoError(f"{path}: cannot decode video: {exc}") from None
 

@@ -205,6 +205,28 @@ def test_video_cut_off_mid_file_gets_invalid_frames_from_the_break(dataset, epis
     assert not depth[kept:].any()
 
 
+def test_frame_dropped_mid_stream_leaves_that_step_missing_and_the_rest_aligned(dataset, episode, tmp_path):
+    """A stereo MP4 missing one frame's packet: that step is invalid, no later frame shifts."""
+    config = copy_episode(dataset, episode, tmp_path, FRAMES)
+    serial = episode.serials["ext1"]
+    video = config.droid_root / episode.relative_path / "recordings" / "MP4" / f"{serial}-stereo.mp4"
+    intra = tmp_path / "intra.mp4"  # every frame a keyframe, so the rest decodes without the lost one
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(video), "-c:v", "libx264", "-g", "1", "-crf", "0",
+                    "-pix_fmt", "yuv444p", str(intra)], check=True)
+    shutil.copy(intra, video)
+    whole = extract_depth(config, episode, tmp_path / "whole", cameras=["ext1"])
+    assert whole["cameras"][serial]["missing_frames"] == []
+    dropped = 5
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(intra), "-c", "copy", "-bsf:v",
+                    rf"noise=drop=eq(n\,{dropped})", str(video)], check=True)
+    summary = extract_depth(config, episode, tmp_path / "gapped", cameras=["ext1"])
+    assert summary["cameras"][serial]["missing_frames"] == [dropped]
+    depth, reference = decoded_depth(tmp_path / "gapped", serial), decoded_depth(tmp_path / "whole", serial)
+    assert len(depth) == FRAMES and not depth[dropped].any()
+    kept = [i for i in range(FRAMES) if i != dropped]
+    np.testing.assert_array_equal(depth[kept], reference[kept])
+
+
 def test_export_rgb_writes_left_frames_aligned_with_steps(dataset, episode, tmp_path):
     config = copy_episode(dataset, episode, tmp_path, FRAMES + 2)
     config = config_for(dataset, tmp_path, f"droid_root={config.droid_root}", "export_rgb=true")

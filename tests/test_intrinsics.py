@@ -147,9 +147,24 @@ def test_iter_frames_matches_ffmpeg_decoder(tmp_path):
     raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
                          check=True, capture_output=True).stdout
     reference = np.frombuffer(raw, np.uint8).reshape(-1, 54, 96, 3)
-    frames = list(iter_frames(path))
-    assert len(frames) == len(reference)
+    indices, frames = zip(*iter_frames(path))
+    assert indices == tuple(range(len(reference)))
     np.testing.assert_array_equal(np.stack(frames), reference)
+
+
+def test_iter_frames_numbers_frames_by_timestamp_so_a_dropped_frame_leaves_a_gap(tmp_path):
+    intra = tmp_path / "intra.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=15",
+                    "-frames:v", "8", "-c:v", "libx264", "-g", "1", "-pix_fmt", "yuv420p", str(intra)],
+                   check=True)
+    dropped = tmp_path / "dropped.mp4"  # packet 3 removed by FFmpeg's own bitstream filter
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(intra), "-c", "copy", "-bsf:v", r"noise=drop=eq(n\,3)",
+                    str(dropped)], check=True)
+    whole = dict(iter_frames(intra))
+    gapped = dict(iter_frames(dropped))
+    assert sorted(gapped) == [0, 1, 2, 4, 5, 6, 7]
+    for index, frame in gapped.items():
+        np.testing.assert_array_equal(frame, whole[index])
 
 
 def test_video_errors_name_the_file(tmp_path):

@@ -279,7 +279,7 @@ def test_stereo_pairs_are_row_aligned_with_the_true_disparity(dataset, role):
     path = dataset.episode_dir(episode) / "recordings" / "MP4" / f"{serial}-stereo.mp4"
     width = episode.width
     checked = 0
-    for step, frame in enumerate(iter_frames(path)):
+    for step, frame in iter_frames(path):
         if step not in (0, 25):
             continue
         left_pts, right_pts = matched_features(frame[:, :width], frame[:, width:])
@@ -384,7 +384,7 @@ def test_full_hd720_size_is_supported(tmp_path):
     info = generate_dataset(tmp_path / "hd", episodes=1, frames=2, size=(1280, 720), seed=1)
     episode = info.episodes[0]
     for serial in episode.serials.values():
-        frames = list(iter_frames(info.episode_dir(episode) / "recordings/MP4" / f"{serial}-stereo.mp4"))
+        frames = [f for _, f in iter_frames(info.episode_dir(episode) / "recordings/MP4" / f"{serial}-stereo.mp4")]
         assert [f.shape for f in frames] == [(720, 2560, 3)] * 2
         K = np.array(ground_truth(info, episode)[serial]["K"])
         assert 500 < K[0, 0] < 800 and abs(K[0, 2] - 640) < 40
