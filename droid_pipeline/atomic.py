@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import tempfile
@@ -44,6 +45,29 @@ def savez_atomic(path: os.PathLike | str, **arrays: Any) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, **arrays)
+
+
+def append_locked(path: os.PathLike | str, text: str, header: str = "") -> None:
+    """Append whole lines under an exclusive ``flock``, ``header`` first if the file is empty.
+
+    Safe with concurrent writers and against kill -9: a line torn by a killed writer is closed
+    with a newline first, so it stays one bad line that readers skip; the append is fsynced.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size
+        data = text
+        if size == 0:
+            data = header + text
+        elif os.pread(fd, 1, size - 1) != b"\n":
+            data = "\n" + text
+        os.write(fd, data.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _json_default(value: Any) -> Any:

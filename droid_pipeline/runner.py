@@ -43,12 +43,12 @@ from pathlib import Path
 from typing import Any
 
 from droid_pipeline import SCHEMA_VERSION
-from droid_pipeline.atomic import write_json_atomic, write_text_atomic
+from droid_pipeline.atomic import append_locked, write_json_atomic, write_text_atomic
 from droid_pipeline.config import Config, ConfigError, dump_config, load_config
 from droid_pipeline.episodes import DiscoveryError, Episode, build_index, read_id_file
 from droid_pipeline.errors import EpisodeError
 from droid_pipeline.slurm import SlurmError, sbatch_script, submit
-from droid_pipeline.timing import (EPISODE_LIST_NAME, TIMING_NAME, append_locked, append_row, create_csv,
+from droid_pipeline.timing import (EPISODE_LIST_NAME, TIMING_NAME, append_row, create_csv,
                                    parse_timestamp, read_rows, utc_timestamp)
 
 log = logging.getLogger("droid_pipeline.runner")

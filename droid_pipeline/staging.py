@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from droid_pipeline import SCHEMA_VERSION
-from droid_pipeline.atomic import write_json_atomic
+from droid_pipeline.atomic import append_locked, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -196,23 +196,8 @@ def read_journal(run_root: os.PathLike | str, start_offset: int = 0) -> tuple[li
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line under an exclusive lock and fsync it.
-
-    A line torn by a killed writer is closed with a newline first, so it stays one bad line that
-    readers skip instead of corrupting this record.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
-            line = b"\n" + line
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Append one JSON line (locked, fsynced, safe against a torn line: atomic.append_locked)."""
+    append_locked(path, json.dumps(record, separators=(",", ":")) + "\n")
 
 
 def read_records(path: Path, start_offset: int = 0) -> tuple[list[dict], int]:

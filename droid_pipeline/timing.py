@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from droid_pipeline.atomic import append_locked
+
 TIMING_NAME = "timing.csv"
 EPISODE_LIST_NAME = "episodes.txt"
 STEPS = ("intrinsics", "depth", "tracks", "publish")
@@ -40,24 +42,6 @@ def utc_timestamp(seconds: float) -> str:
 
 def parse_timestamp(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
-def append_locked(path: os.PathLike | str, text: str, header: str = "") -> None:
-    """Append ``text`` (whole lines) under an exclusive lock; ``header`` first if the file is empty."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        size = os.fstat(fd).st_size
-        data = text
-        if size == 0:
-            data = header + text
-        elif os.pread(fd, 1, size - 1) != b"\n":
-            data = "\n" + text  # close a line torn by a killed writer
-        os.write(fd, data.encode())
-    finally:
-        os.close(fd)
 
 
 def format_row(row: dict[str, Any]) -> str:
