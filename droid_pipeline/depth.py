@@ -46,13 +46,15 @@ from droid_pipeline.episodes import Episode, select_cameras
 from droid_pipeline.errors import EpisodeError
 from droid_pipeline.intrinsics import IntrinsicsError, extract_intrinsics, load_intrinsics
 from droid_pipeline.stereo import StereoMatcher, split_side_by_side
+from droid_pipeline.trajectory import (CARTESIAN_KEY, CONTROL_TIMESTAMP_GROUP, PREFERRED_CONTROL_TIMESTAMP,
+                                      control_rate_hz)
 from droid_pipeline.video import VideoError, VideoInfo, iter_frames, probe
 from droid_pipeline.zed_conf import ZedConfError, parse_conf, rectify
 
 STEP = "depth"
 BACKENDS = ("zed", "stereo")
-STEPS_KEY = "observation/robot_state/cartesian_position"
-CONTROL_TIMESTAMPS_KEY = "observation/timestamp/control/step_start"
+STEPS_KEY = CARTESIAN_KEY
+CONTROL_TIMESTAMPS_KEY = f"{CONTROL_TIMESTAMP_GROUP}/{PREFERRED_CONTROL_TIMESTAMP}"
 # The largest value a uint16 frame can hold; anything beyond cannot be stored and is invalid.
 UINT16_MAX_MM = 65535
 RGB_CRF = 18
@@ -133,9 +135,9 @@ def _read_steps(episode: Episode, path: Path) -> tuple[int, float | None]:
         num_steps = int(steps.shape[0])
         stamps = h5.get(CONTROL_TIMESTAMPS_KEY)
         rate = None
-        if isinstance(stamps, h5py.Dataset) and stamps.shape[:1] == (num_steps,) and num_steps > 1:
-            period_ms = float(np.median(np.diff(np.asarray(stamps[()], dtype=np.float64).ravel())))
-            rate = 1000.0 / period_ms if np.isfinite(period_ms) and period_ms > 0 else None
+        if isinstance(stamps, h5py.Dataset) and stamps.shape[:1] == (num_steps,):
+            with contextlib.suppress(ValueError):  # no usable stamps: the rate comes from elsewhere
+                rate = control_rate_hz(stamps[()])
     if num_steps == 0:
         raise EpisodeError(episode.episode_id, STEP, f"{path.name}: {STEPS_KEY} has no steps")
     return num_steps, rate

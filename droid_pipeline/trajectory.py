@@ -165,25 +165,32 @@ def _check_camera_roles(reader: _Reader, episode: Episode) -> None:
                               f"{values.tolist()} (0 = wrist, 1 = exterior)")
 
 
-def _control_rate(reader: _Reader, num_frames: int) -> tuple[float, str]:
-    """Control rate (Hz) from the control timestamps (milliseconds).
+def control_rate_hz(stamps_ms: np.ndarray) -> float:
+    """Control rate (Hz) from per-step timestamps in milliseconds; ValueError when they give none.
 
     The period is the mean of the steps within 25 % of the median step: the median alone is
     quantized by the whole-millisecond stamps (67 ms reads as 14.93 Hz), the plain mean is thrown
     off by stalls.
     """
+    steps = np.diff(np.asarray(stamps_ms, dtype=np.float64).ravel())
+    if steps.size == 0:
+        raise ValueError("cannot measure the control rate from one step")
+    median = float(np.median(steps))
+    if not median > 0:
+        raise ValueError(f"timestamps do not increase (median step {median} ms)")
+    typical = steps[np.abs(steps - median) <= TYPICAL_STEP_SPREAD * median]
+    return 1000.0 / float(typical.mean())
+
+
+def _control_rate(reader: _Reader, num_frames: int) -> tuple[float, str]:
+    """Control rate (Hz) and the timestamp key it was measured from (step_start preferred)."""
     group = reader.h5.get(CONTROL_TIMESTAMP_GROUP)
     names = sorted(group.keys()) if isinstance(group, h5py.Group) else []
     if not names:
         raise reader.fail(f"no control timestamps under {CONTROL_TIMESTAMP_GROUP} and config fps is null")
     name = PREFERRED_CONTROL_TIMESTAMP if PREFERRED_CONTROL_TIMESTAMP in names else names[0]
     key = f"{CONTROL_TIMESTAMP_GROUP}/{name}"
-    stamps = reader.array(key, (num_frames,), squeeze_last=True)
-    if num_frames < 2:
-        raise reader.fail("cannot measure the control rate from one step; set fps in the config")
-    steps = np.diff(stamps)
-    median = float(np.median(steps))
-    if not median > 0:
-        raise reader.fail(f"{key} does not increase (median step {median} ms)")
-    typical = steps[np.abs(steps - median) <= TYPICAL_STEP_SPREAD * median]
-    return 1000.0 / float(typical.mean()), key
+    try:
+        return control_rate_hz(reader.array(key, (num_frames,), squeeze_last=True)), key
+    except ValueError as exc:
+        raise reader.fail(f"{key}: {exc}; set fps in the config") from None

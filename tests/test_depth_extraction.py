@@ -23,7 +23,8 @@ from droid_pipeline.depth import STEPS_KEY, depth_to_uint16_mm, extract_depth
 from droid_pipeline.depth_codec import DepthMeta
 from droid_pipeline.episodes import build_index
 from droid_pipeline.errors import EpisodeError
-from droid_pipeline.synthetic import generate_dataset
+from droid_pipeline.synthetic import CONTROL_HZ, generate_dataset
+from droid_pipeline.tracks import generate_tracks
 
 REPO = Path(__file__).resolve().parent.parent
 FRAMES = 12
@@ -203,6 +204,27 @@ def test_video_cut_off_mid_file_gets_invalid_frames_from_the_break(dataset, epis
     depth = decoded_depth(tmp_path / "out", serial)
     np.testing.assert_array_equal(depth[:kept], decoded_depth(full_run["output"], serial)[:kept])
     assert not depth[kept:].any()
+
+
+def test_depth_frame_rate_is_the_control_rate_the_tracks_step_writes(full_run, episode, tmp_path):
+    output = Path(shutil.copytree(full_run["output"], tmp_path / "episode"))
+    generate_tracks(full_run["config"], episode, output)
+    with np.load(output / "tracks.npz", allow_pickle=False) as tracks:
+        control_fps = float(tracks["fps"])
+    assert control_fps == pytest.approx(CONTROL_HZ, abs=0.1)
+    for serial in episode.serials.values():
+        meta = DepthMeta.load(output / "recordings" / serial / "depth_meta.json")
+        assert meta.fps == control_fps
+        assert av_stream_rate(output / "recordings" / serial / "depth.mkv") == pytest.approx(control_fps, rel=1e-3)
+
+
+def av_stream_rate(path: Path) -> float:
+    """Frame rate of the MKV as FFmpeg's ffprobe reads it."""
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
+                          "stream=r_frame_rate", "-of", "csv=p=0", str(path)],
+                         check=True, capture_output=True, text=True).stdout.strip()
+    num, den = out.split("/")
+    return int(num) / int(den)
 
 
 def test_frame_dropped_mid_stream_leaves_that_step_missing_and_the_rest_aligned(dataset, episode, tmp_path):
