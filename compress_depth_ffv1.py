@@ -8,8 +8,8 @@ Usage: python compress_depth_ffv1.py --input DIR_OR_FILE --output depth.mkv [--f
 See docs/depth_format.md.
 """
 
-from droid_pipeline.cli import run_main
-from droid_pipeline.depth_codec import main
+from droid_pipeline.cli.common import run_main
+from droid_pipeline.cli.compress_depth import main
 
 if __name__ == "__main__":
     run_main(main)

@@ -6,8 +6,8 @@ Usage: python extract_rgb_depth.py --episode_id ID [--config FILE] [--set KEY=VA
 See docs/depth.md.
 """
 
-from droid_pipeline.cli import run_main
-from droid_pipeline.depth import main
+from droid_pipeline.cli.common import run_main
+from droid_pipeline.cli.depth import main
 
 if __name__ == "__main__":
     run_main(main)

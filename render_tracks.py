@@ -5,8 +5,8 @@ Usage: render_tracks.py --episode_id ID | --episode-dir DIR [--camera SERIAL|all
 [--trail K] [--what tracks|frames|normalized|depth]; see --help and docs/inspecting.md.
 """
 
-from droid_pipeline.cli import run_main
-from droid_pipeline.overlay import main
+from droid_pipeline.cli.common import run_main
+from droid_pipeline.cli.render import main
 
 if __name__ == "__main__":
     run_main(main)

@@ -23,8 +23,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from droid_pipeline.config import load_config
-from droid_pipeline.depth_codec import DepthReader, DepthWriter, legacy_depth_frames
+from droid_pipeline.core.config import load_config
+from droid_pipeline.formats.depth_codec import (
+    DepthReader,
+    DepthWriter,
+    legacy_depth_frames,
+)
 
 CODECS = ("ffv1", "png", "zstd")
 

@@ -1,6 +1,6 @@
 """Benchmark the stereo depth backend: accuracy against ground truth, and throughput.
 
-Generates synthetic episodes (droid_pipeline.synthetic) at 320x180, 640x360 and DROID's
+Generates synthetic episodes (droid_pipeline.synthetic.generator) at 320x180, 640x360 and DROID's
 1280x720 per eye, runs the whole depth step (decode, SGBM, left-right check, uint16 conversion,
 FFV1 encode and verification) with and without the left-right check, and compares each
 depth.mkv with the ray-cast ground truth on pixels valid in both. Prints figures and ratios;
@@ -22,11 +22,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from droid_pipeline.config import load_config  # noqa: E402
-from droid_pipeline.depth import extract_depth  # noqa: E402
-from droid_pipeline.depth_codec import DepthReader  # noqa: E402
-from droid_pipeline.episodes import build_index  # noqa: E402
-from droid_pipeline.synthetic import DatasetInfo, generate_dataset  # noqa: E402
+from droid_pipeline.core.config import load_config  # noqa: E402
+from droid_pipeline.formats.depth_codec import DepthReader  # noqa: E402
+from droid_pipeline.raw.discovery import build_index  # noqa: E402
+from droid_pipeline.steps.depth import extract_depth  # noqa: E402
+from droid_pipeline.synthetic.generator import DatasetInfo, generate_dataset  # noqa: E402
 
 SIZES = ((320, 180), (640, 360), (1280, 720))  # DROID records 1280x720 per eye
 

@@ -24,12 +24,19 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from droid_pipeline import intrinsics  # noqa: E402
-from droid_pipeline.atomic import write_json_atomic  # noqa: E402
-from droid_pipeline.config import load_config  # noqa: E402
-from droid_pipeline.episodes import build_index  # noqa: E402
-from droid_pipeline.video import probe  # noqa: E402
-from droid_pipeline.zed_conf import CameraCalibration, StereoExtras, ZedConf, format_conf, parse_conf, rectify  # noqa: E402
+from droid_pipeline.core.atomic import write_json_atomic  # noqa: E402
+from droid_pipeline.core.config import load_config  # noqa: E402
+from droid_pipeline.raw.discovery import build_index  # noqa: E402
+from droid_pipeline.raw.video import probe  # noqa: E402
+from droid_pipeline.raw.zed_conf import (  # noqa: E402
+    CameraCalibration,
+    StereoExtras,
+    ZedConf,
+    format_conf,
+    parse_conf,
+    rectify,
+)
+from droid_pipeline.steps import intrinsics  # noqa: E402
 
 EPISODE_ID = "BENCHLab+0badc0de+2023-07-07-09h-42m-23s"
 SERIALS = {"wrist": "13062452", "ext1": "24259877", "ext2": "26405488"}

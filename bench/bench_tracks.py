@@ -22,11 +22,11 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from droid_pipeline.config import load_config  # noqa: E402
-from droid_pipeline.episodes import build_index  # noqa: E402
-from droid_pipeline.intrinsics import extract_intrinsics  # noqa: E402
-from droid_pipeline.synthetic import generate_dataset  # noqa: E402
-from droid_pipeline.tracks import TRACKS_FILE, generate_tracks  # noqa: E402
+from droid_pipeline.core.config import load_config  # noqa: E402
+from droid_pipeline.raw.discovery import build_index  # noqa: E402
+from droid_pipeline.steps.intrinsics import extract_intrinsics  # noqa: E402
+from droid_pipeline.steps.tracks import TRACKS_FILE, generate_tracks  # noqa: E402
+from droid_pipeline.synthetic.generator import generate_dataset  # noqa: E402
 
 # The figures the issue gives for the seed implementation of this step, per episode.
 SEED_SECONDS = 25.0

@@ -13,7 +13,7 @@ _LOADER_NAMES = ("EpisodeData", "LoadError", "load_episode")
 def __getattr__(name: str):
     """Import the loader on first use: it pulls in PyAV, OpenCV and h5py, which steps may not need."""
     if name in _LOADER_NAMES:
-        from droid_pipeline import loader
+        from droid_pipeline.outputs import loader
 
         return getattr(loader, name)
     raise AttributeError(f"module 'droid_pipeline' has no attribute {name!r}")

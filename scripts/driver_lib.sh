@@ -3,7 +3,7 @@
 #
 # Bash only fans out, times, logs and passes exit codes: the plan (selection, skipping,
 # sharding, run folder, SLURM script), each episode's steps and the summary are Python
-# (droid_pipeline.runner). Fan-out: GNU xargs -P feeds the run's todo.jsonl, a few episode lines
+# (droid_pipeline.execution.runner). Fan-out: GNU xargs -P feeds the run's todo.jsonl, a few episode lines
 # per worker process; --process-slot-var gives each worker its slot, which pins its GPU. xargs
 # runs in its own session, so Ctrl-C reaches only this script, which then stops the workers with
 # SIGTERM, waits for them (each holds a shared lock on the run folder's .workers.lock), writes
@@ -112,7 +112,7 @@ finish_uploader() {
 }
 
 start_progress() {
-  "${PY}" -m droid_pipeline.progress --run-dir "${PLAN[run_dir]}" \
+  "${PY}" -m droid_pipeline.execution.progress --run-dir "${PLAN[run_dir]}" \
     --todo "${PLAN[todo_file]}" &
   PROGRESS_PID=$!
 }
@@ -129,7 +129,7 @@ stop_progress() {
 run_fanout() {
   local cmd=(setsid xargs --arg-file="${PLAN[todo_file]}" --delimiter='\n' --max-args="${PLAN[batch]}"
     --max-procs="${PLAN[workers]}" --process-slot-var=DROID_WORKER_SLOT --
-    "${PY}" -m droid_pipeline.runner worker --run-dir "${PLAN[run_dir]}" --gpus "${PLAN[gpus]}")
+    "${PY}" -m droid_pipeline.execution.runner worker --run-dir "${PLAN[run_dir]}" --gpus "${PLAN[gpus]}")
   local started="${SECONDS}"
   "${cmd[@]}" &
   FANOUT_PID=$!
@@ -155,7 +155,7 @@ driver_main() {
   find_python
   PLAN_FILE="$(mktemp)"
   trap cleanup EXIT
-  "${PY}" -m droid_pipeline.runner plan --pipeline "${pipeline}" --plan-file "${PLAN_FILE}" "$@"
+  "${PY}" -m droid_pipeline.execution.runner plan --pipeline "${pipeline}" --plan-file "${PLAN_FILE}" "$@"
   read_plan
   if [[ "${PLAN[action]:-exit}" != "run" ]]; then
     return "${PLAN[exit_code]:-0}"
@@ -171,7 +171,7 @@ driver_main() {
     run_fanout
     stop_progress
   fi
-  local summary=("${PY}" -m droid_pipeline.runner summary --run-dir "${PLAN[run_dir]}")
+  local summary=("${PY}" -m droid_pipeline.execution.runner summary --run-dir "${PLAN[run_dir]}")
   if [[ -n "${PLAN[summary_task]}" ]]; then
     summary+=(--task "${PLAN[summary_task]}")
   fi

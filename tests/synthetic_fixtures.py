@@ -1,7 +1,7 @@
 """A small synthetic DROID dataset generated once per test session and shared by every module.
 
 Import :func:`small_dataset` from a session-scoped fixture; every caller in the session gets
-the same :class:`~droid_pipeline.synthetic.DatasetInfo`. Treat the files as read-only: a test
+the same :class:`~droid_pipeline.synthetic.generator.DatasetInfo`. Treat the files as read-only: a test
 that writes beside or corrupts them must copy the episode first.
 """
 
@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import pytest
 
-from droid_pipeline.config import load_config
-from droid_pipeline.depth import extract_depth
-from droid_pipeline.episodes import build_index
-from droid_pipeline.intrinsics import extract_intrinsics
-from droid_pipeline.staging import publish_episode
-from droid_pipeline.synthetic import DatasetInfo, generate_dataset
-from droid_pipeline.tracks import generate_tracks
+from droid_pipeline.core.config import load_config
+from droid_pipeline.publish.staging import publish_episode
+from droid_pipeline.raw.discovery import build_index
+from droid_pipeline.steps.depth import extract_depth
+from droid_pipeline.steps.intrinsics import extract_intrinsics
+from droid_pipeline.steps.tracks import generate_tracks
+from droid_pipeline.synthetic.generator import DatasetInfo, generate_dataset
 
 SMALL_EPISODES = 3
 SMALL_FRAMES = 40

@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from droid_pipeline.config import DEFAULT_CONFIG_PATH, ConfigError, dump_config, load_config
+from droid_pipeline.core.config import (
+    DEFAULT_CONFIG_PATH,
+    ConfigError,
+    dump_config,
+    load_config,
+)
 
 
 def test_every_key_of_default_yaml_is_documented_with_a_comment():

@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 import pytest
 
-from droid_pipeline.config import ConfigError, FFV1Config, load_config
-from droid_pipeline.depth_codec import (
+from droid_pipeline.core.config import ConfigError, FFV1Config, load_config
+from droid_pipeline.formats.depth_codec import (
     DepthCodecError,
     DepthMeta,
     DepthReader,
@@ -300,8 +300,8 @@ def test_metadata_that_does_not_match_fails_verify_and_load(encoded, tmp_path):
 MEMORY_PROBE = textwrap.dedent("""
     import resource, sys
     import numpy as np
-    from droid_pipeline.config import load_config
-    from droid_pipeline.depth_codec import DepthReader, DepthWriter
+    from droid_pipeline.core.config import load_config
+    from droid_pipeline.formats.depth_codec import DepthReader, DepthWriter
     count, path = int(sys.argv[1]), sys.argv[2]
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:240, 0:320]

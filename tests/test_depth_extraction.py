@@ -1,6 +1,6 @@
 """Depth extraction of whole episodes, checked against independent references.
 
-The references: the synthetic episodes' ray-cast ground-truth depth (droid_pipeline.synthetic),
+The references: the synthetic episodes' ray-cast ground-truth depth (droid_pipeline.synthetic.generator),
 Debian's ffmpeg to decode every depth.mkv and rgb.mp4 written here, and hand-written values for
 the millimetre conversion. Frame alignment (frame i = step i) is checked by shortening and
 lengthening an episode's trajectory against an unchanged video.
@@ -18,13 +18,13 @@ import h5py
 import numpy as np
 import pytest
 
-from droid_pipeline.config import load_config
-from droid_pipeline.depth import STEPS_KEY, depth_to_uint16_mm, extract_depth
-from droid_pipeline.depth_codec import DepthMeta
-from droid_pipeline.episodes import build_index
-from droid_pipeline.errors import EpisodeError
-from droid_pipeline.synthetic import CONTROL_HZ, generate_dataset
-from droid_pipeline.tracks import generate_tracks
+from droid_pipeline.core.config import load_config
+from droid_pipeline.core.errors import EpisodeError
+from droid_pipeline.formats.depth_codec import DepthMeta
+from droid_pipeline.raw.discovery import build_index
+from droid_pipeline.steps.depth import STEPS_KEY, depth_to_uint16_mm, extract_depth
+from droid_pipeline.steps.tracks import generate_tracks
+from droid_pipeline.synthetic.generator import CONTROL_HZ, generate_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 FRAMES = 12
@@ -339,9 +339,9 @@ def test_cli_writes_depth_and_prints_summary(dataset, episode, tmp_path):
 # getrusage's ru_maxrss would carry over the forking test process's own peak.
 MEMORY_PROBE = """
 import json, sys
-from droid_pipeline.config import load_config
-from droid_pipeline.depth import extract_depth
-from droid_pipeline.episodes import Episode
+from droid_pipeline.core.config import load_config
+from droid_pipeline.steps.depth import extract_depth
+from droid_pipeline.raw.discovery import Episode
 config = load_config([sys.argv[1]], sys.argv[4:])
 episode = Episode.from_json(json.loads(sys.argv[2]))
 extract_depth(config, episode, sys.argv[3], backend="stereo", cameras=["wrist"])

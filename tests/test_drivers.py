@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from droid_pipeline import SCHEMA_VERSION
-from droid_pipeline.ledger import Ledger
-from droid_pipeline.staging import finished_state, read_manifest
-from droid_pipeline.synthetic import generate_dataset
-from droid_pipeline.timing import COLUMNS
+from droid_pipeline.core.schema import SCHEMA_VERSION
+from droid_pipeline.execution.timing import COLUMNS
+from droid_pipeline.publish.ledger import Ledger
+from droid_pipeline.publish.staging import finished_state, read_manifest
+from droid_pipeline.synthetic.generator import generate_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 METADATA = REPO / "run_pipeline_metadata_only.sh"
@@ -238,8 +238,8 @@ def test_single_episode_debug_run(dataset, tmp_path):
     result = run_driver(METADATA, *args, cwd=tmp_path, check_rc=0)
     run_dir = run_dirs(tmp_path, "metadata")[0]
     # Verbose log on the terminal, the same in the episode log.
-    assert "DEBUG droid_pipeline.runner: episode record" in result.stderr
-    assert "INFO droid_pipeline.runner: step intrinsics" in result.stderr
+    assert "DEBUG droid_pipeline.execution.runner: episode record" in result.stderr
+    assert "INFO droid_pipeline.execution.runner: step intrinsics" in result.stderr
     assert "step tracks" in (run_dir / "logs" / f"{episode.episode_id}.log").read_text()
     work = run_dir / "work" / episode.episode_id
     assert f"work folder kept: {work}" in result.stderr

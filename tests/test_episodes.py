@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from droid_pipeline.episodes import DiscoveryError, build_index, read_id_file
+from droid_pipeline.raw.discovery import DiscoveryError, build_index, read_id_file
 
 SERIALS = {"wrist_cam_serial": "13062452", "ext1_cam_serial": "24259877", "ext2_cam_serial": "26405488"}
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from droid_pipeline.errors import EpisodeError
-from droid_pipeline.extrinsics import camera_poses, pose_deviation
-from droid_pipeline.trajectory import Trajectory
+from droid_pipeline.core.errors import EpisodeError
+from droid_pipeline.raw.trajectory import Trajectory
+from droid_pipeline.steps.extrinsics import camera_poses, pose_deviation
 
 EPISODE = "AUTOLab+84bd5053+2023-08-18-12h-01m-10s"
 SERIALS = {"wrist": "13062452", "ext1": "24259877", "ext2": "26405488"}

@@ -12,8 +12,8 @@ import trimesh
 import yourdfpy
 from scipy.spatial import cKDTree
 
-from droid_pipeline.gripper import GripperModel, read_binary_stl
-from droid_pipeline.kinematics import read_asset
+from droid_pipeline.robot.gripper import GripperModel, read_binary_stl
+from droid_pipeline.robot.kinematics import read_asset
 
 NUM_POINTS = 480
 GRIPPER_POSITIONS = np.array([0.0, 0.1, 0.33, 0.5, 0.8, 0.97, 1.0])
@@ -178,7 +178,7 @@ def test_contact_points_follow_the_finger_poses(model, finger_mesh):
 def test_contact_points_are_deterministic(model):
     first = model.contact_points_local(NUM_POINTS).tobytes()
     assert model.contact_points_local(NUM_POINTS).tobytes() == first
-    code = ("import hashlib; from droid_pipeline.gripper import GripperModel; "
+    code = ("import hashlib; from droid_pipeline.robot.gripper import GripperModel; "
             f"print(hashlib.sha256(GripperModel.load().contact_points_local({NUM_POINTS}).tobytes()).hexdigest())")
     fresh = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
     assert fresh == hashlib.sha256(first).hexdigest()

@@ -22,12 +22,22 @@ import h5py
 import numpy as np
 import pytest
 
-from droid_pipeline.config import load_config
-from droid_pipeline.episodes import build_index
-from droid_pipeline.errors import EpisodeError
-from droid_pipeline.intrinsics import IntrinsicsError, extract_intrinsics, load_intrinsics, main
-from droid_pipeline.video import VideoError, iter_frames, probe
-from droid_pipeline.zed_conf import CameraCalibration, StereoExtras, ZedConf, format_conf
+from droid_pipeline.cli.intrinsics import main
+from droid_pipeline.core.config import load_config
+from droid_pipeline.core.errors import EpisodeError
+from droid_pipeline.raw.discovery import build_index
+from droid_pipeline.raw.video import VideoError, iter_frames, probe
+from droid_pipeline.raw.zed_conf import (
+    CameraCalibration,
+    StereoExtras,
+    ZedConf,
+    format_conf,
+)
+from droid_pipeline.steps.intrinsics import (
+    IntrinsicsError,
+    extract_intrinsics,
+    load_intrinsics,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE_SDK = Path(__file__).resolve().parent / "fake_pyzed"

@@ -7,8 +7,12 @@ import pytest
 import yourdfpy
 from scipy.spatial.transform import Rotation
 
-from droid_pipeline.kinematics import arm_joint_names, gripper_mount_transform, panda_flange_poses
-from droid_pipeline.urdf import load_urdf, parse_urdf
+from droid_pipeline.robot.kinematics import (
+    arm_joint_names,
+    gripper_mount_transform,
+    panda_flange_poses,
+)
+from droid_pipeline.robot.urdf import load_urdf, parse_urdf
 
 
 def reference_urdf(path) -> yourdfpy.URDF:

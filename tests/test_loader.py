@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from droid_pipeline.loader import LoadError, load_episode
 from hub_server import HubServer
 from synthetic_fixtures import SMALL_FRAMES, SMALL_SIZE, converted_small_dataset
+
+from droid_pipeline.outputs.loader import LoadError, load_episode
 
 REPO = "user/droid-full"
 

@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation, Slerp
 
-from droid_pipeline.normalize import (arc_length_sampling, interpolate_linear,
-                                      interpolate_rotations)
+from droid_pipeline.geometry.normalize import (
+    arc_length_sampling,
+    interpolate_linear,
+    interpolate_rotations,
+)
 
 
 def wiggly_path(num_frames: int = 120, seed: int = 0) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""render_tracks.py / droid_pipeline.overlay: marks read back from the written videos with PyAV
+"""render_tracks.py / droid_pipeline.outputs.overlay: marks read back from the written videos with PyAV
 where tracks_2d says, nothing drawn for invisible points, axes and normalized points where
 cv2.projectPoints puts them, and the checks on inputs the data does not guarantee."""
 
@@ -14,17 +14,26 @@ import av
 import cv2
 import numpy as np
 import pytest
-
-from droid_pipeline.config import load_config
-from droid_pipeline.depth import extract_depth
-from droid_pipeline.episodes import build_index
-from droid_pipeline.intrinsics import extract_intrinsics
-from droid_pipeline.loader import read_episode_dir
-from droid_pipeline.overlay import (AXIS_COLORS, CONTACT_AXIS_M, LEFT_COLOR, RIGHT_COLOR, RenderError,
-                                    draw_axes, draw_step, draw_tracks, render_episode)
-from droid_pipeline.poses import invert
-from droid_pipeline.tracks import generate_tracks
 from synthetic_fixtures import SMALL_FRAMES, SMALL_SIZE, small_dataset
+
+from droid_pipeline.core.config import load_config
+from droid_pipeline.geometry.poses import invert
+from droid_pipeline.outputs.loader import read_episode_dir
+from droid_pipeline.outputs.overlay import (
+    AXIS_COLORS,
+    CONTACT_AXIS_M,
+    LEFT_COLOR,
+    RIGHT_COLOR,
+    RenderError,
+    draw_axes,
+    draw_step,
+    draw_tracks,
+    render_episode,
+)
+from droid_pipeline.raw.discovery import build_index
+from droid_pipeline.steps.depth import extract_depth
+from droid_pipeline.steps.intrinsics import extract_intrinsics
+from droid_pipeline.steps.tracks import generate_tracks
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CODEC_TOLERANCE = 64        # per channel, H.264 yuv420p at the renderer's quality (dot edges)

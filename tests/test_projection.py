@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from droid_pipeline.projection import points_in_camera, project, visible
+from droid_pipeline.geometry.projection import points_in_camera, project, visible
 
 K = np.array([[530.0, 0.0, 641.3], [0.0, 528.5, 362.7], [0.0, 0.0, 1.0]])
 

@@ -10,10 +10,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from droid_pipeline.staging import finished_state
-from droid_pipeline.synthetic import generate_dataset
 from slurm_cluster import SlurmCluster
+
+from droid_pipeline.publish.staging import finished_state
+from droid_pipeline.synthetic.generator import generate_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 METADATA = REPO / "run_pipeline_metadata_only.sh"

@@ -14,9 +14,14 @@ import cv2
 import numpy as np
 import pytest
 
-from droid_pipeline.config import load_config
-from droid_pipeline.stereo import (StereoMatcher, consistent, disparity_to_depth_mm,
-                                   split_side_by_side, to_gray)
+from droid_pipeline.core.config import load_config
+from droid_pipeline.steps.stereo import (
+    StereoMatcher,
+    consistent,
+    disparity_to_depth_mm,
+    split_side_by_side,
+    to_gray,
+)
 
 HEIGHT, WIDTH = 180, 320
 FAR_D, NEAR_D = 10.3, 61.7  # disparities (pixels) of the background and of the near square

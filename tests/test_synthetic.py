@@ -15,13 +15,18 @@ import yourdfpy
 from scipy.spatial.transform import Rotation
 from synthetic_fixtures import SMALL_FRAMES, SMALL_SIZE, small_dataset
 
-from droid_pipeline.config import load_config
-from droid_pipeline.episodes import build_index
-from droid_pipeline.gripper import GripperModel
-from droid_pipeline.render import Box, Material, PinholeCamera, render
-from droid_pipeline.synthetic import DatasetInfo, SyntheticError, generate_dataset, load_dataset_info
-from droid_pipeline.video import iter_frames
-from droid_pipeline.zed_conf import parse_conf, rectify
+from droid_pipeline.core.config import load_config
+from droid_pipeline.raw.discovery import build_index
+from droid_pipeline.raw.video import iter_frames
+from droid_pipeline.raw.zed_conf import parse_conf, rectify
+from droid_pipeline.robot.gripper import GripperModel
+from droid_pipeline.synthetic.generator import (
+    DatasetInfo,
+    SyntheticError,
+    generate_dataset,
+    load_dataset_info,
+)
+from droid_pipeline.synthetic.raycast import Box, Material, PinholeCamera, render
 
 METADATA_KEYS = {
     "uuid", "lab", "user", "user_id", "date", "timestamp", "hdf5_path", "building", "scene_id", "success",

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from droid_pipeline import timing
+from droid_pipeline.execution import timing
 
 PYTHON = sys.executable
 WRITER = """
 import sys
-from droid_pipeline.timing import append_row
+from droid_pipeline.execution.timing import append_row
 path, name, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 for i in range(count):
     append_row(path, {"episode_id": f"{name}-{i}", "pipeline": "metadata", "host": name,

@@ -18,12 +18,12 @@ import pytest
 import yourdfpy
 from scipy.spatial.transform import Rotation, Slerp
 
-from droid_pipeline import SCHEMA_VERSION
-from droid_pipeline.config import load_config
-from droid_pipeline.episodes import build_index
-from droid_pipeline.errors import EpisodeError
-from droid_pipeline.gripper import GripperModel
-from droid_pipeline.tracks import generate_tracks
+from droid_pipeline.core.config import load_config
+from droid_pipeline.core.errors import EpisodeError
+from droid_pipeline.core.schema import SCHEMA_VERSION
+from droid_pipeline.raw.discovery import build_index
+from droid_pipeline.robot.gripper import GripperModel
+from droid_pipeline.steps.tracks import generate_tracks
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LAB, DATE, FOLDER = "TESTLab", "2023-08-18", "Fri_Aug_18_12:01:10_2023"

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from droid_pipeline.config import load_config
-from droid_pipeline.depth_codec import DepthWriter
-from droid_pipeline.episodes import build_index
-from droid_pipeline.errors import EpisodeError
-from droid_pipeline.intrinsics import extract_intrinsics
-from droid_pipeline.synthetic import CONTROL_HZ, generate_dataset
-from droid_pipeline.tracks import generate_tracks
+from droid_pipeline.core.config import load_config
+from droid_pipeline.core.errors import EpisodeError
+from droid_pipeline.formats.depth_codec import DepthWriter
+from droid_pipeline.raw.discovery import build_index
+from droid_pipeline.steps.intrinsics import extract_intrinsics
+from droid_pipeline.steps.tracks import generate_tracks
+from droid_pipeline.synthetic.generator import CONTROL_HZ, generate_dataset
 
 FRAMES = 12
 

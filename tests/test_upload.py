@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from droid_pipeline.ledger import Ledger
-from droid_pipeline.staging import LOCK_NAME, append_record, publish_episode
 from hub_server import HubServer
+
+from droid_pipeline.publish.ledger import Ledger
+from droid_pipeline.publish.staging import LOCK_NAME, append_record, publish_episode
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "hf_TestTokenNeverLogged0123456789"
@@ -307,8 +307,8 @@ def test_commit_that_lands_but_loses_its_answer_is_not_committed_twice(tmp_path,
 def test_commit_that_lands_after_the_client_timed_out_is_recorded_once(tmp_path, hub, monkeypatch):
     from huggingface_hub import constants
 
-    from droid_pipeline.config import load_config
-    from droid_pipeline.upload import Uploader
+    from droid_pipeline.core.config import load_config
+    from droid_pipeline.publish.uploader import Uploader
 
     monkeypatch.setattr(constants, "ENDPOINT", hub.endpoint)
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)

@@ -12,10 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from droid_pipeline import SCHEMA_VERSION
-from droid_pipeline.ledger import Ledger, ledger_has, repos_for
-from droid_pipeline.staging import (StagingError, append_record, finished_state, is_finished,
-                                    publish_episode, read_journal, read_manifest, verify_episode)
+from droid_pipeline.core.schema import SCHEMA_VERSION
+from droid_pipeline.publish.ledger import Ledger, ledger_has, repos_for
+from droid_pipeline.publish.staging import (
+    StagingError,
+    append_record,
+    finished_state,
+    is_finished,
+    publish_episode,
+    read_journal,
+    read_manifest,
+    verify_episode,
+)
 
 REL = "LAB/success/2023-08-18/Fri_Aug_18_12:01:10_2023"
 EPISODE = "LAB+0000abcd+2023-08-18-12h-01m-10s"
@@ -131,7 +139,7 @@ import random, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 from test_upload_staging import make_work
-from droid_pipeline.staging import publish_episode
+from droid_pipeline.publish.staging import publish_episode
 root = Path(sys.argv[1])
 for i in range(10_000):
     work = make_work(root / "work", random.choice(["full", "metadata"]), i)

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from droid_pipeline.verify import CHECKS, main, verify_episode
 from synthetic_fixtures import converted_small_dataset
+
+from droid_pipeline.cli.verify import main
+from droid_pipeline.outputs.verify import CHECKS, verify_episode
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
-from droid_pipeline import zed_adapter
+from droid_pipeline.raw import zed_adapter
 
 FAKE_SDK = Path(__file__).resolve().parent / "fake_pyzed"
 PACKAGE = Path(zed_adapter.__file__).resolve().parent

@@ -11,8 +11,17 @@ import cv2
 import numpy as np
 import pytest
 
-from droid_pipeline.zed_conf import (RESOLUTIONS, CameraCalibration, StereoExtras, ZedConf, ZedConfError,
-                                     format_conf, match_resolution, parse_conf, rectify)
+from droid_pipeline.raw.zed_conf import (
+    RESOLUTIONS,
+    CameraCalibration,
+    StereoExtras,
+    ZedConf,
+    ZedConfError,
+    format_conf,
+    match_resolution,
+    parse_conf,
+    rectify,
+)
 
 CAMERA_KEYS = ("fx", "fy", "cx", "cy", "k1", "k2", "p1", "p2", "k3")
 

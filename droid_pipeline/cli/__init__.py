@@ -1,0 +1,1 @@
+"""Command-line entry points: argument plumbing and one module per command."""

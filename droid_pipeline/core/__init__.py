@@ -1,0 +1,1 @@
+"""Foundation: configuration, the output schema, errors and atomic file writes."""

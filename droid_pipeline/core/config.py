@@ -1,0 +1,335 @@
+"""Typed pipeline configuration, validated at load.
+
+Layers, later ones winning: ``configs/default.yaml`` (the single source of defaults, every key
+commented), the site file named by ``$DROID_PIPELINE_SITE_CONFIG``, each ``--config FILE`` in
+order, then each ``--set key=value`` (dotted keys for nested groups, values parsed as YAML).
+Unknown keys, wrong types and out-of-range values raise :class:`ConfigError` naming the key and
+the file that set it. Relative paths in a config file resolve against that file's folder; those
+of the defaults and of ``--set`` resolve against the working directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+# The defaults ship inside the package (checkouts also see them as configs/default.yaml).
+DEFAULT_CONFIG_PATH = Path(str(resources.files("droid_pipeline.core").joinpath("default.yaml")))
+SITE_CONFIG_ENV = "DROID_PIPELINE_SITE_CONFIG"
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, missing, mistyped or out of range."""
+
+
+def _spec(*, min: float | None = None, max: float | None = None, path: bool = False,
+          even: bool = False) -> dict[str, Any]:
+    return {"min": min, "max": max, "path": path, "even": even}
+
+
+def _field(**kwargs: Any) -> Any:
+    return dataclasses.field(metadata=_spec(**kwargs))
+
+
+@dataclass(frozen=True)
+class PerRole:
+    """One value for exterior cameras and one for the wrist camera."""
+
+    exterior: float = _field(min=0)
+    wrist: float = _field(min=0)
+
+    def for_role(self, role: str) -> float:
+        """Value for a camera role: ``wrist`` or any exterior role (``ext1``, ``ext2``)."""
+        return self.wrist if role == "wrist" else self.exterior
+
+
+@dataclass(frozen=True)
+class StereoConfig:
+    num_disparities: int = _field(min=16)
+    block_size: int = _field(min=1, max=31)
+    uniqueness_ratio: int = _field(min=0, max=100)
+    speckle_window_size: int = _field(min=0)
+    speckle_range: int = _field(min=0)
+    lr_check: bool = _field()
+    lr_max_diff_px: float = _field(min=0)
+
+
+@dataclass(frozen=True)
+class FFV1Config:
+    level: Literal[3] = _field()
+    gop: int = _field(min=1)
+    slices: int = _field(min=1, max=1024)
+    context: Literal[0, 1] = _field()
+    coder: Literal["range_def", "range_tab"] = _field()
+    threads: int = _field(min=0, max=256)
+
+
+@dataclass(frozen=True)
+class SlurmConfig:
+    partition: str | None = _field()
+    time: str = _field()
+    cpus_per_task: int = _field(min=1)
+    gpus_per_task: int = _field(min=0)
+    mem: str | None = _field()
+    num_tasks: int = _field(min=1)
+    max_parallel_tasks: int = _field(min=1)
+    extra_args: list[str] = _field()
+
+
+@dataclass(frozen=True)
+class Config:
+    droid_root: Path = _field(path=True)
+    output_root: Path = _field(path=True)
+    run_root: Path = _field(path=True)
+    episode_index_path: Path | None = _field(path=True)
+    cam2base_extrinsics_path: Path | None = _field(path=True)
+    intrinsics_path: Path | None = _field(path=True)
+    zed_calibration_dir: Path | None = _field(path=True)
+
+    outcomes: list[Literal["success", "failure"]] = _field()
+    labs: list[str] = _field()
+
+    intrinsics_sources: list[Literal["published", "h5", "zed_conf", "zed_sdk"]] = _field()
+
+    num_track_points: int = _field(min=2, even=True)
+    fps: float | None = _field(min=1e-3)
+    min_depth: PerRole = _field()
+    normalized_step_size_mm: float = _field(min=1e-3)
+    allow_missing_intrinsics: bool = _field()
+    wrist_pose_tolerance_mm: float = _field(min=0)
+
+    depth_backend: Literal["zed", "stereo"] = _field()
+    zed_depth_mode: Literal["NEURAL", "NEURAL_PLUS", "NEURAL_LIGHT", "ULTRA", "QUALITY",
+                            "PERFORMANCE"] = _field()
+    depth_min_mm: PerRole = _field()
+    depth_max_mm: PerRole = _field()
+    export_rgb: bool = _field()
+    stereo: StereoConfig = _field()
+    ffv1: FFV1Config = _field()
+
+    workers: int | None = _field(min=1)
+    gpus: str = _field()
+    workers_per_gpu: int = _field(min=1)
+    slurm: SlurmConfig = _field()
+
+    metadata_repo: str | None = _field()
+    full_repo: str | None = _field()
+    upload_interval_s: float = _field(min=0)
+    max_files_per_commit: int = _field(min=1, max=10000)
+    max_commits_per_hour: int = _field(min=1)
+    delete_after_upload: bool = _field()
+    private: bool = _field()
+
+    @property
+    def index_path(self) -> Path:
+        """Where the cached episode index lives."""
+        return self.episode_index_path or self.output_root / "episode_index.json"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML-serialisable form (paths as strings), as written to a run folder."""
+        return _plain(dataclasses.asdict(self))
+
+
+def load_config(config_files: list[str | os.PathLike] | tuple = (),
+                overrides: list[str] | tuple = (), *, defaults: Path = DEFAULT_CONFIG_PATH) -> Config:
+    """Load and validate the layered configuration (see module docstring)."""
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    layers = [Path(defaults)]
+    site = os.environ.get(SITE_CONFIG_ENV)
+    if site:
+        layers.append(Path(site))
+    layers.extend(Path(f) for f in config_files)
+    for path in layers:
+        data = _read_yaml(path)
+        base = Path.cwd() if path == Path(defaults) else path.parent
+        _merge(merged, origin, _resolve_paths(data, Config, base, str(path), ""), str(path))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {exc}") from None
+        nested: Any = value
+        for part in reversed(key.split(".")):
+            nested = {part: nested}
+        resolved = _resolve_paths(nested, Config, Path.cwd(), "--set", "")
+        _merge(merged, origin, resolved, f"--set {key}")
+    return _build(Config, merged, origin, "")
+
+
+def dump_config(config: Config, path: Path) -> None:
+    """Write the effective configuration as YAML (used for each run folder)."""
+    from droid_pipeline.core.atomic import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def _merge(into: dict, origin: dict[str, str], new: dict, source: str, prefix: str = "") -> None:
+    for key, value in new.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], origin, value, source, dotted + ".")
+        else:
+            into[key] = value
+            origin[dotted] = source
+            if isinstance(value, dict):
+                for sub in _flat_keys(value, dotted + "."):
+                    origin[sub] = source
+
+
+def _flat_keys(data: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in data.items():
+        keys.append(prefix + str(key))
+        if isinstance(value, dict):
+            keys.extend(_flat_keys(value, f"{prefix}{key}."))
+    return keys
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _resolve_paths(data: Any, cls: type, base: Path, source: str, prefix: str) -> Any:
+    """Make relative path values absolute against ``base``; leave everything else as given."""
+    if not isinstance(data, dict):
+        return data
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = _hints(cls)
+    out = {}
+    for key, value in data.items():
+        field = fields.get(key)
+        if field is None:
+            out[key] = value  # reported as unknown by _build, with its origin
+            continue
+        sub = _dataclass_of(hints[key])
+        if sub is not None:
+            out[key] = _resolve_paths(value, sub, base, source, f"{prefix}{key}.")
+        elif field.metadata.get("path") and isinstance(value, str) and value:
+            out[key] = str((base / Path(value).expanduser()).resolve())
+        else:
+            out[key] = value
+    return out
+
+
+def _dataclass_of(hint: Any) -> type | None:
+    return hint if isinstance(hint, type) and dataclasses.is_dataclass(hint) else None
+
+
+def _build(cls: type, data: Any, origin: dict[str, str], prefix: str) -> Any:
+    where = origin.get(prefix.rstrip("."), "config")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: key '{prefix.rstrip('.')}' must be a mapping, got {data!r}")
+    fields = dataclasses.fields(cls)
+    names = {f.name for f in fields}
+    for key in data:
+        if key not in names:
+            dotted = f"{prefix}{key}"
+            raise ConfigError(f"{origin.get(dotted, 'config')}: unknown key '{dotted}' "
+                              f"(known keys here: {', '.join(sorted(names))})")
+    hints = _hints(cls)
+    values = {}
+    for field in fields:
+        dotted = f"{prefix}{field.name}"
+        if field.name not in data:
+            raise ConfigError(f"missing key '{dotted}' (not set by {DEFAULT_CONFIG_PATH} "
+                              "or any override)")
+        source = origin.get(dotted, "config")
+        values[field.name] = _convert(data[field.name], hints[field.name], field.metadata,
+                                      dotted, source, origin)
+    return cls(**values)
+
+
+def _convert(value: Any, hint: Any, meta: Any, key: str, source: str, origin: dict) -> Any:
+    def fail(expected: str) -> ConfigError:
+        return ConfigError(f"{source}: key '{key}' must be {expected}, got {value!r}")
+
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], meta, key, source, origin)
+    sub = _dataclass_of(hint)
+    if sub is not None:
+        return _build(sub, value, origin, key + ".")
+    if typing.get_origin(hint) is Literal:
+        if value not in args or isinstance(value, bool) != any(isinstance(a, bool) for a in args):
+            raise fail("one of " + ", ".join(repr(a) for a in args))
+        return value
+    if typing.get_origin(hint) is list:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list):
+            raise fail("a list")
+        return [_convert(v, args[0], meta, f"{key}[{i}]", source, origin) for i, v in enumerate(value)]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise fail("true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail("an integer")
+        _check_range(value, meta, fail)
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise fail("a number")
+        _check_range(value, meta, fail)
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str) or not value:
+            raise fail("a non-empty string")
+        return value
+    if hint is Path:
+        if not isinstance(value, str) or not value:
+            raise fail("a path")
+        return Path(value)
+    raise TypeError(f"unsupported config type {hint!r} for {key}")
+
+
+def _check_range(value: float, meta: Any, fail: Any) -> None:
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and value < lo:
+        raise fail(f">= {lo}")
+    if hi is not None and value > hi:
+        raise fail(f"<= {hi}")
+    if meta.get("even") and value % 2:
+        raise fail("an even integer")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value

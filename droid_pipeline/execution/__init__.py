@@ -1,0 +1,1 @@
+"""Running the steps over many episodes: plan, warm workers, SLURM, timing and progress."""

@@ -1,0 +1,238 @@
+"""The run's timing.csv (one row per episode attempt, safe with concurrent writers) and its review.
+
+Every worker appends its row with :func:`append_row`, which holds an exclusive ``flock`` on the
+file while it writes the header (first writer only) and the row in one ``write``; readers take a
+shared lock and ignore an unterminated last line, so a CSV that is still being written reads
+fine. ``python -m droid_pipeline.timing review RUN_DIR_OR_CSV`` prints per-step statistics,
+failures by step, throughput and ETA, and writes a PNG beside the CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import io
+import os
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from droid_pipeline.core.atomic import append_locked
+
+TIMING_NAME = "timing.csv"
+EPISODE_LIST_NAME = "episodes.txt"
+STEPS = ("intrinsics", "depth", "tracks", "publish")
+COLUMNS = ("episode_id", "pipeline", "host", "slot", "gpu", "start_time",
+           *(f"{step}_s" for step in STEPS), "total_s", "status", "failed_step", "error")
+_HEADER = ",".join(COLUMNS) + "\n"
+STATUSES = ("done", "failed", "interrupted")
+MAX_ERROR_CHARS = 500
+
+
+def utc_timestamp(seconds: float) -> str:
+    """ISO 8601 UTC with milliseconds, as written in ``start_time``."""
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="milliseconds")
+
+
+def parse_timestamp(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def format_row(row: dict[str, Any]) -> str:
+    """One CSV line: seconds with millisecond precision, errors on one bounded line."""
+    values = []
+    for column in COLUMNS:
+        value = row.get(column)
+        if value is None:
+            value = ""
+        elif isinstance(value, float):
+            value = f"{value:.3f}"
+        elif column == "error":
+            value = " ".join(str(value).split())[:MAX_ERROR_CHARS]
+        values.append(str(value))
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(values)
+    return buffer.getvalue()
+
+
+def create_csv(path: os.PathLike | str) -> None:
+    """Start timing.csv with its header, so that a run with nothing to do still has one."""
+    append_locked(path, "", _HEADER)
+
+
+def append_row(path: os.PathLike | str, row: dict[str, Any]) -> None:
+    """Append one episode's row to timing.csv (header written by the first writer)."""
+    unknown = set(row) - set(COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown timing columns: {sorted(unknown)}")
+    append_locked(path, format_row(row), _HEADER)
+
+
+def read_rows(path: os.PathLike | str) -> list[dict[str, str]]:
+    """Complete rows of a timing CSV, possibly still being written (a torn last line is left out)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return []
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read()
+    finally:
+        os.close(fd)
+    text = data[:data.rfind(b"\n") + 1].decode(errors="replace")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    return [r for r in rows if r.get("status") in STATUSES and r.get("episode_id")]
+
+
+def _seconds(value: str | None) -> float | None:
+    return float(value) if value not in (None, "") else None
+
+
+def review(rows: Sequence[dict[str, str]], planned: int | None = None,
+           now: float | None = None) -> dict[str, Any]:
+    """Statistics of timing rows (see module docstring); ``planned`` episodes give the ETA.
+
+    Step statistics use the steps that completed (a failed row's failing step is left out);
+    throughput counts finished attempts (done or failed) over the wall span from the first start
+    to the last end; per worker, over that worker's own span.
+    """
+    finished = [r for r in rows if r["status"] in ("done", "failed")]
+    steps: dict[str, dict[str, float]] = {}
+    for step in (*STEPS, "total"):
+        values = [_seconds(r[f"{step}_s"]) for r in finished
+                  if not (r["status"] == "failed" and r["failed_step"] == step)
+                  and (step != "total" or r["status"] == "done")]
+        values = np.array([v for v in values if v is not None])
+        if values.size:
+            steps[step] = {"count": int(values.size), "mean": float(values.mean()),
+                           "p50": float(np.percentile(values, 50)),
+                           "p95": float(np.percentile(values, 95)), "max": float(values.max())}
+    failures: dict[str, dict[str, Any]] = {}
+    for r in finished:
+        if r["status"] == "failed":
+            entry = failures.setdefault(r["failed_step"] or "?", {"count": 0, "examples": []})
+            entry["count"] += 1
+            if len(entry["examples"]) < 3:
+                entry["examples"].append({"episode_id": r["episode_id"], "error": r["error"]})
+    overall = _rate(finished)
+    per_worker = {}
+    for key in sorted({(r["host"], r["slot"]) for r in finished}):
+        mine = [r for r in finished if (r["host"], r["slot"]) == key]
+        per_worker[f"{key[0]}/{key[1]}"] = {"episodes": len(mine), "episodes_per_hour": _rate(mine)}
+    attempted = {r["episode_id"] for r in finished}
+    remaining = None if planned is None else max(planned - len(attempted), 0)
+    eta = None
+    if remaining is not None and overall:
+        eta = remaining / overall * 3600.0
+    return {"rows": len(rows), "done": sum(r["status"] == "done" for r in rows),
+            "failed": sum(r["status"] == "failed" for r in rows),
+            "interrupted": sum(r["status"] == "interrupted" for r in rows),
+            "steps": steps, "failures": failures, "episodes_per_hour": overall,
+            "per_worker": per_worker, "planned": planned, "remaining": remaining, "eta_s": eta}
+
+
+def _rate(rows: Sequence[dict[str, str]]) -> float | None:
+    """Finished episodes per hour over the rows' wall span (None when the span is empty)."""
+    if not rows:
+        return None
+    starts = [parse_timestamp(r["start_time"]) for r in rows]
+    ends = [s + float(r["total_s"] or 0.0) for s, r in zip(starts, rows)]
+    span = max(ends) - min(starts)
+    return len(rows) / span * 3600.0 if span > 0 else None
+
+
+def format_review(stats: dict[str, Any], source: str) -> str:
+    """The review as text."""
+    lines = [f"timing review of {source}: {stats['rows']} rows, {stats['done']} done, "
+             f"{stats['failed']} failed, {stats['interrupted']} interrupted", "",
+             f"{'step':<12}{'count':>7}{'mean_s':>10}{'p50_s':>10}{'p95_s':>10}{'max_s':>10}"]
+    for step, s in stats["steps"].items():
+        lines.append(f"{step:<12}{s['count']:>7}{s['mean']:>10.3f}{s['p50']:>10.3f}"
+                     f"{s['p95']:>10.3f}{s['max']:>10.3f}")
+    lines.append("")
+    if stats["failures"]:
+        lines.append("failures by step:")
+        for step, entry in stats["failures"].items():
+            lines.append(f"  {step}: {entry['count']}")
+            for example in entry["examples"]:
+                lines.append(f"    {example['episode_id']}: {example['error']}")
+    else:
+        lines.append("failures by step: none")
+    lines.append("")
+    lines.append(f"episodes per hour: {_fmt_rate(stats['episodes_per_hour'])}")
+    for worker, entry in stats["per_worker"].items():
+        lines.append(f"  worker {worker}: {entry['episodes']} episodes, "
+                     f"{_fmt_rate(entry['episodes_per_hour'])} per hour")
+    if stats["remaining"] is not None:
+        eta = "n/a" if stats["eta_s"] is None else _fmt_duration(stats["eta_s"])
+        lines.append(f"remaining: {stats['remaining']} of {stats['planned']} episodes, ETA {eta}")
+    return "\n".join(lines)
+
+
+def _fmt_rate(rate: float | None) -> str:
+    return "n/a" if rate is None else f"{rate:.1f}"
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m{rest % 60:02d}s"
+
+
+# Unit of the throughput plot's time axis: the first whose span covers the run.
+_TIME_UNITS = (("seconds", 1.0, 120.0), ("minutes", 60.0, 7200.0), ("hours", 3600.0, float("inf")))
+
+
+def plot_review(rows: Sequence[dict[str, str]], path: os.PathLike | str) -> None:
+    """PNG with the per-step time distributions and the cumulative throughput over time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    finished = [r for r in rows if r["status"] in ("done", "failed")]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    data, labels = [], []
+    for step in STEPS:
+        values = [_seconds(r[f"{step}_s"]) for r in finished
+                  if not (r["status"] == "failed" and r["failed_step"] == step)]
+        values = [v for v in values if v is not None]
+        if values:
+            data.append(values)
+            labels.append(step)
+    if data:
+        left.boxplot(data, showfliers=True)
+        left.set_xticks(range(1, len(labels) + 1), labels)
+    left.set_ylabel("seconds per episode")
+    left.set_title("per-step time")
+    unit, scale = "hours", 3600.0
+    if finished:
+        ends = sorted(parse_timestamp(r["start_time"]) + float(r["total_s"] or 0.0) for r in finished)
+        t0 = min(parse_timestamp(r["start_time"]) for r in finished)
+        elapsed = np.array([t0, *ends]) - t0
+        unit, scale = next((u, s) for u, s, span in _TIME_UNITS if elapsed[-1] <= span)
+        right.step(elapsed / scale, np.arange(len(elapsed)), where="post")
+    right.set_xlabel(f"{unit} since first start")
+    right.set_ylabel("episodes finished")
+    right.set_title("throughput")
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def resolve_csv(target: os.PathLike | str) -> tuple[Path, int | None]:
+    """The CSV of a run folder or a CSV path, and the run's planned episode count if known."""
+    target = Path(target)
+    csv_path = target / TIMING_NAME if target.is_dir() else target
+    episode_list = csv_path.parent / EPISODE_LIST_NAME
+    planned = None
+    if episode_list.is_file():
+        planned = sum(1 for line in episode_list.read_text().splitlines() if line.strip())
+    return csv_path, planned

@@ -1,0 +1,1 @@
+"""File formats of the outputs: lossless FFV1 depth."""

@@ -1,0 +1,1 @@
+"""Pose conventions, pinhole projection and arc-length resampling (pure NumPy)."""

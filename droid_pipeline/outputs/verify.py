@@ -1,0 +1,430 @@
+"""Check converted episodes against the output contract (docs/outputs.md); ``python -m droid_pipeline.verify PATH``.
+
+PATH is an episode folder, an output root or a downloaded repo; every folder under it holding
+an episode file (tracks.npz, extrinsics.npz, quality.json or manifest.json) is checked:
+
+- ``files``: tracks.npz, extrinsics.npz, quality.json and each 2D camera's intrinsics.json are
+  there; the folder sits at the relative path quality.json names; every file manifest.json lists
+  has its size and SHA-256 (a copy without any of the depth files, as the metadata repo holds,
+  is fine);
+- ``contract``: every key of both npz files with its dtype and shape (T steps, N points, M
+  normalized samples), and the schema version;
+- ``values``: all floats finite, poses and frames rigid, centroids the mean of their points,
+  ``frame_to_normalized_idx`` non-decreasing from 0 to M-1, ``cumulative_distance_mm`` from 0
+  and never decreasing, intrinsics equal to intrinsics.json, and quality.json agreeing with the
+  arrays;
+- ``2d``: each camera's tracks_3d reprojected with ``cv2.projectPoints`` (an implementation
+  independent of the pipeline's) and the saved intrinsics and extrinsics match tracks_2d at every
+  visible point, and no visible point is behind the camera or off the image;
+- ``depth``: each depth.mkv has its depth_meta.json, decodes, holds T frames and matches the
+  checksum of the raw frames (``--no-depth-decode`` checks the metadata only).
+
+Prints one row per episode and the failures below; exits 1 when any check failed or no episode
+was found.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from droid_pipeline.core.schema import SCHEMA_VERSION
+from droid_pipeline.formats.depth_codec import DepthMeta, DepthReader
+from droid_pipeline.geometry.poses import invert
+from droid_pipeline.outputs.loader import (
+    DEPTH_FILE,
+    DEPTH_META_FILE,
+    INTRINSICS_FILE,
+    RECORDINGS,
+    EpisodeData,
+    read_episode_dir,
+)
+from droid_pipeline.publish.staging import MANIFEST_NAME, file_kind, sha256_file
+from droid_pipeline.steps.intrinsics import load_intrinsics
+from droid_pipeline.steps.tracks import EXTRINSICS_FILE, QUALITY_FILE, TRACKS_FILE
+
+CHECKS = ("files", "contract", "values", "2d", "depth")
+EPISODE_FILES = (TRACKS_FILE, EXTRINSICS_FILE, QUALITY_FILE, MANIFEST_NAME)
+DEFAULT_TOLERANCE_PX = 0.05
+RIGID_TOLERANCE = 1e-4      # rotation orthonormality, float32 storage
+CENTROID_TOLERANCE_M = 1e-5
+ROLES = ("wrist", "ext1", "ext2")
+
+# key: (dtype, shape); shapes use T (steps), N (points), M (normalized samples), C (cameras).
+TRACKS_CONTRACT: dict[str, tuple[str, tuple[Any, ...]]] = {
+    "schema_version": ("int32", ()),
+    "num_frames": ("int32", ()),
+    "num_points_per_finger": ("int32", ()),
+    "fps": ("float64", ()),
+    "cartesian_positions": ("float64", ("T", 6)),
+    "gripper_positions": ("float64", ("T",)),
+    "contact_points_local": ("float64", ("N", 3)),
+    "gripper_poses": ("float32", ("T", 4, 4)),
+    "tracks_3d": ("float32", ("T", "N", 3)),
+    "contact_centroids": ("float64", ("T", 3)),
+    "contact_frames": ("float32", ("T", 4, 4)),
+    "left_contact_frames": ("float32", ("T", 4, 4)),
+    "right_contact_frames": ("float32", ("T", 4, 4)),
+    "cameras_with_2d_tracks": ("str", ("C",)),
+    "normalized_step_size_mm": ("float64", ()),
+    "num_normalized_steps": ("int32", ()),
+    "cumulative_distance_mm": ("float64", ("T",)),
+    "frame_to_normalized_idx": ("int32", ("T",)),
+    "normalized_centroids": ("float64", ("M", 3)),
+    "normalized_gripper_positions": ("float64", ("M",)),
+    "normalized_tracks_3d": ("float32", ("M", "N", 3)),
+    "normalized_frames": ("float32", ("M", 4, 4)),
+    "normalized_left_frames": ("float32", ("M", 4, 4)),
+    "normalized_right_frames": ("float32", ("M", 4, 4)),
+}
+CAMERA_CONTRACT = {
+    "tracks_2d_{}": ("float32", ("T", "N", 2)),
+    "visibility_{}": ("bool", ("T", "N")),
+    "intrinsics_{}": ("float64", (3, 3)),
+    "distortion_{}": ("float64", (5,)),
+    "image_size_{}": ("int32", (2,)),
+}
+EXTRINSICS_CONTRACT = {
+    "schema_version": ("int32", ()),
+    "serials": ("str", ("C",)),
+    "roles": ("str", ("C",)),
+    "sources": ("str", ("C",)),
+    "wrist_serial": ("str", ()),
+}
+FRAME_KEYS = ("gripper_poses", "contact_frames", "left_contact_frames", "right_contact_frames",
+              "normalized_frames", "normalized_left_frames", "normalized_right_frames")
+
+
+class CheckFailed(Exception):
+    """One check found problems; ``problems`` lists them."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass
+class EpisodeReport:
+    """Outcome of each check for one episode folder: ``ok``, ``FAIL`` or ``-`` (not run)."""
+
+    folder: str
+    status: dict[str, str] = field(default_factory=dict)
+    problems: dict[str, list[str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(self.status.get(c) == "ok" for c in CHECKS if self.status.get(c) != "n/a")
+
+
+def find_episode_dirs(path: os.PathLike | str) -> list[Path]:
+    """Folders under ``path`` (itself included) that hold an episode file, sorted."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if any(name in filenames for name in EPISODE_FILES):
+            found.append(Path(dirpath))
+    return sorted(found)
+
+
+def verify_episode(episode_dir: os.PathLike | str, root: os.PathLike | str | None = None, *,
+                   decode_depth: bool = True, tolerance_px: float = DEFAULT_TOLERANCE_PX) -> EpisodeReport:
+    """Run every check on one episode folder; ``root`` is the folder the relative path starts from."""
+    episode_dir = Path(episode_dir)
+    root = Path(root) if root is not None else None
+    report = EpisodeReport(episode_dir.relative_to(root).as_posix() if root and episode_dir != root
+                           else str(episode_dir))
+    state: dict[str, Any] = {}
+    steps: list[tuple[str, Callable[[], None]]] = [
+        ("files", lambda: _check_files(episode_dir, root, state, report)),
+        ("contract", lambda: _check_contract(episode_dir, state)),
+        ("values", lambda: _check_values(episode_dir, state)),
+        ("2d", lambda: _check_2d(read_episode_dir(episode_dir), tolerance_px)),
+        ("depth", lambda: _check_depth(episode_dir, state, decode_depth, report)),
+    ]
+    blocked = False
+    for name, run in steps:
+        if blocked and name != "depth":
+            report.status[name] = "-"
+            continue
+        try:
+            run()
+            report.status.setdefault(name, "ok")
+        except CheckFailed as exc:
+            report.status[name], report.problems[name] = "FAIL", exc.problems
+        except Exception as exc:  # a corrupt file must become a failed check, never a crash
+            report.status[name], report.problems[name] = "FAIL", [f"{type(exc).__name__}: {exc}"]
+        blocked = blocked or report.status[name] == "FAIL"
+    return report
+
+
+def _check_files(episode_dir: Path, root: Path | None, state: dict[str, Any], report: EpisodeReport) -> None:
+    problems = [f"{name} missing" for name in (TRACKS_FILE, EXTRINSICS_FILE, QUALITY_FILE)
+                if not (episode_dir / name).is_file()]
+    if problems:
+        raise CheckFailed(problems)
+    state["tracks"] = _read_npz(episode_dir / TRACKS_FILE)
+    state["extrinsics"] = _read_npz(episode_dir / EXTRINSICS_FILE)
+    state["quality"] = quality = _read_json(episode_dir / QUALITY_FILE)
+    for serial in state["tracks"].get("cameras_with_2d_tracks", []):
+        if not (episode_dir / RECORDINGS / str(serial) / INTRINSICS_FILE).is_file():
+            problems.append(f"{RECORDINGS}/{serial}/{INTRINSICS_FILE} missing (camera has 2D tracks)")
+    relative_path = (quality.get("episode") or {}).get("relative_path")
+    if not isinstance(relative_path, str):
+        problems.append(f"{QUALITY_FILE} has no episode.relative_path")
+    elif root is not None and episode_dir != root and episode_dir.relative_to(root).as_posix() != relative_path:
+        problems.append(f"folder is {episode_dir.relative_to(root).as_posix()} but {QUALITY_FILE} names "
+                        f"{relative_path}")
+    if (episode_dir / MANIFEST_NAME).is_file():
+        problems += _manifest_problems(episode_dir, _read_json(episode_dir / MANIFEST_NAME), report)
+    if problems:
+        raise CheckFailed(problems)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CheckFailed([f"{path.name}: not readable JSON: {exc}"]) from None
+    if not isinstance(data, dict):
+        raise CheckFailed([f"{path.name}: not a JSON object"])
+    return data
+
+
+def _manifest_problems(episode_dir: Path, manifest: Any, report: EpisodeReport) -> list[str]:
+    problems = []
+    entries = manifest.get("files") or []
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        problems.append(f"manifest schema_version {manifest.get('schema_version')} is not {SCHEMA_VERSION}")
+    absent = {e["path"] for e in entries if not (episode_dir / e["path"]).is_file()}
+    depth = {e["path"] for e in entries if file_kind(e["path"]) == "depth"}
+    if absent and absent == depth:
+        report.notes.append("depth files listed in the manifest are not in this copy (metadata repo)")
+        absent = set()
+    problems += [f"{path} listed in {MANIFEST_NAME} but missing" for path in sorted(absent)]
+    for entry in entries:
+        path = episode_dir / entry["path"]
+        if entry["path"] in absent or not path.is_file():
+            continue
+        if path.stat().st_size != entry["size"]:
+            problems.append(f"{entry['path']}: {path.stat().st_size} bytes, {MANIFEST_NAME} says {entry['size']}")
+        elif sha256_file(path) != entry["sha256"]:
+            problems.append(f"{entry['path']}: sha256 differs from {MANIFEST_NAME}")
+    return problems
+
+
+def _check_contract(episode_dir: Path, state: dict[str, Any]) -> None:
+    tracks, extrinsics = state["tracks"], state["extrinsics"]
+    problems = []
+    sizes = {"T": _scalar(tracks, "num_frames"), "M": _scalar(tracks, "num_normalized_steps")}
+    per_finger = _scalar(tracks, "num_points_per_finger")
+    sizes["N"] = None if per_finger is None else 2 * per_finger
+    contract = dict(TRACKS_CONTRACT)
+    cameras = [str(s) for s in tracks.get("cameras_with_2d_tracks", [])]
+    for serial in cameras:
+        contract.update({key.format(serial): spec for key, spec in CAMERA_CONTRACT.items()})
+    problems += _contract_problems(TRACKS_FILE, tracks, contract, sizes)
+    extras = sorted(set(tracks) - set(contract))
+    problems += [f"{TRACKS_FILE}: unexpected key {key!r}" for key in extras]
+    x_contract = dict(EXTRINSICS_CONTRACT)
+    wrist = str(extrinsics.get("wrist_serial", ""))
+    for serial in (str(s) for s in extrinsics.get("serials", [])):
+        x_contract[f"T_base_cam_{serial}"] = ("float64", ("T", 4, 4) if serial == wrist else (4, 4))
+    problems += _contract_problems(EXTRINSICS_FILE, extrinsics, x_contract, sizes)
+    problems += [f"{EXTRINSICS_FILE}: unexpected key {key!r}" for key in sorted(set(extrinsics) - set(x_contract))]
+    for name, arrays in ((TRACKS_FILE, tracks), (EXTRINSICS_FILE, extrinsics)):
+        version = _scalar(arrays, "schema_version")
+        if version is not None and version != SCHEMA_VERSION:
+            problems.append(f"{name}: schema_version {version}, current is {SCHEMA_VERSION}")
+    if problems:
+        raise CheckFailed(problems)
+
+
+def _contract_problems(name: str, arrays: dict[str, np.ndarray], contract: dict[str, tuple[str, tuple]],
+                       sizes: dict[str, int | None]) -> list[str]:
+    problems = []
+    symbols: dict[str, int] = {k: v for k, v in sizes.items() if v is not None}
+    for key, (dtype, shape) in contract.items():
+        if key not in arrays:
+            problems.append(f"{name}: key {key!r} missing")
+            continue
+        array = arrays[key]
+        kind_ok = array.dtype.kind == "U" if dtype == "str" else array.dtype == np.dtype(dtype)
+        if not kind_ok:
+            problems.append(f"{name}: {key} has dtype {array.dtype}, expected {dtype}")
+        if len(array.shape) != len(shape):
+            problems.append(f"{name}: {key} has shape {array.shape}, expected {_shape_text(shape)}")
+            continue
+        for axis, (got, want) in enumerate(zip(array.shape, shape)):
+            if isinstance(want, str):
+                want = symbols.setdefault(want, got)
+            if got != want:
+                problems.append(f"{name}: {key} has shape {array.shape}, expected {_shape_text(shape)} "
+                                f"with {', '.join(f'{k}={v}' for k, v in symbols.items())}")
+                break
+    return problems
+
+
+def _shape_text(shape: tuple) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _check_values(episode_dir: Path, state: dict[str, Any]) -> None:
+    tracks, extrinsics, quality = state["tracks"], state["extrinsics"], state["quality"]
+    problems = [f"{name}: {key} has NaN or inf values"
+                for name, arrays in ((TRACKS_FILE, tracks), (EXTRINSICS_FILE, extrinsics))
+                for key, array in arrays.items() if array.dtype.kind == "f" and not np.isfinite(array).all()]
+    if problems:
+        raise CheckFailed(problems)
+    frames = {key: tracks[key] for key in FRAME_KEYS}
+    frames.update({key: extrinsics[key] for key in extrinsics if key.startswith("T_base_cam_")})
+    for key, matrices in frames.items():
+        worst = _rigid_error(matrices)
+        if worst > RIGID_TOLERANCE:
+            problems.append(f"{key} is not a rigid transform (error {worst:.2e})")
+    half = int(tracks["num_points_per_finger"])
+    pairs = [("contact_centroids", tracks["tracks_3d"]), ("normalized_centroids", tracks["normalized_tracks_3d"])]
+    for key, points in pairs:
+        error = np.abs(points.astype(np.float64).mean(axis=1) - tracks[key]).max()
+        if error > CENTROID_TOLERANCE_M:
+            problems.append(f"{key} differs from the mean of its points by {error * 1000:.4f} mm")
+    for key, points in (("left_contact_frames", tracks["tracks_3d"][:, :half]),
+                        ("right_contact_frames", tracks["tracks_3d"][:, half:])):
+        error = np.abs(points.astype(np.float64).mean(axis=1) - tracks[key][:, :3, 3]).max()
+        if error > CENTROID_TOLERANCE_M:
+            problems.append(f"{key} origins differ from their finger's point centroid by {error * 1000:.4f} mm")
+    index, distance = tracks["frame_to_normalized_idx"], tracks["cumulative_distance_mm"]
+    if (np.diff(index) < 0).any() or index[0] != 0 or index[-1] != int(tracks["num_normalized_steps"]) - 1:
+        problems.append("frame_to_normalized_idx is not non-decreasing from 0 to num_normalized_steps - 1")
+    if (np.diff(distance) < 0).any() or distance[0] != 0:
+        problems.append("cumulative_distance_mm does not start at 0 and never decrease")
+    serials = [str(s) for s in extrinsics["serials"]]
+    roles = [str(r) for r in extrinsics["roles"]]
+    if any(role not in ROLES for role in roles) or len(set(serials)) != len(serials):
+        problems.append(f"extrinsics serials {serials} / roles {roles} are not unique cameras of roles {ROLES}")
+    wrist = str(extrinsics["wrist_serial"])
+    if wrist and (wrist not in serials or roles[serials.index(wrist)] != "wrist"):
+        problems.append(f"wrist_serial {wrist} is not the camera with role wrist")
+    with_2d = [str(s) for s in tracks["cameras_with_2d_tracks"]]
+    problems += [f"camera {s} has 2D tracks but no pose in {EXTRINSICS_FILE}" for s in with_2d if s not in serials]
+    for serial in with_2d:
+        record = load_intrinsics(episode_dir / RECORDINGS / serial / INTRINSICS_FILE)
+        if not np.allclose(record["K"], tracks[f"intrinsics_{serial}"], rtol=0, atol=1e-9):
+            problems.append(f"intrinsics_{serial} differs from {RECORDINGS}/{serial}/{INTRINSICS_FILE}")
+        if tuple(int(v) for v in tracks[f"image_size_{serial}"]) != (record["width"], record["height"]):
+            problems.append(f"image_size_{serial} {tracks[f'image_size_{serial}'].tolist()} differs from "
+                            f"{INTRINSICS_FILE}'s {record['width']}x{record['height']}")
+    if list(quality.get("cameras_with_2d_tracks", [])) != with_2d:
+        problems.append(f"quality.json cameras_with_2d_tracks {quality.get('cameras_with_2d_tracks')} "
+                        f"differs from {TRACKS_FILE}'s {with_2d}")
+    if quality.get("num_frames") != int(tracks["num_frames"]):
+        problems.append(f"quality.json num_frames {quality.get('num_frames')} differs from "
+                        f"{TRACKS_FILE}'s {int(tracks['num_frames'])}")
+    if problems:
+        raise CheckFailed(problems)
+
+
+def _rigid_error(matrices: np.ndarray) -> float:
+    """Largest deviation of (..., 4, 4) matrices from rigid transforms (rotation and last row)."""
+    m = matrices.astype(np.float64).reshape(-1, 4, 4)
+    rotation = m[:, :3, :3]
+    gram = np.swapaxes(rotation, 1, 2) @ rotation - np.eye(3)
+    det = np.linalg.det(rotation) - 1.0
+    last = m[:, 3] - np.array([0.0, 0.0, 0.0, 1.0])
+    return float(max(np.abs(gram).max(), np.abs(det).max(), np.abs(last).max()))
+
+
+def _check_2d(episode: EpisodeData, tolerance_px: float) -> None:
+    problems = []
+    points = episode.tracks_3d.astype(np.float64)
+    for serial in episode.cameras_with_2d_tracks:
+        camera = episode.cameras[serial]
+        stored, seen = camera.tracks_2d.astype(np.float64), camera.visibility
+        poses = camera.T_base_cam if camera.T_base_cam.ndim == 3 else camera.T_base_cam[None]
+        pixels = np.empty_like(stored)
+        depth = np.empty(stored.shape[:2])
+        groups = [(slice(None), poses[0])] if len(poses) == 1 else [(t, pose) for t, pose in enumerate(poses)]
+        for index, pose in groups:
+            camera_from_base = invert(pose)
+            rvec, _ = cv2.Rodrigues(camera_from_base[:3, :3])
+            tvec = camera_from_base[:3, 3]
+            chunk = points[index].reshape(-1, 3)
+            projected, _ = cv2.projectPoints(chunk, rvec, tvec, camera.intrinsics, camera.distortion)
+            pixels[index] = projected.reshape(pixels[index].shape)
+            depth[index] = (chunk @ camera_from_base[:3, :3].T + tvec)[:, 2].reshape(depth[index].shape)
+        name = f"{camera.role} camera {serial}"
+        width, height = camera.image_size
+        inside = ((stored[..., 0] >= -0.5) & (stored[..., 0] < width - 0.5)
+                  & (stored[..., 1] >= -0.5) & (stored[..., 1] < height - 0.5))
+        bad = seen & ~((depth > 0) & inside)
+        if bad.any():
+            step, point = np.argwhere(bad)[0]
+            problems.append(f"{name}: {int(bad.sum())} visible points are behind the camera or off the "
+                            f"{width}x{height} image (first: step {step}, point {point})")
+        if seen.any():
+            error = np.linalg.norm(pixels - stored, axis=-1)[seen]
+            if error.max() > tolerance_px:
+                problems.append(f"{name}: tracks_2d differs from tracks_3d reprojected with the saved "
+                                f"calibration by up to {error.max():.3f} px (tolerance {tolerance_px} px)")
+    if problems:
+        raise CheckFailed(problems)
+
+
+def _check_depth(episode_dir: Path, state: dict[str, Any], decode: bool, report: EpisodeReport) -> None:
+    folders = sorted(p for p in (episode_dir / RECORDINGS).glob("*")
+                     if (p / DEPTH_FILE).exists() or (p / DEPTH_META_FILE).exists())
+    if not folders:
+        report.status["depth"] = "n/a"
+        return
+    num_frames = _scalar(state["tracks"], "num_frames") if "tracks" in state else None
+    problems = []
+    for folder in folders:
+        serial = folder.name
+        if not (folder / DEPTH_FILE).is_file() or not (folder / DEPTH_META_FILE).is_file():
+            problems.append(f"camera {serial}: {DEPTH_FILE} and {DEPTH_META_FILE} must come together")
+            continue
+        try:
+            meta = DepthMeta.load(folder / DEPTH_META_FILE)
+            if num_frames is not None and meta.num_frames != num_frames:
+                problems.append(f"camera {serial}: {meta.num_frames} depth frames for {num_frames} steps")
+            if decode:
+                with DepthReader(folder / DEPTH_FILE) as reader:
+                    reader.verify(meta, name=f"camera {serial} {DEPTH_FILE}")
+        except Exception as exc:  # DepthCodecError, and FFmpeg's own errors on damaged files
+            problems.append(f"camera {serial}: {exc}")
+    if problems:
+        raise CheckFailed(problems)
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise CheckFailed([f"{path.name}: not a readable npz file: {exc}"]) from None
+
+
+def _scalar(arrays: dict[str, np.ndarray], key: str) -> int | None:
+    value = arrays.get(key)
+    return int(value) if value is not None and value.shape == () and value.dtype.kind in "iu" else None
+
+
+def format_table(reports: Sequence[EpisodeReport]) -> str:
+    """One row per episode with each check's status, then every problem and note."""
+    rows = [("episode", *CHECKS, "result")]
+    rows += [(r.folder, *(r.status.get(c, "-") for c in CHECKS), "ok" if r.ok else "FAILED") for r in reports]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    for report in reports:
+        for check, problems in report.problems.items():
+            lines += [f"{report.folder}: {check}: {p}" for p in problems]
+        lines += [f"{report.folder}: note: {n}" for n in report.notes]
+    return "\n".join(lines)

@@ -1,0 +1,608 @@
+"""Timed batch uploads of published episodes to the metadata and full repos, with a ledger.
+
+A batch reads the publish journal's new lines, then, for each repo under that repo's lock
+(one committer per repo, across processes):
+
+1. reconciles a commit a killed or failed run left in flight: if the repo holds the commit
+   carrying its marker, the ledger gets its lines; otherwise the files are committed again;
+2. packs the episodes whose files this repo still lacks into commits of at most
+   ``max_files_per_commit`` files (an episode is split only when it alone is larger);
+3. before each commit, checks the rolling-hour budget (``max_commits_per_hour``, persisted) and
+   any Retry-After from a 429, waiting out a short one and carrying the rest over otherwise;
+4. verifies each file's checksum against the manifest, records the commit as in flight,
+   commits, and appends one ledger line per episode once the commit is confirmed.
+
+Then, with ``delete_after_upload``, an episode folder is removed once the ledger holds it in
+every repo it belongs to. State (in-flight commit, commit times, Retry-After, failures) lives in
+``<run_root>/upload_state/<repo>.json``; locks in ``<run_root>/locks/<repo>.lock``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import glob
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from droid_pipeline.core.atomic import write_json_atomic
+from droid_pipeline.core.config import Config
+from droid_pipeline.publish.ledger import Ledger, repos_for
+from droid_pipeline.publish.staging import (
+    MANIFEST_NAME,
+    Manifest,
+    episode_lock,
+    finished_state,
+    is_finished,
+    read_journal,
+    read_manifest,
+    sha256_file,
+)
+from droid_pipeline.publish.targets import (
+    RateLimited,
+    RepoTarget,
+    UploadFile,
+    commit_message,
+    open_target,
+    repo_slug,
+)
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = "upload_state"
+LOCK_DIR = "locks"
+HOUR_S = 3600.0
+# A Retry-After up to this long is waited out within the batch (once per repo); longer ones
+# carry the work over to a later batch.
+RETRY_AFTER_WAIT_LIMIT_S = 60.0
+# Retry-After values are capped to this, then checked again by the next batch.
+MAX_BLOCK_S = 3600.0
+# huggingface_hub's HTTP client has no timeout by default; one request may not stall longer.
+DEFAULT_REQUEST_TIMEOUT_S = 300.0
+
+BUDGET_REASON = "commit budget of max_commits_per_hour used up"
+
+EXIT_DONE = 0
+EXIT_FAILED = 1
+EXIT_CARRIED_OVER = 3
+
+
+class UploadError(RuntimeError):
+    """The uploader cannot start: no repo configured, a bad repo URL, or no token."""
+
+
+def repo_urls(config: Config) -> list[str]:
+    """The configured repos, metadata first; at least one is required."""
+    urls = list(dict.fromkeys(u for u in (config.metadata_repo, config.full_repo) if u))
+    if not urls:
+        raise UploadError("no repo to upload to: set metadata_repo and/or full_repo")
+    return urls
+
+
+def resolve_token(urls: list[str]) -> str | None:
+    """The Hub token (``HF_TOKEN`` or the token file) when a repo is on the Hub, else None."""
+    if not any(url.startswith("hf://") for url in urls):
+        return None
+    from huggingface_hub import get_token
+
+    token = get_token()
+    if not token:
+        raise UploadError("no Hugging Face token: set HF_TOKEN or log in once with `hf auth login` "
+                          "(token file under $HF_HOME)")
+    return token
+
+
+class Redactor(logging.Filter):
+    """Replaces the token with ``***`` in log records and in texts kept in state files."""
+
+    def __init__(self, secret: str | None):
+        super().__init__()
+        self.secret = secret
+
+    def redact(self, text: str) -> str:
+        return text.replace(self.secret, "***") if self.secret else text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if self.secret and self.secret in message:
+            record.msg, record.args = self.redact(message), ()
+        return True
+
+
+@dataclass
+class RepoState:
+    """What one repo's committer remembers between batches and restarts."""
+
+    commit_times: list[float] = field(default_factory=list)
+    blocked_until: float = 0.0
+    blocked_reason: str = ""
+    pending: dict[str, Any] | None = None
+    failures: dict[str, str] = field(default_factory=dict)
+    last_error: str = ""
+
+    def budget_wait(self, max_per_hour: int, now: float) -> float:
+        """Seconds until the rolling-hour budget allows another commit (forgets older commits)."""
+        self.commit_times = [t for t in self.commit_times if t > now - HOUR_S]
+        if len(self.commit_times) < max_per_hour:
+            return 0.0
+        return sorted(self.commit_times)[-max_per_hour] + HOUR_S - now
+
+
+@dataclass
+class BatchReport:
+    commits: dict[str, int] = field(default_factory=dict)
+    episodes: dict[str, int] = field(default_factory=dict)
+    carried: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, dict[str, str]] = field(default_factory=dict)
+    waiting: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    deleted: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        if any(self.failed.values()) or self.errors:
+            return EXIT_FAILED
+        return EXIT_CARRIED_OVER if any(self.carried.values()) or self.waiting else EXIT_DONE
+
+    def summary(self) -> str:
+        parts = [f"{url}: {self.commits.get(url, 0)} commit(s), {self.episodes.get(url, 0)} episode(s) "
+                 f"uploaded, {self.carried.get(url, 0)} carried over, "
+                 f"{len(self.failed.get(url, {}))} failed" for url in self.commits]
+        parts.append(f"{len(self.waiting)} episode(s) waiting for their files, {self.deleted} deleted locally")
+        return "; ".join(parts)
+
+
+@dataclass
+class _Work:
+    """One episode's files still missing in one repo."""
+
+    entry: dict[str, Any]
+    files: list[UploadFile]
+    total: int
+
+    @property
+    def episode_id(self) -> str:
+        return self.entry["episode_id"]
+
+
+class Uploader:
+    """Uploads what is published under ``run_root`` to the configured repos."""
+
+    def __init__(self, config: Config, run_root: os.PathLike | str, *, token: str | None,
+                 request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S):
+        self.config = config
+        self.run_root = Path(run_root)
+        self.redactor = Redactor(token)
+        self.targets: dict[str, RepoTarget] = {url: open_target(url, token, request_timeout_s)
+                                               for url in repo_urls(config)}
+        self.ledger = Ledger(self.run_root)
+        self._queue: dict[str, dict[str, Any]] = {}
+        self._journal_offset = 0
+        self._ensured: set[str] = set()
+        self._stop = False
+        self._batch_id = ""
+        self._sequence = 0
+
+    def stop(self) -> None:
+        """Finish the commit in flight, then stop (safe to call from a signal handler)."""
+        self._stop = True
+
+    # -- modes ------------------------------------------------------------------------------
+    def run_daemon(self) -> BatchReport:
+        """Run a batch every ``upload_interval_s`` until :meth:`stop`."""
+        report = BatchReport()
+        while not self._stop:
+            started = time.monotonic()
+            report = self.run_batch()
+            log.info("batch done: %s", report.summary())
+            self._sleep(started + self.config.upload_interval_s - time.monotonic())
+        return report
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep, waking early when :meth:`stop` is called."""
+        deadline = time.monotonic() + seconds
+        while not self._stop and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(0.2, left))
+
+    def run_batch(self) -> BatchReport:
+        """One batch over every repo (see the module docstring)."""
+        report = BatchReport()
+        self._batch_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        self._sequence = 0
+        self._refresh_queue()
+        for url, target in self.targets.items():
+            report.commits[url] = report.episodes[url] = report.carried[url] = 0
+            with self._repo_lock(target):
+                self._upload_repo(target, report)
+        self._finish_uploaded(report)
+        return report
+
+    def plan(self) -> dict[str, list[list[str]]]:
+        """Dry run: per repo, the episode ids of each commit a batch would make now."""
+        self._refresh_queue()
+        plan = {}
+        for url in self.targets:
+            work = self._to_upload(url, BatchReport())
+            plan[url] = [[w.episode_id for w in chunk] for chunk in _pack(work, self.config.max_files_per_commit)]
+        return plan
+
+    # -- one repo ---------------------------------------------------------------------------
+    def _upload_repo(self, target: RepoTarget, report: BatchReport) -> None:
+        url = target.url
+        self.ledger.refresh()
+        state = self._load_state(target)
+        if (state.pending is not None and self._reconcile(target, state) == "unknown") \
+                or not self._ensure_exists(target, state):
+            report.errors[url] = state.last_error
+            report.carried[url] = len(self._to_upload(url, report))
+            return
+        chunks = _pack(self._to_upload(url, report), self.config.max_files_per_commit)
+        waited_for_429 = False
+        for index, chunk in enumerate(chunks):
+            outcome = "not tried"
+            while outcome in ("not tried", "rate-limited") and not self._stop:
+                wait, reason = self._blocked_for(state)
+                if wait > 0:
+                    if wait > RETRY_AFTER_WAIT_LIMIT_S or waited_for_429 or reason == BUDGET_REASON:
+                        log.info("%s: %s; carrying %d commit(s) over (%.0f s to wait)", url, reason,
+                                 len(chunks) - index, wait)
+                        break
+                    log.info("%s: waiting %.1f s (%s)", url, wait, reason)
+                    self._sleep(wait)
+                    state.blocked_until, waited_for_429 = 0.0, True
+                    continue
+                outcome = self._commit(target, state, self._verified(chunk, state), report)
+            if outcome != "committed":
+                report.carried[url] += sum(len(c) for c in chunks[index:])
+                return
+
+    def _blocked_for(self, state: RepoState) -> tuple[float, str]:
+        """Seconds to wait before the next commit, and why."""
+        now = time.time()
+        budget = state.budget_wait(self.config.max_commits_per_hour, now)
+        if budget > 0:
+            return budget, BUDGET_REASON
+        return max(0.0, state.blocked_until - now), state.blocked_reason
+
+    def _commit(self, target: RepoTarget, state: RepoState, chunk: list[_Work], report: BatchReport) -> str:
+        if not chunk:
+            self._save_state(target, state)
+            return "committed"
+        url = target.url
+        self._sequence += 1
+        marker = f"{self._batch_id}-{self._sequence:04d}"
+        files = [f for work in chunk for f in work.files]
+        message = commit_message(marker, len(chunk), len(files))
+        state.pending = {"marker": marker, "episodes": [_pending_episode(w) for w in chunk]}
+        state.commit_times.append(time.time())
+        self._save_state(target, state)
+        try:
+            commit_id = target.commit(files, message)
+        except RateLimited as exc:
+            state.pending = None
+            state.blocked_until = time.time() + min(exc.retry_after_s, MAX_BLOCK_S)
+            state.blocked_reason = f"rate limited (HTTP 429, Retry-After {exc.retry_after_s:.0f} s)"
+            self._save_state(target, state)
+            log.warning("%s: %s", url, state.blocked_reason)
+            return "rate-limited"
+        except Exception as exc:  # noqa: BLE001 - any failure: check the repo before retrying
+            reason = self.redactor.redact(f"{type(exc).__name__}: {exc}")
+            log.warning("%s: commit %s failed (%s); checking whether it landed", url, marker, reason)
+            if self._reconcile(target, state) != "landed":
+                for work in chunk:
+                    state.failures[work.episode_id] = f"commit failed: {reason}"
+                state.last_error = reason
+                self._save_state(target, state)
+                return "failed"
+        else:
+            self._record(target, state, commit_id)
+        report.commits[url] += 1
+        report.episodes[url] += sum(1 for w in chunk if self.ledger.holds(url, w.episode_id))
+        log.info("%s: committed %d episode(s), %d file(s) [%s]", url, len(chunk), len(files), marker)
+        return "committed"
+
+    def _reconcile(self, target: RepoTarget, state: RepoState) -> str:
+        """Settle the in-flight commit: ``landed`` (now in the ledger), ``not landed`` (its files
+        go into a later commit) or ``unknown`` (the repo could not be asked; kept for later)."""
+        pending = state.pending
+        assert pending is not None
+        files = [UploadFile(f["path"], Path(f["local"]), f["size"], f["sha256"])
+                 for episode in pending["episodes"] for f in episode["files"]]
+        try:
+            commit_id = target.find_commit(pending["marker"], files)
+        except Exception as exc:  # noqa: BLE001 - unknown outcome: keep it pending
+            state.last_error = self.redactor.redact(f"cannot check commit {pending['marker']}: {exc}")
+            self._save_state(target, state)
+            log.warning("%s: %s", target.url, state.last_error)
+            return "unknown"
+        if commit_id is None:
+            log.info("%s: commit %s did not land; its files will be committed again", target.url,
+                     pending["marker"])
+            state.pending = None
+            self._save_state(target, state)
+            return "not landed"
+        log.info("%s: commit %s landed as %s", target.url, pending["marker"], commit_id)
+        self._record(target, state, commit_id)
+        return "landed"
+
+    def _record(self, target: RepoTarget, state: RepoState, commit_id: str) -> None:
+        pending = state.pending
+        assert pending is not None
+        for episode in pending["episodes"]:
+            already = self.ledger.uploaded_paths(target.url, episode["episode_id"], episode["manifest_sha256"])
+            if self.ledger.holds(target.url, episode["episode_id"], episode["manifest_sha256"]) or \
+                    {f["path"] for f in episode["files"]} <= already:
+                continue
+            self.ledger.record(
+                episode_id=episode["episode_id"], relative_path=episode["relative_path"], repo=target.url,
+                manifest_sha256=episode["manifest_sha256"], commit=commit_id, batch=pending["marker"],
+                episode_files=episode["episode_files"],
+                files=[{k: f[k] for k in ("path", "size", "sha256")} for f in episode["files"]])
+            state.failures.pop(episode["episode_id"], None)
+        state.pending = None
+        state.last_error = ""
+        self._save_state(target, state)
+
+    def _ensure_exists(self, target: RepoTarget, state: RepoState) -> bool:
+        if target.url in self._ensured:
+            return True
+        try:
+            target.ensure_exists(self.config.private)
+        except Exception as exc:  # noqa: BLE001 - reported, retried next batch
+            state.last_error = self.redactor.redact(f"cannot create or reach the repo: {exc}")
+            self._save_state(target, state)
+            log.error("%s: %s", target.url, state.last_error)
+            return False
+        self._ensured.add(target.url)
+        return True
+
+    # -- episodes ---------------------------------------------------------------------------
+    def _refresh_queue(self) -> None:
+        entries, self._journal_offset = read_journal(self.run_root, self._journal_offset)
+        for entry in entries:
+            if all(k in entry for k in ("episode_id", "relative_path", "pipeline", "episode_dir",
+                                        "manifest_sha256")):
+                self._queue.pop(entry["episode_id"], None)
+                self._queue[entry["episode_id"]] = entry
+
+    def _to_upload(self, url: str, report: BatchReport) -> list[_Work]:
+        """Episodes of the queue whose files ``url`` still lacks and whose folder is ready."""
+        work = []
+        for episode_id in list(self._queue):
+            entry = self._queue[episode_id]
+            if url not in self._repos_of(entry) or self.ledger.holds(url, episode_id, entry["manifest_sha256"]):
+                continue
+            episode_dir = Path(entry["episode_dir"])
+            ready, reason = _ready(episode_dir, entry["manifest_sha256"])
+            if not ready and is_finished(episode_dir):
+                entry = self._settle(entry)
+                if url not in self._repos_of(entry) or self.ledger.holds(url, episode_id, entry["manifest_sha256"]):
+                    continue
+                ready, reason = _ready(episode_dir, entry["manifest_sha256"])
+            try:
+                files = self._repo_files(url, entry, read_manifest(episode_dir)) if ready else []
+            except OSError as exc:  # deleted or replaced meanwhile
+                ready, reason = False, str(exc)
+            if not ready:
+                report.waiting[episode_id] = reason
+                continue
+            done = self.ledger.uploaded_paths(url, episode_id, entry["manifest_sha256"])
+            work.append(_Work(entry, [f for f in files if f.path_in_repo not in done], len(files)))
+        return work
+
+    def _settle(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """The entry for what a finished folder that does not hold the journaled version really holds.
+
+        Under the folder's publish lock (a publisher holds it from its journal line to its move)
+        either a newer line has been journaled meanwhile, or the publish of this line was killed
+        before its move and the folder holds an earlier published version, which then stands.
+        """
+        episode_id, episode_dir = entry["episode_id"], Path(entry["episode_dir"])
+        with episode_lock(episode_dir):
+            self._refresh_queue()
+            entry = self._queue[episode_id]
+            if not is_finished(episode_dir) or _ready(episode_dir, entry["manifest_sha256"])[0]:
+                return entry
+            manifest = read_manifest(episode_dir)
+            log.warning("episode %s: the publish journaled last never reached %s; taking the version "
+                        "it holds", episode_id, episode_dir)
+            entry = {**entry, "pipeline": manifest.pipeline,
+                     "manifest_sha256": sha256_file(episode_dir / MANIFEST_NAME)}
+            self._queue[episode_id] = entry
+            return entry
+
+    def _repo_files(self, url: str, entry: dict[str, Any], manifest: Manifest) -> list[UploadFile]:
+        episode_dir, rel = Path(entry["episode_dir"]), entry["relative_path"]
+        kinds = ("metadata", "depth") if url == self.config.full_repo else ("metadata",)
+        files = [UploadFile(f"{rel}/{f.path}", episode_dir / f.path, f.size, f.sha256)
+                 for f in manifest.files_of_kind(*kinds)]
+        manifest_path = episode_dir / MANIFEST_NAME
+        files.append(UploadFile(f"{rel}/{MANIFEST_NAME}", manifest_path, manifest_path.stat().st_size,
+                                entry["manifest_sha256"]))
+        return files
+
+    def _verified(self, chunk: list[_Work], state: RepoState) -> list[_Work]:
+        """The episodes of ``chunk`` whose files still match their manifest checksums."""
+        good = []
+        for work in chunk:
+            bad = [f.local_path.name for f in work.files if not _intact(f)]
+            if bad:
+                reason = f"checksum or file differs from the manifest: {', '.join(bad)}"
+                state.failures[work.episode_id] = reason
+                log.error("episode %s: %s", work.episode_id, reason)
+            else:
+                good.append(work)
+        return good
+
+    def _repos_of(self, entry: dict[str, Any]) -> list[str]:
+        return list(dict.fromkeys(repos_for(entry["pipeline"], self.config.metadata_repo, self.config.full_repo)))
+
+    def _finish_uploaded(self, report: BatchReport) -> None:
+        """Forget episodes uploaded everywhere (deleting their folders when configured to) and
+        report the failures of those still pending."""
+        self.ledger.refresh()
+        for episode_id, entry in list(self._queue.items()):
+            sha = entry["manifest_sha256"]
+            if not self.ledger.has(episode_id, self._repos_of(entry), sha):
+                continue
+            if self.config.delete_after_upload and _delete_episode(Path(entry["episode_dir"]), sha):
+                report.deleted += 1
+            del self._queue[episode_id]
+            report.waiting.pop(episode_id, None)
+        for url, target in self.targets.items():
+            report.failed[url] = {e: reason for e, reason in self._load_state(target).failures.items()
+                                  if e in self._queue
+                                  and not self.ledger.holds(url, e, self._queue[e]["manifest_sha256"])}
+
+    # -- state and locks --------------------------------------------------------------------
+    def _state_path(self, target: RepoTarget) -> Path:
+        return self.run_root / STATE_DIR / f"{target.slug}.json"
+
+    def _load_state(self, target: RepoTarget) -> RepoState:
+        return load_state(self._state_path(target))
+
+    def _save_state(self, target: RepoTarget, state: RepoState) -> None:
+        write_json_atomic(self._state_path(target), dataclasses.asdict(state))
+
+    @contextmanager
+    def _repo_lock(self, target: RepoTarget) -> Iterator[None]:
+        path = self.run_root / LOCK_DIR / f"{target.slug}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def load_state(path: Path) -> RepoState:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return RepoState()
+    return RepoState(**{k: v for k, v in data.items() if k in {f.name for f in dataclasses.fields(RepoState)}})
+
+
+def _pending_episode(work: _Work) -> dict[str, Any]:
+    entry = work.entry
+    return {"episode_id": entry["episode_id"], "relative_path": entry["relative_path"],
+            "manifest_sha256": entry["manifest_sha256"], "episode_files": work.total,
+            "files": [{"path": f.path_in_repo, "size": f.size, "sha256": f.sha256, "local": str(f.local_path)}
+                      for f in work.files]}
+
+
+def _pack(work: list[_Work], max_files: int) -> list[list[_Work]]:
+    """Group episodes into commits of at most ``max_files`` files; split only oversized episodes."""
+    chunks: list[list[_Work]] = []
+    current: list[_Work] = []
+    count = 0
+    for item in work:
+        if current and count + len(item.files) > max_files:
+            chunks.append(current)
+            current, count = [], 0
+        if len(item.files) > max_files:
+            for start in range(0, len(item.files), max_files):
+                chunks.append([dataclasses.replace(item, files=item.files[start:start + max_files])])
+            continue
+        current.append(item)
+        count += len(item.files)
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def _published_version(entry: dict[str, Any]) -> str:
+    """Manifest checksum of what the entry's folder holds when finished, else the journaled one
+    (see :meth:`Uploader._settle`)."""
+    episode_dir = Path(entry["episode_dir"])
+    if is_finished(episode_dir):
+        try:
+            return sha256_file(episode_dir / MANIFEST_NAME)
+        except OSError:
+            pass
+    return entry["manifest_sha256"]
+
+
+def _intact(item: UploadFile) -> bool:
+    try:
+        return sha256_file(item.local_path) == item.sha256
+    except OSError:
+        return False
+
+
+def _ready(episode_dir: Path, manifest_sha256: str) -> tuple[bool, str]:
+    state, reason = finished_state(episode_dir)
+    if state != "finished":
+        return False, f"{state}: {reason}"
+    try:
+        same = sha256_file(episode_dir / MANIFEST_NAME) == manifest_sha256
+    except OSError as exc:
+        return False, str(exc)
+    if not same:
+        return False, f"{episode_dir} holds another version than the one published (being replaced)"
+    return True, ""
+
+
+def _delete_episode(episode_dir: Path, manifest_sha256: str) -> bool:
+    """Remove a published folder if it still holds the uploaded version.
+
+    Under the folder's publish lock it is renamed aside (so it is gone at once for everyone),
+    then removed; asides left by a killed run hold uploaded data too and are removed with it.
+    """
+    with episode_lock(episode_dir):
+        asides = list(episode_dir.parent.glob(f".{glob.escape(episode_dir.name)}.deleting-*"))
+        try:
+            uploaded = sha256_file(episode_dir / MANIFEST_NAME) == manifest_sha256
+        except OSError:
+            uploaded = False
+        if uploaded:
+            asides.append(episode_dir.parent / f".{episode_dir.name}.deleting-{uuid.uuid4().hex[:12]}")
+            os.rename(episode_dir, asides[-1])
+    for aside in asides:
+        shutil.rmtree(aside)
+    return uploaded
+
+
+def status_report(config: Config, run_root: os.PathLike | str) -> str:
+    """Human-readable state of a staging area: published, uploaded and pending per repo, failures."""
+    run_root = Path(run_root)
+    latest: dict[str, dict[str, Any]] = {}
+    for entry in read_journal(run_root)[0]:
+        if "episode_id" in entry and "manifest_sha256" in entry:
+            latest.pop(entry["episode_id"], None)
+            latest[entry["episode_id"]] = entry
+    ledger = Ledger(run_root)
+    lines = [f"staging {run_root}: {len(latest)} episode(s) published"]
+    now = time.time()
+    for url in repo_urls(config):
+        state = load_state(run_root / STATE_DIR / f"{repo_slug(url)}.json")
+        members = {e: entry for e, entry in latest.items()
+                   if url in repos_for(entry["pipeline"], config.metadata_repo, config.full_repo)}
+        pending = [e for e, entry in members.items() if not ledger.holds(url, e, _published_version(entry))]
+        waiting = [e for e in pending if not _ready(Path(members[e]["episode_dir"]), _published_version(members[e]))[0]]
+        recent = [t for t in state.commit_times if t > now - HOUR_S]
+        lines.append(f"{url}:")
+        lines.append(f"  uploaded: {len(members) - len(pending)} episode(s); pending: {len(pending)} "
+                     f"({len(waiting)} waiting for their files)")
+        lines.append(f"  commits in the last hour: {len(recent)}/{config.max_commits_per_hour}")
+        if state.blocked_until > now:
+            lines.append(f"  blocked until {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(state.blocked_until))}"
+                         f" ({state.blocked_reason})")
+        if state.pending:
+            lines.append(f"  commit in flight: {state.pending['marker']} (checked at the next batch)")
+        if state.last_error:
+            lines.append(f"  last error: {state.last_error}")
+        failures = {e: r for e, r in state.failures.items() if e in pending}
+        lines.append(f"  failed: {len(failures)}")
+        lines += [f"    {e}: {r}" for e, r in sorted(failures.items())]
+    return "\n".join(lines)

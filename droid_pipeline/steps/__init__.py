@@ -1,0 +1,1 @@
+"""The per-episode pipeline steps: intrinsics, depth, tracks."""

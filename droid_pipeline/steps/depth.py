@@ -1,0 +1,343 @@
+"""Per-episode depth extraction: one uint16 millimetre depth frame per control step and camera.
+
+For each camera, frames come from a backend and stream straight into
+``recordings/<serial>/depth.mkv`` (:class:`~droid_pipeline.formats.depth_codec.DepthWriter`, which also
+writes ``depth_meta.json``); nothing of the episode is held in memory.
+
+- ``stereo`` (CPU): the episode's side-by-side ``<serial>-stereo.mp4`` (rectified left|right),
+  matched by :class:`~droid_pipeline.steps.stereo.StereoMatcher`; depth ``= fx * B / disparity`` with the
+  rectified ``fx`` of ``recordings/<serial>/intrinsics.json`` (written by the intrinsics step,
+  computed here when absent) and its ``baseline_m``, else the baseline of ``SN<serial>.conf``
+  in ``zed_calibration_dir`` rectified to the video's size.
+- ``zed`` (GPU node): the SVO through the ZED SDK in ``zed_depth_mode`` (NEURAL by default), via
+  :mod:`droid_pipeline.raw.zed_adapter`, the only module that imports ``pyzed.sl``. The SDK uses the
+  GPU that ``CUDA_VISIBLE_DEVICES`` exposes.
+
+Frame i is control step i, with T steps = rows of ``observation/robot_state/cartesian_position``.
+A frame the source cannot produce (a failed SDK grab, video that ends or breaks early) is
+written all-invalid and its index recorded (``missing_frames`` in depth_meta.json); a source
+longer than T is cut to T and the difference recorded. Values are rounded to whole millimetres;
+NaN, +-inf and values outside ``[depth_min_mm, depth_max_mm]`` of the camera's role become 0.
+With ``export_rgb`` the left images of the same frames go to ``recordings/<serial>/rgb.mp4``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import h5py
+import numpy as np
+
+from droid_pipeline.core.atomic import atomic_path
+from droid_pipeline.core.config import Config
+from droid_pipeline.core.errors import EpisodeError
+from droid_pipeline.formats.depth_codec import DepthCodecError, DepthWriter
+from droid_pipeline.raw import zed_adapter
+from droid_pipeline.raw.discovery import Episode, select_cameras
+from droid_pipeline.raw.trajectory import (
+    CARTESIAN_KEY,
+    CONTROL_TIMESTAMP_GROUP,
+    PREFERRED_CONTROL_TIMESTAMP,
+    control_rate_hz,
+)
+from droid_pipeline.raw.video import VideoError, VideoInfo, iter_frames, probe
+from droid_pipeline.raw.zed_conf import ZedConfError, parse_conf, rectify
+from droid_pipeline.steps.intrinsics import (
+    IntrinsicsError,
+    extract_intrinsics,
+    load_intrinsics,
+)
+from droid_pipeline.steps.stereo import StereoMatcher, split_side_by_side
+
+STEP = "depth"
+BACKENDS = ("zed", "stereo")
+STEPS_KEY = CARTESIAN_KEY
+CONTROL_TIMESTAMPS_KEY = f"{CONTROL_TIMESTAMP_GROUP}/{PREFERRED_CONTROL_TIMESTAMP}"
+# The largest value a uint16 frame can hold; anything beyond cannot be stored and is invalid.
+UINT16_MAX_MM = 65535
+RGB_CRF = 18
+
+log = logging.getLogger(__name__)
+
+
+def depth_to_uint16_mm(depth_mm: np.ndarray, min_mm: float, max_mm: float) -> np.ndarray:
+    """Round float depth (mm) to uint16; 0 where NaN, +-inf or outside ``[min_mm, max_mm]``."""
+    depth = np.asarray(depth_mm, dtype=np.float32)
+    upper = min(float(max_mm), UINT16_MAX_MM)
+    with np.errstate(invalid="ignore"):
+        valid = (depth >= min_mm) & (depth <= upper)  # False for NaN and outside; inf is outside
+    out = np.rint(depth, where=valid, out=np.zeros(depth.shape, np.float32))
+    return out.astype(np.uint16)
+
+
+@dataclass
+class FrameSource:
+    """A camera's frames in recording order: ``(depth_mm float or None, left RGB or None)``.
+
+    ``frames`` stops at the end of the source; ``details`` ends up in depth_meta.json's
+    ``source`` (and may gain entries, such as a decode error, while ``frames`` runs).
+    """
+
+    width: int
+    height: int
+    num_frames: int
+    fps: float
+    frames: Iterator[tuple[np.ndarray | None, np.ndarray | None]]
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def extract_depth(config: Config, episode: Episode, output_dir: os.PathLike | str,
+                  backend: str | None = None, cameras: Sequence[str] | None = None) -> dict[str, Any]:
+    """Write depth.mkv and depth_meta.json for each camera; return the per-camera summary.
+
+    ``backend`` overrides ``config.depth_backend``; ``cameras`` are roles (wrist, ext1, ext2) or
+    serials, default every camera of the episode. The summary's ``cameras`` map each serial to
+    its role, frame counts, ``missing_frames`` and ``valid_fraction`` (of all pixels of all T
+    frames), for the episode's quality.json.
+    """
+    backend = backend or config.depth_backend
+    if backend not in BACKENDS:
+        raise EpisodeError(episode.episode_id, STEP,
+                           f"unknown depth backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    output_dir = Path(output_dir)
+    episode_dir = episode.path(config.droid_root)
+    num_steps, control_fps = _read_steps(episode, episode_dir / "trajectory.h5")
+    summary: dict[str, Any] = {"episode_id": episode.episode_id, "backend": backend,
+                               "num_steps": num_steps, "cameras": {}}
+    for serial in select_cameras(episode, cameras, STEP):
+        role = next(r for r, s in episode.serials.items() if s == serial)
+        try:
+            with _open_source(config, episode, episode_dir, output_dir, backend, serial) as source:
+                fps, fps_source = _frame_rate(config, control_fps, source)
+                camera = _write_camera(config, output_dir / "recordings" / serial, source, role,
+                                       num_steps, fps, fps_source)
+        except (DepthCodecError, ValueError, OSError, av.FFmpegError, zed_adapter.ZedSdkUnavailable,
+                zed_adapter.ZedSdkError) as exc:
+            raise EpisodeError(episode.episode_id, STEP, f"camera {serial} ({role}): {exc}") from None
+        summary["cameras"][serial] = camera
+        log.info("episode %s camera %s (%s): %d frames, %d missing, %.1f%% valid", episode.episode_id,
+                 serial, role, num_steps, camera["num_missing"], 100 * camera["valid_fraction"])
+    return summary
+
+
+def _read_steps(episode: Episode, path: Path) -> tuple[int, float | None]:
+    """Number of control steps T, and the control rate (Hz) when the timestamps give one."""
+    try:
+        h5 = h5py.File(path, "r")
+    except (OSError, ValueError) as exc:
+        raise EpisodeError(episode.episode_id, STEP, f"cannot open {path}: {exc}") from None
+    with h5:
+        steps = h5.get(STEPS_KEY)
+        if not isinstance(steps, h5py.Dataset) or steps.ndim < 1:
+            raise EpisodeError(episode.episode_id, STEP, f"{path.name}: missing dataset {STEPS_KEY}")
+        num_steps = int(steps.shape[0])
+        stamps = h5.get(CONTROL_TIMESTAMPS_KEY)
+        rate = None
+        if isinstance(stamps, h5py.Dataset) and stamps.shape[:1] == (num_steps,):
+            with contextlib.suppress(ValueError):  # no usable stamps: the rate comes from elsewhere
+                rate = control_rate_hz(stamps[()])
+    if num_steps == 0:
+        raise EpisodeError(episode.episode_id, STEP, f"{path.name}: {STEPS_KEY} has no steps")
+    return num_steps, rate
+
+
+def _frame_rate(config: Config, control_fps: float | None, source: FrameSource) -> tuple[float, str]:
+    """Rate recorded in depth.mkv: the config's fps, else the control timestamps', else the source's."""
+    if config.fps is not None:
+        return float(config.fps), "config"
+    if control_fps is not None:
+        return control_fps, CONTROL_TIMESTAMPS_KEY
+    if np.isfinite(source.fps) and source.fps > 0:
+        return source.fps, "source video"
+    raise ValueError("no frame rate: fps is null in the config, trajectory.h5 has no "
+                     f"{CONTROL_TIMESTAMPS_KEY} and the source reports none")
+
+
+def _write_camera(config: Config, folder: Path, source: FrameSource, role: str, num_steps: int,
+                  fps: float, fps_source: str) -> dict[str, Any]:
+    """Stream exactly ``num_steps`` frames of ``source`` into depth.mkv (and rgb.mp4)."""
+    min_mm, max_mm = config.depth_min_mm.for_role(role), config.depth_max_mm.for_role(role)
+    valid_pixels = produced = 0
+    with DepthWriter(folder / "depth.mkv", source.width, source.height, fps, config.ffv1) as writer, \
+            _rgb_writer(folder / "rgb.mp4" if config.export_rgb else None, source, fps) as rgb:
+        for depth, image in source.frames:
+            if depth is None:
+                writer.write_missing()
+            else:
+                frame = depth_to_uint16_mm(depth, min_mm, max_mm)
+                writer.write(frame)
+                valid_pixels += int(np.count_nonzero(frame))
+                produced += 1
+            rgb.write(image)
+            if writer.num_frames == num_steps:
+                break
+        while writer.num_frames < num_steps:
+            writer.write_missing()
+            rgb.write(None)
+        if produced == 0:
+            raise ValueError(f"the source produced no depth frame for any of the {num_steps} steps "
+                             f"({source.details})")
+        writer.source.update(source.details)
+        writer.source.update(
+            role=role, num_steps=num_steps, source_frames=source.num_frames,
+            frame_count_mismatch=source.num_frames - num_steps, num_missing=num_steps - produced,
+            valid_fraction=valid_pixels / (num_steps * source.width * source.height),
+            depth_range_mm=[min_mm, max_mm], fps=fps, fps_source=fps_source,
+            rgb_export="rgb.mp4" if config.export_rgb else None)
+    meta = writer.meta
+    return {"depth_path": str(writer.path), "meta_path": str(writer.meta_path),
+            "width": source.width, "height": source.height, "missing_frames": meta.missing_frames,
+            **meta.source}
+
+
+@contextlib.contextmanager
+def _open_source(config: Config, episode: Episode, episode_dir: Path, output_dir: Path, backend: str,
+                 serial: str) -> Iterator[FrameSource]:
+    """The camera's frame source for ``backend``, its files closed on exit."""
+    if backend == "stereo":
+        source = _stereo_source(config, episode, episode_dir, output_dir, serial)
+        with contextlib.closing(source.frames):
+            yield source
+        return
+    svo = episode_dir / "recordings" / "SVO" / f"{serial}.svo"
+    with zed_adapter.open_depth(svo, config.zed_depth_mode, left_image=config.export_rgb) as reader:
+        details = {"backend": "zed", "svo": svo.relative_to(episode_dir).as_posix(),
+                   "depth_mode": config.zed_depth_mode,
+                   "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+        yield FrameSource(reader.width, reader.height, reader.num_frames, reader.fps, reader.frames(),
+                          details)
+
+
+def _stereo_source(config: Config, episode: Episode, episode_dir: Path, output_dir: Path,
+                   serial: str) -> FrameSource:
+    width, height, fx, baseline_m, provenance = _stereo_calibration(config, episode, output_dir, serial)
+    path, info = _stereo_video(episode_dir, serial, width, height)
+    matcher = StereoMatcher(config.stereo)
+    details = {"backend": "stereo", "video": path.relative_to(episode_dir).as_posix(), "fx": fx,
+               "baseline_m": baseline_m, **provenance,
+               "stereo": {**vars(config.stereo), "num_disparities": matcher.num_disparities}}
+    frames = _stereo_frames(path, matcher, fx, baseline_m, config.export_rgb, details)
+    return FrameSource(width, height, info.num_frames, info.fps, frames, details)
+
+
+def _stereo_frames(path: Path, matcher: StereoMatcher, fx: float, baseline_m: float, with_rgb: bool,
+                   details: dict[str, Any]) -> Iterator[tuple[np.ndarray | None, np.ndarray | None]]:
+    """Depth (and left image) of each recorded frame, ``(None, None)`` for a frame the decoder
+    could not give (so frame i stays step i); a decode error ends the stream, recorded."""
+    frames = iter_frames(path, "rgb24" if with_rgb else "gray")
+    expected = 0
+    with contextlib.closing(frames):
+        while True:
+            try:
+                item = next(frames, None)
+            except VideoError as exc:
+                details["decode_error"] = str(exc)
+                log.warning("%s", exc)
+                return
+            if item is None:
+                return
+            index, frame = item
+            for _ in range(expected, index):
+                yield None, None
+            expected = index + 1
+            left, right = split_side_by_side(frame)
+            yield (matcher.depth_mm(left, right, fx, baseline_m),
+                   np.ascontiguousarray(left) if with_rgb else None)
+
+
+def _stereo_calibration(config: Config, episode: Episode, output_dir: Path, serial: str
+                        ) -> tuple[int, int, float, float, dict[str, str]]:
+    """Left-image size, rectified fx and baseline (m) of a camera, and where they came from."""
+    path = output_dir / "recordings" / serial / "intrinsics.json"
+    if path.is_file():
+        record = load_intrinsics(path)
+    else:
+        records = extract_intrinsics(config, episode, output_dir, cameras=[serial])
+        if serial not in records:
+            raise IntrinsicsError(f"no intrinsics for camera {serial}: the stereo backend needs fx")
+        record = records[serial]
+    width, height = int(record["width"]), int(record["height"])
+    provenance = {"intrinsics": f"{path.parent.name}/{path.name} (source {record['source']})"}
+    if record.get("baseline_m") is not None:
+        baseline_m = float(record["baseline_m"])
+        provenance["baseline_source"] = f"intrinsics.json (source {record['source']})"
+    else:
+        if config.zed_calibration_dir is None:
+            raise IntrinsicsError(f"{path} has no baseline_m (source {record['source']}) and "
+                                  "zed_calibration_dir is not set: the stereo backend needs the baseline")
+        conf = Path(config.zed_calibration_dir) / f"SN{serial}.conf"
+        try:
+            baseline_m = rectify(parse_conf(conf), width, height).baseline_m
+        except ZedConfError as exc:
+            raise IntrinsicsError(f"{path} has no baseline_m and {exc}") from None
+        provenance["baseline_source"] = conf.name
+    return width, height, float(record["fx"]), baseline_m, provenance
+
+
+def _stereo_video(episode_dir: Path, serial: str, width: int, height: int) -> tuple[Path, VideoInfo]:
+    """The camera's side-by-side video: ``<serial>-stereo.mp4``, or ``<serial>.mp4`` when that one
+    is the ``2*width x height`` left|right file (DROID sometimes dropped the suffix)."""
+    mp4_dir = episode_dir / "recordings" / "MP4"
+    seen = []
+    for path in (mp4_dir / f"{serial}-stereo.mp4", mp4_dir / f"{serial}.mp4"):
+        if path.is_file():
+            info = probe(path)
+            if (info.width, info.height) == (2 * width, height):
+                return path, info
+            seen.append(f"{path.name} is {info.width}x{info.height}")
+    raise VideoError(f"no side-by-side stereo video {2 * width}x{height} (left|right for the "
+                     f"{width}x{height} intrinsics) in {mp4_dir}" + (f": {'; '.join(seen)}" if seen else ""))
+
+
+class _NoRgb:
+    """Stand-in RGB writer when export_rgb is off."""
+
+    def write(self, image: np.ndarray | None) -> None:
+        pass
+
+
+class _RgbStream:
+    """H.264 encoder of left images; ``None`` writes a black frame so frame i stays step i."""
+
+    def __init__(self, container: Any, stream: Any):
+        self.container, self.stream = container, stream
+        self.black = np.zeros((stream.height, stream.width, 3), np.uint8)
+        self.count = 0
+
+    def write(self, image: np.ndarray | None) -> None:
+        frame = av.VideoFrame.from_ndarray(self.black if image is None else image, format="rgb24")
+        frame.pts = self.count
+        self.count += 1
+        for packet in self.stream.encode(frame):
+            self.container.mux(packet)
+
+    def flush(self) -> None:
+        for packet in self.stream.encode(None):
+            self.container.mux(packet)
+
+
+@contextlib.contextmanager
+def _rgb_writer(path: Path | None, source: FrameSource, fps: float) -> Iterator[_NoRgb | _RgbStream]:
+    """``rgb.mp4`` (H.264, CRF 18, yuv420p) written under a temporary name, renamed on success."""
+    if path is None:
+        yield _NoRgb()
+        return
+    with atomic_path(path) as tmp:
+        container = av.open(str(tmp), "w", format="mp4")
+        try:
+            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(100_000))
+            stream.width, stream.height, stream.pix_fmt = source.width, source.height, "yuv420p"
+            stream.codec_context.options = {"crf": str(RGB_CRF)}
+            writer = _RgbStream(container, stream)
+            yield writer
+            writer.flush()
+        finally:
+            container.close()

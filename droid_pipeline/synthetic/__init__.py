@@ -1,0 +1,1 @@
+"""Synthetic DROID episodes with ground truth, ray-cast from a textured scene."""
