@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 
-.PHONY: all install demo test bench clean
+.PHONY: all install demo lint test bench clean
 
 all: test
 
@@ -37,7 +37,10 @@ demo: $(STAMP)
 	$(PY) render_tracks.py --config $(DEMO_DIR)/config.yaml --no-progress --out $(DEMO_DIR)/renders \
 	    --episode-dir "$$(dirname "$$(find $(DEMO_DIR)/output -name tracks.npz | sort | head -n 1)")"
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: $(STAMP) lint
 	bash tests/setup_system.sh
 	$(PY) -m pytest
 

@@ -22,11 +22,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from droid_pipeline.core.config import load_config  # noqa: E402
-from droid_pipeline.formats.depth_codec import DepthReader  # noqa: E402
-from droid_pipeline.raw.discovery import build_index  # noqa: E402
-from droid_pipeline.steps.depth import extract_depth  # noqa: E402
-from droid_pipeline.synthetic.generator import DatasetInfo, generate_dataset  # noqa: E402
+from droid_pipeline.core.config import load_config
+from droid_pipeline.formats.depth_codec import DepthReader
+from droid_pipeline.raw.discovery import build_index
+from droid_pipeline.steps.depth import extract_depth
+from droid_pipeline.synthetic.generator import DatasetInfo, generate_dataset
 
 SIZES = ((320, 180), (640, 360), (1280, 720))  # DROID records 1280x720 per eye
 

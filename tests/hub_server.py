@@ -195,7 +195,8 @@ class HubServer:
             oid = hashlib.sha1(f"{repo.head}{header['summary']}{time.time_ns()}{sorted(files)}".encode()).hexdigest()
             commit = Commit(oid=oid, title=header["summary"],
                             message=(header["summary"] + "\n\n" + header.get("description", "")).strip(),
-                            date=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), files=files, changed=changed)
+                            date=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), files=files,
+                            changed=changed)
             repo.commits.append(commit)
             return commit
 
@@ -204,7 +205,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: ThreadingHTTPServer
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - silence stderr logging
+    def log_message(self, format: str, *args: Any) -> None:
         return
 
     @property

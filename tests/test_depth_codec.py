@@ -205,10 +205,9 @@ def test_bad_frame_is_rejected_and_nothing_is_left(tmp_path, settings, bad):
 
 
 def test_exception_in_block_and_empty_writer_leave_nothing(tmp_path, settings):
-    with pytest.raises(KeyError):
-        with DepthWriter(tmp_path / "depth.mkv", 24, 20, 15.0, settings) as writer:
-            writer.write(np.ones((20, 24), np.uint16))
-            raise KeyError("caller failed")
+    with pytest.raises(KeyError), DepthWriter(tmp_path / "depth.mkv", 24, 20, 15.0, settings) as writer:
+        writer.write(np.ones((20, 24), np.uint16))
+        raise KeyError("caller failed")
     with pytest.raises(DepthCodecError, match="no frames were written"):
         with DepthWriter(tmp_path / "depth.mkv", 24, 20, 15.0, settings):
             pass

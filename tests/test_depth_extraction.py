@@ -191,7 +191,8 @@ def test_video_cut_off_mid_file_gets_invalid_frames_from_the_break(dataset, epis
         packets = [(p.pts, p.pos + p.size) for p in container.demux(video=0) if p.size]
     rank = {pts: index for index, pts in enumerate(sorted(pts for pts, _ in packets))}
     seen: set[int] = set()
-    for pts, end in packets:  # cut after the first whole packet that completes frames 0..k-1, k >= 5
+    # Cut after the first whole packet that completes frames 0..k-1, k >= 5 (end: that packet's end).
+    for pts, end in packets:  # noqa: B007
         seen.add(rank[pts])
         if len(seen) >= 5 and seen == set(range(len(seen))):
             break

@@ -35,7 +35,7 @@ def random_arm_configurations(reference: yourdfpy.URDF, count: int, seed: int) -
 
 
 def reference_flange_pose(reference: yourdfpy.URDF, arm: np.ndarray) -> np.ndarray:
-    cfg = {name: value for name, value in zip(arm_joint_names(), arm)}
+    cfg = dict(zip(arm_joint_names(), arm))
     cfg["finger_joint"] = 0.0
     reference.update_cfg(cfg)
     return reference.get_transform("panda_link8", "panda_link0")

@@ -92,7 +92,7 @@ def test_review_numbers_match_the_csv_and_png_is_written(tmp_path):
     # Reference figures straight from the rows written above.
     for step in ("intrinsics", "depth", "tracks", "publish"):
         values = np.array([r[f"{step}_s"] for r in rows
-                           if f"{step}_s" in r and not (r["failed_step"] == step)])
+                           if f"{step}_s" in r and r["failed_step"] != step])
         got = stats["steps"][step]
         assert got["count"] == len(values)
         assert got["mean"] == pytest.approx(values.mean(), abs=1e-9)

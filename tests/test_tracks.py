@@ -211,7 +211,7 @@ def pose6_reference(pose6: np.ndarray) -> np.ndarray:
 
 
 def urdf_link_in_flange(urdf: yourdfpy.URDF, link: str, finger_angle: float) -> np.ndarray:
-    cfg = {name: 0.0 for name in urdf.actuated_joint_names}
+    cfg = dict.fromkeys(urdf.actuated_joint_names, 0.0)
     cfg["finger_joint"] = finger_angle
     urdf.update_cfg(cfg)
     return urdf.get_transform(link, "panda_link8")
@@ -411,7 +411,7 @@ def test_normalized_samples_are_k_steps_along_the_centroid_path(episode: Built) 
     np.testing.assert_allclose(tracks["cumulative_distance_mm"], arc, rtol=1e-12)
     samples = tracks["normalized_centroids"]
     M = samples.shape[0]
-    assert M == int(np.floor(arc[-1] / STEP_MM)) + 1 + (arc[-1] % STEP_MM > 1e-9)
+    assert int(np.floor(arc[-1] / STEP_MM)) + 1 + (arc[-1] % STEP_MM > 1e-9) == M
     for k, point in enumerate(samples):
         seg = np.searchsorted(arc, min(k * STEP_MM, arc[-1]), side="right") - 1
         seg = min(seg, len(arc) - 2)
@@ -573,8 +573,8 @@ def test_quality_json_reports_provenance_and_checks(episode: Built) -> None:
     assert quality["metadata"]["current_task"] == "put the cup in the sink"
     assert quality["cameras_with_2d_tracks"] == list(SERIALS.values())
     assert quality["cameras_without_intrinsics"] == []
-    assert quality["video_frames"] == {s: 45 for s in SERIALS.values()}
-    assert {s: v["source"] for s, v in quality["intrinsics"].items()} == {s: "zed_conf" for s in SERIALS.values()}
+    assert quality["video_frames"] == dict.fromkeys(SERIALS.values(), 45)
+    assert {s: v["source"] for s, v in quality["intrinsics"].items()} == dict.fromkeys(SERIALS.values(), "zed_conf")
     assert quality["gripper_position_range"] == [0.0, 0.8]
     assert quality["num_normalized_steps"] == int(episode.tracks()["num_normalized_steps"])
     assert quality["warnings"] == [f"cam2base entry lacks ext2 camera {SERIALS['ext2']}: "

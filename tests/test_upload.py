@@ -354,7 +354,8 @@ def test_kill_9_at_random_points_then_rerun_loses_and_duplicates_nothing(tmp_pat
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if target == "hub":  # kill after a random number of requests reached the server
             goal = len(hub.requests) + rng.randint(1, 30)
-            wait_for(lambda: len(hub.requests) >= goal or proc.poll() is not None, "uploader requests")
+            wait_for(lambda goal=goal, proc=proc: len(hub.requests) >= goal or proc.poll() is not None,
+                     "uploader requests")
         else:
             time.sleep(rng.uniform(0.4, 1.2))
         proc.send_signal(signal.SIGKILL)

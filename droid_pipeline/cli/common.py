@@ -59,7 +59,7 @@ def step_request(args: argparse.Namespace, step: str) -> StepRequest:
     try:
         episode = build_index(config.droid_root, config.index_path).get(args.episode_id)
     except DiscoveryError as exc:
-        raise EpisodeError(args.episode_id, step, str(exc)) from None
+        raise EpisodeError(args.episode_id, step, str(exc)) from exc
     names = getattr(args, "cameras", None)
     cameras = [c for item in names for c in item.split(",") if c] if names else None
     output_dir = args.output_dir or config.output_root / episode.relative_path

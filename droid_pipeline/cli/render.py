@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 what=args.what, trail=args.trail, sheet_frames=args.sheet_frames,
                                 progress=not args.no_progress)
     except (DiscoveryError, LoadError, RenderError, VideoError, DepthCodecError) as exc:
-        raise EpisodeError(label, STEP, str(exc)) from None
+        raise EpisodeError(label, STEP, str(exc)) from exc
     for message in result.messages:
         print(f"warning: {message}", file=sys.stderr)
     for serial, path in result.videos.items():

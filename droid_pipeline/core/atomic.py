@@ -42,9 +42,8 @@ def write_json_atomic(path: os.PathLike | str, data: Any) -> None:
 
 def savez_atomic(path: os.PathLike | str, **arrays: Any) -> None:
     """``np.savez_compressed`` through a temporary file; the result loads with allow_pickle=False."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
 
 
 def append_locked(path: os.PathLike | str, text: str, header: str = "") -> None:

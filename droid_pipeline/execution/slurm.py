@@ -54,8 +54,8 @@ def submit(pipeline: str, run_dir: Path, driver: Path, settings: SlurmConfig, nu
     try:
         result = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True,
                                 text=True, timeout=120)
-    except FileNotFoundError:
-        raise SlurmError("sbatch not found: --slurm needs the SLURM client tools") from None
+    except FileNotFoundError as exc:
+        raise SlurmError("sbatch not found: --slurm needs the SLURM client tools") from exc
     if result.returncode != 0:
         raise SlurmError(f"sbatch refused {script}: {result.stderr.strip() or result.stdout.strip()}")
     job_id = result.stdout.strip().split(";")[0]

@@ -12,6 +12,7 @@ The format is described in docs/depth_format.md.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -20,11 +21,11 @@ import shlex
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import av
 import av.logging
@@ -128,7 +129,7 @@ class DepthMeta:
         try:
             return cls(**{key: data[key] for key in cls._JSON_ORDER})
         except TypeError as exc:
-            raise DepthCodecError(f"{where}: {exc}") from None
+            raise DepthCodecError(f"{where}: {exc}") from exc
 
     @classmethod
     def load(cls, path: os.PathLike | str) -> DepthMeta:
@@ -136,9 +137,9 @@ class DepthMeta:
         try:
             data = json.loads(Path(path).read_text())
         except OSError as exc:
-            raise DepthCodecError(f"{path}: cannot read depth metadata: {exc.strerror}") from None
+            raise DepthCodecError(f"{path}: cannot read depth metadata: {exc.strerror}") from exc
         except ValueError as exc:
-            raise DepthCodecError(f"{path}: depth metadata is not valid JSON: {exc}") from None
+            raise DepthCodecError(f"{path}: depth metadata is not valid JSON: {exc}") from exc
         return cls.from_dict(data, str(path))
 
     def write(self, path: os.PathLike | str) -> None:
@@ -198,7 +199,7 @@ def _libav(path: Path, what: str, call: Callable[[], _T]) -> _T:
         except (av.FFmpegError, OSError) as exc:
             logged = log.text()
             detail = f" ({logged})" if logged and logged not in str(exc) else ""
-            raise DepthCodecError(f"{path}: {what}: {exc}{detail}") from None
+            raise DepthCodecError(f"{path}: {what}: {exc}{detail}") from exc
         logged = log.text()
     if logged:
         raise DepthCodecError(f"{path}: {what}: damaged or truncated file (FFmpeg: {logged})")
@@ -358,7 +359,7 @@ class DepthWriter:
 
     def _mux(self, packets: list[Any]) -> None:
         for packet in packets:
-            _libav(self.path, "writing a packet", lambda: self._container.mux(packet))
+            _libav(self.path, "writing a packet", functools.partial(self._container.mux, packet))
 
     def _check_open(self) -> None:
         if self._done:
@@ -577,7 +578,7 @@ def _npy_frames(stream: BinaryIO, name: str) -> Iterator[np.ndarray]:
         else:
             raise DepthCodecError(f"{name}: unsupported .npy format version {version}")
     except ValueError as exc:
-        raise DepthCodecError(f"{name}: not a valid .npy array: {exc}") from None
+        raise DepthCodecError(f"{name}: not a valid .npy array: {exc}") from exc
     if dtype.kind != "u" or dtype.itemsize != 2 or len(shape) not in (2, 3) or 0 in shape:
         raise DepthCodecError(f"{name}: expected a uint16 array of shape (N, H, W) or (H, W), "
                               f"got {dtype} {shape}")
@@ -599,7 +600,7 @@ def _npz_frames(path: Path, key: str | None) -> Iterator[np.ndarray]:
     try:
         archive = zipfile.ZipFile(path)
     except (OSError, zipfile.BadZipFile) as exc:
-        raise DepthCodecError(f"{path}: not a readable .npz archive: {exc}") from None
+        raise DepthCodecError(f"{path}: not a readable .npz archive: {exc}") from exc
     with archive:
         keys = [n[:-4] for n in archive.namelist() if n.endswith(".npy")]
         if key is None:
@@ -626,7 +627,7 @@ def legacy_depth_frames(source: os.PathLike | str, *, key: str | None = None
         try:
             stream = open(source, "rb")
         except OSError as exc:
-            raise DepthCodecError(f"{source}: cannot open: {exc.strerror}") from None
+            raise DepthCodecError(f"{source}: cannot open: {exc.strerror}") from exc
         with stream:
             yield from _npy_frames(stream, str(source))
     elif source.suffix.lower() == ".npz" and source.is_file():

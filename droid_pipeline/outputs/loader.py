@@ -263,10 +263,10 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
-    except FileNotFoundError:
-        raise LoadError(f"{path}: missing") from None
+    except FileNotFoundError as exc:
+        raise LoadError(f"{path}: missing") from exc
     except (OSError, ValueError) as exc:
-        raise LoadError(f"{path}: not a readable npz file: {exc}") from None
+        raise LoadError(f"{path}: not a readable npz file: {exc}") from exc
     for array in arrays.values():
         array.setflags(write=False)
     return arrays
@@ -275,10 +275,10 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise LoadError(f"{path}: missing") from None
+    except FileNotFoundError as exc:
+        raise LoadError(f"{path}: missing") from exc
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise LoadError(f"{path}: not readable JSON: {exc}") from None
+        raise LoadError(f"{path}: not readable JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise LoadError(f"{path}: expected a JSON object")
     return data
@@ -405,5 +405,5 @@ def _load_from_hub(url: str, episode: str | None, repo_type: str, revision: str 
             raise LoadError(f"{url}: no episode at {rel} (no {TRACKS_FILE} there)")
         local = {f: download(f) for f in files}
     except (HfHubHTTPError, OSError) as exc:   # HTTP errors, and no connection to the Hub
-        raise LoadError(f"{url}: {exc}") from None
+        raise LoadError(f"{url}: {exc}") from exc
     return read_episode_dir(Path(local[f"{rel}/{TRACKS_FILE}"]).parent)

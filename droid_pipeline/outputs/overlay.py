@@ -181,17 +181,17 @@ def _frames_by_step(frames: Iterator[tuple[int, np.ndarray]], num_steps: int
                     ) -> Iterator[tuple[int, np.ndarray]]:
     """One image per step: a frame the video lacks is drawn on black, never shifted."""
     blank = None
-    step = 0
+    next_step = 0
     for index, image in frames:
         blank = np.zeros_like(image)
-        for step in range(step, min(index, num_steps)):
+        for step in range(next_step, min(index, num_steps)):
             yield step, blank.copy()
         if index >= num_steps:
             return
         yield index, image
-        step = index + 1
+        next_step = index + 1
     if blank is not None:
-        for step in range(step, num_steps):
+        for step in range(next_step, num_steps):
             yield step, blank.copy()
 
 

@@ -160,7 +160,7 @@ def verify_episode(episode_dir: os.PathLike | str, root: os.PathLike | str | Non
             report.status.setdefault(name, "ok")
         except CheckFailed as exc:
             report.status[name], report.problems[name] = "FAIL", exc.problems
-        except Exception as exc:  # a corrupt file must become a failed check, never a crash
+        except Exception as exc:  # noqa: BLE001 - a corrupt file must become a failed check, never a crash
             report.status[name], report.problems[name] = "FAIL", [f"{type(exc).__name__}: {exc}"]
         blocked = blocked or report.status[name] == "FAIL"
     return report
@@ -193,7 +193,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise CheckFailed([f"{path.name}: not readable JSON: {exc}"]) from None
+        raise CheckFailed([f"{path.name}: not readable JSON: {exc}"]) from exc
     if not isinstance(data, dict):
         raise CheckFailed([f"{path.name}: not a JSON object"])
     return data
@@ -263,7 +263,7 @@ def _contract_problems(name: str, arrays: dict[str, np.ndarray], contract: dict[
         if len(array.shape) != len(shape):
             problems.append(f"{name}: {key} has shape {array.shape}, expected {_shape_text(shape)}")
             continue
-        for axis, (got, want) in enumerate(zip(array.shape, shape)):
+        for got, want in zip(array.shape, shape):
             if isinstance(want, str):
                 want = symbols.setdefault(want, got)
             if got != want:
@@ -398,7 +398,7 @@ def _check_depth(episode_dir: Path, state: dict[str, Any], decode: bool, report:
             if decode:
                 with DepthReader(folder / DEPTH_FILE) as reader:
                     reader.verify(meta, name=f"camera {serial} {DEPTH_FILE}")
-        except Exception as exc:  # DepthCodecError, and FFmpeg's own errors on damaged files
+        except Exception as exc:  # noqa: BLE001 - DepthCodecError, and FFmpeg's own errors on damaged files
             problems.append(f"camera {serial}: {exc}")
     if problems:
         raise CheckFailed(problems)
@@ -409,7 +409,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise CheckFailed([f"{path.name}: not a readable npz file: {exc}"]) from None
+        raise CheckFailed([f"{path.name}: not a readable npz file: {exc}"]) from exc
 
 
 def _scalar(arrays: dict[str, np.ndarray], key: str) -> int | None:

@@ -127,7 +127,7 @@ class HubTarget(RepoTarget):
         except HfHubHTTPError as exc:
             response = getattr(exc, "response", None)
             if response is not None and response.status_code == 429:
-                raise RateLimited(_retry_after(response.headers.get("Retry-After")), str(exc)) from None
+                raise RateLimited(_retry_after(response.headers.get("Retry-After")), str(exc)) from exc
             raise
         return info.oid
 

@@ -141,7 +141,7 @@ def read_id_file(path: os.PathLike | str) -> list[str]:
     try:
         lines = Path(path).read_text().splitlines()
     except OSError as exc:
-        raise DiscoveryError(f"cannot read episode list {path}: {exc.strerror}") from None
+        raise DiscoveryError(f"cannot read episode list {path}: {exc.strerror}") from exc
     return [s for s in (line.split("#", 1)[0].strip() for line in lines) if s]
 
 
@@ -217,7 +217,7 @@ def _read_episode(root: Path, folder: Path) -> Episode:
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DiscoveryError(f"{rel}/{metadata[0]}: unreadable metadata file: {exc}") from None
+        raise DiscoveryError(f"{rel}/{metadata[0]}: unreadable metadata file: {exc}") from exc
     if not isinstance(meta, dict):
         raise DiscoveryError(f"{rel}/{metadata[0]}: metadata is not a JSON object")
     file_id = METADATA_PATTERN.match(metadata[0]).group(1)

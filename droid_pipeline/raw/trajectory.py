@@ -59,7 +59,7 @@ def read_metadata(episode: Episode, droid_root: os.PathLike | str) -> dict[str, 
     try:
         metadata = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EpisodeError(episode.episode_id, STEP, f"cannot read metadata {path}: {exc}") from None
+        raise EpisodeError(episode.episode_id, STEP, f"cannot read metadata {path}: {exc}") from exc
     if not isinstance(metadata, dict):
         raise EpisodeError(episode.episode_id, STEP, f"metadata {path} is not a JSON object")
     uuid = metadata.get("uuid")
@@ -79,7 +79,7 @@ def read_trajectory(episode: Episode, droid_root: os.PathLike | str, metadata: d
     try:
         h5 = h5py.File(path, "r")
     except (OSError, ValueError) as exc:
-        raise EpisodeError(episode_id, STEP, f"cannot open {path}: {exc}") from None
+        raise EpisodeError(episode_id, STEP, f"cannot open {path}: {exc}") from exc
     with h5:
         reader = _Reader(h5, episode_id, path)
         cartesian = reader.array(CARTESIAN_KEY, (None, 6))
@@ -137,7 +137,7 @@ class _Reader:
         try:
             data = np.asarray(self.dataset(key)[()], dtype=np.float64)
         except (TypeError, ValueError, OSError) as exc:
-            raise self.fail(f"cannot read {key} as numbers: {exc}") from None
+            raise self.fail(f"cannot read {key} as numbers: {exc}") from exc
         if squeeze_last and data.ndim == 2 and data.shape[1] == 1:
             data = data[:, 0]
         if data.ndim != len(shape) or any(want is not None and got != want
@@ -193,4 +193,4 @@ def _control_rate(reader: _Reader, num_frames: int) -> tuple[float, str]:
     try:
         return control_rate_hz(reader.array(key, (num_frames,), squeeze_last=True)), key
     except ValueError as exc:
-        raise reader.fail(f"{key}: {exc}; set fps in the config") from None
+        raise reader.fail(f"{key}: {exc}; set fps in the config") from exc

@@ -39,7 +39,7 @@ def probe(path: os.PathLike | str) -> VideoInfo:
             try:
                 num_frames = sum(1 for packet in container.demux(stream) if packet.size > 0)
             except av.FFmpegError as exc:
-                raise VideoError(f"{path}: cannot demux video stream: {exc}") from None
+                raise VideoError(f"{path}: cannot demux video stream: {exc}") from exc
     if width <= 0 or height <= 0:
         raise VideoError(f"{path}: video stream has no frame size")
     return VideoInfo(width=width, height=height, num_frames=num_frames,
@@ -58,7 +58,8 @@ def iter_frames(path: os.PathLike | str, fmt: str = "rgb24") -> Iterator[tuple[i
     with _open(path) as container:
         stream = _video_stream(container, path)
         stream.thread_type = "AUTO"
-        rate, time_base = stream.guessed_rate or stream.average_rate, stream.time_base  # nominal: a gap skews the average
+        # The nominal rate: a gap skews the average.
+        rate, time_base = stream.guessed_rate or stream.average_rate, stream.time_base
         origin = stream.start_time
         previous = -1
         try:
@@ -74,16 +75,16 @@ def iter_frames(path: os.PathLike | str, fmt: str = "rgb24") -> Iterator[tuple[i
                 previous = index
                 yield index, frame.to_ndarray(format=fmt)
         except av.FFmpegError as exc:
-            raise VideoError(f"{path}: cannot decode video: {exc}") from None
+            raise VideoError(f"{path}: cannot decode video: {exc}") from exc
 
 
 def _open(path: os.PathLike | str) -> av.container.InputContainer:
     try:
         return av.open(os.fspath(path))
-    except FileNotFoundError:
-        raise VideoError(f"{path}: video file not found") from None
+    except FileNotFoundError as exc:
+        raise VideoError(f"{path}: video file not found") from exc
     except (av.FFmpegError, OSError) as exc:
-        raise VideoError(f"{path}: cannot open video: {exc}") from None
+        raise VideoError(f"{path}: cannot open video: {exc}") from exc
 
 
 def _video_stream(container: av.container.InputContainer, path: os.PathLike | str) -> av.VideoStream:

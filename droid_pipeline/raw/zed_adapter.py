@@ -93,7 +93,7 @@ def import_sl() -> ModuleType:
         raise ZedSdkUnavailable(
             f"ZED SDK not installed (import pyzed.sl failed: {exc}); pyzed.sl comes with the ZED SDK "
             f"installer on a CUDA/NVIDIA GPU node, not from PyPI. Without it use {CPU_ALTERNATIVES}"
-        ) from None
+        ) from exc
 
 
 def sdk_available() -> bool:

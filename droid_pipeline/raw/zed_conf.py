@@ -133,9 +133,9 @@ def parse_conf(path: os.PathLike | str) -> ZedConf:
     try:
         parser.read_string(path.read_text(encoding="utf-8-sig"), source=str(path))
     except OSError as exc:
-        raise ZedConfError(f"{path}: cannot read ZED calibration file: {exc.strerror}") from None
+        raise ZedConfError(f"{path}: cannot read ZED calibration file: {exc.strerror}") from exc
     except (configparser.Error, UnicodeDecodeError) as exc:
-        raise ZedConfError(f"{path}: not a valid ZED calibration file: {exc}") from None
+        raise ZedConfError(f"{path}: not a valid ZED calibration file: {exc}") from exc
     sections: dict[str, configparser.SectionProxy] = {}
     for name in parser.sections():
         upper = name.strip().upper()
@@ -265,8 +265,8 @@ def _number(path: Path, section_name: str, section: configparser.SectionProxy, k
         raise ZedConfError(f"{path}: [{section_name}] has no key {key}")
     try:
         value = float(raw)
-    except ValueError:
-        raise ZedConfError(f"{path}: [{section_name}] {key} = {raw!r} is not a number") from None
+    except ValueError as exc:
+        raise ZedConfError(f"{path}: [{section_name}] {key} = {raw!r} is not a number") from exc
     if not math.isfinite(value):
         raise ZedConfError(f"{path}: [{section_name}] {key} = {raw!r} is not finite")
     return value

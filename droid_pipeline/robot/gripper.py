@@ -151,7 +151,7 @@ class GripperModel:
         return angles, separation
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _packaged_model() -> GripperModel:
     return GripperModel(robot_model(), read_binary_stl(read_asset(FINGER_MESH)), gripper_mount_transform())
 

@@ -25,13 +25,13 @@ def read_asset(name: str) -> bytes:
     return resources.files("droid_pipeline.robot").joinpath("assets").joinpath(name).read_bytes()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def robot_model() -> Robot:
     """The packaged Panda + Robotiq 2F-85 kinematic tree (parsed once)."""
     return parse_urdf(read_asset(ROBOT_URDF))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def arm_joint_names() -> tuple[str, ...]:
     """Names of the movable joints from base to flange, in chain order (DROID's joint order)."""
     names = tuple(joint.name for joint in robot_model().chain(ROBOT_BASE_LINK, FLANGE_LINK) if joint.movable)
@@ -44,7 +44,8 @@ def panda_flange_poses(joint_positions: np.ndarray) -> np.ndarray:
     """(..., 7) Panda joint angles (radians) -> (..., 4, 4) poses of panda_link8 in panda_link0."""
     joint_positions = np.asarray(joint_positions, dtype=np.float64)
     if joint_positions.ndim == 0 or joint_positions.shape[-1] != NUM_ARM_JOINTS:
-        raise ValueError(f"Panda joint positions need a last axis of {NUM_ARM_JOINTS}, got shape {joint_positions.shape}")
+        raise ValueError(f"Panda joint positions need a last axis of {NUM_ARM_JOINTS}, "
+                         f"got shape {joint_positions.shape}")
     if not np.isfinite(joint_positions).all():
         raise ValueError("Panda joint positions contain NaN or infinite values")
     values = {name: joint_positions[..., i] for i, name in enumerate(arm_joint_names())}

@@ -64,8 +64,8 @@ class Robot:
     def joint(self, name: str) -> Joint:
         try:
             return self.joints[name]
-        except KeyError:
-            raise ValueError(f"URDF {self.name!r} has no joint {name!r}") from None
+        except KeyError as exc:
+            raise ValueError(f"URDF {self.name!r} has no joint {name!r}") from exc
 
     def chain(self, base_link: str, tip_link: str) -> tuple[Joint, ...]:
         """Joints from ``base_link`` down to ``tip_link`` (base must be an ancestor of tip)."""
@@ -148,7 +148,7 @@ def parse_urdf(text: str | bytes) -> Robot:
     try:
         root = ET.fromstring(text)
     except ET.ParseError as exc:
-        raise ValueError(f"not a valid URDF (XML error: {exc})") from None
+        raise ValueError(f"not a valid URDF (XML error: {exc})") from exc
     if root.tag != "robot":
         raise ValueError(f"not a URDF: root element is <{root.tag}>, expected <robot>")
     name = root.get("name", "")
@@ -177,7 +177,7 @@ def load_urdf(path: os.PathLike | str) -> Robot:
     try:
         return parse_urdf(text)
     except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from None
+        raise ValueError(f"{path}: {exc}") from exc
 
 
 def _parse_joint(element: ET.Element, robot: str) -> Joint:
@@ -260,8 +260,8 @@ def _required_attribute(element: ET.Element, tag: str, attribute: str, where: st
 def _floats(text: str, count: int, what: str) -> np.ndarray:
     try:
         values = np.array([float(token) for token in text.split()])
-    except ValueError:
-        raise ValueError(f"{what}: {text!r} is not a list of numbers") from None
+    except ValueError as exc:
+        raise ValueError(f"{what}: {text!r} is not a list of numbers") from exc
     if values.shape != (count,) or not np.isfinite(values).all():
         raise ValueError(f"{what}: expected {count} finite numbers, got {text!r}")
     return values

@@ -121,7 +121,7 @@ def extract_depth(config: Config, episode: Episode, output_dir: os.PathLike | st
                                        num_steps, fps, fps_source)
         except (DepthCodecError, ValueError, OSError, av.FFmpegError, zed_adapter.ZedSdkUnavailable,
                 zed_adapter.ZedSdkError) as exc:
-            raise EpisodeError(episode.episode_id, STEP, f"camera {serial} ({role}): {exc}") from None
+            raise EpisodeError(episode.episode_id, STEP, f"camera {serial} ({role}): {exc}") from exc
         summary["cameras"][serial] = camera
         log.info("episode %s camera %s (%s): %d frames, %d missing, %.1f%% valid", episode.episode_id,
                  serial, role, num_steps, camera["num_missing"], 100 * camera["valid_fraction"])
@@ -133,7 +133,7 @@ def _read_steps(episode: Episode, path: Path) -> tuple[int, float | None]:
     try:
         h5 = h5py.File(path, "r")
     except (OSError, ValueError) as exc:
-        raise EpisodeError(episode.episode_id, STEP, f"cannot open {path}: {exc}") from None
+        raise EpisodeError(episode.episode_id, STEP, f"cannot open {path}: {exc}") from exc
     with h5:
         steps = h5.get(STEPS_KEY)
         if not isinstance(steps, h5py.Dataset) or steps.ndim < 1:
@@ -277,7 +277,7 @@ def _stereo_calibration(config: Config, episode: Episode, output_dir: Path, seri
         try:
             baseline_m = rectify(parse_conf(conf), width, height).baseline_m
         except ZedConfError as exc:
-            raise IntrinsicsError(f"{path} has no baseline_m and {exc}") from None
+            raise IntrinsicsError(f"{path} has no baseline_m and {exc}") from exc
         provenance["baseline_source"] = conf.name
     return width, height, float(record["fx"]), baseline_m, provenance
 

@@ -130,7 +130,7 @@ def _episode_entry(episode_id: str, serials: dict[str, str], path: Path) -> dict
         stat = path.stat()
         data = _load_cam2base(str(path), stat.st_mtime_ns, stat.st_size)
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise EpisodeError(episode_id, STEP, f"cannot read cam2base file {path}: {exc}") from None
+        raise EpisodeError(episode_id, STEP, f"cannot read cam2base file {path}: {exc}") from exc
     entry = data.get(episode_id)
     if entry is None:
         return None

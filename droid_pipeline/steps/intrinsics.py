@@ -120,13 +120,13 @@ def load_intrinsics(path: os.PathLike | str) -> dict[str, Any]:
     try:
         record = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise IntrinsicsError(f"{path}: cannot read intrinsics file: {exc}") from None
+        raise IntrinsicsError(f"{path}: cannot read intrinsics file: {exc}") from exc
     if not isinstance(record, dict):
         raise IntrinsicsError(f"{path}: intrinsics file is not a JSON object")
     try:
         return _validated(record)
     except IntrinsicsError as exc:
-        raise IntrinsicsError(f"{path}: {exc}") from None
+        raise IntrinsicsError(f"{path}: {exc}") from exc
 
 
 def _camera_video(episode: Episode, episode_dir: Path, serial: str) -> CameraVideo | None:
@@ -138,7 +138,7 @@ def _camera_video(episode: Episode, episode_dir: Path, serial: str) -> CameraVid
         try:
             info = probe(path)
         except VideoError as exc:
-            raise EpisodeError(episode.episode_id, STEP, f"camera {serial}: {exc}") from None
+            raise EpisodeError(episode.episode_id, STEP, f"camera {serial}: {exc}") from exc
         # The stereo file's "-stereo" suffix is sometimes missing: a left|right frame is twice as
         # wide as a ZED mode (or an exact downscale of one) while not being one itself.
         if not side_by_side and match_resolution(info.width, info.height) is None \
@@ -237,7 +237,7 @@ def _published_entry(path: Path, episode_id: str) -> Any:
     try:
         stat = path.stat()
     except OSError as exc:
-        raise SourceFailed(f"cannot read {path}: {exc.strerror}") from None
+        raise SourceFailed(f"cannot read {path}: {exc.strerror}") from exc
     return _read_published_entry(path, episode_id, stat.st_mtime_ns, stat.st_size)
 
 
@@ -247,7 +247,7 @@ def _read_published_entry(path: Path, episode_id: str, mtime_ns: int, size: int)
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise SourceFailed(f"cannot read {path}: {exc.strerror}") from None
+        raise SourceFailed(f"cannot read {path}: {exc.strerror}") from exc
     if not data.lstrip().startswith(b"{"):
         raise SourceFailed(f"{path}: expected a JSON object keyed by episode id")
     keys = list(re.finditer(re.escape(json.dumps(episode_id).encode()) + rb"\s*:", data))
@@ -262,7 +262,7 @@ def _read_published_entry(path: Path, episode_id: str, mtime_ns: int, size: int)
     try:
         table = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SourceFailed(f"cannot read {path}: {exc}") from None
+        raise SourceFailed(f"cannot read {path}: {exc}") from exc
     if not isinstance(table, dict):
         raise SourceFailed(f"{path}: expected a JSON object keyed by episode id")
     return table.get(episode_id)
@@ -282,7 +282,7 @@ def _from_h5(context: CameraContext) -> dict[str, Any]:
                 raise SourceFailed(f"trajectory.h5: {name} is not a dataset")
             matrices = np.asarray(dataset[()], dtype=np.float64)
     except OSError as exc:
-        raise SourceFailed(f"cannot read trajectory.h5: {exc}") from None
+        raise SourceFailed(f"cannot read trajectory.h5: {exc}") from exc
     if matrices.ndim != 3 or matrices.shape[1:] != (3, 3) or matrices.shape[0] == 0:
         raise SourceFailed(f"trajectory.h5: {name} has shape {matrices.shape}, expected (T, 3, 3)")
     if not np.isfinite(matrices).all():
@@ -309,7 +309,7 @@ def _from_zed_conf(context: CameraContext) -> dict[str, Any]:
     try:
         rectified = rectify(parse_conf(path), video.width, video.height)
     except ZedConfError as exc:
-        raise SourceFailed(str(exc)) from None
+        raise SourceFailed(str(exc)) from exc
     K = rectified.K
     record = _record(context, "zed_conf", str(path), K[0, 0], K[1, 1], K[0, 2], K[1, 2],
                      video.width, video.height)
@@ -323,7 +323,7 @@ def _from_zed_sdk(context: CameraContext) -> dict[str, Any]:
     try:
         sdk = zed_adapter.read_calibration(path)
     except (zed_adapter.ZedSdkUnavailable, zed_adapter.ZedSdkError) as exc:
-        raise SourceFailed(str(exc)) from None
+        raise SourceFailed(str(exc)) from exc
     record = _record(context, "zed_sdk", str(path), sdk.fx, sdk.fy, sdk.cx, sdk.cy, sdk.width, sdk.height,
                      sdk.distortion)
     record["baseline_m"] = sdk.baseline_m
@@ -352,8 +352,8 @@ def _validated(record: dict[str, Any], video: CameraVideo | None = None) -> dict
         if key in out or key == "K":
             try:
                 matrix = np.asarray(out.get(key), dtype=np.float64)
-            except (TypeError, ValueError):
-                raise IntrinsicsError(f"{key} is not a numeric matrix") from None
+            except (TypeError, ValueError) as exc:
+                raise IntrinsicsError(f"{key} is not a numeric matrix") from exc
             if matrix.shape != MATRIX_SHAPES[key] or not np.isfinite(matrix).all():
                 raise IntrinsicsError(f"{key} must be a finite {MATRIX_SHAPES[key]} matrix, got {out.get(key)!r}")
             out[key] = matrix

@@ -116,7 +116,7 @@ def _check_video_frames(episode: Episode, droid_root: Path, num_frames: int,
         try:
             counts[serial] = probe(path).num_frames
         except VideoError as exc:
-            raise EpisodeError(episode.episode_id, STEP, str(exc)) from None
+            raise EpisodeError(episode.episode_id, STEP, str(exc)) from exc
         if counts[serial] != num_frames:
             raise EpisodeError(episode.episode_id, STEP, f"{path.name} has {counts[serial]} frames but "
                                f"trajectory.h5 has {num_frames} steps")
@@ -135,7 +135,7 @@ def _depth_summary(episode: Episode, output_dir: Path, num_frames: int,
         try:
             meta = DepthMeta.load(path)
         except DepthCodecError as exc:
-            raise EpisodeError(episode.episode_id, STEP, f"camera {serial}: {exc}") from None
+            raise EpisodeError(episode.episode_id, STEP, f"camera {serial}: {exc}") from exc
         if meta.num_frames != num_frames:
             raise EpisodeError(episode.episode_id, STEP,
                                f"camera {serial}: depth.mkv has {meta.num_frames} frames, trajectory has {num_frames}")
@@ -239,7 +239,7 @@ def _project_cameras(config: Config, episode: Episode, output_dir: Path, extrins
         try:
             intrinsics = load_intrinsics(path)
         except IntrinsicsError as exc:
-            raise EpisodeError(episode.episode_id, STEP, str(exc)) from None
+            raise EpisodeError(episode.episode_id, STEP, str(exc)) from exc
         if not intrinsics["rectified"]:
             warnings.append(f"{pose.role} camera {serial}: intrinsics are not rectified; projected "
                             "with their distortion")

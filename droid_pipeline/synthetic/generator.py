@@ -439,7 +439,7 @@ def _factory_calibration(serial: str, model: str) -> ZedConf:
                           rz_rad=rng.uniform(-2e-3, 2e-3))
     return ZedConf(serial=serial, left=left, right=right,
                    baseline_mm=spec["baseline_mm"] * rng.uniform(0.99, 1.01),
-                   stereo={key: extras for key in RESOLUTIONS})
+                   stereo=dict.fromkeys(RESOLUTIONS, extras))
 
 
 def _scene_objects(rng: np.random.Generator) -> tuple[Box, ...]:
@@ -526,8 +526,8 @@ def _render_camera(episode: EpisodePlan, rig: CameraRig, gripper_boxes: list[lis
                        if static else [None, None])
         for step, moving in enumerate(gripper_boxes):
             boxes = moving if static else scene + moving
-            left, right = pool.map(lambda lens: render(boxes, rig.camera(step, right=lens), backgrounds[lens]),
-                                   lenses)
+            left, right = pool.map(lambda lens, boxes=boxes, step=step: render(
+                boxes, rig.camera(step, right=lens), backgrounds[lens]), lenses)
             mono.write(left.rgb)
             stereo.write(np.concatenate([left.rgb, right.rgb], axis=1))
             depth.write(left.depth)

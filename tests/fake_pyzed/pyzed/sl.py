@@ -127,7 +127,8 @@ class Camera:
         record = self._recording
         left = CameraParameters(**record["left_cam"])
         return CameraInformation(CameraConfiguration(
-            Resolution(*record["resolution"]), record.get("fps", 60.0), CalibrationParameters(left, record["baseline_mm"], self._units)))
+            Resolution(*record["resolution"]), record.get("fps", 60.0),
+            CalibrationParameters(left, record["baseline_mm"], self._units)))
 
     def get_svo_number_of_frames(self) -> int:
         CALLS.append(("get_svo_number_of_frames",))
