@@ -1,7 +1,7 @@
 """The ZED SDK adapter's contract, through a recorded fake of the pyzed.sl calls it makes.
 
 The real SDK needs CUDA and an NVIDIA GPU and is exercised only on GPU nodes; here the fake in
-tests/fake_pyzed stands in for it, and the tests check how the adapter drives it and what it
+tests/support/fake_pyzed stands in for it, and the tests check how the adapter drives it and what it
 reports when the SDK is missing or fails.
 """
 
@@ -19,7 +19,7 @@ import pytest
 
 from droid_pipeline.raw import zed_adapter
 
-FAKE_SDK = Path(__file__).resolve().parent / "fake_pyzed"
+FAKE_SDK = Path(__file__).resolve().parents[1] / "support" / "fake_pyzed"
 PACKAGE = Path(zed_adapter.__file__).resolve().parent
 RECORDING = {"resolution": [1280, 720],
              "left_cam": {"fx": 523.25, "fy": 523.5, "cx": 641.75, "cy": 362.125,

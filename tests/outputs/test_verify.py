@@ -18,7 +18,7 @@ from synthetic_fixtures import converted_small_dataset
 from droid_pipeline.cli.verify import main
 from droid_pipeline.outputs.verify import CHECKS, verify_episode
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

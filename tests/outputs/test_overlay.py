@@ -35,7 +35,7 @@ from droid_pipeline.steps.depth import extract_depth
 from droid_pipeline.steps.intrinsics import extract_intrinsics
 from droid_pipeline.steps.tracks import generate_tracks
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CODEC_TOLERANCE = 64        # per channel, H.264 yuv420p at the renderer's quality (dot edges)
 RADIUS = 2                  # dot radius at 180 px image height
 

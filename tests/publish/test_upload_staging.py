@@ -152,7 +152,7 @@ def test_kill_9_while_publishing_leaves_nothing_that_looks_finished_and_is_not(t
     rng = random.Random(3)
     for _ in range(3):
         proc = subprocess.Popen([sys.executable, "-c", PUBLISH_LOOP, str(tmp_path), str(Path(__file__).parent)],
-                                cwd=Path(__file__).parent.parent)
+                                cwd=Path(__file__).resolve().parents[2])
         time.sleep(rng.uniform(0.6, 1.2))
         proc.send_signal(signal.SIGKILL)
         proc.wait()

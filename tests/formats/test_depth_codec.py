@@ -27,7 +27,7 @@ from droid_pipeline.formats.depth_codec import (
     encode_depth_stack,
 )
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # Debian's ffmpeg/ffprobe (installed by tests/setup_system.sh) are the independent reference.
 FFMPEG, FFPROBE = "ffmpeg", "ffprobe"
 

@@ -1,5 +1,5 @@
 """Uploader tests: the real huggingface_hub client against the loopback Hub server in
-tests/hub_server.py, real uploader subprocesses, real signals (SIGTERM, kill -9)."""
+tests/support/hub_server.py, real uploader subprocesses, real signals (SIGTERM, kill -9)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from hub_server import HubServer
 from droid_pipeline.publish.ledger import Ledger
 from droid_pipeline.publish.staging import LOCK_NAME, append_record, publish_episode
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "hf_TestTokenNeverLogged0123456789"
 SERIAL = "13062452"
 META = "hf://datasets/user/droid-meta"

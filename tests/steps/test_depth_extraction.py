@@ -26,7 +26,7 @@ from droid_pipeline.steps.depth import STEPS_KEY, depth_to_uint16_mm, extract_de
 from droid_pipeline.steps.tracks import generate_tracks
 from droid_pipeline.synthetic.generator import CONTROL_HZ, generate_dataset
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FRAMES = 12
 SIZE = (320, 180)
 # Median absolute error of stereo depth on pixels valid in both, per role, on the synthetic
@@ -391,7 +391,7 @@ def test_memory_stays_flat_as_the_episode_grows(dataset, episode, tmp_path):
 
 # ---------------------------------------------------------------- zed backend (through the fake SDK)
 
-FAKE_SDK = Path(__file__).resolve().parent / "fake_pyzed"
+FAKE_SDK = Path(__file__).resolve().parents[1] / "support" / "fake_pyzed"
 ZED_SIZE = (16, 12)
 
 

@@ -15,7 +15,7 @@ from slurm_cluster import SlurmCluster
 from droid_pipeline.publish.staging import finished_state
 from droid_pipeline.synthetic.generator import generate_dataset
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 METADATA = REPO / "run_pipeline_metadata_only.sh"
 
 

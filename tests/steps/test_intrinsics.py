@@ -39,8 +39,8 @@ from droid_pipeline.steps.intrinsics import (
     load_intrinsics,
 )
 
-REPO = Path(__file__).resolve().parent.parent
-FAKE_SDK = Path(__file__).resolve().parent / "fake_pyzed"
+REPO = Path(__file__).resolve().parents[2]
+FAKE_SDK = Path(__file__).resolve().parents[1] / "support" / "fake_pyzed"
 EPISODE_ID = "TESTLab+0badc0de+2023-07-07-09h-42m-23s"
 SERIALS = {"wrist": "13062452", "ext1": "24259877", "ext2": "26405488"}
 DESIGN_FIELDS = {"fx", "fy", "cx", "cy", "K", "k1", "k2", "p1", "p2", "k3", "width", "height", "rectified",

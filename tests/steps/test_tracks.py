@@ -25,7 +25,7 @@ from droid_pipeline.raw.discovery import build_index
 from droid_pipeline.robot.gripper import GripperModel
 from droid_pipeline.steps.tracks import generate_tracks
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 LAB, DATE, FOLDER = "TESTLab", "2023-08-18", "Fri_Aug_18_12:01:10_2023"
 EPISODE_ID = "TESTLab+84bd5053+2023-08-18-12h-01m-10s"
 SERIALS = {"wrist": "13062452", "ext1": "24259877", "ext2": "26405488"}

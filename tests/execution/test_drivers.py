@@ -27,7 +27,7 @@ from droid_pipeline.publish.ledger import Ledger
 from droid_pipeline.publish.staging import finished_state, read_manifest
 from droid_pipeline.synthetic.generator import generate_dataset
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 METADATA = REPO / "run_pipeline_metadata_only.sh"
 DEPTH = REPO / "run_pipeline_compressed_depth.sh"
 
