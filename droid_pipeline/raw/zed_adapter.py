@@ -145,9 +145,10 @@ def read_calibration(svo_path: os.PathLike | str) -> SdkCalibration:
         configuration = camera.get_camera_information().camera_configuration
         parameters = configuration.calibration_parameters
         left = parameters.left_cam
-        distortion = tuple(float(v) for v in list(left.disto)[:5])
+        values = [float(v) for v in list(left.disto)[:5]]
+        k1, k2, p1, p2, k3 = values + [0.0] * (5 - len(values))
         return SdkCalibration(
             width=int(configuration.resolution.width), height=int(configuration.resolution.height),
             fx=float(left.fx), fy=float(left.fy), cx=float(left.cx), cy=float(left.cy),
-            distortion=distortion + (0.0,) * (5 - len(distortion)),
+            distortion=(k1, k2, p1, p2, k3),
             baseline_m=float(parameters.get_camera_baseline()) / 1000.0)

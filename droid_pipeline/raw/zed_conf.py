@@ -143,7 +143,8 @@ def parse_conf(path: os.PathLike | str) -> ZedConf:
             raise ZedConfError(f"{path}: section [{upper}] appears twice (sections are case-insensitive)")
         sections[upper] = parser[name]
 
-    left, right = {}, {}
+    left: dict[str, CameraCalibration] = {}
+    right: dict[str, CameraCalibration] = {}
     for side, table in (("LEFT", left), ("RIGHT", right)):
         for key in RESOLUTIONS:
             section = sections.get(f"{side}_CAM_{key}")

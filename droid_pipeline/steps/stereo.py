@@ -58,7 +58,7 @@ class StereoMatcher:
         self.settings = settings
         block = settings.block_size | 1  # SGBM needs an odd block size
         self.num_disparities = -(-settings.num_disparities // 16) * 16
-        self._sgbm = cv2.StereoSGBM_create(
+        self._sgbm = cv2.StereoSGBM.create(
             minDisparity=0, numDisparities=self.num_disparities, blockSize=block,
             P1=8 * block * block, P2=32 * block * block, disp12MaxDiff=-1,
             uniquenessRatio=settings.uniqueness_ratio,
