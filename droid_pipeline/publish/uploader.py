@@ -162,7 +162,7 @@ class _Work:
     def episode_id(self) -> str:
         return self.entry.episode_id
 
-    def pending(self) -> PendingEpisode:
+    def as_pending_episode(self) -> PendingEpisode:
         entry = self.entry
         return PendingEpisode(episode_id=entry.episode_id, relative_path=entry.relative_path,
                               manifest_sha256=entry.manifest_sha256, episode_files=self.total,
@@ -278,7 +278,7 @@ class Uploader:
         marker = f"{self._batch_id}-{self._sequence:04d}"
         files = [f for work in chunk for f in work.files]
         message = commit_message(marker, len(chunk), len(files))
-        state.pending = PendingCommit(marker, tuple(work.pending() for work in chunk))
+        state.pending = PendingCommit(marker, tuple(work.as_pending_episode() for work in chunk))
         state.commit_times.append(time.time())
         self._save_state(target, state)
         try:
