@@ -9,7 +9,6 @@ see their own. SIGTERM (sent by the driver when the fan-out ends) closes the bar
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import time
@@ -19,6 +18,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from droid_pipeline.execution.records import read_todo
 from droid_pipeline.execution.timing import TIMING_NAME, read_rows
 
 
@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--todo", type=Path, required=True, help="the run's todo.jsonl")
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between polls")
     args = parser.parse_args(argv)
-    wanted = {json.loads(line)["episode_id"] for line in args.todo.read_text().splitlines() if line}
+    wanted = {episode.episode_id for episode in read_todo(args.todo)}
     stop = False
 
     def on_term(signum: int, frame: Any) -> None:

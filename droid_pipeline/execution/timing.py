@@ -10,10 +10,12 @@ failures by step, throughput and ETA, and writes a PNG beside the CSV.
 from __future__ import annotations
 
 import csv
+import enum
 import fcntl
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -28,8 +30,18 @@ STEPS = ("intrinsics", "depth", "tracks", "publish")
 COLUMNS = ("episode_id", "pipeline", "host", "slot", "gpu", "start_time",
            *(f"{step}_s" for step in STEPS), "total_s", "status", "failed_step", "error")
 _HEADER = ",".join(COLUMNS) + "\n"
-STATUSES = ("done", "failed", "interrupted")
 MAX_ERROR_CHARS = 500
+
+
+class AttemptStatus(enum.Enum):
+    """How an episode attempt ended (``status`` column)."""
+
+    DONE = "done"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+
+STATUSES = tuple(status.value for status in AttemptStatus)
 
 
 def utc_timestamp(seconds: float) -> str:
@@ -41,7 +53,35 @@ def parse_timestamp(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def format_row(row: dict[str, Any]) -> str:
+@dataclass
+class TimingRow:
+    """One episode attempt, filled in by the worker as its steps run; one line of timing.csv."""
+
+    episode_id: str
+    pipeline: str
+    host: str
+    slot: int
+    gpu: str  # "-" when the slot has none
+    start_time: str
+    status: AttemptStatus = AttemptStatus.DONE
+    step_seconds: dict[str, float] = field(default_factory=dict)  # steps of STEPS that ran
+    total_s: float | None = None
+    failed_step: str = ""
+    error: str = ""
+
+    def to_row(self) -> dict[str, Any]:
+        """The row as :func:`append_row` takes it."""
+        unknown = set(self.step_seconds) - set(STEPS)
+        if unknown:
+            raise ValueError(f"unknown timing steps: {sorted(unknown)}")
+        return {"episode_id": self.episode_id, "pipeline": self.pipeline, "host": self.host, "slot": self.slot,
+                "gpu": self.gpu, "start_time": self.start_time,
+                **{f"{step}_s": seconds for step, seconds in self.step_seconds.items()},
+                "total_s": self.total_s, "status": self.status.value, "failed_step": self.failed_step,
+                "error": self.error}
+
+
+def format_row(row: Mapping[str, Any]) -> str:
     """One CSV line: seconds with millisecond precision, errors on one bounded line."""
     values = []
     for column in COLUMNS:
@@ -63,7 +103,7 @@ def create_csv(path: os.PathLike | str) -> None:
     append_locked(path, "", _HEADER)
 
 
-def append_row(path: os.PathLike | str, row: dict[str, Any]) -> None:
+def append_row(path: os.PathLike | str, row: Mapping[str, Any]) -> None:
     """Append one episode's row to timing.csv (header written by the first writer)."""
     unknown = set(row) - set(COLUMNS)
     if unknown:
@@ -103,10 +143,10 @@ def review(rows: Sequence[dict[str, str]], planned: int | None = None,
     finished = [r for r in rows if r["status"] in ("done", "failed")]
     steps: dict[str, dict[str, float]] = {}
     for step in (*STEPS, "total"):
-        values = [_seconds(r[f"{step}_s"]) for r in finished
-                  if not (r["status"] == "failed" and r["failed_step"] == step)
-                  and (step != "total" or r["status"] == "done")]
-        values = np.array([v for v in values if v is not None])
+        seconds = [_seconds(r[f"{step}_s"]) for r in finished
+                   if not (r["status"] == "failed" and r["failed_step"] == step)
+                   and (step != "total" or r["status"] == "done")]
+        values = np.array([v for v in seconds if v is not None])
         if values.size:
             steps[step] = {"count": int(values.size), "mean": float(values.mean()),
                            "p50": float(np.percentile(values, 50)),

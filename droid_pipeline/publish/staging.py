@@ -4,7 +4,7 @@ A worker builds an episode in a private work folder, then calls :func:`publish_e
 
 1. lists every file with its size, SHA-256 and kind (``metadata`` or ``depth``),
 2. writes ``manifest.json`` into the work folder, last,
-3. appends one line to the publish journal ``<run_root>/published.jsonl``,
+3. appends one line (a :class:`JournalEntry`) to the publish journal ``<run_root>/published.jsonl``,
 4. moves the folder to ``<output_root>/<relative_path>/`` (replacing an older copy).
 
 Steps 3 and 4 run under :func:`episode_lock`, which the uploader also takes to delete an
@@ -94,6 +94,32 @@ class Manifest:
         return [f for f in self.files if f.kind in kinds]
 
 
+@dataclass(frozen=True)
+class JournalEntry:
+    """One line of the publish journal: the version of an episode folder published last."""
+
+    episode_id: str
+    relative_path: str
+    pipeline: Pipeline
+    episode_dir: Path  # absolute
+    manifest_sha256: str  # checksum of the manifest.json file: which version
+    published: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"episode_id": self.episode_id, "relative_path": self.relative_path, "pipeline": self.pipeline,
+                "episode_dir": str(self.episode_dir), "manifest_sha256": self.manifest_sha256,
+                "published": self.published}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> JournalEntry:
+        """The entry a journal line holds; KeyError, TypeError or ValueError when it holds none."""
+        if data["pipeline"] not in PIPELINES:
+            raise ValueError(f"pipeline must be one of {PIPELINES}, got {data['pipeline']!r}")
+        return cls(episode_id=str(data["episode_id"]), relative_path=str(data["relative_path"]),
+                   pipeline=data["pipeline"], episode_dir=Path(data["episode_dir"]),
+                   manifest_sha256=str(data["manifest_sha256"]), published=float(data.get("published", 0.0)))
+
+
 def file_kind(path: str) -> FileKind:
     """Kind of an episode file from its path relative to the episode folder."""
     if _METADATA_FILES.match(path):
@@ -134,10 +160,9 @@ def publish_episode(work_dir: os.PathLike | str, output_root: os.PathLike | str,
     dest = output_root / rel
     incoming = _stage_beside(work_dir, dest)
     with episode_lock(dest):
-        append_record(run_root / JOURNAL_NAME, {
-            "episode_id": episode_id, "relative_path": rel, "pipeline": pipeline,
-            "episode_dir": str(dest.resolve()), "manifest_sha256": manifest_sha256,
-            "published": time.time()})
+        entry = JournalEntry(episode_id=episode_id, relative_path=rel, pipeline=pipeline,
+                             episode_dir=dest.resolve(), manifest_sha256=manifest_sha256, published=time.time())
+        append_record(run_root / JOURNAL_NAME, entry.to_json())
         replaced = _swap_into_place(incoming, dest)
     if replaced is not None:
         shutil.rmtree(replaced)
@@ -190,9 +215,22 @@ def verify_episode(episode_dir: os.PathLike | str) -> list[str]:
             for f in manifest.files if sha256_file(Path(episode_dir) / f.path) != f.sha256]
 
 
-def read_journal(run_root: os.PathLike | str, start_offset: int = 0) -> tuple[list[dict], int]:
-    """Journal entries from byte ``start_offset`` on, and the offset to continue from."""
+def read_journal(run_root: os.PathLike | str, start_offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    """Journal lines (as JSON objects) from byte ``start_offset`` on, and the offset to continue from."""
     return read_records(Path(run_root) / JOURNAL_NAME, start_offset)
+
+
+def read_journal_entries(run_root: os.PathLike | str, start_offset: int = 0) -> tuple[list[JournalEntry], int]:
+    """:func:`read_journal` as typed entries; a line that holds no entry is skipped with a warning."""
+    records, offset = read_journal(run_root, start_offset)
+    entries = []
+    for record in records:
+        try:
+            entries.append(JournalEntry.from_json(record))
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("%s: skipping a line that is no publish entry (%s: %s): %s", Path(run_root) / JOURNAL_NAME,
+                        type(exc).__name__, exc, json.dumps(record)[:200])
+    return entries, offset
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:
@@ -200,7 +238,7 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
     append_locked(path, json.dumps(record, separators=(",", ":")) + "\n")
 
 
-def read_records(path: Path, start_offset: int = 0) -> tuple[list[dict], int]:
+def read_records(path: Path, start_offset: int = 0) -> tuple[list[dict[str, Any]], int]:
     """Complete JSON lines from ``start_offset``; an unterminated last line is left for later."""
     try:
         with open(path, "rb") as fh:

@@ -13,10 +13,10 @@ import hashlib
 import os
 import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from droid_pipeline.publish.records import UploadFile
 from droid_pipeline.publish.staging import sha256_file
 
 if TYPE_CHECKING:
@@ -36,14 +36,6 @@ class RateLimited(RuntimeError):
     def __init__(self, retry_after_s: float, message: str):
         super().__init__(message)
         self.retry_after_s = retry_after_s
-
-
-@dataclass(frozen=True)
-class UploadFile:
-    path_in_repo: str
-    local_path: Path
-    size: int
-    sha256: str
 
 
 class RepoTarget(ABC):

@@ -14,7 +14,8 @@ A batch reads the publish journal's new lines, then, for each repo under that re
 
 Then, with ``delete_after_upload``, an episode folder is removed once the ledger holds it in
 every repo it belongs to. State (in-flight commit, commit times, Retry-After, failures) lives in
-``<run_root>/upload_state/<repo>.json``; locks in ``<run_root>/locks/<repo>.lock``.
+``<run_root>/upload_state/<repo>.json`` (:class:`~droid_pipeline.publish.records.RepoState`);
+locks in ``<run_root>/locks/<repo>.lock``.
 """
 
 from __future__ import annotations
@@ -32,25 +33,33 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from droid_pipeline.core.atomic import write_json_atomic
 from droid_pipeline.core.config import Config
 from droid_pipeline.publish.ledger import Ledger, repos_for
+from droid_pipeline.publish.records import (
+    HOUR_S,
+    CommitOutcome,
+    PendingCommit,
+    PendingEpisode,
+    ReconcileOutcome,
+    RepoState,
+    UploadFile,
+)
 from droid_pipeline.publish.staging import (
     MANIFEST_NAME,
+    JournalEntry,
     Manifest,
     episode_lock,
     finished_state,
     is_finished,
-    read_journal,
+    read_journal_entries,
     read_manifest,
     sha256_file,
 )
 from droid_pipeline.publish.targets import (
     RateLimited,
     RepoTarget,
-    UploadFile,
     commit_message,
     open_target,
     repo_slug,
@@ -60,7 +69,6 @@ log = logging.getLogger(__name__)
 
 STATE_DIR = "upload_state"
 LOCK_DIR = "locks"
-HOUR_S = 3600.0
 # A Retry-After up to this long is waited out within the batch (once per repo); longer ones
 # carry the work over to a later batch.
 RETRY_AFTER_WAIT_LIMIT_S = 60.0
@@ -119,25 +127,6 @@ class Redactor(logging.Filter):
 
 
 @dataclass
-class RepoState:
-    """What one repo's committer remembers between batches and restarts."""
-
-    commit_times: list[float] = field(default_factory=list)
-    blocked_until: float = 0.0
-    blocked_reason: str = ""
-    pending: dict[str, Any] | None = None
-    failures: dict[str, str] = field(default_factory=dict)
-    last_error: str = ""
-
-    def budget_wait(self, max_per_hour: int, now: float) -> float:
-        """Seconds until the rolling-hour budget allows another commit (forgets older commits)."""
-        self.commit_times = [t for t in self.commit_times if t > now - HOUR_S]
-        if len(self.commit_times) < max_per_hour:
-            return 0.0
-        return sorted(self.commit_times)[-max_per_hour] + HOUR_S - now
-
-
-@dataclass
 class BatchReport:
     commits: dict[str, int] = field(default_factory=dict)
     episodes: dict[str, int] = field(default_factory=dict)
@@ -163,15 +152,21 @@ class BatchReport:
 
 @dataclass
 class _Work:
-    """One episode's files still missing in one repo."""
+    """One episode's files still missing in one repo (``total``: all its files in that repo)."""
 
-    entry: dict[str, Any]
+    entry: JournalEntry
     files: list[UploadFile]
     total: int
 
     @property
     def episode_id(self) -> str:
-        return self.entry["episode_id"]
+        return self.entry.episode_id
+
+    def as_pending_episode(self) -> PendingEpisode:
+        entry = self.entry
+        return PendingEpisode(episode_id=entry.episode_id, relative_path=entry.relative_path,
+                              manifest_sha256=entry.manifest_sha256, episode_files=self.total,
+                              files=tuple(self.files))
 
 
 class Uploader:
@@ -185,7 +180,7 @@ class Uploader:
         self.targets: dict[str, RepoTarget] = {url: open_target(url, token, request_timeout_s)
                                                for url in repo_urls(config)}
         self.ledger = Ledger(self.run_root)
-        self._queue: dict[str, dict[str, Any]] = {}
+        self._queue: dict[str, JournalEntry] = {}
         self._journal_offset = 0
         self._ensured: set[str] = set()
         self._stop = False
@@ -240,7 +235,7 @@ class Uploader:
         url = target.url
         self.ledger.refresh()
         state = self._load_state(target)
-        if (state.pending is not None and self._reconcile(target, state) == "unknown") \
+        if (state.pending is not None and self._reconcile(target, state) is ReconcileOutcome.UNKNOWN) \
                 or not self._ensure_exists(target, state):
             report.errors[url] = state.last_error
             report.carried[url] = len(self._to_upload(url, report))
@@ -248,8 +243,8 @@ class Uploader:
         chunks = _pack(self._to_upload(url, report), self.config.max_files_per_commit)
         waited_for_429 = False
         for index, chunk in enumerate(chunks):
-            outcome = "not tried"
-            while outcome in ("not tried", "rate-limited") and not self._stop:
+            outcome: CommitOutcome | None = None  # not tried yet
+            while outcome in (None, CommitOutcome.RATE_LIMITED) and not self._stop:
                 wait, reason = self._blocked_for(state)
                 if wait > 0:
                     if wait > RETRY_AFTER_WAIT_LIMIT_S or waited_for_429 or reason == BUDGET_REASON:
@@ -261,7 +256,7 @@ class Uploader:
                     state.blocked_until, waited_for_429 = 0.0, True
                     continue
                 outcome = self._commit(target, state, self._verified(chunk, state), report)
-            if outcome != "committed":
+            if outcome is not CommitOutcome.COMMITTED:
                 report.carried[url] += sum(len(c) for c in chunks[index:])
                 return
 
@@ -273,16 +268,17 @@ class Uploader:
             return budget, BUDGET_REASON
         return max(0.0, state.blocked_until - now), state.blocked_reason
 
-    def _commit(self, target: RepoTarget, state: RepoState, chunk: list[_Work], report: BatchReport) -> str:
+    def _commit(self, target: RepoTarget, state: RepoState, chunk: list[_Work],
+                report: BatchReport) -> CommitOutcome:
         if not chunk:
             self._save_state(target, state)
-            return "committed"
+            return CommitOutcome.COMMITTED
         url = target.url
         self._sequence += 1
         marker = f"{self._batch_id}-{self._sequence:04d}"
         files = [f for work in chunk for f in work.files]
         message = commit_message(marker, len(chunk), len(files))
-        state.pending = {"marker": marker, "episodes": [_pending_episode(w) for w in chunk]}
+        state.pending = PendingCommit(marker, tuple(work.as_pending_episode() for work in chunk))
         state.commit_times.append(time.time())
         self._save_state(target, state)
         try:
@@ -293,61 +289,57 @@ class Uploader:
             state.blocked_reason = f"rate limited (HTTP 429, Retry-After {exc.retry_after_s:.0f} s)"
             self._save_state(target, state)
             log.warning("%s: %s", url, state.blocked_reason)
-            return "rate-limited"
+            return CommitOutcome.RATE_LIMITED
         except Exception as exc:  # noqa: BLE001 - any failure: check the repo before retrying
             reason = self.redactor.redact(f"{type(exc).__name__}: {exc}")
             log.warning("%s: commit %s failed (%s); checking whether it landed", url, marker, reason)
-            if self._reconcile(target, state) != "landed":
+            if self._reconcile(target, state) is not ReconcileOutcome.LANDED:
                 for work in chunk:
                     state.failures[work.episode_id] = f"commit failed: {reason}"
                 state.last_error = reason
                 self._save_state(target, state)
-                return "failed"
+                return CommitOutcome.FAILED
         else:
             self._record(target, state, commit_id)
         report.commits[url] += 1
         report.episodes[url] += sum(1 for w in chunk if self.ledger.holds(url, w.episode_id))
         log.info("%s: committed %d episode(s), %d file(s) [%s]", url, len(chunk), len(files), marker)
-        return "committed"
+        return CommitOutcome.COMMITTED
 
-    def _reconcile(self, target: RepoTarget, state: RepoState) -> str:
-        """Settle the in-flight commit: ``landed`` (now in the ledger), ``not landed`` (its files
-        go into a later commit) or ``unknown`` (the repo could not be asked; kept for later)."""
+    def _reconcile(self, target: RepoTarget, state: RepoState) -> ReconcileOutcome:
+        """Settle the in-flight commit (see :class:`~droid_pipeline.publish.records.ReconcileOutcome`)."""
         pending = state.pending
         assert pending is not None
-        files = [UploadFile(f["path"], Path(f["local"]), f["size"], f["sha256"])
-                 for episode in pending["episodes"] for f in episode["files"]]
         try:
-            commit_id = target.find_commit(pending["marker"], files)
+            commit_id = target.find_commit(pending.marker, pending.files)
         except Exception as exc:  # noqa: BLE001 - unknown outcome: keep it pending
-            state.last_error = self.redactor.redact(f"cannot check commit {pending['marker']}: {exc}")
+            state.last_error = self.redactor.redact(f"cannot check commit {pending.marker}: {exc}")
             self._save_state(target, state)
             log.warning("%s: %s", target.url, state.last_error)
-            return "unknown"
+            return ReconcileOutcome.UNKNOWN
         if commit_id is None:
             log.info("%s: commit %s did not land; its files will be committed again", target.url,
-                     pending["marker"])
+                     pending.marker)
             state.pending = None
             self._save_state(target, state)
-            return "not landed"
-        log.info("%s: commit %s landed as %s", target.url, pending["marker"], commit_id)
+            return ReconcileOutcome.NOT_LANDED
+        log.info("%s: commit %s landed as %s", target.url, pending.marker, commit_id)
         self._record(target, state, commit_id)
-        return "landed"
+        return ReconcileOutcome.LANDED
 
     def _record(self, target: RepoTarget, state: RepoState, commit_id: str) -> None:
         pending = state.pending
         assert pending is not None
-        for episode in pending["episodes"]:
-            already = self.ledger.uploaded_paths(target.url, episode["episode_id"], episode["manifest_sha256"])
-            if self.ledger.holds(target.url, episode["episode_id"], episode["manifest_sha256"]) or \
-                    {f["path"] for f in episode["files"]} <= already:
+        for episode in pending.episodes:
+            already = self.ledger.uploaded_paths(target.url, episode.episode_id, episode.manifest_sha256)
+            if self.ledger.holds(target.url, episode.episode_id, episode.manifest_sha256) or \
+                    {f.path_in_repo for f in episode.files} <= already:
                 continue
             self.ledger.record(
-                episode_id=episode["episode_id"], relative_path=episode["relative_path"], repo=target.url,
-                manifest_sha256=episode["manifest_sha256"], commit=commit_id, batch=pending["marker"],
-                episode_files=episode["episode_files"],
-                files=[{k: f[k] for k in ("path", "size", "sha256")} for f in episode["files"]])
-            state.failures.pop(episode["episode_id"], None)
+                episode_id=episode.episode_id, relative_path=episode.relative_path, repo=target.url,
+                manifest_sha256=episode.manifest_sha256, commit=commit_id, batch=pending.marker,
+                episode_files=episode.episode_files, files=[f.ledger_json() for f in episode.files])
+            state.failures.pop(episode.episode_id, None)
         state.pending = None
         state.last_error = ""
         self._save_state(target, state)
@@ -367,27 +359,25 @@ class Uploader:
 
     # -- episodes ---------------------------------------------------------------------------
     def _refresh_queue(self) -> None:
-        entries, self._journal_offset = read_journal(self.run_root, self._journal_offset)
+        entries, self._journal_offset = read_journal_entries(self.run_root, self._journal_offset)
         for entry in entries:
-            if all(k in entry for k in ("episode_id", "relative_path", "pipeline", "episode_dir",
-                                        "manifest_sha256")):
-                self._queue.pop(entry["episode_id"], None)
-                self._queue[entry["episode_id"]] = entry
+            self._queue.pop(entry.episode_id, None)  # re-inserted last: the queue keeps publish order
+            self._queue[entry.episode_id] = entry
 
     def _to_upload(self, url: str, report: BatchReport) -> list[_Work]:
         """Episodes of the queue whose files ``url`` still lacks and whose folder is ready."""
         work = []
         for episode_id in list(self._queue):
             entry = self._queue[episode_id]
-            if url not in self._repos_of(entry) or self.ledger.holds(url, episode_id, entry["manifest_sha256"]):
+            if url not in self._repos_of(entry) or self.ledger.holds(url, episode_id, entry.manifest_sha256):
                 continue
-            episode_dir = Path(entry["episode_dir"])
-            ready, reason = _ready(episode_dir, entry["manifest_sha256"])
+            episode_dir = entry.episode_dir
+            ready, reason = _ready(episode_dir, entry.manifest_sha256)
             if not ready and is_finished(episode_dir):
                 entry = self._settle(entry)
-                if url not in self._repos_of(entry) or self.ledger.holds(url, episode_id, entry["manifest_sha256"]):
+                if url not in self._repos_of(entry) or self.ledger.holds(url, episode_id, entry.manifest_sha256):
                     continue
-                ready, reason = _ready(episode_dir, entry["manifest_sha256"])
+                ready, reason = _ready(episode_dir, entry.manifest_sha256)
             try:
                 files = self._repo_files(url, entry, read_manifest(episode_dir)) if ready else []
             except OSError as exc:  # deleted or replaced meanwhile
@@ -395,39 +385,39 @@ class Uploader:
             if not ready:
                 report.waiting[episode_id] = reason
                 continue
-            done = self.ledger.uploaded_paths(url, episode_id, entry["manifest_sha256"])
+            done = self.ledger.uploaded_paths(url, episode_id, entry.manifest_sha256)
             work.append(_Work(entry, [f for f in files if f.path_in_repo not in done], len(files)))
         return work
 
-    def _settle(self, entry: dict[str, Any]) -> dict[str, Any]:
+    def _settle(self, entry: JournalEntry) -> JournalEntry:
         """The entry for what a finished folder that does not hold the journaled version really holds.
 
         Under the folder's publish lock (a publisher holds it from its journal line to its move)
         either a newer line has been journaled meanwhile, or the publish of this line was killed
         before its move and the folder holds an earlier published version, which then stands.
         """
-        episode_id, episode_dir = entry["episode_id"], Path(entry["episode_dir"])
+        episode_id, episode_dir = entry.episode_id, entry.episode_dir
         with episode_lock(episode_dir):
             self._refresh_queue()
             entry = self._queue[episode_id]
-            if not is_finished(episode_dir) or _ready(episode_dir, entry["manifest_sha256"])[0]:
+            if not is_finished(episode_dir) or _ready(episode_dir, entry.manifest_sha256)[0]:
                 return entry
             manifest = read_manifest(episode_dir)
             log.warning("episode %s: the publish journaled last never reached %s; taking the version "
                         "it holds", episode_id, episode_dir)
-            entry = {**entry, "pipeline": manifest.pipeline,
-                     "manifest_sha256": sha256_file(episode_dir / MANIFEST_NAME)}
+            entry = dataclasses.replace(entry, pipeline=manifest.pipeline,
+                                        manifest_sha256=sha256_file(episode_dir / MANIFEST_NAME))
             self._queue[episode_id] = entry
             return entry
 
-    def _repo_files(self, url: str, entry: dict[str, Any], manifest: Manifest) -> list[UploadFile]:
-        episode_dir, rel = Path(entry["episode_dir"]), entry["relative_path"]
+    def _repo_files(self, url: str, entry: JournalEntry, manifest: Manifest) -> list[UploadFile]:
+        episode_dir, rel = entry.episode_dir, entry.relative_path
         kinds = ("metadata", "depth") if url == self.config.full_repo else ("metadata",)
         files = [UploadFile(f"{rel}/{f.path}", episode_dir / f.path, f.size, f.sha256)
                  for f in manifest.files_of_kind(*kinds)]
         manifest_path = episode_dir / MANIFEST_NAME
         files.append(UploadFile(f"{rel}/{MANIFEST_NAME}", manifest_path, manifest_path.stat().st_size,
-                                entry["manifest_sha256"]))
+                                entry.manifest_sha256))
         return files
 
     def _verified(self, chunk: list[_Work], state: RepoState) -> list[_Work]:
@@ -443,25 +433,25 @@ class Uploader:
                 good.append(work)
         return good
 
-    def _repos_of(self, entry: dict[str, Any]) -> list[str]:
-        return list(dict.fromkeys(repos_for(entry["pipeline"], self.config.metadata_repo, self.config.full_repo)))
+    def _repos_of(self, entry: JournalEntry) -> list[str]:
+        return list(dict.fromkeys(repos_for(entry.pipeline, self.config.metadata_repo, self.config.full_repo)))
 
     def _finish_uploaded(self, report: BatchReport) -> None:
         """Forget episodes uploaded everywhere (deleting their folders when configured to) and
         report the failures of those still pending."""
         self.ledger.refresh()
         for episode_id, entry in list(self._queue.items()):
-            sha = entry["manifest_sha256"]
+            sha = entry.manifest_sha256
             if not self.ledger.has(episode_id, self._repos_of(entry), sha):
                 continue
-            if self.config.delete_after_upload and _delete_episode(Path(entry["episode_dir"]), sha):
+            if self.config.delete_after_upload and _delete_episode(entry.episode_dir, sha):
                 report.deleted += 1
             del self._queue[episode_id]
             report.waiting.pop(episode_id, None)
         for url, target in self.targets.items():
             report.failed[url] = {e: reason for e, reason in self._load_state(target).failures.items()
                                   if e in self._queue
-                                  and not self.ledger.holds(url, e, self._queue[e]["manifest_sha256"])}
+                                  and not self.ledger.holds(url, e, self._queue[e].manifest_sha256)}
 
     # -- state and locks --------------------------------------------------------------------
     def _state_path(self, target: RepoTarget) -> Path:
@@ -471,7 +461,7 @@ class Uploader:
         return load_state(self._state_path(target))
 
     def _save_state(self, target: RepoTarget, state: RepoState) -> None:
-        write_json_atomic(self._state_path(target), dataclasses.asdict(state))
+        write_json_atomic(self._state_path(target), state.to_json())
 
     @contextmanager
     def _repo_lock(self, target: RepoTarget) -> Iterator[None]:
@@ -490,15 +480,7 @@ def load_state(path: Path) -> RepoState:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         return RepoState()
-    return RepoState(**{k: v for k, v in data.items() if k in {f.name for f in dataclasses.fields(RepoState)}})
-
-
-def _pending_episode(work: _Work) -> dict[str, Any]:
-    entry = work.entry
-    return {"episode_id": entry["episode_id"], "relative_path": entry["relative_path"],
-            "manifest_sha256": entry["manifest_sha256"], "episode_files": work.total,
-            "files": [{"path": f.path_in_repo, "size": f.size, "sha256": f.sha256, "local": str(f.local_path)}
-                      for f in work.files]}
+    return RepoState.from_json(data)
 
 
 def _pack(work: list[_Work], max_files: int) -> list[list[_Work]]:
@@ -521,16 +503,15 @@ def _pack(work: list[_Work], max_files: int) -> list[list[_Work]]:
     return chunks
 
 
-def _published_version(entry: dict[str, Any]) -> str:
+def _published_version(entry: JournalEntry) -> str:
     """Manifest checksum of what the entry's folder holds when finished, else the journaled one
     (see :meth:`Uploader._settle`)."""
-    episode_dir = Path(entry["episode_dir"])
-    if is_finished(episode_dir):
+    if is_finished(entry.episode_dir):
         try:
-            return sha256_file(episode_dir / MANIFEST_NAME)
+            return sha256_file(entry.episode_dir / MANIFEST_NAME)
         except OSError:
             pass
-    return entry["manifest_sha256"]
+    return entry.manifest_sha256
 
 
 def _intact(item: UploadFile) -> bool:
@@ -576,20 +557,19 @@ def _delete_episode(episode_dir: Path, manifest_sha256: str) -> bool:
 def status_report(config: Config, run_root: os.PathLike | str) -> str:
     """Human-readable state of a staging area: published, uploaded and pending per repo, failures."""
     run_root = Path(run_root)
-    latest: dict[str, dict[str, Any]] = {}
-    for entry in read_journal(run_root)[0]:
-        if "episode_id" in entry and "manifest_sha256" in entry:
-            latest.pop(entry["episode_id"], None)
-            latest[entry["episode_id"]] = entry
+    latest: dict[str, JournalEntry] = {}
+    for entry in read_journal_entries(run_root)[0]:
+        latest.pop(entry.episode_id, None)
+        latest[entry.episode_id] = entry
     ledger = Ledger(run_root)
     lines = [f"staging {run_root}: {len(latest)} episode(s) published"]
     now = time.time()
     for url in repo_urls(config):
         state = load_state(run_root / STATE_DIR / f"{repo_slug(url)}.json")
         members = {e: entry for e, entry in latest.items()
-                   if url in repos_for(entry["pipeline"], config.metadata_repo, config.full_repo)}
+                   if url in repos_for(entry.pipeline, config.metadata_repo, config.full_repo)}
         pending = [e for e, entry in members.items() if not ledger.holds(url, e, _published_version(entry))]
-        waiting = [e for e in pending if not _ready(Path(members[e]["episode_dir"]), _published_version(members[e]))[0]]
+        waiting = [e for e in pending if not _ready(members[e].episode_dir, _published_version(members[e]))[0]]
         recent = [t for t in state.commit_times if t > now - HOUR_S]
         lines.append(f"{url}:")
         lines.append(f"  uploaded: {len(members) - len(pending)} episode(s); pending: {len(pending)} "
@@ -599,7 +579,7 @@ def status_report(config: Config, run_root: os.PathLike | str) -> str:
             lines.append(f"  blocked until {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(state.blocked_until))}"
                          f" ({state.blocked_reason})")
         if state.pending:
-            lines.append(f"  commit in flight: {state.pending['marker']} (checked at the next batch)")
+            lines.append(f"  commit in flight: {state.pending.marker} (checked at the next batch)")
         if state.last_error:
             lines.append(f"  last error: {state.last_error}")
         failures = {e: r for e, r in state.failures.items() if e in pending}

@@ -3,9 +3,11 @@ tests/support/hub_server.py, real uploader subprocesses, real signals (SIGTERM, 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +21,7 @@ from hub_server import HubServer
 
 from droid_pipeline.publish.ledger import Ledger
 from droid_pipeline.publish.staging import LOCK_NAME, append_record, publish_episode
+from droid_pipeline.publish.targets import repo_slug
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "hf_TestTokenNeverLogged0123456789"
@@ -528,3 +531,53 @@ def test_dry_run_plans_without_touching_anything(tmp_path, hub):
     assert f"{FULL}: 1 commit(s), 1 episode(s)" in result.stdout
     assert episodes[1][0] in result.stdout
     assert hub.requests == [] and ledger_lines(tmp_path) == []
+
+
+def old_state_with_commit_in_flight(root: Path, episodes: list[tuple], marker: str) -> dict:
+    """upload_state/<repo>.json as the previous version left it when killed while committing the
+    metadata files of ``episodes`` (the layout of such a file, built from the published files)."""
+    journal = {e["episode_id"]: e for e in map(json.loads, (root / "run" / "published.jsonl").read_text().splitlines())}
+    pending = []
+    for episode_id, rel, files, _ in episodes:
+        folder = Path(journal[episode_id]["episode_dir"])
+        listed = [{"path": f"{rel}/{name}", "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                   "local": str(folder / name)}
+                  for name, data in sorted(files.items()) if not name.endswith(DEPTH_NAMES)]
+        listed.append({"path": f"{rel}/manifest.json", "size": (folder / "manifest.json").stat().st_size,
+                       "sha256": journal[episode_id]["manifest_sha256"], "local": str(folder / "manifest.json")})
+        pending.append({"episode_id": episode_id, "relative_path": rel,
+                        "manifest_sha256": journal[episode_id]["manifest_sha256"], "episode_files": len(listed),
+                        "files": listed})
+    return {"commit_times": [time.time() - 60.0], "blocked_until": 0.0, "blocked_reason": "",
+            "pending": {"marker": marker, "episodes": pending}, "failures": {}, "last_error": ""}
+
+
+@pytest.mark.parametrize("landed", [True, False])
+def test_a_commit_left_in_flight_by_the_previous_version_is_settled(tmp_path, landed):
+    episodes = publish_mix(tmp_path, 2)
+    folder = tmp_path / "hub" / "meta"
+    url = f"file://{folder}"
+    marker = "20260101T000000-0123abcd-0001"
+    old = old_state_with_commit_in_flight(tmp_path, episodes, marker)
+    state_file = tmp_path / "run" / "upload_state" / f"{repo_slug(url)}.json"
+    state_file.parent.mkdir(parents=True)
+    state_file.write_text(json.dumps(old, indent=2))
+    if landed:  # the killed commit had copied every file
+        for episode in old["pending"]["episodes"]:
+            for f in episode["files"]:
+                (folder / f["path"]).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(f["local"], folder / f["path"])
+    config = write_config(tmp_path, metadata_repo=url)
+    env = uploader_env(None, tmp_path, token=None)
+    assert f"commit in flight: {marker}" in run_uploader(config, env, "status").stdout
+    result = run_uploader(config, env, "--once")
+    assert result.returncode == 0, result.stderr
+    lines = ledger_lines(tmp_path)
+    assert sorted(line["episode_id"] for line in lines) == sorted(e[0] for e in episodes)
+    # Landed: recorded under its own marker, not committed again; else committed anew.
+    assert all((line["commit"] == marker) == landed for line in lines)
+    on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    assert on_disk == set(expected_contents(tmp_path, episodes, full=False)) == set(ledger_files(tmp_path, url))
+    state = json.loads(state_file.read_text())
+    assert list(state) == list(old) and state["pending"] is None
+    assert len(state["commit_times"]) == (1 if landed else 2)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import random
 import signal
 import subprocess
@@ -15,12 +17,14 @@ import pytest
 from droid_pipeline.core.schema import SCHEMA_VERSION
 from droid_pipeline.publish.ledger import Ledger, ledger_has, repos_for
 from droid_pipeline.publish.staging import (
+    JournalEntry,
     StagingError,
     append_record,
     finished_state,
     is_finished,
     publish_episode,
     read_journal,
+    read_journal_entries,
     read_manifest,
     verify_episode,
 )
@@ -105,6 +109,34 @@ def test_rgb_export_of_the_depth_step_goes_to_the_full_repo_only(tmp_path):
     (metadata_work / "recordings/111/rgb.mp4").write_bytes(b"\x00" * 64)
     with pytest.raises(StagingError, match="rgb.mp4"):
         publish_episode(metadata_work, tmp_path / "out2", REL, EPISODE, "metadata", tmp_path / "run")
+
+
+# A journal line as the previous version wrote it (copied from a real run's published.jsonl).
+OLD_JOURNAL_LINE = (
+    '{"episode_id":"TRI+d5bf9a1d+2023-04-06-14h-16m-18s","relative_path":"TRI/success/2023-04-06/'
+    'Thu_Apr__6_14:16:18_2023","pipeline":"metadata","episode_dir":"/tmp/old_records/out/TRI/success/'
+    '2023-04-06/Thu_Apr__6_14:16:18_2023","manifest_sha256":"32573ccf36d7e968d12e9d13f0abedd83b77f5056e818a3d0'
+    'c0ffcaebe26da35","published":1796116140.8112893}')
+
+
+def test_journal_entries_are_typed_and_keep_the_previous_layout(tmp_path, caplog):
+    publish_episode(make_work(tmp_path), tmp_path / "out", REL, EPISODE, "full", tmp_path / "run")
+    journal = tmp_path / "run" / "published.jsonl"
+    written = json.loads(journal.read_text())
+    (entry,), offset = read_journal_entries(tmp_path / "run")
+    assert entry.to_json() == written and list(written) == list(json.loads(OLD_JOURNAL_LINE))
+    assert entry.episode_dir == tmp_path / "out" / REL and entry.pipeline == "full"
+    assert entry.manifest_sha256 == hashlib.sha256((tmp_path / "out" / REL / "manifest.json").read_bytes()).hexdigest()
+    old = JournalEntry.from_json(json.loads(OLD_JOURNAL_LINE))
+    assert json.dumps(old.to_json(), separators=(",", ":")) == OLD_JOURNAL_LINE
+    # Lines that hold no entry are skipped, each with a warning; the reader goes on after them.
+    append_record(journal, {"episode_id": EPISODE, "relative_path": REL})
+    append_record(journal, {**written, "pipeline": "rgb"})
+    append_record(journal, json.loads(OLD_JOURNAL_LINE))
+    with caplog.at_level(logging.WARNING, logger="droid_pipeline.publish.staging"):
+        entries, _ = read_journal_entries(tmp_path / "run", offset)
+    assert entries == [old]
+    assert len([r for r in caplog.records if "no publish entry" in r.getMessage()]) == 2
 
 
 def test_journal_tolerates_a_torn_line(tmp_path):

@@ -1,0 +1,343 @@
+"""``runner plan``: the driver's options, the episodes to run, the run folder and the plan file.
+
+Parses the driver's options, selects episodes, skips finished and already uploaded ones (an
+older schema or an unfinished folder is redone), writes the run folder and hands the driver a
+``key=value`` plan file (:class:`~droid_pipeline.execution.records.DriverRun`); ``--dry-run``
+prints the plan, ``--slurm`` submits an array (:mod:`droid_pipeline.execution.slurm`) and
+``--slurm-task`` plans one array task's shard.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from droid_pipeline.core.atomic import write_json_atomic, write_text_atomic
+from droid_pipeline.core.config import Config, ConfigError, dump_config, load_config
+from droid_pipeline.core.schema import SCHEMA_VERSION
+from droid_pipeline.execution.records import (
+    EXIT_OK,
+    PIPELINES,
+    PLAN_NAME,
+    REDO_SHOWN,
+    RUN_OPTIONS_NAME,
+    DriverExit,
+    DriverPlan,
+    DriverRun,
+    PipelineSpec,
+    Redo,
+    RunOptions,
+    RunPlan,
+    Skipped,
+    read_run_options,
+    read_todo,
+    todo_name,
+    write_todo,
+)
+from droid_pipeline.execution.slurm import sbatch_script, submit
+from droid_pipeline.execution.timing import EPISODE_LIST_NAME, TIMING_NAME, create_csv, utc_timestamp
+from droid_pipeline.raw.discovery import Episode, build_index, read_id_file
+
+if TYPE_CHECKING:
+    from droid_pipeline.publish.ledger import Ledger
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MAX_BATCH = 8
+
+T = TypeVar("T")
+
+
+def _driver_parser(spec: PipelineSpec) -> argparse.ArgumentParser:
+    steps = " -> ".join("depth + FFV1" if s == "depth" else s for s in spec.steps)
+    parser = argparse.ArgumentParser(
+        prog=spec.driver,
+        description=f"Run the {spec.name} pipeline ({steps}) over DROID episodes with parallel "
+                    "workers, publish each finished episode with its manifest and upload in "
+                    "batches. Writes a run folder under run_root (config, episode list, logs, "
+                    "timing.csv, failed list, summary); exits non-zero when anything failed, "
+                    "130 when interrupted. A rerun skips finished and uploaded episodes. "
+                    "See docs/running.md.")
+    parser.add_argument("limit", nargs="?", type=int, metavar="N",
+                        help="only the first N selected episodes (default: all)")
+    parser.add_argument("--episodes", metavar="FILE", help="run the episode ids listed in FILE")
+    parser.add_argument("--episode_id", "--episode-id", metavar="ID",
+                        help="debug one episode: foreground, verbose log on the terminal, work "
+                             "folder kept, no upload unless --upload; runs even if finished")
+    parser.add_argument("--workers", type=int, metavar="K",
+                        help="parallel workers (default: config 'workers', else the number of cores)")
+    parser.add_argument("--config", action="append", default=[], metavar="FILE",
+                        help="YAML file overriding configs/default.yaml (repeatable)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override one config key, e.g. --set slurm.partition=cpu (repeatable)")
+    parser.add_argument("--droid-root", metavar="DIR", help="raw DROID root (config 'droid_root')")
+    parser.add_argument("--out", metavar="DIR", help="output root (config 'output_root')")
+    parser.add_argument("--episodes-per-worker", type=int, metavar="B",
+                        help="episodes each worker process runs in turn (default: up to "
+                             f"{MAX_BATCH}, fewer for short runs); start-up is paid once per process")
+    parser.add_argument("--no-upload", action="store_true", help="do not start the uploader")
+    parser.add_argument("--upload", action="store_true", help="with --episode_id: upload too")
+    parser.add_argument("--force", action="store_true", help="redo finished and uploaded episodes")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the plan (or, with --slurm, the sbatch script) and exit")
+    parser.add_argument("--slurm", action="store_true",
+                        help="submit the run as a SLURM array (slurm.* in the config)")
+    if spec.name == "full":
+        parser.add_argument("--gpus", metavar="LIST|auto|none",
+                            help="GPUs to use: comma list, 'auto' (all visible) or 'none' (config "
+                                 "'gpus'); each worker slot is pinned to gpus[slot // workers-per-gpu]; "
+                                 "ignored by --depth-backend stereo, which runs on CPU")
+        parser.add_argument("--workers-per-gpu", type=int, metavar="K",
+                            help="worker slots per GPU (config 'workers_per_gpu')")
+        parser.add_argument("--depth-backend", choices=("zed", "stereo"),
+                            help="zed = ZED SDK on a GPU; stereo = OpenCV on the stereo MP4s, CPU only")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging in episode logs")
+    parser.add_argument("--pipeline", choices=sorted(PIPELINES), required=True, help=argparse.SUPPRESS)
+    parser.add_argument("--plan-file", required=True, help=argparse.SUPPRESS)
+    parser.add_argument("--slurm-task", metavar="RUN_DIR", help=argparse.SUPPRESS)
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """The driver's shortcut options as config overrides, after the user's --set."""
+    pairs = [("droid_root", args.droid_root), ("output_root", args.out), ("workers", args.workers)]
+    if args.pipeline == "full":
+        pairs += [("gpus", args.gpus), ("workers_per_gpu", args.workers_per_gpu),
+                  ("depth_backend", args.depth_backend)]
+    return list(args.overrides) + [f"{key}={value}" for key, value in pairs if value is not None]
+
+
+def cores() -> int:
+    """CPUs this process may run on (the allocation's, under SLURM or taskset)."""
+    return len(os.sched_getaffinity(0))
+
+
+def resolve_gpus(setting: str) -> list[str]:
+    """GPU ids for ``gpus``: a comma list, ``none``, or ``auto`` (CUDA_VISIBLE_DEVICES, else nvidia-smi)."""
+    setting = setting.strip()
+    if setting.lower() == "none":
+        return []
+    if setting.lower() != "auto":
+        return [g.strip() for g in setting.split(",") if g.strip()]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g for g in (x.strip() for x in visible.split(",")) if g and g not in ("-1", "NoDevFiles")]
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def worker_layout(config: Config, pipeline: str, env_cpus: int | None = None) -> tuple[int, list[str]]:
+    """``(workers, gpus)``: GPUs only pin depth workers of the zed backend (stereo runs on CPU)."""
+    gpus = resolve_gpus(config.gpus) if pipeline == "full" and config.depth_backend == "zed" else []
+    if pipeline == "full" and config.depth_backend == "zed":
+        if not gpus:
+            raise ConfigError(f"depth_backend zed needs a GPU but gpus={config.gpus!r} gives none; "
+                              "use --depth-backend stereo on CPU-only nodes")
+        slots = len(gpus) * config.workers_per_gpu
+        if config.workers is not None and config.workers > slots:
+            raise ConfigError(f"workers={config.workers} exceeds {len(gpus)} GPU(s) x "
+                              f"workers_per_gpu={config.workers_per_gpu}")
+        return config.workers or slots, gpus
+    return config.workers or env_cpus or cores(), []
+
+
+def episode_state(config: Config, spec: PipelineSpec, episode: Episode, ledger: Ledger | None,
+                  repos: Sequence[str]) -> tuple[str, str]:
+    """Why an episode is skipped or run: ``finished``, ``uploaded``, or a reason to (re)do it.
+
+    States to redo: ``missing``, ``incomplete`` (no valid manifest: killed, or an output from
+    before manifests), ``stale-schema`` and ``metadata-only`` (for the full pipeline).
+    """
+    from droid_pipeline.publish.staging import finished_state, read_manifest
+
+    folder = config.output_root / episode.relative_path
+    state, reason = finished_state(folder)
+    if state == "finished":
+        if spec.name == "full" and read_manifest(folder).pipeline != "full":
+            return "metadata-only", f"{folder} holds the metadata pipeline's output only"
+        return "finished", ""
+    if state == "missing" and repos and ledger is not None and ledger.has(episode.episode_id, repos):
+        return "uploaded", f"in the upload ledger for {', '.join(repos)}"
+    return state, reason
+
+
+def main(argv: Sequence[str]) -> int:
+    raw = list(argv)
+    pipeline = raw[raw.index("--pipeline") + 1] if "--pipeline" in raw else "metadata"
+    args = _driver_parser(PIPELINES.get(pipeline, PIPELINES["metadata"])).parse_args(raw)
+    spec = PIPELINES[args.pipeline]
+    plan_file = Path(args.plan_file)
+    if args.slurm_task:
+        return _hand_over(plan_file, _plan_slurm_task(spec, Path(args.slurm_task)))
+    if args.episode_id and (args.episodes or args.limit is not None or args.slurm):
+        raise ConfigError("--episode_id runs one episode: it excludes N, --episodes and --slurm")
+    config = load_config(args.config, _overrides(args))
+    index = build_index(config.droid_root, config.index_path)
+    for problem in index.problems:
+        print(f"warning: {problem['path']}: {problem['problem']}", file=sys.stderr)
+    if args.episode_id:
+        ids: list[str] | None = [args.episode_id]
+    elif args.episodes:
+        ids = read_id_file(args.episodes)
+    else:
+        ids = None
+    selected = index.select(episode_ids=ids, labs=config.labs, outcomes=config.outcomes,
+                            limit=args.limit)
+    debug = bool(args.episode_id)
+    workers, gpus = worker_layout(config, spec.name)
+    if debug:
+        workers, gpus = 1, gpus[:1]
+    from droid_pipeline.publish.ledger import Ledger, repos_for
+
+    repos = repos_for(spec.name, config.metadata_repo, config.full_repo)
+    ledger = Ledger(config.run_root) if repos else None
+    todo: list[Episode] = []
+    skipped = {"finished": 0, "uploaded": 0}
+    redo: list[Redo] = []
+    for episode in selected:
+        state, reason = ("forced", "") if args.force or debug else \
+            episode_state(config, spec, episode, ledger, repos)
+        if state in skipped:
+            skipped[state] += 1
+            continue
+        todo.append(episode)
+        if state not in ("missing", "forced"):
+            redo.append(Redo(episode.episode_id, state, reason))
+    upload = bool(repos) and not args.no_upload and (args.upload or not debug)
+    batch = batch_size(len(todo), workers, args.episodes_per_worker)
+    plan = RunPlan(pipeline=spec.name, schema_version=SCHEMA_VERSION, selected=len(selected),
+                   skipped=Skipped(**skipped), redo=tuple(redo), todo=len(todo), workers=workers,
+                   gpus=tuple(gpus), workers_per_gpu=config.workers_per_gpu, upload=upload,
+                   repos=tuple(repos), episodes_per_worker=args.episodes_per_worker, debug=debug,
+                   verbose=args.verbose)
+    _print_plan(plan, todo, args, config)
+    if args.dry_run and not args.slurm:
+        return _hand_over(plan_file, DriverExit(EXIT_OK))
+    if args.slurm:
+        return _hand_over(plan_file, _submit_slurm(spec, config, plan, todo, args))
+    run_dir = _make_run_dir(config, spec, plan, todo)
+    return _hand_over(plan_file, DriverRun(
+        run_dir=run_dir, run_root=config.run_root, todo_file=run_dir / todo_name(None), todo=len(todo),
+        workers=workers, batch=batch, gpus=tuple(gpus), upload=upload, debug=debug))
+
+
+def _print_plan(plan: RunPlan, todo: list[Episode], args: argparse.Namespace, config: Config) -> None:
+    print(f"{plan.pipeline} pipeline: {plan.selected} selected, {plan.skipped.finished} finished "
+          f"and {plan.skipped.uploaded} uploaded skipped, {plan.todo} to run "
+          f"({len(plan.redo)} redone) with {plan.workers} worker(s)"
+          + (f" on GPUs {','.join(plan.gpus)} x {plan.workers_per_gpu}" if plan.gpus else ""))
+    shown = plan.redo if args.dry_run else plan.redo[:REDO_SHOWN]
+    for item in shown:
+        print(f"  redo {item.episode_id}: {item.state}: {item.reason}")
+    if len(shown) < len(plan.redo):
+        print(f"  ... and {len(plan.redo) - len(shown)} more (all listed by --dry-run and in {PLAN_NAME})")
+    if not plan.upload:
+        why = ("--no-upload" if args.no_upload else "no metadata_repo/full_repo in the config"
+               if not plan.repos else "debug run without --upload")
+        print(f"upload: off ({why}); finished episodes stay in {config.output_root}")
+    if args.dry_run and not args.slurm:
+        for episode in todo:
+            print(f"  run {episode.episode_id}  {episode.relative_path}")
+    if not todo:
+        print("nothing left to do: 0 episodes to run")
+
+
+def _make_run_dir(config: Config, spec: PipelineSpec, plan: RunPlan, todo: list[Episode]) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    run_dir = Path(config.run_root) / f"{spec.name}-{stamp}-{os.getpid()}"
+    (run_dir / "logs").mkdir(parents=True)
+    create_csv(run_dir / TIMING_NAME)
+    dump_config(config, run_dir / "config.yaml")
+    options = RunOptions(plan=plan, run_root=config.run_root, output_root=config.output_root,
+                         created=utc_timestamp(time.time()))
+    write_json_atomic(run_dir / RUN_OPTIONS_NAME, options.to_json())
+    write_json_atomic(run_dir / PLAN_NAME, plan.to_json())
+    write_text_atomic(run_dir / EPISODE_LIST_NAME, "".join(f"{e.episode_id}\n" for e in todo))
+    write_todo(run_dir / todo_name(None), todo)
+    print(f"run folder: {run_dir}")
+    return run_dir
+
+
+def _hand_over(path: Path, plan: DriverPlan) -> int:
+    """Write the plan file the driver reads next; the plan step itself succeeded."""
+    path.write_text(plan.to_plan_file())
+    return EXIT_OK
+
+
+def _submit_slurm(spec: PipelineSpec, config: Config, plan: RunPlan, todo: list[Episode],
+                  args: argparse.Namespace) -> DriverExit:
+    num_tasks = min(config.slurm.num_tasks, len(todo))
+    if num_tasks == 0:
+        print("nothing left to do: no SLURM job submitted")
+        return DriverExit(EXIT_OK)
+    plan = dataclasses.replace(plan, slurm_tasks=num_tasks)
+    if args.dry_run:
+        run_dir = Path(config.run_root) / f"{spec.name}-<submit time>"
+        print(sbatch_script(spec.name, run_dir, REPO_ROOT / spec.driver, config.slurm, num_tasks))
+        return DriverExit(EXIT_OK)
+    run_dir = _make_run_dir(config, spec, plan, todo)
+    job_id = submit(spec.name, run_dir, REPO_ROOT / spec.driver, config.slurm, num_tasks)
+    print(f"submitted SLURM job {job_id}: {num_tasks} array task(s), at most "
+          f"{config.slurm.max_parallel_tasks} at once")
+    print(f"logs: {run_dir / 'slurm'}/{job_id}_<task>.out, episode logs in {run_dir / 'logs'}, "
+          f"timing in {run_dir / TIMING_NAME}")
+    return DriverExit(EXIT_OK)
+
+
+def batch_size(todo: int, workers: int, requested: int | None) -> int:
+    """Episodes per worker process: amortizes interpreter and import start-up (about 2 s) while
+    leaving each worker about four batches, so the last ones end close together."""
+    if requested is not None:
+        if requested < 1:
+            raise ConfigError(f"--episodes-per-worker must be >= 1, got {requested}")
+        return requested
+    return max(1, min(MAX_BATCH, todo // (workers * 4)))
+
+
+def shard(items: Sequence[T], index: int, count: int) -> list[T]:
+    """Array task ``index`` of ``count`` takes items index, index+count, ... (deterministic)."""
+    if not 0 <= index < count:
+        raise ValueError(f"shard {index} out of range for {count} shards")
+    return list(items[index::count])
+
+
+def _plan_slurm_task(spec: PipelineSpec, run_dir: Path) -> DriverRun:
+    """One array task: its shard of the run's episodes, minus those finished meanwhile."""
+    if "SLURM_ARRAY_TASK_ID" not in os.environ:
+        raise ConfigError("--slurm-task is for the array tasks of a --slurm run (no SLURM_ARRAY_TASK_ID)")
+    plan = read_run_options(run_dir).plan
+    if plan.slurm_tasks is None:
+        raise ConfigError(f"--slurm-task {run_dir}: {RUN_OPTIONS_NAME} is not of a --slurm run")
+    task = int(os.environ["SLURM_ARRAY_TASK_ID"])
+    config = load_config([run_dir / "config.yaml"])
+    from droid_pipeline.publish.ledger import Ledger
+
+    mine = shard(read_todo(run_dir / todo_name(None)), task, plan.slurm_tasks)
+    ledger = Ledger(config.run_root) if plan.repos else None
+    todo = [e for e in mine if episode_state(config, spec, e, ledger, plan.repos)[0]
+            not in ("finished", "uploaded")]
+    slurm_cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+    workers, gpus = worker_layout(config, spec.name, int(slurm_cpus) if slurm_cpus else None)
+    todo_file = run_dir / todo_name(task)
+    write_todo(todo_file, todo)
+    print(f"array task {task} of {plan.slurm_tasks}: {len(mine)} episodes in the shard, "
+          f"{len(todo)} to run with {workers} worker(s) on {socket.gethostname()}")
+    if not todo:
+        print("nothing left to do in this shard")
+    return DriverRun(run_dir=run_dir, run_root=config.run_root, todo_file=todo_file, todo=len(todo),
+                     workers=workers, batch=batch_size(len(todo), workers, plan.episodes_per_worker),
+                     gpus=tuple(gpus), upload=plan.upload, debug=False, summary_task=task)

@@ -1,0 +1,135 @@
+"""``runner summary``: done / skipped / failed by step and episodes per hour of a driver run.
+
+Its exit code is the driver's: 0 all done, 1 anything failed or not run, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from droid_pipeline.core.atomic import write_json_atomic, write_text_atomic
+from droid_pipeline.execution.records import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    FAILED_NAME,
+    REDO_SHOWN,
+    Skipped,
+    read_run_options,
+    read_run_plan,
+    read_todo,
+    todo_name,
+)
+from droid_pipeline.execution.timing import TIMING_NAME, AttemptStatus, parse_timestamp, read_rows
+
+
+@dataclass(frozen=True)
+class FailedEpisode:
+    episode_id: str
+    step: str
+    error: str
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """Counts of one driver invocation's episodes (``summary.json``); under SLURM one array
+    task's, which leave ``skipped`` to the run (``None``)."""
+
+    task: str | None
+    to_run: int
+    done: int
+    skipped: Skipped | None
+    failed: int
+    failed_by_step: dict[str, int]
+    interrupted: bool
+    not_run: int
+    episodes_per_hour: float | None
+    failed_episodes: tuple[FailedEpisode, ...] = ()
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        return EXIT_FAILED if self.failed or self.not_run else EXIT_OK
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data.update(skipped={} if self.skipped is None else dataclasses.asdict(self.skipped),
+                    failed_episodes=[dataclasses.asdict(f) for f in self.failed_episodes],
+                    exit_code=self.exit_code)
+        return data
+
+
+def summarize(run_dir: Path, task: str, interrupted: bool) -> RunSummary:
+    """The summary of this driver invocation's episodes (one array task's under SLURM)."""
+    todo_ids = [e.episode_id for e in read_todo(run_dir / todo_name(int(task) if task else None))]
+    wanted = set(todo_ids)
+    last: dict[str, dict[str, str]] = {}
+    for row in read_rows(run_dir / TIMING_NAME):
+        if row["episode_id"] in wanted:
+            last[row["episode_id"]] = row
+    done = [r for r in last.values() if r["status"] == AttemptStatus.DONE.value]
+    failed = [r for r in last.values() if r["status"] == AttemptStatus.FAILED.value]
+    by_step: dict[str, int] = {}
+    for r in failed:
+        by_step[r["failed_step"]] = by_step.get(r["failed_step"], 0) + 1
+    attempts = done + failed
+    rate = None
+    if attempts:
+        begin = min(parse_timestamp(r["start_time"]) for r in attempts)
+        end = max(parse_timestamp(r["start_time"]) + float(r["total_s"]) for r in attempts)
+        rate = len(attempts) / (end - begin) * 3600.0 if end > begin else None
+    return RunSummary(task=task or None, to_run=len(todo_ids), done=len(done),
+                      skipped=None if task else read_run_plan(run_dir).skipped, failed=len(failed),
+                      failed_by_step=by_step, interrupted=interrupted,
+                      not_run=len(todo_ids) - len(done) - len(failed), episodes_per_hour=rate,
+                      failed_episodes=tuple(FailedEpisode(r["episode_id"], r["failed_step"], r["error"])
+                                            for r in failed))
+
+
+def format_summary(summary: RunSummary, run_dir: Path) -> str:
+    skipped = summary.skipped
+    skip_text = (f", skipped {skipped.finished} finished + {skipped.uploaded} uploaded"
+                 if skipped is not None else "")
+    by_step = ", ".join(f"{step}: {n}" for step, n in sorted(summary.failed_by_step.items()))
+    rate = summary.episodes_per_hour
+    lines = [f"summary{' of array task ' + summary.task if summary.task else ''}: "
+             f"{summary.done} done{skip_text}, {summary.failed} failed"
+             + (f" ({by_step})" if by_step else "")
+             + f", {summary.not_run} not run of {summary.to_run}"
+             + (" (interrupted)" if summary.interrupted else ""),
+             f"episodes per hour: {'n/a' if rate is None else f'{rate:.1f}'}"]
+    if summary.failed:
+        lines.append(f"failed episodes (all in {run_dir / FAILED_NAME}):")
+        lines += [f"  {f.episode_id}: step {f.step}: {f.error}" for f in summary.failed_episodes[:REDO_SHOWN]]
+        if summary.failed > REDO_SHOWN:
+            lines.append(f"  ... and {summary.failed - REDO_SHOWN} more")
+    lines.append(f"run folder: {run_dir}; review: python -m droid_pipeline.timing review {run_dir}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m droid_pipeline.execution.runner summary")
+    parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--task", default="", help="SLURM array task id (its own summary files)")
+    parser.add_argument("--interrupted", action="store_true")
+    args = parser.parse_args(argv)
+    summary = summarize(args.run_dir, args.task, args.interrupted)
+    if not args.task:  # array tasks share the work root; each run's own is empty by now
+        output_root = read_run_options(args.run_dir).output_root
+        for folder in (output_root / ".work" / args.run_dir.name, output_root / ".work"):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+    suffix = f".task{args.task}" if args.task else ""
+    text = format_summary(summary, args.run_dir)
+    write_json_atomic(args.run_dir / f"summary{suffix}.json", summary.to_json())
+    write_text_atomic(args.run_dir / f"summary{suffix}.txt", text + "\n")
+    print(text)
+    return summary.exit_code
