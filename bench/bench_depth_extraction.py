@@ -47,7 +47,7 @@ def run_episode(dataset: DatasetInfo, output: Path, lr_check: bool) -> list[dict
         both = (depth > 0) & (truth > 0)
         error = np.abs(depth - truth)[both]
         rows.append({"size": f"{size[0]}x{size[1]}", "role": role, "lr": lr_check,
-                     "valid": summary["cameras"][serial]["valid_fraction"],
+                     "valid": summary.cameras[serial].valid_fraction,
                      "median_mm": float(np.median(error)), "p90_mm": float(np.percentile(error, 90)),
                      "median_rel": float(np.median(error / truth[both])),
                      "range_m": (truth[truth > 0].min() / 1000, truth.max() / 1000),

@@ -23,9 +23,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from droid_pipeline.core.config import load_config  # noqa: E402
+from droid_pipeline.core.schema import TRACKS  # noqa: E402
 from droid_pipeline.raw.discovery import build_index  # noqa: E402
 from droid_pipeline.steps.intrinsics import extract_intrinsics  # noqa: E402
-from droid_pipeline.steps.tracks import TRACKS_FILE, generate_tracks  # noqa: E402
+from droid_pipeline.steps.tracks import generate_tracks  # noqa: E402
 from droid_pipeline.synthetic.generator import generate_dataset  # noqa: E402
 
 # The figures the issue gives for the seed implementation of this step, per episode.
@@ -67,7 +68,7 @@ def main() -> int:
               f"cameras={len(summary['cameras_with_2d_tracks'])} path={summary['path_length_mm']:.0f} mm "
               f"-> M={summary['num_normalized_steps']} normalized samples")
 
-        with np.load(output_dir / TRACKS_FILE, allow_pickle=False) as data:
+        with np.load(output_dir / TRACKS.path, allow_pickle=False) as data:
             arrays = dict(data)
         in_process, writing = [], []
         for _ in range(args.repeats):  # interleaved, so both see the same machine load
@@ -84,7 +85,7 @@ def main() -> int:
         for name, size in summary["files"].items():
             print(f"bytes {name:15s} {size:>11,d}")
         print(f"bytes total           {total_bytes:>11,d}")
-        with zipfile.ZipFile(output_dir / TRACKS_FILE) as archive:
+        with zipfile.ZipFile(output_dir / TRACKS.path) as archive:
             members = sorted(archive.infolist(), key=lambda m: -m.compress_size)
         print("largest tracks.npz arrays (stored / raw bytes):")
         for member in members[:8]:

@@ -1,16 +1,18 @@
 """DROID training-data pipeline: raw DROID episodes -> gripper contact tracks, 2D projections,
 1 mm normalized flow, and lossless depth, published to Hugging Face."""
 
-__version__ = "0.1.0"
+from typing import Any
 
 # Version of the per-episode output contract (tracks.npz, extrinsics.npz, quality.json, ...).
-# An episode finished under an older schema is not finished for the current one.
-SCHEMA_VERSION = 2
+from droid_pipeline.core.schema import SCHEMA_VERSION
+
+__version__ = "0.1.0"
+__all__ = ["SCHEMA_VERSION", "__version__", "EpisodeData", "LoadError", "load_episode"]
 
 _LOADER_NAMES = ("EpisodeData", "LoadError", "load_episode")
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     """Import the loader on first use: it pulls in PyAV, OpenCV and h5py, which steps may not need."""
     if name in _LOADER_NAMES:
         from droid_pipeline.outputs import loader

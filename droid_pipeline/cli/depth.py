@@ -26,5 +26,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     request = step_request(args, STEP)
     summary = extract_depth(request.config, request.episode, request.output_dir,
                             backend=args.depth_backend, cameras=request.cameras)
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(summary.to_json(), indent=2))
     return 0

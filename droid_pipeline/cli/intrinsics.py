@@ -6,7 +6,8 @@ import argparse
 from collections.abc import Sequence
 
 from droid_pipeline.cli.common import add_config_args, add_step_args, step_request
-from droid_pipeline.steps.intrinsics import SOURCES, STEP, extract_intrinsics
+from droid_pipeline.formats.intrinsics import SOURCES
+from droid_pipeline.steps.intrinsics import STEP, extract_intrinsics
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -25,6 +26,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     records = extract_intrinsics(request.config, request.episode, request.output_dir,
                                  cameras=request.cameras, sources=args.sources)
     for serial, record in records.items():
-        print(f"{serial} ({record['camera']}): {record['source']} fx={record['fx']:.3f} fy={record['fy']:.3f} "
-              f"cx={record['cx']:.3f} cy={record['cy']:.3f} {record['width']}x{record['height']}")
+        print(f"{serial} ({record.camera}): {record.source} fx={record.fx:.3f} fy={record.fy:.3f} "
+              f"cx={record.cx:.3f} cy={record.cy:.3f} {record.width}x{record.height}")
     return 0

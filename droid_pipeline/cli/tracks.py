@@ -7,7 +7,19 @@ import json
 from collections.abc import Sequence
 
 from droid_pipeline.cli.common import add_config_args, add_step_args, step_request
-from droid_pipeline.steps.tracks import CLI_OUTPUTS, STEP, generate_tracks
+from droid_pipeline.core.schema import EPISODE_LAYOUT, help_text
+from droid_pipeline.steps.tracks import OUTPUTS, STEP, generate_tracks
+
+EPILOG = f"""\
+outputs, in --output-dir (default: output_root/{EPISODE_LAYOUT}/).
+npz files load with numpy.load(path, allow_pickle=False); shapes in T steps, N points,
+M normalized samples, C cameras with 2D tracks, K cameras of the episode:
+{help_text(OUTPUTS)}
+
+reads: the raw episode under droid_root (metadata json, trajectory.h5, MP4 frame counts), the
+cam2base file (cam2base_extrinsics_path) and <output-dir>/recordings/<serial>/intrinsics.json
+written by extract_intrinsics_only.py.
+"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -16,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="generate_tracks_and_metadata.py",
         description="Write one episode's gripper contact tracks, 2D projections, 1 mm normalized "
                     "flow, camera extrinsics and quality report (contract: docs/outputs.md).",
-        epilog=CLI_OUTPUTS, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser, episode=True)
     add_step_args(parser)
     args = parser.parse_args(argv)

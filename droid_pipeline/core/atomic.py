@@ -1,9 +1,11 @@
-"""Write files under a temporary name and rename on success, so nothing half-written looks done."""
+"""Write files under a temporary name and rename on success, so nothing half-written looks done;
+checksum files in chunks."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import tempfile
@@ -12,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+_HASH_CHUNK = 1 << 20
 
 
 @contextlib.contextmanager
@@ -67,6 +71,15 @@ def append_locked(path: os.PathLike | str, text: str, header: str = "") -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def sha256_file(path: os.PathLike | str) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _json_default(value: Any) -> Any:

@@ -33,18 +33,25 @@ from typing import Any
 
 import numpy as np
 
-from droid_pipeline.core.schema import SCHEMA_VERSION
+from droid_pipeline.core.schema import (
+    DEPTH,
+    DEPTH_META,
+    EXTRINSICS,
+    EXTRINSICS_NPZ,
+    INTRINSICS,
+    MANIFEST,
+    NPZ_FILES,
+    QUALITY,
+    SCHEMA_VERSION,
+    TRACKS,
+    TRACKS_NPZ,
+    shape_sizes,
+)
 from droid_pipeline.formats.depth_codec import DepthMeta, DepthReader
-from droid_pipeline.publish.staging import MANIFEST_NAME
-from droid_pipeline.steps.tracks import EXTRINSICS_FILE, QUALITY_FILE, TRACKS_FILE
 
-DEPTH_FILE = "depth.mkv"
-DEPTH_META_FILE = "depth_meta.json"
-INTRINSICS_FILE = "intrinsics.json"
-RECORDINGS = "recordings"
 HUB_PREFIX = "hf://"
 # Files that tell which episode a folder holds, in the order they are read.
-RECORD_FILES = (MANIFEST_NAME, QUALITY_FILE)
+RECORD_FILES = (MANIFEST.path, QUALITY.path)
 _HUB_TYPES = {"datasets": "dataset", "models": "model", "spaces": "space"}
 _ID_TIME = re.compile(r"-(\d{1,2})h-(\d{1,2})m-(\d{1,2})s$")
 _FOLDER_TIME = re.compile(r"_(\d{1,2})[:_](\d{2})[:_](\d{2})_\d{4}$")
@@ -133,7 +140,7 @@ class EpisodeData:
     @property
     def depth_cameras(self) -> tuple[str, ...]:
         """Serials whose ``depth.mkv`` is present."""
-        return tuple(s for s in self.cameras if (self._recording(s) / DEPTH_FILE).is_file())
+        return tuple(s for s in self.cameras if (self.path / DEPTH.for_camera(s)).is_file())
 
     def camera(self, name: str) -> CameraData:
         """A camera by serial or role (wrist, ext1, ext2)."""
@@ -148,7 +155,7 @@ class EpisodeData:
     def depth(self, name: str) -> DepthReader:
         """The camera's depth frames, decoded on access: ``len()``, ``[i]``, iteration, ``read_all()``
         (uint16 millimetres, 0 = invalid, frame i = step i). Use it in a ``with`` block."""
-        path = self._recording(self.camera(name).serial) / DEPTH_FILE
+        path = self.path / DEPTH.for_camera(self.camera(name).serial)
         if not path.is_file():
             raise LoadError(f"episode {self.episode_id}: camera {name} has no depth ({path} missing; "
                             "depth is only in the full pipeline's outputs)")
@@ -156,10 +163,7 @@ class EpisodeData:
 
     def depth_meta(self, name: str) -> DepthMeta:
         """The camera's ``depth_meta.json`` (size, frame count, checksum of the raw frames, ...)."""
-        return DepthMeta.load(self._recording(self.camera(name).serial) / DEPTH_META_FILE)
-
-    def _recording(self, serial: str) -> Path:
-        return self.path / RECORDINGS / serial
+        return DepthMeta.load(self.path / DEPTH_META.for_camera(self.camera(name).serial))
 
 
 def load_episode(path_or_repo: os.PathLike | str, episode: str | None = None, *,
@@ -186,27 +190,28 @@ def load_episode(path_or_repo: os.PathLike | str, episode: str | None = None, *,
 
 
 def read_episode_dir(episode_dir: os.PathLike | str) -> EpisodeData:
-    """Read the output files in one local episode folder."""
+    """Read the output files in one local episode folder, checked against the output contract."""
     episode_dir = Path(episode_dir)
-    if not (episode_dir / TRACKS_FILE).is_file():
-        raise LoadError(f"{episode_dir}: no {TRACKS_FILE}; expected an episode output folder, or an "
+    if not (episode_dir / TRACKS.path).is_file():
+        raise LoadError(f"{episode_dir}: no {TRACKS.path}; expected an episode output folder, or an "
                         "output root together with the episode's relative path or id")
-    tracks = _read_npz(episode_dir / TRACKS_FILE)
-    extrinsics = _read_npz(episode_dir / EXTRINSICS_FILE)
-    quality = _read_json(episode_dir / QUALITY_FILE)
-    manifest = _read_json(episode_dir / MANIFEST_NAME) if (episode_dir / MANIFEST_NAME).is_file() else None
+    tracks = _read_npz(episode_dir / TRACKS.path)
+    extrinsics = _read_npz(episode_dir / EXTRINSICS.path)
+    quality = _read_json(episode_dir / QUALITY.path)
+    manifest = _read_json(episode_dir / MANIFEST.path) if (episode_dir / MANIFEST.path).is_file() else None
     where = str(episode_dir)
-    for name, arrays in ((TRACKS_FILE, tracks), (EXTRINSICS_FILE, extrinsics)):
-        version = int(_key(arrays, "schema_version", f"{where}/{name}"))
+    for schema, arrays in zip(NPZ_FILES, (tracks, extrinsics)):
+        version = int(_key(arrays, "schema_version", f"{where}/{schema.file.path}"))
         if version != SCHEMA_VERSION:
-            raise LoadError(f"{where}/{name}: written under output schema {version}; this package "
+            raise LoadError(f"{where}/{schema.file.path}: written under output schema {version}; this package "
                             f"reads schema {SCHEMA_VERSION} (re-convert the episode)")
-    info = quality.get("episode") if isinstance(quality.get("episode"), dict) else {}
-    if not isinstance(info.get("episode_id"), str) or not isinstance(info.get("relative_path"), str):
-        raise LoadError(f"{where}/{QUALITY_FILE}: no episode.episode_id / episode.relative_path")
+    info = quality.get("episode")
+    if not isinstance(info, dict) or not isinstance(info.get("episode_id"), str) \
+            or not isinstance(info.get("relative_path"), str):
+        raise LoadError(f"{where}/{QUALITY.path}: no episode.episode_id / episode.relative_path")
 
     def get(key: str) -> np.ndarray:
-        return _key(tracks, key, f"{where}/{TRACKS_FILE}")
+        return _key(tracks, key, f"{where}/{TRACKS.path}")
 
     normalized = NormalizedFlow(
         step_size_mm=float(get("normalized_step_size_mm")), tracks_3d=get("normalized_tracks_3d"),
@@ -215,7 +220,7 @@ def read_episode_dir(episode_dir: os.PathLike | str) -> EpisodeData:
         gripper_positions=get("normalized_gripper_positions"),
         cumulative_distance_mm=get("cumulative_distance_mm"),
         frame_to_normalized_idx=get("frame_to_normalized_idx"))
-    return EpisodeData(
+    data = EpisodeData(
         path=episode_dir, episode_id=info["episode_id"], relative_path=info["relative_path"],
         schema_version=int(get("schema_version")), num_frames=int(get("num_frames")),
         fps=float(get("fps")), num_points_per_finger=int(get("num_points_per_finger")),
@@ -228,11 +233,16 @@ def read_episode_dir(episode_dir: os.PathLike | str) -> EpisodeData:
         quality=MappingProxyType(quality),
         manifest=None if manifest is None else MappingProxyType(manifest),
         tracks_npz=MappingProxyType(tracks), extrinsics_npz=MappingProxyType(extrinsics))
+    sizes = shape_sizes(tracks)
+    problems = TRACKS_NPZ.problems(tracks, sizes) + EXTRINSICS_NPZ.problems(extrinsics, sizes)
+    if problems:
+        raise LoadError(f"{where}: does not follow the output contract: {'; '.join(problems)}")
+    return data
 
 
 def _cameras(episode_dir: Path, tracks: dict[str, np.ndarray],
              extrinsics: dict[str, np.ndarray]) -> dict[str, CameraData]:
-    where_x, where_t = f"{episode_dir}/{EXTRINSICS_FILE}", f"{episode_dir}/{TRACKS_FILE}"
+    where_x, where_t = f"{episode_dir}/{EXTRINSICS.path}", f"{episode_dir}/{TRACKS.path}"
     serials = [str(s) for s in _key(extrinsics, "serials", where_x)]
     roles = [str(r) for r in _key(extrinsics, "roles", where_x)]
     sources = [str(s) for s in _key(extrinsics, "sources", where_x)]
@@ -241,19 +251,18 @@ def _cameras(episode_dir: Path, tracks: dict[str, np.ndarray],
     with_2d = [str(s) for s in _key(tracks, "cameras_with_2d_tracks", where_t)]
     unknown = sorted(set(with_2d) - set(serials))
     if unknown:
-        raise LoadError(f"{where_t}: cameras {unknown} have 2D tracks but no pose in {EXTRINSICS_FILE}")
+        raise LoadError(f"{where_t}: cameras {unknown} have 2D tracks but no pose in {EXTRINSICS.path}")
     cameras = {}
     for serial, role, source in zip(serials, roles, sources):
         fields: dict[str, Any] = {}
         if serial in with_2d:
-            record_path = episode_dir / RECORDINGS / serial / INTRINSICS_FILE
             size = _key(tracks, f"image_size_{serial}", where_t)
             fields = {"tracks_2d": _key(tracks, f"tracks_2d_{serial}", where_t),
                       "visibility": _key(tracks, f"visibility_{serial}", where_t),
                       "intrinsics": _key(tracks, f"intrinsics_{serial}", where_t),
                       "distortion": _key(tracks, f"distortion_{serial}", where_t),
                       "image_size": (int(size[0]), int(size[1])),
-                      "intrinsics_record": MappingProxyType(_read_json(record_path))}
+                      "intrinsics_record": MappingProxyType(_read_json(episode_dir / INTRINSICS.for_camera(serial)))}
         cameras[serial] = CameraData(serial=serial, role=role, extrinsics_source=source,
                                      T_base_cam=_key(extrinsics, f"T_base_cam_{serial}", where_x), **fields)
     return cameras
@@ -319,7 +328,7 @@ def _find_episode(episode_id: str, folders: Iterable[tuple[str, str]],
         except ValueError as exc:
             log.warning("%s/%s/%s: unreadable (%s); skipped", where, folder, record, exc)
             continue
-        found = data.get("episode_id") if record == MANIFEST_NAME else (data.get("episode") or {}).get("episode_id")
+        found = data.get("episode_id") if record == MANIFEST.path else (data.get("episode") or {}).get("episode_id")
         if found == episode_id:
             return folder
     raise LoadError(f"{where}: episode id {episode_id} not found among the {len(candidates)} episode "
@@ -348,7 +357,7 @@ def _record_folders(files: Iterable[str]) -> list[tuple[str, str]]:
 def _episode_folders_local(root: Path, lab: str) -> list[tuple[str, str]]:
     if not (root / lab).is_dir():
         raise LoadError(f"{root}: no folder {lab}/ for the episode's lab")
-    files = []
+    files: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root / lab):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         rel = Path(dirpath).relative_to(root).as_posix()
@@ -387,7 +396,7 @@ def _load_from_hub(url: str, episode: str | None, repo_type: str, revision: str 
 
         def download(filename: str) -> str:
             return hf_hub_download(repo_id, filename, repo_type=repo_type, revision=commit,
-                                   cache_dir=cache_dir)
+                                   cache_dir=None if cache_dir is None else Path(cache_dir))
 
         def listing(folder: str) -> list[str]:
             return [f.path for f in api.list_repo_tree(repo_id, path_in_repo=folder, recursive=True,
@@ -399,11 +408,15 @@ def _load_from_hub(url: str, episode: str | None, repo_type: str, revision: str 
             rel = _find_episode(rel, _record_folders(listing(lab)),
                                 lambda folder, name: Path(download(f"{folder}/{name}")).read_text(),
                                 url)
-        files = [f for f in listing(rel)
-                 if include_depth or PurePosixPath(f).name not in (DEPTH_FILE, DEPTH_META_FILE)]
-        if f"{rel}/{TRACKS_FILE}" not in files:
-            raise LoadError(f"{url}: no episode at {rel} (no {TRACKS_FILE} there)")
+        files = [f for f in listing(rel) if include_depth or not _is_depth(PurePosixPath(f).relative_to(rel))]
+        if f"{rel}/{TRACKS.path}" not in files:
+            raise LoadError(f"{url}: no episode at {rel} (no {TRACKS.path} there)")
         local = {f: download(f) for f in files}
     except (HfHubHTTPError, OSError) as exc:   # HTTP errors, and no connection to the Hub
         raise LoadError(f"{url}: {exc}") from exc
-    return read_episode_dir(Path(local[f"{rel}/{TRACKS_FILE}"]).parent)
+    return read_episode_dir(Path(local[f"{rel}/{TRACKS.path}"]).parent)
+
+
+def _is_depth(relative_path: PurePosixPath) -> bool:
+    """depth.mkv or depth_meta.json: the files ``include_depth=False`` leaves out."""
+    return any(f.matches(relative_path.as_posix()) for f in (DEPTH, DEPTH_META))

@@ -36,7 +36,8 @@ from tqdm import tqdm
 from droid_pipeline.core.atomic import atomic_path
 from droid_pipeline.geometry.projection import points_in_camera, project
 from droid_pipeline.outputs.loader import CameraData, EpisodeData
-from droid_pipeline.raw.video import iter_frames, probe
+from droid_pipeline.raw.episode import find_camera_video
+from droid_pipeline.raw.video import iter_frames
 
 STEP = "render"
 MODES = ("tracks", "frames", "normalized", "depth")
@@ -71,15 +72,6 @@ class RenderResult:
     videos: dict[str, Path] = field(default_factory=dict)
     contact_sheet: Path | None = None
     messages: list[str] = field(default_factory=list)
-
-
-def find_video(mp4_dir: Path, serial: str) -> tuple[Path, bool] | None:
-    """The camera's left-image MP4 (``<serial>.mp4``), else its side-by-side ``<serial>-stereo.mp4``
-    (with ``True``: crop the left half); None when neither exists."""
-    for name, crop in ((f"{serial}.mp4", False), (f"{serial}-stereo.mp4", True)):
-        if (mp4_dir / name).is_file():
-            return mp4_dir / name, crop
-    return None
 
 
 def render_episode(data: EpisodeData, mp4_dir: Path, out_dir: Path, *, cameras: Sequence[str] | None = None,
@@ -124,20 +116,18 @@ def _plan(data: EpisodeData, camera: CameraData, mp4_dir: Path, what: str, messa
     if what == "depth" and camera.serial not in data.depth_cameras:
         messages.append(f"{name}: no depth.mkv in {data.path}; skipped")
         return None
-    found = find_video(mp4_dir, camera.serial)
-    if found is None:
+    video = find_camera_video(mp4_dir, camera.serial)
+    if video is None:
         messages.append(f"{name}: no {camera.serial}.mp4 or {camera.serial}-stereo.mp4 in {mp4_dir}; skipped")
         return None
-    video, crop = found
-    info = probe(video)
-    width = info.width // 2 if crop else info.width
-    if camera.image_size is not None and (width, info.height) != camera.image_size:
-        raise RenderError(f"{name}: {video.name} is {width}x{info.height}"
-                          f"{' (left half)' if crop else ''} but the outputs' image_size is "
+    info, (width, height) = video.info, video.left_size
+    if camera.image_size is not None and (width, height) != camera.image_size:
+        raise RenderError(f"{name}: {video.path.name} is {width}x{height}"
+                          f"{' (left half)' if video.side_by_side else ''} but the outputs' image_size is "
                           f"{camera.image_size[0]}x{camera.image_size[1]}")
     count = min(info.num_frames, data.num_frames)
     if info.num_frames != data.num_frames:
-        messages.append(f"{name}: {video.name} has {info.num_frames} frames but the episode has "
+        messages.append(f"{name}: {video.path.name} has {info.num_frames} frames but the episode has "
                         f"{data.num_frames} steps; rendering {count}")
     if what == "depth":
         with data.depth(camera.serial) as depth:
@@ -148,7 +138,7 @@ def _plan(data: EpisodeData, camera: CameraData, mp4_dir: Path, what: str, messa
     if count == 0:
         messages.append(f"{name}: nothing to render (0 frames); skipped")
         return None
-    return CameraJob(camera, video, crop, count)
+    return CameraJob(camera, video.path, video.side_by_side, count)
 
 
 def _render_camera(data: EpisodeData, job: CameraJob, path: Path, what: str, trail: int,
@@ -210,14 +200,16 @@ def draw_step(data: EpisodeData, camera: CameraData, image: np.ndarray, step: in
     first = max(0, step - trail)
     if what == "normalized":
         samples = data.normalized.frame_to_normalized_idx[first: step + 1]
-        pixels, seen = [], []
+        uvs, masks = [], []
         for offset, sample in enumerate(samples):
             uv, depth = project_base_points(data.normalized.tracks_3d[sample], camera, first + offset)
-            pixels.append(uv)
-            seen.append((depth > MIN_DEPTH_M) & in_image(uv, camera.image_size))
-        pixels, seen = np.stack(pixels), np.stack(seen)
-    else:
+            uvs.append(uv)
+            masks.append((depth > MIN_DEPTH_M) & in_image(uv, camera.image_size))
+        pixels, seen = np.stack(uvs), np.stack(masks)
+    elif camera.tracks_2d is not None and camera.visibility is not None:
         pixels, seen = camera.tracks_2d[first: step + 1], camera.visibility[first: step + 1]
+    else:
+        return image
     draw_tracks(image, pixels, seen, half)
     return image
 
@@ -271,7 +263,9 @@ def project_base_points(points: np.ndarray, camera: CameraData, step: int) -> tu
 
 
 def in_image(pixels: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
-    """Pixels inside a (width, height) image (pixel centres at integers)."""
+    """Pixels inside a (width, height) image (pixel centres at integers); none without a size."""
+    if size is None:
+        return np.zeros(pixels.shape[:-1], dtype=bool)
     width, height = size
     u, v = pixels[..., 0], pixels[..., 1]
     return (u >= -0.5) & (u < width - 0.5) & (v >= -0.5) & (v < height - 0.5)

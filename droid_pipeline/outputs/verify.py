@@ -36,69 +36,34 @@ from typing import Any
 import cv2
 import numpy as np
 
-from droid_pipeline.core.schema import SCHEMA_VERSION
-from droid_pipeline.formats.depth_codec import DepthMeta, DepthReader
-from droid_pipeline.geometry.poses import invert
-from droid_pipeline.outputs.loader import (
-    DEPTH_FILE,
-    DEPTH_META_FILE,
-    INTRINSICS_FILE,
+from droid_pipeline.core.atomic import sha256_file
+from droid_pipeline.core.schema import (
+    DEPTH,
+    DEPTH_META,
+    EXTRINSICS,
+    EXTRINSICS_NPZ,
+    INTRINSICS,
+    MANIFEST,
+    QUALITY,
     RECORDINGS,
-    EpisodeData,
-    read_episode_dir,
+    SCHEMA_VERSION,
+    TRACKS,
+    TRACKS_NPZ,
+    int_scalar,
+    output_file,
+    shape_sizes,
 )
-from droid_pipeline.publish.staging import MANIFEST_NAME, file_kind, sha256_file
-from droid_pipeline.steps.intrinsics import load_intrinsics
-from droid_pipeline.steps.tracks import EXTRINSICS_FILE, QUALITY_FILE, TRACKS_FILE
+from droid_pipeline.formats.depth_codec import DepthMeta, DepthReader
+from droid_pipeline.formats.intrinsics import IntrinsicsRecord
+from droid_pipeline.geometry.poses import invert
+from droid_pipeline.outputs.loader import EpisodeData, read_episode_dir
 
 CHECKS = ("files", "contract", "values", "2d", "depth")
-EPISODE_FILES = (TRACKS_FILE, EXTRINSICS_FILE, QUALITY_FILE, MANIFEST_NAME)
+EPISODE_FILES = tuple(f.path for f in (TRACKS, EXTRINSICS, QUALITY, MANIFEST))
 DEFAULT_TOLERANCE_PX = 0.05
 RIGID_TOLERANCE = 1e-4      # rotation orthonormality, float32 storage
 CENTROID_TOLERANCE_M = 1e-5
 ROLES = ("wrist", "ext1", "ext2")
-
-# key: (dtype, shape); shapes use T (steps), N (points), M (normalized samples), C (cameras).
-TRACKS_CONTRACT: dict[str, tuple[str, tuple[Any, ...]]] = {
-    "schema_version": ("int32", ()),
-    "num_frames": ("int32", ()),
-    "num_points_per_finger": ("int32", ()),
-    "fps": ("float64", ()),
-    "cartesian_positions": ("float64", ("T", 6)),
-    "gripper_positions": ("float64", ("T",)),
-    "contact_points_local": ("float64", ("N", 3)),
-    "gripper_poses": ("float32", ("T", 4, 4)),
-    "tracks_3d": ("float32", ("T", "N", 3)),
-    "contact_centroids": ("float64", ("T", 3)),
-    "contact_frames": ("float32", ("T", 4, 4)),
-    "left_contact_frames": ("float32", ("T", 4, 4)),
-    "right_contact_frames": ("float32", ("T", 4, 4)),
-    "cameras_with_2d_tracks": ("str", ("C",)),
-    "normalized_step_size_mm": ("float64", ()),
-    "num_normalized_steps": ("int32", ()),
-    "cumulative_distance_mm": ("float64", ("T",)),
-    "frame_to_normalized_idx": ("int32", ("T",)),
-    "normalized_centroids": ("float64", ("M", 3)),
-    "normalized_gripper_positions": ("float64", ("M",)),
-    "normalized_tracks_3d": ("float32", ("M", "N", 3)),
-    "normalized_frames": ("float32", ("M", 4, 4)),
-    "normalized_left_frames": ("float32", ("M", 4, 4)),
-    "normalized_right_frames": ("float32", ("M", 4, 4)),
-}
-CAMERA_CONTRACT = {
-    "tracks_2d_{}": ("float32", ("T", "N", 2)),
-    "visibility_{}": ("bool", ("T", "N")),
-    "intrinsics_{}": ("float64", (3, 3)),
-    "distortion_{}": ("float64", (5,)),
-    "image_size_{}": ("int32", (2,)),
-}
-EXTRINSICS_CONTRACT = {
-    "schema_version": ("int32", ()),
-    "serials": ("str", ("C",)),
-    "roles": ("str", ("C",)),
-    "sources": ("str", ("C",)),
-    "wrist_serial": ("str", ()),
-}
 FRAME_KEYS = ("gripper_poses", "contact_frames", "left_contact_frames", "right_contact_frames",
               "normalized_frames", "normalized_left_frames", "normalized_right_frames")
 
@@ -128,7 +93,7 @@ class EpisodeReport:
 def find_episode_dirs(path: os.PathLike | str) -> list[Path]:
     """Folders under ``path`` (itself included) that hold an episode file, sorted."""
     found = []
-    for dirpath, dirnames, filenames in os.walk(path):
+    for dirpath, dirnames, filenames in os.walk(Path(path)):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         if any(name in filenames for name in EPISODE_FILES):
             found.append(Path(dirpath))
@@ -167,24 +132,24 @@ def verify_episode(episode_dir: os.PathLike | str, root: os.PathLike | str | Non
 
 
 def _check_files(episode_dir: Path, root: Path | None, state: dict[str, Any], report: EpisodeReport) -> None:
-    problems = [f"{name} missing" for name in (TRACKS_FILE, EXTRINSICS_FILE, QUALITY_FILE)
+    problems = [f"{name} missing" for name in (TRACKS.path, EXTRINSICS.path, QUALITY.path)
                 if not (episode_dir / name).is_file()]
     if problems:
         raise CheckFailed(problems)
-    state["tracks"] = _read_npz(episode_dir / TRACKS_FILE)
-    state["extrinsics"] = _read_npz(episode_dir / EXTRINSICS_FILE)
-    state["quality"] = quality = _read_json(episode_dir / QUALITY_FILE)
+    state["tracks"] = _read_npz(episode_dir / TRACKS.path)
+    state["extrinsics"] = _read_npz(episode_dir / EXTRINSICS.path)
+    state["quality"] = quality = _read_json(episode_dir / QUALITY.path)
     for serial in state["tracks"].get("cameras_with_2d_tracks", []):
-        if not (episode_dir / RECORDINGS / str(serial) / INTRINSICS_FILE).is_file():
-            problems.append(f"{RECORDINGS}/{serial}/{INTRINSICS_FILE} missing (camera has 2D tracks)")
+        if not (episode_dir / INTRINSICS.for_camera(str(serial))).is_file():
+            problems.append(f"{INTRINSICS.for_camera(str(serial))} missing (camera has 2D tracks)")
     relative_path = (quality.get("episode") or {}).get("relative_path")
     if not isinstance(relative_path, str):
-        problems.append(f"{QUALITY_FILE} has no episode.relative_path")
+        problems.append(f"{QUALITY.path} has no episode.relative_path")
     elif root is not None and episode_dir != root and episode_dir.relative_to(root).as_posix() != relative_path:
-        problems.append(f"folder is {episode_dir.relative_to(root).as_posix()} but {QUALITY_FILE} names "
+        problems.append(f"folder is {episode_dir.relative_to(root).as_posix()} but {QUALITY.path} names "
                         f"{relative_path}")
-    if (episode_dir / MANIFEST_NAME).is_file():
-        problems += _manifest_problems(episode_dir, _read_json(episode_dir / MANIFEST_NAME), report)
+    if (episode_dir / MANIFEST.path).is_file():
+        problems += _manifest_problems(episode_dir, _read_json(episode_dir / MANIFEST.path), report)
     if problems:
         raise CheckFailed(problems)
 
@@ -205,82 +170,41 @@ def _manifest_problems(episode_dir: Path, manifest: Any, report: EpisodeReport) 
     if manifest.get("schema_version") != SCHEMA_VERSION:
         problems.append(f"manifest schema_version {manifest.get('schema_version')} is not {SCHEMA_VERSION}")
     absent = {e["path"] for e in entries if not (episode_dir / e["path"]).is_file()}
-    depth = {e["path"] for e in entries if file_kind(e["path"]) == "depth"}
+    files = {e["path"]: output_file(e["path"]) for e in entries}
+    problems += [f"{path} listed in {MANIFEST.path} is not a file of the output contract"
+                 for path, file in files.items() if file is None or file is MANIFEST]
+    depth = {path for path, file in files.items() if file is not None and file.kind == "depth"}
     if absent and absent == depth:
         report.notes.append("depth files listed in the manifest are not in this copy (metadata repo)")
         absent = set()
-    problems += [f"{path} listed in {MANIFEST_NAME} but missing" for path in sorted(absent)]
+    problems += [f"{path} listed in {MANIFEST.path} but missing" for path in sorted(absent)]
     for entry in entries:
         path = episode_dir / entry["path"]
         if entry["path"] in absent or not path.is_file():
             continue
         if path.stat().st_size != entry["size"]:
-            problems.append(f"{entry['path']}: {path.stat().st_size} bytes, {MANIFEST_NAME} says {entry['size']}")
+            problems.append(f"{entry['path']}: {path.stat().st_size} bytes, {MANIFEST.path} says {entry['size']}")
         elif sha256_file(path) != entry["sha256"]:
-            problems.append(f"{entry['path']}: sha256 differs from {MANIFEST_NAME}")
+            problems.append(f"{entry['path']}: sha256 differs from {MANIFEST.path}")
     return problems
 
 
 def _check_contract(episode_dir: Path, state: dict[str, Any]) -> None:
     tracks, extrinsics = state["tracks"], state["extrinsics"]
-    problems = []
-    sizes = {"T": _scalar(tracks, "num_frames"), "M": _scalar(tracks, "num_normalized_steps")}
-    per_finger = _scalar(tracks, "num_points_per_finger")
-    sizes["N"] = None if per_finger is None else 2 * per_finger
-    contract = dict(TRACKS_CONTRACT)
-    cameras = [str(s) for s in tracks.get("cameras_with_2d_tracks", [])]
-    for serial in cameras:
-        contract.update({key.format(serial): spec for key, spec in CAMERA_CONTRACT.items()})
-    problems += _contract_problems(TRACKS_FILE, tracks, contract, sizes)
-    extras = sorted(set(tracks) - set(contract))
-    problems += [f"{TRACKS_FILE}: unexpected key {key!r}" for key in extras]
-    x_contract = dict(EXTRINSICS_CONTRACT)
-    wrist = str(extrinsics.get("wrist_serial", ""))
-    for serial in (str(s) for s in extrinsics.get("serials", [])):
-        x_contract[f"T_base_cam_{serial}"] = ("float64", ("T", 4, 4) if serial == wrist else (4, 4))
-    problems += _contract_problems(EXTRINSICS_FILE, extrinsics, x_contract, sizes)
-    problems += [f"{EXTRINSICS_FILE}: unexpected key {key!r}" for key in sorted(set(extrinsics) - set(x_contract))]
-    for name, arrays in ((TRACKS_FILE, tracks), (EXTRINSICS_FILE, extrinsics)):
-        version = _scalar(arrays, "schema_version")
+    sizes = shape_sizes(tracks)
+    problems = TRACKS_NPZ.problems(tracks, sizes) + EXTRINSICS_NPZ.problems(extrinsics, sizes)
+    for name, arrays in ((TRACKS.path, tracks), (EXTRINSICS.path, extrinsics)):
+        version = int_scalar(arrays, "schema_version")
         if version is not None and version != SCHEMA_VERSION:
             problems.append(f"{name}: schema_version {version}, current is {SCHEMA_VERSION}")
     if problems:
         raise CheckFailed(problems)
 
 
-def _contract_problems(name: str, arrays: dict[str, np.ndarray], contract: dict[str, tuple[str, tuple]],
-                       sizes: dict[str, int | None]) -> list[str]:
-    problems = []
-    symbols: dict[str, int] = {k: v for k, v in sizes.items() if v is not None}
-    for key, (dtype, shape) in contract.items():
-        if key not in arrays:
-            problems.append(f"{name}: key {key!r} missing")
-            continue
-        array = arrays[key]
-        kind_ok = array.dtype.kind == "U" if dtype == "str" else array.dtype == np.dtype(dtype)
-        if not kind_ok:
-            problems.append(f"{name}: {key} has dtype {array.dtype}, expected {dtype}")
-        if len(array.shape) != len(shape):
-            problems.append(f"{name}: {key} has shape {array.shape}, expected {_shape_text(shape)}")
-            continue
-        for got, want in zip(array.shape, shape):
-            if isinstance(want, str):
-                want = symbols.setdefault(want, got)
-            if got != want:
-                problems.append(f"{name}: {key} has shape {array.shape}, expected {_shape_text(shape)} "
-                                f"with {', '.join(f'{k}={v}' for k, v in symbols.items())}")
-                break
-    return problems
-
-
-def _shape_text(shape: tuple) -> str:
-    return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
-
-
 def _check_values(episode_dir: Path, state: dict[str, Any]) -> None:
     tracks, extrinsics, quality = state["tracks"], state["extrinsics"], state["quality"]
     problems = [f"{name}: {key} has NaN or inf values"
-                for name, arrays in ((TRACKS_FILE, tracks), (EXTRINSICS_FILE, extrinsics))
+                for name, arrays in ((TRACKS.path, tracks), (EXTRINSICS.path, extrinsics))
                 for key, array in arrays.items() if array.dtype.kind == "f" and not np.isfinite(array).all()]
     if problems:
         raise CheckFailed(problems)
@@ -314,20 +238,20 @@ def _check_values(episode_dir: Path, state: dict[str, Any]) -> None:
     if wrist and (wrist not in serials or roles[serials.index(wrist)] != "wrist"):
         problems.append(f"wrist_serial {wrist} is not the camera with role wrist")
     with_2d = [str(s) for s in tracks["cameras_with_2d_tracks"]]
-    problems += [f"camera {s} has 2D tracks but no pose in {EXTRINSICS_FILE}" for s in with_2d if s not in serials]
+    problems += [f"camera {s} has 2D tracks but no pose in {EXTRINSICS.path}" for s in with_2d if s not in serials]
     for serial in with_2d:
-        record = load_intrinsics(episode_dir / RECORDINGS / serial / INTRINSICS_FILE)
-        if not np.allclose(record["K"], tracks[f"intrinsics_{serial}"], rtol=0, atol=1e-9):
-            problems.append(f"intrinsics_{serial} differs from {RECORDINGS}/{serial}/{INTRINSICS_FILE}")
-        if tuple(int(v) for v in tracks[f"image_size_{serial}"]) != (record["width"], record["height"]):
+        record = IntrinsicsRecord.load(episode_dir / INTRINSICS.for_camera(serial))
+        if not np.allclose(record.K, tracks[f"intrinsics_{serial}"], rtol=0, atol=1e-9):
+            problems.append(f"intrinsics_{serial} differs from {INTRINSICS.for_camera(serial)}")
+        if tuple(int(v) for v in tracks[f"image_size_{serial}"]) != record.size:
             problems.append(f"image_size_{serial} {tracks[f'image_size_{serial}'].tolist()} differs from "
-                            f"{INTRINSICS_FILE}'s {record['width']}x{record['height']}")
+                            f"{INTRINSICS.name}'s {record.width}x{record.height}")
     if list(quality.get("cameras_with_2d_tracks", [])) != with_2d:
         problems.append(f"quality.json cameras_with_2d_tracks {quality.get('cameras_with_2d_tracks')} "
-                        f"differs from {TRACKS_FILE}'s {with_2d}")
+                        f"differs from {TRACKS.path}'s {with_2d}")
     if quality.get("num_frames") != int(tracks["num_frames"]):
         problems.append(f"quality.json num_frames {quality.get('num_frames')} differs from "
-                        f"{TRACKS_FILE}'s {int(tracks['num_frames'])}")
+                        f"{TRACKS.path}'s {int(tracks['num_frames'])}")
     if problems:
         raise CheckFailed(problems)
 
@@ -347,7 +271,10 @@ def _check_2d(episode: EpisodeData, tolerance_px: float) -> None:
     points = episode.tracks_3d.astype(np.float64)
     for serial in episode.cameras_with_2d_tracks:
         camera = episode.cameras[serial]
-        stored, seen = camera.tracks_2d.astype(np.float64), camera.visibility
+        tracks_2d, seen, size = camera.tracks_2d, camera.visibility, camera.image_size
+        if tracks_2d is None or seen is None or size is None or camera.intrinsics is None or camera.distortion is None:
+            continue  # not a camera with 2D tracks
+        stored = tracks_2d.astype(np.float64)
         poses = camera.T_base_cam if camera.T_base_cam.ndim == 3 else camera.T_base_cam[None]
         pixels = np.empty_like(stored)
         depth = np.empty(stored.shape[:2])
@@ -361,7 +288,7 @@ def _check_2d(episode: EpisodeData, tolerance_px: float) -> None:
             pixels[index] = projected.reshape(pixels[index].shape)
             depth[index] = (chunk @ camera_from_base[:3, :3].T + tvec)[:, 2].reshape(depth[index].shape)
         name = f"{camera.role} camera {serial}"
-        width, height = camera.image_size
+        width, height = size
         inside = ((stored[..., 0] >= -0.5) & (stored[..., 0] < width - 0.5)
                   & (stored[..., 1] >= -0.5) & (stored[..., 1] < height - 0.5))
         bad = seen & ~((depth > 0) & inside)
@@ -380,24 +307,24 @@ def _check_2d(episode: EpisodeData, tolerance_px: float) -> None:
 
 def _check_depth(episode_dir: Path, state: dict[str, Any], decode: bool, report: EpisodeReport) -> None:
     folders = sorted(p for p in (episode_dir / RECORDINGS).glob("*")
-                     if (p / DEPTH_FILE).exists() or (p / DEPTH_META_FILE).exists())
+                     if (p / DEPTH.name).exists() or (p / DEPTH_META.name).exists())
     if not folders:
         report.status["depth"] = "n/a"
         return
-    num_frames = _scalar(state["tracks"], "num_frames") if "tracks" in state else None
+    num_frames = int_scalar(state["tracks"], "num_frames") if "tracks" in state else None
     problems = []
     for folder in folders:
         serial = folder.name
-        if not (folder / DEPTH_FILE).is_file() or not (folder / DEPTH_META_FILE).is_file():
-            problems.append(f"camera {serial}: {DEPTH_FILE} and {DEPTH_META_FILE} must come together")
+        if not (folder / DEPTH.name).is_file() or not (folder / DEPTH_META.name).is_file():
+            problems.append(f"camera {serial}: {DEPTH.name} and {DEPTH_META.name} must come together")
             continue
         try:
-            meta = DepthMeta.load(folder / DEPTH_META_FILE)
+            meta = DepthMeta.load(folder / DEPTH_META.name)
             if num_frames is not None and meta.num_frames != num_frames:
                 problems.append(f"camera {serial}: {meta.num_frames} depth frames for {num_frames} steps")
             if decode:
-                with DepthReader(folder / DEPTH_FILE) as reader:
-                    reader.verify(meta, name=f"camera {serial} {DEPTH_FILE}")
+                with DepthReader(folder / DEPTH.name) as reader:
+                    reader.verify(meta, name=f"camera {serial} {DEPTH.name}")
         except Exception as exc:  # noqa: BLE001 - DepthCodecError, and FFmpeg's own errors on damaged files
             problems.append(f"camera {serial}: {exc}")
     if problems:
@@ -412,14 +339,9 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         raise CheckFailed([f"{path.name}: not a readable npz file: {exc}"]) from exc
 
 
-def _scalar(arrays: dict[str, np.ndarray], key: str) -> int | None:
-    value = arrays.get(key)
-    return int(value) if value is not None and value.shape == () and value.dtype.kind in "iu" else None
-
-
 def format_table(reports: Sequence[EpisodeReport]) -> str:
     """One row per episode with each check's status, then every problem and note."""
-    rows = [("episode", *CHECKS, "result")]
+    rows: list[tuple[str, ...]] = [("episode", *CHECKS, "result")]
     rows += [(r.folder, *(r.status.get(c, "-") for c in CHECKS), "ok" if r.ok else "FAILED") for r in reports]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]

@@ -23,11 +23,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import time
 import uuid
@@ -36,23 +34,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from droid_pipeline.core.atomic import append_locked, write_json_atomic
-from droid_pipeline.core.schema import SCHEMA_VERSION
+from droid_pipeline.core.atomic import append_locked, sha256_file, write_json_atomic
+from droid_pipeline.core.schema import MANIFEST_NAME, SCHEMA_VERSION, FileKind, output_file
 
 log = logging.getLogger(__name__)
 
-MANIFEST_NAME = "manifest.json"
 JOURNAL_NAME = "published.jsonl"
 LOCK_NAME = ".publish.lock"
 PIPELINES = ("metadata", "full")
 Pipeline = Literal["metadata", "full"]
-FileKind = Literal["metadata", "depth"]
-
-# Files an episode may hold, by kind. "depth" files go to the full repo only: depth.mkv,
-# depth_meta.json (it only describes depth.mkv) and the optional RGB export of the depth step.
-_METADATA_FILES = re.compile(r"^(tracks\.npz|extrinsics\.npz|quality\.json|recordings/[^/]+/intrinsics\.json)$")
-_DEPTH_FILES = re.compile(r"^recordings/[^/]+/(depth\.mkv|depth_meta\.json|rgb\.mp4)$")
-_HASH_CHUNK = 1 << 20
 
 
 class StagingError(ValueError):
@@ -121,20 +111,12 @@ class JournalEntry:
 
 
 def file_kind(path: str) -> FileKind:
-    """Kind of an episode file from its path relative to the episode folder."""
-    if _METADATA_FILES.match(path):
-        return "metadata"
-    if _DEPTH_FILES.match(path):
-        return "depth"
-    raise StagingError(f"{path}: not a file of the output contract (see docs/upload.md)")
-
-
-def sha256_file(path: os.PathLike | str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """Kind of an episode file from its path relative to the episode folder (core.schema): "depth"
+    files (depth.mkv, depth_meta.json, rgb.mp4) go to the full repo only."""
+    found = output_file(path)
+    if found is None or found.name == MANIFEST_NAME:
+        raise StagingError(f"{path}: not a file of the output contract (see docs/upload.md)")
+    return found.kind
 
 
 def publish_episode(work_dir: os.PathLike | str, output_root: os.PathLike | str, relative_path: str,

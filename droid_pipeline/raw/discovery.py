@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from droid_pipeline.core.atomic import write_json_atomic
-from droid_pipeline.core.errors import EpisodeError
 
 OUTCOMES = ("success", "failure")
 CAMERA_ROLES = ("wrist", "ext1", "ext2")
@@ -119,23 +118,6 @@ class EpisodeIndex:
         return chosen[:limit] if limit is not None else chosen
 
 
-def select_cameras(episode: Episode, names: Sequence[str] | None, step: str) -> list[str]:
-    """Serials of the wanted cameras, given as serials or roles (None = all), each once, in order."""
-    if not episode.serials:
-        raise EpisodeError(episode.episode_id, step, f"metadata {episode.metadata_file} names no camera serial")
-    if names is None:
-        return list(episode.serials.values())
-    chosen = []
-    for name in names:
-        serial = episode.serials.get(name, name)
-        if serial not in episode.serials.values():
-            known = ", ".join(f"{role}={s}" for role, s in episode.serials.items())
-            raise EpisodeError(episode.episode_id, step, f"unknown camera {name!r}; this episode has {known}")
-        if serial not in chosen:
-            chosen.append(serial)
-    return chosen
-
-
 def read_id_file(path: os.PathLike | str) -> list[str]:
     """Episode ids from a file: one per line; blank lines and ``#`` comments ignored."""
     try:
@@ -220,7 +202,7 @@ def _read_episode(root: Path, folder: Path) -> Episode:
         raise DiscoveryError(f"{rel}/{metadata[0]}: unreadable metadata file: {exc}") from exc
     if not isinstance(meta, dict):
         raise DiscoveryError(f"{rel}/{metadata[0]}: metadata is not a JSON object")
-    file_id = METADATA_PATTERN.match(metadata[0]).group(1)
+    file_id = metadata[0][len("metadata_"):-len(".json")]
     episode_id = str(meta.get("uuid") or file_id)
     if episode_id != file_id:
         raise DiscoveryError(f"{rel}/{metadata[0]}: uuid {episode_id!r} disagrees with the file name")

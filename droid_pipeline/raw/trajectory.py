@@ -1,25 +1,23 @@
-"""Read and validate what the tracks step needs from an episode's trajectory.h5 and metadata json.
+"""Read and validate trajectory.h5: one reader for every step, open once per step.
 
-Every problem (missing file or key, wrong shape, NaN, row counts that disagree, unusable control
-timestamps) raises :class:`EpisodeError` for the ``tracks`` step, naming the dataset and the
-offending steps, so a bad episode never yields a silently wrong track.
+:class:`TrajectoryFile` turns every problem (missing key, wrong shape, NaN, row counts that
+disagree, unusable control timestamps) into an :class:`EpisodeError` for the step reading it,
+naming the dataset and the offending steps, so a bad episode never yields a silently wrong track.
+:func:`read_trajectory` is what the tracks step needs of it.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import contextlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
 from droid_pipeline.core.errors import EpisodeError
-from droid_pipeline.raw.discovery import Episode
 
-STEP = "tracks"
 CARTESIAN_KEY = "observation/robot_state/cartesian_position"
 GRIPPER_KEY = "observation/robot_state/gripper_position"
 CAMERA_EXTRINSICS_GROUP = "observation/camera_extrinsics"
@@ -53,91 +51,50 @@ class Trajectory:
         return int(self.cartesian_positions.shape[0])
 
 
-def read_metadata(episode: Episode, droid_root: os.PathLike | str) -> dict[str, Any]:
-    """The episode's metadata json, checked to name this episode."""
-    path = episode.path(droid_root) / episode.metadata_file
-    try:
-        metadata = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EpisodeError(episode.episode_id, STEP, f"cannot read metadata {path}: {exc}") from exc
-    if not isinstance(metadata, dict):
-        raise EpisodeError(episode.episode_id, STEP, f"metadata {path} is not a JSON object")
-    uuid = metadata.get("uuid")
-    if uuid is not None and uuid != episode.episode_id:
-        raise EpisodeError(episode.episode_id, STEP, f"metadata {path} belongs to episode {uuid!r}")
-    return metadata
+@contextlib.contextmanager
+def open_trajectory(path: Path, episode_id: str, step: str) -> Iterator[TrajectoryFile]:
+    """``path`` (an episode's trajectory.h5) open for reading; a file that cannot be opened fails ``step``."""
+    import h5py
 
-
-def read_trajectory(episode: Episode, droid_root: os.PathLike | str, metadata: dict[str, Any],
-                    fps: float | None) -> Trajectory:
-    """Read trajectory.h5: flange poses, gripper, the wrist camera's poses and the control rate.
-
-    ``fps`` from the config wins; None measures it from the control timestamps.
-    """
-    path = episode.path(droid_root) / "trajectory.h5"
-    episode_id = episode.episode_id
     try:
         h5 = h5py.File(path, "r")
     except (OSError, ValueError) as exc:
-        raise EpisodeError(episode_id, STEP, f"cannot open {path}: {exc}") from exc
+        raise EpisodeError(episode_id, step, f"cannot open {path}: {exc}") from exc
     with h5:
-        reader = _Reader(h5, episode_id, path)
-        cartesian = reader.array(CARTESIAN_KEY, (None, 6))
-        num_frames = cartesian.shape[0]
-        if num_frames == 0:
-            raise EpisodeError(episode_id, STEP, f"{path.name}: {CARTESIAN_KEY} has no steps")
-        gripper = reader.array(GRIPPER_KEY, (num_frames,), squeeze_last=True)
-        _check_camera_roles(reader, episode)
-        wrist = episode.serials.get("wrist")
-        wrist_extrinsics = wrist_offset = None
-        warnings: list[str] = []
-        if wrist is not None:
-            wrist_extrinsics = reader.array(f"{CAMERA_EXTRINSICS_GROUP}/{wrist}_left", (num_frames, 6))
-            offset_key = f"{CAMERA_EXTRINSICS_GROUP}/{wrist}_left_gripper_offset"
-            if offset_key in h5:
-                wrist_offset = reader.array(offset_key, (None, 6))
-                if wrist_offset.shape[0] not in (1, num_frames):
-                    raise EpisodeError(episode_id, STEP, f"{path.name}: {offset_key} has "
-                                       f"{wrist_offset.shape[0]} rows for {num_frames} steps")
-                wrist_offset = np.broadcast_to(wrist_offset, (num_frames, 6))
-            else:
-                warnings.append(f"{offset_key} missing: wrist pose not cross-checked")
-        if fps is not None:
-            rate, rate_source = float(fps), "config"
-        else:
-            rate, rate_source = _control_rate(reader, num_frames)
-    low, high = float(gripper.min()), float(gripper.max())
-    if low < -GRIPPER_RANGE_SLACK or high > 1.0 + GRIPPER_RANGE_SLACK:
-        warnings.append(f"gripper_position spans [{low:.4f}, {high:.4f}] beyond [0, 1]; clipped by the "
-                        "gripper model")
-    expected = metadata.get("trajectory_length")
-    if expected is not None and expected != num_frames:
-        raise EpisodeError(episode_id, STEP, f"metadata trajectory_length {expected} differs from "
-                           f"{num_frames} steps in {path.name}")
-    return Trajectory(cartesian, gripper, wrist_extrinsics, wrist_offset, rate, rate_source, warnings)
+        yield TrajectoryFile(h5, episode_id, step, path)
 
 
-class _Reader:
-    """Dataset access that turns every problem into an EpisodeError naming the key."""
+class TrajectoryFile:
+    """Dataset access to an open trajectory.h5 that turns every problem into an EpisodeError of
+    ``step`` naming the file and the key."""
 
-    def __init__(self, h5: h5py.File, episode_id: str, path: Path):
-        self.h5, self.episode_id, self.name = h5, episode_id, path.name
+    def __init__(self, h5: Any, episode_id: str, step: str, path: Path):
+        self.h5, self.episode_id, self.step, self.name = h5, episode_id, step, path.name
 
     def fail(self, cause: str) -> EpisodeError:
-        return EpisodeError(self.episode_id, STEP, f"{self.name}: {cause}")
+        return EpisodeError(self.episode_id, self.step, f"{self.name}: {cause}")
 
-    def dataset(self, key: str) -> h5py.Dataset:
+    def has(self, key: str) -> bool:
+        return key in self.h5
+
+    def dataset(self, key: str) -> Any:
+        import h5py
+
         item = self.h5.get(key)
         if not isinstance(item, h5py.Dataset):
             raise self.fail(f"missing dataset {key}")
         return item
 
-    def array(self, key: str, shape: tuple[int | None, ...], *, squeeze_last: bool = False) -> np.ndarray:
-        """Float64 data of ``key`` with the given shape (None = any length), all finite."""
+    def numbers(self, key: str) -> np.ndarray:
+        """The data of ``key`` as float64, of any shape."""
         try:
-            data = np.asarray(self.dataset(key)[()], dtype=np.float64)
+            return np.asarray(self.dataset(key)[()], dtype=np.float64)
         except (TypeError, ValueError, OSError) as exc:
             raise self.fail(f"cannot read {key} as numbers: {exc}") from exc
+
+    def array(self, key: str, shape: tuple[int | None, ...], *, squeeze_last: bool = False) -> np.ndarray:
+        """Float64 data of ``key`` with the given shape (None = any length), all finite."""
+        data = self.numbers(key)
         if squeeze_last and data.ndim == 2 and data.shape[1] == 1:
             data = data[:, 0]
         if data.ndim != len(shape) or any(want is not None and got != want
@@ -151,18 +108,82 @@ class _Reader:
             raise self.fail(f"NaN or inf in {key} at {steps.size} of {data.shape[0]} steps: {listed}")
         return data
 
+    def num_steps(self) -> int:
+        """T, the rows of ``cartesian_position``, from its shape alone (no data read)."""
+        steps = self.dataset(CARTESIAN_KEY)
+        if steps.ndim < 1:
+            raise self.fail(f"missing dataset {CARTESIAN_KEY}")
+        if steps.shape[0] == 0:
+            raise self.fail(f"{CARTESIAN_KEY} has no steps")
+        return int(steps.shape[0])
 
-def _check_camera_roles(reader: _Reader, episode: Episode) -> None:
-    """Where the h5 records camera types, they must agree with the metadata's roles."""
-    for role, serial in episode.serials.items():
-        key = f"{CAMERA_TYPE_GROUP}/{serial}"
-        if key not in reader.h5:
-            continue
-        values = np.unique(np.asarray(reader.dataset(key)[()]).ravel())
-        expected = CAMERA_TYPE_WRIST if role == "wrist" else CAMERA_TYPE_EXTERIOR
-        if values.size and not np.all(values == expected):
-            raise reader.fail(f"metadata names camera {serial} as {role} but {key} says "
-                              f"{values.tolist()} (0 = wrist, 1 = exterior)")
+    def control_rate(self, num_steps: int) -> tuple[float, str]:
+        """Control rate (Hz) and the timestamp key it was measured from (step_start preferred)."""
+        import h5py
+
+        group = self.h5.get(CONTROL_TIMESTAMP_GROUP)
+        names = sorted(group.keys()) if isinstance(group, h5py.Group) else []
+        if not names:
+            raise self.fail(f"no control timestamps under {CONTROL_TIMESTAMP_GROUP} and config fps is null")
+        name = PREFERRED_CONTROL_TIMESTAMP if PREFERRED_CONTROL_TIMESTAMP in names else names[0]
+        key = f"{CONTROL_TIMESTAMP_GROUP}/{name}"
+        try:
+            return control_rate_hz(self.array(key, (num_steps,), squeeze_last=True)), key
+        except ValueError as exc:
+            raise self.fail(f"{key}: {exc}; set fps in the config") from exc
+
+    def check_camera_roles(self, serials: Mapping[str, str]) -> None:
+        """Where the h5 records camera types, they must agree with the metadata's roles (role -> serial)."""
+        for role, serial in serials.items():
+            key = f"{CAMERA_TYPE_GROUP}/{serial}"
+            if key not in self.h5:
+                continue
+            values = np.unique(np.asarray(self.dataset(key)[()]).ravel())
+            expected = CAMERA_TYPE_WRIST if role == "wrist" else CAMERA_TYPE_EXTERIOR
+            if values.size and not np.all(values == expected):
+                raise self.fail(f"metadata names camera {serial} as {role} but {key} says "
+                                f"{values.tolist()} (0 = wrist, 1 = exterior)")
+
+
+def read_trajectory(h5: TrajectoryFile, serials: Mapping[str, str], metadata: Mapping[str, Any],
+                    fps: float | None) -> Trajectory:
+    """Flange poses, gripper, the wrist camera's poses and the control rate, validated.
+
+    ``serials`` maps roles to serials (the metadata's); ``fps`` from the config wins, None
+    measures it from the control timestamps.
+    """
+    cartesian = h5.array(CARTESIAN_KEY, (None, 6))
+    num_frames = cartesian.shape[0]
+    if num_frames == 0:
+        raise h5.fail(f"{CARTESIAN_KEY} has no steps")
+    gripper = h5.array(GRIPPER_KEY, (num_frames,), squeeze_last=True)
+    h5.check_camera_roles(serials)
+    wrist = serials.get("wrist")
+    wrist_extrinsics = wrist_offset = None
+    warnings: list[str] = []
+    if wrist is not None:
+        wrist_extrinsics = h5.array(f"{CAMERA_EXTRINSICS_GROUP}/{wrist}_left", (num_frames, 6))
+        offset_key = f"{CAMERA_EXTRINSICS_GROUP}/{wrist}_left_gripper_offset"
+        if h5.has(offset_key):
+            wrist_offset = h5.array(offset_key, (None, 6))
+            if wrist_offset.shape[0] not in (1, num_frames):
+                raise h5.fail(f"{offset_key} has {wrist_offset.shape[0]} rows for {num_frames} steps")
+            wrist_offset = np.broadcast_to(wrist_offset, (num_frames, 6))
+        else:
+            warnings.append(f"{offset_key} missing: wrist pose not cross-checked")
+    if fps is not None:
+        rate, rate_source = float(fps), "config"
+    else:
+        rate, rate_source = h5.control_rate(num_frames)
+    low, high = float(gripper.min()), float(gripper.max())
+    if low < -GRIPPER_RANGE_SLACK or high > 1.0 + GRIPPER_RANGE_SLACK:
+        warnings.append(f"gripper_position spans [{low:.4f}, {high:.4f}] beyond [0, 1]; clipped by the "
+                        "gripper model")
+    expected = metadata.get("trajectory_length")
+    if expected is not None and expected != num_frames:
+        raise EpisodeError(h5.episode_id, h5.step, f"metadata trajectory_length {expected} differs from "
+                           f"{num_frames} steps in {h5.name}")
+    return Trajectory(cartesian, gripper, wrist_extrinsics, wrist_offset, rate, rate_source, warnings)
 
 
 def control_rate_hz(stamps_ms: np.ndarray) -> float:
@@ -180,17 +201,3 @@ def control_rate_hz(stamps_ms: np.ndarray) -> float:
         raise ValueError(f"timestamps do not increase (median step {median} ms)")
     typical = steps[np.abs(steps - median) <= TYPICAL_STEP_SPREAD * median]
     return 1000.0 / float(typical.mean())
-
-
-def _control_rate(reader: _Reader, num_frames: int) -> tuple[float, str]:
-    """Control rate (Hz) and the timestamp key it was measured from (step_start preferred)."""
-    group = reader.h5.get(CONTROL_TIMESTAMP_GROUP)
-    names = sorted(group.keys()) if isinstance(group, h5py.Group) else []
-    if not names:
-        raise reader.fail(f"no control timestamps under {CONTROL_TIMESTAMP_GROUP} and config fps is null")
-    name = PREFERRED_CONTROL_TIMESTAMP if PREFERRED_CONTROL_TIMESTAMP in names else names[0]
-    key = f"{CONTROL_TIMESTAMP_GROUP}/{name}"
-    try:
-        return control_rate_hz(reader.array(key, (num_frames,), squeeze_last=True)), key
-    except ValueError as exc:
-        raise reader.fail(f"{key}: {exc}; set fps in the config") from exc

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import av
 import numpy as np
+
+if TYPE_CHECKING:
+    import av
 
 
 class VideoError(ValueError):
@@ -30,6 +33,8 @@ def probe(path: os.PathLike | str) -> VideoInfo:
     The frame count is the container's own count (MP4's sample table) when it has one; otherwise
     (MKV, some streams) the packets are counted by demuxing, which reads no pixels.
     """
+    import av
+
     with _open(path) as container:
         stream = _video_stream(container, path)
         width, height = stream.codec_context.width, stream.codec_context.height
@@ -46,7 +51,7 @@ def probe(path: os.PathLike | str) -> VideoInfo:
                      fps=float(rate) if rate else float("nan"))
 
 
-def iter_frames(path: os.PathLike | str, fmt: str = "rgb24") -> Iterator[tuple[int, np.ndarray]]:
+def iter_frames(path: os.PathLike | str, fmt: str = "rgb24") -> Generator[tuple[int, np.ndarray], None, None]:
     """``(index, frame)`` of each decoded frame, the frame converted to ``fmt`` (an FFmpeg pixel format).
 
     ``index`` is the frame's position in the recording, from its presentation timestamp and the
@@ -55,6 +60,8 @@ def iter_frames(path: os.PathLike | str, fmt: str = "rgb24") -> Iterator[tuple[i
     Packed formats give (H, W, C) arrays, single-plane ones (``gray``, ``gray16le``) (H, W).
     Only one frame is held at a time, so whole episodes never sit in memory.
     """
+    import av
+
     with _open(path) as container:
         stream = _video_stream(container, path)
         stream.thread_type = "AUTO"
@@ -79,6 +86,8 @@ def iter_frames(path: os.PathLike | str, fmt: str = "rgb24") -> Iterator[tuple[i
 
 
 def _open(path: os.PathLike | str) -> av.container.InputContainer:
+    import av
+
     try:
         return av.open(os.fspath(path))
     except FileNotFoundError as exc:

@@ -26,41 +26,31 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import av
-import h5py
 import numpy as np
 
 from droid_pipeline.core.atomic import atomic_path
 from droid_pipeline.core.config import Config
 from droid_pipeline.core.errors import EpisodeError
-from droid_pipeline.formats.depth_codec import DepthCodecError, DepthWriter
+from droid_pipeline.core.schema import DEPTH, INTRINSICS, RGB
+from droid_pipeline.formats.depth_codec import DepthCodecError, DepthMeta, DepthWriter
+from droid_pipeline.formats.intrinsics import IntrinsicsError, IntrinsicsRecord
 from droid_pipeline.raw import zed_adapter
-from droid_pipeline.raw.discovery import Episode, select_cameras
-from droid_pipeline.raw.trajectory import (
-    CARTESIAN_KEY,
-    CONTROL_TIMESTAMP_GROUP,
-    PREFERRED_CONTROL_TIMESTAMP,
-    control_rate_hz,
-)
-from droid_pipeline.raw.video import VideoError, VideoInfo, iter_frames, probe
+from droid_pipeline.raw.discovery import Episode
+from droid_pipeline.raw.episode import RawEpisode
+from droid_pipeline.raw.trajectory import CONTROL_TIMESTAMP_GROUP
+from droid_pipeline.raw.video import VideoError, iter_frames
 from droid_pipeline.raw.zed_conf import ZedConfError, parse_conf, rectify
-from droid_pipeline.steps.intrinsics import (
-    IntrinsicsError,
-    extract_intrinsics,
-    load_intrinsics,
-)
+from droid_pipeline.steps.intrinsics import extract_intrinsics
 from droid_pipeline.steps.stereo import StereoMatcher, split_side_by_side
 
 STEP = "depth"
 BACKENDS = ("zed", "stereo")
-STEPS_KEY = CARTESIAN_KEY
-CONTROL_TIMESTAMPS_KEY = f"{CONTROL_TIMESTAMP_GROUP}/{PREFERRED_CONTROL_TIMESTAMP}"
 # The largest value a uint16 frame can hold; anything beyond cannot be stored and is invalid.
 UINT16_MAX_MM = 65535
 RGB_CRF = 18
@@ -94,80 +84,104 @@ class FrameSource:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class DepthCamera:
+    """One camera's depth as written: its files and the contents of its depth_meta.json (whose
+    ``source`` holds the backend's details, frame counts and ``valid_fraction``)."""
+
+    serial: str
+    role: str
+    depth_path: Path
+    meta_path: Path
+    meta: DepthMeta
+
+    @property
+    def num_missing(self) -> int:
+        return len(self.meta.missing_frames)
+
+    @property
+    def valid_fraction(self) -> float:
+        """Valid pixels over all pixels of all T frames."""
+        return float(self.meta.source["valid_fraction"])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"depth_path": str(self.depth_path), "meta_path": str(self.meta_path), "width": self.meta.width,
+                "height": self.meta.height, "missing_frames": self.meta.missing_frames, **self.meta.source}
+
+
+@dataclass(frozen=True)
+class DepthResult:
+    """What the depth step wrote for one episode: T steps per camera, by serial in role order."""
+
+    episode_id: str
+    backend: str
+    num_steps: int
+    cameras: dict[str, DepthCamera]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"episode_id": self.episode_id, "backend": self.backend, "num_steps": self.num_steps,
+                "cameras": {serial: camera.to_json() for serial, camera in self.cameras.items()}}
+
+
 def extract_depth(config: Config, episode: Episode, output_dir: os.PathLike | str,
-                  backend: str | None = None, cameras: Sequence[str] | None = None) -> dict[str, Any]:
-    """Write depth.mkv and depth_meta.json for each camera; return the per-camera summary.
+                  backend: str | None = None, cameras: Sequence[str] | None = None) -> DepthResult:
+    """Write depth.mkv and depth_meta.json for each camera; return what was written.
 
     ``backend`` overrides ``config.depth_backend``; ``cameras`` are roles (wrist, ext1, ext2) or
-    serials, default every camera of the episode. The summary's ``cameras`` map each serial to
-    its role, frame counts, ``missing_frames`` and ``valid_fraction`` (of all pixels of all T
-    frames), for the episode's quality.json.
+    serials, default every camera of the episode.
     """
+    import av
+
     backend = backend or config.depth_backend
     if backend not in BACKENDS:
         raise EpisodeError(episode.episode_id, STEP,
                            f"unknown depth backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     output_dir = Path(output_dir)
-    episode_dir = episode.path(config.droid_root)
-    num_steps, control_fps = _read_steps(episode, episode_dir / "trajectory.h5")
-    summary: dict[str, Any] = {"episode_id": episode.episode_id, "backend": backend,
-                               "num_steps": num_steps, "cameras": {}}
-    for serial in select_cameras(episode, cameras, STEP):
-        role = next(r for r, s in episode.serials.items() if s == serial)
+    raw = RawEpisode.load(episode, config.droid_root, STEP)
+    with raw.trajectory() as h5:
+        num_steps = h5.num_steps()
         try:
-            with _open_source(config, episode, episode_dir, output_dir, backend, serial) as source:
-                fps, fps_source = _frame_rate(config, control_fps, source)
-                camera = _write_camera(config, output_dir / "recordings" / serial, source, role,
+            control_rate: tuple[float, str] | None = h5.control_rate(num_steps)
+        except EpisodeError:
+            control_rate = None  # no usable control timestamps: the rate comes from the config or the source
+    written: dict[str, DepthCamera] = {}
+    for serial in raw.select_cameras(cameras):
+        role = raw.role(serial)
+        try:
+            with _open_source(config, raw, output_dir, backend, serial) as source:
+                fps, fps_source = _frame_rate(config, control_rate, source)
+                camera = _write_camera(config, output_dir / DEPTH.for_camera(serial), source, serial, role,
                                        num_steps, fps, fps_source)
         except (DepthCodecError, ValueError, OSError, av.FFmpegError, zed_adapter.ZedSdkUnavailable,
                 zed_adapter.ZedSdkError) as exc:
-            raise EpisodeError(episode.episode_id, STEP, f"camera {serial} ({role}): {exc}") from exc
-        summary["cameras"][serial] = camera
+            raise raw.fail(f"camera {serial} ({role}): {exc}") from exc
+        written[serial] = camera
         log.info("episode %s camera %s (%s): %d frames, %d missing, %.1f%% valid", episode.episode_id,
-                 serial, role, num_steps, camera["num_missing"], 100 * camera["valid_fraction"])
-    return summary
+                 serial, role, num_steps, camera.num_missing, 100 * camera.valid_fraction)
+    return DepthResult(episode.episode_id, backend, num_steps, written)
 
 
-def _read_steps(episode: Episode, path: Path) -> tuple[int, float | None]:
-    """Number of control steps T, and the control rate (Hz) when the timestamps give one."""
-    try:
-        h5 = h5py.File(path, "r")
-    except (OSError, ValueError) as exc:
-        raise EpisodeError(episode.episode_id, STEP, f"cannot open {path}: {exc}") from exc
-    with h5:
-        steps = h5.get(STEPS_KEY)
-        if not isinstance(steps, h5py.Dataset) or steps.ndim < 1:
-            raise EpisodeError(episode.episode_id, STEP, f"{path.name}: missing dataset {STEPS_KEY}")
-        num_steps = int(steps.shape[0])
-        stamps = h5.get(CONTROL_TIMESTAMPS_KEY)
-        rate = None
-        if isinstance(stamps, h5py.Dataset) and stamps.shape[:1] == (num_steps,):
-            with contextlib.suppress(ValueError):  # no usable stamps: the rate comes from elsewhere
-                rate = control_rate_hz(stamps[()])
-    if num_steps == 0:
-        raise EpisodeError(episode.episode_id, STEP, f"{path.name}: {STEPS_KEY} has no steps")
-    return num_steps, rate
-
-
-def _frame_rate(config: Config, control_fps: float | None, source: FrameSource) -> tuple[float, str]:
-    """Rate recorded in depth.mkv: the config's fps, else the control timestamps', else the source's."""
+def _frame_rate(config: Config, control_rate: tuple[float, str] | None, source: FrameSource) -> tuple[float, str]:
+    """Rate recorded in depth.mkv and where it came from: the config's fps, else the control
+    timestamps' (as for tracks.npz), else the source's."""
     if config.fps is not None:
         return float(config.fps), "config"
-    if control_fps is not None:
-        return control_fps, CONTROL_TIMESTAMPS_KEY
+    if control_rate is not None:
+        return control_rate
     if np.isfinite(source.fps) and source.fps > 0:
         return source.fps, "source video"
-    raise ValueError("no frame rate: fps is null in the config, trajectory.h5 has no "
-                     f"{CONTROL_TIMESTAMPS_KEY} and the source reports none")
+    raise ValueError("no frame rate: fps is null in the config, trajectory.h5 has no usable control "
+                     f"timestamps under {CONTROL_TIMESTAMP_GROUP} and the source reports none")
 
 
-def _write_camera(config: Config, folder: Path, source: FrameSource, role: str, num_steps: int,
-                  fps: float, fps_source: str) -> dict[str, Any]:
-    """Stream exactly ``num_steps`` frames of ``source`` into depth.mkv (and rgb.mp4)."""
+def _write_camera(config: Config, path: Path, source: FrameSource, serial: str, role: str, num_steps: int,
+                  fps: float, fps_source: str) -> DepthCamera:
+    """Stream exactly ``num_steps`` frames of ``source`` into depth.mkv at ``path`` (and rgb.mp4)."""
     min_mm, max_mm = config.depth_min_mm.for_role(role), config.depth_max_mm.for_role(role)
     valid_pixels = produced = 0
-    with DepthWriter(folder / "depth.mkv", source.width, source.height, fps, config.ffv1) as writer, \
-            _rgb_writer(folder / "rgb.mp4" if config.export_rgb else None, source, fps) as rgb:
+    rgb_path = path.with_name(RGB.name) if config.export_rgb else None
+    with DepthWriter(path, source.width, source.height, fps, config.ffv1) as writer, \
+            _rgb_writer(rgb_path, source, fps) as rgb:
         for depth, image in source.frames:
             if depth is None:
                 writer.write_missing()
@@ -191,45 +205,42 @@ def _write_camera(config: Config, folder: Path, source: FrameSource, role: str, 
             frame_count_mismatch=source.num_frames - num_steps, num_missing=num_steps - produced,
             valid_fraction=valid_pixels / (num_steps * source.width * source.height),
             depth_range_mm=[min_mm, max_mm], fps=fps, fps_source=fps_source,
-            rgb_export="rgb.mp4" if config.export_rgb else None)
-    meta = writer.meta
-    return {"depth_path": str(writer.path), "meta_path": str(writer.meta_path),
-            "width": source.width, "height": source.height, "missing_frames": meta.missing_frames,
-            **meta.source}
+            rgb_export=RGB.name if config.export_rgb else None)
+    return DepthCamera(serial, role, writer.path, writer.meta_path, writer.meta)
 
 
 @contextlib.contextmanager
-def _open_source(config: Config, episode: Episode, episode_dir: Path, output_dir: Path, backend: str,
+def _open_source(config: Config, raw: RawEpisode, output_dir: Path, backend: str,
                  serial: str) -> Iterator[FrameSource]:
     """The camera's frame source for ``backend``, its files closed on exit."""
     if backend == "stereo":
-        source = _stereo_source(config, episode, episode_dir, output_dir, serial)
-        with contextlib.closing(source.frames):
+        with _stereo_source(config, raw, output_dir, serial) as source:
             yield source
         return
-    svo = episode_dir / "recordings" / "SVO" / f"{serial}.svo"
+    svo = raw.svo_path(serial)
     with zed_adapter.open_depth(svo, config.zed_depth_mode, left_image=config.export_rgb) as reader:
-        details = {"backend": "zed", "svo": svo.relative_to(episode_dir).as_posix(),
+        details = {"backend": "zed", "svo": svo.relative_to(raw.folder).as_posix(),
                    "depth_mode": config.zed_depth_mode,
                    "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
         yield FrameSource(reader.width, reader.height, reader.num_frames, reader.fps, reader.frames(),
                           details)
 
 
-def _stereo_source(config: Config, episode: Episode, episode_dir: Path, output_dir: Path,
-                   serial: str) -> FrameSource:
-    width, height, fx, baseline_m, provenance = _stereo_calibration(config, episode, output_dir, serial)
-    path, info = _stereo_video(episode_dir, serial, width, height)
+@contextlib.contextmanager
+def _stereo_source(config: Config, raw: RawEpisode, output_dir: Path, serial: str) -> Iterator[FrameSource]:
+    width, height, fx, baseline_m, provenance = _stereo_calibration(config, raw, output_dir, serial)
+    video = raw.stereo_video(serial, width, height)
     matcher = StereoMatcher(config.stereo)
-    details = {"backend": "stereo", "video": path.relative_to(episode_dir).as_posix(), "fx": fx,
+    details = {"backend": "stereo", "video": video.path.relative_to(raw.folder).as_posix(), "fx": fx,
                "baseline_m": baseline_m, **provenance,
                "stereo": {**vars(config.stereo), "num_disparities": matcher.num_disparities}}
-    frames = _stereo_frames(path, matcher, fx, baseline_m, config.export_rgb, details)
-    return FrameSource(width, height, info.num_frames, info.fps, frames, details)
+    frames = _stereo_frames(video.path, matcher, fx, baseline_m, config.export_rgb, details)
+    with contextlib.closing(frames):
+        yield FrameSource(width, height, video.info.num_frames, video.info.fps, frames, details)
 
 
 def _stereo_frames(path: Path, matcher: StereoMatcher, fx: float, baseline_m: float, with_rgb: bool,
-                   details: dict[str, Any]) -> Iterator[tuple[np.ndarray | None, np.ndarray | None]]:
+                   details: dict[str, Any]) -> Generator[tuple[np.ndarray | None, np.ndarray | None], None, None]:
     """Depth (and left image) of each recorded frame, ``(None, None)`` for a frame the decoder
     could not give (so frame i stays step i); a decode error ends the stream, recorded."""
     frames = iter_frames(path, "rgb24" if with_rgb else "gray")
@@ -253,25 +264,25 @@ def _stereo_frames(path: Path, matcher: StereoMatcher, fx: float, baseline_m: fl
                    np.ascontiguousarray(left) if with_rgb else None)
 
 
-def _stereo_calibration(config: Config, episode: Episode, output_dir: Path, serial: str
+def _stereo_calibration(config: Config, raw: RawEpisode, output_dir: Path, serial: str
                         ) -> tuple[int, int, float, float, dict[str, str]]:
     """Left-image size, rectified fx and baseline (m) of a camera, and where they came from."""
-    path = output_dir / "recordings" / serial / "intrinsics.json"
+    path = output_dir / INTRINSICS.for_camera(serial)
+    record: IntrinsicsRecord | None
     if path.is_file():
-        record = load_intrinsics(path)
+        record = IntrinsicsRecord.load(path)
     else:
-        records = extract_intrinsics(config, episode, output_dir, cameras=[serial])
-        if serial not in records:
+        record = extract_intrinsics(config, raw.episode, output_dir, cameras=[serial]).get(serial)
+        if record is None:
             raise IntrinsicsError(f"no intrinsics for camera {serial}: the stereo backend needs fx")
-        record = records[serial]
-    width, height = int(record["width"]), int(record["height"])
-    provenance = {"intrinsics": f"{path.parent.name}/{path.name} (source {record['source']})"}
-    if record.get("baseline_m") is not None:
-        baseline_m = float(record["baseline_m"])
-        provenance["baseline_source"] = f"intrinsics.json (source {record['source']})"
+    width, height = record.size
+    provenance = {"intrinsics": f"{path.parent.name}/{path.name} (source {record.source})"}
+    if record.baseline_m is not None:
+        baseline_m = record.baseline_m
+        provenance["baseline_source"] = f"{path.name} (source {record.source})"
     else:
         if config.zed_calibration_dir is None:
-            raise IntrinsicsError(f"{path} has no baseline_m (source {record['source']}) and "
+            raise IntrinsicsError(f"{path} has no baseline_m (source {record.source}) and "
                                   "zed_calibration_dir is not set: the stereo backend needs the baseline")
         conf = Path(config.zed_calibration_dir) / f"SN{serial}.conf"
         try:
@@ -279,22 +290,7 @@ def _stereo_calibration(config: Config, episode: Episode, output_dir: Path, seri
         except ZedConfError as exc:
             raise IntrinsicsError(f"{path} has no baseline_m and {exc}") from exc
         provenance["baseline_source"] = conf.name
-    return width, height, float(record["fx"]), baseline_m, provenance
-
-
-def _stereo_video(episode_dir: Path, serial: str, width: int, height: int) -> tuple[Path, VideoInfo]:
-    """The camera's side-by-side video: ``<serial>-stereo.mp4``, or ``<serial>.mp4`` when that one
-    is the ``2*width x height`` left|right file (DROID sometimes dropped the suffix)."""
-    mp4_dir = episode_dir / "recordings" / "MP4"
-    seen = []
-    for path in (mp4_dir / f"{serial}-stereo.mp4", mp4_dir / f"{serial}.mp4"):
-        if path.is_file():
-            info = probe(path)
-            if (info.width, info.height) == (2 * width, height):
-                return path, info
-            seen.append(f"{path.name} is {info.width}x{info.height}")
-    raise VideoError(f"no side-by-side stereo video {2 * width}x{height} (left|right for the "
-                     f"{width}x{height} intrinsics) in {mp4_dir}" + (f": {'; '.join(seen)}" if seen else ""))
+    return width, height, record.fx, baseline_m, provenance
 
 
 class _NoRgb:
@@ -313,6 +309,8 @@ class _RgbStream:
         self.count = 0
 
     def write(self, image: np.ndarray | None) -> None:
+        import av
+
         frame = av.VideoFrame.from_ndarray(self.black if image is None else image, format="rgb24")
         frame.pts = self.count
         self.count += 1
@@ -330,6 +328,8 @@ def _rgb_writer(path: Path | None, source: FrameSource, fps: float) -> Iterator[
     if path is None:
         yield _NoRgb()
         return
+    import av
+
     with atomic_path(path) as tmp:
         container = av.open(str(tmp), "w", format="mp4")
         try:

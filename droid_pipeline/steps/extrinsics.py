@@ -27,8 +27,9 @@ from scipy.spatial.transform import Rotation
 
 from droid_pipeline.core.errors import EpisodeError
 from droid_pipeline.geometry.poses import pose6_to_matrix
-from droid_pipeline.raw.trajectory import CAMERA_EXTRINSICS_GROUP, STEP, Trajectory
+from droid_pipeline.raw.trajectory import CAMERA_EXTRINSICS_GROUP, Trajectory
 
+STEP = "tracks"   # camera poses are resolved within the tracks step
 # Keys of a cam2base entry that, when present, must name the episode the entry is filed under.
 ENTRY_ID_KEYS = ("uuid", "episode_id", "episode")
 
@@ -83,6 +84,7 @@ def camera_poses(episode_id: str, serials: dict[str, str], metadata: dict[str, A
                  cam2base_path: os.PathLike | str | None, wrist_tolerance_mm: float) -> EpisodeExtrinsics:
     """Resolve every camera's T_base_cam (see module docstring); bad calibration raises EpisodeError."""
     entry = None
+    cam2base_file = None if cam2base_path is None else Path(cam2base_path).name
     if cam2base_path is not None:
         entry = _episode_entry(episode_id, serials, Path(cam2base_path))
     cameras: dict[str, CameraPose] = {}
@@ -90,6 +92,8 @@ def camera_poses(episode_id: str, serials: dict[str, str], metadata: dict[str, A
     wrist_check = None
     for role, serial in serials.items():
         if role == "wrist":
+            if trajectory.wrist_extrinsics is None:
+                raise EpisodeError(episode_id, STEP, f"the trajectory has no poses of wrist camera {serial}")
             cameras[serial] = CameraPose(serial, role, pose6_to_matrix(trajectory.wrist_extrinsics),
                                          f"h5:{CAMERA_EXTRINSICS_GROUP}/{serial}_left")
             wrist_check = _wrist_check(serial, cameras[serial].base_from_camera, trajectory,
@@ -97,12 +101,12 @@ def camera_poses(episode_id: str, serials: dict[str, str], metadata: dict[str, A
             continue
         if entry is not None and serial in entry:
             pose = _pose6(episode_id, entry[serial], f"cam2base entry {serial}")
-            source = f"cam2base:{Path(cam2base_path).name}"
+            source = f"cam2base:{cam2base_file}"
         else:
             key = f"{role}_cam_extrinsics"
             if key not in metadata:
-                where = ("no cam2base file configured" if cam2base_path is None else
-                         f"{Path(cam2base_path).name} has no entry for this camera")
+                where = ("no cam2base file configured" if cam2base_file is None else
+                         f"{cam2base_file} has no entry for this camera")
                 raise EpisodeError(episode_id, STEP, f"no calibration for {role} camera {serial}: "
                                    f"{where} and the metadata has no {key}")
             pose = _pose6(episode_id, metadata[key], f"metadata {key}")
@@ -110,8 +114,7 @@ def camera_poses(episode_id: str, serials: dict[str, str], metadata: dict[str, A
             if entry is not None:
                 warnings.append(f"cam2base entry lacks {role} camera {serial}: used metadata {key}")
         cameras[serial] = CameraPose(serial, role, pose6_to_matrix(pose), source)
-    return EpisodeExtrinsics(cameras, None if cam2base_path is None else Path(cam2base_path).name,
-                             entry, wrist_check, warnings)
+    return EpisodeExtrinsics(cameras, cam2base_file, entry, wrist_check, warnings)
 
 
 @functools.lru_cache(maxsize=4)

@@ -19,16 +19,19 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from droid_pipeline.core import schema
 from droid_pipeline.core.atomic import savez_atomic, write_json_atomic
 from droid_pipeline.core.config import Config
 from droid_pipeline.core.errors import EpisodeError
-from droid_pipeline.core.schema import SCHEMA_VERSION
-from droid_pipeline.formats.depth_codec import DepthCodecError, DepthMeta, meta_path_for
+from droid_pipeline.core.schema import DEPTH_META, EXTRINSICS, INTRINSICS, QUALITY, SCHEMA_VERSION, TRACKS
+from droid_pipeline.formats.depth_codec import DepthCodecError, DepthMeta
+from droid_pipeline.formats.intrinsics import IntrinsicsError, IntrinsicsRecord
 from droid_pipeline.geometry.normalize import (
     ArcLengthSampling,
     arc_length_sampling,
@@ -38,24 +41,34 @@ from droid_pipeline.geometry.normalize import (
 from droid_pipeline.geometry.poses import pose6_to_matrix
 from droid_pipeline.geometry.projection import points_in_camera, project, visible
 from droid_pipeline.raw.discovery import Episode
-from droid_pipeline.raw.trajectory import (
-    STEP,
-    Trajectory,
-    read_metadata,
-    read_trajectory,
-)
-from droid_pipeline.raw.video import VideoError, probe
+from droid_pipeline.raw.episode import RawEpisode
+from droid_pipeline.raw.trajectory import Trajectory, read_trajectory
+from droid_pipeline.raw.video import VideoError
 from droid_pipeline.robot.gripper import GripperModel
 from droid_pipeline.steps.extrinsics import EpisodeExtrinsics, camera_poses
-from droid_pipeline.steps.intrinsics import IntrinsicsError, load_intrinsics
 
-TRACKS_FILE = "tracks.npz"
-EXTRINSICS_FILE = "extrinsics.npz"
-QUALITY_FILE = "quality.json"
-STORAGE_FLOAT = np.float32
-DISTORTION_KEYS = ("k1", "k2", "p1", "p2", "k3")   # OpenCV's order
+STEP = "tracks"
+OUTPUTS = (TRACKS, EXTRINSICS, QUALITY)
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class CameraProjection:
+    """One camera's 2D tracks, visibility, and the intrinsics they were projected with."""
+
+    serial: str
+    role: str
+    pixels: np.ndarray              # (T, N, 2) float64
+    visibility: np.ndarray          # (T, N) bool
+    intrinsics: IntrinsicsRecord
+
+    def arrays(self) -> dict[str, Any]:
+        """This camera's values of tracks.npz (stored as core.schema.TRACKS_NPZ says)."""
+        serial = self.serial
+        return {f"tracks_2d_{serial}": self.pixels, f"visibility_{serial}": self.visibility,
+                f"intrinsics_{serial}": self.intrinsics.K, f"distortion_{serial}": self.intrinsics.distortion,
+                f"image_size_{serial}": self.intrinsics.size}
 
 
 def generate_tracks(config: Config, episode: Episode, output_dir: os.PathLike | str) -> dict[str, Any]:
@@ -67,88 +80,81 @@ def generate_tracks(config: Config, episode: Episode, output_dir: os.PathLike | 
     """
     output_dir = Path(output_dir)
     episode_id = episode.episode_id
-    metadata = read_metadata(episode, config.droid_root)
-    trajectory = read_trajectory(episode, config.droid_root, metadata, config.fps)
+    raw = RawEpisode.load(episode, config.droid_root, STEP)
+    with raw.trajectory() as h5:
+        trajectory = read_trajectory(h5, episode.serials, raw.metadata, config.fps)
     warnings = list(trajectory.warnings)
-    video_frames = _check_video_frames(episode, config.droid_root, trajectory.num_frames, warnings)
+    video_frames = _check_video_frames(raw, trajectory.num_frames, warnings)
 
     gripper = GripperModel.load()
     num_points = config.num_track_points
     geometry = _contact_geometry(gripper, trajectory, num_points)
-    extrinsics = camera_poses(episode_id, episode.serials, metadata, trajectory, geometry["flange"],
+    extrinsics = camera_poses(episode_id, episode.serials, raw.metadata, trajectory, geometry["flange"],
                               config.cam2base_extrinsics_path, config.wrist_pose_tolerance_mm)
     warnings.extend(extrinsics.warnings)
-    depth = _depth_summary(episode, output_dir, trajectory.num_frames, warnings)
-    cameras = _project_cameras(config, episode, output_dir, extrinsics, geometry["tracks_3d"], warnings)
+    depth = _depth_metas(raw, output_dir, trajectory.num_frames, warnings)
+    cameras = _project_cameras(config, raw, output_dir, extrinsics, geometry["tracks_3d"], warnings)
     sampling = arc_length_sampling(geometry["contact_centroids"], config.normalized_step_size_mm)
     normalized = _normalized_flow(gripper, geometry, trajectory.gripper_positions, sampling, num_points)
 
-    tracks = _tracks_arrays(trajectory, geometry, normalized, sampling, cameras, num_points,
-                            config.normalized_step_size_mm)
+    sizes = {"T": trajectory.num_frames, "M": sampling.num_samples, "N": num_points}
+    tracks = schema.TRACKS_NPZ.build(_tracks_values(trajectory, geometry, normalized, sampling, cameras,
+                                                    num_points, config.normalized_step_size_mm), sizes)
     _require_finite(episode_id, tracks)
-    quality = _quality(config, episode, metadata, trajectory, gripper, extrinsics, cameras, sampling,
-                       video_frames, depth, warnings)
-    savez_atomic(output_dir / TRACKS_FILE, **tracks)
-    savez_atomic(output_dir / EXTRINSICS_FILE, schema_version=np.int32(SCHEMA_VERSION),
-                 **extrinsics.arrays())
-    write_json_atomic(output_dir / QUALITY_FILE, quality)
+    extrinsics_arrays = schema.EXTRINSICS_NPZ.build({"schema_version": SCHEMA_VERSION, **extrinsics.arrays()},
+                                                    sizes)
+    quality = _quality(config, raw, trajectory, gripper, extrinsics, cameras, sampling, video_frames, depth,
+                       warnings)
+    savez_atomic(output_dir / TRACKS.path, **tracks)
+    savez_atomic(output_dir / EXTRINSICS.path, **extrinsics_arrays)
+    write_json_atomic(output_dir / QUALITY.path, quality)
     for warning in warnings:
         log.warning("episode %s: %s", episode_id, warning)
-    files = {name: (output_dir / name).stat().st_size for name in (TRACKS_FILE, EXTRINSICS_FILE, QUALITY_FILE)}
+    files = {f.path: (output_dir / f.path).stat().st_size for f in OUTPUTS}
     return {"episode_id": episode_id, "output_dir": str(output_dir),
             "num_frames": trajectory.num_frames, "num_points": num_points,
             "num_normalized_steps": sampling.num_samples, "path_length_mm": sampling.path_length_mm,
             "cameras_with_2d_tracks": list(cameras), "files": files, "warnings": warnings}
 
 
-def _check_video_frames(episode: Episode, droid_root: Path, num_frames: int,
-                        warnings: list[str]) -> dict[str, int | None]:
+def _check_video_frames(raw: RawEpisode, num_frames: int, warnings: list[str]) -> dict[str, int | None]:
     """Each camera's MP4 must hold one frame per control step; a missing MP4 is a warning."""
-    mp4_dir = episode.path(droid_root) / "recordings" / "MP4"
     counts: dict[str, int | None] = {}
-    for role, serial in episode.serials.items():
-        path = next((p for p in (mp4_dir / f"{serial}.mp4", mp4_dir / f"{serial}-stereo.mp4")
-                     if p.is_file()), None)
-        if path is None:
+    for role, serial in raw.episode.serials.items():
+        try:
+            video = raw.camera_video(serial)
+        except VideoError as exc:
+            raise raw.fail(str(exc)) from exc
+        if video is None:
             counts[serial] = None
             warnings.append(f"{role} camera {serial}: no MP4, frame count not checked")
             continue
-        try:
-            counts[serial] = probe(path).num_frames
-        except VideoError as exc:
-            raise EpisodeError(episode.episode_id, STEP, str(exc)) from exc
-        if counts[serial] != num_frames:
-            raise EpisodeError(episode.episode_id, STEP, f"{path.name} has {counts[serial]} frames but "
-                               f"trajectory.h5 has {num_frames} steps")
+        counts[serial] = video.info.num_frames
+        if video.info.num_frames != num_frames:
+            raise raw.fail(f"{video.path.name} has {video.info.num_frames} frames but trajectory.h5 has "
+                           f"{num_frames} steps")
     return counts
 
 
-def _depth_summary(episode: Episode, output_dir: Path, num_frames: int,
-                   warnings: list[str]) -> dict[str, dict[str, Any]]:
-    """Per camera with depth (written earlier by the depth step): frames, missing frames and valid
-    fraction, for quality.json. Depth whose frame count is not T fails the episode."""
-    summary = {}
-    for serial in episode.serials.values():
-        path = meta_path_for(output_dir / "recordings" / serial / "depth.mkv")
+def _depth_metas(raw: RawEpisode, output_dir: Path, num_frames: int, warnings: list[str]) -> dict[str, DepthMeta]:
+    """depth_meta.json of each camera with depth (written earlier by the depth step). Depth whose
+    frame count is not T fails the episode; missing depth frames are a warning."""
+    metas = {}
+    for serial in raw.episode.serials.values():
+        path = output_dir / DEPTH_META.for_camera(serial)
         if not path.exists():
             continue
         try:
             meta = DepthMeta.load(path)
         except DepthCodecError as exc:
-            raise EpisodeError(episode.episode_id, STEP, f"camera {serial}: {exc}") from exc
+            raise raw.fail(f"camera {serial}: {exc}") from exc
         if meta.num_frames != num_frames:
-            raise EpisodeError(episode.episode_id, STEP,
-                               f"camera {serial}: depth.mkv has {meta.num_frames} frames, trajectory has {num_frames}")
-        source = meta.source
-        summary[serial] = {"backend": source.get("backend"), "num_frames": meta.num_frames,
-                           "missing_frames": list(meta.missing_frames),
-                           "valid_fraction": source.get("valid_fraction"),
-                           "source_frames": source.get("source_frames"),
-                           "frame_count_mismatch": source.get("frame_count_mismatch")}
+            raise raw.fail(f"camera {serial}: depth.mkv has {meta.num_frames} frames, trajectory has {num_frames}")
         if meta.missing_frames:
             warnings.append(f"camera {serial}: {len(meta.missing_frames)} depth frame(s) could not be "
                             "produced and are all-invalid (0)")
-    return summary
+        metas[serial] = meta
+    return metas
 
 
 def _contact_geometry(gripper: GripperModel, trajectory: Trajectory, num_points: int) -> dict[str, np.ndarray]:
@@ -223,77 +229,65 @@ def _normalized_flow(gripper: GripperModel, geometry: dict[str, np.ndarray], gri
     }
 
 
-def _project_cameras(config: Config, episode: Episode, output_dir: Path, extrinsics: EpisodeExtrinsics,
-                     tracks_3d: np.ndarray, warnings: list[str]) -> dict[str, dict[str, Any]]:
+def _project_cameras(config: Config, raw: RawEpisode, output_dir: Path, extrinsics: EpisodeExtrinsics,
+                     tracks_3d: np.ndarray, warnings: list[str]) -> dict[str, CameraProjection]:
     """2D tracks and visibility for every camera with intrinsics, in role order."""
-    cameras: dict[str, dict[str, Any]] = {}
+    cameras: dict[str, CameraProjection] = {}
     for serial, pose in extrinsics.cameras.items():
-        path = output_dir / "recordings" / serial / "intrinsics.json"
+        path = output_dir / INTRINSICS.for_camera(serial)
         if not path.is_file():
             if not config.allow_missing_intrinsics:
-                raise EpisodeError(episode.episode_id, STEP, f"{pose.role} camera {serial} has no "
-                                   f"intrinsics ({path} missing; run the intrinsics step, or set "
-                                   "allow_missing_intrinsics)")
+                raise raw.fail(f"{pose.role} camera {serial} has no intrinsics ({path} missing; run the "
+                               "intrinsics step, or set allow_missing_intrinsics)")
             warnings.append(f"{pose.role} camera {serial}: no intrinsics, no 2D tracks")
             continue
         try:
-            intrinsics = load_intrinsics(path)
+            intrinsics = IntrinsicsRecord.load(path)
         except IntrinsicsError as exc:
-            raise EpisodeError(episode.episode_id, STEP, str(exc)) from exc
-        if not intrinsics["rectified"]:
+            raise raw.fail(str(exc)) from exc
+        if not intrinsics.rectified:
             warnings.append(f"{pose.role} camera {serial}: intrinsics are not rectified; projected "
                             "with their distortion")
-        distortion = np.array([intrinsics[k] for k in DISTORTION_KEYS])
         in_camera = points_in_camera(tracks_3d, pose.base_from_camera)
-        pixels = project(in_camera, intrinsics["K"], distortion)
-        width, height = intrinsics["width"], intrinsics["height"]
-        seen = visible(pixels, in_camera[..., 2], width, height, config.min_depth.for_role(pose.role))
+        pixels = project(in_camera, intrinsics.K, intrinsics.distortion)
+        seen = visible(pixels, in_camera[..., 2], intrinsics.width, intrinsics.height,
+                       config.min_depth.for_role(pose.role))
         if not seen.any():
             warnings.append(f"{pose.role} camera {serial}: no contact point visible in any frame")
-        cameras[serial] = {"role": pose.role, "pixels": pixels, "visibility": seen,
-                           "K": intrinsics["K"], "distortion": distortion, "size": (width, height),
-                           "source": intrinsics["source"], "rectified": intrinsics["rectified"]}
+        cameras[serial] = CameraProjection(serial, pose.role, pixels, seen, intrinsics)
     return cameras
 
 
-def _tracks_arrays(trajectory: Trajectory, geometry: dict[str, np.ndarray], normalized: dict[str, np.ndarray],
-                   sampling: ArcLengthSampling, cameras: dict[str, dict[str, Any]], num_points: int,
-                   step_mm: float) -> dict[str, np.ndarray]:
-    """Contents of tracks.npz with their storage dtypes (docs/outputs.md)."""
-    f32, f64 = STORAGE_FLOAT, np.float64
-    arrays: dict[str, np.ndarray] = {
-        "schema_version": np.int32(SCHEMA_VERSION),
-        "num_frames": np.int32(trajectory.num_frames),
-        "num_points_per_finger": np.int32(num_points // 2),
-        "fps": np.float64(trajectory.fps),
-        "cartesian_positions": trajectory.cartesian_positions.astype(f64),
-        "gripper_positions": trajectory.gripper_positions.astype(f64),
-        "contact_points_local": geometry["contact_points_local"].astype(f64),
-        "gripper_poses": geometry["gripper_poses"].astype(f32),
-        "tracks_3d": geometry["tracks_3d"].astype(f32),
-        "contact_centroids": geometry["contact_centroids"].astype(f64),
-        "contact_frames": geometry["contact_frames"].astype(f32),
-        "left_contact_frames": geometry["left_contact_frames"].astype(f32),
-        "right_contact_frames": geometry["right_contact_frames"].astype(f32),
-        "cameras_with_2d_tracks": np.array(list(cameras), dtype=str),
-        "normalized_step_size_mm": np.float64(step_mm),
-        "num_normalized_steps": np.int32(sampling.num_samples),
-        "cumulative_distance_mm": sampling.cumulative_distance_mm.astype(f64),
-        "frame_to_normalized_idx": sampling.frame_to_sample.astype(np.int32),
-        "normalized_centroids": normalized["normalized_centroids"].astype(f64),
-        "normalized_gripper_positions": normalized["normalized_gripper_positions"].astype(f64),
-        "normalized_tracks_3d": normalized["normalized_tracks_3d"].astype(f32),
-        "normalized_frames": normalized["normalized_frames"].astype(f32),
-        "normalized_left_frames": normalized["normalized_left_frames"].astype(f32),
-        "normalized_right_frames": normalized["normalized_right_frames"].astype(f32),
+def _tracks_values(trajectory: Trajectory, geometry: dict[str, np.ndarray], normalized: dict[str, np.ndarray],
+                   sampling: ArcLengthSampling, cameras: dict[str, CameraProjection], num_points: int,
+                   step_mm: float) -> dict[str, Any]:
+    """The values of tracks.npz; core.schema.TRACKS_NPZ gives their storage dtypes (docs/outputs.md)."""
+    values: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "num_frames": trajectory.num_frames,
+        "num_points_per_finger": num_points // 2,
+        "fps": trajectory.fps,
+        "cartesian_positions": trajectory.cartesian_positions,
+        "gripper_positions": trajectory.gripper_positions,
+        "contact_points_local": geometry["contact_points_local"],
+        "gripper_poses": geometry["gripper_poses"],
+        "tracks_3d": geometry["tracks_3d"],
+        "contact_centroids": geometry["contact_centroids"],
+        "contact_frames": geometry["contact_frames"],
+        "left_contact_frames": geometry["left_contact_frames"],
+        "right_contact_frames": geometry["right_contact_frames"],
+        "cameras_with_2d_tracks": list(cameras),
+        "normalized_step_size_mm": step_mm,
+        "num_normalized_steps": sampling.num_samples,
+        "cumulative_distance_mm": sampling.cumulative_distance_mm,
+        "frame_to_normalized_idx": sampling.frame_to_sample,
+        **{key: normalized[key] for key in ("normalized_centroids", "normalized_gripper_positions",
+                                            "normalized_tracks_3d", "normalized_frames",
+                                            "normalized_left_frames", "normalized_right_frames")},
     }
-    for serial, camera in cameras.items():
-        arrays[f"tracks_2d_{serial}"] = camera["pixels"].astype(f32)
-        arrays[f"visibility_{serial}"] = camera["visibility"]
-        arrays[f"intrinsics_{serial}"] = np.asarray(camera["K"], dtype=f64)
-        arrays[f"distortion_{serial}"] = camera["distortion"].astype(f64)
-        arrays[f"image_size_{serial}"] = np.array(camera["size"], dtype=np.int32)
-    return arrays
+    for camera in cameras.values():
+        values.update(camera.arrays())
+    return values
 
 
 def _require_finite(episode_id: str, arrays: dict[str, np.ndarray]) -> None:
@@ -305,11 +299,11 @@ def _require_finite(episode_id: str, arrays: dict[str, np.ndarray]) -> None:
             raise EpisodeError(episode_id, STEP, f"computed {name} is empty")
 
 
-def _quality(config: Config, episode: Episode, metadata: dict[str, Any], trajectory: Trajectory,
-             gripper: GripperModel, extrinsics: EpisodeExtrinsics, cameras: dict[str, dict[str, Any]],
-             sampling: ArcLengthSampling, video_frames: dict[str, int | None],
-             depth: dict[str, dict[str, Any]], warnings: list[str]) -> dict[str, Any]:
+def _quality(config: Config, raw: RawEpisode, trajectory: Trajectory, gripper: GripperModel,
+             extrinsics: EpisodeExtrinsics, cameras: dict[str, CameraProjection], sampling: ArcLengthSampling,
+             video_frames: dict[str, int | None], depth: dict[str, DepthMeta], warnings: list[str]) -> dict[str, Any]:
     """quality.json: provenance of every input and the measured checks."""
+    episode = raw.episode
     gripper_positions = trajectory.gripper_positions
     separation_mm = 1000.0 * gripper.pad_separation(gripper_positions)
     return {
@@ -318,7 +312,7 @@ def _quality(config: Config, episode: Episode, metadata: dict[str, Any], traject
         "episode": {"episode_id": episode.episode_id, "relative_path": episode.relative_path,
                     "lab": episode.lab, "outcome": episode.outcome, "date": episode.date,
                     "folder": episode.folder, "serials": dict(episode.serials)},
-        "metadata": metadata,
+        "metadata": raw.metadata,
         "num_frames": trajectory.num_frames,
         "fps": trajectory.fps,
         "fps_source": trajectory.fps_source,
@@ -331,49 +325,21 @@ def _quality(config: Config, episode: Episode, metadata: dict[str, Any], traject
         "gripper_position_range": [float(gripper_positions.min()), float(gripper_positions.max())],
         "pad_separation_range_mm": [float(separation_mm.min()), float(separation_mm.max())],
         "calibration": extrinsics.quality(),
-        "intrinsics": {s: {"role": c["role"], "source": c["source"], "rectified": c["rectified"],
-                           "width": c["size"][0], "height": c["size"][1]} for s, c in cameras.items()},
+        "intrinsics": {s: {"role": c.role, "source": c.intrinsics.source, "rectified": c.intrinsics.rectified,
+                           "width": c.intrinsics.width, "height": c.intrinsics.height} for s, c in cameras.items()},
         "cameras_with_2d_tracks": list(cameras),
         "cameras_without_intrinsics": [s for s in extrinsics.cameras if s not in cameras],
-        "visible_fraction": {s: float(c["visibility"].mean()) for s, c in cameras.items()},
+        "visible_fraction": {s: float(c.visibility.mean()) for s, c in cameras.items()},
         "wrist_pose_deviation": extrinsics.wrist_check,
-        "depth": depth,
+        "depth": {s: _depth_quality(meta) for s, meta in depth.items()},
         "warnings": warnings,
     }
 
 
-CLI_OUTPUTS = """\
-outputs, in --output-dir (default: output_root/<LAB>/<outcome>/<date>/<folder>/):
-  tracks.npz       loads with numpy.load(path, allow_pickle=False); metres, robot base frame.
-    tracks_3d [T,N,3]              contact points on both finger pads (left finger's N/2 first)
-    contact_points_local [N,3]     the same points in their own finger link frame (fixed)
-    gripper_poses [T,4,4]          gripper frame (robotiq_85_base_link) = flange pose * mount
-    cartesian_positions [T,6]      DROID flange pose [x,y,z,rx,ry,rz], Euler "xyz"
-    gripper_positions [T]          0 open .. 1 closed
-    contact_centroids [T,3]        mean of the N points
-    contact_frames [T,4,4]         centroid + gripper orientation
-    left_contact_frames, right_contact_frames [T,4,4]
-                                   each pad's centroid + that finger's orientation
-    tracks_2d_<serial> [T,N,2]     pixels in the rectified left image (off-image values kept)
-    visibility_<serial> [T,N]      in front beyond min_depth for the camera's role, and in image
-    intrinsics_<serial> [3,3]      K used; distortion_<serial> [5] (k1 k2 p1 p2 k3, zero when
-                                   rectified); image_size_<serial> [2] (width, height)
-    cameras_with_2d_tracks [C]     serials that got 2D tracks
-    normalized_*                   the same gripper resampled every normalized_step_size_mm of
-                                   centroid travel: normalized_centroids [M,3], normalized_frames,
-                                   normalized_left_frames, normalized_right_frames [M,4,4],
-                                   normalized_tracks_3d [M,N,3], normalized_gripper_positions [M]
-    cumulative_distance_mm [T]     centroid arc length at each step
-    frame_to_normalized_idx [T]    nearest normalized sample of each step (non-decreasing)
-    normalized_step_size_mm, num_normalized_steps, num_frames, num_points_per_finger,
-    fps (measured from the control timestamps unless configured), schema_version
-  extrinsics.npz   T_base_cam_<serial>: [4,4] per exterior camera, [T,4,4] for the wrist camera
-                   (left lens, OpenCV optical frame); serials, roles, sources, wrist_serial
-  quality.json     episode metadata, the exact cam2base entry used, each camera's calibration and
-                   intrinsics source, cameras with/without 2D tracks, visible fraction per camera,
-                   path length, gripper range, wrist-pose deviation, video frame counts, warnings
-
-reads: the raw episode under droid_root (metadata json, trajectory.h5, MP4 frame counts), the
-cam2base file (cam2base_extrinsics_path) and <output-dir>/recordings/<serial>/intrinsics.json
-written by extract_intrinsics_only.py.
-"""
+def _depth_quality(meta: DepthMeta) -> dict[str, Any]:
+    """One camera's entry of quality.json ``depth``, from its depth_meta.json."""
+    source = meta.source
+    return {"backend": source.get("backend"), "num_frames": meta.num_frames,
+            "missing_frames": list(meta.missing_frames), "valid_fraction": source.get("valid_fraction"),
+            "source_frames": source.get("source_frames"),
+            "frame_count_mismatch": source.get("frame_count_mismatch")}

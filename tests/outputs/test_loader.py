@@ -152,6 +152,15 @@ def test_broken_or_missing_episodes_are_clear_errors(converted, tmp_path):
     np.savez_compressed(folder / "tracks.npz", **{**tracks, "schema_version": np.int32(1)})
     with pytest.raises(LoadError, match="written under output schema 1; this package reads schema 2"):
         load_episode(folder)
+    np.savez_compressed(folder / "tracks.npz", **{**tracks, "tracks_3d": tracks["tracks_3d"].astype(np.float64)})
+    with pytest.raises(LoadError, match="does not follow the output contract: tracks.npz: tracks_3d has dtype "
+                                        "float64, expected float32"):
+        load_episode(folder)
+    extra = {**npz(folder / "extrinsics.npz"), "T_base_cam_99": np.eye(4)}
+    np.savez_compressed(folder / "tracks.npz", **tracks)
+    np.savez_compressed(folder / "extrinsics.npz", **extra)
+    with pytest.raises(LoadError, match="extrinsics.npz: unexpected key 'T_base_cam_99'"):
+        load_episode(folder)
     del tracks["normalized_frames"]
     np.savez_compressed(folder / "tracks.npz", **tracks)
     with pytest.raises(LoadError, match="no key 'normalized_frames'"):

@@ -279,6 +279,22 @@ def test_short_video_renders_the_shorter_with_a_warning_and_stereo_only_is_cropp
     assert (np.abs(pixel(frames[0], uv[:half][keep]) - LEFT_COLOR).max(axis=1) <= CODEC_TOLERANCE).all()
 
 
+def test_stereo_file_without_its_suffix_is_cropped_too(converted, tmp_path):
+    data = read_episode_dir(converted["output"])
+    wrist = data.camera("wrist").serial
+    for name in ("suffixed", "unsuffixed"):
+        (tmp_path / name).mkdir()
+    shutil.copy(converted["mp4_dir"] / f"{wrist}-stereo.mp4", tmp_path / "suffixed")
+    shutil.copy(converted["mp4_dir"] / f"{wrist}-stereo.mp4", tmp_path / "unsuffixed" / f"{wrist}.mp4")
+    rendered = {name: decode(render_episode(data, tmp_path / name, tmp_path / f"out-{name}", cameras=["wrist"],
+                                            trail=0, progress=False).videos[wrist])
+                for name in ("suffixed", "unsuffixed")}
+    assert len(rendered["unsuffixed"]) == SMALL_FRAMES
+    assert rendered["unsuffixed"][0].shape == (SMALL_SIZE[1], SMALL_SIZE[0], 3)
+    for got, expected in zip(rendered["unsuffixed"], rendered["suffixed"]):
+        assert np.abs(got.astype(int) - expected).max() <= CODEC_TOLERANCE
+
+
 def test_camera_without_2d_tracks_is_skipped_with_a_message(converted, tmp_path):
     folder = copy_outputs(converted, tmp_path)
     serial = read_episode_dir(folder).camera("wrist").serial

@@ -217,6 +217,17 @@ def test_manifest_catches_changed_and_missing_files(converted, tmp_path):
     assert report.problems["files"] == ["extrinsics.npz missing"]
 
 
+def test_manifest_listing_a_file_outside_the_contract_fails(converted, tmp_path):
+    folder = copy_episode(converted, 2, tmp_path, manifest=True)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "notes.txt").write_text("hello")
+    manifest["files"].append({"path": "notes.txt", "size": 5, "sha256": "0" * 64, "kind": "metadata"})
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    report = verify_episode(folder, tmp_path)
+    assert report.status["files"] == "FAIL"
+    assert "notes.txt listed in manifest.json is not a file of the output contract" in report.problems["files"]
+
+
 def run_verify(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "droid_pipeline.verify", *args, "--no-progress"], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=300)

@@ -22,7 +22,8 @@ from droid_pipeline.core.config import load_config
 from droid_pipeline.core.errors import EpisodeError
 from droid_pipeline.formats.depth_codec import DepthMeta
 from droid_pipeline.raw.discovery import build_index
-from droid_pipeline.steps.depth import STEPS_KEY, depth_to_uint16_mm, extract_depth
+from droid_pipeline.raw.trajectory import CARTESIAN_KEY
+from droid_pipeline.steps.depth import depth_to_uint16_mm, extract_depth
 from droid_pipeline.steps.tracks import generate_tracks
 from droid_pipeline.synthetic.generator import CONTROL_HZ, generate_dataset
 
@@ -81,9 +82,9 @@ def copy_episode(dataset, episode, tmp: Path, num_steps: int):
     root = tmp / "droid_raw"
     shutil.copytree(dataset.droid_root / episode.relative_path, root / episode.relative_path)
     with h5py.File(root / episode.relative_path / "trajectory.h5", "r+") as h5:
-        poses = h5[STEPS_KEY][()]
-        del h5[STEPS_KEY]
-        h5[STEPS_KEY] = np.resize(poses, (num_steps, poses.shape[1]))
+        poses = h5[CARTESIAN_KEY][()]
+        del h5[CARTESIAN_KEY]
+        h5[CARTESIAN_KEY] = np.resize(poses, (num_steps, poses.shape[1]))
     return config_for(dataset, tmp, f"droid_root={root}")
 
 
@@ -137,18 +138,18 @@ def test_stereo_depth_recovers_ground_truth(dataset, episode, full_run, role):
 
 def test_summary_and_meta_report_counts(episode, full_run):
     summary = full_run["summary"]
-    assert summary["num_steps"] == FRAMES and summary["backend"] == "stereo"
-    assert list(summary["cameras"]) == list(episode.serials.values())
-    for serial, camera in summary["cameras"].items():
+    assert summary.num_steps == FRAMES and summary.backend == "stereo"
+    assert list(summary.cameras) == list(episode.serials.values())
+    for serial, camera in summary.cameras.items():
         folder = full_run["output"] / "recordings" / serial
         meta = DepthMeta.load(folder / "depth_meta.json")
         depth = decoded_depth(full_run["output"], serial)
-        assert meta.num_frames == FRAMES and meta.missing_frames == [] and camera["num_missing"] == 0
+        assert meta.num_frames == FRAMES and meta.missing_frames == [] and camera.num_missing == 0
         assert (meta.width, meta.height) == SIZE
         assert meta.source["valid_fraction"] == pytest.approx((depth > 0).mean())
-        assert meta.source["valid_fraction"] == camera["valid_fraction"]
+        assert meta.source["valid_fraction"] == camera.valid_fraction
         assert meta.source["source_frames"] == FRAMES and meta.source["frame_count_mismatch"] == 0
-        assert meta.source["role"] == camera["role"] and camera["role"] in episode.serials
+        assert meta.source["role"] == camera.role and camera.role in episode.serials
         assert meta.source["baseline_source"].endswith(f"SN{serial}.conf")
         assert not (folder / "rgb.mp4").exists()
 
@@ -157,22 +158,22 @@ def test_video_shorter_than_trajectory_gets_invalid_tail_frames(dataset, episode
     config = copy_episode(dataset, episode, tmp_path, FRAMES + 3)
     summary = extract_depth(config, episode, tmp_path / "out", cameras=["wrist"])
     serial = episode.serials["wrist"]
-    camera = summary["cameras"][serial]
-    assert camera["missing_frames"] == [FRAMES, FRAMES + 1, FRAMES + 2]
-    assert camera["num_missing"] == 3 and camera["frame_count_mismatch"] == -3
+    camera = summary.cameras[serial]
+    assert camera.meta.missing_frames == [FRAMES, FRAMES + 1, FRAMES + 2]
+    assert camera.num_missing == 3 and camera.meta.source["frame_count_mismatch"] == -3
     depth = decoded_depth(tmp_path / "out", serial)
     assert depth.shape[0] == FRAMES + 3 and not depth[FRAMES:].any()
     np.testing.assert_array_equal(depth[:FRAMES], decoded_depth(full_run["output"], serial))
     meta = DepthMeta.load(tmp_path / "out" / "recordings" / serial / "depth_meta.json")
-    assert meta.missing_frames == camera["missing_frames"] and meta.source["num_missing"] == 3
+    assert meta.missing_frames == camera.meta.missing_frames and meta.source["num_missing"] == 3
 
 
 def test_video_longer_than_trajectory_is_cut_to_steps(dataset, episode, full_run, tmp_path):
     config = copy_episode(dataset, episode, tmp_path, FRAMES - 4)
     summary = extract_depth(config, episode, tmp_path / "out", cameras=["ext1"])
     serial = episode.serials["ext1"]
-    camera = summary["cameras"][serial]
-    assert camera["frame_count_mismatch"] == 4 and camera["missing_frames"] == []
+    camera = summary.cameras[serial]
+    assert camera.meta.source["frame_count_mismatch"] == 4 and camera.meta.missing_frames == []
     depth = decoded_depth(tmp_path / "out", serial)
     np.testing.assert_array_equal(depth, decoded_depth(full_run["output"], serial)[:FRAMES - 4])
 
@@ -199,9 +200,9 @@ def test_video_cut_off_mid_file_gets_invalid_frames_from_the_break(dataset, epis
     kept = len(seen)
     video.write_bytes(front.read_bytes()[:end])
     summary = extract_depth(config, episode, tmp_path / "out", cameras=["ext2"])
-    camera = summary["cameras"][serial]
-    assert camera["missing_frames"] == list(range(kept, FRAMES))
-    assert camera["source_frames"] == FRAMES  # the container still lists every frame
+    camera = summary.cameras[serial]
+    assert camera.meta.missing_frames == list(range(kept, FRAMES))
+    assert camera.meta.source["source_frames"] == FRAMES  # the container still lists every frame
     depth = decoded_depth(tmp_path / "out", serial)
     np.testing.assert_array_equal(depth[:kept], decoded_depth(full_run["output"], serial)[:kept])
     assert not depth[kept:].any()
@@ -238,12 +239,12 @@ def test_frame_dropped_mid_stream_leaves_that_step_missing_and_the_rest_aligned(
                     "-pix_fmt", "yuv444p", str(intra)], check=True)
     shutil.copy(intra, video)
     whole = extract_depth(config, episode, tmp_path / "whole", cameras=["ext1"])
-    assert whole["cameras"][serial]["missing_frames"] == []
+    assert whole.cameras[serial].meta.missing_frames == []
     dropped = 5
     subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(intra), "-c", "copy", "-bsf:v",
                     rf"noise=drop=eq(n\,{dropped})", str(video)], check=True)
     summary = extract_depth(config, episode, tmp_path / "gapped", cameras=["ext1"])
-    assert summary["cameras"][serial]["missing_frames"] == [dropped]
+    assert summary.cameras[serial].meta.missing_frames == [dropped]
     depth, reference = decoded_depth(tmp_path / "gapped", serial), decoded_depth(tmp_path / "whole", serial)
     assert len(depth) == FRAMES and not depth[dropped].any()
     kept = [i for i in range(FRAMES) if i != dropped]
@@ -258,7 +259,7 @@ def test_export_rgb_writes_left_frames_aligned_with_steps(dataset, episode, tmp_
     rgb = ffmpeg_frames(tmp_path / "out" / "recordings" / serial / "rgb.mp4", "rgb24", *SIZE, channels=3)
     left = ffmpeg_frames(dataset.droid_root / episode.relative_path / "recordings" / "MP4" /
                          f"{serial}-stereo.mp4", "rgb24", 2 * SIZE[0], SIZE[1], channels=3)[:, :, :SIZE[0]]
-    assert rgb.shape[0] == FRAMES + 2 and summary["cameras"][serial]["rgb_export"] == "rgb.mp4"
+    assert rgb.shape[0] == FRAMES + 2 and summary.cameras[serial].meta.source["rgb_export"] == "rgb.mp4"
     difference = np.abs(rgb[:FRAMES].astype(int) - left)
     assert difference.mean() < 3.0  # one H.264 re-encode at CRF 18
     assert rgb[FRAMES:].max() < 20  # missing steps are black (limited-range YUV round trip)
@@ -278,7 +279,7 @@ def test_intrinsics_are_computed_when_absent_and_read_when_present(dataset, epis
     record["K"][0][0] *= 2
     intrinsics.write_text(json.dumps(record))
     summary = extract_depth(config, episode, tmp_path / "out", backend="stereo", cameras=[serial])
-    assert summary["cameras"][serial]["fx"] == pytest.approx(2 * truth[serial]["K"][0][0])
+    assert summary.cameras[serial].meta.source["fx"] == pytest.approx(2 * truth[serial]["K"][0][0])
     after = decoded_depth(tmp_path / "out", serial).astype(np.float64)
     both = (before > 0) & (after > 0)
     assert np.median(after[both] / before[both]) == pytest.approx(2.0, abs=0.01)
@@ -461,9 +462,10 @@ def test_zed_backend_streams_sdk_depth_with_missing_frames_and_ranges(
     assert [call[2:] for call in opened] == [(fake_sl.DEPTH_MODE.NEURAL, fake_sl.UNIT.MILLIMETER, False)] * 2
     width, height = ZED_SIZE
     depth = ffmpeg_frames(tmp_path / "out" / "recordings" / wrist / "depth.mkv", "gray16le", width, height)
-    camera = summary["cameras"][wrist]
+    camera = summary.cameras[wrist]
     assert depth.shape[0] == FRAMES
-    assert camera["missing_frames"] == [3, FRAMES - 2, FRAMES - 1] and camera["frame_count_mismatch"] == -2
+    assert camera.meta.missing_frames == [3, FRAMES - 2, FRAMES - 1]
+    assert camera.meta.source["frame_count_mismatch"] == -2
     for index, frame in enumerate(short):
         expected = (np.zeros((height, width), np.uint16) if frame is None
                     else expected_uint16(frame, 100, 15000))
@@ -471,12 +473,12 @@ def test_zed_backend_streams_sdk_depth_with_missing_frames_and_ranges(
     assert not depth[FRAMES - 2:].any()
     meta = DepthMeta.load(tmp_path / "out" / "recordings" / wrist / "depth_meta.json")
     assert meta.source["backend"] == "zed" and meta.source["depth_mode"] == "NEURAL"
-    assert meta.source["cuda_visible_devices"] == "1" and meta.missing_frames == camera["missing_frames"]
+    assert meta.source["cuda_visible_devices"] == "1" and meta.missing_frames == camera.meta.missing_frames
     assert meta.source["valid_fraction"] == pytest.approx((depth > 0).mean())
 
     depth = ffmpeg_frames(tmp_path / "out" / "recordings" / ext1 / "depth.mkv", "gray16le", width, height)
-    assert summary["cameras"][ext1]["frame_count_mismatch"] == 2
-    assert summary["cameras"][ext1]["missing_frames"] == []
+    assert summary.cameras[ext1].meta.source["frame_count_mismatch"] == 2
+    assert summary.cameras[ext1].meta.missing_frames == []
     np.testing.assert_array_equal(depth, [expected_uint16(f, 300, 20000) for f in long[:FRAMES]])
 
 

@@ -25,6 +25,7 @@ import pytest
 from droid_pipeline.cli.intrinsics import main
 from droid_pipeline.core.config import load_config
 from droid_pipeline.core.errors import EpisodeError
+from droid_pipeline.formats.intrinsics import IntrinsicsError, IntrinsicsRecord
 from droid_pipeline.raw.discovery import build_index
 from droid_pipeline.raw.video import VideoError, iter_frames, probe
 from droid_pipeline.raw.zed_conf import (
@@ -33,11 +34,7 @@ from droid_pipeline.raw.zed_conf import (
     ZedConf,
     format_conf,
 )
-from droid_pipeline.steps.intrinsics import (
-    IntrinsicsError,
-    extract_intrinsics,
-    load_intrinsics,
-)
+from droid_pipeline.steps.intrinsics import extract_intrinsics
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_SDK = Path(__file__).resolve().parents[1] / "support" / "fake_pyzed"
@@ -209,8 +206,8 @@ def test_published_list_layout(tmp_path, videos):
         assert (on_disk["width"], on_disk["height"]) == (1280, 720)
         assert on_disk["K"] == pinhole(fx, fy, cx, cy).tolist()
         assert [on_disk[k] for k in ("k1", "k2", "p1", "p2", "k3")] == [0.0] * 5
-        loaded = load_intrinsics(path)
-        np.testing.assert_array_equal(loaded["K"], records[serial]["K"])
+        loaded = IntrinsicsRecord.load(path)
+        np.testing.assert_array_equal(loaded.K, records[serial].K)
     assert not list(out.rglob("*.tmp*"))
 
 
@@ -223,7 +220,7 @@ def test_published_object_layout_and_size_check(tmp_path, videos):
         SERIALS["ext1"]: {"cameraMatrix": [520.0, 640.0, 520.0, 360.0], "width": 1920, "height": 1080}})
     config = config_for(root, tmp_path, f"intrinsics_path={published}")
     records = extract_intrinsics(config, episode_of(config), tmp_path / "w", cameras=["wrist"])
-    assert (records[wrist]["fx"], records[wrist]["cx"], records[wrist]["width"]) == (260.0, 335.5, 672)
+    assert (records[wrist].fx, records[wrist].cx, records[wrist].width) == (260.0, 335.5, 672)
     with pytest.raises(EpisodeError) as error:
         extract_intrinsics(config, episode_of(config), tmp_path / "w", cameras=["ext1"], sources=["published"])
     assert "1920x1080 differs from the video's 1280x720" in str(error.value)
@@ -277,7 +274,7 @@ def test_published_lookup_is_by_exact_id(tmp_path, videos):
                 extract_intrinsics(config, episode_of(config), tmp_path / "w", cameras=[ext1], sources=["published"])
         else:
             record = extract_intrinsics(config, episode_of(config), tmp_path / "w", cameras=[ext1])[ext1]
-            assert [record[k] for k in ("fx", "cx", "fy", "cy")] == expected
+            assert [getattr(record, k) for k in ("fx", "cx", "fy", "cy")] == expected
 
 
 def test_h5_source(tmp_path, videos):
@@ -287,8 +284,8 @@ def test_h5_source(tmp_path, videos):
     make_episode(root, videos, h5_intrinsics={ext1: np.repeat(K[None], 3, axis=0)})
     config = config_for(root, tmp_path)
     record = extract_intrinsics(config, episode_of(config), tmp_path / "w", cameras=[ext1], sources=["h5"])[ext1]
-    np.testing.assert_array_equal(record["K"], K)
-    assert record["source"] == "h5" and (record["width"], record["height"]) == (1280, 720)
+    np.testing.assert_array_equal(record.K, K)
+    assert record.source == "h5" and (record.width, record.height) == (1280, 720)
 
 
 @pytest.mark.parametrize("matrices, reason", [
@@ -322,14 +319,14 @@ def test_zed_conf_source_equals_opencv_rectification(tmp_path, videos, size, sca
     out = tmp_path / "w"
     extract_intrinsics(config, episode_of(config), out)
     for serial, conf in confs.items():
-        record = load_intrinsics(out / "recordings" / serial / "intrinsics.json")
+        record = IntrinsicsRecord.load(out / "recordings" / serial / "intrinsics.json")
         K, baseline, (R1, R2, P1, P2) = opencv_rectified(conf, scale, *size)
-        assert record["source"] == "zed_conf" and (record["width"], record["height"]) == size
-        np.testing.assert_allclose(record["K"], K, rtol=1e-12)
-        assert record["baseline_m"] == pytest.approx(baseline, rel=1e-12)
+        assert record.source == "zed_conf" and (record.width, record.height) == size
+        np.testing.assert_allclose(record.K, K, rtol=1e-12)
+        assert record.baseline_m == pytest.approx(baseline, rel=1e-12)
         for key, reference in (("R1", R1), ("R2", R2), ("P1", P1), ("P2", P2)):
-            np.testing.assert_allclose(record[key], reference, rtol=1e-12, atol=1e-12)
-        assert (record["zed_resolution"], record["zed_scale"]) == ("HD", scale)
+            np.testing.assert_allclose(getattr(record, key), reference, rtol=1e-12, atol=1e-12)
+        assert (record.zed_resolution, record.zed_scale) == ("HD", scale)
 
 
 def test_stereo_mp4_gives_half_width(tmp_path, videos):
@@ -342,7 +339,7 @@ def test_stereo_mp4_gives_half_width(tmp_path, videos):
     published = write_published(tmp_path / "p.json", {s: [500.0, 640.0, 500.0, 360.0] for s in SERIALS.values()})
     config = config_for(root, tmp_path, f"intrinsics_path={published}")
     records = extract_intrinsics(config, episode_of(config), tmp_path / "w")
-    assert {(r["width"], r["height"]) for r in records.values()} == {(1280, 720)}
+    assert {(r.width, r.height) for r in records.values()} == {(1280, 720)}
 
 
 # ------------------------------------------------------------------ order, --source, failures
@@ -367,10 +364,10 @@ def test_configured_order_decides_the_source(tmp_path, videos, order):
     root, settings = all_sources_episode(tmp_path, videos)
     config = config_for(root, tmp_path, *settings, f"intrinsics_sources={json.dumps(order)}")
     records = extract_intrinsics(config, episode_of(config), tmp_path / "w")
-    assert {r["source"] for r in records.values()} == {order[0]}
+    assert {r.source for r in records.values()} == {order[0]}
     expected_fx = {"published": 500.0, "h5": 600.0}.get(order[0])
     if expected_fx is not None:
-        assert {r["fx"] for r in records.values()} == {expected_fx}
+        assert {r.fx for r in records.values()} == {expected_fx}
 
 
 def test_failed_sources_are_recorded_and_skipped(tmp_path, videos):
@@ -379,9 +376,9 @@ def test_failed_sources_are_recorded_and_skipped(tmp_path, videos):
     published = write_published(tmp_path / "p2.json", {ext2: [500.0, 9999.0, 500.0, 360.0]})
     config = config_for(root, tmp_path, *settings, f"intrinsics_path={published}")
     record = extract_intrinsics(config, episode_of(config), tmp_path / "w", cameras=[ext2])[ext2]
-    assert record["source"] == "h5"
-    assert [a["source"] for a in record["attempts"]] == ["published"]
-    assert "outside" in record["attempts"][0]["error"]
+    assert record.source == "h5"
+    assert [a.source for a in record.attempts] == ["published"]
+    assert "outside" in record.attempts[0].error
 
 
 def test_no_source_names_camera_and_every_reason(tmp_path, videos, monkeypatch):
@@ -448,11 +445,11 @@ def test_zed_sdk_source_reads_svo_size_without_mp4(tmp_path, videos, fake_sl):
     (tmp_path / f"SN{wrist}.conf").write_text(format_conf(zed_conf_for(wrist, np.random.default_rng(13))))
     config = config_for(root, tmp_path, f"zed_calibration_dir={tmp_path}")
     record = extract_intrinsics(config, episode_of(config), tmp_path / "w", cameras=["wrist"])[wrist]
-    assert record["source"] == "zed_sdk"
-    assert (record["width"], record["height"], record["fx"], record["cx"]) == (672, 376, 262.5, 333.0)
-    assert record["baseline_m"] == pytest.approx(0.063)
-    assert [a["source"] for a in record["attempts"]] == ["published", "h5", "zed_conf"]
-    assert "no recordings/MP4" in record["attempts"][2]["error"]
+    assert record.source == "zed_sdk"
+    assert (record.width, record.height, record.fx, record.cx) == (672, 376, 262.5, 333.0)
+    assert record.baseline_m == pytest.approx(0.063)
+    assert [a.source for a in record.attempts] == ["published", "h5", "zed_conf"]
+    assert "no recordings/MP4" in record.attempts[2].error
 
 
 def test_zed_sdk_size_must_match_video(tmp_path, videos, fake_sl):
@@ -484,11 +481,11 @@ def test_load_intrinsics_rejects_bad_files(tmp_path, videos):
                            ({"source": "guess"}, "source must be one of"), ({"cy": -1.0}, "outside")):
         path.write_text(json.dumps({**good, **change}))
         with pytest.raises(IntrinsicsError, match=reason) as error:
-            load_intrinsics(path)
+            IntrinsicsRecord.load(path)
         assert str(path) in str(error.value)
     path.write_text("{")
     with pytest.raises(IntrinsicsError, match="cannot read"):
-        load_intrinsics(path)
+        IntrinsicsRecord.load(path)
 
 
 # ------------------------------------------------------------------ command line
@@ -501,11 +498,11 @@ def test_cli_source_option_and_output_dir(tmp_path, videos, capsys):
     out_dir = tmp_path / "out" / "TESTLab" / "success" / "2023-07-07" / "Fri_Jul__7_09:42:23_2023"
     written = sorted(p.parent.name for p in out_dir.rglob("intrinsics.json"))
     assert written == sorted([SERIALS["wrist"], SERIALS["ext1"]])
-    assert all(load_intrinsics(p)["source"] == "zed_conf" for p in out_dir.rglob("intrinsics.json"))
+    assert all(IntrinsicsRecord.load(p).source == "zed_conf" for p in out_dir.rglob("intrinsics.json"))
     assert "zed_conf" in capsys.readouterr().out
     assert main(["--episode_id", EPISODE_ID, *sets, "--source", "h5", "--source", "published",
                  "--output-dir", str(tmp_path / "work")]) == 0
-    assert {load_intrinsics(p)["source"] for p in (tmp_path / "work").rglob("intrinsics.json")} == {"h5"}
+    assert {IntrinsicsRecord.load(p).source for p in (tmp_path / "work").rglob("intrinsics.json")} == {"h5"}
 
 
 def test_entry_point_exit_codes(tmp_path, videos):
@@ -573,15 +570,15 @@ def test_synthetic_episodes_match_ground_truth(synthetic, tmp_path, source):
                      "--set", f"episode_index_path={tmp_path / 'index.json'}", "--source", source,
                      "--output-dir", str(out)]) == 0
         for serial, expected in truth.items():
-            record = load_intrinsics(out / "recordings" / serial / "intrinsics.json")
-            assert record["source"] == source
-            assert (record["width"], record["height"]) == (expected["width"], expected["height"])
-            np.testing.assert_allclose(record["K"], expected["K"], rtol=1e-6)
+            record = IntrinsicsRecord.load(out / "recordings" / serial / "intrinsics.json")
+            assert record.source == source
+            assert (record.width, record.height) == (expected["width"], expected["height"])
+            np.testing.assert_allclose(record.K, expected["K"], rtol=1e-6)
             if source == "zed_conf":
-                assert record["baseline_m"] == pytest.approx(expected["baseline_m"], rel=1e-9)
+                assert record.baseline_m == pytest.approx(expected["baseline_m"], rel=1e-9)
                 K, baseline = conf_rectified_by_opencv(synthetic / "calibration" / "zed" / f"SN{serial}.conf",
-                                                       record["width"], record["height"])
-                np.testing.assert_allclose(record["K"], K, rtol=1e-12)
-                assert record["baseline_m"] == pytest.approx(baseline, rel=1e-12)
+                                                       record.width, record.height)
+                np.testing.assert_allclose(record.K, K, rtol=1e-12)
+                assert record.baseline_m == pytest.approx(baseline, rel=1e-12)
             checked += 1
     assert checked >= 3
