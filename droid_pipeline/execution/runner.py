@@ -69,7 +69,6 @@ from droid_pipeline.raw.discovery import (
 
 log = logging.getLogger("droid_pipeline.execution.runner")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # A worker exits 255 when interrupted: GNU xargs then starts no further episode.
 EXIT_WORKER_STOP = 255
@@ -338,10 +337,10 @@ def _submit_slurm(spec: PipelineSpec, config: Config, plan: dict[str, Any], todo
     plan = {**plan, "slurm_tasks": num_tasks}
     if args.dry_run:
         run_dir = Path(config.run_root) / f"{spec.name}-<submit time>"
-        print(sbatch_script(spec.name, run_dir, REPO_ROOT / spec.driver, config.slurm, num_tasks))
+        print(sbatch_script(spec.name, run_dir, config.slurm, num_tasks))
         return _write_plan_file(plan_file, action="exit", exit_code=EXIT_OK)
     run_dir = _make_run_dir(config, spec, plan, todo)
-    job_id = submit(spec.name, run_dir, REPO_ROOT / spec.driver, config.slurm, num_tasks)
+    job_id = submit(spec.name, run_dir, config.slurm, num_tasks)
     print(f"submitted SLURM job {job_id}: {num_tasks} array task(s), at most "
           f"{config.slurm.max_parallel_tasks} at once")
     print(f"logs: {run_dir / 'slurm'}/{job_id}_<task>.out, episode logs in {run_dir / 'logs'}, "
