@@ -11,8 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 
 @contextlib.contextmanager
 def atomic_path(path: os.PathLike | str) -> Iterator[Path]:
@@ -55,6 +53,8 @@ def write_json_atomic(path: os.PathLike | str, data: Any) -> None:
 
 def savez_atomic(path: os.PathLike | str, **arrays: Any) -> None:
     """``np.savez_compressed`` through a temporary file; the result loads with allow_pickle=False."""
+    import numpy as np  # the plan, summary and uploader processes write JSON only
+
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(fh, **arrays)
 
@@ -83,6 +83,8 @@ def append_locked(path: os.PathLike | str, text: str, header: str = "") -> None:
 
 
 def _json_default(value: Any) -> Any:
+    import numpy as np
+
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):

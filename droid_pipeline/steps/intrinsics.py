@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
 from droid_pipeline.core.atomic import write_json_atomic
@@ -269,6 +268,8 @@ def _read_published_entry(path: Path, episode_id: str, mtime_ns: int, size: int)
 
 
 def _from_h5(context: CameraContext) -> dict[str, Any]:
+    import h5py  # only this source reads the h5; the tracks step imports this module for load_intrinsics
+
     path = context.episode_dir / "trajectory.h5"
     name = f"observation/camera_intrinsics/{context.serial}_left"
     if not path.is_file():
