@@ -14,7 +14,6 @@ import os
 import sys
 from typing import NoReturn
 
-from droid_pipeline.cli.common import run_main
 from droid_pipeline.execution import DRIVER
 
 
@@ -24,6 +23,8 @@ def _exec_driver(pipeline: str) -> NoReturn:
 
 
 def _run(command: str) -> None:
+    from droid_pipeline.cli.common import run_main  # config and discovery: the drivers' exec needs neither
+
     run_main(importlib.import_module(f"droid_pipeline.cli.{command}").main)
 
 
