@@ -1,12 +1,22 @@
 # Quick start: `make demo` runs the pipeline end to end on generated sample episodes;
 # `make test` installs everything and runs the tests. Both create .venv when missing.
+# `make test-compat` runs the tests again in .venv-compat, with the versions a LeRobot install
+# pins (constraints/lerobot.txt).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+COMPAT_VENV := .venv-compat
+COMPAT_PY := $(COMPAT_VENV)/bin/python
+COMPAT_STAMP := $(COMPAT_VENV)/.installed
+COMPAT_CONSTRAINTS := constraints/lerobot.txt
+# The versions each dependency set resolved, printed before its test run.
+SHOW_VERSIONS = -c "from importlib.metadata import version as v; \
+print(' '.join(f'{p}=={v(p)}' for p in ('numpy', 'opencv-python-headless', 'huggingface_hub', 'av', \
+'scipy', 'h5py', 'matplotlib')))"
 DEMO_DIR ?= demo
 
-.PHONY: all install demo lint test bench clean
+.PHONY: all install demo lint test test-compat bench clean
 
 all: test
 
@@ -19,6 +29,14 @@ $(STAMP): pyproject.toml | $(PY)
 	touch $(STAMP)
 
 install: $(STAMP)
+
+$(COMPAT_PY):
+	$(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_PY) -m pip install --quiet --upgrade pip
+
+$(COMPAT_STAMP): pyproject.toml $(COMPAT_CONSTRAINTS) | $(COMPAT_PY)
+	$(COMPAT_PY) -m pip install --quiet -c $(COMPAT_CONSTRAINTS) -e '.[test]'
+	touch $(COMPAT_STAMP)
 
 # The demo uploads to local folders laid out like the two Hub repos.
 DEMO_ABS = $(abspath $(DEMO_DIR))
@@ -42,7 +60,14 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	bash tests/setup_system.sh
+	$(PY) $(SHOW_VERSIONS)
 	$(PY) -m pytest
+
+# The drivers run the interpreter of DROID_PYTHON, so they too use the compat set.
+test-compat: $(COMPAT_STAMP)
+	bash tests/setup_system.sh
+	$(COMPAT_PY) $(SHOW_VERSIONS)
+	DROID_PYTHON=$(abspath $(COMPAT_PY)) $(COMPAT_PY) -m pytest
 
 bench: $(STAMP)
 	for b in bench/bench_*.py; do $(PY) "$$b" || exit 1; done

@@ -7,14 +7,13 @@
 #       [--force] [--dry-run] [--slurm]
 #
 # Each worker slot is pinned to one GPU (CUDA_VISIBLE_DEVICES = gpus[slot // workers-per-gpu]);
-# --depth-backend stereo runs on CPU and ignores --gpus. Full usage: --help. Guide: docs/running.md.
+# --depth-backend stereo runs on CPU and ignores --gpus. Runs the packaged driver
+# (droid_pipeline/execution/driver.sh; installed: droid-run-full). Full usage: --help.
+# Guide: docs/running.md.
 set -euo pipefail
 
-# shellcheck source=scripts/driver_lib.sh
-source "$(dirname "${BASH_SOURCE[0]}")/scripts/driver_lib.sh"
-
 main() {
-  driver_main full "$@"
+  exec bash "$(dirname "${BASH_SOURCE[0]}")/droid_pipeline/execution/driver.sh" full "$@"
 }
 
 main "$@"

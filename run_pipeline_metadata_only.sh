@@ -5,14 +5,12 @@
 #       [--config FILE] [--set key=value] [--droid-root DIR] [--out DIR] [--no-upload]
 #       [--force] [--dry-run] [--slurm]
 #
+# Runs the packaged driver (droid_pipeline/execution/driver.sh; installed: droid-run-metadata).
 # Full usage: --help. Guide: docs/running.md.
 set -euo pipefail
 
-# shellcheck source=scripts/driver_lib.sh
-source "$(dirname "${BASH_SOURCE[0]}")/scripts/driver_lib.sh"
-
 main() {
-  driver_main metadata "$@"
+  exec bash "$(dirname "${BASH_SOURCE[0]}")/droid_pipeline/execution/driver.sh" metadata "$@"
 }
 
 main "$@"

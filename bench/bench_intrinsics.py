@@ -4,7 +4,6 @@ Builds one synthetic episode (three 1280x720 MP4s, trajectory.h5 with camera_int
 calibration file per camera) and a published intrinsics file the size of DROID's (~92k episodes),
 then times extract_intrinsics per camera and source (video probe and atomic json write included),
 the one-off parse of the published file, and a whole extract_intrinsics_only.py process.
-The goal is well under 50 ms per camera; the seed system needed about 5 s and a GPU.
 """
 
 from __future__ import annotations
@@ -42,8 +41,6 @@ EPISODE_ID = "BENCHLab+0badc0de+2023-07-07-09h-42m-23s"
 SERIALS = {"wrist": "13062452", "ext1": "24259877", "ext2": "26405488"}
 PUBLISHED_EPISODES = 92_000
 REPEATS = 30
-SEED_SECONDS = 5.0
-GOAL_MS = 50.0
 
 
 def build(root: Path) -> tuple[Path, Path, Path]:
@@ -118,15 +115,13 @@ def main() -> int:
               f"{median_ms(lambda: write_json_atomic(root / 'out' / 'probe.json', record)):7.2f} ms")
         print(f"per camera, end to end (probe, source, checks, atomic json write), median of {REPEATS} "
               f"episodes of {len(SERIALS)} cameras, published file read afresh for each episode:")
-        worst = 0.0
+        per_camera = {}
         for source in ("published", "h5", "zed_conf"):
             def episode_run(source: str = source) -> None:
                 intrinsics._read_published_entry.cache_clear()
                 intrinsics.extract_intrinsics(config, episode, root / "out", sources=[source])
-            ms = median_ms(episode_run) / len(SERIALS)
-            worst = max(worst, ms)
-            print(f"  {source:10s} {ms:7.2f} ms   {SEED_SECONDS * 1000 / ms:8.0f}x faster than the seed's ~5 s, "
-                  f"{ms / GOAL_MS:.2f} of the 50 ms goal")
+            per_camera[source] = median_ms(episode_run) / len(SERIALS)
+            print(f"  {source:10s} {per_camera[source]:7.2f} ms")
 
         command = [sys.executable, str(REPO / "extract_intrinsics_only.py"), "--episode_id", EPISODE_ID,
                    "--set", f"droid_root={root / 'droid'}", "--set", f"output_root={root / 'out'}",
@@ -134,9 +129,8 @@ def main() -> int:
                    "--set", f"zed_calibration_dir={calibration}", "--source", "zed_conf"]
         process_ms = median_ms(lambda: subprocess.run(command, check=True, capture_output=True), repeats=3)
         print(f"whole extract_intrinsics_only.py process, 3 cameras, zed_conf (interpreter start and imports "
-              f"included): {process_ms:.0f} ms")
-        verdict = "within" if worst < GOAL_MS else "OVER"
-        print(f"worst source per camera: {worst:.2f} ms ({verdict} the {GOAL_MS:.0f} ms goal)")
+              f"included): {process_ms:.0f} ms, {process_ms / (per_camera['zed_conf'] * len(SERIALS)):.0f}x "
+              "the in-process zed_conf episode above")
     return 0
 
 

@@ -8,24 +8,24 @@ import fcntl
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 _HASH_CHUNK = 1 << 20
 
 
 @contextlib.contextmanager
 def atomic_path(path: os.PathLike | str) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds.
+
+    The file is created with mode 0666 less the umask, as ``open`` would (``mkstemp`` makes it
+    0600, which the rename would carry onto the output and lock the group out of it).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _create_beside(path)
     try:
         yield tmp_path
         with open(tmp_path, "rb") as fh:
@@ -33,6 +33,17 @@ def atomic_path(path: os.PathLike | str) -> Iterator[Path]:
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _create_beside(path: Path) -> Path:
+    """A new empty file ``.<name>.<random>.tmp<suffix>`` in ``path``'s folder, honouring the umask."""
+    while True:
+        tmp_path = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{path.suffix}")
+        try:
+            os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp_path
 
 
 def write_text_atomic(path: os.PathLike | str, text: str) -> None:
@@ -46,6 +57,8 @@ def write_json_atomic(path: os.PathLike | str, data: Any) -> None:
 
 def savez_atomic(path: os.PathLike | str, **arrays: Any) -> None:
     """``np.savez_compressed`` through a temporary file; the result loads with allow_pickle=False."""
+    import numpy as np  # the plan, summary and uploader processes write JSON only
+
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(fh, **arrays)
 
@@ -58,7 +71,7 @@ def append_locked(path: os.PathLike | str, text: str, header: str = "") -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         size = os.fstat(fd).st_size
@@ -83,6 +96,8 @@ def sha256_file(path: os.PathLike | str) -> str:
 
 
 def _json_default(value: Any) -> Any:
+    import numpy as np
+
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):

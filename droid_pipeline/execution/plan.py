@@ -50,7 +50,6 @@ from droid_pipeline.raw.discovery import Episode, build_index, read_id_file
 if TYPE_CHECKING:
     from droid_pipeline.publish.ledger import Ledger
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 MAX_BATCH = 8
 
 T = TypeVar("T")
@@ -287,10 +286,10 @@ def _submit_slurm(spec: PipelineSpec, config: Config, plan: RunPlan, todo: list[
     plan = dataclasses.replace(plan, slurm_tasks=num_tasks)
     if args.dry_run:
         run_dir = Path(config.run_root) / f"{spec.name}-<submit time>"
-        print(sbatch_script(spec.name, run_dir, REPO_ROOT / spec.driver, config.slurm, num_tasks))
+        print(sbatch_script(spec.name, run_dir, config.slurm, num_tasks))
         return DriverExit(EXIT_OK)
     run_dir = _make_run_dir(config, spec, plan, todo)
-    job_id = submit(spec.name, run_dir, REPO_ROOT / spec.driver, config.slurm, num_tasks)
+    job_id = submit(spec.name, run_dir, config.slurm, num_tasks)
     print(f"submitted SLURM job {job_id}: {num_tasks} array task(s), at most "
           f"{config.slurm.max_parallel_tasks} at once")
     print(f"logs: {run_dir / 'slurm'}/{job_id}_<task>.out, episode logs in {run_dir / 'logs'}, "

@@ -1,7 +1,8 @@
 """SLURM array submission of a driver run (``--slurm``).
 
 The run folder is written first (config, episode list); the array has one task per shard
-(``sbatch --array=0-(S-1)%P``). Each task runs the same driver with ``--slurm-task RUN_DIR``:
+(``sbatch --array=0-(S-1)%P``). Each task runs the packaged driver (:data:`~droid_pipeline.execution.DRIVER`,
+with this interpreter as ``DROID_PYTHON``, so no checkout is needed) with ``--slurm-task RUN_DIR``:
 it takes episodes ``task, task+S, ...`` of the run's list, skips those finished meanwhile and
 runs the local fan-out inside its allocation (workers = its CPUs, or its GPUs x
 ``workers_per_gpu`` for the zed depth backend). Partition, time, CPUs, GPUs, memory and extra
@@ -17,14 +18,14 @@ from pathlib import Path
 
 from droid_pipeline.core.atomic import write_text_atomic
 from droid_pipeline.core.config import SlurmConfig
+from droid_pipeline.execution import DRIVER
 
 
 class SlurmError(RuntimeError):
     """sbatch is missing or refused the job."""
 
 
-def sbatch_script(pipeline: str, run_dir: Path, driver: Path, settings: SlurmConfig,
-                  num_tasks: int) -> str:
+def sbatch_script(pipeline: str, run_dir: Path, settings: SlurmConfig, num_tasks: int) -> str:
     """The batch script of the array job (directives from ``settings``)."""
     directives = [f"--job-name=droid-{pipeline}",
                   f"--array=0-{num_tasks - 1}%{settings.max_parallel_tasks}",
@@ -43,14 +44,14 @@ def sbatch_script(pipeline: str, run_dir: Path, driver: Path, settings: SlurmCon
              f"# {run_dir}/episodes.txt with the local fan-out.",
              "set -euo pipefail",
              f"export DROID_PYTHON={shlex.quote(sys.executable)}",
-             f"exec {shlex.quote(str(driver))} --slurm-task {shlex.quote(str(run_dir))}"]
+             f"exec bash {shlex.quote(str(DRIVER))} {pipeline} --slurm-task {shlex.quote(str(run_dir))}"]
     return "\n".join(lines) + "\n"
 
 
-def submit(pipeline: str, run_dir: Path, driver: Path, settings: SlurmConfig, num_tasks: int) -> str:
+def submit(pipeline: str, run_dir: Path, settings: SlurmConfig, num_tasks: int) -> str:
     """Write ``RUN_DIR/slurm/job.sbatch``, submit it and return the job id."""
     script = run_dir / "slurm" / "job.sbatch"
-    write_text_atomic(script, sbatch_script(pipeline, run_dir, driver, settings, num_tasks))
+    write_text_atomic(script, sbatch_script(pipeline, run_dir, settings, num_tasks))
     try:
         result = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True,
                                 text=True, timeout=120)

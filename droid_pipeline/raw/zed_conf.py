@@ -35,7 +35,6 @@ import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 RESOLUTIONS: dict[str, tuple[int, int]] = {
@@ -86,6 +85,8 @@ class StereoExtras:
     @property
     def rotation(self) -> np.ndarray:
         """``R`` of ``X_right = R @ X_left + T``: Rodrigues([RX, CV, RZ])."""
+        import cv2
+
         return cv2.Rodrigues(np.array([self.rx_rad, self.cv_rad, self.rz_rad], dtype=np.float64))[0]
 
 
@@ -225,6 +226,8 @@ def match_resolution(width: int, height: int, available: list[str] | None = None
 
 def rectify(conf: ZedConf, width: int, height: int) -> RectifiedStereo:
     """Rectified left intrinsics, baseline and rectification for a ``width x height`` video."""
+    import cv2  # only rectification needs OpenCV: parsing the file does not
+
     available = conf.complete_resolutions
     matched = match_resolution(width, height, available)
     if matched is None:

@@ -81,7 +81,7 @@ def test_help_documents_the_options():
 
 
 def test_drivers_are_shellcheck_clean():
-    scripts = [METADATA, DEPTH, REPO / "scripts" / "driver_lib.sh"]
+    scripts = [METADATA, DEPTH, REPO / "droid_pipeline" / "execution" / "driver.sh"]
     result = subprocess.run(["shellcheck", "-x", *map(str, scripts)], cwd=REPO, capture_output=True,
                             text=True)
     assert result.returncode == 0, result.stdout + result.stderr

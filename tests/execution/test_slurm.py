@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import csv
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -50,7 +51,10 @@ def test_slurm_dry_run_prints_the_sbatch_script(dataset, tmp_path):
                       "--mem=2G", "--job-name=droid-metadata"):
         assert f"#SBATCH {directive}\n" in script
     assert "--gpus-per-task" not in script
-    assert f"exec {METADATA} --slurm-task " in script
+    # The task runs the packaged driver (no checkout needed) with the interpreter that planned it.
+    assert f"exec bash {REPO / 'droid_pipeline' / 'execution' / 'driver.sh'} metadata --slurm-task " in script
+    python = re.search(r"^export DROID_PYTHON=(\S+)$", script, re.MULTILINE).group(1)
+    assert os.access(python, os.X_OK), python
     assert not (tmp_path / "runs").exists()  # nothing written, nothing submitted
 
 

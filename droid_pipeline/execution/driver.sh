@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
-# Shared body of the pipeline drivers, sourced by run_pipeline_*.sh.
+# The pipeline driver: bash driver.sh metadata|full [OPTIONS...] (options: --help).
+#
+# Package data, so it runs the same from a checkout (run_pipeline_*.sh exec it), from an installed
+# package (the droid-run-metadata / droid-run-full console scripts exec it with DROID_PYTHON set to
+# their interpreter) and in SLURM array tasks (the sbatch script execs it).
 #
 # Bash only fans out, times, logs and passes exit codes: the plan (selection, skipping,
 # sharding, run folder, SLURM script), each episode's steps and the summary are Python
@@ -8,10 +12,13 @@
 # runs in its own session, so Ctrl-C reaches only this script, which then stops the workers with
 # SIGTERM, waits for them (each holds a shared lock on the run folder's .workers.lock), writes
 # the summary and exits 130.
+set -euo pipefail
 
-DRIVER_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-readonly DRIVER_ROOT
+# The folder holding the droid_pipeline package: a checkout's root, or site-packages.
+PACKAGE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+readonly PACKAGE_ROOT
 
+PROG="droid-run"
 PY=""
 PLAN_FILE=""
 FANOUT_PID=""
@@ -21,24 +28,31 @@ INTERRUPTED=0
 declare -A PLAN=()
 
 err() {
-  echo "$(date -u +%FT%TZ) $(basename "$0"): $*" >&2
+  echo "$(date -u +%FT%TZ) ${PROG}: $*" >&2
 }
 
 info() {
-  echo "$(date -u +%FT%TZ) $(basename "$0"): $*"
+  echo "$(date -u +%FT%TZ) ${PROG}: $*"
 }
 
-# The interpreter: $DROID_PYTHON, else the checkout's .venv, else python3; the checkout's
-# package comes first on its path.
+# True when the package is a source checkout (run from it, not installed).
+in_checkout() {
+  [[ -f "${PACKAGE_ROOT}/pyproject.toml" ]]
+}
+
+# The interpreter: $DROID_PYTHON, else the checkout's .venv, else python3. A checkout's package
+# comes first on the path, so the driver runs the code beside it.
 find_python() {
   if [[ -n "${DROID_PYTHON:-}" ]]; then
     PY="${DROID_PYTHON}"
-  elif [[ -x "${DRIVER_ROOT}/.venv/bin/python" ]]; then
-    PY="${DRIVER_ROOT}/.venv/bin/python"
+  elif in_checkout && [[ -x "${PACKAGE_ROOT}/.venv/bin/python" ]]; then
+    PY="${PACKAGE_ROOT}/.venv/bin/python"
   else
     PY="python3"
   fi
-  export PYTHONPATH="${DRIVER_ROOT}${PYTHONPATH:+:${PYTHONPATH}}"
+  if in_checkout; then
+    export PYTHONPATH="${PACKAGE_ROOT}${PYTHONPATH:+:${PYTHONPATH}}"
+  fi
 }
 
 cleanup() {
@@ -73,7 +87,7 @@ read_plan() {
 
 start_uploader() {
   local log="${PLAN[run_dir]}/uploader.log"
-  local cmd=("${PY}" "${DRIVER_ROOT}/upload_batches.py" --daemon
+  local cmd=("${PY}" -m droid_pipeline.upload --daemon
     --config "${PLAN[run_dir]}/config.yaml" --run-root "${PLAN[run_root]}")
   "${cmd[@]}" >>"${log}" 2>&1 &
   UPLOADER_PID=$!
@@ -98,12 +112,12 @@ finish_uploader() {
   local log="${PLAN[run_dir]}/uploader.log"
   info "final upload flush (log ${log})"
   rc=0
-  local cmd=("${PY}" "${DRIVER_ROOT}/upload_batches.py" --once
+  local cmd=("${PY}" -m droid_pipeline.upload --once
     --config "${PLAN[run_dir]}/config.yaml" --run-root "${PLAN[run_root]}")
   "${cmd[@]}" >>"${log}" 2>&1 || rc=$?
   case "${rc}" in
     0) info "upload complete" ;;
-    3) info "some uploads carried over (rate limit or budget): upload_batches.py --once later" ;;
+    3) info "some uploads carried over (rate limit or budget): python -m droid_pipeline.upload --once later" ;;
     *)
       err "final upload flush failed with ${rc} (see ${log}); a rerun retries it"
       return 1
@@ -148,13 +162,18 @@ run_fanout() {
   fi
 }
 
-# driver_main PIPELINE ARGS...: the whole driver (see the drivers' --help).
-driver_main() {
+# main PIPELINE ARGS...: plan, fan out, summarize, upload; exits with the summary's code.
+main() {
+  if [[ $# -lt 1 || ( "$1" != "metadata" && "$1" != "full" ) ]]; then
+    err "usage: bash driver.sh metadata|full [OPTIONS...] (--help lists the options)"
+    return 2
+  fi
   local pipeline="$1"
   shift
+  PROG="droid-run-${pipeline}"
   find_python
-  PLAN_FILE="$(mktemp)"
   trap cleanup EXIT
+  PLAN_FILE="$(mktemp)"
   "${PY}" -m droid_pipeline.execution.runner plan --pipeline "${pipeline}" --plan-file "${PLAN_FILE}" "$@"
   read_plan
   if [[ "${PLAN[action]:-exit}" != "run" ]]; then
@@ -185,3 +204,5 @@ driver_main() {
   fi
   return "${rc}"
 }
+
+main "$@"
