@@ -205,4 +205,7 @@ main() {
   return "${rc}"
 }
 
-main "$@"
+# Run when executed; sourcing it (as the tests do) only defines the functions.
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+  main "$@"
+fi
