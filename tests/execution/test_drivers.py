@@ -318,3 +318,29 @@ def test_live_progress_line_on_a_terminal_only(dataset, tmp_path):
     screen = terminal.decode(errors="replace")
     assert "2/2" in screen and "done 2 failed 0 remaining 0" in screen
     assert "remaining" not in out  # the progress line goes to the terminal only
+
+
+def test_a_failure_keeps_its_cause_in_the_log_and_one_line_on_the_terminal(dataset, tmp_path):
+    droid_root = tmp_path / "droid_raw"
+    shutil.copytree(dataset.droid_root, droid_root)
+    broken = sorted(dataset.episodes, key=lambda e: e.relative_path)[0]
+    (droid_root / broken.relative_path / "trajectory.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + os.urandom(4096))
+    args = [*common_args(dataset, tmp_path), "--droid-root", str(droid_root), "--workers", "1",
+            "--episodes", str(_id_file(tmp_path, [broken.episode_id]))]
+    result = run_driver(METADATA, *args, cwd=tmp_path, check_rc=1)
+    run_dir = run_dirs(tmp_path, "metadata")[0]
+    terminal = result.stdout + result.stderr
+    failure_lines = [line for line in terminal.splitlines() if line.startswith("failed: episode")]
+    assert len(failure_lines) == 1 and broken.episode_id in failure_lines[0]
+    assert "trajectory.h5" in failure_lines[0] and "Traceback" not in terminal
+    log = (run_dir / "logs" / f"{broken.episode_id}.log").read_text()
+    # The episode error and, above it, the library error it was raised from, each with its traceback.
+    assert "The above exception was the direct cause of the following exception" in log
+    assert log.count("Traceback (most recent call last)") >= 2
+    assert "EpisodeError" in log and ("OSError" in log or "h5py" in log)
+
+
+def _id_file(folder: Path, ids: list[str]) -> Path:
+    path = folder / "ids.txt"
+    path.write_text("".join(f"{i}\n" for i in ids))
+    return path

@@ -83,7 +83,8 @@ def read_back_with_the_driver(plan_file: Path) -> dict[str, str]:
     """The plan file as the driver's read_plan fills its PLAN array."""
     script = ('source "$1"; PLAN_FILE="$2"; read_plan; '
               'for key in "${!PLAN[@]}"; do printf "%s\\0%s\\0" "${key}" "${PLAN[${key}]}"; done')
-    out = subprocess.run(["bash", "-c", script, "bash", str(REPO / "droid_pipeline" / "execution" / "driver.sh"), str(plan_file)],
+    driver = REPO / "droid_pipeline" / "execution" / "driver.sh"
+    out = subprocess.run(["bash", "-c", script, "bash", str(driver), str(plan_file)],
                          capture_output=True, text=True, timeout=60, check=True).stdout
     fields = out.split("\0")[:-1]
     return dict(zip(fields[::2], fields[1::2]))
