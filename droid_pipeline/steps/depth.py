@@ -2,7 +2,9 @@
 
 For each camera, frames come from a backend and stream straight into
 ``recordings/<serial>/depth.mkv`` (:class:`~droid_pipeline.formats.depth_codec.DepthWriter`, which also
-writes ``depth_meta.json``); nothing of the episode is held in memory.
+writes ``depth_meta.json``); nothing of the episode is held in memory. A camera's finished file is
+decoded and checked in a background thread while the next camera is read and encoded; the step
+returns only when every file is verified and published, and a failed check fails the episode.
 
 - ``stereo`` (CPU): the episode's side-by-side ``<serial>-stereo.mp4`` (rectified left|right),
   matched by :class:`~droid_pipeline.steps.stereo.StereoMatcher`; depth ``= fx * B / disparity`` with the
@@ -27,6 +29,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -39,7 +42,7 @@ import numpy as np
 from droid_pipeline.core.atomic import atomic_path
 from droid_pipeline.core.config import Config
 from droid_pipeline.core.errors import EpisodeError
-from droid_pipeline.formats.depth_codec import DepthCodecError, DepthWriter
+from droid_pipeline.formats.depth_codec import DepthCodecError, DepthMeta, DepthWriter
 from droid_pipeline.raw import zed_adapter
 from droid_pipeline.raw.discovery import Episode, select_cameras
 from droid_pipeline.raw.trajectory import (
@@ -64,6 +67,9 @@ CONTROL_TIMESTAMPS_KEY = f"{CONTROL_TIMESTAMP_GROUP}/{PREFERRED_CONTROL_TIMESTAM
 # The largest value a uint16 frame can hold; anything beyond cannot be stored and is invalid.
 UINT16_MAX_MM = 65535
 RGB_CRF = 18
+# What fails one camera, and so the episode, with its cause.
+CAMERA_ERRORS = (DepthCodecError, ValueError, OSError, av.FFmpegError, zed_adapter.ZedSdkUnavailable,
+                 zed_adapter.ZedSdkError)
 
 log = logging.getLogger(__name__)
 
@@ -112,20 +118,45 @@ def extract_depth(config: Config, episode: Episode, output_dir: os.PathLike | st
     num_steps, control_fps = _read_steps(episode, episode_dir / "trajectory.h5")
     summary: dict[str, Any] = {"episode_id": episode.episode_id, "backend": backend,
                                "num_steps": num_steps, "cameras": {}}
-    for serial in select_cameras(episode, cameras, STEP):
-        role = next(r for r, s in episode.serials.items() if s == serial)
-        try:
-            with _open_source(config, episode, episode_dir, output_dir, backend, serial) as source:
-                fps, fps_source = _frame_rate(config, control_fps, source)
-                camera = _write_camera(config, output_dir / "recordings" / serial, source, role,
-                                       num_steps, fps, fps_source)
-        except (DepthCodecError, ValueError, OSError, av.FFmpegError, zed_adapter.ZedSdkUnavailable,
-                zed_adapter.ZedSdkError) as exc:
-            raise EpisodeError(episode.episode_id, STEP, f"camera {serial} ({role}): {exc}") from exc
+    verifying: dict[str, tuple[str, DepthWriter, Future[DepthMeta]]] = {}
+    # Camera k's file is decoded and checked here while camera k+1 is read and encoded.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="depth-verify") as verifier:
+        for serial in select_cameras(episode, cameras, STEP):
+            role = next(r for r, s in episode.serials.items() if s == serial)
+            _raise_failed_verification(episode, verifying, finished_only=True)
+            try:
+                with _open_source(config, episode, episode_dir, output_dir, backend, serial) as source:
+                    fps, fps_source = _frame_rate(config, control_fps, source)
+                    writer = _write_camera(config, output_dir / "recordings" / serial, source, role,
+                                           num_steps, fps, fps_source)
+            except CAMERA_ERRORS as exc:
+                _raise_failed_verification(episode, verifying, finished_only=False)
+                raise EpisodeError(episode.episode_id, STEP, f"camera {serial} ({role}): {exc}") from exc
+            verifying[serial] = role, writer, verifier.submit(writer.publish)
+        _raise_failed_verification(episode, verifying, finished_only=False)
+    for serial, (role, writer, verified) in verifying.items():
+        meta = verified.result()
+        camera = {"depth_path": str(writer.path), "meta_path": str(writer.meta_path),
+                  "width": meta.width, "height": meta.height, "missing_frames": meta.missing_frames,
+                  **meta.source}
         summary["cameras"][serial] = camera
         log.info("episode %s camera %s (%s): %d frames, %d missing, %.1f%% valid", episode.episode_id,
                  serial, role, num_steps, camera["num_missing"], 100 * camera["valid_fraction"])
     return summary
+
+
+def _raise_failed_verification(episode: Episode, verifying: dict[str, tuple[str, DepthWriter, Future[DepthMeta]]],
+                               finished_only: bool) -> None:
+    """Fail the episode with the first camera whose depth.mkv did not verify; with ``finished_only``
+    look only at the checks already over, else wait for each."""
+    for serial, (role, _, verified) in verifying.items():
+        if finished_only and not verified.done():
+            continue
+        exc = verified.exception()
+        if isinstance(exc, CAMERA_ERRORS):
+            raise EpisodeError(episode.episode_id, STEP, f"camera {serial} ({role}): {exc}") from exc
+        if exc is not None:
+            raise exc
 
 
 def _read_steps(episode: Episode, path: Path) -> tuple[int, float | None]:
@@ -162,29 +193,31 @@ def _frame_rate(config: Config, control_fps: float | None, source: FrameSource) 
 
 
 def _write_camera(config: Config, folder: Path, source: FrameSource, role: str, num_steps: int,
-                  fps: float, fps_source: str) -> dict[str, Any]:
-    """Stream exactly ``num_steps`` frames of ``source`` into depth.mkv (and rgb.mp4)."""
+                  fps: float, fps_source: str) -> DepthWriter:
+    """Stream exactly ``num_steps`` frames of ``source`` into depth.mkv (and rgb.mp4); returns the
+    finished writer, whose :meth:`~DepthWriter.publish` verifies and publishes depth.mkv."""
     min_mm, max_mm = config.depth_min_mm.for_role(role), config.depth_max_mm.for_role(role)
     valid_pixels = produced = 0
-    with DepthWriter(folder / "depth.mkv", source.width, source.height, fps, config.ffv1) as writer, \
-            _rgb_writer(folder / "rgb.mp4" if config.export_rgb else None, source, fps) as rgb:
-        for depth, image in source.frames:
-            if depth is None:
+    writer = DepthWriter(folder / "depth.mkv", source.width, source.height, fps, config.ffv1)
+    try:
+        with _rgb_writer(folder / "rgb.mp4" if config.export_rgb else None, source, fps) as rgb:
+            for depth, image in source.frames:
+                if depth is None:
+                    writer.write_missing()
+                else:
+                    frame = depth_to_uint16_mm(depth, min_mm, max_mm)
+                    writer.write(frame)
+                    valid_pixels += int(np.count_nonzero(frame))
+                    produced += 1
+                rgb.write(image)
+                if writer.num_frames == num_steps:
+                    break
+            while writer.num_frames < num_steps:
                 writer.write_missing()
-            else:
-                frame = depth_to_uint16_mm(depth, min_mm, max_mm)
-                writer.write(frame)
-                valid_pixels += int(np.count_nonzero(frame))
-                produced += 1
-            rgb.write(image)
-            if writer.num_frames == num_steps:
-                break
-        while writer.num_frames < num_steps:
-            writer.write_missing()
-            rgb.write(None)
-        if produced == 0:
-            raise ValueError(f"the source produced no depth frame for any of the {num_steps} steps "
-                             f"({source.details})")
+                rgb.write(None)
+            if produced == 0:
+                raise ValueError(f"the source produced no depth frame for any of the {num_steps} steps "
+                                 f"({source.details})")
         writer.source.update(source.details)
         writer.source.update(
             role=role, num_steps=num_steps, source_frames=source.num_frames,
@@ -192,10 +225,11 @@ def _write_camera(config: Config, folder: Path, source: FrameSource, role: str, 
             valid_fraction=valid_pixels / (num_steps * source.width * source.height),
             depth_range_mm=[min_mm, max_mm], fps=fps, fps_source=fps_source,
             rgb_export="rgb.mp4" if config.export_rgb else None)
-    meta = writer.meta
-    return {"depth_path": str(writer.path), "meta_path": str(writer.meta_path),
-            "width": source.width, "height": source.height, "missing_frames": meta.missing_frames,
-            **meta.source}
+        writer.finish()
+    except BaseException as exc:
+        writer.abort(exc)
+        raise
+    return writer
 
 
 @contextlib.contextmanager
