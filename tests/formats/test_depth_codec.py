@@ -299,14 +299,15 @@ def test_metadata_that_does_not_match_fails_verify_and_load(encoded, tmp_path):
 
 
 MEMORY_PROBE = textwrap.dedent("""
-    import resource, sys
+    import dataclasses, resource, sys
     import numpy as np
     from droid_pipeline.core.config import load_config
     from droid_pipeline.formats.depth_codec import DepthReader, DepthWriter
     count, path = int(sys.argv[1]), sys.argv[2]
+    settings = dataclasses.replace(load_config().ffv1, remap_values=sys.argv[3] == "remap")
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:240, 0:320]
-    with DepthWriter(path, 320, 240, 15.0, load_config().ffv1) as writer:
+    with DepthWriter(path, 320, 240, 15.0, settings) as writer:
         for i in range(count):
             writer.write((900 + xx + yy + i + rng.integers(0, 8, (240, 320))).astype(np.uint16))
     assert sum(1 for _ in DepthReader(path)) == count
@@ -314,10 +315,11 @@ MEMORY_PROBE = textwrap.dedent("""
 """)
 
 
-def test_memory_stays_flat_as_the_episode_grows(tmp_path):
+@pytest.mark.parametrize("mode", ["default", "remap"])
+def test_memory_stays_flat_as_the_episode_grows(tmp_path, mode):
     def peak_rss_kib(count: int) -> int:
         result = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(count),
-                                 str(tmp_path / f"depth_{count}.mkv")], cwd=REPO_ROOT,
+                                 str(tmp_path / f"depth_{count}.mkv"), mode], cwd=REPO_ROOT,
                                 check=True, capture_output=True, text=True)
         return int(result.stdout.split()[-1])
 
