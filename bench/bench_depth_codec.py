@@ -10,7 +10,8 @@ Sections (``--sections``, default all but codecs):
 - ``speed``: the stereo depth of the ext1 camera, ``--runs`` times in turn: our encode
   (``DepthWriter.write`` of every frame), our verify (``close``: decode, hash, compare), FFmpeg's
   command-line encode of the same raw frames with the same settings and its decode of that file to
-  ``-f null``. Medians of wall clock and CPU seconds (all threads; FFmpeg's as a child process).
+  ``-f null``, and our own libavcodec doing that encode and decode through PyAV with nothing
+  around it. Medians of wall clock and CPU seconds (all threads; FFmpeg's as a child process).
 - ``ratio``: raw bytes / file bytes of the default and the remapped file, every camera of the
   stereo depth and of the quantized-disparity depth; each file verified by its writer, and
   read back through DepthReader equal to its input.
@@ -38,7 +39,13 @@ from typing import Any
 import numpy as np
 
 from droid_pipeline.core.config import FFV1Config, load_config
-from droid_pipeline.formats.depth_codec import DepthMeta, DepthReader, DepthWriter, legacy_depth_frames
+from droid_pipeline.formats.depth_codec import (
+    DepthMeta,
+    DepthReader,
+    DepthWriter,
+    encoder_options,
+    legacy_depth_frames,
+)
 
 SIZE = (1280, 720)
 FPS = 15.0
@@ -139,6 +146,32 @@ def ffmpeg_commands(settings: FFV1Config, raw: Path, mkv: Path) -> tuple[list[st
     return encode, decode
 
 
+def bare_libavcodec(frames: list[np.ndarray], settings: FFV1Config, path: Path) -> tuple[Stopwatch, Stopwatch]:
+    """Our libavcodec driven directly through PyAV, nothing else: encode every frame into ``path``
+    with ``settings``, then decode it (no checksum, no error capture, no checks)."""
+    import av
+
+    encoding, decoding = Stopwatch(), Stopwatch()
+    with encoding, av.open(str(path), "w", format="matroska") as container:
+        stream = container.add_stream("ffv1", rate=int(FPS))
+        stream.width, stream.height, stream.pix_fmt = SIZE[0], SIZE[1], "gray16le"
+        stream.codec_context.options = encoder_options(settings)
+        stream.codec_context.thread_type = "SLICE"
+        stream.codec_context.thread_count = settings.threads
+        for index, frame in enumerate(frames):
+            video_frame = av.VideoFrame.from_ndarray(frame, format="gray16le")
+            video_frame.pts = index
+            container.mux(stream.encode(video_frame))
+        container.mux(stream.encode(None))
+    with decoding, av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "SLICE"
+        stream.thread_count = 0
+        for _ in container.decode(stream):
+            pass
+    return encoding, decoding
+
+
 def speed(frames: list[np.ndarray], settings: FFV1Config, runs: int, work: Path) -> None:
     raw, cli_mkv, ours_mkv = work / "frames.raw", work / "ffmpeg.mkv", work / "ours.mkv"
     raw.write_bytes(b"".join(np.ascontiguousarray(frame, "<u2").tobytes() for frame in frames))
@@ -155,6 +188,8 @@ def speed(frames: list[np.ndarray], settings: FFV1Config, runs: int, work: Path)
     for _ in range(runs):
         clocks = {name: Stopwatch(children=name.startswith("ffmpeg"))
                   for name in ("our encode", "our verify", "ffmpeg encode", "ffmpeg decode")}
+        clocks["libavcodec encode"], clocks["libavcodec decode"] = bare_libavcodec(
+            frames, settings, work / "bare.mkv")
         writer = DepthWriter(ours_mkv, SIZE[0], SIZE[1], FPS, settings)
         with clocks["our encode"]:
             for frame in frames:
@@ -170,24 +205,29 @@ def speed(frames: list[np.ndarray], settings: FFV1Config, runs: int, work: Path)
         rows.setdefault("our encode + verify", []).append(
             (clocks["our encode"].wall + clocks["our verify"].wall,
              clocks["our encode"].cpu + clocks["our verify"].cpu))
-        rows.setdefault("ffmpeg encode + decode", []).append(
-            (clocks["ffmpeg encode"].wall + clocks["ffmpeg decode"].wall,
-             clocks["ffmpeg encode"].cpu + clocks["ffmpeg decode"].cpu))
+        for tool, second in (("ffmpeg", "decode"), ("libavcodec", "decode")):
+            first_clock, second_clock = clocks[f"{tool} encode"], clocks[f"{tool} {second}"]
+            rows.setdefault(f"{tool} encode + {second}", []).append(
+                (first_clock.wall + second_clock.wall, first_clock.cpu + second_clock.cpu))
     decoded = subprocess.run(["ffmpeg", "-v", "error", "-i", str(cli_mkv), "-f", "rawvideo", "-"],
                              check=True, capture_output=True).stdout
     if decoded != raw.read_bytes():
         raise SystemExit("FFmpeg's own file does not decode to the input frames")
-    print(f"  {'':24s}{'wall s':>8s}{'fps':>8s}{'CPU s':>8s}   (min-max wall)")
+    print(f"  {'':28s}{'wall s':>8s}{'fps':>8s}{'CPU s':>8s}   (min-max wall)")
     medians = {}
     for name, values in rows.items():
         wall = statistics.median(v[0] for v in values)
         cpu = statistics.median(v[1] for v in values)
         medians[name] = wall, cpu
-        print(f"  {name:24s}{wall:8.3f}{len(frames) / wall:8.1f}{cpu:8.3f}   "
+        print(f"  {name:28s}{wall:8.3f}{len(frames) / wall:8.1f}{cpu:8.3f}   "
               f"({min(v[0] for v in values):.3f}-{max(v[0] for v in values):.3f})")
-    ours, theirs = medians["our encode + verify"], medians["ffmpeg encode + decode"]
-    print(f"  ours / FFmpeg's: {ours[0] / theirs[0]:.2f}x wall, {ours[1] / theirs[1]:.2f}x CPU; "
-          f"files {ours_mkv.stat().st_size} vs {cli_mkv.stat().st_size} bytes")
+    ours = medians["our encode + verify"]
+    for name, label in (("ffmpeg encode + decode", "FFmpeg's command line"),
+                        ("libavcodec encode + decode", "our libavcodec alone")):
+        print(f"  ours / {label}: {ours[0] / medians[name][0]:.2f}x wall, "
+              f"{ours[1] / medians[name][1]:.2f}x CPU")
+    print(f"  files: ours {ours_mkv.stat().st_size}, FFmpeg's {cli_mkv.stat().st_size}, "
+          f"libavcodec alone {(work / 'bare.mkv').stat().st_size} bytes")
 
 
 # ---------------------------------------------------------------- ratio
