@@ -314,20 +314,19 @@ def _decode_instructions(path: Path, meta_path: Path, num_frames: int, height: i
     raw = path.with_suffix(".raw").name
     frames = f"np.stack([f.to_ndarray() for f in av.open({path.name!r}).decode(video=0)])"
     shape = f"({num_frames}, {height}, {width}) uint16, mm, 0 = invalid"
+    layout = f"{raw}: {num_frames} x {height} x {width} little-endian uint16"
     if coded:
         python = (f"import av, json, numpy as np; mm = np.array([0] + json.load(open("
                   f"{meta_path.name!r}))['value_table'], np.uint16); depth = mm[{frames}]  "
                   f"# {shape}")
-        values = "value codes (0 = invalid, code c >= 1 is value_table[c - 1] mm), not millimetres"
+        layout += " value codes, not millimetres (0 = invalid, code c >= 1 is value_table[c - 1] mm)"
     else:
         python = f"import av, numpy as np; depth = {frames}  # {shape}"
-        values = "millimetres (0 = invalid)"
     return {
         "python": python,
         "ffmpeg": f"ffmpeg -i {shlex.quote(path.name)} -f rawvideo -pix_fmt {PIX_FMT} "
                   f"{shlex.quote(raw)}",
-        "raw_layout": f"{raw}: {num_frames} x {height} x {width} little-endian uint16 {values}, "
-                      "frames in order, rows top to bottom",
+        "raw_layout": f"{layout}, frames in order, rows top to bottom",
     }
 
 
