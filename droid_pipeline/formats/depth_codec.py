@@ -17,6 +17,7 @@ messages and raises on them. PyAV and OpenCV are imported where used: :class:`De
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -228,9 +229,10 @@ class _LibavErrors:
     message that repeats the previous one (or a second damaged file would go unseen); the last
     one to end restores them. A block owns what its own thread logs. Messages from FFmpeg's slice
     threads name only the codec: a ``decoding`` block also takes the FFV1 ones logged while it
-    runs (the FFV1 decoder reports damaged slices from its slice threads). Encoders report their
-    failures as error codes and take none, so a file being verified in one thread never fails the
-    encoder in another, and nothing the H.264 decoder of a stereo video logs is taken for FFV1's.
+    runs (the FFV1 decoder reports damaged slices from its slice threads), and decoding blocks
+    run one at a time (:func:`_libav`), so those are its own. Encoders report their failures as
+    error codes and take none, so a file being verified in one thread never fails the encoder in
+    another, and nothing the H.264 decoder of a stereo video logs is taken for FFV1's.
     """
 
     _lock = threading.Lock()
@@ -284,13 +286,18 @@ class _LibavErrors:
         return "; ".join(lines)
 
 
+# Held by each decoding call: one FFV1 decoder at a time owns what FFmpeg's slice threads log.
+_DECODING = threading.RLock()
+
+
 def _libav(path: Path, what: str, call: Callable[[], _T], *, decoding: bool = False) -> _T:
-    """Run one PyAV call; its exceptions and FFmpeg's logged errors become DepthCodecError."""
+    """Run one PyAV call; its exceptions and FFmpeg's logged errors become DepthCodecError.
+    ``decoding`` calls (reading a depth file) run one at a time, encoding calls beside them."""
     import av
 
     log = _LibavErrors(decoding)
     try:
-        with log:
+        with _DECODING if decoding else contextlib.nullcontext(), log:
             result = call()
     except (av.FFmpegError, OSError) as exc:
         logged = log.text()

@@ -543,10 +543,10 @@ def test_publish_may_run_in_another_thread_and_only_once(tmp_path, settings):
         writer.publish()
 
 
-def test_a_damaged_file_decoding_in_one_thread_never_fails_an_encoder_in_another(encoded, tmp_path,
-                                                                                 settings):
+def test_a_damaged_file_decoding_in_one_thread_fails_no_other_thread(encoded, tmp_path, settings):
     """FFmpeg's error log is shared by threads: the CRC errors of a damaged file being read stay
-    with its reader, and the log settings come back once both are done."""
+    with its reader, never reaching a writer encoding (or verifying its own file) meanwhile, and
+    the log settings come back once both are done."""
     path, _, _ = encoded
     with av.open(str(path)) as container:
         packets = [(p.pos, p.size) for p in container.demux(video=0) if p.size]
