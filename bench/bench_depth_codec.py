@@ -12,13 +12,17 @@ Sections (``--sections``, default all but codecs):
   command-line encode of the same raw frames with the same settings and its decode of that file to
   ``-f null``, and our own libavcodec doing that encode and decode through PyAV with nothing
   around it. Medians of wall clock and CPU seconds (all threads; FFmpeg's as a child process).
+- ``overlap``: the depth step (``extract_depth``) on the episode, its frame source replaced by
+  each camera's stereo depth replayed from memory at ``--grab-ms`` per frame (a sleep: a GPU's
+  grab leaves the CPUs free); wall seconds of the whole step, medians of ``--runs``. Run it
+  with an older checkout on PYTHONPATH for the figure before verification overlapped.
 - ``ratio``: raw bytes / file bytes of the default and the remapped file, every camera of the
   stereo depth and of the quantized-disparity depth; each file verified by its writer, and
   read back through DepthReader equal to its input.
 - ``codecs``: FFV1 against PNG (OpenCV, level 1) and zstd level 3 on a smooth synthetic scene,
   each codec in a fresh process (sizes, frames per second and per CPU-second, peak memory).
-Usage: python bench/bench_depth_codec.py [--frames 60] [--runs 5] [--workdir DIR]
-                                         [--sections speed,ratio,codecs] [--noise 0,0.15]
+Usage: python bench/bench_depth_codec.py [--frames 60] [--runs 5] [--workdir DIR] [--grab-ms 30]
+                                         [--sections speed,overlap,ratio,codecs] [--noise 0,0.15]
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from droid_pipeline.formats.depth_codec import (
 
 SIZE = (1280, 720)
 FPS = 15.0
-SECTIONS = ("speed", "ratio", "codecs")
+SECTIONS = ("speed", "overlap", "ratio", "codecs")
 CODECS = ("ffv1", "png", "zstd")
 
 
@@ -228,6 +232,46 @@ def speed(frames: list[np.ndarray], settings: FFV1Config, runs: int, work: Path)
               f"{ours[1] / medians[name][1]:.2f}x CPU")
     print(f"  files: ours {ours_mkv.stat().st_size}, FFmpeg's {cli_mkv.stat().st_size}, "
           f"libavcodec alone {(work / 'bare.mkv').stat().st_size} bytes")
+
+
+# ---------------------------------------------------------------- overlap
+
+def overlap(dataset: Any, cameras: dict[str, dict[str, Any]], settings: FFV1Config, grab_s: float,
+            runs: int, work: Path) -> None:
+    import contextlib
+
+    from droid_pipeline.raw.discovery import build_index
+    from droid_pipeline.steps import depth as depth_step
+
+    depth = {serial: [frame.astype(np.float32) for frame in read_frames(camera["path"])]
+             for serial, camera in cameras.items()}
+
+    @contextlib.contextmanager
+    def replayed_source(config: Any, episode: Any, episode_dir: Path, output_dir: Path, backend: str,
+                        serial: str) -> Iterator[Any]:
+        def frames() -> Iterator[tuple[np.ndarray | None, None]]:
+            for frame in depth[serial]:
+                time.sleep(grab_s)
+                yield frame, None
+
+        yield depth_step.FrameSource(SIZE[0], SIZE[1], len(depth[serial]), FPS, frames())
+
+    config = load_config([dataset.config_path], [f"episode_index_path={work / 'index.json'}"])
+    episode = build_index(config.droid_root, None).get(dataset.episodes[0].episode_id)
+    original, depth_step._open_source = depth_step._open_source, replayed_source
+    try:
+        walls = []
+        for run in range(runs):
+            start = time.perf_counter()
+            depth_step.extract_depth(config, episode, work / f"overlap{run}", backend="stereo")
+            walls.append(time.perf_counter() - start)
+    finally:
+        depth_step._open_source = original
+    count = sum(len(frames) for frames in depth.values())
+    wall = statistics.median(walls)
+    print(f"\noverlap: depth step, {len(depth)} cameras x {count // len(depth)} frames replayed at "
+          f"{grab_s * 1000:g} ms per frame ({count * grab_s:.1f} s of grabbing): {wall:.2f} s, "
+          f"{count / wall:.1f} frames/s (median of {runs}, {min(walls):.2f}-{max(walls):.2f} s)")
 
 
 # ---------------------------------------------------------------- ratio
@@ -427,8 +471,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="runs of the speed section (medians)")
     parser.add_argument("--workdir", type=Path, help="keep the episode and its stereo depth here "
                         "(reused when present); default: a temporary folder")
-    parser.add_argument("--sections", default="speed,ratio",
-                        help=f"comma list of {', '.join(SECTIONS)} (default speed,ratio)")
+    parser.add_argument("--sections", default="speed,overlap,ratio",
+                        help=f"comma list of {', '.join(SECTIONS)} (default speed,overlap,ratio)")
+    parser.add_argument("--grab-ms", type=float, default=30.0,
+                        help="overlap section: milliseconds the stand-in source takes per frame")
     parser.add_argument("--noise", default="0,0.15",
                         help="disparity noise (pixels, standard deviation) of the quantized-disparity "
                              "inputs; 0.15 is about the stereo backend's error on the synthetic episode")
@@ -447,11 +493,13 @@ def main() -> None:
     print(f"FFV1 settings: {dataclasses.asdict(settings)}")
     with tempfile.TemporaryDirectory(prefix="bench_depth_") as tmp:
         work = Path(tmp)
-        if "speed" in sections or "ratio" in sections:
+        if {"speed", "overlap", "ratio"} & set(sections):
             dataset, cameras = stereo_episode(args.workdir or work, args.frames)
             by_role = {camera["role"]: serial for serial, camera in cameras.items()}
             if "speed" in sections:
                 speed(read_frames(cameras[by_role["ext1"]]["path"]), settings, args.runs, work)
+            if "overlap" in sections:
+                overlap(dataset, cameras, settings, args.grab_ms / 1000, args.runs, work)
             if "ratio" in sections:
                 truth_dir = dataset.ground_truth_path(dataset.episodes[0])
                 inputs: list[tuple[str, list[np.ndarray]]] = []
