@@ -574,3 +574,18 @@ def test_a_damaged_file_decoding_in_one_thread_fails_no_other_thread(encoded, tm
     assert meta.num_frames == 60 and ffmpeg_raw(tmp_path / "good.mkv") == raw_bytes(frames)
     assert all("damaged.mkv" in error and "CRC mismatch" in error for error in errors)
     assert av.logging.get_level() == level
+
+
+def test_cli_converts_with_remapped_values_and_decodes_back_to_millimetres(tmp_path):
+    stack = np.stack(stereo_like_frames(5, 30, 44, seed=6))
+    np.save(tmp_path / "depth.npy", stack)
+    out = tmp_path / "depth.mkv"
+    result = run_cli("--input", str(tmp_path / "depth.npy"), "--output", str(out),
+                     "--set", "ffv1.remap_values=true")
+    assert result.returncode == 0, result.stderr
+    table = json.loads((tmp_path / "depth_meta.json").read_text())["value_table"]
+    codes = np.frombuffer(ffmpeg_raw(out), "<u2").reshape(stack.shape)
+    np.testing.assert_array_equal(np.array([0, *table])[codes], stack)
+    result = run_cli("--decode", str(out), "--output", str(tmp_path / "pngs"))
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_array_equal(np.stack(read_pngs(tmp_path / "pngs")), stack)
