@@ -589,3 +589,15 @@ def test_cli_converts_with_remapped_values_and_decodes_back_to_millimetres(tmp_p
     result = run_cli("--decode", str(out), "--output", str(tmp_path / "pngs"))
     assert result.returncode == 0, result.stderr
     np.testing.assert_array_equal(np.stack(read_pngs(tmp_path / "pngs")), stack)
+
+
+def test_metadata_needs_neither_pyav_nor_opencv(tmp_path, encoded):
+    """Commands that only read depth_meta.json (the tracks step) do not pay for PyAV or OpenCV."""
+    _, _, meta = encoded
+    meta.write(tmp_path / "depth_meta.json")
+    probe = ("import sys; from droid_pipeline.formats.depth_codec import DepthMeta, meta_path_for; "
+             f"DepthMeta.load(meta_path_for({str(tmp_path / 'depth.mkv')!r})); "
+             "print(sorted({'av', 'cv2'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, check=True,
+                            capture_output=True, text=True)
+    assert result.stdout.split() == ["[]"]
