@@ -70,6 +70,7 @@ class FFV1Config:
     context: Literal[0, 1] = _field()
     coder: Literal["range_def", "range_tab"] = _field()
     threads: int = _field(min=0, max=256)
+    remap_values: bool = _field()
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 For each camera, frames come from a backend and stream straight into
 ``recordings/<serial>/depth.mkv`` (:class:`~droid_pipeline.formats.depth_codec.DepthWriter`, which also
-writes ``depth_meta.json``); nothing of the episode is held in memory.
+writes ``depth_meta.json``); nothing of the episode is held in memory. A camera's finished file is
+decoded and checked in a background thread while the next camera is read and encoded; the step
+returns only when every file is verified and published, and a failed check fails the episode.
 
 - ``stereo`` (CPU): the episode's side-by-side ``<serial>-stereo.mp4`` (rectified left|right),
   matched by :class:`~droid_pipeline.steps.stereo.StereoMatcher`; depth ``= fx * B / disparity`` with the
@@ -27,6 +29,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Generator, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -144,18 +147,41 @@ def extract_depth(config: Config, episode: Episode, output_dir: os.PathLike | st
             control_rate: tuple[float, str] | None = h5.control_rate(num_steps)
         except EpisodeError:
             control_rate = None  # no usable control timestamps: the rate comes from the config or the source
+    # What fails one camera, and so the episode, with its cause.
+    camera_errors = (DepthCodecError, ValueError, OSError, av.FFmpegError, zed_adapter.ZedSdkUnavailable,
+                     zed_adapter.ZedSdkError)
+    verifying: dict[str, tuple[str, DepthWriter, Future[DepthMeta]]] = {}
+
+    def raise_failed(finished_only: bool) -> None:
+        """Fail the episode with the first camera whose depth.mkv did not verify; with
+        ``finished_only`` look only at the checks already over, else wait for each."""
+        for serial, (role, _, verified) in verifying.items():
+            if finished_only and not verified.done():
+                continue
+            exc = verified.exception()
+            if isinstance(exc, camera_errors):
+                raise raw.fail(f"camera {serial} ({role}): {exc}") from exc
+            if exc is not None:
+                raise exc
+
+    # Camera k's file is decoded and checked here while camera k+1 is read and encoded.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="depth-verify") as verifier:
+        for serial in raw.select_cameras(cameras):
+            role = raw.role(serial)
+            raise_failed(finished_only=True)
+            try:
+                with _open_source(config, raw, output_dir, backend, serial) as source:
+                    fps, fps_source = _frame_rate(config, control_rate, source)
+                    writer = _write_camera(config, output_dir / DEPTH.for_camera(serial), source, role,
+                                           num_steps, fps, fps_source)
+            except camera_errors as exc:
+                raise_failed(finished_only=False)
+                raise raw.fail(f"camera {serial} ({role}): {exc}") from exc
+            verifying[serial] = role, writer, verifier.submit(writer.publish)
+        raise_failed(finished_only=False)
     written: dict[str, DepthCamera] = {}
-    for serial in raw.select_cameras(cameras):
-        role = raw.role(serial)
-        try:
-            with _open_source(config, raw, output_dir, backend, serial) as source:
-                fps, fps_source = _frame_rate(config, control_rate, source)
-                camera = _write_camera(config, output_dir / DEPTH.for_camera(serial), source, serial, role,
-                                       num_steps, fps, fps_source)
-        except (DepthCodecError, ValueError, OSError, av.FFmpegError, zed_adapter.ZedSdkUnavailable,
-                zed_adapter.ZedSdkError) as exc:
-            raise raw.fail(f"camera {serial} ({role}): {exc}") from exc
-        written[serial] = camera
+    for serial, (role, writer, verified) in verifying.items():
+        camera = written[serial] = DepthCamera(serial, role, writer.path, writer.meta_path, verified.result())
         log.info("episode %s camera %s (%s): %d frames, %d missing, %.1f%% valid", episode.episode_id,
                  serial, role, num_steps, camera.num_missing, 100 * camera.valid_fraction)
     return DepthResult(episode.episode_id, backend, num_steps, written)
@@ -174,31 +200,33 @@ def _frame_rate(config: Config, control_rate: tuple[float, str] | None, source: 
                      f"timestamps under {CONTROL_TIMESTAMP_GROUP} and the source reports none")
 
 
-def _write_camera(config: Config, path: Path, source: FrameSource, serial: str, role: str, num_steps: int,
-                  fps: float, fps_source: str) -> DepthCamera:
-    """Stream exactly ``num_steps`` frames of ``source`` into depth.mkv at ``path`` (and rgb.mp4)."""
+def _write_camera(config: Config, path: Path, source: FrameSource, role: str, num_steps: int,
+                  fps: float, fps_source: str) -> DepthWriter:
+    """Stream exactly ``num_steps`` frames of ``source`` into depth.mkv at ``path`` (and rgb.mp4);
+    returns the finished writer, whose :meth:`~DepthWriter.publish` verifies and publishes depth.mkv."""
     min_mm, max_mm = config.depth_min_mm.for_role(role), config.depth_max_mm.for_role(role)
     valid_pixels = produced = 0
     rgb_path = path.with_name(RGB.name) if config.export_rgb else None
-    with DepthWriter(path, source.width, source.height, fps, config.ffv1) as writer, \
-            _rgb_writer(rgb_path, source, fps) as rgb:
-        for depth, image in source.frames:
-            if depth is None:
+    writer = DepthWriter(path, source.width, source.height, fps, config.ffv1)
+    try:
+        with _rgb_writer(rgb_path, source, fps) as rgb:
+            for depth, image in source.frames:
+                if depth is None:
+                    writer.write_missing()
+                else:
+                    frame = depth_to_uint16_mm(depth, min_mm, max_mm)
+                    writer.write(frame)
+                    valid_pixels += int(np.count_nonzero(frame))
+                    produced += 1
+                rgb.write(image)
+                if writer.num_frames == num_steps:
+                    break
+            while writer.num_frames < num_steps:
                 writer.write_missing()
-            else:
-                frame = depth_to_uint16_mm(depth, min_mm, max_mm)
-                writer.write(frame)
-                valid_pixels += int(np.count_nonzero(frame))
-                produced += 1
-            rgb.write(image)
-            if writer.num_frames == num_steps:
-                break
-        while writer.num_frames < num_steps:
-            writer.write_missing()
-            rgb.write(None)
-        if produced == 0:
-            raise ValueError(f"the source produced no depth frame for any of the {num_steps} steps "
-                             f"({source.details})")
+                rgb.write(None)
+            if produced == 0:
+                raise ValueError(f"the source produced no depth frame for any of the {num_steps} steps "
+                                 f"({source.details})")
         writer.source.update(source.details)
         writer.source.update(
             role=role, num_steps=num_steps, source_frames=source.num_frames,
@@ -206,7 +234,11 @@ def _write_camera(config: Config, path: Path, source: FrameSource, serial: str, 
             valid_fraction=valid_pixels / (num_steps * source.width * source.height),
             depth_range_mm=[min_mm, max_mm], fps=fps, fps_source=fps_source,
             rgb_export=RGB.name if config.export_rgb else None)
-    return DepthCamera(serial, role, writer.path, writer.meta_path, writer.meta)
+        writer.finish()
+    except BaseException as exc:
+        writer.abort(exc)
+        raise
+    return writer
 
 
 @contextlib.contextmanager

@@ -11,9 +11,11 @@ import shlex
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import av
+import av.logging
 import cv2
 import numpy as np
 import pytest
@@ -297,14 +299,15 @@ def test_metadata_that_does_not_match_fails_verify_and_load(encoded, tmp_path):
 
 
 MEMORY_PROBE = textwrap.dedent("""
-    import resource, sys
+    import dataclasses, resource, sys
     import numpy as np
     from droid_pipeline.core.config import load_config
     from droid_pipeline.formats.depth_codec import DepthReader, DepthWriter
     count, path = int(sys.argv[1]), sys.argv[2]
+    settings = dataclasses.replace(load_config().ffv1, remap_values=sys.argv[3] == "remap")
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:240, 0:320]
-    with DepthWriter(path, 320, 240, 15.0, load_config().ffv1) as writer:
+    with DepthWriter(path, 320, 240, 15.0, settings) as writer:
         for i in range(count):
             writer.write((900 + xx + yy + i + rng.integers(0, 8, (240, 320))).astype(np.uint16))
     assert sum(1 for _ in DepthReader(path)) == count
@@ -312,10 +315,11 @@ MEMORY_PROBE = textwrap.dedent("""
 """)
 
 
-def test_memory_stays_flat_as_the_episode_grows(tmp_path):
+@pytest.mark.parametrize("mode", ["default", "remap"])
+def test_memory_stays_flat_as_the_episode_grows(tmp_path, mode):
     def peak_rss_kib(count: int) -> int:
         result = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(count),
-                                 str(tmp_path / f"depth_{count}.mkv")], cwd=REPO_ROOT,
+                                 str(tmp_path / f"depth_{count}.mkv"), mode], cwd=REPO_ROOT,
                                 check=True, capture_output=True, text=True)
         return int(result.stdout.split()[-1])
 
@@ -408,3 +412,192 @@ def test_cli_reports_bad_input_with_the_file_and_cause(tmp_path):
     result = run_cli("--input", str(pngs), "--output", str(tmp_path / "d.mkv"),
                      "--set", "ffv1.coder=golomb_rice")
     assert result.returncode == 2 and "ffv1.coder" in result.stderr
+
+
+# ---------------------------------------------------------------- remapped values (remap_values)
+
+def stereo_like_frames(count: int, height: int, width: int, seed: int = 0) -> list[np.ndarray]:
+    """Depth the way stereo makes it: fx * B / d with d on a 1/16-pixel grid, sub-pixel noise,
+    invalid holes; only a sparse set of millimetre values occurs."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    fx_baseline_mm = 546.0 * 120.0
+    frames = []
+    for i in range(count):
+        disparity = 12.0 + 0.1 * yy + 0.02 * xx + 0.3 * i + rng.normal(0.0, 0.15, (height, width))
+        disparity = np.round(disparity * 16) / 16
+        depth = np.rint(fx_baseline_mm / disparity).astype(np.uint16)
+        depth[(xx + 2 * i) % 41 < 4] = 0
+        frames.append(depth)
+    return frames
+
+
+@pytest.fixture(scope="module")
+def remap_settings(settings) -> FFV1Config:
+    return dataclasses.replace(settings, remap_values=True)
+
+
+def test_remapped_file_reads_back_as_millimetres_and_ffmpeg_returns_the_codes(tmp_path,
+                                                                              remap_settings):
+    frames = stereo_like_frames(6, 40, 56) + random_frames(1, 40, 56)
+    path = tmp_path / "depth.mkv"
+    with DepthWriter(path, 56, 40, 15.0, remap_settings) as writer:
+        writer.write(frames[0])
+        writer.write_missing()
+        for frame in frames[1:]:
+            writer.write(frame)
+    expected = np.stack([frames[0], np.zeros_like(frames[0]), *frames[1:]])
+
+    on_disk = json.loads((tmp_path / "depth_meta.json").read_text())
+    table = np.array(on_disk["value_table"])
+    np.testing.assert_array_equal(table, np.setdiff1d(np.unique(expected), [0]))
+    assert on_disk["encoder"]["remap_values"] is True and on_disk["missing_frames"] == [1]
+    assert on_disk["checksum"]["value"] == hashlib.sha256(raw_bytes(list(expected))).hexdigest()
+
+    codes = np.frombuffer(ffmpeg_raw(path), "<u2").reshape(expected.shape)
+    assert codes.max() == len(table) and not codes[1].any()
+    np.testing.assert_array_equal(codes == 0, expected == 0)
+    np.testing.assert_array_equal(np.concatenate([[0], table])[codes], expected)
+
+    with DepthReader(path) as reader:
+        np.testing.assert_array_equal(reader.read_all(), expected)
+        np.testing.assert_array_equal(reader[5], expected[5])
+        reader.verify(DepthMeta.load(tmp_path / "depth_meta.json"))
+    tags = json.loads(subprocess.run([FFPROBE, "-v", "error", "-show_streams", "-of", "json",
+                                      str(path)], check=True, capture_output=True,
+                                     text=True).stdout)["streams"][0]["tags"]
+    assert tags["DEPTH_VALUES"].startswith("codes")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["depth.mkv", "depth_meta.json"]
+
+
+def test_documented_commands_of_a_remapped_file(tmp_path, remap_settings, monkeypatch):
+    frames = stereo_like_frames(4, 24, 30, seed=2)
+    meta = write_mkv(tmp_path / "depth.mkv", frames, remap_settings)
+    assert "codes" in meta.decode["raw_layout"] and "not millimetres" in meta.decode["raw_layout"]
+    subprocess.run([FFMPEG, "-v", "error", *shlex.split(meta.decode["ffmpeg"])[1:]], cwd=tmp_path,
+                   check=True)
+    codes = np.fromfile(tmp_path / "depth.raw", "<u2").reshape(4, 24, 30)
+    np.testing.assert_array_equal(np.array([0, *meta.value_table])[codes], np.stack(frames))
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(meta.decode["python"], namespace)
+    np.testing.assert_array_equal(namespace["depth"], np.stack(frames))
+
+
+def test_remapping_writes_the_same_millimetres_as_the_default(tmp_path, settings, remap_settings):
+    frames = stereo_like_frames(5, 48, 64, seed=4)
+    plain = write_mkv(tmp_path / "plain.mkv", frames, settings)
+    coded = write_mkv(tmp_path / "coded.mkv", frames, remap_settings)
+    assert plain.checksum == coded.checksum and plain.value_table is None
+    assert "value_table" not in json.loads((tmp_path / "plain_meta.json").read_text())
+    assert ffmpeg_raw(tmp_path / "plain.mkv") == raw_bytes(frames)
+    np.testing.assert_array_equal(DepthReader(tmp_path / "coded.mkv").read_all(),
+                                  DepthReader(tmp_path / "plain.mkv").read_all())
+
+
+def test_remapped_file_without_its_table_is_a_clear_error(tmp_path, remap_settings):
+    meta = write_mkv(tmp_path / "depth.mkv", stereo_like_frames(3, 20, 24), remap_settings)
+    (tmp_path / "depth_meta.json").unlink()
+    with pytest.raises(DepthCodecError, match=r"holds value codes .*depth_meta\.json, which is "
+                                              r"missing"):
+        DepthReader(tmp_path / "depth.mkv")
+    without_table = dataclasses.replace(meta, value_table=None)
+    with pytest.raises(DepthCodecError, match="has no value_table"):
+        DepthReader(tmp_path / "depth.mkv", meta=without_table)
+    short_table = dataclasses.replace(meta, value_table=meta.value_table[:3])
+    with pytest.raises(DepthCodecError, match=r"frame 0 holds code \d+, beyond the 3 values"):
+        list(DepthReader(tmp_path / "depth.mkv", meta=short_table))
+
+
+@pytest.mark.parametrize("table", [[5, 5], [3, 2], [0, 4], [1, 65536], [1.5], [True], "1,2"])
+def test_malformed_value_table_is_refused(encoded, tmp_path, table):
+    _, _, meta = encoded
+    (tmp_path / "bad_meta.json").write_text(json.dumps({**meta.to_dict(), "value_table": table}))
+    with pytest.raises(DepthCodecError, match=r"bad_meta\.json: value_table must be increasing"):
+        DepthMeta.load(tmp_path / "bad_meta.json")
+
+
+def test_metadata_written_before_value_tables_still_loads(encoded):
+    _, _, meta = encoded
+    data = meta.to_dict()
+    assert "value_table" not in data
+    assert DepthMeta.from_dict(data) == meta
+
+
+# ---------------------------------------------------------------- publishing from another thread
+
+def test_publish_may_run_in_another_thread_and_only_once(tmp_path, settings):
+    frames = depth_like_frames(4, 20, 24)
+    writer = DepthWriter(tmp_path / "depth.mkv", 24, 20, 15.0, settings)
+    for frame in frames:
+        writer.write(frame)
+    writer.finish()
+    assert not (tmp_path / "depth.mkv").exists()  # finished, not yet verified
+    with pytest.raises(DepthCodecError, match="already closed"):
+        writer.write(frames[0])
+    with ThreadPoolExecutor(1) as thread:
+        meta = thread.submit(writer.publish).result()
+    assert writer.meta == meta == DepthMeta.load(tmp_path / "depth_meta.json")
+    assert ffmpeg_raw(tmp_path / "depth.mkv") == raw_bytes(frames)
+    with pytest.raises(DepthCodecError, match="finished, unpublished writer"):
+        writer.publish()
+
+
+def test_a_damaged_file_decoding_in_one_thread_fails_no_other_thread(encoded, tmp_path, settings):
+    """FFmpeg's error log is shared by threads: the CRC errors of a damaged file being read stay
+    with its reader, never reaching a writer encoding (or verifying its own file) meanwhile, and
+    the log settings come back once both are done."""
+    path, _, _ = encoded
+    with av.open(str(path)) as container:
+        packets = [(p.pos, p.size) for p in container.demux(video=0) if p.size]
+    data = bytearray(path.read_bytes())
+    for position, size in packets:
+        for offset in range(0, size, max(1, size // 8)):
+            data[position + offset // 2 + size // 4] ^= 0xA5
+    damaged = tmp_path / "damaged.mkv"
+    damaged.write_bytes(bytes(data))
+    level = av.logging.get_level()
+
+    def read_damaged(rounds: int) -> list[str]:
+        errors = []
+        for _ in range(rounds):
+            with pytest.raises(DepthCodecError) as caught:
+                list(DepthReader(damaged, threads=2))
+            errors.append(str(caught.value))
+        return errors
+
+    frames = depth_like_frames(60, 120, 160, seed=9)
+    with ThreadPoolExecutor(1) as thread:
+        reading = thread.submit(read_damaged, 15)
+        meta = write_mkv(tmp_path / "good.mkv", frames, settings)
+        errors = reading.result()
+    assert meta.num_frames == 60 and ffmpeg_raw(tmp_path / "good.mkv") == raw_bytes(frames)
+    assert all("damaged.mkv" in error and "CRC mismatch" in error for error in errors)
+    assert av.logging.get_level() == level
+
+
+def test_cli_converts_with_remapped_values_and_decodes_back_to_millimetres(tmp_path):
+    stack = np.stack(stereo_like_frames(5, 30, 44, seed=6))
+    np.save(tmp_path / "depth.npy", stack)
+    out = tmp_path / "depth.mkv"
+    result = run_cli("--input", str(tmp_path / "depth.npy"), "--output", str(out),
+                     "--set", "ffv1.remap_values=true")
+    assert result.returncode == 0, result.stderr
+    table = json.loads((tmp_path / "depth_meta.json").read_text())["value_table"]
+    codes = np.frombuffer(ffmpeg_raw(out), "<u2").reshape(stack.shape)
+    np.testing.assert_array_equal(np.array([0, *table])[codes], stack)
+    result = run_cli("--decode", str(out), "--output", str(tmp_path / "pngs"))
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_array_equal(np.stack(read_pngs(tmp_path / "pngs")), stack)
+
+
+def test_metadata_needs_neither_pyav_nor_opencv(tmp_path, encoded):
+    """Commands that only read depth_meta.json (the tracks step) do not pay for PyAV or OpenCV."""
+    _, _, meta = encoded
+    meta.write(tmp_path / "depth_meta.json")
+    probe = ("import sys; from droid_pipeline.formats.depth_codec import DepthMeta, meta_path_for; "
+             f"DepthMeta.load(meta_path_for({str(tmp_path / 'depth.mkv')!r})); "
+             "print(sorted({'av', 'cv2'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, check=True,
+                            capture_output=True, text=True)
+    assert result.stdout.split() == ["[]"]

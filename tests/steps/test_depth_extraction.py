@@ -8,10 +8,13 @@ lengthening an episode's trajectory against an unchanged video.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import h5py
@@ -20,9 +23,10 @@ import pytest
 
 from droid_pipeline.core.config import load_config
 from droid_pipeline.core.errors import EpisodeError
-from droid_pipeline.formats.depth_codec import DepthMeta
+from droid_pipeline.formats.depth_codec import DepthCodecError, DepthMeta, DepthReader, DepthWriter
 from droid_pipeline.raw.discovery import build_index
 from droid_pipeline.raw.trajectory import CARTESIAN_KEY
+from droid_pipeline.steps import depth as depth_step
 from droid_pipeline.steps.depth import depth_to_uint16_mm, extract_depth
 from droid_pipeline.steps.tracks import generate_tracks
 from droid_pipeline.synthetic.generator import CONTROL_HZ, generate_dataset
@@ -313,6 +317,105 @@ def test_missing_trajectory_and_unknown_names_fail_clearly(dataset, episode, tmp
     (config.droid_root / episode.relative_path / "trajectory.h5").unlink()
     with pytest.raises(EpisodeError, match="step depth: cannot open .*trajectory.h5"):
         extract_depth(config, episode, tmp_path / "out")
+
+
+# ---------------------------------------------------------------- verification beside the next camera
+
+def instrument_sources(monkeypatch, before_frame) -> None:
+    """Each camera's frame source calls ``before_frame(serial)`` before handing out a frame."""
+    original = depth_step._open_source
+
+    @contextlib.contextmanager
+    def open_source(config, raw, output_dir, backend, serial):
+        with original(config, raw, output_dir, backend, serial) as source:
+            def frames():
+                for item in source.frames:
+                    before_frame(serial)
+                    yield item
+
+            yield dataclasses.replace(source, frames=frames())
+
+    monkeypatch.setattr(depth_step, "_open_source", open_source)
+
+
+def test_a_camera_is_verified_while_the_next_one_is_read_and_encoded(dataset, episode, full_run,
+                                                                     tmp_path, monkeypatch):
+    first, second = episode.serials["wrist"], episode.serials["ext1"]
+    output = tmp_path / "out"
+    second_started = threading.Event()
+    seen = {}
+
+    def before_frame(serial):
+        if serial == second and not second_started.is_set():
+            seen["first camera published"] = (output / "recordings" / first / "depth.mkv").exists()
+            second_started.set()
+
+    original_publish = DepthWriter.publish
+
+    def publish(writer):
+        if writer.path.parent.name == first:
+            seen["thread"] = threading.current_thread().name
+            # One after the other, the second camera could not start while this check waits.
+            seen["second camera started during the check"] = second_started.wait(timeout=30)
+        return original_publish(writer)
+
+    instrument_sources(monkeypatch, before_frame)
+    monkeypatch.setattr(DepthWriter, "publish", publish)
+    summary = extract_depth(full_run["config"], episode, output, backend="stereo", cameras=["wrist", "ext1"])
+    assert seen["second camera started during the check"] and not seen["first camera published"]
+    assert seen["thread"].startswith("depth-verify")
+    assert list(summary.cameras) == [first, second]
+    for serial in (first, second):
+        np.testing.assert_array_equal(decoded_depth(output, serial), decoded_depth(full_run["output"], serial))
+        meta = DepthMeta.load(output / "recordings" / serial / "depth_meta.json")
+        assert meta.missing_frames == summary.cameras[serial].meta.missing_frames == []
+
+
+@pytest.mark.parametrize("second_camera_fails", [False, True])
+def test_a_failed_verification_fails_the_episode_with_its_cause(dataset, episode, tmp_path, monkeypatch,
+                                                                second_camera_fails):
+    """Camera 1's check fails while camera 2 is encoded; camera 1 is the failure reported, also when
+    camera 2 then fails on its own (its corrupt video)."""
+    config = copy_episode(dataset, episode, tmp_path, FRAMES)
+    first, second = episode.serials["wrist"], episode.serials["ext1"]
+    if second_camera_fails:
+        video = config.droid_root / episode.relative_path / "recordings" / "MP4" / f"{second}-stereo.mp4"
+        video.write_bytes(video.read_bytes()[:2000])
+    decode = DepthReader._to_array
+
+    def one_value_off_for_the_first_camera(reader, frame, index):
+        array = decode(reader, frame, index)
+        if reader.path.parent.name == first:
+            array = array.copy()
+            array[0, 0] ^= 1
+        return array
+
+    monkeypatch.setattr(DepthReader, "_to_array", one_value_off_for_the_first_camera)
+    with pytest.raises(EpisodeError, match=rf"step depth: camera {first} \(wrist\): .*decoded frames have "
+                                           "sha256") as caught:
+        extract_depth(config, episode, tmp_path / "out", backend="stereo", cameras=["wrist", "ext1"])
+    assert isinstance(caught.value.__cause__, DepthCodecError)
+    folder = tmp_path / "out" / "recordings" / first
+    assert not (folder / "depth.mkv").exists() and not (folder / "depth_meta.json").exists()
+    assert not list(folder.glob(".depth*"))
+    assert not list((tmp_path / "out" / "recordings" / second).glob(".depth*"))
+
+
+def test_remapped_depth_reads_back_as_the_default_millimetres(dataset, episode, full_run, tmp_path):
+    config = config_for(dataset, tmp_path, "ffv1.remap_values=true")
+    serial = episode.serials["ext1"]
+    extract_depth(config, episode, tmp_path / "out", backend="stereo", cameras=["ext1"])
+    folder = tmp_path / "out" / "recordings" / serial
+    millimetres = decoded_depth(full_run["output"], serial)
+    with DepthReader(folder / "depth.mkv") as reader:
+        np.testing.assert_array_equal(reader.read_all(), millimetres)
+    meta = DepthMeta.load(folder / "depth_meta.json")
+    default_meta = DepthMeta.load(full_run["output"] / "recordings" / serial / "depth_meta.json")
+    assert meta.checksum == default_meta.checksum and default_meta.value_table is None
+    np.testing.assert_array_equal(meta.value_table, np.setdiff1d(np.unique(millimetres), [0]))
+    codes = decoded_depth(tmp_path / "out", serial)  # what plain ffmpeg gives: codes
+    assert codes.max() == len(meta.value_table)
+    np.testing.assert_array_equal(np.array([0, *meta.value_table])[codes], millimetres)
 
 
 def test_cli_writes_depth_and_prints_summary(dataset, episode, tmp_path):
