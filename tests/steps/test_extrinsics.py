@@ -11,7 +11,7 @@ from scipy.spatial.transform import Rotation
 
 from droid_pipeline.core.errors import EpisodeError
 from droid_pipeline.raw.trajectory import Trajectory
-from droid_pipeline.steps.extrinsics import camera_poses, pose_deviation
+from droid_pipeline.steps.extrinsics import CalibrationSources, camera_poses, pose_deviation
 
 EPISODE = "AUTOLab+84bd5053+2023-08-18-12h-01m-10s"
 SERIALS = {"wrist": "13062452", "ext1": "24259877", "ext2": "26405488"}
@@ -50,7 +50,8 @@ def resolve(tmp_path: Path, cam2base: dict | None, metadata: dict | None = None,
     path = None if cam2base is None else write_cam2base(tmp_path, cam2base)
     metadata = {"ext1_cam_extrinsics": [0, 0, 1, 0, 0, 0], "ext2_cam_extrinsics": EXT2} \
         if metadata is None else metadata
-    return camera_poses(EPISODE, SERIALS, metadata, traj, flange, path, 5.0), traj
+    sources = CalibrationSources(tmp_path / "index", () if path is None else (path,))
+    return camera_poses(EPISODE, SERIALS, metadata, traj, flange, sources, 5.0), traj
 
 
 def test_exact_entry_first_then_metadata(tmp_path: Path) -> None:
@@ -119,4 +120,4 @@ def test_unreadable_cam2base_file_fails(tmp_path: Path) -> None:
     path.write_text("{not json")
     traj, flange = trajectory()
     with pytest.raises(EpisodeError, match="cannot read cam2base file"):
-        camera_poses(EPISODE, SERIALS, {}, traj, flange, path, 5.0)
+        camera_poses(EPISODE, SERIALS, {}, traj, flange, CalibrationSources(tmp_path / "index", (path,)), 5.0)
