@@ -219,13 +219,16 @@ def _ensure_index(path: Path, index_dir: Path, kind: str) -> Path:
     index = index_dir / f"{path.name}.{source}.{version.hexdigest()[:16]}.sqlite"
     if index.is_file():
         return index
-    index_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(index_dir / f".{path.name}.{source}.lock"):
-        if not index.is_file():
-            _build_index(path, index, kind)
-            for stale in index_dir.glob(f"{path.name}.{source}.*.sqlite"):
-                if stale != index:
-                    stale.unlink(missing_ok=True)
+    try:
+        index_dir.mkdir(parents=True, exist_ok=True)
+        with _locked(index_dir / f".{path.name}.{source}.lock"):
+            if not index.is_file():
+                _build_index(path, index, kind)
+                for stale in index_dir.glob(f"{path.name}.{source}.*.sqlite"):
+                    if stale != index:
+                        stale.unlink(missing_ok=True)
+    except (OSError, sqlite3.Error) as exc:
+        raise CalibrationFileError(f"cannot index {kind} file {path} in {index_dir}: {exc}") from exc
     return index
 
 

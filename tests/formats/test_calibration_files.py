@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -166,3 +168,26 @@ def test_bad_cam2cam_entries_are_errors(tmp_path: Path, entry, phrase: str) -> N
     with pytest.raises(CalibrationFileError) as info:
         read_cam2cam_entry(path, EPISODE, SERIALS[1:], SERIALS, tmp_path / "index")
     assert str(info.value).startswith("cam2cam_extrinsics.json: ") and phrase in str(info.value)
+
+
+def test_an_index_folder_that_cannot_be_made_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "cam2base_extrinsics.json", {EPISODE: {SERIALS[1]: EXT1}})
+    (tmp_path / "taken").write_text("a file where the index folder should be")
+    with pytest.raises(CalibrationFileError, match=r"cannot index cam2base file .*cam2base_extrinsics.json in .*taken"):
+        read_cam2base_entry(path, EPISODE, SERIALS, tmp_path / "taken")
+
+
+def test_concurrent_first_lookups_build_one_index(tmp_path: Path) -> None:
+    """Four processes look up a fresh 20k-entry file at once: each gets its entry, one index remains."""
+    data = {f"LAB+{i:08x}+2023-01-01-00h-00m-00s": {SERIALS[1]: [i, 0, 0, 0, 0, 0]} for i in range(20000)}
+    path = write(tmp_path, "cam2base_extrinsics.json", data)
+    code = ("import sys, json; from droid_pipeline.formats.calibration_files import lookup; "
+            "print(json.dumps(lookup(sys.argv[1], sys.argv[2], sys.argv[3], 'cam2base')))")
+    ids = [f"LAB+{i:08x}+2023-01-01-00h-00m-00s" for i in (0, 7, 19999, 12345)]
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(path), episode, str(tmp_path / "index")],
+                              stdout=subprocess.PIPE, text=True) for episode in ids]
+    outputs = [json.loads(proc.communicate(timeout=120)[0]) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0] * 4
+    assert outputs == [data[episode] for episode in ids]
+    assert len(list((tmp_path / "index").glob("*.sqlite"))) == 1
+    assert not list((tmp_path / "index").glob(".*.tmp"))
