@@ -172,9 +172,7 @@ def camera_poses(episode_id: str, serials: dict[str, str], metadata: dict[str, A
         key = f"{role}_cam_extrinsics"
         with_entry = [entry.file for entry in entries if entry is not None]
         if key not in metadata:
-            where = ("no cam2base file configured" if not names else
-                     f"{' and '.join(with_entry or names)} "
-                     f"{'has no entry for this camera' if with_entry else 'has no entry for this episode'}")
+            where = "no cam2base file configured" if not names else f"no entry for it in {', '.join(names)}"
             raise EpisodeError(episode_id, STEP, f"no calibration for {role} camera {serial}: {where} "
                                f"and the metadata has no {key}")
         try:
