@@ -53,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"    {info.episode_dir(episode)}")
     print(f"raw episodes:        {info.droid_root}")
     print(f"cam2base extrinsics: {info.cam2base_path}")
+    print(f"cam2cam extrinsics:  {info.cam2cam_path}")
     print(f"intrinsics:          {info.intrinsics_path}")
     print(f"ZED factory files:   {info.zed_calibration_dir}")
     print(f"ground truth:        {info.ground_truth_dir}")

@@ -21,14 +21,15 @@ from droid_pipeline.outputs.overlay import (
 )
 from droid_pipeline.raw.discovery import DiscoveryError, build_index
 from droid_pipeline.raw.video import VideoError
+from droid_pipeline.robot.kinematics import GripperMount
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line of render_tracks.py."""
     parser = argparse.ArgumentParser(
         prog="render_tracks.py",
-        description="Draw one episode's 2D tracks, contact frames, normalized tracks or depth onto its "
-                    "camera videos: an MP4 per camera and a PNG contact sheet (frame i = step i).")
+        description="Draw one episode's 2D tracks, contact frames, normalized tracks, depth or gripper model "
+                    "onto its camera videos: an MP4 per camera and a PNG contact sheet (frame i = step i).")
     add_config_args(parser)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--episode_id", "--episode-id", metavar="ID",
@@ -45,7 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"trail length in steps for tracks and normalized (default {DEFAULT_TRAIL})")
     parser.add_argument("--what", choices=MODES, default="tracks",
                         help="tracks: 2D tracks; frames: contact frame axes; normalized: nearest normalized "
-                             "tracks; depth: tracks beside the colour-mapped depth (default tracks)")
+                             "tracks; depth: tracks beside the colour-mapped depth; model: the gripper model's "
+                             "pad outlines on the config's gripper mount (gripper.mount_xyz_m, gripper.mount_rpy), "
+                             "on the wrist camera unless --camera says otherwise (default tracks)")
     parser.add_argument("--sheet-frames", type=int, default=DEFAULT_SHEET_FRAMES, metavar="N",
                         help=f"steps shown in the contact sheet (default {DEFAULT_SHEET_FRAMES})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -62,9 +65,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             mp4_dir = (args.droid_root or config.droid_root) / data.relative_path / "recordings" / "MP4"
         label = data.episode_id
         cameras = [c for item in args.camera or [] for c in item.split(",") if c]
-        result = render_episode(data, mp4_dir, args.out, cameras=None if "all" in cameras else cameras,
+        if "all" in cameras:
+            cameras = list(data.cameras)
+        result = render_episode(data, mp4_dir, args.out, cameras=cameras or None,
                                 what=args.what, trail=args.trail, sheet_frames=args.sheet_frames,
-                                progress=not args.no_progress)
+                                progress=not args.no_progress,
+                                mount=GripperMount.of(config.gripper.mount_xyz_m, config.gripper.mount_rpy))
     except (DiscoveryError, LoadError, RenderError, VideoError, DepthCodecError) as exc:
         raise EpisodeError(label, STEP, str(exc)) from exc
     for message in result.messages:

@@ -17,8 +17,9 @@ M normalized samples, C cameras with 2D tracks, K cameras of the episode:
 {help_text(OUTPUTS)}
 
 reads: the raw episode under droid_root (metadata json, trajectory.h5, MP4 frame counts), the
-cam2base file (cam2base_extrinsics_path) and <output-dir>/recordings/<serial>/intrinsics.json
-written by extract_intrinsics_only.py.
+published calibration files (cam2base_extrinsics_paths, cam2cam_extrinsics_path; indexed once
+under output_root/.calibration_index) and <output-dir>/recordings/<serial>/intrinsics.json
+written by extract_intrinsics_only.py (docs/calibration.md).
 """
 
 

@@ -31,8 +31,8 @@ class ConfigError(ValueError):
 
 
 def _spec(*, min: float | None = None, max: float | None = None, path: bool = False,
-          even: bool = False) -> dict[str, Any]:
-    return {"min": min, "max": max, "path": path, "even": even}
+          even: bool = False, length: int | None = None) -> dict[str, Any]:
+    return {"min": min, "max": max, "path": path, "even": even, "length": length}
 
 
 def _field(**kwargs: Any) -> Any:
@@ -86,12 +86,44 @@ class SlurmConfig:
 
 
 @dataclass(frozen=True)
+class CalibrationQualityConfig:
+    """Bounds on the published ``<serial>_quality_metric`` per ``<serial>_metric_type``."""
+
+    at_least: dict[str, float] = _field()
+    at_most: dict[str, float] = _field()
+    action: Literal["warn", "fail"] = _field()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.at_least or self.at_most)
+
+
+@dataclass(frozen=True)
+class VideoFrameMismatchConfig:
+    """How far a camera's MP4 frame count may differ from the control steps, and what then."""
+
+    tolerance_frames: int = _field(min=0)
+    action: Literal["warn", "fail"] = _field()
+
+
+@dataclass(frozen=True)
+class GripperConfig:
+    """The fixed transform of the gripper base (robotiq_85_base_link) in the flange (panda_link8)."""
+
+    mount_xyz_m: list[float] = _field(length=3)
+    mount_rpy: list[float] = _field(length=3)
+
+
+@dataclass(frozen=True)
 class Config:
     droid_root: Path = _field(path=True)
     output_root: Path = _field(path=True)
     run_root: Path = _field(path=True)
     episode_index_path: Path | None = _field(path=True)
     cam2base_extrinsics_path: Path | None = _field(path=True)
+    cam2base_extrinsics_paths: list[Path] = _field(path=True)
+    cam2cam_extrinsics_path: Path | None = _field(path=True)
+    min_calibration_quality: CalibrationQualityConfig = _field()
     intrinsics_path: Path | None = _field(path=True)
     zed_calibration_dir: Path | None = _field(path=True)
 
@@ -106,6 +138,8 @@ class Config:
     normalized_step_size_mm: float = _field(min=1e-3)
     allow_missing_intrinsics: bool = _field()
     wrist_pose_tolerance_mm: float = _field(min=0)
+    video_frame_mismatch: VideoFrameMismatchConfig = _field()
+    gripper: GripperConfig = _field()
 
     depth_backend: Literal["zed", "stereo"] = _field()
     zed_depth_mode: Literal["NEURAL", "NEURAL_PLUS", "NEURAL_LIGHT", "ULTRA", "QUALITY",
@@ -133,6 +167,14 @@ class Config:
     def index_path(self) -> Path:
         """Where the cached episode index lives."""
         return self.episode_index_path or self.output_root / "episode_index.json"
+
+    @property
+    def cam2base_paths(self) -> list[Path]:
+        """The published cam2base files, in the order each camera tries them: the list
+        ``cam2base_extrinsics_paths``, or the single ``cam2base_extrinsics_path`` it replaces
+        (setting both is an error, see :func:`load_config`)."""
+        single = self.cam2base_extrinsics_path
+        return list(self.cam2base_extrinsics_paths) if single is None else [single]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML-serialisable form (paths as strings), as written to a run folder."""
@@ -166,7 +208,13 @@ def load_config(config_files: list[str | os.PathLike] | tuple = (),
             nested = {part: nested}
         resolved = _resolve_paths(nested, Config, Path.cwd(), "--set", "")
         _merge(merged, origin, resolved, f"--set {key}")
-    return _build(Config, merged, origin, "")
+    config = _build(Config, merged, origin, "")
+    if config.cam2base_extrinsics_path is not None and config.cam2base_extrinsics_paths:
+        raise ConfigError(f"cam2base_extrinsics_path (set by {origin.get('cam2base_extrinsics_path')}) and "
+                          f"cam2base_extrinsics_paths (set by {origin.get('cam2base_extrinsics_paths')}) are "
+                          "both set: list every file in cam2base_extrinsics_paths and set "
+                          "cam2base_extrinsics_path to null")
+    return config
 
 
 def dump_config(config: Config, path: Path) -> None:
@@ -234,10 +282,16 @@ def _resolve_paths(data: Any, cls: type, base: Path, source: str, prefix: str) -
         if sub is not None:
             out[key] = _resolve_paths(value, sub, base, source, f"{prefix}{key}.")
         elif field.metadata.get("path") and isinstance(value, str) and value:
-            out[key] = str((base / Path(value).expanduser()).resolve())
+            out[key] = _resolve_path(value, base)
+        elif field.metadata.get("path") and isinstance(value, list):
+            out[key] = [_resolve_path(item, base) if isinstance(item, str) and item else item for item in value]
         else:
             out[key] = value
     return out
+
+
+def _resolve_path(value: str, base: Path) -> str:
+    return str((base / Path(value).expanduser()).resolve())
 
 
 def _dataclass_of(hint: Any) -> type | None:
@@ -290,7 +344,19 @@ def _convert(value: Any, hint: Any, meta: Any, key: str, source: str, origin: di
             value = [value]
         if not isinstance(value, list):
             raise fail("a list")
+        if meta.get("length") is not None and len(value) != meta["length"]:
+            raise fail(f"a list of {meta['length']} values")
         return [_convert(v, args[0], meta, f"{key}[{i}]", source, origin) for i, v in enumerate(value)]
+    if typing.get_origin(hint) is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise fail("a mapping")
+        for name in value:
+            if not isinstance(name, str) or not name:
+                raise fail("a mapping with non-empty string keys")
+        return {name: _convert(v, args[1], meta, f"{key}.{name}", origin.get(f"{key}.{name}", source), origin)
+                for name, v in value.items()}
     if hint is bool:
         if not isinstance(value, bool):
             raise fail("true or false")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     import numpy as np
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 EPISODE_LAYOUT = "<LAB>/<success|failure>/<date>/<folder>"
 RECORDINGS = "recordings"
@@ -242,7 +242,8 @@ TRACKS_NPZ = NpzSchema(TRACKS, serials_key="cameras_with_2d_tracks", tables=(
                  "are kept; points behind the camera keep their (finite) projection — use the visibility mask"),
         ArrayKey("visibility_<serial>", "bool", ("T", "N"), "", "",
                  "depth along the optical axis > `min_depth` of the camera's role (config: exterior 0.10 m, "
-                 "wrist 0.01 m) **and** pixel inside the image. Occlusion is not modelled"),
+                 "wrist 0.01 m) **and** pixel inside the image **and** the camera's MP4 has a frame for the "
+                 "step (`video_frame_mismatch`). Occlusion is not modelled"),
         ArrayKey("intrinsics_<serial>", "float64", (3, 3), "px", "",
                  "rectified camera matrix K (from `recordings/<serial>/intrinsics.json`)"),
         ArrayKey("distortion_<serial>", "float64", (5,), "", "",
@@ -283,6 +284,15 @@ EXTRINSICS_NPZ = NpzSchema(EXTRINSICS, serials_key="serials", wrist_key="wrist_s
         ArrayKey("sources", "str", ("K",), "", "",
                  "where each pose came from (`cam2base:<file>`, `metadata:<key>` or `h5:<dataset>`), "
                  "aligned with `serials`"),
+        ArrayKey("calibration_fallback", "bool", ("K",), "", "",
+                 "true for an exterior camera that kept the metadata's pose because no configured cam2base "
+                 "file has it"),
+        ArrayKey("calibration_quality", "float64", ("K",), "as published", "",
+                 "the `<serial>_quality_metric` published beside the pose; 0 where "
+                 "`calibration_metric_types` is empty (no metric)"),
+        ArrayKey("calibration_metric_types", "str", ("K",), "", "",
+                 "its `<serial>_metric_type` (`unspecified` when published without one); `\"\"` where the "
+                 "pose has no metric (metadata, h5, a file without metrics)"),
         ArrayKey("wrist_serial", "str", (), "", "", "the wrist camera's serial (`\"\"` if the episode has none)"),
         ArrayKey("schema_version", "int32", (), "", "", "as in tracks.npz"),
     )),

@@ -10,7 +10,11 @@ Frame i of a camera's MP4 is control step i. Modes (``what``):
   (``frame_to_normalized_idx``), projected likewise, points in front of the camera and inside
   the image only, with trails;
 - ``depth``: the image with its tracks beside the decoded depth frame, colour-mapped (black
-  where invalid).
+  where invalid);
+- ``model``: the outlines of the gripper model's two pad boxes (:meth:`GripperModel.pad_box_local`)
+  at step i, posed from the flange pose and gripper_position of the outputs on the given gripper
+  mount (the config's), by default on the wrist camera, where the real fingers are always in
+  sight: outlines off the real pads mean the mount or the finger model is wrong for the data.
 
 Nothing is assumed that the data does not guarantee: a video whose frame count differs from T
 renders the shorter of the two with a warning, a camera without 2D tracks (or without depth in
@@ -34,13 +38,20 @@ import numpy as np
 from tqdm import tqdm
 
 from droid_pipeline.core.atomic import atomic_path
+from droid_pipeline.geometry.poses import pose6_to_matrix
 from droid_pipeline.geometry.projection import points_in_camera, project
 from droid_pipeline.outputs.loader import CameraData, EpisodeData
 from droid_pipeline.raw.episode import find_camera_video
 from droid_pipeline.raw.video import iter_frames
+from droid_pipeline.robot.gripper import GripperModel
+from droid_pipeline.robot.kinematics import GripperMount
 
 STEP = "render"
-MODES = ("tracks", "frames", "normalized", "depth")
+MODES = ("tracks", "frames", "normalized", "depth", "model")
+# Corners of a unit box (signs of the half extents) and its twelve edges as corner pairs.
+BOX_CORNERS = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], dtype=np.float64)
+BOX_EDGES = tuple((a, b) for a in range(8) for b in range(a + 1, 8)
+                  if np.count_nonzero(BOX_CORNERS[a] != BOX_CORNERS[b]) == 1)
 LEFT_COLOR = (255, 110, 0)          # RGB
 RIGHT_COLOR = (0, 150, 255)
 AXIS_COLORS = ((255, 0, 0), (0, 255, 0), (0, 0, 255))   # x, y, z
@@ -76,8 +87,9 @@ class RenderResult:
 
 def render_episode(data: EpisodeData, mp4_dir: Path, out_dir: Path, *, cameras: Sequence[str] | None = None,
                    what: str = "tracks", trail: int = DEFAULT_TRAIL, sheet_frames: int = DEFAULT_SHEET_FRAMES,
-                   progress: bool = True) -> RenderResult:
-    """Render ``cameras`` (serials or roles; default all) of one episode into ``out_dir``.
+                   progress: bool = True, mount: GripperMount | None = None) -> RenderResult:
+    """Render ``cameras`` (serials or roles; default all, the wrist camera for ``model``) of one
+    episode into ``out_dir``; ``mount`` is the gripper mount of ``model`` (None: the URDF's).
 
     Writes ``<episode id>_<serial>_<what>.mp4`` per camera and ``<episode id>_<what>_sheet.png``
     (``sheet_frames`` evenly spaced steps x the rendered cameras). Raises RenderError when a
@@ -88,6 +100,13 @@ def render_episode(data: EpisodeData, mp4_dir: Path, out_dir: Path, *, cameras: 
     if trail < 0 or sheet_frames < 1:
         raise RenderError(f"trail must be >= 0 and sheet_frames >= 1, got {trail} and {sheet_frames}")
     result = RenderResult()
+    outlines = None
+    if what == "model":
+        gripper = GripperModel.load(mount)
+        outlines = pad_outlines(data, gripper)
+        result.messages += _mount_differences(data, mount, gripper)
+        if not cameras:
+            cameras = [c.serial for c in data.cameras.values() if c.role == "wrist"] or None
     chosen = [data.camera(c) for c in cameras] if cameras else list(data.cameras.values())
     jobs = [job for camera in {c.serial: c for c in chosen}.values()
             if (job := _plan(data, camera, Path(mp4_dir), what, result.messages)) is not None]
@@ -99,12 +118,35 @@ def render_episode(data: EpisodeData, mp4_dir: Path, out_dir: Path, *, cameras: 
     stem = data.episode_id
     for job in jobs:
         path = Path(out_dir) / f"{stem}_{job.camera.serial}_{what}.mp4"
-        tiles[job.camera.serial] = _render_camera(data, job, path, what, trail, sheet_steps, progress)
+        tiles[job.camera.serial] = _render_camera(data, job, path, what, trail, sheet_steps, progress, outlines)
         result.videos[job.camera.serial] = path
     result.contact_sheet = Path(out_dir) / f"{stem}_{what}_sheet.png"
     labels = {job.camera.serial: f"{job.camera.role} {job.camera.serial}" for job in jobs}
     _write_png(result.contact_sheet, contact_sheet(tiles, labels))
     return result
+
+
+def pad_outlines(data: EpisodeData, gripper: GripperModel) -> np.ndarray:
+    """(T, 2, 8, 3) base-frame corners of the left and right pad boxes of ``gripper`` at every step."""
+    center, half = gripper.pad_box_local()
+    local = center + BOX_CORNERS * half
+    flange = pose6_to_matrix(data.cartesian_positions)
+    fingers = np.stack(gripper.finger_poses(data.gripper_positions), axis=1)   # (T, 2, 4, 4) in the flange
+    poses = flange[:, None] @ fingers
+    return local @ np.swapaxes(poses[..., :3, :3], -1, -2) + poses[..., None, :3, 3]
+
+
+def _mount_differences(data: EpisodeData, mount: GripperMount | None, gripper: GripperModel) -> list[str]:
+    """A message when the outlines' mount is not the one the episode's tracks were computed on."""
+    used = "the URDF's mount" if mount is None else f"gripper mount xyz {list(mount.xyz_m)}, rpy {list(mount.rpy)}"
+    recorded = data.quality.get("gripper_mount")
+    if recorded is None:
+        return [f"quality.json records no gripper_mount; pad outlines on {used}"]
+    tracks_mount = GripperMount.of(recorded["xyz_m"], recorded["rpy"])
+    if not np.allclose(tracks_mount.transform(), gripper.gripper_frame_in_flange(), rtol=0, atol=1e-12):
+        return [f"pad outlines on {used}; the tracks were computed on xyz {list(tracks_mount.xyz_m)}, "
+                f"rpy {list(tracks_mount.rpy)} (quality.json gripper_mount)"]
+    return []
 
 
 def _plan(data: EpisodeData, camera: CameraData, mp4_dir: Path, what: str, messages: list[str]) -> CameraJob | None:
@@ -142,7 +184,7 @@ def _plan(data: EpisodeData, camera: CameraData, mp4_dir: Path, what: str, messa
 
 
 def _render_camera(data: EpisodeData, job: CameraJob, path: Path, what: str, trail: int,
-                   sheet_steps: Sequence[int], progress: bool) -> dict[int, np.ndarray]:
+                   sheet_steps: Sequence[int], progress: bool, outlines: np.ndarray | None) -> dict[int, np.ndarray]:
     """Stream one camera's frames through the drawing into ``path``; return the sheet's frames."""
     camera = job.camera
     tiles = {}
@@ -157,7 +199,10 @@ def _render_camera(data: EpisodeData, job: CameraJob, path: Path, what: str, tra
             if job.crop_left:
                 image = image[:, : image.shape[1] // 2]
             image = np.ascontiguousarray(image)
-            frame = draw_step(data, camera, image, step, what, trail)
+            if outlines is not None:
+                frame = draw_pads(image, outlines[step], camera, step)
+            else:
+                frame = draw_step(data, camera, image, step, what, trail)
             if depth is not None:
                 frame = np.hstack([frame, colorize_depth(next(depth), frame.shape[1::-1])])
             writer.write(frame)
@@ -235,6 +280,23 @@ def draw_tracks(image: np.ndarray, pixels: np.ndarray, visible: np.ndarray, num_
                           1, cv2.LINE_AA, _SHIFT)
         for point in fixed[-1, finger][visible[-1, finger]]:
             cv2.circle(image, tuple(int(v) for v in point), radius << _SHIFT, color, -1, cv2.LINE_AA, _SHIFT)
+    return image
+
+
+def draw_pads(image: np.ndarray, corners: np.ndarray, camera: CameraData, step: int) -> np.ndarray:
+    """Draw the edges of the (2, 8, 3) base-frame pad box corners (left orange, right blue), each
+    box only when all of it is in front of the camera."""
+    thickness = max(1, round(image.shape[0] / 240))
+    for box, color in zip(corners, (LEFT_COLOR, RIGHT_COLOR)):
+        uv, depth = project_base_points(box, camera, step)
+        if (depth <= MIN_DEPTH_M).any():
+            continue
+        fixed = np.round(uv * (1 << _SHIFT)).astype(np.int64)
+        if np.abs(fixed).max() >= 1 << 28:
+            continue
+        for a, b in BOX_EDGES:
+            cv2.line(image, tuple(int(v) for v in fixed[a]), tuple(int(v) for v in fixed[b]), color, thickness,
+                     cv2.LINE_AA, _SHIFT)
     return image
 
 

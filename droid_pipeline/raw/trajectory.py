@@ -27,7 +27,10 @@ CONTROL_TIMESTAMP_GROUP = "observation/timestamp/control"
 PREFERRED_CONTROL_TIMESTAMP = "step_start"
 # Control steps within this fraction of the median step count towards the measured rate.
 TYPICAL_STEP_SPREAD = 0.25
-CAMERA_TYPE_WRIST, CAMERA_TYPE_EXTERIOR = 0, 1
+# observation/camera_type values: DROID's "hand_camera", "varied_camera" and "fixed_camera"; the
+# last two are exterior cameras (the metadata's ext1 / ext2).
+CAMERA_TYPE_WRIST, CAMERA_TYPE_EXTERIOR, CAMERA_TYPE_FIXED = 0, 1, 2
+CAMERA_TYPE_NAMES = {CAMERA_TYPE_WRIST: "wrist", CAMERA_TYPE_EXTERIOR: "exterior", CAMERA_TYPE_FIXED: "fixed"}
 # gripper_position outside [0, 1] by more than this is reported (the gripper model clips it).
 GRIPPER_RANGE_SLACK = 1e-3
 # Listing at most this many offending step indices in an error message.
@@ -45,6 +48,8 @@ class Trajectory:
     fps: float
     fps_source: str
     warnings: list[str] = field(default_factory=list)
+    # serial -> observation/camera_type name (CAMERA_TYPE_NAMES), None where the h5 has none
+    camera_types: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def num_frames(self) -> int:
@@ -132,17 +137,36 @@ class TrajectoryFile:
         except ValueError as exc:
             raise self.fail(f"{key}: {exc}; set fps in the config") from exc
 
-    def check_camera_roles(self, serials: Mapping[str, str]) -> None:
-        """Where the h5 records camera types, they must agree with the metadata's roles (role -> serial)."""
+    def check_camera_roles(self, serials: Mapping[str, str]) -> dict[str, str | None]:
+        """Each camera's ``observation/camera_type`` (name, None where absent), checked against the
+        metadata's roles (role -> serial): 0 is the wrist camera, 1 and 2 are exterior cameras."""
+        types: dict[str, str | None] = {}
         for role, serial in serials.items():
             key = f"{CAMERA_TYPE_GROUP}/{serial}"
             if key not in self.h5:
+                types[serial] = None
                 continue
-            values = np.unique(np.asarray(self.dataset(key)[()]).ravel())
-            expected = CAMERA_TYPE_WRIST if role == "wrist" else CAMERA_TYPE_EXTERIOR
-            if values.size and not np.all(values == expected):
+            try:
+                values = np.unique(np.asarray(self.dataset(key)[()]).ravel())
+            except (TypeError, ValueError, OSError) as exc:
+                raise self.fail(f"cannot read {key}: {exc}") from exc
+            if values.size == 0:
+                types[serial] = None
+                continue
+            unknown = [v for v in values.tolist() if v not in CAMERA_TYPE_NAMES]
+            if unknown:
+                raise self.fail(f"camera {serial} ({role}) has {key} = {unknown}, not a DROID camera type "
+                                "(0 = wrist, 1 = exterior, 2 = fixed exterior)")
+            if values.size > 1:
+                raise self.fail(f"camera {serial} ({role}) changes type within the episode: {key} holds "
+                                f"{values.tolist()}")
+            value = int(values[0])
+            expected = (CAMERA_TYPE_WRIST,) if role == "wrist" else (CAMERA_TYPE_EXTERIOR, CAMERA_TYPE_FIXED)
+            if value not in expected:
                 raise self.fail(f"metadata names camera {serial} as {role} but {key} says "
-                                f"{values.tolist()} (0 = wrist, 1 = exterior)")
+                                f"{[value]} (0 = wrist, 1 = exterior, 2 = fixed exterior)")
+            types[serial] = CAMERA_TYPE_NAMES[value]
+        return types
 
 
 def read_trajectory(h5: TrajectoryFile, serials: Mapping[str, str], metadata: Mapping[str, Any],
@@ -157,7 +181,7 @@ def read_trajectory(h5: TrajectoryFile, serials: Mapping[str, str], metadata: Ma
     if num_frames == 0:
         raise h5.fail(f"{CARTESIAN_KEY} has no steps")
     gripper = h5.array(GRIPPER_KEY, (num_frames,), squeeze_last=True)
-    h5.check_camera_roles(serials)
+    camera_types = h5.check_camera_roles(serials)
     wrist = serials.get("wrist")
     wrist_extrinsics = wrist_offset = None
     warnings: list[str] = []
@@ -183,7 +207,8 @@ def read_trajectory(h5: TrajectoryFile, serials: Mapping[str, str], metadata: Ma
     if expected is not None and expected != num_frames:
         raise EpisodeError(h5.episode_id, h5.step, f"metadata trajectory_length {expected} differs from "
                            f"{num_frames} steps in {h5.name}")
-    return Trajectory(cartesian, gripper, wrist_extrinsics, wrist_offset, rate, rate_source, warnings)
+    return Trajectory(cartesian, gripper, wrist_extrinsics, wrist_offset, rate, rate_source, warnings,
+                      camera_types)
 
 
 def control_rate_hz(stamps_ms: np.ndarray) -> float:

@@ -65,17 +65,11 @@ def iter_frames(path: os.PathLike | str, fmt: str = "rgb24") -> Generator[tuple[
     with _open(path) as container:
         stream = _video_stream(container, path)
         stream.thread_type = "AUTO"
-        # The nominal rate: a gap skews the average.
-        rate, time_base = stream.guessed_rate or stream.average_rate, stream.time_base
-        origin = stream.start_time
+        numbering = _FrameNumbering(stream, stream.start_time)
         previous = -1
         try:
             for frame in container.decode(stream):
-                if frame.pts is None or not rate or time_base is None:
-                    index = previous + 1
-                else:
-                    origin = frame.pts if origin is None else origin
-                    index = round((frame.pts - origin) * time_base * rate)
+                index = numbering.index(frame.pts, previous)
                 if index <= previous:
                     raise VideoError(f"{path}: frame timestamps do not increase (frame {index} "
                                      f"after frame {previous})")
@@ -83,6 +77,45 @@ def iter_frames(path: os.PathLike | str, fmt: str = "rgb24") -> Generator[tuple[
                 yield index, frame.to_ndarray(format=fmt)
         except av.FFmpegError as exc:
             raise VideoError(f"{path}: cannot decode video: {exc}") from exc
+
+
+def frame_indices(path: os.PathLike | str) -> np.ndarray:
+    """Sorted positions of the recording's frames, numbered as :func:`iter_frames` numbers them,
+    from the packets' timestamps alone (demuxed, nothing decoded): the steps a video has a frame
+    for. Equal positions (timestamps that do not advance) raise VideoError."""
+    import av
+
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        try:
+            stamps = [packet.pts for packet in container.demux(stream) if packet.size > 0]
+        except av.FFmpegError as exc:
+            raise VideoError(f"{path}: cannot demux video stream: {exc}") from exc
+        known = [pts for pts in stamps if pts is not None]
+        origin = stream.start_time if stream.start_time is not None else min(known, default=None)
+        numbering = _FrameNumbering(stream, origin)
+        if len(known) < len(stamps):
+            indices = np.arange(len(stamps))  # no usable timestamps: frames in order
+        else:
+            indices = np.sort(np.array([numbering.index(pts, -1) for pts in known], dtype=np.int64))
+    if indices.size and (np.diff(indices) <= 0).any():
+        repeated = int(indices[1:][np.diff(indices) <= 0][0])
+        raise VideoError(f"{path}: two frames have the timestamp of frame {repeated}")
+    return indices
+
+
+class _FrameNumbering:
+    """A frame's position from its presentation timestamp at the stream's nominal rate (a gap
+    skews the average rate); without a timestamp, rate or time base, the next position in order."""
+
+    def __init__(self, stream: av.VideoStream, origin: int | None):
+        self.rate, self.time_base, self.origin = stream.guessed_rate or stream.average_rate, stream.time_base, origin
+
+    def index(self, pts: int | None, previous: int) -> int:
+        if pts is None or not self.rate or self.time_base is None:
+            return previous + 1
+        self.origin = pts if self.origin is None else self.origin
+        return round((pts - self.origin) * self.time_base * self.rate)
 
 
 def _open(path: os.PathLike | str) -> av.container.InputContainer:

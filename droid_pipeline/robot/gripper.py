@@ -11,11 +11,14 @@ beyond the URDF's 0.725 upper limit; the limit is not applied (at 0.725 the pads
 0.6 mm apart).
 
 Frames: flange (panda_link8) -> gripper (robotiq_85_base_link, after the fixed mount) ->
-finger (left_inner_finger / right_inner_finger, the links carrying the pads).
+finger (left_inner_finger / right_inner_finger, the links carrying the pads). The mount is the
+URDF's fixed joint unless :meth:`GripperModel.load` is given another :class:`GripperMount`;
+every flange-frame pose the model returns includes it.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import numpy as np
@@ -25,11 +28,12 @@ from scipy.stats import qmc
 from droid_pipeline.geometry.poses import transform_points
 from droid_pipeline.robot.kinematics import (
     GRIPPER_BASE_LINK,
+    GripperMount,
     gripper_mount_transform,
     read_asset,
     robot_model,
 )
-from droid_pipeline.robot.urdf import Robot
+from droid_pipeline.robot.urdf import JointLimit, Robot
 
 FINGER_JOINT = "finger_joint"
 LEFT_FINGER_LINK = "left_inner_finger"
@@ -51,9 +55,10 @@ class GripperModel:
         """``finger_triangles`` (F, 3, 3): the inner finger mesh in its link frame, metres."""
         self._robot = robot
         self._mount = np.array(mount, dtype=np.float64)
-        self._finger_limit = robot.joint(FINGER_JOINT).limit
-        if self._finger_limit is None:
+        limit = robot.joint(FINGER_JOINT).limit
+        if limit is None:
             raise ValueError(f"joint {FINGER_JOINT!r} has no limits in the URDF")
+        self._finger_limit: JointLimit = limit
         left_open, right_open = self._finger_link_poses(np.array(self._finger_limit.lower))
         toward_right = left_open[:3, :3].T @ (right_open[:3, 3] - left_open[:3, 3])
         self._face_triangles, self._face_normal = _contact_face(finger_triangles, toward_right)
@@ -70,9 +75,16 @@ class GripperModel:
         self.closed_angle = float(self._angle_table[-1])
 
     @classmethod
-    def load(cls) -> GripperModel:
-        """The model built from the packaged URDF and finger mesh (built once, then shared)."""
-        return _packaged_model()
+    def load(cls, mount: GripperMount | None = None) -> GripperModel:
+        """The model built from the packaged URDF and finger mesh (built once, then shared), on the
+        URDF's mount or on ``mount`` (one shared model per mount)."""
+        return _packaged_model() if mount is None else _mounted_model(mount)
+
+    def with_mount(self, mount: np.ndarray) -> GripperModel:
+        """This model on another flange-to-gripper transform (4x4); the finger geometry is shared."""
+        moved = copy.copy(self)
+        moved._mount = np.array(mount, dtype=np.float64)
+        return moved
 
     def finger_angle(self, gripper_position: np.ndarray) -> np.ndarray:
         """(T,) finger_joint angles (radians) for (T,) gripper_position; values outside [0, 1] are clipped."""
@@ -154,6 +166,11 @@ class GripperModel:
 @functools.cache
 def _packaged_model() -> GripperModel:
     return GripperModel(robot_model(), read_binary_stl(read_asset(FINGER_MESH)), gripper_mount_transform())
+
+
+@functools.cache
+def _mounted_model(mount: GripperMount) -> GripperModel:
+    return _packaged_model().with_mount(mount.transform())
 
 
 def read_binary_stl(data: bytes) -> np.ndarray:

@@ -1,17 +1,20 @@
 """Franka Panda forward kinematics and the gripper mount, from the packaged panda_robotiq.urdf.
 
 DROID's ``cartesian_position`` is the pose of the flange ``panda_link8`` in the robot base
-``panda_link0``; the Robotiq 2F-85 base is bolted to the flange by a fixed joint.
+``panda_link0``; the Robotiq 2F-85 base is bolted to the flange by a fixed joint, whose origin
+a :class:`GripperMount` can replace (config ``gripper.mount_xyz_m`` / ``gripper.mount_rpy``).
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import resources
 
 import numpy as np
 
-from droid_pipeline.robot.urdf import Robot, parse_urdf
+from droid_pipeline.robot.urdf import Robot, parse_urdf, rpy_matrix
 
 ROBOT_URDF = "panda_robotiq.urdf"
 ROBOT_BASE_LINK = "panda_link0"
@@ -53,5 +56,31 @@ def panda_flange_poses(joint_positions: np.ndarray) -> np.ndarray:
 
 
 def gripper_mount_transform() -> np.ndarray:
-    """4x4 pose of the gripper base (robotiq_85_base_link) in the flange frame (panda_link8)."""
+    """4x4 pose of the gripper base (robotiq_85_base_link) in the flange frame (panda_link8), as
+    the packaged URDF's fixed joint gives it."""
     return robot_model().forward_kinematics(FLANGE_LINK, GRIPPER_BASE_LINK)
+
+
+@dataclass(frozen=True)
+class GripperMount:
+    """A flange-to-gripper mount written as a URDF joint origin: translation (m) and fixed-axis
+    roll-pitch-yaw (rad) of robotiq_85_base_link in panda_link8."""
+
+    xyz_m: tuple[float, float, float]
+    rpy: tuple[float, float, float]
+
+    @classmethod
+    def of(cls, xyz_m: Sequence[float], rpy: Sequence[float]) -> GripperMount:
+        """A mount from any three-number sequences (e.g. config lists); ValueError otherwise."""
+        xyz, angles = (tuple(float(v) for v in values) for values in (xyz_m, rpy))
+        if len(xyz) != 3 or len(angles) != 3 or not np.isfinite([*xyz, *angles]).all():
+            raise ValueError(f"a gripper mount needs three finite numbers each for xyz and rpy, "
+                             f"got {list(xyz_m)} and {list(rpy)}")
+        return cls((xyz[0], xyz[1], xyz[2]), (angles[0], angles[1], angles[2]))
+
+    def transform(self) -> np.ndarray:
+        """4x4 pose of the gripper base in the flange frame, composed as the URDF composes a joint origin."""
+        pose = np.eye(4)
+        pose[:3, :3] = rpy_matrix(np.array(self.rpy))
+        pose[:3, 3] = self.xyz_m
+        return pose

@@ -1,12 +1,20 @@
-"""Camera poses (T_base_cam of the left lens, OpenCV optical frame) for one episode, with provenance.
+"""Camera poses (T_base_cam of the left lens, OpenCV optical frame) for one episode, with provenance
+(docs/calibration.md).
 
 Exterior cameras are static; each takes, in order:
 
-1. the entry for this exact episode id in DROID's published cam2base file
-   (``cam2base_extrinsics_path``), never a partial or fuzzy match of the id. An entry that names
-   another episode, or lists cameras this episode does not have, is another episode's
-   calibration and fails the episode;
-2. else the metadata's ``<role>_cam_extrinsics``.
+1. the entry for this exact episode id in the first of DROID's published cam2base files
+   (``cam2base_extrinsics_paths``) whose entry holds the camera's serial, never a partial or
+   fuzzy match of the id. An entry that names another episode, or lists cameras this episode
+   does not have, is another episode's calibration and fails the episode; a malformed value
+   fails it too (:mod:`droid_pipeline.formats.calibration_files`);
+2. else the metadata's ``<role>_cam_extrinsics``, flagged as a fallback (with a warning when
+   cam2base files are configured).
+
+A quality metric published beside a pose is recorded, and judged against
+``min_calibration_quality`` where that names its metric type. Where ``cam2cam_extrinsics.json``
+is configured, the relative pose of the two exterior cameras is compared with it, in both
+directions (its convention is unconfirmed).
 
 The wrist camera moves with the gripper: its per-step pose is the h5's
 ``observation/camera_extrinsics/<serial>_left``, cross-checked against flange pose composed with
@@ -15,9 +23,6 @@ the h5's ``<serial>_left_gripper_offset``; the largest deviation is reported.
 
 from __future__ import annotations
 
-import functools
-import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,13 +30,37 @@ from typing import Any
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from droid_pipeline.core.config import CalibrationQualityConfig, Config
 from droid_pipeline.core.errors import EpisodeError
-from droid_pipeline.geometry.poses import pose6_to_matrix
+from droid_pipeline.formats.calibration_files import (
+    CalibrationFileError,
+    Cam2BaseEntry,
+    CameraEntry,
+    pose6,
+    read_cam2base_entry,
+    read_cam2cam_entry,
+)
+from droid_pipeline.geometry.poses import invert, pose6_to_matrix
 from droid_pipeline.raw.trajectory import CAMERA_EXTRINSICS_GROUP, Trajectory
 
 STEP = "tracks"   # camera poses are resolved within the tracks step
-# Keys of a cam2base entry that, when present, must name the episode the entry is filed under.
-ENTRY_ID_KEYS = ("uuid", "episode_id", "episode")
+# Indexes of the published calibration files live here, under output_root.
+INDEX_DIR_NAME = ".calibration_index"
+
+
+@dataclass(frozen=True)
+class CalibrationSources:
+    """The published calibration an episode's exterior cameras are resolved from."""
+
+    index_dir: Path
+    cam2base_paths: tuple[Path, ...] = ()
+    cam2cam_path: Path | None = None
+    quality: CalibrationQualityConfig = field(default_factory=lambda: CalibrationQualityConfig({}, {}, "warn"))
+
+    @classmethod
+    def from_config(cls, config: Config) -> CalibrationSources:
+        return cls(config.output_root / INDEX_DIR_NAME, tuple(config.cam2base_paths),
+                   config.cam2cam_extrinsics_path, config.min_calibration_quality)
 
 
 @dataclass(frozen=True)
@@ -42,28 +71,54 @@ class CameraPose:
     role: str
     base_from_camera: np.ndarray   # (4, 4) for exterior cameras, (T, 4, 4) for the wrist camera
     source: str
+    calibration: CameraEntry | None = None   # the published entry the pose came from
+    file: str | None = None                   # that entry's file name
+    fallback: bool = False                    # an exterior camera that kept the metadata's pose
+    quality_check: dict[str, Any] | None = None
+
+    def quality(self) -> dict[str, Any]:
+        """This camera's record in quality.json ``calibration.cameras``."""
+        entry = self.calibration
+        return {"role": self.role, "source": self.source, "file": self.file, "fallback": self.fallback,
+                "quality_metric": None if entry is None else entry.quality_metric,
+                "metric_type": None if entry is None else entry.metric_type,
+                "quality_check": self.quality_check}
 
 
 @dataclass(frozen=True)
 class EpisodeExtrinsics:
-    """Every camera's pose, the calibration entry used, and the wrist consistency check."""
+    """Every camera's pose, the calibration entries consulted, and the consistency checks."""
 
-    cameras: dict[str, CameraPose]                 # by serial, in role order
-    calibration_file: str | None                   # file name only: no local paths in outputs
-    calibration_entry: dict[str, Any] | None
+    cameras: dict[str, CameraPose]                      # by serial, in role order
+    cam2base_entries: list[tuple[str, dict[str, Any] | None]]  # (file name, entry) per file, in order
     wrist_check: dict[str, Any] | None
+    cam2cam: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
 
     @property
     def wrist_serial(self) -> str | None:
         return next((s for s, c in self.cameras.items() if c.role == "wrist"), None)
 
+    @property
+    def calibration_file(self) -> str | None:
+        """The first configured cam2base file (the only one in configs with a single file)."""
+        return self.cam2base_entries[0][0] if self.cam2base_entries else None
+
+    @property
+    def calibration_entry(self) -> dict[str, Any] | None:
+        """That file's entry for this episode."""
+        return self.cam2base_entries[0][1] if self.cam2base_entries else None
+
     def arrays(self) -> dict[str, np.ndarray]:
         """Contents of extrinsics.npz (strings as unicode arrays: loads with allow_pickle=False)."""
+        cameras = list(self.cameras.values())
         out: dict[str, np.ndarray] = {
             "serials": np.array(list(self.cameras), dtype=str),
-            "roles": np.array([c.role for c in self.cameras.values()], dtype=str),
-            "sources": np.array([c.source for c in self.cameras.values()], dtype=str),
+            "roles": np.array([c.role for c in cameras], dtype=str),
+            "sources": np.array([c.source for c in cameras], dtype=str),
+            "calibration_fallback": np.array([c.fallback for c in cameras], dtype=bool),
+            "calibration_quality": np.array([_metric(c)[0] for c in cameras], dtype=np.float64),
+            "calibration_metric_types": np.array([_metric(c)[1] for c in cameras], dtype=str),
             "wrist_serial": np.array(self.wrist_serial or "", dtype=str),
         }
         for serial, camera in self.cameras.items():
@@ -71,22 +126,30 @@ class EpisodeExtrinsics:
         return out
 
     def quality(self) -> dict[str, Any]:
-        """Provenance for quality.json: file, exact entry, and each camera's source."""
+        """Provenance for quality.json: the files, the exact entries, each camera's source, the cam2cam check."""
         return {
             "cam2base_file": self.calibration_file,
             "cam2base_entry": self.calibration_entry,
-            "cameras": {s: {"role": c.role, "source": c.source} for s, c in self.cameras.items()},
+            "cam2base_files": [{"file": name, "entry": entry} for name, entry in self.cam2base_entries],
+            "cameras": {s: c.quality() for s, c in self.cameras.items()},
+            "cam2cam": self.cam2cam,
         }
 
 
+def _metric(camera: CameraPose) -> tuple[float, str]:
+    """(quality metric, metric type) for extrinsics.npz: (0.0, "") where the entry has none."""
+    entry = camera.calibration
+    if entry is None or entry.quality_metric is None or entry.metric_type is None:
+        return 0.0, ""
+    return entry.quality_metric, entry.metric_type
+
+
 def camera_poses(episode_id: str, serials: dict[str, str], metadata: dict[str, Any],
-                 trajectory: Trajectory, flange_poses: np.ndarray,
-                 cam2base_path: os.PathLike | str | None, wrist_tolerance_mm: float) -> EpisodeExtrinsics:
+                 trajectory: Trajectory, flange_poses: np.ndarray, sources: CalibrationSources,
+                 wrist_tolerance_mm: float) -> EpisodeExtrinsics:
     """Resolve every camera's T_base_cam (see module docstring); bad calibration raises EpisodeError."""
-    entry = None
-    cam2base_file = None if cam2base_path is None else Path(cam2base_path).name
-    if cam2base_path is not None:
-        entry = _episode_entry(episode_id, serials, Path(cam2base_path))
+    entries = _cam2base_entries(episode_id, serials, sources)
+    names = [path.name for path in sources.cam2base_paths]
     cameras: dict[str, CameraPose] = {}
     warnings: list[str] = []
     wrist_check = None
@@ -99,69 +162,102 @@ def camera_poses(episode_id: str, serials: dict[str, str], metadata: dict[str, A
             wrist_check = _wrist_check(serial, cameras[serial].base_from_camera, trajectory,
                                        flange_poses, wrist_tolerance_mm, warnings)
             continue
-        if entry is not None and serial in entry:
-            pose = _pose6(episode_id, entry[serial], f"cam2base entry {serial}")
-            source = f"cam2base:{cam2base_file}"
-        else:
-            key = f"{role}_cam_extrinsics"
-            if key not in metadata:
-                where = ("no cam2base file configured" if cam2base_file is None else
-                         f"{cam2base_file} has no entry for this camera")
-                raise EpisodeError(episode_id, STEP, f"no calibration for {role} camera {serial}: "
-                                   f"{where} and the metadata has no {key}")
-            pose = _pose6(episode_id, metadata[key], f"metadata {key}")
-            source = f"metadata:{key}"
-            if entry is not None:
-                warnings.append(f"cam2base entry lacks {role} camera {serial}: used metadata {key}")
-        cameras[serial] = CameraPose(serial, role, pose6_to_matrix(pose), source)
-    return EpisodeExtrinsics(cameras, cam2base_file, entry, wrist_check, warnings)
+        found = next((entry for entry in entries if entry is not None and serial in entry.cameras), None)
+        if found is not None:
+            calibration = found.cameras[serial]
+            check = _quality_check(episode_id, role, found.file, calibration, sources.quality, warnings)
+            cameras[serial] = CameraPose(serial, role, pose6_to_matrix(calibration.pose6), f"cam2base:{found.file}",
+                                         calibration, found.file, quality_check=check)
+            continue
+        key = f"{role}_cam_extrinsics"
+        with_entry = [entry.file for entry in entries if entry is not None]
+        if key not in metadata:
+            where = "no cam2base file configured" if not names else f"no entry for it in {', '.join(names)}"
+            raise EpisodeError(episode_id, STEP, f"no calibration for {role} camera {serial}: {where} "
+                               f"and the metadata has no {key}")
+        try:
+            pose = pose6(metadata[key], f"metadata {key}")
+        except CalibrationFileError as exc:
+            raise EpisodeError(episode_id, STEP, str(exc)) from exc
+        if with_entry:
+            tried = f" (tried {', '.join(names)})" if len(names) > 1 else ""
+            warnings.append(f"cam2base entry lacks {role} camera {serial}: used metadata {key}{tried}")
+        elif names:
+            warnings.append(f"no cam2base entry for this episode in {', '.join(names)}: {role} camera {serial} "
+                            f"used metadata {key}")
+        cameras[serial] = CameraPose(serial, role, pose6_to_matrix(pose), f"metadata:{key}", fallback=True)
+    cam2cam = _cam2cam_check(episode_id, serials, cameras, sources)
+    return EpisodeExtrinsics(cameras, [(name, None if entry is None else entry.entry)
+                                       for name, entry in zip(names, entries)], wrist_check, cam2cam, warnings)
 
 
-@functools.lru_cache(maxsize=4)
-def _load_cam2base(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
-    """The parsed cam2base file (cached per path and version: it holds tens of thousands of entries)."""
-    with open(path, "rb") as fh:
-        data = json.load(fh)
-    if not isinstance(data, dict):
-        raise ValueError("top level is not a JSON object keyed by episode id")
-    return data
-
-
-def _episode_entry(episode_id: str, serials: dict[str, str], path: Path) -> dict[str, Any] | None:
-    """This episode's cam2base entry by exact id (None if absent), checked to be this episode's."""
+def _cam2base_entries(episode_id: str, serials: dict[str, str], sources: CalibrationSources
+                      ) -> list[Cam2BaseEntry | None]:
+    """This episode's entry in each cam2base file, in order (None where a file has none)."""
     try:
-        stat = path.stat()
-        data = _load_cam2base(str(path), stat.st_mtime_ns, stat.st_size)
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise EpisodeError(episode_id, STEP, f"cannot read cam2base file {path}: {exc}") from exc
-    entry = data.get(episode_id)
-    if entry is None:
+        return [read_cam2base_entry(path, episode_id, list(serials.values()), sources.index_dir)
+                for path in sources.cam2base_paths]
+    except CalibrationFileError as exc:
+        raise EpisodeError(episode_id, STEP, str(exc)) from exc
+
+
+def _quality_check(episode_id: str, role: str, file: str, entry: CameraEntry, quality: CalibrationQualityConfig,
+                   warnings: list[str]) -> dict[str, Any] | None:
+    """The camera's metric against ``min_calibration_quality`` for its type; None when not judged."""
+    if entry.quality_metric is None or entry.metric_type is None:
         return None
-    if not isinstance(entry, dict):
-        raise EpisodeError(episode_id, STEP, f"{path.name}: entry for this episode is not an object")
-    for key in ENTRY_ID_KEYS:
-        named = entry.get(key)
-        if isinstance(named, str) and named != episode_id:
-            raise EpisodeError(episode_id, STEP, f"{path.name}: the entry filed under this episode "
-                               f"has {key}={named!r}: it is another episode's calibration")
-    foreign = sorted(k for k in entry if k.isdigit() and k not in serials.values())
-    if foreign:
-        known = ", ".join(f"{r}={s}" for r, s in serials.items())
-        raise EpisodeError(episode_id, STEP, f"{path.name}: the entry for this episode lists "
-                           f"camera(s) {', '.join(foreign)} that the episode does not have ({known}): "
-                           "it is another episode's calibration")
-    return entry
+    value, kind = entry.quality_metric, entry.metric_type
+    bounds = [("at_least", quality.at_least.get(kind)), ("at_most", quality.at_most.get(kind))]
+    judged = [(name, bound) for name, bound in bounds if bound is not None]
+    if not judged:
+        return None
+    failed = [(name, bound) for name, bound in judged
+              if (value < bound if name == "at_least" else value > bound)]
+    check = {"bounds": dict(judged), "passed": not failed, "action": quality.action}
+    if failed:
+        name, bound = failed[0]
+        cause = (f"{role} camera {entry.serial}: {file} quality metric {kind} = {value:g} is "
+                 f"{'below' if name == 'at_least' else 'above'} min_calibration_quality.{name}.{kind} = {bound:g}")
+        if quality.action == "fail":
+            raise EpisodeError(episode_id, STEP, cause)
+        warnings.append(cause)
+    return check
 
 
-def _pose6(episode_id: str, value: Any, what: str) -> np.ndarray:
-    """A DROID 6-vector pose, checked to be six finite numbers."""
+def _cam2cam_check(episode_id: str, serials: dict[str, str], cameras: dict[str, CameraPose],
+                   sources: CalibrationSources) -> dict[str, Any] | None:
+    """How far the exterior cameras' relative pose from their cam2base (or metadata) poses is
+    from cam2cam_extrinsics.json's, read as assumed (camera-to-frame poses, left_cam = ext1) and
+    inverted; None when no cam2cam file is configured."""
+    path = sources.cam2cam_path
+    if path is None:
+        return None
+    report: dict[str, Any] = {"file": path.name, "layout": None, "entry": None, "pairs": []}
+    if "ext1" not in serials or "ext2" not in serials:
+        report["note"] = "the episode does not have two exterior cameras"
+        return report
+    exterior = (serials["ext1"], serials["ext2"])
     try:
-        pose = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        pose = np.empty(0)
-    if pose.shape != (6,) or not np.isfinite(pose).all():
-        raise EpisodeError(episode_id, STEP, f"{what} is not six finite numbers [x,y,z,rx,ry,rz]: {value!r}")
-    return pose
+        entry = read_cam2cam_entry(path, episode_id, exterior, list(serials.values()), sources.index_dir)
+    except CalibrationFileError as exc:
+        raise EpisodeError(episode_id, STEP, str(exc)) from exc
+    if entry is None:
+        return report
+    first, second = (cameras[serial] for serial in exterior)
+    from_base = invert(first.base_from_camera) @ second.base_from_camera   # ext2 in ext1's frame
+    from_file = invert(entry.poses[0]) @ entry.poses[1]
+    directions = {}
+    for name, candidate in (("assumed", from_file), ("inverse", invert(from_file))):
+        translation_mm, rotation_deg = pose_deviation(candidate, from_base)
+        directions[name] = {"translation_mm": float(translation_mm), "rotation_deg": float(rotation_deg)}
+    report.update(layout=entry.layout, entry=entry.entry)
+    report["pairs"].append({
+        "cameras": list(exterior), "pose_sources": [first.source, second.source], **directions,
+        "closer": ("assumed" if directions["assumed"]["translation_mm"] <= directions["inverse"]["translation_mm"]
+                   else "inverse"),
+        "baseline_mm": {"cam2base": 1000.0 * float(np.linalg.norm(from_base[:3, 3])),
+                        "cam2cam": 1000.0 * float(np.linalg.norm(from_file[:3, 3]))}})
+    return report
 
 
 def _wrist_check(serial: str, base_from_camera: np.ndarray, trajectory: Trajectory,
@@ -191,3 +287,4 @@ def pose_deviation(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray
     relative = np.swapaxes(a[..., :3, :3], -1, -2) @ b[..., :3, :3]
     angle = Rotation.from_matrix(relative.reshape(-1, 3, 3)).magnitude().reshape(relative.shape[:-2])
     return translation_mm, np.degrees(angle)
+

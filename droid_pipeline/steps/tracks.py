@@ -27,7 +27,7 @@ import numpy as np
 
 from droid_pipeline.core import schema
 from droid_pipeline.core.atomic import savez_atomic, write_json_atomic
-from droid_pipeline.core.config import Config
+from droid_pipeline.core.config import Config, VideoFrameMismatchConfig
 from droid_pipeline.core.errors import EpisodeError
 from droid_pipeline.core.schema import DEPTH_META, EXTRINSICS, INTRINSICS, QUALITY, SCHEMA_VERSION, TRACKS
 from droid_pipeline.formats.depth_codec import DepthCodecError, DepthMeta
@@ -43,14 +43,33 @@ from droid_pipeline.geometry.projection import points_in_camera, project, visibl
 from droid_pipeline.raw.discovery import Episode
 from droid_pipeline.raw.episode import RawEpisode
 from droid_pipeline.raw.trajectory import Trajectory, read_trajectory
-from droid_pipeline.raw.video import VideoError
+from droid_pipeline.raw.video import VideoError, frame_indices
 from droid_pipeline.robot.gripper import GripperModel
-from droid_pipeline.steps.extrinsics import EpisodeExtrinsics, camera_poses
+from droid_pipeline.robot.kinematics import GripperMount
+from droid_pipeline.steps.extrinsics import CalibrationSources, EpisodeExtrinsics, camera_poses
 
 STEP = "tracks"
 OUTPUTS = (TRACKS, EXTRINSICS, QUALITY)
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VideoFrames:
+    """A camera's MP4 against the T control steps: frame i is step i (see ``video_frame_mismatch``)."""
+
+    file: str
+    frame_count: int
+    steps_without_frame: list[int]
+    extra_frames: int                 # frames beyond the last step, ignored
+
+    @property
+    def aligned(self) -> bool:
+        return not self.steps_without_frame and not self.extra_frames
+
+    def quality(self) -> dict[str, Any]:
+        return {"file": self.file, "frame_count": self.frame_count, "steps_without_frame": self.steps_without_frame,
+                "extra_frames": self.extra_frames, "frames_aligned": self.aligned}
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,16 +103,16 @@ def generate_tracks(config: Config, episode: Episode, output_dir: os.PathLike | 
     with raw.trajectory() as h5:
         trajectory = read_trajectory(h5, episode.serials, raw.metadata, config.fps)
     warnings = list(trajectory.warnings)
-    video_frames = _check_video_frames(raw, trajectory.num_frames, warnings)
+    videos = _check_video_frames(raw, trajectory.num_frames, config.video_frame_mismatch, warnings)
 
-    gripper = GripperModel.load()
+    gripper = GripperModel.load(configured_mount(config))
     num_points = config.num_track_points
     geometry = _contact_geometry(gripper, trajectory, num_points)
     extrinsics = camera_poses(episode_id, episode.serials, raw.metadata, trajectory, geometry["flange"],
-                              config.cam2base_extrinsics_path, config.wrist_pose_tolerance_mm)
+                              CalibrationSources.from_config(config), config.wrist_pose_tolerance_mm)
     warnings.extend(extrinsics.warnings)
     depth = _depth_metas(raw, output_dir, trajectory.num_frames, warnings)
-    cameras = _project_cameras(config, raw, output_dir, extrinsics, geometry["tracks_3d"], warnings)
+    cameras = _project_cameras(config, raw, output_dir, extrinsics, geometry["tracks_3d"], videos, warnings)
     sampling = arc_length_sampling(geometry["contact_centroids"], config.normalized_step_size_mm)
     normalized = _normalized_flow(gripper, geometry, trajectory.gripper_positions, sampling, num_points)
 
@@ -103,8 +122,7 @@ def generate_tracks(config: Config, episode: Episode, output_dir: os.PathLike | 
     _require_finite(episode_id, tracks)
     extrinsics_arrays = schema.EXTRINSICS_NPZ.build({"schema_version": SCHEMA_VERSION, **extrinsics.arrays()},
                                                     sizes)
-    quality = _quality(config, raw, trajectory, gripper, extrinsics, cameras, sampling, video_frames, depth,
-                       warnings)
+    quality = _quality(config, raw, trajectory, gripper, extrinsics, cameras, sampling, videos, depth, warnings)
     savez_atomic(output_dir / TRACKS.path, **tracks)
     savez_atomic(output_dir / EXTRINSICS.path, **extrinsics_arrays)
     write_json_atomic(output_dir / QUALITY.path, quality)
@@ -117,23 +135,51 @@ def generate_tracks(config: Config, episode: Episode, output_dir: os.PathLike | 
             "cameras_with_2d_tracks": list(cameras), "files": files, "warnings": warnings}
 
 
-def _check_video_frames(raw: RawEpisode, num_frames: int, warnings: list[str]) -> dict[str, int | None]:
-    """Each camera's MP4 must hold one frame per control step; a missing MP4 is a warning."""
-    counts: dict[str, int | None] = {}
+def configured_mount(config: Config) -> GripperMount:
+    """The flange-to-gripper mount of config ``gripper``."""
+    return GripperMount.of(config.gripper.mount_xyz_m, config.gripper.mount_rpy)
+
+
+def _check_video_frames(raw: RawEpisode, num_frames: int, policy: VideoFrameMismatchConfig,
+                        warnings: list[str]) -> dict[str, VideoFrames | None]:
+    """Each camera's MP4 against the T steps under ``policy`` (None where the camera has no MP4,
+    a warning). Within the tolerance, the steps without a frame come from the frames' timestamps
+    (as the depth step and the renderer number them); beyond it, or with action fail, the episode
+    fails. An MP4 of exactly T frames is aligned."""
+    videos: dict[str, VideoFrames | None] = {}
     for role, serial in raw.episode.serials.items():
         try:
             video = raw.camera_video(serial)
         except VideoError as exc:
             raise raw.fail(str(exc)) from exc
         if video is None:
-            counts[serial] = None
+            videos[serial] = None
             warnings.append(f"{role} camera {serial}: no MP4, frame count not checked")
             continue
-        counts[serial] = video.info.num_frames
-        if video.info.num_frames != num_frames:
-            raise raw.fail(f"{video.path.name} has {video.info.num_frames} frames but trajectory.h5 has "
-                           f"{num_frames} steps")
-    return counts
+        count, name = video.info.num_frames, video.path.name
+        if count == num_frames:
+            videos[serial] = VideoFrames(name, count, [], 0)
+            continue
+        mismatch = f"{name} has {count} frames but trajectory.h5 has {num_frames} steps"
+        if policy.action == "fail":
+            raise raw.fail(f"{mismatch} (video_frame_mismatch.action is fail)")
+        if abs(count - num_frames) > policy.tolerance_frames:
+            raise raw.fail(f"{mismatch}, more than video_frame_mismatch.tolerance_frames = {policy.tolerance_frames}")
+        try:
+            indices = frame_indices(video.path)
+        except VideoError as exc:
+            raise raw.fail(str(exc)) from exc
+        missing = np.setdiff1d(np.arange(num_frames), indices).tolist()
+        extra = int(np.count_nonzero((indices < 0) | (indices >= num_frames)))
+        if max(len(missing), extra) > policy.tolerance_frames:
+            raise raw.fail(f"{mismatch}; by their timestamps {len(missing)} steps have no frame and {extra} "
+                           f"frames fall outside the steps, more than video_frame_mismatch.tolerance_frames = "
+                           f"{policy.tolerance_frames}")
+        videos[serial] = VideoFrames(name, count, missing, extra)
+        effects = ([f"no frame for step(s) {', '.join(map(str, missing))}, invisible there"] if missing else []) \
+            + ([f"{extra} frame(s) beyond the last step ignored"] if extra else [])
+        warnings.append(f"{role} camera {serial}: {mismatch}: {'; '.join(effects)}")
+    return videos
 
 
 def _depth_metas(raw: RawEpisode, output_dir: Path, num_frames: int, warnings: list[str]) -> dict[str, DepthMeta]:
@@ -230,8 +276,10 @@ def _normalized_flow(gripper: GripperModel, geometry: dict[str, np.ndarray], gri
 
 
 def _project_cameras(config: Config, raw: RawEpisode, output_dir: Path, extrinsics: EpisodeExtrinsics,
-                     tracks_3d: np.ndarray, warnings: list[str]) -> dict[str, CameraProjection]:
-    """2D tracks and visibility for every camera with intrinsics, in role order."""
+                     tracks_3d: np.ndarray, videos: dict[str, VideoFrames | None],
+                     warnings: list[str]) -> dict[str, CameraProjection]:
+    """2D tracks and visibility for every camera with intrinsics, in role order; a step the
+    camera's MP4 has no frame for is invisible."""
     cameras: dict[str, CameraProjection] = {}
     for serial, pose in extrinsics.cameras.items():
         path = output_dir / INTRINSICS.for_camera(serial)
@@ -252,6 +300,9 @@ def _project_cameras(config: Config, raw: RawEpisode, output_dir: Path, extrinsi
         pixels = project(in_camera, intrinsics.K, intrinsics.distortion)
         seen = visible(pixels, in_camera[..., 2], intrinsics.width, intrinsics.height,
                        config.min_depth.for_role(pose.role))
+        video = videos.get(serial)
+        if video is not None:
+            seen[video.steps_without_frame] = False
         if not seen.any():
             warnings.append(f"{pose.role} camera {serial}: no contact point visible in any frame")
         cameras[serial] = CameraProjection(serial, pose.role, pixels, seen, intrinsics)
@@ -301,11 +352,12 @@ def _require_finite(episode_id: str, arrays: dict[str, np.ndarray]) -> None:
 
 def _quality(config: Config, raw: RawEpisode, trajectory: Trajectory, gripper: GripperModel,
              extrinsics: EpisodeExtrinsics, cameras: dict[str, CameraProjection], sampling: ArcLengthSampling,
-             video_frames: dict[str, int | None], depth: dict[str, DepthMeta], warnings: list[str]) -> dict[str, Any]:
+             videos: dict[str, VideoFrames | None], depth: dict[str, DepthMeta], warnings: list[str]) -> dict[str, Any]:
     """quality.json: provenance of every input and the measured checks."""
     episode = raw.episode
     gripper_positions = trajectory.gripper_positions
     separation_mm = 1000.0 * gripper.pad_separation(gripper_positions)
+    mount = configured_mount(config)
     return {
         "schema_version": SCHEMA_VERSION,
         "step": STEP,
@@ -316,7 +368,9 @@ def _quality(config: Config, raw: RawEpisode, trajectory: Trajectory, gripper: G
         "num_frames": trajectory.num_frames,
         "fps": trajectory.fps,
         "fps_source": trajectory.fps_source,
-        "video_frames": video_frames,
+        "video_frames": {s: None if v is None else v.frame_count for s, v in videos.items()},
+        "video_alignment": {s: None if v is None else v.quality() for s, v in videos.items()},
+        "camera_types": dict(trajectory.camera_types),
         "num_track_points": config.num_track_points,
         "num_points_per_finger": config.num_track_points // 2,
         "normalized_step_size_mm": config.normalized_step_size_mm,
@@ -324,6 +378,7 @@ def _quality(config: Config, raw: RawEpisode, trajectory: Trajectory, gripper: G
         "path_length_mm": sampling.path_length_mm,
         "gripper_position_range": [float(gripper_positions.min()), float(gripper_positions.max())],
         "pad_separation_range_mm": [float(separation_mm.min()), float(separation_mm.max())],
+        "gripper_mount": {"xyz_m": list(mount.xyz_m), "rpy": list(mount.rpy)},
         "calibration": extrinsics.quality(),
         "intrinsics": {s: {"role": c.role, "source": c.intrinsics.source, "rectified": c.intrinsics.rectified,
                            "width": c.intrinsics.width, "height": c.intrinsics.height} for s, c in cameras.items()},

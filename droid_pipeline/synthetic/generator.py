@@ -7,8 +7,9 @@ DROID_FORMAT.md):
 - ``droid_raw/<LAB>/<success|failure>/<YYYY-MM-DD>/<asctime folder>/``: ``trajectory.h5``,
   ``metadata_<uuid>.json``, ``recordings/MP4/<serial>.mp4`` (rectified left) and
   ``<serial>-stereo.mp4`` (left|right). SVO files are not written: they cannot be faked honestly.
-- ``calibration/``: ``cam2base_extrinsic_superset.json`` and ``intrinsics.json`` keyed by episode
-  id, and ``zed/SN<serial>.conf`` factory files whose ZED-style rectification
+- ``calibration/``: ``cam2base_extrinsic_superset.json``, ``cam2cam_extrinsics.json`` (the two
+  exterior cameras in ext1's frame, as ``left_cam`` / ``right_cam``) and ``intrinsics.json`` keyed
+  by episode id, and ``zed/SN<serial>.conf`` factory files whose ZED-style rectification
   (:func:`droid_pipeline.raw.zed_conf.rectify`) gives exactly the intrinsics the videos are rendered
   with.
 - ``ground_truth/``: per episode the true rectified intrinsics, baselines and poses of every
@@ -19,7 +20,8 @@ DROID_FORMAT.md):
 The robot follows a smooth joint-space loop near the Panda home pose; ``cartesian_position`` is
 the flange pose from :func:`droid_pipeline.robot.kinematics.panda_flange_poses`, the gripper closes and
 opens once, and the videos are ray-cast (:mod:`droid_pipeline.synthetic.raycast`) from a textured room,
-table and objects with the finger pads (and a gripper body) at their true poses. Everything is
+table and objects with the finger pads (and a gripper body) at their true poses, on the gripper
+mount the dataset is generated with (the URDF's unless given; config.yaml names it). Everything is
 deterministic per seed; each episode draws from its own stream, so episode i is the same
 whatever the number of episodes.
 """
@@ -56,7 +58,7 @@ from droid_pipeline.raw.zed_conf import (
     rectify,
 )
 from droid_pipeline.robot.gripper import GripperModel
-from droid_pipeline.robot.kinematics import panda_flange_poses
+from droid_pipeline.robot.kinematics import GripperMount, panda_flange_poses
 from droid_pipeline.synthetic.raycast import Box, Material, PinholeCamera, render
 
 CONTROL_HZ = 15
@@ -146,6 +148,7 @@ class DatasetInfo:
     droid_root: Path
     config_path: Path
     cam2base_path: Path
+    cam2cam_path: Path
     intrinsics_path: Path
     zed_calibration_dir: Path
     ground_truth_dir: Path
@@ -160,7 +163,7 @@ class DatasetInfo:
 
     def to_json(self) -> dict[str, Any]:
         paths = {k: os.path.relpath(getattr(self, k), self.root)
-                 for k in ("droid_root", "config_path", "cam2base_path", "intrinsics_path",
+                 for k in ("droid_root", "config_path", "cam2base_path", "cam2cam_path", "intrinsics_path",
                            "zed_calibration_dir", "ground_truth_dir")}
         return {**paths, "episodes": [vars(e) for e in self.episodes]}
 
@@ -174,8 +177,10 @@ def load_dataset_info(root: os.PathLike | str) -> DatasetInfo:
 
 
 def generate_dataset(out_dir: os.PathLike | str, episodes: int = 3, frames: int = 40,
-                     size: tuple[int, int] = (320, 180), seed: int = 0) -> DatasetInfo:
-    """Write ``episodes`` synthetic episodes of ``frames`` steps at ``size`` (W, H) into ``out_dir``.
+                     size: tuple[int, int] = (320, 180), seed: int = 0,
+                     mount: GripperMount | None = None) -> DatasetInfo:
+    """Write ``episodes`` synthetic episodes of ``frames`` steps at ``size`` (W, H) into ``out_dir``,
+    the gripper on ``mount`` (None: the URDF's).
 
     Episode i is a failure when i % 3 == 1, uses ``_`` instead of ``:`` in its folder name when
     i is odd, sits in a date folder one day before its own timestamp when i % 3 == 2 (recorded
@@ -193,16 +198,20 @@ def generate_dataset(out_dir: os.PathLike | str, episodes: int = 3, frames: int 
     _prepare_output(root)
     info = DatasetInfo(root=root, droid_root=root / "droid_raw", config_path=root / "config.yaml",
                        cam2base_path=root / "calibration" / "cam2base_extrinsic_superset.json",
+                       cam2cam_path=root / "calibration" / "cam2cam_extrinsics.json",
                        intrinsics_path=root / "calibration" / "intrinsics.json",
                        zed_calibration_dir=root / "calibration" / "zed",
                        ground_truth_dir=root / "ground_truth")
+    gripper = GripperModel.load(mount)
     cam2base: dict[str, Any] = {}
+    cam2cam: dict[str, Any] = {}
     intrinsics: dict[str, Any] = {}
     written = []
     for index in range(episodes):
-        episode = _plan_episode(seed, index, frames, width, height)
+        episode = _plan_episode(seed, index, frames, width, height, gripper)
         _write_episode(info, episode)
         cam2base[episode.episode_id] = _cam2base_entry(episode)
+        cam2cam[episode.episode_id] = _cam2cam_entry(episode)
         intrinsics[episode.episode_id] = {
             rig.serial: [rig.rectified.K[0, 0], rig.rectified.K[0, 2], rig.rectified.K[1, 1], rig.rectified.K[1, 2]]
             for rig in episode.cameras.values()}
@@ -213,8 +222,9 @@ def generate_dataset(out_dir: os.PathLike | str, episodes: int = 3, frames: int 
                                         frames, width, height))
     info = DatasetInfo(**{**vars(info), "episodes": tuple(written)})
     write_json_atomic(info.cam2base_path, cam2base)
+    write_json_atomic(info.cam2cam_path, cam2cam)
     write_json_atomic(info.intrinsics_path, intrinsics)
-    write_text_atomic(info.config_path, _config_text())
+    write_text_atomic(info.config_path, _config_text(mount))
     write_json_atomic(info.ground_truth_dir / "dataset.json", info.to_json())
     return info
 
@@ -263,6 +273,7 @@ class EpisodePlan:
     objects: tuple[Box, ...]
     stale_serial: str | None
     with_h5_intrinsics: bool
+    gripper: GripperModel
 
     @property
     def episode_id(self) -> str:
@@ -277,7 +288,8 @@ class EpisodePlan:
         return len(self.joint_positions)
 
 
-def _plan_episode(seed: int, index: int, frames: int, width: int, height: int) -> EpisodePlan:
+def _plan_episode(seed: int, index: int, frames: int, width: int, height: int,
+                  gripper_model: GripperModel) -> EpisodePlan:
     rng = np.random.default_rng([seed, index])
     lab_index = int(rng.integers(len(LABS)))
     lab, building = LABS[lab_index], BUILDINGS[lab_index % len(BUILDINGS)]
@@ -298,10 +310,10 @@ def _plan_episode(seed: int, index: int, frames: int, width: int, height: int) -
     date_folder = (day - dt.timedelta(days=1) if after_midnight else day).isoformat()
 
     outcome = "failure" if index % 3 == 1 else "success"
-    joints, gripper, command = _plan_motion(rng, frames, closed_value=1.0 if outcome == "failure"
-                                            else float(rng.uniform(0.75, 0.92)))
+    joints, gripper, command = _plan_motion(rng, frames, 1.0 if outcome == "failure"
+                                            else float(rng.uniform(0.75, 0.92)), gripper_model)
     flange = panda_flange_poses(joints)
-    pad_centre = _pad_centre_path(flange, gripper)
+    pad_centre = _pad_centre_path(flange, gripper, gripper_model)
     target = pad_centre.mean(axis=0)
     cameras = {}
     for role in ROLES:
@@ -322,10 +334,10 @@ def _plan_episode(seed: int, index: int, frames: int, width: int, height: int) -
         joint_positions=joints, gripper_position=gripper, gripper_command=command,
         flange_poses=flange, wrist_offset=wrist_offset, cameras=cameras, objects=_scene_objects(rng),
         stale_serial=str(rng.integers(20_000_000, 40_000_000)) if index % 3 == 1 else None,
-        with_h5_intrinsics=after_midnight)
+        with_h5_intrinsics=after_midnight, gripper=gripper_model)
 
 
-def _plan_motion(rng: np.random.Generator, frames: int, closed_value: float
+def _plan_motion(rng: np.random.Generator, frames: int, closed_value: float, gripper_model: GripperModel
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Joint positions (T, 7), observed gripper_position (T,) and commanded gripper target (T,).
 
@@ -335,7 +347,6 @@ def _plan_motion(rng: np.random.Generator, frames: int, closed_value: float
     commanded closed from 30% to 65% of the episode and follows within a few steps, stopping at
     ``closed_value`` (short of 1 when it holds an object).
     """
-    gripper_model = GripperModel.load()
     for _ in range(200):
         waypoints = WORK_JOINTS + rng.uniform(-1.0, 1.0, (NUM_WAYPOINTS, 7)) * WAYPOINT_SPREAD
         spline = CubicSpline(np.arange(NUM_WAYPOINTS + 1), np.vstack([waypoints, waypoints[:1]]),
@@ -369,10 +380,8 @@ def _plan_motion(rng: np.random.Generator, frames: int, closed_value: float
     return joints, closed_value * (closing - opening), command
 
 
-def _pad_centre_path(flange: np.ndarray, gripper_position: np.ndarray,
-                     model: GripperModel | None = None) -> np.ndarray:
+def _pad_centre_path(flange: np.ndarray, gripper_position: np.ndarray, model: GripperModel) -> np.ndarray:
     """(T, 3) base-frame midpoint of the two pad boxes' centres."""
-    model = model or GripperModel.load()
     centre, _ = model.pad_box_local()
     left, right = model.finger_poses(gripper_position)
     mid = 0.5 * (left[:, :3, :3] @ centre + left[:, :3, 3] + right[:, :3, :3] @ centre + right[:, :3, 3])
@@ -458,7 +467,7 @@ def _scene_objects(rng: np.random.Generator) -> tuple[Box, ...]:
 def _gripper_boxes(episode: EpisodePlan) -> list[list[Box]]:
     """Per step: the two finger pads (GripperModel's pad boxes at the true finger poses) and the
     gripper body, in the base frame."""
-    model = GripperModel.load()
+    model = episode.gripper
     centre, half = model.pad_box_local()
     to_centre = np.eye(4)
     to_centre[:3, 3] = centre
@@ -772,6 +781,18 @@ def _cam2base_entry(episode: EpisodePlan) -> dict[str, Any]:
     return entry
 
 
+def _cam2cam_entry(episode: EpisodePlan) -> dict[str, Any]:
+    """The exterior cameras' true poses in ext1's frame (4x4, camera to that frame), left_cam =
+    ext1, with each one's rectified focal length and principal point (unread by the pipeline)."""
+    reference = np.linalg.inv(episode.cameras["ext1"].poses[0])
+    entry: dict[str, Any] = {}
+    for name, role in (("left_cam", "ext1"), ("right_cam", "ext2")):
+        rig = episode.cameras[role]
+        entry[name] = {"pose": (reference @ rig.poses[0]).tolist(), "focal": float(rig.rectified.K[0, 0]),
+                       "principal_point": [float(rig.rectified.K[0, 2]), float(rig.rectified.K[1, 2])]}
+    return entry
+
+
 def _ground_truth_cameras(episode: EpisodePlan) -> dict[str, Any]:
     """cameras.json: per serial its role, video size, rectified K, baseline and left-lens pose
     (exterior: one 4x4; wrist: the 4x4 offset on panda_link8, its per-step pose being flange x
@@ -790,7 +811,12 @@ def _ground_truth_cameras(episode: EpisodePlan) -> dict[str, Any]:
     return out
 
 
-def _config_text() -> str:
+def _config_text(mount: GripperMount | None) -> str:
+    def numbers(values: tuple[float, ...]) -> str:  # exact, and floats to YAML (which reads 1e-05 as text)
+        return "[" + ", ".join(np.format_float_positional(v, trim="0") for v in values) + "]"
+
+    gripper = "" if mount is None else ("# The gripper mount the episodes were rendered with.\ngripper:\n"
+                                        f"  mount_xyz_m: {numbers(mount.xyz_m)}\n  mount_rpy: {numbers(mount.rpy)}\n")
     return """\
 # Pipeline configuration for this synthetic dataset (written by droid_pipeline.synthetic.generator).
 # Relative paths resolve against this file's folder.
@@ -798,6 +824,7 @@ droid_root: droid_raw
 output_root: output
 run_root: runs
 cam2base_extrinsics_path: calibration/cam2base_extrinsic_superset.json
+cam2cam_extrinsics_path: calibration/cam2cam_extrinsics.json
 intrinsics_path: calibration/intrinsics.json
 zed_calibration_dir: calibration/zed
 # The synthetic set has failure episodes on purpose.
@@ -805,4 +832,4 @@ outcomes: [success, failure]
 # There are no SVO files, so no ZED SDK source and the CPU stereo depth backend.
 intrinsics_sources: [published, h5, zed_conf]
 depth_backend: stereo
-"""
+""" + gripper

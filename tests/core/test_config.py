@@ -114,3 +114,58 @@ def test_effective_config_round_trips(tmp_path: Path):
     config = load_config(overrides=["num_track_points=64", "fps=15"])
     dump_config(config, tmp_path / "effective.yaml")
     assert load_config([tmp_path / "effective.yaml"]) == config
+
+
+def test_cam2base_files_one_key_or_the_list_never_both(tmp_path: Path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "old.yaml").write_text("cam2base_extrinsics_path: calib/cam2base_extrinsics.json\n")
+    old = load_config([site / "old.yaml"])
+    assert old.cam2base_paths == [(site / "calib" / "cam2base_extrinsics.json").resolve()]
+    (site / "new.yaml").write_text("cam2base_extrinsics_paths:\n  - calib/superset.json\n  - calib/plain.json\n")
+    new = load_config([site / "new.yaml"])
+    assert new.cam2base_paths == [(site / "calib" / name).resolve() for name in ("superset.json", "plain.json")]
+    assert load_config([site / "new.yaml"], ["cam2base_extrinsics_paths=one.json"]).cam2base_paths == \
+        [(Path.cwd() / "one.json").resolve()]
+    assert load_config().cam2base_paths == []
+    with pytest.raises(ConfigError) as info:
+        load_config([site / "old.yaml", site / "new.yaml"])
+    message = str(info.value)
+    assert f"cam2base_extrinsics_path (set by {site / 'old.yaml'})" in message
+    assert f"cam2base_extrinsics_paths (set by {site / 'new.yaml'})" in message
+    assert load_config([site / "old.yaml", site / "new.yaml"], ["cam2base_extrinsics_path="]).cam2base_paths == \
+        new.cam2base_paths
+
+
+def test_quality_bounds_are_mappings_of_metric_type_to_number(tmp_path: Path):
+    config = load_config(overrides=["min_calibration_quality.at_most.Reprojection_error=2",
+                                    "min_calibration_quality.at_least={iou: 0.8}"])
+    quality = config.min_calibration_quality
+    assert quality.at_most == {"Reprojection_error": 2.0} and quality.at_least == {"iou": 0.8}
+    assert quality.enabled and not load_config().min_calibration_quality.enabled
+    assert load_config(overrides=["min_calibration_quality.at_least="]).min_calibration_quality.at_least == {}
+    for override, expected in (("min_calibration_quality.at_most.x=high", "a number"),
+                               ("min_calibration_quality.at_least=[1]", "a mapping"),
+                               ("min_calibration_quality.at_least={1: 2}", "non-empty string keys"),
+                               ("min_calibration_quality.action=ignore", "one of 'warn', 'fail'")):
+        with pytest.raises(ConfigError, match=expected):
+            load_config(overrides=[override])
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("gripper.mount_xyz_m=[0, 0]", "gripper.mount_xyz_m"),
+    ("gripper.mount_rpy=[0, 0, x]", "gripper.mount_rpy[2]"),
+    ("video_frame_mismatch.tolerance_frames=-1", "video_frame_mismatch.tolerance_frames"),
+    ("video_frame_mismatch.action=skip", "video_frame_mismatch.action"),
+])
+def test_gripper_and_frame_policy_keys_are_checked(override: str, key: str):
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=[override])
+    assert f"'{key}'" in str(info.value)
+
+
+def test_new_groups_round_trip(tmp_path: Path):
+    config = load_config(overrides=["min_calibration_quality.at_most.Reprojection_error=2",
+                                    "gripper.mount_xyz_m=[0, 0, 0.0102]", "cam2base_extrinsics_paths=[a.json]"])
+    dump_config(config, tmp_path / "effective.yaml")
+    assert load_config([tmp_path / "effective.yaml"]) == config

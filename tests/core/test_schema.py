@@ -98,6 +98,8 @@ def test_storage_dtype_comes_from_the_schema(episode_setup, tmp_path, monkeypatc
 def test_build_casts_and_checks_shapes():
     npz = schema.EXTRINSICS_NPZ
     values = {"schema_version": 2, "serials": ["1", "2"], "roles": ["wrist", "ext1"], "sources": ["a", "b"],
+              "calibration_fallback": [False, True], "calibration_quality": [0.0, 0.0],
+              "calibration_metric_types": ["", ""],
               "wrist_serial": "1", "T_base_cam_1": np.tile(np.eye(4), (5, 1, 1)), "T_base_cam_2": np.eye(4)}
     arrays = npz.build(values, {"T": 5})
     assert arrays["schema_version"].dtype == np.int32 and arrays["serials"].dtype.kind == "U"
@@ -114,6 +116,7 @@ def test_build_casts_and_checks_shapes():
 def test_problems_name_dtype_shape_missing_and_unexpected_keys():
     arrays = schema.EXTRINSICS_NPZ.build(
         {"schema_version": 2, "serials": ["7"], "roles": ["ext1"], "sources": ["metadata:ext1_cam_extrinsics"],
+         "calibration_fallback": [True], "calibration_quality": [0.0], "calibration_metric_types": [""],
          "wrist_serial": "", "T_base_cam_7": np.eye(4)}, {})
     arrays["T_base_cam_7"] = arrays["T_base_cam_7"].astype(np.float32)
     arrays["stray"] = np.zeros(1)

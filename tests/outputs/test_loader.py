@@ -14,6 +14,7 @@ import pytest
 from hub_server import HubServer
 from synthetic_fixtures import SMALL_FRAMES, SMALL_SIZE, converted_small_dataset
 
+from droid_pipeline.core.schema import SCHEMA_VERSION
 from droid_pipeline.outputs.loader import LoadError, load_episode
 
 REPO = "user/droid-full"
@@ -150,7 +151,7 @@ def test_broken_or_missing_episodes_are_clear_errors(converted, tmp_path):
         load_episode(folder).camera("ext3")
     tracks = npz(folder / "tracks.npz")
     np.savez_compressed(folder / "tracks.npz", **{**tracks, "schema_version": np.int32(1)})
-    with pytest.raises(LoadError, match="written under output schema 1; this package reads schema 2"):
+    with pytest.raises(LoadError, match=f"written under output schema 1; this package reads schema {SCHEMA_VERSION}"):
         load_episode(folder)
     np.savez_compressed(folder / "tracks.npz", **{**tracks, "tracks_3d": tracks["tracks_3d"].astype(np.float64)})
     with pytest.raises(LoadError, match="does not follow the output contract: tracks.npz: tracks_3d has dtype "

@@ -26,11 +26,15 @@ from droid_pipeline.outputs.overlay import (
     RIGHT_COLOR,
     RenderError,
     draw_axes,
+    draw_pads,
     draw_step,
     draw_tracks,
+    pad_outlines,
     render_episode,
 )
 from droid_pipeline.raw.discovery import build_index
+from droid_pipeline.robot.gripper import GripperModel
+from droid_pipeline.robot.kinematics import GripperMount
 from droid_pipeline.steps.depth import extract_depth
 from droid_pipeline.steps.intrinsics import extract_intrinsics
 from droid_pipeline.steps.tracks import generate_tracks
@@ -349,3 +353,65 @@ def test_help_lists_the_modes():
     result = run_cli("--help")
     assert result.returncode == 0
     assert all(mode in result.stdout for mode in ("tracks", "frames", "normalized", "depth", "--trail"))
+
+
+def pad_corners_from_outputs(data, step: int) -> list[np.ndarray]:
+    """(8, 3) base-frame corners of each pad box at ``step``, from tracks.npz alone: a finger's
+    contact frame has the finger's axes and its points' mean as origin, and its points are
+    ``contact_points_local`` in the finger frame, so the finger frame is known without the model."""
+    centre, half = GripperModel.load().pad_box_local()
+    signs = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], float)
+    local = data.contact_points_local.astype(np.float64)
+    count = data.num_points_per_finger
+    corners = []
+    for frames, points in ((data.left_contact_frames, local[:count]), (data.right_contact_frames, local[count:])):
+        frame = frames[step].astype(np.float64)
+        corners.append((centre + signs * half - points.mean(axis=0)) @ frame[:3, :3].T + frame[:3, 3])
+    return corners
+
+
+def edge_midpoints(uv: np.ndarray, min_length: float) -> np.ndarray:
+    pairs = [(a, b) for a in range(8) for b in range(a + 1, 8) if bin(a ^ b).count("1") == 1]
+    mids = [(uv[a] + uv[b]) / 2 for a, b in pairs if np.linalg.norm(uv[a] - uv[b]) >= min_length]
+    return np.array(mids).reshape(-1, 2)
+
+
+def test_model_pad_outlines_are_drawn_where_the_outputs_put_the_pads(converted):
+    data = read_episode_dir(converted["output"])
+    camera = data.camera("wrist")
+    outlines = pad_outlines(data, GripperModel.load())
+    checked = 0
+    for step in range(0, SMALL_FRAMES, 3):
+        image = np.zeros((SMALL_SIZE[1], SMALL_SIZE[0], 3), np.uint8)
+        draw_pads(image, outlines[step], camera, step)
+        for corners, color in zip(pad_corners_from_outputs(data, step), (LEFT_COLOR, RIGHT_COLOR)):
+            uv, depth = project(corners, camera.pose(step), camera)
+            assert (depth > 0).all()
+            for u, v in np.round(edge_midpoints(uv, 6.0)).astype(int):
+                if not (1 <= u < SMALL_SIZE[0] - 1 and 1 <= v < SMALL_SIZE[1] - 1):
+                    continue
+                window = image[v - 1: v + 2, u - 1: u + 2].reshape(-1, 3).astype(float)
+                # anti-aliased on black: the strongest pixel is the line's colour scaled by its coverage
+                coverage = window @ np.array(color) / np.dot(color, color)
+                best = int(np.argmax(coverage))
+                assert coverage[best] >= 0.5, (step, u, v, window[best])
+                assert np.abs(window[best] - coverage[best] * np.array(color)).max() <= 3, (step, u, v, window[best])
+                checked += 1
+    assert checked >= 40
+
+
+def test_model_mode_renders_the_wrist_camera_and_names_another_mount(converted, tmp_path):
+    data = read_episode_dir(converted["output"])
+    wrist = data.camera("wrist").serial
+    result = render_episode(data, converted["mp4_dir"], tmp_path / "same", what="model", progress=False)
+    assert list(result.videos) == [wrist] and result.messages == []
+    assert len(decode(result.videos[wrist])) == SMALL_FRAMES
+    moved = render_episode(data, converted["mp4_dir"], tmp_path / "moved", what="model", progress=False,
+                           mount=GripperMount((0.0, 0.0, 0.02), (0.0, 0.0, 1.57)))
+    assert moved.messages == ["pad outlines on gripper mount xyz [0.0, 0.0, 0.02], rpy [0.0, 0.0, 1.57]; the tracks "
+                              "were computed on xyz [0.0, 0.0, 0.0], rpy [0.0, 0.0, 1.57] (quality.json gripper_mount)"]
+    same, shifted = decode(result.videos[wrist]), decode(moved.videos[wrist])
+    assert any(np.abs(a.astype(int) - b).max() > 100 for a, b in zip(same, shifted))
+    both = render_episode(data, converted["mp4_dir"], tmp_path / "all", what="model", progress=False,
+                          cameras=list(data.cameras))
+    assert set(both.videos) == set(data.cameras)

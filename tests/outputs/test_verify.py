@@ -16,6 +16,7 @@ import pytest
 from synthetic_fixtures import converted_small_dataset
 
 from droid_pipeline.cli.verify import main
+from droid_pipeline.core.schema import SCHEMA_VERSION
 from droid_pipeline.outputs.verify import CHECKS, verify_episode
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -162,7 +163,7 @@ DAMAGE = [
     (drop_key, "contract", r"tracks.npz: key 'normalized_frames' missing"),
     (widen_dtype, "contract", r"tracks_3d has dtype float64, expected float32"),
     (cut_visibility, "contract", r"visibility_\d+ has shape \(40, 479\), expected \(T, N\) with T=40, M=\d+, N=480"),
-    (old_schema, "contract", r"schema_version 1, current is 2"),
+    (old_schema, "contract", rf"schema_version 1, current is {SCHEMA_VERSION}"),
     (nan_value, "values", r"normalized_tracks_3d has NaN or inf"),
     (stretch_frame, "values", r"contact_frames is not a rigid transform"),
     (move_centroids, "values", r"contact_centroids differs from the mean of its points by 1\.0000 mm"),

@@ -5,15 +5,20 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import trimesh
 import yourdfpy
 from scipy.spatial import cKDTree
+from scipy.spatial.transform import Rotation
 
+from droid_pipeline.core.config import load_config
 from droid_pipeline.robot.gripper import GripperModel, read_binary_stl
-from droid_pipeline.robot.kinematics import read_asset
+from droid_pipeline.robot.kinematics import GripperMount, read_asset
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 NUM_POINTS = 480
 GRIPPER_POSITIONS = np.array([0.0, 0.1, 0.33, 0.5, 0.8, 0.97, 1.0])
@@ -224,3 +229,58 @@ def test_stl_reader_matches_trimesh_and_refuses_truncated_files(shared_data):
         read_binary_stl(data[:-10])
     with pytest.raises(ValueError, match="not a binary STL"):
         read_binary_stl(b"solid")
+
+
+# ---------------------------------------------------------------- the mount
+
+
+def test_default_config_mount_is_the_urdf_joint(model, mount):
+    gripper = load_config().gripper
+    configured = GripperMount.of(gripper.mount_xyz_m, gripper.mount_rpy)
+    np.testing.assert_allclose(configured.transform(), mount, rtol=0, atol=1e-15)
+    mounted = GripperModel.load(configured)
+    for got, want in zip(mounted.finger_poses(GRIPPER_POSITIONS), model.finger_poses(GRIPPER_POSITIONS)):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-15)
+
+
+def test_another_mount_carries_every_flange_frame_pose(model, linkage):
+    """Reference: SciPy's extrinsic xyz Euler angles (the URDF's fixed-axis rpy) and yourdfpy's linkage."""
+    xyz, rpy = (0.004, -0.002, 0.0102), (0.02, -0.03, 1.5)
+    expected_mount = np.eye(4)
+    expected_mount[:3, :3] = Rotation.from_euler("xyz", rpy).as_matrix()
+    expected_mount[:3, 3] = xyz
+    mounted = GripperModel.load(GripperMount(xyz, rpy))
+    assert GripperModel.load(GripperMount(xyz, rpy)) is mounted        # one shared model per mount
+    np.testing.assert_allclose(mounted.gripper_frame_in_flange(), expected_mount, atol=1e-15)
+    left, right = mounted.finger_poses(GRIPPER_POSITIONS)
+    for i, angle in enumerate(mounted.finger_angle(GRIPPER_POSITIONS)):
+        expected_left, expected_right = reference_finger_poses(linkage, float(angle))
+        np.testing.assert_allclose(left[i], expected_mount @ expected_left, atol=1e-9)
+        np.testing.assert_allclose(right[i], expected_mount @ expected_right, atol=1e-9)
+    np.testing.assert_array_equal(mounted.contact_points_local(NUM_POINTS), model.contact_points_local(NUM_POINTS))
+    assert mounted.max_width == model.max_width
+    np.testing.assert_allclose(model.gripper_frame_in_flange(), GripperMount.of([0, 0, 0], [0, 0, 1.57]).transform(),
+                               atol=1e-15)  # the shared default model is untouched
+
+
+@pytest.mark.parametrize("xyz, rpy", [([0, 0], [0, 0, 0]), ([0, 0, np.nan], [0, 0, 0]), ([0, 0, 0], [0, 0, 0, 0])])
+def test_mount_needs_three_finite_numbers_each(xyz, rpy):
+    with pytest.raises(ValueError, match="three finite numbers each"):
+        GripperMount.of(xyz, rpy)
+
+
+def test_documented_pad_distances_from_the_flange_are_the_models(model, linkage, mount):
+    """The pads' contact centroid along the flange z axis, open and closed, as the docs quote it
+    (reference: yourdfpy's finger poses on the URDF mount)."""
+    local = model.contact_points_local(NUM_POINTS)
+    quoted = []
+    for position in (0.0, 1.0):
+        angle = float(model.finger_angle(np.array([position]))[0])
+        left, right = (mount @ pose for pose in reference_finger_poses(linkage, angle))
+        points = np.concatenate([local[:240] @ left[:3, :3].T + left[:3, 3],
+                                 local[240:] @ right[:3, :3].T + right[:3, 3]])
+        quoted.append(f"{1000 * points.mean(axis=0)[2]:.1f} mm")
+    assert quoted == ["140.5 mm", "151.8 mm"]
+    for doc in (REPO_ROOT / "docs" / "gripper_model.md", REPO_ROOT / "droid_pipeline" / "core" / "default.yaml"):
+        text = doc.read_text()
+        assert all(value.replace(" mm", "") in text for value in quoted), doc

@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -105,19 +107,30 @@ class Built:
     def quality(self) -> dict:
         return json.loads((self.output_dir / "quality.json").read_text())
 
+    @property
+    def folder(self) -> Path:
+        return self.root / "droid_raw" / LAB / "success" / DATE / FOLDER
+
     def h5(self, key: str) -> np.ndarray:
-        folder = self.root / "droid_raw" / LAB / "success" / DATE / FOLDER
-        with h5py.File(folder / "trajectory.h5", "r") as h5:
+        with h5py.File(self.folder / "trajectory.h5", "r") as h5:
             return h5[key][()]
 
+    def set_h5(self, key: str, value: np.ndarray) -> None:
+        with h5py.File(self.folder / "trajectory.h5", "r+") as h5:
+            del h5[key]
+            h5.create_dataset(key, data=value)
 
-def write_video(path: Path, frames: int) -> None:
+
+def write_video(path: Path, frames: int, pts: list[int] | None = None) -> None:
+    """``frames`` black frames at 15 Hz; ``pts`` numbers them (in 1/15 s) where given."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:
         stream = container.add_stream("mpeg4", rate=15)
         stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
-        for _ in range(frames):
+        for index in range(frames):
             frame = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")
+            if pts is not None:
+                frame.pts, frame.time_base = pts[index], Fraction(1, 15)
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
 
@@ -496,8 +509,8 @@ def assert_fails(built: Built, *phrases: str) -> None:
      ("missing dataset observation/robot_state/gripper_position",)),
     (EpisodeSpec(num_frames=10, drop_h5=(f"observation/camera_extrinsics/{SERIALS['wrist']}_left",)),
      (f"missing dataset observation/camera_extrinsics/{SERIALS['wrist']}_left",)),
-    (EpisodeSpec(num_frames=10, video_frames={SERIALS["ext2"]: 11}),
-     (f"{SERIALS['ext2']}.mp4 has 11 frames", "10 steps")),
+    (EpisodeSpec(num_frames=10, video_frames={SERIALS["ext2"]: 13}),
+     (f"{SERIALS['ext2']}.mp4 has 13 frames", "10 steps")),
     (EpisodeSpec(num_frames=10, metadata_extra={"trajectory_length": 12}),
      ("trajectory_length 12", "10 steps")),
     (EpisodeSpec(num_frames=10, cam2base={EPISODE_ID: {"99999999": [0, 0, 1, 0, 0, 0]}}),
@@ -620,3 +633,161 @@ def test_command_line_writes_outputs_and_help_names_every_key(episode: Built, tm
                              "--episode_id", EPISODE_ID + "x"], capture_output=True, text=True, check=False)
     assert failed.returncode == 1
     assert f"episode {EPISODE_ID}x: step tracks: unknown episode id" in failed.stderr
+
+
+# ---------------------------------------------------------------- video frame counts
+
+def expected_visibility(built: Built, serial: str, role: str) -> np.ndarray:
+    """In front beyond min_depth and inside the image (the masks' geometry, computed here)."""
+    tracks, extrinsics = built.tracks(), built.extrinsics()
+    points = tracks["tracks_3d"].astype(np.float64)
+    T = points.shape[0]
+    inverse = np.linalg.inv(np.broadcast_to(extrinsics[f"T_base_cam_{serial}"], (T, 4, 4)))
+    depth = np.einsum("tj,tnj->tn", inverse[:, 2, :3], points) + inverse[:, None, 2, 3]
+    uv = tracks[f"tracks_2d_{serial}"]
+    return ((depth > (0.01 if role == "wrist" else 0.10)) & (uv[..., 0] >= -0.5) & (uv[..., 0] < WIDTH - 0.5)
+            & (uv[..., 1] >= -0.5) & (uv[..., 1] < HEIGHT - 0.5))
+
+
+def alignment(file: str, count: int, missing: list[int], extra: int) -> dict:
+    return {"file": file, "frame_count": count, "steps_without_frame": missing, "extra_frames": extra,
+            "frames_aligned": not missing and not extra}
+
+
+def test_mp4_one_frame_short_completes_with_the_missing_step_invisible(tmp_path: Path) -> None:
+    ext1 = SERIALS["ext1"]
+    built = build_episode(tmp_path, EpisodeSpec(num_frames=10, video_frames={ext1: 9}))
+    built.run()
+    tracks, quality = built.tracks(), built.quality()
+    seen = tracks[f"visibility_{ext1}"]
+    expected = expected_visibility(built, ext1, "ext1")
+    assert expected[9].any() and not seen[9].any()
+    np.testing.assert_array_equal(seen[:9], expected[:9])
+    np.testing.assert_array_equal(tracks[f"visibility_{SERIALS['ext2']}"],
+                                  expected_visibility(built, SERIALS["ext2"], "ext2"))
+    assert quality["video_frames"][ext1] == 9
+    assert quality["video_alignment"][ext1] == alignment(f"{ext1}.mp4", 9, [9], 0)
+    assert quality["video_alignment"][SERIALS["wrist"]] == alignment(f"{SERIALS['wrist']}.mp4", 10, [], 0)
+    assert quality["visible_fraction"][ext1] == pytest.approx(seen.mean())
+    assert f"ext1 camera {ext1}: {ext1}.mp4 has 9 frames but trajectory.h5 has 10 steps: no frame for step(s) 9, " \
+           "invisible there" in quality["warnings"]
+
+
+def test_mp4_one_frame_long_completes_with_the_extra_frame_ignored(tmp_path: Path) -> None:
+    ext2 = SERIALS["ext2"]
+    built = build_episode(tmp_path, EpisodeSpec(num_frames=10, video_frames={ext2: 11}))
+    built.run()
+    np.testing.assert_array_equal(built.tracks()[f"visibility_{ext2}"], expected_visibility(built, ext2, "ext2"))
+    assert built.quality()["video_alignment"][ext2] == alignment(f"{ext2}.mp4", 11, [], 1)
+    assert any("1 frame(s) beyond the last step ignored" in w for w in built.quality()["warnings"])
+
+
+def test_frame_lost_mid_stream_is_that_step_by_the_timestamps(tmp_path: Path) -> None:
+    wrist = SERIALS["wrist"]
+    built = build_episode(tmp_path, EpisodeSpec(num_frames=10))
+    write_video(built.folder / "recordings" / "MP4" / f"{wrist}.mp4", 9, pts=[0, 1, 2, 3, 5, 6, 7, 8, 9])
+    built.run()
+    seen, expected = built.tracks()[f"visibility_{wrist}"], expected_visibility(built, wrist, "wrist")
+    assert expected[4].any() and not seen[4].any()
+    np.testing.assert_array_equal(np.delete(seen, 4, axis=0), np.delete(expected, 4, axis=0))
+    assert built.quality()["video_alignment"][wrist] == alignment(f"{wrist}.mp4", 9, [4], 0)
+
+
+def test_frame_count_beyond_tolerance_or_with_action_fail_fails(tmp_path: Path) -> None:
+    ext1 = SERIALS["ext1"]
+    assert_fails(build_episode(tmp_path / "a", EpisodeSpec(num_frames=10, video_frames={ext1: 7})),
+                 f"{ext1}.mp4 has 7 frames but trajectory.h5 has 10 steps, more than "
+                 "video_frame_mismatch.tolerance_frames = 2")
+    short = build_episode(tmp_path / "b", EpisodeSpec(num_frames=10, video_frames={ext1: 9}))
+    with pytest.raises(EpisodeError, match=r"has 9 frames but trajectory.h5 has 10 steps \(video_frame_mismatch."
+                                           r"action is fail\)"):
+        short.run("video_frame_mismatch.action=fail")
+    with pytest.raises(EpisodeError, match="more than video_frame_mismatch.tolerance_frames = 0"):
+        short.run("video_frame_mismatch.tolerance_frames=0")
+    short.run("video_frame_mismatch.tolerance_frames=1")
+    gapped = build_episode(tmp_path / "c", EpisodeSpec(num_frames=10))
+    write_video(gapped.folder / "recordings" / "MP4" / f"{ext1}.mp4", 9, pts=[0, 1, 2, 6, 7, 8, 9, 10, 11])
+    assert_fails(gapped, "by their timestamps 3 steps have no frame and 2 frames fall outside the steps")
+
+
+# ---------------------------------------------------------------- camera types
+
+def test_fixed_camera_type_2_is_an_exterior_camera_with_2d_tracks(tmp_path: Path) -> None:
+    ext2 = SERIALS["ext2"]
+    built = build_episode(tmp_path, EpisodeSpec(num_frames=10))
+    built.set_h5(f"observation/camera_type/{ext2}", np.full(10, 2, np.int64))
+    built.run()
+    tracks, quality = built.tracks(), built.quality()
+    assert ext2 in tracks["cameras_with_2d_tracks"].tolist()
+    poses, points = built.extrinsics()[f"T_base_cam_{ext2}"], tracks["tracks_3d"].astype(np.float64)
+    camera_from_base = np.linalg.inv(poses)
+    rvec, _ = cv2.Rodrigues(camera_from_base[:3, :3])
+    expected, _ = cv2.projectPoints(points[5], rvec, camera_from_base[:3, 3], K, np.zeros(5))
+    np.testing.assert_allclose(tracks[f"tracks_2d_{ext2}"][5], expected[:, 0], atol=1e-3)
+    assert tracks[f"visibility_{ext2}"].mean() > 0.5
+    assert quality["camera_types"] == {SERIALS["wrist"]: "wrist", SERIALS["ext1"]: "exterior", ext2: "fixed"}
+
+
+@pytest.mark.parametrize("role, values, phrase", [
+    ("ext2", [3] * 10, f"camera {SERIALS['ext2']} (ext2) has observation/camera_type/{SERIALS['ext2']} = [3], "
+                       "not a DROID camera type"),
+    ("wrist", [2] * 10, f"metadata names camera {SERIALS['wrist']} as wrist but "
+                        f"observation/camera_type/{SERIALS['wrist']} says [2]"),
+    ("ext1", [0] * 10, f"metadata names camera {SERIALS['ext1']} as ext1 but"),
+    ("ext1", [1] * 5 + [2] * 5, f"camera {SERIALS['ext1']} (ext1) changes type within the episode"),
+], ids=["unknown-value", "wrist-as-fixed", "exterior-as-wrist", "changing"])
+def test_camera_types_that_do_not_fit_fail(tmp_path: Path, role: str, values: list[int], phrase: str) -> None:
+    built = build_episode(tmp_path, EpisodeSpec(num_frames=10))
+    built.set_h5(f"observation/camera_type/{SERIALS[role]}", np.array(values, np.int64))
+    assert_fails(built, phrase)
+
+
+# ---------------------------------------------------------------- gripper mount
+
+def urdf_with_mount(tmp_path: Path, xyz: list[float], rpy: list[float]) -> yourdfpy.URDF:
+    """The reference URDF with the flange-to-gripper joint's origin set to ``xyz`` / ``rpy``."""
+    tree = ET.parse(REPO_ROOT.parent / "shared" / "data" / "panda_robotiq.urdf")
+    (joint,) = [j for j in tree.getroot().iter("joint") if j.find("child").get("link") == "robotiq_85_base_link"]
+    joint.find("origin").set("xyz", " ".join(map(repr, xyz)))
+    joint.find("origin").set("rpy", " ".join(map(repr, rpy)))
+    path = tmp_path / "mounted.urdf"
+    tree.write(path)
+    return yourdfpy.URDF.load(str(path), load_meshes=False, load_collision_meshes=False)
+
+
+def test_changed_mount_offset_moves_tracks_3d_by_exactly_that_offset(tmp_path: Path, urdf: yourdfpy.URDF) -> None:
+    built = build_episode(tmp_path, EpisodeSpec(num_frames=12))
+    built.run()
+    before = built.tracks()
+    offset = [0.012, -0.004, 0.031]
+    built.run(f"gripper.mount_xyz_m={offset}")
+    after = built.tracks()
+    flange = pose6_reference(after["cartesian_positions"])
+    shift = flange[:, :3, :3] @ np.array(offset)            # the offset, in flange axes, at every step
+    np.testing.assert_allclose(after["tracks_3d"].astype(np.float64) - before["tracks_3d"],
+                               np.broadcast_to(shift[:, None], before["tracks_3d"].shape), atol=2e-7)
+    np.testing.assert_allclose(after["contact_centroids"] - before["contact_centroids"], shift, atol=1e-12)
+    reference = urdf_with_mount(tmp_path, offset, [0.0, 0.0, 1.57])
+    check_against_urdf(after, reference)
+    assert built.quality()["gripper_mount"] == {"xyz_m": offset, "rpy": [0.0, 0.0, 1.57]}
+
+
+def check_against_urdf(tracks: dict[str, np.ndarray], reference: yourdfpy.URDF) -> None:
+    flange = pose6_reference(tracks["cartesian_positions"])
+    local = tracks["contact_points_local"]
+    angles = GripperModel.load().finger_angle(tracks["gripper_positions"])   # the linkage does not depend on it
+    np.testing.assert_allclose(tracks["gripper_poses"],
+                               flange @ reference.get_transform("robotiq_85_base_link", "panda_link8"), atol=1e-6)
+    for t in (0, 5, 11):
+        left = flange[t] @ urdf_link_in_flange(reference, "left_inner_finger", angles[t])
+        right = flange[t] @ urdf_link_in_flange(reference, "right_inner_finger", angles[t])
+        expected = np.concatenate([local[:240] @ left[:3, :3].T + left[:3, 3],
+                                   local[240:] @ right[:3, :3].T + right[:3, 3]])
+        np.testing.assert_allclose(tracks["tracks_3d"][t], expected, atol=1e-6)
+
+
+def test_changed_mount_rotation_follows_the_urdf_joint(tmp_path: Path) -> None:
+    built = build_episode(tmp_path, EpisodeSpec(num_frames=12))
+    xyz, rpy = [0.0, 0.002, 0.0102], [0.03, -0.02, 1.5]
+    built.run(f"gripper.mount_xyz_m={xyz}", f"gripper.mount_rpy={rpy}")
+    check_against_urdf(built.tracks(), urdf_with_mount(tmp_path, xyz, rpy))

@@ -20,6 +20,7 @@ from droid_pipeline.raw.discovery import build_index
 from droid_pipeline.raw.video import iter_frames
 from droid_pipeline.raw.zed_conf import parse_conf, rectify
 from droid_pipeline.robot.gripper import GripperModel
+from droid_pipeline.robot.kinematics import GripperMount
 from droid_pipeline.synthetic.generator import (
     DatasetInfo,
     SyntheticError,
@@ -159,6 +160,52 @@ def test_extrinsics_agree_across_h5_metadata_and_cam2base(dataset):
                                                atol=1e-9)
                     np.testing.assert_allclose(truth[serial]["T_base_cam"], left[0], atol=1e-9)
             assert episode.serials["wrist"] not in cam2base[episode.episode_id]
+
+
+def test_cam2cam_file_holds_the_exterior_pair_in_ext1s_frame(dataset):
+    cam2cam = json.loads(dataset.cam2cam_path.read_text())
+    assert set(cam2cam) == {e.episode_id for e in dataset.episodes}
+    for episode in dataset.episodes:
+        truth = ground_truth(dataset, episode)
+        ext1, ext2 = (np.array(truth[episode.serials[role]]["T_base_cam"]) for role in ("ext1", "ext2"))
+        entry = cam2cam[episode.episode_id]
+        np.testing.assert_allclose(entry["left_cam"]["pose"], np.eye(4), atol=1e-12)
+        np.testing.assert_allclose(entry["right_cam"]["pose"], np.linalg.inv(ext1) @ ext2, atol=1e-9)
+        K = np.array(truth[episode.serials["ext2"]]["K"])
+        assert entry["right_cam"]["focal"] == K[0, 0] and entry["right_cam"]["principal_point"] == [K[0, 2], K[1, 2]]
+    assert load_config([dataset.config_path]).cam2cam_extrinsics_path == dataset.cam2cam_path
+
+
+def test_pads_are_rendered_on_the_given_mount(tmp_path):
+    """The true depth under each pad box's projected centre is that box's near face (within its
+    half diagonal) on the mount the set was generated with, and the background on the URDF's."""
+    mount = GripperMount((0.02, 0.015, 0.01), (0.0, 0.0, 1.57))
+    info = generate_dataset(tmp_path / "mounted", episodes=1, frames=5, seed=3, mount=mount)
+    gripper = load_config([info.config_path]).gripper
+    assert (gripper.mount_xyz_m, gripper.mount_rpy) == ([0.02, 0.015, 0.01], [0.0, 0.0, 1.57])
+    episode = info.episodes[0]
+    wrist = episode.serials["wrist"]
+    truth = ground_truth(info, episode)[wrist]
+    depth_mm = np.load(info.ground_truth_path(episode) / truth["depth_file"])
+    with h5py.File(info.episode_dir(episode) / "trajectory.h5", "r") as h5:
+        flange = pose_matrix(h5["observation/robot_state/cartesian_position"][()])
+        opening = h5["observation/robot_state/gripper_position"][()]
+    camera_from_base = np.linalg.inv(flange @ np.array(truth["T_flange_cam"]))
+    K = np.array(truth["K"])
+
+    def surface_minus_centre_mm(model: GripperModel) -> np.ndarray:
+        centre, half = model.pad_box_local()
+        out = []
+        for finger in model.finger_poses(opening):
+            in_camera = (camera_from_base @ flange @ finger @ np.r_[centre, 1.0])[:, :3]
+            u, v = (np.einsum("ij,tj->ti", K, in_camera)[:, :2] / in_camera[:, 2:]).round().astype(int).T
+            out.append(depth_mm[np.arange(len(u)), v, u] - 1000.0 * in_camera[:, 2])
+        return np.concatenate(out)
+
+    on_mount = surface_minus_centre_mm(GripperModel.load(mount))
+    half_diagonal_mm = 1000.0 * np.linalg.norm(GripperModel.load().pad_box_local()[1])
+    assert np.all((on_mount <= 1.0) & (on_mount > -half_diagonal_mm)), on_mount
+    assert np.all(surface_minus_centre_mm(GripperModel.load()) > 100.0)
 
 
 def test_zed_conf_rectification_reproduces_rendered_intrinsics(dataset):

@@ -1,0 +1,54 @@
+"""Frame positions from packet timestamps (no decoding) agree with the decoder's numbering and with
+ffprobe's presentation timestamps, for B-frame H.264 and for a stream with a lost frame."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from droid_pipeline.raw.video import frame_indices, iter_frames
+
+
+def write(path: Path, pts: list[int], codec: str = "libx264") -> None:
+    """Frames at the given positions (units of 1/15 s) of a 15 Hz stream, each a different grey."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=15)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        if codec == "libx264":
+            stream.options = {"bf": "3", "g": "12"}   # B-frames: packets leave out of presentation order
+        for position in pts:
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), position * 9 % 256, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = position, Fraction(1, 15)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
+def ffprobe_positions(path: Path) -> list[int]:
+    probe = json.loads(subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pts_time", "-of", "json",
+         str(path)], check=True, capture_output=True, text=True).stdout)
+    times = sorted(float(p["pts_time"]) for p in probe["packets"])
+    return [round((t - times[0]) * 15) for t in times]
+
+
+@pytest.mark.parametrize("pts", [list(range(20)), [0, 1, 2, 3, 5, 6, 7, 8, 9, 10], [0, 1, 2, 4, 5, 9, 10]],
+                         ids=["whole", "one-lost", "gaps"])
+def test_frame_positions_match_the_decoder_and_ffprobe(tmp_path: Path, pts: list[int]) -> None:
+    path = tmp_path / "video.mp4"
+    write(path, pts)
+    positions = frame_indices(path)
+    assert positions.tolist() == pts
+    assert positions.tolist() == [index for index, _ in iter_frames(path, "gray")]
+    assert positions.tolist() == ffprobe_positions(path)
+
+
+def test_matroska_millisecond_timestamps_give_the_same_positions(tmp_path: Path) -> None:
+    path = tmp_path / "video.mkv"
+    write(path, [0, 1, 2, 4, 5], codec="ffv1")
+    assert frame_indices(path).tolist() == [0, 1, 2, 4, 5] == [index for index, _ in iter_frames(path, "gray")]
