@@ -51,9 +51,10 @@ class GripperModel:
         """``finger_triangles`` (F, 3, 3): the inner finger mesh in its link frame, metres."""
         self._robot = robot
         self._mount = np.array(mount, dtype=np.float64)
-        self._finger_limit = robot.joint(FINGER_JOINT).limit
-        if self._finger_limit is None:
+        limit = robot.joint(FINGER_JOINT).limit
+        if limit is None:
             raise ValueError(f"joint {FINGER_JOINT!r} has no limits in the URDF")
+        self._finger_limit = limit
         left_open, right_open = self._finger_link_poses(np.array(self._finger_limit.lower))
         toward_right = left_open[:3, :3].T @ (right_open[:3, 3] - left_open[:3, 3])
         self._face_triangles, self._face_normal = _contact_face(finger_triangles, toward_right)
@@ -109,6 +110,22 @@ class GripperModel:
         half = num_points // 2
         left, right = self.finger_poses(gripper_position)
         return np.concatenate([transform_points(left, local[:half]), transform_points(right, local[half:])], axis=-2)
+
+    def contact_normals_local(self, num_points: int) -> np.ndarray:
+        """(num_points, 3) outward unit normal of the pad face at each of :meth:`contact_points_local`'s
+        points, in the same finger link frame (it points towards the other finger): the left
+        face's normal for the left half, mirrored like the points for the right half."""
+        half = len(self.contact_points_local(num_points)) // 2
+        left = np.broadcast_to(self._face_normal, (half, 3))
+        return np.concatenate([left, left @ self._mirror.T])
+
+    def contact_normals(self, gripper_position: np.ndarray, num_points: int) -> np.ndarray:
+        """(T, num_points, 3) the pad normals of :meth:`contact_normals_local` in the flange frame."""
+        local = self.contact_normals_local(num_points)
+        half = num_points // 2
+        left, right = self.finger_poses(gripper_position)
+        return np.concatenate([local[:half] @ np.swapaxes(left[..., :3, :3], -1, -2),
+                               local[half:] @ np.swapaxes(right[..., :3, :3], -1, -2)], axis=-2)
 
     def pad_box_local(self) -> tuple[np.ndarray, np.ndarray]:
         """(center (3,), half_extents (3,)): a box in the finger link frame enclosing the pad."""
