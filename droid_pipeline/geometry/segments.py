@@ -51,7 +51,7 @@ class MeshSet:
 
     def __init__(self, meshes: Sequence[np.ndarray]):
         """``meshes``: one (F, 3, 3) triangle array per mesh (metres, outward winding)."""
-        vertices, faces, face_cluster, centres, radii = [], [], [], [], []
+        vertices, faces, cluster_sizes, centres, radii = [], [], [], [], []
         counts = np.zeros((len(meshes), 3), dtype=np.int64)  # vertices, faces, clusters per mesh
         for index, triangles in enumerate(meshes):
             triangles = np.asarray(triangles, dtype=np.float64)
@@ -62,7 +62,7 @@ class MeshSet:
             clusters = _clusters(shared[indexed].mean(axis=1))
             vertices.append(shared)
             faces.append(indexed[np.concatenate(clusters)])
-            face_cluster.append(np.repeat(np.arange(len(clusters)), [len(c) for c in clusters]))
+            cluster_sizes.extend(len(c) for c in clusters)
             for cluster in clusters:
                 centre, radius = _bounding_sphere(shared[indexed[cluster]].reshape(-1, 3))
                 centres.append(centre)
@@ -71,11 +71,11 @@ class MeshSet:
         self.num_meshes = len(meshes)
         start = np.concatenate([np.zeros((1, 3), dtype=np.int64), np.cumsum(counts, axis=0)])
         self.vertex_start = start[:, 0]                                # (L + 1,) each mesh's block of vertices
-        self.mesh_faces = np.stack([start[:-1, 1], start[1:, 1]], axis=1)      # (L, 2) each mesh's face range
-        self.mesh_clusters = np.stack([start[:-1, 2], start[1:, 2]], axis=1)   # (L, 2) and cluster range
+        self.mesh_clusters = np.stack([start[:-1, 2], start[1:, 2]], axis=1)   # (L, 2) each mesh's cluster range
         self.vertices = np.concatenate(vertices)          # (V, 3) in their mesh's frame
         self.faces = np.concatenate(faces)                # (F, 3) vertex rows within the mesh's block
-        self.face_cluster = np.concatenate(face_cluster)  # (F,) cluster within the mesh
+        sizes = np.array(cluster_sizes)
+        self.cluster_faces = np.stack([np.cumsum(sizes) - sizes, np.cumsum(sizes)], axis=1)  # (C, 2) face range
         self.cluster_centres = np.array(centres)          # (C, 3)
         self.cluster_radii = np.array(radii)              # (C,)
         mesh_of_face = np.repeat(np.arange(self.num_meshes), counts[:, 1])
@@ -124,19 +124,22 @@ class _Grid:
     sorted_keys: np.ndarray  # tested targets' cell keys ((t * K + group) * G + row) * G + column, ascending
     order: np.ndarray        # flat target index of each sorted key
     row_columns: np.ndarray  # (T * K * G, 2) first and last occupied column of each group's row (G, -1: none)
-    summed: np.ndarray       # (T, G + 1, G + 1) summed-area table of the targets (all groups) per cell
+    summed: np.ndarray       # (T, K, G + 1, G + 1) summed-area tables of each group's targets per cell
 
-    def cells(self, step: np.ndarray, low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def cells(self, step: np.ndarray, low: np.ndarray, high: np.ndarray,
+              groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Cell ranges (M, 2) [column, row] of z = 1 plane boxes at ``step`` (bounds may be
-        infinite), clipped to the grid, and whether each range holds any target."""
+        infinite), clipped to the grid, and whether each range holds a target of ``groups``."""
         first = np.clip(np.floor((low - self.lower[step]) / self.cell[step]), 0, GRID_CELLS).astype(np.int64)
         last = np.clip(np.floor((high - self.lower[step]) / self.cell[step]), -1, GRID_CELLS - 1).astype(np.int64)
         c0, r0 = np.minimum(first[:, 0], GRID_CELLS - 1), np.minimum(first[:, 1], GRID_CELLS - 1)
         c1, r1 = np.maximum(last[:, 0], 0) + 1, np.maximum(last[:, 1], 0) + 1
         table, side = self.summed.reshape(-1), GRID_CELLS + 1
-        base = step * side * side
-        count = (table[base + r1 * side + c1] - table[base + r0 * side + c1] - table[base + r1 * side + c0]
-                 + table[base + r0 * side + c0])
+        count = np.zeros(len(step), dtype=np.int64)
+        for group in groups:
+            base = (step * self.groups + group) * side * side
+            count += (table[base + r1 * side + c1] - table[base + r0 * side + c1] - table[base + r1 * side + c0]
+                      + table[base + r0 * side + c0])
         return first, last, (count > 0) & (first[:, 0] <= last[:, 0]) & (first[:, 1] <= last[:, 1])
 
 
@@ -186,8 +189,7 @@ def blocked_segments(meshes: MeshSet, mesh_poses: np.ndarray, camera_poses: np.n
     blocked = np.zeros(num_steps * num_targets, dtype=bool)
     if mask.any():
         grid = _bin_targets(local, mask, group, len(skip))
-        candidates = _candidate_faces(meshes, np.logical_not(skip.all(axis=0)), cam_from_base[:, None] @ mesh_poses,
-                                      grid)
+        candidates = _candidate_faces(meshes, ~skip, cam_from_base[:, None] @ mesh_poses, grid)
         for face, target in _pairs(candidates, grid, ~skip):
             blocked[target[_crosses_before(candidates, face, grid, target, margin_m)]] = True
     return blocked.reshape(num_steps, num_targets)
@@ -213,47 +215,61 @@ def _bin_targets(local: np.ndarray, mask: np.ndarray, group: np.ndarray, num_gro
     row_columns[:, 0], row_columns[:, 1] = GRID_CELLS, -1
     np.minimum.at(row_columns[:, 0], row_key, column)
     np.maximum.at(row_columns[:, 1], row_key, column)
-    summed = np.zeros((num_steps, GRID_CELLS + 1, GRID_CELLS + 1), dtype=np.int64)
-    summed[:, 1:, 1:] = np.bincount((step * GRID_CELLS + row) * GRID_CELLS + column,
-                                    minlength=num_steps * GRID_CELLS * GRID_CELLS).reshape(
-        num_steps, GRID_CELLS, GRID_CELLS).cumsum(axis=1).cumsum(axis=2)
+    summed = np.zeros((num_steps, num_groups, GRID_CELLS + 1, GRID_CELLS + 1), dtype=np.int64)
+    summed[:, :, 1:, 1:] = np.bincount(keys, minlength=num_steps * num_groups * GRID_CELLS * GRID_CELLS).reshape(
+        num_steps, num_groups, GRID_CELLS, GRID_CELLS).cumsum(axis=2).cumsum(axis=3)
     farthest = np.where(mask, local[..., 2], -np.inf).max(axis=1)
     distance = np.sqrt(np.einsum("tni,tni->tn", local, local)).ravel()
     return _Grid(local.reshape(-1, 3), distance, lower, upper, cell, farthest, num_groups, keys[sort], flat[sort],
                  row_columns, summed)
 
 
-def _candidate_faces(meshes: MeshSet, active: np.ndarray, cam_from_mesh: np.ndarray, grid: _Grid) -> _Candidates:
-    """Front faces of the clusters whose bounding spheres can reach the targets, per step."""
+def _candidate_faces(meshes: MeshSet, allowed: np.ndarray, cam_from_mesh: np.ndarray, grid: _Grid) -> _Candidates:
+    """Front faces, per step, of the clusters whose bounding spheres can reach targets of the
+    groups the mesh may hide (``allowed`` (K, L))."""
     rotation, translation = cam_from_mesh[..., :3, :3], cam_from_mesh[..., :3, 3]   # (T, L, ...)
-    num_steps, num_meshes = rotation.shape[:2]
-    centre = np.einsum("tlij,lj->tli", rotation, meshes.mesh_centres) + translation
-    kept = active & _sphere_reaches(grid, np.repeat(np.arange(num_steps), num_meshes), centre.reshape(-1, 3),
-                                    np.tile(meshes.mesh_radii, num_steps)).reshape(num_steps, num_meshes)
     camera = invert(cam_from_mesh)[..., :3, 3]  # the camera in each mesh's frame
-    steps_found, meshes_found, corners_found = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros((0, 3, 3))]
-    for index in np.flatnonzero(kept.any(axis=0)):
-        steps = np.flatnonzero(kept[:, index])
-        turn, shift = np.swapaxes(rotation[steps, index], -1, -2), translation[steps, index][:, None]
-        clusters, faces = slice(*meshes.mesh_clusters[index]), slice(*meshes.mesh_faces[index])
-        centre = meshes.cluster_centres[clusters] @ turn + shift
-        reach = _sphere_reaches(grid, np.repeat(steps, centre.shape[1]), centre.reshape(-1, 3),
-                                np.tile(meshes.cluster_radii[clusters], len(steps))).reshape(len(steps), -1)
+    every_step = np.arange(len(rotation))
+    found = [(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3, 3)))]
+    for index in range(meshes.num_meshes):
+        groups = np.flatnonzero(allowed[:, index])
+        if groups.size == 0:
+            continue
+        centre = rotation[:, index] @ meshes.mesh_centres[index] + translation[:, index]
+        steps = every_step[_sphere_reaches(grid, every_step, centre, np.full(len(centre), meshes.mesh_radii[index]),
+                                           groups)]
+        if steps.size == 0:
+            continue
+        first_cluster, stop_cluster = meshes.mesh_clusters[index]
+        turn = np.swapaxes(rotation[steps, index], -1, -2)
+        centre = meshes.cluster_centres[first_cluster:stop_cluster] @ turn + translation[steps, index][:, None]
+        radius = np.broadcast_to(meshes.cluster_radii[first_cluster:stop_cluster], centre.shape[:2])
+        which, cluster = np.nonzero(_sphere_reaches(grid, np.repeat(steps, centre.shape[1]), centre.reshape(-1, 3),
+                                                    radius.ravel(), groups).reshape(centre.shape[:2]))
         # Faces of the clusters kept that face the camera (it lies on the outer side of their plane).
-        front = (camera[steps, index] @ meshes.face_normals[faces].T > meshes.face_offsets[faces]) \
-            & reach[:, meshes.face_cluster[faces]]
-        which, face = np.nonzero(front)
-        vertices = meshes.vertices[meshes.vertex_start[index]:meshes.vertex_start[index + 1]] @ turn + shift
-        steps_found.append(steps[which])
-        meshes_found.append(np.full(len(which), index))
-        corners_found.append(vertices[which[:, None], meshes.faces[faces][face]])
-    step, owner, corners = np.concatenate(steps_found), np.concatenate(meshes_found), np.concatenate(corners_found)
+        cluster += first_cluster
+        size = meshes.cluster_faces[cluster, 1] - meshes.cluster_faces[cluster, 0]
+        which = np.repeat(which, size)
+        face = np.repeat(meshes.cluster_faces[cluster, 0], size) + _ramp(size)
+        front = (np.einsum("pi,pi->p", camera[steps[which], index], meshes.face_normals[face])
+                 > meshes.face_offsets[face])
+        which, face = which[front], face[front]
+        local = meshes.vertices[meshes.vertex_start[index] + meshes.faces[face]]  # (P, 3, 3)
+        corners = np.einsum("pkj,pji->pki", local, turn[which]) + translation[steps[which], index][:, None]
+        found.append((steps[which], np.full(len(face), index), corners))
+    step, owner, corners = (np.concatenate([part[k] for part in found]) for k in range(3))
     depth = corners[..., 2]
     nearest = np.minimum(np.minimum(depth[:, 0], depth[:, 1]), depth[:, 2])
     farthest = np.maximum(np.maximum(depth[:, 0], depth[:, 1]), depth[:, 2])
     keep = (farthest > MIN_DEPTH_M) & (nearest < grid.farthest[step])
     step, owner, corners, nearest = step[keep], owner[keep], corners[keep], nearest[keep]
-    first, last, occupied = grid.cells(step, *_projected_bounds(corners, nearest > MIN_DEPTH_M))
+    low, high = _projected_bounds(corners, nearest > MIN_DEPTH_M)
+    first, last = np.zeros((len(step), 2), np.int64), np.zeros((len(step), 2), np.int64)
+    occupied = np.zeros(len(step), bool)
+    for index in np.unique(owner):
+        mine = owner == index
+        first[mine], last[mine], occupied[mine] = grid.cells(step[mine], low[mine], high[mine],
+                                                             np.flatnonzero(allowed[:, index]))
     a, b, c = (corners[occupied, k] for k in range(3))
     opposite = np.cross(b, c)
     return _Candidates(step[occupied], owner[occupied], np.stack([first[occupied, 0], last[occupied, 0]], axis=1),
@@ -261,13 +277,14 @@ def _candidate_faces(meshes: MeshSet, active: np.ndarray, cam_from_mesh: np.ndar
                        np.stack([np.cross(a, b), opposite, np.cross(c, a)], axis=1), np.einsum("pi,pi->p", a, opposite))
 
 
-def _sphere_reaches(grid: _Grid, step: np.ndarray, centre: np.ndarray, radius: np.ndarray) -> np.ndarray:
+def _sphere_reaches(grid: _Grid, step: np.ndarray, centre: np.ndarray, radius: np.ndarray,
+                    groups: np.ndarray) -> np.ndarray:
     """Whether spheres (camera coordinates, one step each) reach past the camera, before the
-    step's farthest target, and over cells holding targets."""
+    step's farthest target, and over cells holding targets of ``groups``."""
     depth = centre[:, 2]
     reach = np.flatnonzero((depth + radius > MIN_DEPTH_M) & (depth - radius < grid.farthest[step]))
     keep = np.zeros(len(step), dtype=bool)
-    keep[reach] = grid.cells(step[reach], *_sphere_bounds(centre[reach], radius[reach]))[2]
+    keep[reach] = grid.cells(step[reach], *_sphere_bounds(centre[reach], radius[reach]), groups)[2]
     return keep
 
 

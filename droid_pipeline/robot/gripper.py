@@ -34,7 +34,7 @@ from droid_pipeline.robot.urdf import Robot
 FINGER_JOINT = "finger_joint"
 LEFT_FINGER_LINK = "left_inner_finger"
 RIGHT_FINGER_LINK = "right_inner_finger"
-FINGER_MESH = "inner_finger_fine.STL"
+FINGER_MESH = "meshes/inner_finger_fine.STL"
 # Angle tolerance (degrees) for triangles to count as facing the other finger, and the
 # tolerance (degrees / metres) for triangles to count as part of one flat contact face.
 FACING_TOLERANCE_DEG = 10.0

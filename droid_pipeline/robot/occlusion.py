@@ -12,7 +12,10 @@ Labels, per step and point (uint8), for a point in view (in front of the camera,
   Every point out of view is UNKNOWN too.
 
 The robot is the packaged URDF's collision meshes (coarse Franka links, coarse Robotiq links),
-each paired with its link by the file name the URDF gives. Arm links are posed by forward
+each paired with its link by the file name the URDF gives, except for the two inner fingers:
+they carry the contact points, which are sampled on their fine (visual) mesh, so that mesh is
+their occluder too (the coarse one is a hull up to 10 mm larger, with the pad face 0.05 mm in
+front of the points, enough to hide them at grazing views). Arm links are posed by forward
 kinematics of ``joint_positions``; the gripper links hang off the flange pose the tracks use
 (``cartesian_position``) through the finger linkage at ``gripper_position``. A point's own
 finger never hides it from a camera in front of its pad (the pad face is on the outside of the
@@ -158,9 +161,9 @@ class RobotOcclusion:
 def _packaged() -> RobotOcclusion:
     robot = robot_model()
     link_triangles = {}
-    for link, meshes in robot.collision_meshes.items():
+    for link, collision in robot.collision_meshes.items():
         parts = []
-        for mesh in meshes:
+        for mesh in robot.visual_meshes[link] if link in (LEFT_FINGER_LINK, RIGHT_FINGER_LINK) else collision:
             triangles = read_binary_stl(read_asset(f"{MESH_FOLDER}/{PurePosixPath(mesh.filename).name}"))
             parts.append((triangles * mesh.scale) @ mesh.origin[:3, :3].T + mesh.origin[:3, 3])
         link_triangles[link] = np.concatenate(parts)

@@ -1,9 +1,9 @@
 """A small dependency-free URDF reader and vectorized forward kinematics along a joint chain.
 
 The kinematic tree is read (links, joints with origin, axis, limits and mimic), and of the
-geometry only each link's collision meshes: the file name, origin and scale a ``<collision>``
-names (primitives such as cylinders and spheres, visual geometry and inertia are ignored). Mesh
-files are never opened here, so they need not exist. URDF ``rpy`` is fixed-axis roll-pitch-yaw:
+geometry only the meshes each link's ``<collision>`` and ``<visual>`` elements name: file name,
+origin and scale (primitives such as cylinders and spheres, materials and inertia are ignored).
+Mesh files are never opened here, so they need not exist. URDF ``rpy`` is fixed-axis roll-pitch-yaw:
 R = Rz(yaw) @ Ry(pitch) @ Rx(roll).
 """
 
@@ -56,9 +56,9 @@ class Joint:
 
 
 @dataclass(frozen=True, eq=False)
-class CollisionMesh:
-    """A mesh a link's ``<collision>`` names: ``filename`` as written in the URDF, ``origin`` the
-    4x4 pose of the mesh in the link frame, ``scale`` per mesh axis."""
+class MeshReference:
+    """A mesh a link's ``<collision>`` or ``<visual>`` names: ``filename`` as written in the URDF,
+    ``origin`` the 4x4 pose of the mesh in the link frame, ``scale`` per mesh axis."""
 
     filename: str
     origin: np.ndarray
@@ -67,13 +67,14 @@ class CollisionMesh:
 
 @dataclass(frozen=True, eq=False)
 class Robot:
-    """The kinematic tree of a URDF: link names, joints keyed by name, and the collision meshes of
-    the links that have any (link name -> meshes in document order)."""
+    """The kinematic tree of a URDF: link names, joints keyed by name, and the collision and visual
+    meshes of the links that have any (link name -> meshes in document order)."""
 
     name: str
     links: tuple[str, ...]
     joints: Mapping[str, Joint]
-    collision_meshes: Mapping[str, tuple[CollisionMesh, ...]]
+    collision_meshes: Mapping[str, tuple[MeshReference, ...]]
+    visual_meshes: Mapping[str, tuple[MeshReference, ...]]
 
     def joint(self, name: str) -> Joint:
         try:
@@ -167,7 +168,7 @@ def parse_urdf(text: str | bytes) -> Robot:
         raise ValueError(f"not a URDF: root element is <{root.tag}>, expected <robot>")
     name = root.get("name", "")
     links = []
-    collision_meshes = {}
+    meshes: dict[str, dict[str, tuple[MeshReference, ...]]] = {"collision": {}, "visual": {}}
     for element in root.findall("link"):
         link = element.get("name")
         if not link:
@@ -175,11 +176,12 @@ def parse_urdf(text: str | bytes) -> Robot:
         if link in links:
             raise ValueError(f"URDF {name!r}: link {link!r} is defined twice")
         links.append(link)
-        meshes = [_parse_collision_mesh(collision, mesh, f"URDF {name!r}, link {link!r}")
-                  for collision in element.findall("collision")
-                  if (mesh := collision.find("geometry/mesh")) is not None]
-        if meshes:
-            collision_meshes[link] = tuple(meshes)
+        for kind, found in meshes.items():
+            references = [_parse_mesh(geometry, mesh, f"URDF {name!r}, link {link!r}, {kind}")
+                          for geometry in element.findall(kind)
+                          if (mesh := geometry.find("geometry/mesh")) is not None]
+            if references:
+                found[link] = tuple(references)
     joints: dict[str, Joint] = {}
     for element in root.findall("joint"):
         joint = _parse_joint(element, name)
@@ -187,7 +189,8 @@ def parse_urdf(text: str | bytes) -> Robot:
             raise ValueError(f"URDF {name!r}: joint {joint.name!r} is defined twice")
         joints[joint.name] = joint
     _check_tree(name, links, joints)
-    return Robot(name=name, links=tuple(links), joints=joints, collision_meshes=collision_meshes)
+    return Robot(name=name, links=tuple(links), joints=joints, collision_meshes=meshes["collision"],
+                 visual_meshes=meshes["visual"])
 
 
 def load_urdf(path: os.PathLike | str) -> Robot:
@@ -200,12 +203,13 @@ def load_urdf(path: os.PathLike | str) -> Robot:
         raise ValueError(f"{path}: {exc}") from exc
 
 
-def _parse_collision_mesh(collision: ET.Element, mesh: ET.Element, where: str) -> CollisionMesh:
+def _parse_mesh(geometry: ET.Element, mesh: ET.Element, where: str) -> MeshReference:
+    """The ``<mesh>`` of a ``<collision>`` or ``<visual>`` element, placed by that element's origin."""
     filename = mesh.get("filename")
     if not filename:
-        raise ValueError(f"{where}: a collision <mesh> has no filename")
+        raise ValueError(f"{where}: a <mesh> has no filename")
     scale = _floats(mesh.get("scale", "1 1 1"), 3, f"{where}: mesh scale")
-    return CollisionMesh(filename=filename, origin=_origin(collision.find("origin"), where), scale=scale)
+    return MeshReference(filename=filename, origin=_origin(geometry.find("origin"), where), scale=scale)
 
 
 def _origin(element: ET.Element | None, where: str) -> np.ndarray:
