@@ -73,6 +73,14 @@ class FFV1Config:
 
 
 @dataclass(frozen=True)
+class OcclusionConfig:
+    enabled: bool = _field()
+    surface_margin_mm: float = _field(min=0)
+    scene_tolerance_mm: float = _field(min=0)
+    scene_tolerance_per_m2: float = _field(min=0)
+
+
+@dataclass(frozen=True)
 class SlurmConfig:
     partition: str | None = _field()
     time: str = _field()
@@ -105,6 +113,7 @@ class Config:
     normalized_step_size_mm: float = _field(min=1e-3)
     allow_missing_intrinsics: bool = _field()
     wrist_pose_tolerance_mm: float = _field(min=0)
+    occlusion: OcclusionConfig = _field()
 
     depth_backend: Literal["zed", "stereo"] = _field()
     zed_depth_mode: Literal["NEURAL", "NEURAL_PLUS", "NEURAL_LIGHT", "ULTRA", "QUALITY",

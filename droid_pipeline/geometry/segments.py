@@ -35,7 +35,7 @@ import numpy as np
 from droid_pipeline.geometry.poses import invert
 
 # Cells per side of the image-space grid over each step's targets.
-GRID_CELLS = 32
+GRID_CELLS = 16
 # Largest number of faces in one culling cluster.
 CLUSTER_FACES = 24
 # Targets and vertices nearer the camera plane than this (metres) count as on or behind it.
@@ -51,7 +51,8 @@ class MeshSet:
 
     def __init__(self, meshes: Sequence[np.ndarray]):
         """``meshes``: one (F, 3, 3) triangle array per mesh (metres, outward winding)."""
-        vertices, faces, cluster_sizes, centres, radii = [], [], [], [], []
+        vertices, faces, centres, radii = [], [], [], []
+        cluster_sizes: list[int] = []
         counts = np.zeros((len(meshes), 3), dtype=np.int64)  # vertices, faces, clusters per mesh
         for index, triangles in enumerate(meshes):
             triangles = np.asarray(triangles, dtype=np.float64)
@@ -129,17 +130,20 @@ class _Grid:
     def cells(self, step: np.ndarray, low: np.ndarray, high: np.ndarray,
               groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Cell ranges (M, 2) [column, row] of z = 1 plane boxes at ``step`` (bounds may be
-        infinite), clipped to the grid, and whether each range holds a target of ``groups``."""
+        infinite), clipped to the grid, and whether each range holds a target of the groups
+        ``groups`` (K,) or (M, K) marks."""
         first = np.clip(np.floor((low - self.lower[step]) / self.cell[step]), 0, GRID_CELLS).astype(np.int64)
         last = np.clip(np.floor((high - self.lower[step]) / self.cell[step]), -1, GRID_CELLS - 1).astype(np.int64)
         c0, r0 = np.minimum(first[:, 0], GRID_CELLS - 1), np.minimum(first[:, 1], GRID_CELLS - 1)
         c1, r1 = np.maximum(last[:, 0], 0) + 1, np.maximum(last[:, 1], 0) + 1
         table, side = self.summed.reshape(-1), GRID_CELLS + 1
-        count = np.zeros(len(step), dtype=np.int64)
-        for group in groups:
+        count = np.zeros(len(step), dtype=np.int32)
+        marks = np.broadcast_to(groups, (len(step), self.groups))
+        for group in np.flatnonzero(marks.any(axis=0)):
             base = (step * self.groups + group) * side * side
-            count += (table[base + r1 * side + c1] - table[base + r0 * side + c1] - table[base + r1 * side + c0]
-                      + table[base + r0 * side + c0])
+            found = (table[base + r1 * side + c1] - table[base + r0 * side + c1] - table[base + r1 * side + c0]
+                     + table[base + r0 * side + c0])
+            count += np.where(marks[:, group], found, 0)
         return first, last, (count > 0) & (first[:, 0] <= last[:, 0]) & (first[:, 1] <= last[:, 1])
 
 
@@ -215,7 +219,7 @@ def _bin_targets(local: np.ndarray, mask: np.ndarray, group: np.ndarray, num_gro
     row_columns[:, 0], row_columns[:, 1] = GRID_CELLS, -1
     np.minimum.at(row_columns[:, 0], row_key, column)
     np.maximum.at(row_columns[:, 1], row_key, column)
-    summed = np.zeros((num_steps, num_groups, GRID_CELLS + 1, GRID_CELLS + 1), dtype=np.int64)
+    summed = np.zeros((num_steps, num_groups, GRID_CELLS + 1, GRID_CELLS + 1), dtype=np.int32)
     summed[:, :, 1:, 1:] = np.bincount(keys, minlength=num_steps * num_groups * GRID_CELLS * GRID_CELLS).reshape(
         num_steps, num_groups, GRID_CELLS, GRID_CELLS).cumsum(axis=2).cumsum(axis=3)
     farthest = np.where(mask, local[..., 2], -np.inf).max(axis=1)
@@ -232,12 +236,11 @@ def _candidate_faces(meshes: MeshSet, allowed: np.ndarray, cam_from_mesh: np.nda
     every_step = np.arange(len(rotation))
     found = [(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3, 3)))]
     for index in range(meshes.num_meshes):
-        groups = np.flatnonzero(allowed[:, index])
-        if groups.size == 0:
+        if not allowed[:, index].any():
             continue
         centre = rotation[:, index] @ meshes.mesh_centres[index] + translation[:, index]
         steps = every_step[_sphere_reaches(grid, every_step, centre, np.full(len(centre), meshes.mesh_radii[index]),
-                                           groups)]
+                                           allowed[:, index])]
         if steps.size == 0:
             continue
         first_cluster, stop_cluster = meshes.mesh_clusters[index]
@@ -245,7 +248,7 @@ def _candidate_faces(meshes: MeshSet, allowed: np.ndarray, cam_from_mesh: np.nda
         centre = meshes.cluster_centres[first_cluster:stop_cluster] @ turn + translation[steps, index][:, None]
         radius = np.broadcast_to(meshes.cluster_radii[first_cluster:stop_cluster], centre.shape[:2])
         which, cluster = np.nonzero(_sphere_reaches(grid, np.repeat(steps, centre.shape[1]), centre.reshape(-1, 3),
-                                                    radius.ravel(), groups).reshape(centre.shape[:2]))
+                                                    radius.ravel(), allowed[:, index]).reshape(centre.shape[:2]))
         # Faces of the clusters kept that face the camera (it lies on the outer side of their plane).
         cluster += first_cluster
         size = meshes.cluster_faces[cluster, 1] - meshes.cluster_faces[cluster, 0]
@@ -264,12 +267,7 @@ def _candidate_faces(meshes: MeshSet, allowed: np.ndarray, cam_from_mesh: np.nda
     keep = (farthest > MIN_DEPTH_M) & (nearest < grid.farthest[step])
     step, owner, corners, nearest = step[keep], owner[keep], corners[keep], nearest[keep]
     low, high = _projected_bounds(corners, nearest > MIN_DEPTH_M)
-    first, last = np.zeros((len(step), 2), np.int64), np.zeros((len(step), 2), np.int64)
-    occupied = np.zeros(len(step), bool)
-    for index in np.unique(owner):
-        mine = owner == index
-        first[mine], last[mine], occupied[mine] = grid.cells(step[mine], low[mine], high[mine],
-                                                             np.flatnonzero(allowed[:, index]))
+    first, last, occupied = grid.cells(step, low, high, allowed[:, owner].T)
     a, b, c = (corners[occupied, k] for k in range(3))
     opposite = np.cross(b, c)
     return _Candidates(step[occupied], owner[occupied], np.stack([first[occupied, 0], last[occupied, 0]], axis=1),
@@ -363,7 +361,9 @@ def _ramp(count: np.ndarray) -> np.ndarray:
 def _crosses_before(candidates: _Candidates, face: np.ndarray, grid: _Grid, target: np.ndarray,
                     margin_m: float) -> np.ndarray:
     """Whether the segment from the camera to each target crosses its face before it, beyond the margin."""
-    sides = np.einsum("pi,pki->pk", grid.local[target], candidates.edges[face])
-    toward = sides[:, 0] + sides[:, 1] + sides[:, 2]
-    inside = (sides[:, 0] <= 0.0) & (sides[:, 1] <= 0.0) & (sides[:, 2] <= 0.0) & (toward < 0.0)
+    x, y, z = (grid.local[target, axis] for axis in range(3))
+    edges = candidates.edges[face]
+    sides = [x * edges[:, k, 0] + y * edges[:, k, 1] + z * edges[:, k, 2] for k in range(3)]
+    toward = sides[0] + sides[1] + sides[2]
+    inside = (sides[0] <= 0.0) & (sides[1] <= 0.0) & (sides[2] <= 0.0) & (toward < 0.0)
     return inside & (candidates.volume[face] > (1.0 - margin_m / grid.distance[target]) * toward)

@@ -119,9 +119,12 @@ class RobotOcclusion:
                 poses[:, index] = np.broadcast_to(self._robot.forward_kinematics(ROBOT_BASE_LINK, link, arm),
                                                   (num_steps, 4, 4))
         mismatch = invert(flange_poses) @ panda_flange_poses(joint_positions)
-        cosine = np.clip((np.trace(mismatch[:, :3, :3], axis1=1, axis2=2) - 1.0) / 2.0, -1.0, 1.0)
+        rotation = mismatch[:, :3, :3]
+        skew = rotation - np.swapaxes(rotation, -1, -2)
+        sine = 0.5 * np.linalg.norm(skew[:, [2, 0, 1], [1, 2, 0]], axis=1)
+        cosine = 0.5 * (np.trace(rotation, axis1=1, axis2=2) - 1.0)
         return RobotPose(self.links, poses, float(1000.0 * np.linalg.norm(mismatch[:, :3, 3], axis=1).max()),
-                         float(np.degrees(np.arccos(cosine)).max()))
+                         float(np.degrees(np.arctan2(sine, cosine)).max()))
 
     def blocked(self, pose: RobotPose, points: np.ndarray, camera_poses: np.ndarray, *, margin_m: float,
                 occluders: Collection[str] | None = None, in_view: np.ndarray | None = None) -> np.ndarray:

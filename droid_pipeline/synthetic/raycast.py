@@ -236,15 +236,16 @@ def _intersect(box: Box, camera: PinholeCamera, window: Window) -> np.ndarray:
     Slab method in the box frame; interior boxes are hit where the ray leaves them.
     """
     origin, dirs = _box_frame_rays(box, camera, window)
-    t_enter = t_exit = None
+    nears, fars = [], []
     for axis, d in enumerate(dirs):
         d[np.abs(d) < 1e-12] = 1e-12
         inv = 1.0 / d
         low = (-box.half_extents[axis] - origin[axis]) * inv
         high = (box.half_extents[axis] - origin[axis]) * inv
-        near, far = np.minimum(low, high), np.maximum(low, high)
-        t_enter = near if t_enter is None else np.maximum(t_enter, near)
-        t_exit = far if t_exit is None else np.minimum(t_exit, far)
+        nears.append(np.minimum(low, high))
+        fars.append(np.maximum(low, high))
+    t_enter = np.maximum(np.maximum(nears[0], nears[1]), nears[2])
+    t_exit = np.minimum(np.minimum(fars[0], fars[1]), fars[2])
     t_hit = t_exit if box.interior else t_enter
     return np.where(t_enter <= t_exit, t_hit, -1.0)
 
