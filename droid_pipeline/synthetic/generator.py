@@ -18,8 +18,8 @@ DROID_FORMAT.md):
 
 The robot follows a smooth joint-space loop near the Panda home pose; ``cartesian_position`` is
 the flange pose from :func:`droid_pipeline.robot.kinematics.panda_flange_poses`, the gripper closes and
-opens once, and the videos are ray-cast (:mod:`droid_pipeline.synthetic.raycast`) from a textured room,
-table and objects with the finger pads (and a gripper body) at their true poses. Everything is
+opens once, and the videos are rendered (:mod:`droid_pipeline.synthetic.raycast`) from a textured room,
+table and objects with the robot's arm and gripper meshes at their true poses. Everything is
 deterministic per seed; each episode draws from its own stream, so episode i is the same
 whatever the number of episodes.
 """
@@ -115,9 +115,10 @@ BODY_MATERIAL = Material((0.15, 0.15, 0.17), (0.45, 0.45, 0.50), 0.012, 22)
 ARM_MATERIAL = Material((0.62, 0.63, 0.66), (0.93, 0.93, 0.92), 0.03, 23)
 # Texture seed of the first robot link; link k has LINK_SEED + k.
 LINK_SEED = 40
-# Exterior cameras' elevation above the mean pad position (degrees); ext2 of every third
-# episode (index % 3 == 0) is mounted high, so that the arm comes between it and the pads.
-AZIMUTH_DEG = (80.0, 120.0)  # from the robot's forward axis, to its left (ext1) or right (ext2)
+# Exterior cameras: azimuth from the robot's forward axis, to its left (ext1) or right (ext2),
+# and elevation above the mean pad position (degrees); ext2 of every third episode
+# (index % 3 == 0) is mounted high, so that the arm comes between it and the pads.
+AZIMUTH_DEG = (80.0, 120.0)
 ELEVATION_DEG = (25.0, 40.0)
 HIGH_ELEVATION_DEG = (40.0, 50.0)
 # Wrist camera on the gripper: this far beside the flange axis (m, along flange -x), this far
@@ -388,7 +389,7 @@ def _pad_centre_path(flange: np.ndarray, gripper_position: np.ndarray,
 
 def _wrist_offset(rng: np.random.Generator) -> np.ndarray:
     """T_flange_cam of the wrist camera: beside the gripper body, looking along the fingers,
-    tilted towards them so both pads sit in the lower half of the image."""
+    tilted towards them so both fingers sit at the bottom of the image."""
     tilt = np.radians(WRIST_TILT_DEG + rng.uniform(-2.0, 2.0))
     forward = np.array([np.sin(tilt), 0.0, np.cos(tilt)])
     down = np.array([np.cos(tilt), 0.0, -np.sin(tilt)])
