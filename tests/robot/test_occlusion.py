@@ -175,7 +175,8 @@ def demo(dataset, occlusion, gripper) -> list[dict]:
             steps, columns = np.nonzero(seen)
             parts = [rendered_truth(occlusion, geometry.pose, t, camera, local[t, seen[t]], pixels[t, seen[t]])
                      for t in range(len(seen)) if seen[t].any()]
-            truth = Truth(*(np.concatenate([getattr(p, name) for p in parts]) for name in ("distance", "link", "behind")))
+            truth = Truth(*(np.concatenate([getattr(part, name) for part in parts])
+                            for name in ("distance", "link", "behind")))
             found.append({"episode": episode, "camera": camera, "geometry": geometry, "seen": seen, "hidden": hidden,
                           "steps": steps, "columns": columns, "truth": truth, "facing_away": facing_away, **by,
                           "local": local, "pixels": pixels})
@@ -366,7 +367,7 @@ def test_contact_normals_are_the_pad_face_normals(gripper, shared_data):
     points = gripper.contact_points_local(NUM_POINTS)
     half = NUM_POINTS // 2
     np.testing.assert_allclose(np.linalg.norm(local, axis=1), 1.0, atol=1e-12)
-    for side, chosen in ((0, slice(0, half)), (1, slice(half, None))):
+    for chosen in (slice(0, half), slice(half, None)):  # both fingers are the same mesh in their frames
         scaled = finger.copy()
         scaled.apply_scale(1000.0)
         _, _, face = trimesh.proximity.closest_point(scaled, points[chosen] * 1000.0)
@@ -395,7 +396,8 @@ def test_scene_occlusion_compares_the_depth_at_each_pixel_with_a_tolerance_growi
     # pixel (2, 1) is invalid; 1000 mm matches 1000 mm; out of view. Step 1: 2000 mm is nearer
     # than 2100 mm by more than 98.2 mm (hidden) but than 2090 mm by less than 97.4 mm (visible);
     # equal; the point is nearer than the surface.
-    assert labels.tolist() == [[HIDDEN_BY_SCENE, UNKNOWN, VISIBLE, UNKNOWN], [HIDDEN_BY_SCENE, VISIBLE, VISIBLE, VISIBLE]]
+    assert labels.tolist() == [[HIDDEN_BY_SCENE, UNKNOWN, VISIBLE, UNKNOWN],
+                               [HIDDEN_BY_SCENE, VISIBLE, VISIBLE, VISIBLE]]
     assert scene_tolerance_mm(np.array([0.0, 1.0, 2.0]), 10.0, 20.0).tolist() == [10.0, 30.0, 90.0]
     with pytest.raises(ValueError, match="1 frames, expected one per step"):
         scene_occlusion(iter(frames[:1]), pixels, depth_m, seen, tolerance_mm=10.0, tolerance_per_m2=20.0)
