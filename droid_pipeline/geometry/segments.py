@@ -257,8 +257,8 @@ def _candidate_faces(meshes: MeshSet, allowed: np.ndarray, cam_from_mesh: np.nda
         front = (np.einsum("pi,pi->p", camera[steps[which], index], meshes.face_normals[face])
                  > meshes.face_offsets[face])
         which, face = which[front], face[front]
-        local = meshes.vertices[meshes.vertex_start[index] + meshes.faces[face]]  # (P, 3, 3)
-        corners = np.einsum("pkj,pji->pki", local, turn[which]) + translation[steps[which], index][:, None]
+        corners = _posed_corners(meshes.vertices[meshes.vertex_start[index]:meshes.vertex_start[index + 1]],
+                                 meshes.faces[face], which, turn, translation[steps, index])
         found.append((steps[which], np.full(len(face), index), corners))
     step, owner, corners = (np.concatenate([part[k] for part in found]) for k in range(3))
     depth = corners[..., 2]
@@ -275,6 +275,16 @@ def _candidate_faces(meshes: MeshSet, allowed: np.ndarray, cam_from_mesh: np.nda
                        np.stack([np.cross(a, b), opposite, np.cross(c, a)], axis=1), np.einsum("pi,pi->p", a, opposite))
 
 
+def _posed_corners(vertices: np.ndarray, faces: np.ndarray, which: np.ndarray, turn: np.ndarray,
+                   shift: np.ndarray) -> np.ndarray:
+    """(P, 3, 3) camera coordinates of faces (vertex rows ``faces`` (P, 3) of ``vertices`` (V, 3))
+    at steps ``which`` of the transforms ``x @ turn[k] + shift[k]``: all vertices at every step
+    by batched matrix products when the faces use most of them, else each face's own three."""
+    if 3 * len(faces) >= len(turn) * len(vertices):
+        return (vertices @ turn + shift[:, None])[which[:, None], faces]
+    return np.einsum("pkj,pji->pki", vertices[faces], turn[which]) + shift[which][:, None]
+
+
 def _sphere_reaches(grid: _Grid, step: np.ndarray, centre: np.ndarray, radius: np.ndarray,
                     groups: np.ndarray) -> np.ndarray:
     """Whether spheres (camera coordinates, one step each) reach past the camera, before the
@@ -288,16 +298,22 @@ def _sphere_reaches(grid: _Grid, step: np.ndarray, centre: np.ndarray, radius: n
 
 def _sphere_bounds(centre: np.ndarray, radius: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(M, 2) bounds of the z = 1 plane projection of spheres' parts in front of the camera: per
-    axis, the tangents from the camera to the sphere's shadow on that axis' plane with z
-    (infinite where the sphere reaches the camera or beyond 90 degrees)."""
-    lateral, depth = centre[:, :2], centre[:, 2:]
-    distance = np.hypot(lateral, depth)
-    angle = np.arctan2(lateral, depth)
-    spread = np.arcsin(np.minimum(radius[:, None] / np.maximum(distance, 1e-300), 1.0))
-    low, high = angle - spread, angle + spread
-    around = distance <= radius[:, None]
-    low = np.where(around | (low <= -np.pi / 2), -np.inf, np.tan(np.maximum(low, -np.pi / 2)))
-    high = np.where(around | (high >= np.pi / 2), np.inf, np.tan(np.minimum(high, np.pi / 2)))
+    axis, the slopes of the two tangents from the camera to the sphere's outline in that axis'
+    plane with z; for a sphere reaching the camera plane, a tangent turned past 90 degrees (or
+    a camera inside the sphere) leaves that side unbounded."""
+    lateral, depth = centre[:, :2], np.broadcast_to(centre[:, 2:], (len(centre), 2))
+    radius = np.broadcast_to(radius[:, None], lateral.shape)
+    low, high = np.full(lateral.shape, -np.inf), np.full(lateral.shape, np.inf)
+    ahead = depth > radius
+    x, z, r = lateral[ahead], depth[ahead], radius[ahead]
+    squared = z * z - r * r
+    spread = r * np.sqrt(x * x + squared)
+    low[ahead], high[ahead] = (x * z - spread) / squared, (x * z + spread) / squared
+    near = ~ahead & (lateral * lateral + depth * depth > radius * radius)  # in the camera plane's reach
+    x, z, r = lateral[near], depth[near], radius[near]
+    angle, half = np.arctan2(x, z), np.arcsin(r / np.hypot(x, z))
+    low[near] = np.where(angle - half > -np.pi / 2, np.tan(angle - half), -np.inf)
+    high[near] = np.where(angle + half < np.pi / 2, np.tan(angle + half), np.inf)
     return low, high
 
 
