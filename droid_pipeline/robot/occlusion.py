@@ -204,7 +204,8 @@ def scene_occlusion(depth_frames: Iterable[np.ndarray], pixels: np.ndarray, dept
     are the points' projections and z-depths in that camera, ``in_view`` (T, N) where they are
     in front and in the image. The depth is read at the pixel nearest the projection. Out of
     view or invalid depth: UNKNOWN; depth nearer than the point by more than
-    :func:`scene_tolerance_mm`: HIDDEN_BY_SCENE.
+    :func:`scene_tolerance_mm`: HIDDEN_BY_SCENE. Depth with another number of frames than steps,
+    or frames smaller than the image, raise ValueError.
     """
     num_steps = len(depth_m)
     labels = np.full(np.shape(depth_m), UNKNOWN, dtype=np.uint8)
@@ -218,8 +219,11 @@ def scene_occlusion(depth_frames: Iterable[np.ndarray], pixels: np.ndarray, dept
             raise ValueError(f"depth frame {step} has shape {frame.shape}, expected (H, W)")
         seen = np.flatnonzero(in_view[step])
         height, width = frame.shape
-        column = np.clip(np.rint(pixels[step, seen, 0]), 0, width - 1).astype(np.intp)
-        row = np.clip(np.rint(pixels[step, seen, 1]), 0, height - 1).astype(np.intp)
+        column = np.rint(pixels[step, seen, 0]).astype(np.intp)
+        row = np.rint(pixels[step, seen, 1]).astype(np.intp)
+        if seen.size and (column.min() < 0 or row.min() < 0 or column.max() >= width or row.max() >= height):
+            raise ValueError(f"depth frame {step} is {width}x{height}, smaller than the image its points "
+                             f"are in view of (pixel up to {column.max()}, {row.max()})")
         sampled = frame[row, column]
         valid = sampled > 0
         labels[step, seen[valid]] = np.where(sampled[valid] < limit_mm[step, seen[valid]], HIDDEN_BY_SCENE, VISIBLE)

@@ -403,6 +403,9 @@ def test_scene_occlusion_compares_the_depth_at_each_pixel_with_a_tolerance_growi
         scene_occlusion(iter(frames[:1]), pixels, depth_m, seen, tolerance_mm=10.0, tolerance_per_m2=20.0)
     with pytest.raises(ValueError, match="more frames than the 2 steps"):
         scene_occlusion(iter(frames * 2), pixels, depth_m, seen, tolerance_mm=10.0, tolerance_per_m2=20.0)
+    with pytest.raises(ValueError, match="depth frame 0 is 4x3, smaller than the image"):
+        scene_occlusion(iter([f[:3, :4] for f in frames]), pixels, depth_m, seen, tolerance_mm=10.0,
+                        tolerance_per_m2=20.0)
 
 
 def test_labels_combine_view_robot_and_scene():
