@@ -74,6 +74,14 @@ class FFV1Config:
 
 
 @dataclass(frozen=True)
+class OcclusionConfig:
+    enabled: bool = _field()
+    surface_margin_mm: float = _field(min=0)
+    scene_tolerance_mm: float = _field(min=0)
+    scene_tolerance_per_m2: float = _field(min=0)
+
+
+@dataclass(frozen=True)
 class SlurmConfig:
     partition: str | None = _field()
     time: str = _field()
@@ -140,6 +148,7 @@ class Config:
     wrist_pose_tolerance_mm: float = _field(min=0)
     video_frame_mismatch: VideoFrameMismatchConfig = _field()
     gripper: GripperConfig = _field()
+    occlusion: OcclusionConfig = _field()
 
     depth_backend: Literal["zed", "stereo"] = _field()
     zed_depth_mode: Literal["NEURAL", "NEURAL_PLUS", "NEURAL_LIGHT", "ULTRA", "QUALITY",

@@ -38,7 +38,7 @@ from droid_pipeline.robot.urdf import JointLimit, Robot
 FINGER_JOINT = "finger_joint"
 LEFT_FINGER_LINK = "left_inner_finger"
 RIGHT_FINGER_LINK = "right_inner_finger"
-FINGER_MESH = "inner_finger_fine.STL"
+FINGER_MESH = "meshes/inner_finger_fine.STL"
 # Angle tolerance (degrees) for triangles to count as facing the other finger, and the
 # tolerance (degrees / metres) for triangles to count as part of one flat contact face.
 FACING_TOLERANCE_DEG = 10.0
@@ -121,6 +121,22 @@ class GripperModel:
         half = num_points // 2
         left, right = self.finger_poses(gripper_position)
         return np.concatenate([transform_points(left, local[:half]), transform_points(right, local[half:])], axis=-2)
+
+    def contact_normals_local(self, num_points: int) -> np.ndarray:
+        """(num_points, 3) outward unit normal of the pad face at each of :meth:`contact_points_local`'s
+        points, in the same finger link frame (it points towards the other finger): the left
+        face's normal for the left half, mirrored like the points for the right half."""
+        half = len(self.contact_points_local(num_points)) // 2
+        left = np.broadcast_to(self._face_normal, (half, 3))
+        return np.concatenate([left, left @ self._mirror.T])
+
+    def contact_normals(self, gripper_position: np.ndarray, num_points: int) -> np.ndarray:
+        """(T, num_points, 3) the pad normals of :meth:`contact_normals_local` in the flange frame."""
+        local = self.contact_normals_local(num_points)
+        half = num_points // 2
+        left, right = self.finger_poses(gripper_position)
+        return np.concatenate([local[:half] @ np.swapaxes(left[..., :3, :3], -1, -2),
+                               local[half:] @ np.swapaxes(right[..., :3, :3], -1, -2)], axis=-2)
 
     def pad_box_local(self) -> tuple[np.ndarray, np.ndarray]:
         """(center (3,), half_extents (3,)): a box in the finger link frame enclosing the pad."""

@@ -1,8 +1,10 @@
 """A small dependency-free URDF reader and vectorized forward kinematics along a joint chain.
 
-Only the kinematic tree is read (links, joints with origin, axis, limits and mimic); geometry
-and inertia are ignored, so mesh files named by the URDF need not exist. URDF ``rpy`` is
-fixed-axis roll-pitch-yaw: R = Rz(yaw) @ Ry(pitch) @ Rx(roll).
+The kinematic tree is read (links, joints with origin, axis, limits and mimic), and of the
+geometry only the meshes each link's ``<collision>`` and ``<visual>`` elements name: file name,
+origin and scale (primitives such as cylinders and spheres, materials and inertia are ignored).
+Mesh files are never opened here, so they need not exist. URDF ``rpy`` is fixed-axis roll-pitch-yaw:
+R = Rz(yaw) @ Ry(pitch) @ Rx(roll).
 """
 
 from __future__ import annotations
@@ -54,12 +56,25 @@ class Joint:
 
 
 @dataclass(frozen=True, eq=False)
+class MeshReference:
+    """A mesh a link's ``<collision>`` or ``<visual>`` names: ``filename`` as written in the URDF,
+    ``origin`` the 4x4 pose of the mesh in the link frame, ``scale`` per mesh axis."""
+
+    filename: str
+    origin: np.ndarray
+    scale: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
 class Robot:
-    """The kinematic tree of a URDF: link names and joints keyed by name."""
+    """The kinematic tree of a URDF: link names, joints keyed by name, and the collision and visual
+    meshes of the links that have any (link name -> meshes in document order)."""
 
     name: str
     links: tuple[str, ...]
     joints: Mapping[str, Joint]
+    collision_meshes: Mapping[str, tuple[MeshReference, ...]]
+    visual_meshes: Mapping[str, tuple[MeshReference, ...]]
 
     def joint(self, name: str) -> Joint:
         try:
@@ -153,6 +168,7 @@ def parse_urdf(text: str | bytes) -> Robot:
         raise ValueError(f"not a URDF: root element is <{root.tag}>, expected <robot>")
     name = root.get("name", "")
     links = []
+    meshes: dict[str, dict[str, tuple[MeshReference, ...]]] = {"collision": {}, "visual": {}}
     for element in root.findall("link"):
         link = element.get("name")
         if not link:
@@ -160,6 +176,12 @@ def parse_urdf(text: str | bytes) -> Robot:
         if link in links:
             raise ValueError(f"URDF {name!r}: link {link!r} is defined twice")
         links.append(link)
+        for kind, found in meshes.items():
+            references = [_parse_mesh(geometry, mesh, f"URDF {name!r}, link {link!r}, {kind}")
+                          for geometry in element.findall(kind)
+                          if (mesh := geometry.find("geometry/mesh")) is not None]
+            if references:
+                found[link] = tuple(references)
     joints: dict[str, Joint] = {}
     for element in root.findall("joint"):
         joint = _parse_joint(element, name)
@@ -167,7 +189,8 @@ def parse_urdf(text: str | bytes) -> Robot:
             raise ValueError(f"URDF {name!r}: joint {joint.name!r} is defined twice")
         joints[joint.name] = joint
     _check_tree(name, links, joints)
-    return Robot(name=name, links=tuple(links), joints=joints)
+    return Robot(name=name, links=tuple(links), joints=joints, collision_meshes=meshes["collision"],
+                 visual_meshes=meshes["visual"])
 
 
 def load_urdf(path: os.PathLike | str) -> Robot:
@@ -180,6 +203,24 @@ def load_urdf(path: os.PathLike | str) -> Robot:
         raise ValueError(f"{path}: {exc}") from exc
 
 
+def _parse_mesh(geometry: ET.Element, mesh: ET.Element, where: str) -> MeshReference:
+    """The ``<mesh>`` of a ``<collision>`` or ``<visual>`` element, placed by that element's origin."""
+    filename = mesh.get("filename")
+    if not filename:
+        raise ValueError(f"{where}: a <mesh> has no filename")
+    scale = _floats(mesh.get("scale", "1 1 1"), 3, f"{where}: mesh scale")
+    return MeshReference(filename=filename, origin=_origin(geometry.find("origin"), where), scale=scale)
+
+
+def _origin(element: ET.Element | None, where: str) -> np.ndarray:
+    """4x4 transform of an ``<origin xyz rpy>`` element (identity when absent)."""
+    origin = np.eye(4)
+    if element is not None:
+        origin[:3, 3] = _floats(element.get("xyz", "0 0 0"), 3, f"{where}: origin xyz")
+        origin[:3, :3] = rpy_matrix(_floats(element.get("rpy", "0 0 0"), 3, f"{where}: origin rpy"))
+    return origin
+
+
 def _parse_joint(element: ET.Element, robot: str) -> Joint:
     name = element.get("name")
     if not name:
@@ -190,11 +231,7 @@ def _parse_joint(element: ET.Element, robot: str) -> Joint:
         raise ValueError(f"{where}: type {joint_type!r} is not one of {', '.join(SUPPORTED_TYPES)}")
     parent = _required_attribute(element, "parent", "link", where)
     child = _required_attribute(element, "child", "link", where)
-    origin = np.eye(4)
-    origin_element = element.find("origin")
-    if origin_element is not None:
-        origin[:3, 3] = _floats(origin_element.get("xyz", "0 0 0"), 3, f"{where}: origin xyz")
-        origin[:3, :3] = rpy_matrix(_floats(origin_element.get("rpy", "0 0 0"), 3, f"{where}: origin rpy"))
+    origin = _origin(element.find("origin"), where)
     axis_element = element.find("axis")
     axis = _floats(axis_element.get("xyz", "1 0 0") if axis_element is not None else "1 0 0", 3, f"{where}: axis")
     norm = np.linalg.norm(axis)

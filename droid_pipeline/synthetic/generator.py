@@ -19,8 +19,8 @@ DROID_FORMAT.md):
 
 The robot follows a smooth joint-space loop near the Panda home pose; ``cartesian_position`` is
 the flange pose from :func:`droid_pipeline.robot.kinematics.panda_flange_poses`, the gripper closes and
-opens once, and the videos are ray-cast (:mod:`droid_pipeline.synthetic.raycast`) from a textured room,
-table and objects with the finger pads (and a gripper body) at their true poses, on the gripper
+opens once, and the videos are rendered (:mod:`droid_pipeline.synthetic.raycast`) from a textured room,
+table and objects with the robot's arm and gripper meshes at their true poses, on the gripper
 mount the dataset is generated with (the URDF's unless given; config.yaml names it). Everything is
 deterministic per seed; each episode draws from its own stream, so episode i is the same
 whatever the number of episodes.
@@ -34,7 +34,7 @@ import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,7 @@ from scipy.interpolate import CubicSpline
 from scipy.spatial.transform import Rotation
 
 from droid_pipeline.core.atomic import write_json_atomic, write_text_atomic
-from droid_pipeline.geometry.poses import matrix_to_pose6, transform_points
+from droid_pipeline.geometry.poses import matrix_to_pose6, pose6_to_matrix, transform_points
 from droid_pipeline.raw.zed_conf import (
     RESOLUTIONS,
     CameraCalibration,
@@ -57,9 +57,10 @@ from droid_pipeline.raw.zed_conf import (
     match_resolution,
     rectify,
 )
-from droid_pipeline.robot.gripper import GripperModel
+from droid_pipeline.robot.gripper import LEFT_FINGER_LINK, RIGHT_FINGER_LINK, GripperModel
 from droid_pipeline.robot.kinematics import GripperMount, panda_flange_poses
-from droid_pipeline.synthetic.raycast import Box, Material, PinholeCamera, render
+from droid_pipeline.robot.occlusion import RobotOcclusion
+from droid_pipeline.synthetic.raycast import Box, Material, PinholeCamera, TriangleMesh, render
 
 CONTROL_HZ = 15
 # Panda home is [0, -0.785, 0, -2.356, 0, 1.571, 0.785]; the motion is centred on this nearby pose
@@ -113,12 +114,19 @@ OBJECT_COLORS = (((0.80, 0.12, 0.10), (0.98, 0.80, 0.25)), ((0.10, 0.35, 0.80), 
                  ((0.15, 0.60, 0.20), (0.90, 0.95, 0.40)), ((0.55, 0.20, 0.60), (0.95, 0.70, 0.90)))
 PAD_MATERIAL = Material((0.08, 0.08, 0.09), (0.55, 0.55, 0.58), 0.006, 21)
 BODY_MATERIAL = Material((0.15, 0.15, 0.17), (0.45, 0.45, 0.50), 0.012, 22)
-# Approximate Robotiq 2F-85 body in its own frame (robotiq_85_base_link): centre, half extents.
-GRIPPER_BODY = (np.array([0.0, 0.0, 0.03]), np.array([0.045, 0.03, 0.03]))
+ARM_MATERIAL = Material((0.62, 0.63, 0.66), (0.93, 0.93, 0.92), 0.03, 23)
+# Texture seed of the first robot link; link k has LINK_SEED + k.
+LINK_SEED = 40
+# Exterior cameras: azimuth from the robot's forward axis, to its left (ext1) or right (ext2),
+# and elevation above the mean pad position (degrees); ext2 of every third episode
+# (index % 3 == 0) is mounted high, so that the arm comes between it and the pads.
+AZIMUTH_DEG = (80.0, 120.0)
+ELEVATION_DEG = (25.0, 40.0)
+HIGH_ELEVATION_DEG = (40.0, 50.0)
 # Wrist camera on the gripper: this far beside the flange axis (m, along flange -x), this far
 # out along it, tilted this much towards the fingers.
-WRIST_SIDE_M = 0.07
-WRIST_OUT_M = 0.02
+WRIST_SIDE_M = 0.08
+WRIST_OUT_M = 0.04
 WRIST_TILT_DEG = 15.0
 VIDEO_CRF = 10
 
@@ -323,7 +331,7 @@ def _plan_episode(seed: int, index: int, frames: int, width: int, height: int,
             poses = flange @ wrist_offset
         else:
             side = -1.0 if role == "ext1" else 1.0
-            eye = _orbit_point(target, rng, side)
+            eye = _orbit_point(target, rng, side, high=role == "ext2" and index % 3 == 0)
             poses = np.broadcast_to(_look_at(eye, target), (frames, 4, 4)).copy()
         cameras[role] = CameraRig(role, serials[role], conf, rectified, poses)
     return EpisodePlan(
@@ -390,7 +398,7 @@ def _pad_centre_path(flange: np.ndarray, gripper_position: np.ndarray, model: Gr
 
 def _wrist_offset(rng: np.random.Generator) -> np.ndarray:
     """T_flange_cam of the wrist camera: beside the gripper body, looking along the fingers,
-    tilted towards them so both pads sit in the lower half of the image."""
+    tilted towards them so both fingers sit at the bottom of the image."""
     tilt = np.radians(WRIST_TILT_DEG + rng.uniform(-2.0, 2.0))
     forward = np.array([np.sin(tilt), 0.0, np.cos(tilt)])
     down = np.array([np.cos(tilt), 0.0, -np.sin(tilt)])
@@ -400,11 +408,12 @@ def _wrist_offset(rng: np.random.Generator) -> np.ndarray:
     return offset
 
 
-def _orbit_point(target: np.ndarray, rng: np.random.Generator, side: float) -> np.ndarray:
+def _orbit_point(target: np.ndarray, rng: np.random.Generator, side: float, high: bool) -> np.ndarray:
     """An exterior camera position about 1 m from ``target``, on the robot's left (side -1) or
-    right (side +1), 25-40 degrees above the table."""
-    azimuth = side * np.radians(rng.uniform(60.0, 110.0))
-    elevation = np.radians(rng.uniform(25.0, 40.0))
+    right (side +1), 25-40 degrees above the table, or 40-50 degrees when ``high`` (looking down
+    past the arm, which then hides the pads at times)."""
+    azimuth = side * np.radians(rng.uniform(*AZIMUTH_DEG))
+    elevation = np.radians(rng.uniform(*HIGH_ELEVATION_DEG if high else ELEVATION_DEG))
     distance = rng.uniform(0.95, 1.15)
     return target + distance * np.array([np.cos(elevation) * np.cos(azimuth),
                                          np.cos(elevation) * np.sin(azimuth), np.sin(elevation)])
@@ -464,22 +473,23 @@ def _scene_objects(rng: np.random.Generator) -> tuple[Box, ...]:
     return tuple(objects)
 
 
-def _gripper_boxes(episode: EpisodePlan) -> list[list[Box]]:
-    """Per step: the two finger pads (GripperModel's pad boxes at the true finger poses) and the
-    gripper body, in the base frame."""
-    model = episode.gripper
-    centre, half = model.pad_box_local()
-    to_centre = np.eye(4)
-    to_centre[:3, 3] = centre
-    to_body = np.eye(4)
-    to_body[:3, 3] = GRIPPER_BODY[0]
-    left, right = model.finger_poses(episode.gripper_position)
-    flange = episode.flange_poses
-    left_pads = flange @ left @ to_centre
-    right_pads = flange @ right @ to_centre
-    bodies = flange @ model.gripper_frame_in_flange() @ to_body
-    return [[Box(left_pads[i], half, PAD_MATERIAL), Box(right_pads[i], half, PAD_MATERIAL),
-             Box(bodies[i], GRIPPER_BODY[1], BODY_MATERIAL)] for i in range(episode.num_frames)]
+def _robot_meshes(episode: EpisodePlan) -> list[list[TriangleMesh]]:
+    """Per step: every link of the arm and gripper, posed by RobotOcclusion.pose from the values
+    written to trajectory.h5 (joint_positions, cartesian_position, gripper_position) and the
+    episode's gripper mount, exactly as the occlusion labels pose them; the inner fingers (with
+    the pads) in the pad material. Each link's texture has its own seed: the left and right links
+    are the same mesh, and with one texture stereo matching would pair the left link in one view
+    with the right in the other."""
+    occlusion = RobotOcclusion.load()
+    flange = pose6_to_matrix(matrix_to_pose6(episode.flange_poses))
+    pose = occlusion.pose(episode.joint_positions, flange, episode.gripper_position,
+                          mount=episode.gripper.gripper_frame_in_flange())
+    materials = [replace(PAD_MATERIAL if link in (LEFT_FINGER_LINK, RIGHT_FINGER_LINK)
+                         else BODY_MATERIAL if link in occlusion.gripper_links else ARM_MATERIAL,
+                         seed=LINK_SEED + index) for index, link in enumerate(pose.links)]
+    return [[TriangleMesh(occlusion.link_triangles[link], pose.poses[step, index], material)
+             for index, (link, material) in enumerate(zip(pose.links, materials))]
+            for step in range(episode.num_frames)]
 
 
 # ---------------------------------------------------------------- writing
@@ -509,19 +519,20 @@ def _write_episode(info: DatasetInfo, episode: EpisodePlan) -> None:
     _write_trajectory(building / "trajectory.h5", episode)
     write_json_atomic(building / f"metadata_{episode.episode_id}.json", _metadata(episode))
     truth_dir = info.ground_truth_dir / episode.relative_path
-    boxes = _gripper_boxes(episode)
+    robot = _robot_meshes(episode)
     for rig in episode.cameras.values():
-        _render_camera(episode, rig, boxes, mp4_dir, truth_dir / f"{rig.serial}_depth_mm.npy")
+        _render_camera(episode, rig, robot, mp4_dir, truth_dir / f"{rig.serial}_depth_mm.npy")
     write_json_atomic(truth_dir / "cameras.json", _ground_truth_cameras(episode))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(building, final)
 
 
-def _render_camera(episode: EpisodePlan, rig: CameraRig, gripper_boxes: list[list[Box]],
+def _render_camera(episode: EpisodePlan, rig: CameraRig, robot: list[list[TriangleMesh]],
                    mp4_dir: Path, depth_path: Path) -> None:
     """Render and stream one camera's left MP4, left|right stereo MP4 and true depth, frame by
     frame; the two lenses render in parallel threads (NumPy releases the GIL). A fixed camera's
-    static scene is rendered once per lens and reused as the background of every frame."""
+    static scene is rendered once per lens and reused as the background of every frame, under
+    the robot drawn per frame."""
     scene = [ROOM, TABLE, *episode.objects]
     static = rig.role != "wrist"
     lenses = (False, True)
@@ -533,10 +544,10 @@ def _render_camera(episode: EpisodePlan, rig: CameraRig, gripper_boxes: list[lis
             _DepthWriter(depth_path, (episode.num_frames, height, width)) as depth:
         backgrounds = (list(pool.map(lambda right: render(scene, rig.camera(0, right=right)), lenses))
                        if static else [None, None])
-        for step, moving in enumerate(gripper_boxes):
-            boxes = moving if static else scene + moving
-            left, right = pool.map(lambda lens, boxes=boxes, step=step: render(
-                boxes, rig.camera(step, right=lens), backgrounds[lens]), lenses)
+        for step, links in enumerate(robot):
+            boxes = [] if static else scene
+            left, right = pool.map(lambda lens, boxes=boxes, step=step, links=links: render(
+                boxes, rig.camera(step, right=lens), backgrounds[lens], links), lenses)
             mono.write(left.rgb)
             stereo.write(np.concatenate([left.rgb, right.rgb], axis=1))
             depth.write(left.depth)

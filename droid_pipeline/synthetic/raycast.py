@@ -1,4 +1,4 @@
-"""Vectorized ray casting of a scene of textured oriented boxes through a pinhole camera.
+"""Vectorized rendering of a scene of textured oriented boxes and triangle meshes through a pinhole camera.
 
 The synthetic episodes need images whose geometry is known exactly: every pixel's colour and
 true z-depth come from casting the pixel's ray (OpenCV convention, pixel centres at integer
@@ -10,15 +10,20 @@ Shading is Lambertian under a fixed light (view-independent, as stereo matching 
 
 Each box is cast only over the pixel rectangle its projected corners cover (the whole image when
 it straddles the camera plane), and a static layer can be rendered once and reused as the
-background of every frame of a fixed camera.
+background of every frame of a fixed camera. Triangle meshes (the robot's links) are drawn by
+z-buffer rasterization (:mod:`droid_pipeline.synthetic.raster`) into the same depth test; their
+texture is the material's on the link-frame coordinate plane their face is most parallel to.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
+
+from droid_pipeline.synthetic.raster import rasterize
 
 NEAR_CLIP_M = 1e-3
 LIGHT_DIRECTION = np.array([0.3, -0.2, 1.0]) / np.linalg.norm([0.3, -0.2, 1.0])
@@ -47,6 +52,16 @@ class Box:
     half_extents: np.ndarray
     material: Material
     interior: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class TriangleMesh:
+    """Triangles (F, 3, 3) in their own frame (a robot link's, metres), placed by ``pose``
+    (T_base_mesh, 4x4), in one material."""
+
+    triangles: np.ndarray
+    pose: np.ndarray
+    material: Material
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,11 +98,13 @@ def empty_rendering(camera: PinholeCamera) -> Rendering:
     return Rendering(rgb, np.zeros((camera.height, camera.width)))
 
 
-def render(boxes: list[Box], camera: PinholeCamera, background: Rendering | None = None) -> Rendering:
-    """Cast ``camera``'s rays against ``boxes`` over ``background`` (a copy; default empty).
+def render(boxes: list[Box], camera: PinholeCamera, background: Rendering | None = None,
+           meshes: Sequence[TriangleMesh] = ()) -> Rendering:
+    """Cast ``camera``'s rays against ``boxes`` and rasterize ``meshes`` over ``background`` (a
+    copy; default empty).
 
     First a z-buffer pass finds, per pixel, the nearest surface (true z-depth); then each box
-    shades only the pixels it won, so hidden surfaces cost no texturing.
+    and the meshes shade only the pixels they won, so hidden surfaces cost no texturing.
     """
     out = background.copy() if background is not None else empty_rendering(camera)
     owner = np.full((camera.height, camera.width), -1, dtype=np.int16)
@@ -100,13 +117,80 @@ def render(boxes: list[Box], camera: PinholeCamera, background: Rendering | None
         closer = (t_hit > NEAR_CLIP_M) & ((depth_view == 0) | (t_hit < depth_view))
         depth_view[closer] = t_hit[closer]
         owner[window][closer] = index
+    faces = _MeshFaces(meshes, camera) if meshes else None
+    if faces is not None:
+        raster = rasterize(faces.in_camera, camera.K, camera.width, camera.height, NEAR_CLIP_M)
+        closer = (raster.triangle >= 0) & ((out.depth == 0) | (raster.depth < out.depth))
+        out.depth[closer] = raster.depth[closer]
+        owner[closer] = -1
     for index, (box, window) in enumerate(zip(boxes, windows)):
         if window is None:
             continue
         won = owner[window] == index
         if won.any():
             out.rgb[window][won] = _shade(box, camera, window, won, out.depth[window][won])
+    if faces is not None and closer.any():
+        out.rgb[closer] = faces.shade(camera, closer, raster.triangle[closer], out.depth[closer])
     return out
+
+
+class _MeshFaces:
+    """All faces of the meshes, in the camera frame, with what shading needs per face."""
+
+    def __init__(self, meshes: Sequence[TriangleMesh], camera: PinholeCamera):
+        self.meshes = list(meshes)
+        self.mesh = np.repeat(np.arange(len(meshes)), [len(m.triangles) for m in meshes])
+        self.rotation = np.stack([m.pose[:3, :3] for m in meshes])
+        self.camera_from_mesh = [_inverse(camera.pose) @ m.pose for m in meshes]
+        self.in_camera = np.concatenate([_rotate(c[:3, :3], m.triangles) + c[:3, 3]
+                                         for m, c in zip(meshes, self.camera_from_mesh)])
+        local = np.concatenate([m.triangles for m in meshes])
+        normals = np.cross(local[:, 1] - local[:, 0], local[:, 2] - local[:, 0])
+        self.normals = normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-300)
+        self.axis = np.argmax(np.abs(self.normals), axis=1)  # texture plane: the link axis nearest the normal
+
+    def shade(self, camera: PinholeCamera, pixels: np.ndarray, face: np.ndarray, depth: np.ndarray) -> np.ndarray:
+        """uint8 colours of the ``pixels`` (mask) where ``face`` is seen at ``depth``."""
+        ray_x, ray_y = _camera_rays(camera.K.tobytes(), camera.width, camera.height)
+        point = np.stack([ray_x[pixels] * depth, ray_y[pixels] * depth, depth], axis=1)
+        mesh = self.mesh[face]
+        local = np.empty_like(point)
+        for index, camera_from_mesh in enumerate(self.camera_from_mesh):
+            mine = mesh == index
+            mesh_from_camera = _inverse(camera_from_mesh)
+            local[mine] = _rotate(mesh_from_camera[:3, :3], point[mine]) + mesh_from_camera[:3, 3]
+        axis = self.axis[face]
+        side = 2 * axis + (self.normals[face, axis] > 0)
+        u = np.choose(axis, [local[:, 1], local[:, 2], local[:, 0]]).astype(np.float32)
+        v = np.choose(axis, [local[:, 2], local[:, 0], local[:, 1]]).astype(np.float32)
+        rotation, normal = self.rotation[mesh], self.normals[face]
+        world = [rotation[:, k, 0] * normal[:, 0] + rotation[:, k, 1] * normal[:, 1] + rotation[:, k, 2] * normal[:, 2]
+                 for k in range(3)]
+        lambert = np.clip(world[0] * LIGHT_DIRECTION[0] + world[1] * LIGHT_DIRECTION[1]
+                          + world[2] * LIGHT_DIRECTION[2], 0.0, 1.0)
+        shade = (AMBIENT + (1.0 - AMBIENT) * lambert).astype(np.float32)
+        rgb = np.empty((len(face), 3), dtype=np.float32)
+        for index, mesh_item in enumerate(self.meshes):
+            mine = mesh == index
+            if mine.any():
+                rgb[mine] = surface_color(mesh_item.material, u[mine], v[mine], side[mine])
+        return (rgb * shade[:, None] * 255.0 + 0.5).astype(np.uint8)
+
+
+def _inverse(pose: np.ndarray) -> np.ndarray:
+    """Inverse of a 4x4 rigid transform."""
+    inverse = np.eye(4)
+    inverse[:3, :3] = pose[:3, :3].T
+    inverse[:3, 3] = -(pose[:3, :3].T @ pose[:3, 3])
+    return inverse
+
+
+def _rotate(rotation: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """(..., 3) points times a 3x3 rotation, element-wise in a fixed order: no BLAS and no
+    NumPy reduction, whose order may follow memory alignment, so images are bit-identical
+    from run to run."""
+    return np.stack([rotation[k, 0] * points[..., 0] + rotation[k, 1] * points[..., 1]
+                     + rotation[k, 2] * points[..., 2] for k in range(3)], axis=-1)
 
 
 Window = tuple[slice, slice]
@@ -152,15 +236,16 @@ def _intersect(box: Box, camera: PinholeCamera, window: Window) -> np.ndarray:
     Slab method in the box frame; interior boxes are hit where the ray leaves them.
     """
     origin, dirs = _box_frame_rays(box, camera, window)
-    t_enter = t_exit = None
+    nears, fars = [], []
     for axis, d in enumerate(dirs):
         d[np.abs(d) < 1e-12] = 1e-12
         inv = 1.0 / d
         low = (-box.half_extents[axis] - origin[axis]) * inv
         high = (box.half_extents[axis] - origin[axis]) * inv
-        near, far = np.minimum(low, high), np.maximum(low, high)
-        t_enter = near if t_enter is None else np.maximum(t_enter, near)
-        t_exit = far if t_exit is None else np.minimum(t_exit, far)
+        nears.append(np.minimum(low, high))
+        fars.append(np.maximum(low, high))
+    t_enter = np.maximum(np.maximum(nears[0], nears[1]), nears[2])
+    t_exit = np.minimum(np.minimum(fars[0], fars[1]), fars[2])
     t_hit = t_exit if box.interior else t_enter
     return np.where(t_enter <= t_exit, t_hit, -1.0)
 

@@ -23,7 +23,8 @@ import pytest
 pytestmark = pytest.mark.packaging
 
 REPO = Path(__file__).resolve().parents[2]
-ASSETS = sorted(p.name for p in (REPO / "droid_pipeline" / "robot" / "assets").iterdir())
+ASSETS = sorted(p.relative_to(REPO / "droid_pipeline" / "robot" / "assets").as_posix()
+                for p in (REPO / "droid_pipeline" / "robot" / "assets").rglob("*") if p.is_file())
 CONSOLE_SCRIPTS = ("droid-run-metadata", "droid-run-full", "droid-intrinsics", "droid-depth", "droid-tracks",
                    "droid-compress-depth", "droid-upload", "droid-render", "droid-episodes", "droid-verify",
                    "droid-timing", "droid-demo")
@@ -77,7 +78,7 @@ def test_wheel_holds_the_defaults_the_robot_assets_and_the_driver(wheel):
     assert "droid_pipeline/core/default.yaml" in names
     assert "droid_pipeline/execution/driver.sh" in names
     assert {f"droid_pipeline/robot/assets/{a}" for a in ASSETS} <= names
-    assert {"panda_robotiq.urdf", "inner_finger_fine.STL"} <= set(ASSETS)
+    assert {"panda_robotiq.urdf", "meshes/inner_finger_fine.STL", "meshes/link7.stl"} <= set(ASSETS)
     assert not any(n.startswith(("tests/", "bench/", "configs/")) for n in names)
     for script in CONSOLE_SCRIPTS:
         assert re.search(rf"^{script} = droid_pipeline\.cli\.drivers:\w+$", entry_points, re.MULTILINE), script

@@ -216,13 +216,13 @@ def test_pad_box_encloses_the_pad(model, finger_mesh):
 
 
 @pytest.mark.parametrize("name, reference", [("panda_robotiq.urdf", "panda_robotiq.urdf"),
-                                             ("inner_finger_fine.STL", "robotiq_2f85/inner_finger_fine.STL")])
+                                             ("meshes/inner_finger_fine.STL", "robotiq_2f85/inner_finger_fine.STL")])
 def test_packaged_assets_are_the_reference_files(shared_data, name, reference):
     assert read_asset(name) == (shared_data / reference).read_bytes()
 
 
 def test_stl_reader_matches_trimesh_and_refuses_truncated_files(shared_data):
-    data = read_asset("inner_finger_fine.STL")
+    data = read_asset("meshes/inner_finger_fine.STL")
     unprocessed = trimesh.load(shared_data / "robotiq_2f85" / "inner_finger_fine.STL", process=False)
     np.testing.assert_array_equal(read_binary_stl(data), unprocessed.triangles)
     with pytest.raises(ValueError, match="not a binary STL"):

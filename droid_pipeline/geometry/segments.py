@@ -1,0 +1,385 @@
+"""Which segments from a camera to target points pass through rigidly posed closed triangle meshes.
+
+The query behind occlusion labels: per step t, a camera at the origin of ``camera_poses[t]`` and
+N targets; a target is blocked when the segment from the camera to it crosses a mesh triangle
+closer to the camera than the target by more than ``margin_m`` (so the surface the target lies
+on does not hide it). Vectorized over steps, targets and triangles (no loop over any of them),
+with culling at three levels:
+
+1. **Clusters**: each mesh's faces are split into spatial clusters of at most ``CLUSTER_FACES``
+   with a bounding sphere each; a cluster is skipped at a step when its sphere lies behind the
+   camera, beyond the farthest target, or outside the targets' bounding box on the camera's
+   z = 1 plane (normalized image coordinates).
+2. **Faces**: only front faces (facing the camera) are kept. The meshes are closed with outward
+   winding, so a segment starting outside a mesh enters it through a front face first; a camera
+   inside a mesh is not hidden by that mesh. Faces behind the camera or beyond the farthest
+   target are dropped.
+3. **Image-space bins**: per step the targets' bounding box on the z = 1 plane is split into
+   ``GRID_CELLS`` x ``GRID_CELLS`` cells; a face is tested only against the targets in the cells
+   covered by the bounding box of its projection (of its part in front of the camera).
+
+The exact test per (face, target) pair is in camera coordinates, camera at 0, face A, B, C,
+target D: the ray through D crosses the face when D lies on the inner side of the three planes
+through the camera and each edge (signs of D.(A x B), D.(B x C), D.(C x A)), and the crossing
+lies at s = A.(B x C) / (D.N) of the way to D, N = (B - A) x (C - A); it blocks when
+0 < s < 1 - margin / |D|. Edges count as inside.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from droid_pipeline.geometry.poses import invert
+
+# Cells per side of the image-space grid over each step's targets.
+GRID_CELLS = 16
+# Largest number of faces in one culling cluster.
+CLUSTER_FACES = 24
+# Targets and vertices nearer the camera plane than this (metres) count as on or behind it.
+MIN_DEPTH_M = 1e-6
+# Upper bound on (face, target) pairs evaluated at once, which bounds memory.
+PAIR_CHUNK = 1 << 19
+
+
+class MeshSet:
+    """Closed, outward-wound triangle meshes, each in its own frame, prepared for segment queries:
+    shared vertices, face planes, and each mesh's faces grouped into spatial clusters; bounding
+    spheres of every mesh and cluster. Arrays of all meshes are concatenated, mesh by mesh."""
+
+    def __init__(self, meshes: Sequence[np.ndarray]):
+        """``meshes``: one (F, 3, 3) triangle array per mesh (metres, outward winding)."""
+        vertices, faces, centres, radii = [], [], [], []
+        cluster_sizes: list[int] = []
+        counts = np.zeros((len(meshes), 3), dtype=np.int64)  # vertices, faces, clusters per mesh
+        for index, triangles in enumerate(meshes):
+            triangles = np.asarray(triangles, dtype=np.float64)
+            if triangles.ndim != 3 or triangles.shape[1:] != (3, 3) or len(triangles) == 0:
+                raise ValueError(f"mesh {index}: need (F>=1, 3, 3) triangles, got shape {triangles.shape}")
+            shared, inverse = np.unique(triangles.reshape(-1, 3), axis=0, return_inverse=True)
+            indexed = inverse.reshape(-1, 3)
+            clusters = _clusters(shared[indexed].mean(axis=1))
+            vertices.append(shared)
+            faces.append(indexed[np.concatenate(clusters)])
+            cluster_sizes.extend(len(c) for c in clusters)
+            for cluster in clusters:
+                centre, radius = _bounding_sphere(shared[indexed[cluster]].reshape(-1, 3))
+                centres.append(centre)
+                radii.append(radius)
+            counts[index] = len(shared), len(indexed), len(clusters)
+        self.num_meshes = len(meshes)
+        start = np.concatenate([np.zeros((1, 3), dtype=np.int64), np.cumsum(counts, axis=0)])
+        self.vertex_start = start[:, 0]                                # (L + 1,) each mesh's block of vertices
+        self.mesh_clusters = np.stack([start[:-1, 2], start[1:, 2]], axis=1)   # (L, 2) each mesh's cluster range
+        self.vertices = np.concatenate(vertices)          # (V, 3) in their mesh's frame
+        self.faces = np.concatenate(faces)                # (F, 3) vertex rows within the mesh's block
+        sizes = np.array(cluster_sizes)
+        self.cluster_faces = np.stack([np.cumsum(sizes) - sizes, np.cumsum(sizes)], axis=1)  # (C, 2) face range
+        self.cluster_centres = np.array(centres)          # (C, 3)
+        self.cluster_radii = np.array(radii)              # (C,)
+        mesh_of_face = np.repeat(np.arange(self.num_meshes), counts[:, 1])
+        corners = self.vertices[self.faces + self.vertex_start[mesh_of_face, None]]
+        self.face_normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])  # outward
+        self.face_offsets = np.einsum("fi,fi->f", self.face_normals, corners[:, 0])
+        spheres = [_bounding_sphere(self.vertices[self.vertex_start[i]:self.vertex_start[i + 1]])
+                   for i in range(self.num_meshes)]
+        self.mesh_centres = np.array([centre for centre, _ in spheres])   # (L, 3)
+        self.mesh_radii = np.array([radius for _, radius in spheres])     # (L,)
+
+
+def _bounding_sphere(points: np.ndarray) -> tuple[np.ndarray, float]:
+    """A sphere enclosing the points: centred on their bounding box."""
+    centre = 0.5 * (points.min(axis=0) + points.max(axis=0))
+    return centre, float(np.linalg.norm(points - centre, axis=1).max())
+
+
+def _clusters(centroids: np.ndarray) -> list[np.ndarray]:
+    """Face indices split by recursive median cuts along the longest extent, at most CLUSTER_FACES each."""
+    pending, done = [np.arange(len(centroids))], []
+    while pending:
+        faces = pending.pop()
+        if len(faces) <= CLUSTER_FACES:
+            done.append(faces)
+            continue
+        points = centroids[faces]
+        axis = int(np.argmax(np.ptp(points, axis=0)))
+        order = faces[np.argsort(points[:, axis], kind="stable")]
+        half = len(order) // 2
+        pending.extend([order[half:], order[:half]])
+    return done
+
+
+@dataclass(frozen=True, eq=False)
+class _Grid:
+    """Each step's tested targets in camera coordinates, binned on the z = 1 plane."""
+
+    local: np.ndarray        # (T*N, 3) targets in camera coordinates
+    distance: np.ndarray     # (T*N,) |target - camera|
+    lower: np.ndarray        # (T, 2) lower corner of the targets' bounding box on the z = 1 plane
+    upper: np.ndarray        # (T, 2) upper corner
+    cell: np.ndarray         # (T, 2) cell width and height
+    farthest: np.ndarray     # (T,) largest target depth (-inf: nothing tested)
+    groups: int              # K, the number of target groups
+    sorted_keys: np.ndarray  # tested targets' cell keys ((t * K + group) * G + row) * G + column, ascending
+    order: np.ndarray        # flat target index of each sorted key
+    row_columns: np.ndarray  # (T * K * G, 2) first and last occupied column of each group's row (G, -1: none)
+    summed: np.ndarray       # (T, K, G + 1, G + 1) summed-area tables of each group's targets per cell
+
+    def cells(self, step: np.ndarray, low: np.ndarray, high: np.ndarray,
+              groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Cell ranges (M, 2) [column, row] of z = 1 plane boxes at ``step`` (bounds may be
+        infinite), clipped to the grid, and whether each range holds a target of the groups
+        ``groups`` (K,) or (M, K) marks."""
+        first = np.clip(np.floor((low - self.lower[step]) / self.cell[step]), 0, GRID_CELLS).astype(np.int64)
+        last = np.clip(np.floor((high - self.lower[step]) / self.cell[step]), -1, GRID_CELLS - 1).astype(np.int64)
+        c0, r0 = np.minimum(first[:, 0], GRID_CELLS - 1), np.minimum(first[:, 1], GRID_CELLS - 1)
+        c1, r1 = np.maximum(last[:, 0], 0) + 1, np.maximum(last[:, 1], 0) + 1
+        table, side = self.summed.reshape(-1), GRID_CELLS + 1
+        count = np.zeros(len(step), dtype=np.int32)
+        marks = np.broadcast_to(groups, (len(step), self.groups))
+        for group in np.flatnonzero(marks.any(axis=0)):
+            base = (step * self.groups + group) * side * side
+            found = (table[base + r1 * side + c1] - table[base + r0 * side + c1] - table[base + r1 * side + c0]
+                     + table[base + r0 * side + c0])
+            count += np.where(marks[:, group], found, 0)
+        return first, last, (count > 0) & (first[:, 0] <= last[:, 0]) & (first[:, 1] <= last[:, 1])
+
+
+@dataclass(frozen=True, eq=False)
+class _Candidates:
+    """Front faces that may block targets, one step each, and the cells they cover."""
+
+    step: np.ndarray      # (M,)
+    mesh: np.ndarray      # (M,)
+    columns: np.ndarray   # (M, 2) first and last cell column covered
+    rows: np.ndarray      # (M, 2)
+    edges: np.ndarray     # (M, 3, 3) A x B, B x C, C x A of the vertices in camera coordinates
+    volume: np.ndarray    # (M,) A . (B x C), negative (front faces)
+
+
+def blocked_segments(meshes: MeshSet, mesh_poses: np.ndarray, camera_poses: np.ndarray, targets: np.ndarray, *,
+                     margin_m: float, tested: np.ndarray | None = None, groups: np.ndarray | None = None,
+                     excluded: np.ndarray | None = None) -> np.ndarray:
+    """(T, N) True where the segment from the camera to the target crosses a mesh before it.
+
+    ``mesh_poses`` (T, L, 4, 4) pose each of the L meshes in the base frame per step;
+    ``camera_poses`` is one (4, 4) T_base_cam or (T, 4, 4), its z axis the viewing direction;
+    ``targets`` (T, N, 3) are base-frame points. Only targets in front of the camera (and where
+    ``tested`` (T, N) is True) are tested; the others are False. Targets fall into ``groups``
+    (N,) ints 0..K-1 (default all 0); ``excluded`` (K, L) True skips mesh l for group k's
+    targets (e.g. the body they lie on). Hits within ``margin_m`` of the target (along the
+    segment) do not block.
+    """
+    targets = np.asarray(targets, dtype=np.float64)
+    num_steps, num_targets = targets.shape[:2]
+    mesh_poses = np.asarray(mesh_poses, dtype=np.float64)
+    if mesh_poses.shape != (num_steps, meshes.num_meshes, 4, 4):
+        raise ValueError(f"mesh poses have shape {mesh_poses.shape}, "
+                         f"expected {(num_steps, meshes.num_meshes, 4, 4)}")
+    group = np.zeros(num_targets, dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
+    skip = (np.zeros((int(group.max(initial=0)) + 1, meshes.num_meshes), dtype=bool) if excluded is None
+            else np.asarray(excluded, dtype=bool))
+    if group.shape != (num_targets,) or skip.ndim != 2 or skip.shape[1] != meshes.num_meshes \
+            or group.min(initial=0) < 0 or group.max(initial=0) >= len(skip):
+        raise ValueError(f"groups {group.shape} and exclusions {skip.shape} do not fit {num_targets} targets "
+                         f"and {meshes.num_meshes} meshes")
+    cam_from_base = invert(np.broadcast_to(np.asarray(camera_poses, dtype=np.float64), (num_steps, 4, 4)))
+    local = targets @ np.swapaxes(cam_from_base[:, :3, :3], -1, -2) + cam_from_base[:, None, :3, 3]
+    mask = local[..., 2] > MIN_DEPTH_M
+    if tested is not None:
+        mask &= np.asarray(tested, dtype=bool)
+    blocked = np.zeros(num_steps * num_targets, dtype=bool)
+    if mask.any():
+        grid = _bin_targets(local, mask, group, len(skip))
+        candidates = _candidate_faces(meshes, ~skip, cam_from_base[:, None] @ mesh_poses, grid)
+        for face, target in _pairs(candidates, grid, ~skip):
+            blocked[target[_crosses_before(candidates, face, grid, target, margin_m)]] = True
+    return blocked.reshape(num_steps, num_targets)
+
+
+def _bin_targets(local: np.ndarray, mask: np.ndarray, group: np.ndarray, num_groups: int) -> _Grid:
+    num_steps, num_targets = mask.shape
+    depth = np.where(mask, local[..., 2], 1.0)
+    plane = [local[..., axis] / depth for axis in range(2)]  # per axis: reductions over N stay contiguous
+    lower = np.stack([np.where(mask, p, np.inf).min(axis=1) for p in plane], axis=1)
+    upper = np.stack([np.where(mask, p, -np.inf).max(axis=1) for p in plane], axis=1)
+    empty = ~mask.any(axis=1)
+    lower[empty], upper[empty] = 0.0, 0.0
+    cell = np.maximum(upper - lower, 1e-12) / GRID_CELLS
+    column, row = (np.clip(np.floor((p - lower[:, None, axis]) / cell[:, None, axis]), 0, GRID_CELLS - 1)
+                   .astype(np.int64).ravel() for axis, p in enumerate(plane))
+    flat = np.flatnonzero(mask)
+    step, column, row = flat // num_targets, column[flat], row[flat]
+    row_key = (step * num_groups + group[flat % num_targets]) * GRID_CELLS + row
+    keys = row_key * GRID_CELLS + column
+    sort = np.argsort(keys, kind="stable")
+    row_columns = np.empty((num_steps * num_groups * GRID_CELLS, 2), dtype=np.int64)
+    row_columns[:, 0], row_columns[:, 1] = GRID_CELLS, -1
+    np.minimum.at(row_columns[:, 0], row_key, column)
+    np.maximum.at(row_columns[:, 1], row_key, column)
+    summed = np.zeros((num_steps, num_groups, GRID_CELLS + 1, GRID_CELLS + 1), dtype=np.int32)
+    summed[:, :, 1:, 1:] = np.bincount(keys, minlength=num_steps * num_groups * GRID_CELLS * GRID_CELLS).reshape(
+        num_steps, num_groups, GRID_CELLS, GRID_CELLS).cumsum(axis=2).cumsum(axis=3)
+    farthest = np.where(mask, local[..., 2], -np.inf).max(axis=1)
+    distance = np.sqrt(np.einsum("tni,tni->tn", local, local)).ravel()
+    return _Grid(local.reshape(-1, 3), distance, lower, upper, cell, farthest, num_groups, keys[sort], flat[sort],
+                 row_columns, summed)
+
+
+def _candidate_faces(meshes: MeshSet, allowed: np.ndarray, cam_from_mesh: np.ndarray, grid: _Grid) -> _Candidates:
+    """Front faces, per step, of the clusters whose bounding spheres can reach targets of the
+    groups the mesh may hide (``allowed`` (K, L))."""
+    rotation, translation = cam_from_mesh[..., :3, :3], cam_from_mesh[..., :3, 3]   # (T, L, ...)
+    camera = invert(cam_from_mesh)[..., :3, 3]  # the camera in each mesh's frame
+    every_step = np.arange(len(rotation))
+    found = [(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3, 3)))]
+    for index in range(meshes.num_meshes):
+        if not allowed[:, index].any():
+            continue
+        centre = rotation[:, index] @ meshes.mesh_centres[index] + translation[:, index]
+        steps = every_step[_sphere_reaches(grid, every_step, centre, np.full(len(centre), meshes.mesh_radii[index]),
+                                           allowed[:, index])]
+        if steps.size == 0:
+            continue
+        first_cluster, stop_cluster = meshes.mesh_clusters[index]
+        turn = np.swapaxes(rotation[steps, index], -1, -2)
+        centre = meshes.cluster_centres[first_cluster:stop_cluster] @ turn + translation[steps, index][:, None]
+        radius = np.broadcast_to(meshes.cluster_radii[first_cluster:stop_cluster], centre.shape[:2])
+        which, cluster = np.nonzero(_sphere_reaches(grid, np.repeat(steps, centre.shape[1]), centre.reshape(-1, 3),
+                                                    radius.ravel(), allowed[:, index]).reshape(centre.shape[:2]))
+        # Faces of the clusters kept that face the camera (it lies on the outer side of their plane).
+        cluster += first_cluster
+        size = meshes.cluster_faces[cluster, 1] - meshes.cluster_faces[cluster, 0]
+        which = np.repeat(which, size)
+        face = np.repeat(meshes.cluster_faces[cluster, 0], size) + _ramp(size)
+        front = (np.einsum("pi,pi->p", camera[steps[which], index], meshes.face_normals[face])
+                 > meshes.face_offsets[face])
+        which, face = which[front], face[front]
+        corners = _posed_corners(meshes.vertices[meshes.vertex_start[index]:meshes.vertex_start[index + 1]],
+                                 meshes.faces[face], which, turn, translation[steps, index])
+        found.append((steps[which], np.full(len(face), index), corners))
+    step, owner, corners = (np.concatenate([part[k] for part in found]) for k in range(3))
+    depth = corners[..., 2]
+    nearest = np.minimum(np.minimum(depth[:, 0], depth[:, 1]), depth[:, 2])
+    farthest = np.maximum(np.maximum(depth[:, 0], depth[:, 1]), depth[:, 2])
+    keep = (farthest > MIN_DEPTH_M) & (nearest < grid.farthest[step])
+    step, owner, corners, nearest = step[keep], owner[keep], corners[keep], nearest[keep]
+    low, high = _projected_bounds(corners, nearest > MIN_DEPTH_M)
+    first, last, occupied = grid.cells(step, low, high, allowed[:, owner].T)
+    a, b, c = (corners[occupied, k] for k in range(3))
+    opposite = np.cross(b, c)
+    return _Candidates(step[occupied], owner[occupied], np.stack([first[occupied, 0], last[occupied, 0]], axis=1),
+                       np.stack([first[occupied, 1], last[occupied, 1]], axis=1),
+                       np.stack([np.cross(a, b), opposite, np.cross(c, a)], axis=1), np.einsum("pi,pi->p", a, opposite))
+
+
+def _posed_corners(vertices: np.ndarray, faces: np.ndarray, which: np.ndarray, turn: np.ndarray,
+                   shift: np.ndarray) -> np.ndarray:
+    """(P, 3, 3) camera coordinates of faces (vertex rows ``faces`` (P, 3) of ``vertices`` (V, 3))
+    at steps ``which`` of the transforms ``x @ turn[k] + shift[k]``: all vertices at every step
+    by batched matrix products when the faces use most of them, else each face's own three."""
+    if 3 * len(faces) >= len(turn) * len(vertices):
+        return (vertices @ turn + shift[:, None])[which[:, None], faces]
+    return np.einsum("pkj,pji->pki", vertices[faces], turn[which]) + shift[which][:, None]
+
+
+def _sphere_reaches(grid: _Grid, step: np.ndarray, centre: np.ndarray, radius: np.ndarray,
+                    groups: np.ndarray) -> np.ndarray:
+    """Whether spheres (camera coordinates, one step each) reach past the camera, before the
+    step's farthest target, and over cells holding targets of ``groups``."""
+    depth = centre[:, 2]
+    reach = np.flatnonzero((depth + radius > MIN_DEPTH_M) & (depth - radius < grid.farthest[step]))
+    keep = np.zeros(len(step), dtype=bool)
+    keep[reach] = grid.cells(step[reach], *_sphere_bounds(centre[reach], radius[reach]), groups)[2]
+    return keep
+
+
+def _sphere_bounds(centre: np.ndarray, radius: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(M, 2) bounds of the z = 1 plane projection of spheres' parts in front of the camera: per
+    axis, the slopes of the two tangents from the camera to the sphere's outline in that axis'
+    plane with z; for a sphere reaching the camera plane, a tangent turned past 90 degrees (or
+    a camera inside the sphere) leaves that side unbounded."""
+    lateral, depth = centre[:, :2], np.broadcast_to(centre[:, 2:], (len(centre), 2))
+    radius = np.broadcast_to(radius[:, None], lateral.shape)
+    low, high = np.full(lateral.shape, -np.inf), np.full(lateral.shape, np.inf)
+    ahead = depth > radius
+    x, z, r = lateral[ahead], depth[ahead], radius[ahead]
+    squared = z * z - r * r
+    spread = r * np.sqrt(x * x + squared)
+    low[ahead], high[ahead] = (x * z - spread) / squared, (x * z + spread) / squared
+    near = ~ahead & (lateral * lateral + depth * depth > radius * radius)  # in the camera plane's reach
+    x, z, r = lateral[near], depth[near], radius[near]
+    angle, half = np.arctan2(x, z), np.arcsin(r / np.hypot(x, z))
+    low[near] = np.where(angle - half > -np.pi / 2, np.tan(angle - half), -np.inf)
+    high[near] = np.where(angle + half < np.pi / 2, np.tan(angle + half), np.inf)
+    return low, high
+
+
+def _projected_bounds(corners: np.ndarray, ahead: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(M, 2) lower and upper corners of the z = 1 plane projection of each (3, 3) face's part in
+    front of the camera (z >= MIN_DEPTH_M). ``ahead``: faces wholly in front (their vertices
+    bound it); for the others the edges' crossings of z = MIN_DEPTH_M bound it too."""
+    inverse = 1.0 / np.maximum(corners[..., 2], MIN_DEPTH_M)
+    low, high = np.empty((len(corners), 2)), np.empty((len(corners), 2))
+    for axis in range(2):
+        x0, x1, x2 = (corners[:, k, axis] * inverse[:, k] for k in range(3))
+        low[:, axis] = np.minimum(np.minimum(x0, x1), x2)
+        high[:, axis] = np.maximum(np.maximum(x0, x1), x2)
+    crossing = np.flatnonzero(~ahead)
+    if crossing.size:
+        part = corners[crossing]
+        depth = part[..., 2]
+        before = depth >= MIN_DEPTH_M
+        following = np.roll(part, -1, axis=1)
+        crosses = before != np.roll(before, -1, axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            fraction = np.where(crosses, (MIN_DEPTH_M - depth) / (following[..., 2] - depth), 0.0)
+        points = np.concatenate([part, part + fraction[..., None] * (following - part)], axis=1)
+        valid = np.concatenate([before, crosses], axis=1)[..., None]
+        projected = points[..., :2] / np.maximum(points[..., 2:], MIN_DEPTH_M)
+        low[crossing] = np.where(valid, projected, np.inf).min(axis=1)
+        high[crossing] = np.where(valid, projected, -np.inf).max(axis=1)
+    return low, high
+
+
+def _pairs(candidates: _Candidates, grid: _Grid, allowed: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (face index, flat target index) arrays: every tested target in a face's cells whose
+    group may be hidden by the face's mesh (``allowed`` (K, L))."""
+    face, group = np.nonzero(allowed[:, candidates.mesh].T)
+    rows = candidates.rows[face]
+    count = rows[:, 1] - rows[:, 0] + 1
+    item = np.repeat(np.arange(len(face)), count)
+    face = face[item]
+    row_key = (candidates.step[face] * grid.groups + group[item]) * GRID_CELLS + rows[item, 0] + _ramp(count)
+    first = np.maximum(candidates.columns[face, 0], grid.row_columns[row_key, 0])
+    last = np.minimum(candidates.columns[face, 1], grid.row_columns[row_key, 1])
+    occupied = first <= last
+    face, row_key, first, last = face[occupied], row_key[occupied], first[occupied], last[occupied]
+    start = np.searchsorted(grid.sorted_keys, row_key * GRID_CELLS + first, side="left")
+    length = np.searchsorted(grid.sorted_keys, row_key * GRID_CELLS + last, side="right") - start
+    bounds = np.concatenate([[0], np.cumsum(length)])
+    begin = 0
+    while begin < len(length):
+        end = max(int(np.searchsorted(bounds, bounds[begin] + PAIR_CHUNK, side="right")) - 1, begin + 1)
+        part = slice(begin, end)
+        yield (np.repeat(face[part], length[part]),
+               grid.order[np.repeat(start[part], length[part]) + _ramp(length[part])])
+        begin = end
+
+
+def _ramp(count: np.ndarray) -> np.ndarray:
+    """0, 1, ..., count[0] - 1, 0, 1, ..., count[1] - 1, ... as one array."""
+    return np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
+
+
+def _crosses_before(candidates: _Candidates, face: np.ndarray, grid: _Grid, target: np.ndarray,
+                    margin_m: float) -> np.ndarray:
+    """Whether the segment from the camera to each target crosses its face before it, beyond the margin."""
+    x, y, z = (grid.local[target, axis] for axis in range(3))
+    edges = candidates.edges[face]
+    sides = [x * edges[:, k, 0] + y * edges[:, k, 1] + z * edges[:, k, 2] for k in range(3)]
+    toward = sides[0] + sides[1] + sides[2]
+    inside = (sides[0] <= 0.0) & (sides[1] <= 0.0) & (sides[2] <= 0.0) & (toward < 0.0)
+    return inside & (candidates.volume[face] > (1.0 - margin_m / grid.distance[target]) * toward)
