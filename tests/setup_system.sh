@@ -4,7 +4,7 @@
 # everything is present; uses apt-get (as root, or through sudo).
 set -euo pipefail
 
-readonly PACKAGES=(ffmpeg shellcheck slurm-wlm munge)
+readonly PACKAGES=(ffmpeg shellcheck slurm-wlm munge unzip)
 
 err() {
   echo "setup_system: $*" >&2

@@ -55,14 +55,6 @@ def write_json_atomic(path: os.PathLike | str, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
-def savez_atomic(path: os.PathLike | str, **arrays: Any) -> None:
-    """``np.savez_compressed`` through a temporary file; the result loads with allow_pickle=False."""
-    import numpy as np  # the plan, summary and uploader processes write JSON only
-
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(fh, **arrays)
-
-
 def append_locked(path: os.PathLike | str, text: str, header: str = "") -> None:
     """Append whole lines under an exclusive ``flock``, ``header`` first if the file is empty.
 

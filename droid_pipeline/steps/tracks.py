@@ -26,12 +26,13 @@ from typing import Any
 import numpy as np
 
 from droid_pipeline.core import schema
-from droid_pipeline.core.atomic import savez_atomic, write_json_atomic
+from droid_pipeline.core.atomic import write_json_atomic
 from droid_pipeline.core.config import Config, VideoFrameMismatchConfig
 from droid_pipeline.core.errors import EpisodeError
 from droid_pipeline.core.schema import DEPTH_META, EXTRINSICS, INTRINSICS, QUALITY, SCHEMA_VERSION, TRACKS
 from droid_pipeline.formats.depth_codec import DepthCodecError, DepthMeta
 from droid_pipeline.formats.intrinsics import IntrinsicsError, IntrinsicsRecord
+from droid_pipeline.formats.npz import save_npz_atomic
 from droid_pipeline.geometry.normalize import (
     ArcLengthSampling,
     arc_length_sampling,
@@ -123,8 +124,8 @@ def generate_tracks(config: Config, episode: Episode, output_dir: os.PathLike | 
     extrinsics_arrays = schema.EXTRINSICS_NPZ.build({"schema_version": SCHEMA_VERSION, **extrinsics.arrays()},
                                                     sizes)
     quality = _quality(config, raw, trajectory, gripper, extrinsics, cameras, sampling, videos, depth, warnings)
-    savez_atomic(output_dir / TRACKS.path, **tracks)
-    savez_atomic(output_dir / EXTRINSICS.path, **extrinsics_arrays)
+    save_npz_atomic(output_dir / TRACKS.path, tracks)
+    save_npz_atomic(output_dir / EXTRINSICS.path, extrinsics_arrays)
     write_json_atomic(output_dir / QUALITY.path, quality)
     for warning in warnings:
         log.warning("episode %s: %s", episode_id, warning)

@@ -8,7 +8,8 @@ import stat
 import numpy as np
 import pytest
 
-from droid_pipeline.core.atomic import append_locked, atomic_path, savez_atomic, write_json_atomic, write_text_atomic
+from droid_pipeline.core.atomic import append_locked, atomic_path, write_json_atomic, write_text_atomic
+from droid_pipeline.formats.npz import save_npz_atomic
 
 
 @pytest.fixture(params=[0o002, 0o022, 0o077])
@@ -21,7 +22,7 @@ def umask(request):
 def test_atomic_writers_honour_the_umask(tmp_path, umask):
     write_text_atomic(tmp_path / "a.txt", "text\n")
     write_json_atomic(tmp_path / "b.json", {"x": np.float32(1.5)})
-    savez_atomic(tmp_path / "c.npz", x=np.arange(3))
+    save_npz_atomic(tmp_path / "c.npz", {"x": np.arange(3)})
     append_locked(tmp_path / "d.csv", "1\n", header="n\n")
     with atomic_path(tmp_path / "e.bin") as tmp:
         tmp.write_bytes(b"\0")
