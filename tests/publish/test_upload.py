@@ -61,8 +61,10 @@ def publish_fake(root: Path, index: int, pipeline: str) -> tuple[str, str, dict[
 
 
 def write_config(root: Path, **keys: object) -> Path:
+    """The uploader's config for these tests: the per-episode files layout unless ``hub_layout`` says
+    otherwise (hf:// repos default to shards, tested in test_upload_shards.py)."""
     data = {"run_root": str(root / "run"), "output_root": str(root / "output"), "upload_interval_s": 0.2,
-            "private": True, **keys}
+            "private": True, "hub_layout": "files", **keys}
     path = root / "upload.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
