@@ -29,12 +29,11 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import tarfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 from urllib.parse import quote, unquote
 
 from droid_pipeline.core.atomic import atomic_path
@@ -297,11 +296,12 @@ class StreamedEpisode:
         return episode_id_of(self.key)
 
 
-def iter_shard(fileobj: IO[bytes], make_folder: Callable[[str], Path]) -> Iterator[StreamedEpisode]:
+def iter_shard(fileobj: IO[bytes], make_folder: Callable[[str], Path | None]) -> Iterator[StreamedEpisode]:
     """Read a shard front to back (a stream: no seeking), one episode at a time: the members of
-    each key are written into ``make_folder(key)`` as they come, then the episode is yielded.
-    A key whose members are not contiguous raises ShardError."""
+    each key are written into ``make_folder(key)`` as they come (a key it answers None for is
+    read past), then the episode is yielded. A key whose members are not contiguous raises ShardError."""
     seen: set[str] = set()
+    key_now: str | None = None
     current: StreamedEpisode | None = None
     with tarfile.open(fileobj=fileobj, mode="r|") as tar:
         for info in tar:
@@ -310,13 +310,17 @@ def iter_shard(fileobj: IO[bytes], make_folder: Callable[[str], Path]) -> Iterat
             key, dot, suffix = info.name.rpartition("/")[2].partition(".")
             if not dot:
                 raise ShardError(f"member {info.name!r} is not named <key>.<file>")
-            if current is None or key != current.key:
+            if key != key_now:
                 if current is not None:
                     yield current
                 if key in seen:
                     raise ShardError(f"members of {episode_id_of(key)} are not contiguous in the shard")
                 seen.add(key)
-                current = StreamedEpisode(key, make_folder(key), {})
+                key_now = key
+                folder = make_folder(key)
+                current = None if folder is None else StreamedEpisode(key, folder, {})
+            if current is None:
+                continue
             source = tar.extractfile(info)
             assert source is not None  # a regular file
             digest = hashlib.sha256()
@@ -353,13 +357,3 @@ def copy_range(source: IO[bytes], offset: int, size: int, dest: Path) -> str:
             out.write(chunk)
             left -= len(chunk)
     return digest.hexdigest()
-
-
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def shard_summary(members: Mapping[str, Sequence[ShardMember]]) -> dict[str, Any]:
-    """Counts for a log line: episodes, members and data bytes."""
-    return {"episodes": len(members), "members": sum(len(m) for m in members.values()),
-            "bytes": sum(m.size for ms in members.values() for m in ms)}
