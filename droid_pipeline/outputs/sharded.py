@@ -87,7 +87,7 @@ class HubSource(ShardSource):
     def __init__(self, repo_type: str, repo_id: str, commit: str, index_file: str, url: str):
         from huggingface_hub import HfFileSystem
 
-        self.fs = HfFileSystem()
+        self.fs = HfFileSystem(skip_instance_cache=True)  # the endpoint and token of now, not of an earlier call
         self.prefix = f"{'' if repo_type == 'model' else repo_type + 's/'}{repo_id}@{commit}"
         self.index_file, self.name = index_file, url
 

@@ -182,21 +182,27 @@ class ShardMember:
     sha256: str
 
 
-def tar_bytes(sizes: Sequence[int]) -> int:
-    """Size of a tar file holding members of these sizes (ustar headers, the end blocks, the
-    record padding Python's tarfile writes)."""
-    data = sum(_BLOCK + -(-size // _BLOCK) * _BLOCK for size in sizes) + 2 * _BLOCK
-    return -(-data // _RECORD) * _RECORD
+def member_bytes(sizes: Sequence[int]) -> int:
+    """Bytes an episode's members of these sizes take in a tar (a ustar header and the data padded
+    to 512-byte blocks each; a pax header more for a name over 100 characters)."""
+    return sum(_BLOCK + -(-size // _BLOCK) * _BLOCK for size in sizes)
+
+
+def tar_bytes(episode_bytes: Sequence[int]) -> int:
+    """Size of a tar holding episodes of these :func:`member_bytes` (with the end-of-archive blocks
+    and the record padding Python's tarfile writes)."""
+    return -(-(sum(episode_bytes) + 2 * _BLOCK) // _RECORD) * _RECORD
 
 
 def plan_shards(episode_bytes: Sequence[int], max_episodes: int, max_bytes: int) -> list[list[int]]:
-    """Group consecutive episodes (given their tar bytes, see :func:`tar_bytes`) into shards of at
-    most ``max_episodes`` episodes and ``max_bytes`` bytes; an episode larger alone gets a shard."""
+    """Group consecutive episodes (given their :func:`member_bytes`) into shards of at most
+    ``max_episodes`` episodes whose tar stays within ``max_bytes``; an episode larger alone gets a
+    shard of its own."""
     shards: list[list[int]] = []
     current: list[int] = []
     total = 0
     for index, size in enumerate(episode_bytes):
-        if current and (len(current) >= max_episodes or total + size > max_bytes):
+        if current and (len(current) >= max_episodes or tar_bytes([total, size]) > max_bytes):
             shards.append(current)
             current, total = [], 0
         current.append(index)

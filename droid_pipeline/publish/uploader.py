@@ -62,9 +62,9 @@ from droid_pipeline.publish.shards import (
     ShardError,
     SourceFile,
     index_path,
+    member_bytes,
     plan_shards,
     shard_path,
-    tar_bytes,
     verify_shard,
     write_shard,
 )
@@ -284,8 +284,8 @@ class Uploader:
         if repo_layout(self.config, url) == "files":
             return _pack(work, self.config.max_files_per_commit)
         limit = self.config.shard_max_bytes.for_kind(repo_kind(self.config, url))
-        groups = plan_shards([tar_bytes([f.size for f in w.files]) for w in work], self.config.shard_max_episodes,
-                             limit)
+        groups = plan_shards([member_bytes([f.size for f in w.files]) for w in work],
+                             self.config.shard_max_episodes, limit)
         return [[work[i] for i in group] for group in groups]
 
     # -- one repo ---------------------------------------------------------------------------

@@ -339,7 +339,7 @@ class _Handler(BaseHTTPRequestHandler):
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.end_headers()
-        if not head_only:
+        if not head_only and self.command != "HEAD":
             self.wfile.write(body)
 
     def _error(self, status: int, message: str, code: str | None = None) -> None:
@@ -535,6 +535,27 @@ class _Handler(BaseHTTPRequestHandler):
             self.hub.bytes_sent[(repo.repo_id, groups["path"])] += len(data)
         self._send(status, raw=data, headers=headers, head_only=head)
 
+    def validate_yaml(self, groups: dict, query: dict, fault: Fault | None, head: bool) -> None:
+        """The Hub's check of a README.md's metadata, as far as this server knows it: the front
+        matter must parse as a YAML mapping, and each config name its data files."""
+        import yaml
+
+        content = json.loads(self._body())["content"]
+        errors = []
+        if content.startswith("---\n"):
+            try:
+                metadata = yaml.safe_load(content.split("---\n")[1])
+            except yaml.YAMLError as exc:
+                metadata, errors = None, [{"message": f"invalid YAML: {exc}"}]
+            if not errors and not isinstance(metadata, dict):
+                errors.append({"message": "the metadata is not a mapping"})
+            for config in (metadata or {}).get("configs", []) if not errors else []:
+                if not config.get("config_name") or not config.get("data_files"):
+                    errors.append({"message": f"config {config!r} needs config_name and data_files"})
+        if errors:
+            return self._send(400, {"errors": errors})
+        self._send(200, {"warnings": []})
+
     def paths_info(self, groups: dict, query: dict, fault: Fault | None, head: bool) -> None:
         form = parse_qs(self._body().decode())
         repo = self._repo(groups)
@@ -580,6 +601,7 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
 _API = rf"/api/(?P<type>datasets|models|spaces)/{_REPO}"
 _ROUTES = [
     ("POST", re.compile(r"/api/repos/create"), "create", _Handler.create),
+    ("POST", re.compile(r"/api/validate-yaml"), "validate_yaml", _Handler.validate_yaml),
     ("GET", re.compile(rf"{_API}(/revision/(?P<rev>[^/]+))?"), "info", _Handler.info),
     ("POST", re.compile(rf"{_API}/preupload/(?P<rev>[^/]+)"), "preupload", _Handler.preupload),
     ("POST", re.compile(rf"{_API}/commit/(?P<rev>[^/]+)"), "commit", _Handler.commit),
