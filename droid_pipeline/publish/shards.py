@@ -68,7 +68,12 @@ _COPY_CHUNK = 1 << 20
 
 
 class ShardError(ValueError):
-    """An episode cannot go into a shard, or a shard does not hold what it should."""
+    """An episode cannot go into a shard, or a shard does not hold what it should; ``episode_id``
+    names the episode at fault when there is one."""
+
+    def __init__(self, message: str, episode_id: str | None = None):
+        super().__init__(message)
+        self.episode_id = episode_id
 
 
 def shard_path(kind: str, number: int) -> str:
@@ -244,9 +249,10 @@ def write_shard(dest: Path, episodes: Sequence[ShardEpisode]) -> dict[str, list[
                         tar.addfile(info, reader)
                 except OSError as exc:  # tarfile raises OSError("unexpected end of data") for a shorter file
                     raise ShardError(f"episode {episode.episode_id}: {file.path}: cannot be read whole "
-                                     f"({exc})") from exc
+                                     f"({exc})", episode.episode_id) from exc
                 if reader.digest.hexdigest() != file.sha256:
-                    raise ShardError(f"episode {episode.episode_id}: {file.path}: sha256 differs from the manifest")
+                    raise ShardError(f"episode {episode.episode_id}: {file.path}: sha256 differs from the manifest",
+                                     episode.episode_id)
                 offset = tar.offset - -(-file.size // _BLOCK) * _BLOCK  # the data ends, padded, at tar.offset
                 listed.append(ShardMember(info.name, file.path, offset, file.size, file.sha256))
     return members

@@ -276,10 +276,10 @@ class Uploader:
         plan = {}
         for url in self.targets:
             work = self._to_upload(url, BatchReport())
-            plan[url] = [[w.episode_id for w in chunk] for chunk in self._chunks(url, work)]
+            plan[url] = [[w.episode_id for w in chunk] for chunk in self.plan_commits(url, work)]
         return plan
 
-    def _chunks(self, url: str, work: list[_Work]) -> list[list[_Work]]:
+    def plan_commits(self, url: str, work: list[_Work]) -> list[list[_Work]]:
         """The commits of ``work``: files packed up to ``max_files_per_commit``, or one per shard."""
         if repo_layout(self.config, url) == "files":
             return _pack(work, self.config.max_files_per_commit)
@@ -299,7 +299,7 @@ class Uploader:
             report.carried[url] = len(self._to_upload(url, report))
             return
         self._index.pop(url, None)  # read again: another staging area may have committed meanwhile
-        chunks = self._chunks(url, self._to_upload(url, report))
+        chunks = self.plan_commits(url, self._to_upload(url, report))
         waited_for_429 = False
         for index, chunk in enumerate(chunks):
             outcome: CommitOutcome | None = None  # not tried yet
@@ -543,11 +543,10 @@ class Uploader:
             try:
                 members = write_shard(local, [shard_episode for _, shard_episode, _ in episodes.values()])
             except ShardError as exc:
-                bad = next((e for e in episodes if f"episode {e}:" in str(exc)), None)
-                if bad is None:
+                if exc.episode_id not in episodes:
                     raise
-                self._fail(state, bad, f"checksum or file differs from the manifest: {exc}")
-                del episodes[bad]
+                self._fail(state, exc.episode_id, f"checksum or file differs from the manifest: {exc}")
+                del episodes[exc.episode_id]
                 continue
             problems = verify_shard(local, members)
             if problems:

@@ -331,3 +331,18 @@ def test_folder_target_killed_mid_commit_never_indexes_a_missing_shard(tmp_path)
         data = (folder / row["shard"]).read_bytes()
         assert all(hashlib_sha256(data[m["offset"]:m["offset"] + m["size"]]) == m["sha256"] for m in row["members"])
     assert sorted(line["episode_id"] for line in ledger_lines(tmp_path)) == sorted(e[0] for e in episodes)
+
+
+def test_an_episode_whose_file_differs_from_its_manifest_stays_out_of_the_shard(tmp_path):
+    episodes = publish_many(tmp_path, 3)
+    bad_id, bad_rel, bad_files, _ = episodes.pop(1)
+    (tmp_path / "output" / bad_rel / "tracks.npz").write_bytes(b"\1" * len(bad_files["tracks.npz"]))
+    folder = tmp_path / "repo" / "meta"
+    config = write_config(tmp_path, metadata_repo=f"file://{folder}", hub_layout="shards")
+    result = run_uploader(config, uploader_env(None, tmp_path, token=None), "--once")
+    assert result.returncode == 1
+    assert f"failed file://{folder} {bad_id}: checksum or file differs from the manifest" in result.stdout
+    rows = pq.read_table(folder / "index" / "metadata.parquet").to_pylist()
+    assert sorted(r["episode_id"] for r in rows) == sorted(e[0] for e in episodes)
+    with tarfile.open(folder / rows[0]["shard"]) as tar:
+        assert not any(name.startswith(episode_key(bad_id)) for name in tar.getnames())
