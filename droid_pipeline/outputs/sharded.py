@@ -53,22 +53,22 @@ class ShardedReadError(ValueError):
 
 
 class ShardSource:
-    """Where a sharded repo's files are read from."""
+    """Where a sharded repo's files are read from; ``chunk``: bytes asked for at once."""
 
     name: str
     index_file: str
+    chunk: int
 
     def open(self, path: str, *, stream: bool = False) -> IO[bytes]:
-        """A binary file object of ``path`` in the repo (``stream``: read front to back only)."""
-        raise NotImplementedError
-
-    def read_range(self, path: str, offset: int, size: int, dest: Path) -> str:
-        """Copy ``size`` bytes at ``offset`` of ``path`` into ``dest``; returns their SHA-256."""
+        """A binary file object of ``path`` in the repo, seekable (each read of a Hub file is one
+        HTTP range request), or with ``stream`` read front to back in one request."""
         raise NotImplementedError
 
 
 class FolderSource(ShardSource):
     """A local folder laid out like a sharded repo (a ``file://`` target, or a downloaded repo)."""
+
+    chunk = 1 << 20
 
     def __init__(self, root: Path, index_file: str):
         self.root, self.index_file, self.name = root, index_file, str(root)
@@ -76,13 +76,11 @@ class FolderSource(ShardSource):
     def open(self, path: str, *, stream: bool = False) -> IO[bytes]:
         return open(self.root / path, "rb")
 
-    def read_range(self, path: str, offset: int, size: int, dest: Path) -> str:
-        with self.open(path) as fh:
-            return copy_range(fh, offset, size, dest)
-
 
 class HubSource(ShardSource):
-    """A sharded dataset repo on the Hub, at one commit; ranged reads through ``HfFileSystem``."""
+    """A sharded dataset repo on the Hub, at one commit, through ``HfFileSystem``."""
+
+    chunk = RANGE_CHUNK
 
     def __init__(self, repo_type: str, repo_id: str, commit: str, index_file: str, url: str):
         from huggingface_hub import HfFileSystem
@@ -94,24 +92,7 @@ class HubSource(ShardSource):
     def open(self, path: str, *, stream: bool = False) -> IO[bytes]:
         if stream:
             return self.fs.open(f"{self.prefix}/{path}", "rb", block_size=0)
-        return self.fs.open(f"{self.prefix}/{path}", "rb", cache_type="none")
-
-    def read_range(self, path: str, offset: int, size: int, dest: Path) -> str:
-        import hashlib
-
-        digest = hashlib.sha256()
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with self.open(path) as fh, open(dest, "wb") as out:
-            done = 0
-            while done < size:
-                fh.seek(offset + done)
-                chunk = fh.read(min(RANGE_CHUNK, size - done))
-                if not chunk:
-                    raise ShardedReadError(f"{self.name}/{path}: ends before byte {offset + size}")
-                digest.update(chunk)
-                out.write(chunk)
-                done += len(chunk)
-        return digest.hexdigest()
+        return self.fs.open(f"{self.prefix}/{path}", "rb", cache_type="none")  # no read-ahead: exact ranges
 
 
 def folder_index(root: Path) -> str | None:
@@ -183,11 +164,12 @@ def load_sharded(source: ShardSource, episode: str, cache_dir: os.PathLike | str
     if not folder.is_dir():
         incoming = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}")
         try:
-            for member in members:
-                sha = source.read_range(member["shard"], member["offset"], member["size"], incoming / member["path"])
-                if sha != member["sha256"]:
-                    raise ShardedReadError(f"{source.name}: {member['shard']} member {member['name']}: sha256 "
-                                           "differs from the index")
+            with source.open(row["shard"]) as shard:
+                for member in members:
+                    sha = copy_range(shard, member["offset"], member["size"], incoming / member["path"], source.chunk)
+                    if sha != member["sha256"]:
+                        raise ShardedReadError(f"{source.name}: {row['shard']} member {member['name']}: sha256 "
+                                               "differs from the index")
             folder.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.rename(incoming, folder)
@@ -288,7 +270,7 @@ def _manifest_problems(folder: Path, row: Mapping[str, Any], suffixes: Mapping[s
 def verify_sharded(source: ShardSource, *, decode_depth: bool, tolerance_px: float,
                    progress: Callable[[Iterator[Any]], Iterator[Any]] = iter) -> list[EpisodeReport]:
     """Check every episode the index names, member by member, then against the contract."""
-    from droid_pipeline.outputs.verify import EpisodeReport, verify_episode
+    from droid_pipeline.outputs.verify import verify_episode
 
     reports = []
     shards = _by_shard(read_index_rows(source))
@@ -312,27 +294,27 @@ def verify_sharded(source: ShardSource, *, decode_depth: bool, tolerance_px: flo
                         shutil.rmtree(streamed.folder, ignore_errors=True)
             except (OSError, ShardError, ValueError) as exc:
                 problem = f"{shard}: unreadable shard ({type(exc).__name__}: {exc})"
-                reports += [_failed(EpisodeReport, row, problem) for key, row in wanted.items() if key not in seen]
+                reports += [_failed(row, problem) for key, row in wanted.items() if key not in seen]
                 continue
-        reports += [_failed(EpisodeReport, row, f"{shard} holds no members of this episode")
+        reports += [_failed(row, f"{shard} holds no members of this episode")
                     for key, row in wanted.items() if key not in seen]
     return reports
 
 
-def _failed(report_class: type[EpisodeReport], row: Mapping[str, Any], problem: str) -> EpisodeReport:
-    report = report_class(row["relative_path"])
+def _failed(row: Mapping[str, Any], problem: str) -> EpisodeReport:
+    from droid_pipeline.outputs.verify import EpisodeReport
+
+    report = EpisodeReport(row["relative_path"])
     report.status["files"], report.problems["files"] = "FAIL", [problem]
     return report
 
 
 def _verify_one(row: Mapping[str, Any], members: Path, suffixes: Mapping[str, str], scratch: Path,
                 decode_depth: bool, tolerance_px: float, verify_episode: Callable[..., EpisodeReport]) -> EpisodeReport:
-    from droid_pipeline.outputs.verify import EpisodeReport
-
     problems = _member_problems(row, suffixes) + _manifest_problems(members, row, suffixes)
     relative = PurePosixPath(row["relative_path"])
     if relative.is_absolute() or ".." in relative.parts or not relative.parts:
-        return _failed(EpisodeReport, row, f"index relative_path {row['relative_path']!r} is not a relative path")
+        return _failed(row, f"index relative_path {row['relative_path']!r} is not a relative path")
     if row["key"] != episode_key(row["episode_id"]):
         problems.append(f"index key {row['key']} is not the key of {row['episode_id']}")
     root = scratch / "episodes"
@@ -340,7 +322,7 @@ def _verify_one(row: Mapping[str, Any], members: Path, suffixes: Mapping[str, st
     try:
         arrange_episode(members, suffixes, episode_index.row_serials(row), folder)
     except ShardError as exc:
-        return _failed(EpisodeReport, row, str(exc))
+        return _failed(row, str(exc))
     report = verify_episode(folder, root, decode_depth=decode_depth, tolerance_px=tolerance_px)
     if problems:
         report.status["files"] = "FAIL"

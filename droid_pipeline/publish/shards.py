@@ -354,15 +354,16 @@ def arrange_episode(folder: Path, suffixes: Mapping[str, str], serials: Mapping[
         os.replace(folder / suffix, target)
 
 
-def copy_range(source: IO[bytes], offset: int, size: int, dest: Path) -> str:
-    """Copy ``size`` bytes at ``offset`` of ``source`` into ``dest``; returns their SHA-256."""
+def copy_range(source: IO[bytes], offset: int, size: int, dest: Path, chunk_bytes: int = _COPY_CHUNK) -> str:
+    """Copy ``size`` bytes at ``offset`` of ``source`` into ``dest``, ``chunk_bytes`` at a time;
+    returns their SHA-256."""
     digest = hashlib.sha256()
     source.seek(offset)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with open(dest, "wb") as out:
         left = size
         while left:
-            chunk = source.read(min(left, _COPY_CHUNK))
+            chunk = source.read(min(left, chunk_bytes))
             if not chunk:
                 raise ShardError(f"{dest.name}: the shard ends {left} bytes early")
             digest.update(chunk)
