@@ -244,10 +244,14 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=250, help="control steps per episode (DROID's mean: ~250)")
     parser.add_argument("--depth-frames", type=int, default=8, help="depth frames measured per camera")
     parser.add_argument("--depth-size", default="1280x720", help="camera size of the depth measurement")
+    parser.add_argument("--max-commits-per-hour", type=int,
+                        help="the uploader's budget (default: the config's, 100; above 128 the server answers 429)")
     parser.add_argument("--json", type=Path, help="write the table's rows here")
     args = parser.parse_args()
     depth_size = tuple(int(v) for v in args.depth_size.split("x"))
     config = load_config()
+    if args.max_commits_per_hour:
+        config = dataclasses.replace(config, max_commits_per_hour=args.max_commits_per_hour)
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
         measured = measure(args.steps, args.depth_frames, depth_size, scratch)  # type: ignore[arg-type]
