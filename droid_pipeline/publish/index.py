@@ -18,7 +18,6 @@ the shard, so the index never names a shard the repo lacks.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,8 +197,3 @@ def find_row(parquet: Any, episode_id: str) -> dict[str, Any] | None:
 def row_serials(row: Mapping[str, Any]) -> dict[str, str]:
     """role -> serial of an index row."""
     return {camera["role"]: camera["serial"] for camera in row["cameras"]}
-
-
-def describe(row: Mapping[str, Any]) -> str:
-    """A short text of a row for messages."""
-    return json.dumps({k: row[k] for k in ("episode_id", "relative_path", "shard")})

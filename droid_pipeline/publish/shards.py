@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import tarfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -79,17 +78,6 @@ class ShardError(ValueError):
 def shard_path(kind: str, number: int) -> str:
     """Path in the repo of shard ``number``: ``shards/<kind>/<number // 1000:03d>/<number:06d>.tar``."""
     return f"{SHARDS_DIR}/{kind}/{number // SHARDS_PER_FOLDER:03d}/{number:06d}.tar"
-
-
-_SHARD_PATH = re.compile(rf"^{SHARDS_DIR}/(?P<kind>[a-z]+)/(?P<folder>\d{{3}})/(?P<number>\d{{6}})\.tar$")
-
-
-def shard_number(path: str) -> int:
-    """The number of a shard from its path in the repo."""
-    match = _SHARD_PATH.match(path)
-    if match is None:
-        raise ShardError(f"{path!r} is not a shard path ({shard_path('<kind>', 0)} ...)")
-    return int(match["number"])
 
 
 def index_path(kind: str) -> str:
@@ -302,10 +290,6 @@ class StreamedEpisode:
     key: str
     folder: Path
     suffixes: dict[str, str]  # <file> -> sha256
-
-    @property
-    def episode_id(self) -> str:
-        return episode_id_of(self.key)
 
 
 def iter_shard(fileobj: IO[bytes], make_folder: Callable[[str], Path | None]) -> Iterator[StreamedEpisode]:

@@ -456,10 +456,10 @@ class _Handler(BaseHTTPRequestHandler):
         if repo is None:
             return
         wait = self.hub.commit_quota_wait(repo)
-        if wait > 0:
+        if wait > 0 and self.hub.limits is not None:
             self.hub.rate_limited += 1
             return self._send(429, {"error": "You have exceeded the rate limit for repository commits "
-                                             f"({self.hub.limits.commits_per_hour} per hour)."},  # type: ignore[union-attr]
+                                             f"({self.hub.limits.commits_per_hour} per hour)."},
                               {"Retry-After": str(int(wait) + 1)})
         try:
             commit = self.hub.apply_commit(repo, [json.loads(line) for line in body.splitlines() if line])
