@@ -672,8 +672,8 @@ def _pack(work: list[_Work], max_files: int) -> list[list[_Work]]:
 
 
 def _repo_name(url: str) -> str:
-    """``user/name`` of a Hub URL, the folder of a file:// one (for the card's examples)."""
-    return url.removeprefix("hf://datasets/") if url.startswith("hf://") else url
+    """``user/name`` of a Hub URL for the card's examples (a folder stands for a repo yet unnamed)."""
+    return url.removeprefix("hf://datasets/") if url.startswith("hf://") else "<user>/<name>"
 
 
 def _discard_uploads(pending: PendingCommit) -> None:
