@@ -7,9 +7,9 @@ from typing import Any
 from droid_pipeline.core.schema import SCHEMA_VERSION
 
 __version__ = "0.1.0"
-__all__ = ["SCHEMA_VERSION", "__version__", "EpisodeData", "LoadError", "load_episode"]
+__all__ = ["SCHEMA_VERSION", "__version__", "EpisodeData", "LoadError", "iter_episodes", "load_episode"]
 
-_LOADER_NAMES = ("EpisodeData", "LoadError", "load_episode")
+_LOADER_NAMES = ("EpisodeData", "LoadError", "iter_episodes", "load_episode")
 
 
 def __getattr__(name: str) -> Any:

@@ -52,6 +52,18 @@ class PerRole:
 
 
 @dataclass(frozen=True)
+class PerRepo:
+    """One value for the metadata repo and one for the full repo."""
+
+    metadata: int = _field(min=1, max=20_000_000_000)
+    full: int = _field(min=1, max=20_000_000_000)
+
+    def for_kind(self, kind: str) -> int:
+        """Value for a repo kind: ``metadata`` or ``full``."""
+        return self.full if kind == "full" else self.metadata
+
+
+@dataclass(frozen=True)
 class StereoConfig:
     num_disparities: int = _field(min=16)
     block_size: int = _field(min=1, max=31)
@@ -155,6 +167,7 @@ class Config:
                             "PERFORMANCE"] = _field()
     depth_min_mm: PerRole = _field()
     depth_max_mm: PerRole = _field()
+    depth_size: str = _field()
     export_rgb: bool = _field()
     stereo: StereoConfig = _field()
     ffv1: FFV1Config = _field()
@@ -171,6 +184,9 @@ class Config:
     max_commits_per_hour: int = _field(min=1)
     delete_after_upload: bool = _field()
     private: bool = _field()
+    hub_layout: Literal["auto", "files", "shards"] = _field()
+    shard_max_episodes: int = _field(min=1, max=100_000)
+    shard_max_bytes: PerRepo = _field()
 
     @property
     def index_path(self) -> Path:

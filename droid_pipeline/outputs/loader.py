@@ -12,7 +12,12 @@ Where the episode is:
 - a local output root plus the episode's relative path or id: ``load_episode("output", ID)``;
 - a Hub repo: ``load_episode("hf://datasets/<user>/<name>", ID or relative path)`` (or the
   relative path appended to the URL). Only that episode's files are downloaded, through
-  ``huggingface_hub`` into its cache, all from one commit of ``revision``.
+  ``huggingface_hub`` into its cache, all from one commit of ``revision``;
+- a sharded repo (docs/upload.md), on the Hub or a local folder laid out like one
+  (``index/<kind>.parquet`` + ``shards/``): the episode is found in the index and only its members
+  are read, by HTTP range requests on the Hub (never the whole shard), then checked against the
+  index's SHA-256 and laid out as an episode folder under ``cache_dir``
+  (:mod:`droid_pipeline.outputs.sharded`). :func:`iter_episodes` streams whole shards instead.
 
 An episode id is found by reading the episode records (``manifest.json``, else
 ``quality.json``) of the folders under the id's lab, those whose folder time equals the id's
@@ -25,7 +30,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
@@ -172,13 +177,22 @@ def load_episode(path_or_repo: os.PathLike | str, episode: str | None = None, *,
     """Load one episode (see module docstring for the forms of ``path_or_repo`` and ``episode``).
 
     ``repo_type``, ``revision`` and ``cache_dir`` apply to Hub repos (``revision``: branch, tag or
-    commit; default main). ``include_depth=False`` skips downloading depth videos.
-    Raises LoadError when the episode is not there or its files break the output contract.
+    commit; default main) and ``cache_dir`` to sharded folders too. ``include_depth=False`` skips
+    downloading depth videos. Raises LoadError when the episode is not there or its files break the
+    output contract.
     """
+    from droid_pipeline.outputs import sharded
+
     text = os.fspath(path_or_repo)
     if text.startswith(HUB_PREFIX):
         return _load_from_hub(text, episode, repo_type, revision, cache_dir, include_depth)
     root = Path(text)
+    index = sharded.folder_index(root) if episode is not None else None
+    if episode is not None and index is not None:
+        try:
+            return sharded.load_sharded(sharded.FolderSource(root, index), episode, cache_dir, include_depth)
+        except (sharded.ShardedReadError, OSError, ValueError) as exc:
+            raise LoadError(f"{root}: episode {episode}: {exc}") from exc
     if episode is None:
         return read_episode_dir(root)
     if "/" in episode:
@@ -187,6 +201,35 @@ def load_episode(path_or_repo: os.PathLike | str, episode: str | None = None, *,
     rel = _find_episode(episode, folders, lambda rel, name: (root / rel / name).read_text(),
                         str(root))
     return read_episode_dir(root / rel)
+
+
+def iter_episodes(path_or_repo: os.PathLike | str, filter: Callable[[Mapping[str, Any]], bool] | None = None, *,
+                  repo_type: str = "dataset", revision: str | None = None,
+                  include_depth: bool = True) -> Iterator[EpisodeData]:
+    """The episodes of a sharded repo (``hf://datasets/<user>/<name>`` or a local folder laid out
+    like one) whose index row ``filter`` accepts (all without one), for training: whole shards are
+    streamed front to back in shard order, each member checked against the index. Each episode
+    lives in a temporary folder until the next one is asked for: read its depth before that.
+
+    ``filter`` gets the row as a dict of the index columns (docs/upload.md), e.g.
+    ``lambda row: row["outcome"] == "success" and row["lab"] == "TRI"``.
+    """
+    from droid_pipeline.outputs import sharded
+
+    text = os.fspath(path_or_repo)
+    try:
+        if text.startswith(HUB_PREFIX):
+            repo_type, repo_id, _ = parse_hub_url(text, repo_type)
+            source: sharded.ShardSource | None = sharded.hub_source(repo_type, repo_id, revision, text)
+        else:
+            index = sharded.folder_index(Path(text))
+            source = None if index is None else sharded.FolderSource(Path(text), index)
+        if source is None:
+            raise LoadError(f"{text}: not a sharded repo (no index/<kind>.parquet); iter_episodes reads "
+                            "the shards layout of docs/upload.md")
+        yield from sharded.iter_sharded(source, filter, include_depth)
+    except (sharded.ShardedReadError, sharded.ShardError, OSError) as exc:
+        raise LoadError(f"{text}: {exc}") from exc
 
 
 def read_episode_dir(episode_dir: os.PathLike | str) -> EpisodeData:
@@ -384,6 +427,8 @@ def _load_from_hub(url: str, episode: str | None, repo_type: str, revision: str 
     from huggingface_hub.errors import HfHubHTTPError
     from huggingface_hub.hf_api import RepoFile
 
+    from droid_pipeline.outputs import sharded
+
     repo_type, repo_id, rel = parse_hub_url(url, repo_type)
     if rel is not None and episode is not None:
         raise LoadError(f"{url}: the URL already names an episode; do not pass episode={episode!r}")
@@ -392,6 +437,9 @@ def _load_from_hub(url: str, episode: str | None, repo_type: str, revision: str 
         raise LoadError(f"{url}: name the episode (its id or relative path)")
     api = HfApi()
     try:
+        source = sharded.hub_source(repo_type, repo_id, revision, url)
+        if source is not None:
+            return sharded.load_sharded(source, rel, cache_dir, include_depth)
         commit = api.repo_info(repo_id, repo_type=repo_type, revision=revision).sha
 
         def download(filename: str) -> str:
@@ -412,7 +460,7 @@ def _load_from_hub(url: str, episode: str | None, repo_type: str, revision: str 
         if f"{rel}/{TRACKS.path}" not in files:
             raise LoadError(f"{url}: no episode at {rel} (no {TRACKS.path} there)")
         local = {f: download(f) for f in files}
-    except (HfHubHTTPError, OSError) as exc:   # HTTP errors, and no connection to the Hub
+    except (HfHubHTTPError, OSError, sharded.ShardedReadError) as exc:   # HTTP errors, no connection to the Hub
         raise LoadError(f"{url}: {exc}") from exc
     return read_episode_dir(Path(local[f"{rel}/{TRACKS.path}"]).parent)
 

@@ -63,21 +63,35 @@ class PendingEpisode:
 
 @dataclass(frozen=True)
 class PendingCommit:
-    """A commit recorded before it is made; ``marker`` (in its message) finds it in the repo."""
+    """A commit recorded before it is made; ``marker`` (in its message) finds it in the repo.
+
+    In the files layout the commit adds the episodes' files. In the shards layout ``uploads`` are
+    the files it adds (the shard, the dataset card, then the index) and ``shard`` the shard's
+    number, fixed before the commit; the episodes' files are then the shard's members
+    (``<shard path>/<member name>``), as the ledger records them.
+    """
 
     marker: str
     episodes: tuple[PendingEpisode, ...]
+    uploads: tuple[UploadFile, ...] = ()
+    shard: int | None = None
 
     @property
     def files(self) -> list[UploadFile]:
-        return [f for episode in self.episodes for f in episode.files]
+        """The files the commit adds to the repo."""
+        return list(self.uploads) if self.uploads else [f for episode in self.episodes for f in episode.files]
 
     def to_json(self) -> dict[str, Any]:
-        return {"marker": self.marker, "episodes": [e.to_json() for e in self.episodes]}
+        data: dict[str, Any] = {"marker": self.marker, "episodes": [e.to_json() for e in self.episodes]}
+        if self.shard is not None:
+            data.update(uploads=[f.to_json() for f in self.uploads], shard=self.shard)
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> PendingCommit:
-        return cls(marker=data["marker"], episodes=tuple(PendingEpisode.from_json(e) for e in data["episodes"]))
+        return cls(marker=data["marker"], episodes=tuple(PendingEpisode.from_json(e) for e in data["episodes"]),
+                   uploads=tuple(UploadFile.from_json(f) for f in data.get("uploads", [])),
+                   shard=None if data.get("shard") is None else int(data["shard"]))
 
 
 class CommitOutcome(enum.Enum):

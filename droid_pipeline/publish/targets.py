@@ -1,10 +1,12 @@
 """Upload targets: a Hub dataset repo (``hf://datasets/<user>/<name>``) or a folder (``file://DIR``).
 
-Both offer the same three operations the uploader needs: make sure the repo exists, commit a
-set of files in one step, and tell whether a commit whose outcome is unknown (error, timeout,
-kill) actually landed, found by the marker its message carries. A folder target is laid out
-like the repo; each file is copied to a temporary name, fsynced and renamed, so a killed copy
-never leaves a partial file under its real name.
+Both offer the operations the uploader needs: make sure the repo exists, commit a set of files
+in one step, tell whether a commit whose outcome is unknown (error, timeout, kill) actually
+landed, found by the marker its message carries, and fetch one file (the sharded layout's
+episode index). A folder target is laid out like the repo; each file is copied to a temporary
+name, fsynced and renamed in the order given, so a killed copy never leaves a partial file
+under its real name (a commit of the sharded layout lists its index last: a folder whose index
+names a shard holds that shard).
 """
 
 from __future__ import annotations
@@ -63,6 +65,11 @@ class RepoTarget(ABC):
     @abstractmethod
     def find_commit(self, marker: str, files: list[UploadFile]) -> str | None:
         """Id of the commit carrying ``marker`` if it landed (all of ``files`` present), else None."""
+
+    @abstractmethod
+    def fetch(self, path_in_repo: str, cache_dir: Path) -> Path | None:
+        """A local copy of the file at ``path_in_repo`` (Hub downloads go to ``cache_dir`` and are
+        fetched again only when the file changed), or None when the repo has no such file."""
 
 
 def repo_slug(url: str) -> str:
@@ -129,6 +136,17 @@ class HubTarget(RepoTarget):
                 return commit.commit_id
         return None
 
+    def fetch(self, path_in_repo: str, cache_dir: Path) -> Path | None:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import RemoteEntryNotFoundError
+
+        self._client()
+        try:
+            return Path(hf_hub_download(self.repo_id, path_in_repo, repo_type="dataset", token=self._api.token,
+                                        cache_dir=cache_dir))
+        except RemoteEntryNotFoundError:  # not LocalEntryNotFoundError: no answer is no proof of absence
+            return None
+
 
 class FolderTarget(RepoTarget):
     """A local folder laid out like the repo; the commit id is the commit's marker."""
@@ -159,9 +177,17 @@ class FolderTarget(RepoTarget):
                 return None
         return marker
 
+    def fetch(self, path_in_repo: str, cache_dir: Path) -> Path | None:
+        path = self.root / path_in_repo
+        return path if path.is_file() else None
+
 
 def commit_message(marker: str, episodes: int, files: int) -> str:
     return f"Add {episodes} episode(s), {files} file(s) [upload {marker}]"
+
+
+def shard_commit_message(marker: str, shard: str, episodes: int) -> str:
+    return f"Add {shard} ({episodes} episode(s)), the episode index and the dataset card [upload {marker}]"
 
 
 def _marker_of(message: str) -> str:

@@ -12,6 +12,12 @@ A batch reads the publish journal's new lines, then, for each repo under that re
 4. verifies each file's checksum against the manifest, records the commit as in flight,
    commits, and appends one ledger line per episode once the commit is confirmed.
 
+In the shards layout (``hub_layout``, :mod:`droid_pipeline.publish.shards`) step 2 packs the
+episodes into tar shards instead (``shard_max_episodes``, ``shard_max_bytes``; the last shard of
+a batch closes with the batch) and each commit adds one shard, built and verified in
+``<run_root>/upload_shards/<repo>/`` first, with the rewritten episode index and dataset card;
+the shard's number is recorded with the commit in flight before it is made.
+
 Then, with ``delete_after_upload``, an episode folder is removed once the ledger holds it in
 every repo it belongs to. State (in-flight commit, commit times, Retry-After, failures) lives in
 ``<run_root>/upload_state/<repo>.json`` (:class:`~droid_pipeline.publish.records.RepoState`);
@@ -33,9 +39,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from droid_pipeline.core.atomic import write_json_atomic
+from droid_pipeline.core.atomic import sha256_file, write_json_atomic
 from droid_pipeline.core.config import Config
+from droid_pipeline.publish import index as episode_index
+from droid_pipeline.publish.card import render_card
 from droid_pipeline.publish.ledger import Ledger, repos_for
 from droid_pipeline.publish.records import (
     HOUR_S,
@@ -46,6 +55,19 @@ from droid_pipeline.publish.records import (
     RepoState,
     UploadFile,
 )
+from droid_pipeline.publish.shards import (
+    CARD_NAME,
+    HUB_MAX_FILE_BYTES,
+    ShardEpisode,
+    ShardError,
+    SourceFile,
+    index_path,
+    member_bytes,
+    plan_shards,
+    shard_path,
+    verify_shard,
+    write_shard,
+)
 from droid_pipeline.publish.staging import (
     MANIFEST_NAME,
     JournalEntry,
@@ -55,7 +77,6 @@ from droid_pipeline.publish.staging import (
     is_finished,
     read_journal_entries,
     read_manifest,
-    sha256_file,
 )
 from droid_pipeline.publish.targets import (
     RateLimited,
@@ -63,12 +84,21 @@ from droid_pipeline.publish.targets import (
     commit_message,
     open_target,
     repo_slug,
+    shard_commit_message,
 )
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
 STATE_DIR = "upload_state"
 LOCK_DIR = "locks"
+# Shards, index and card of the commits being made, per repo, under the run root.
+SHARD_BUILD_DIR = "upload_shards"
+# Hub downloads of the repos' episode indexes, under the run root.
+HUB_CACHE_DIR = "upload_state/hub_cache"
+SHARD_COMMIT_FILES = 3  # the shard, the card, the index
 # A Retry-After up to this long is waited out within the batch (once per repo); longer ones
 # carry the work over to a later batch.
 RETRY_AFTER_WAIT_LIMIT_S = 60.0
@@ -94,6 +124,18 @@ def repo_urls(config: Config) -> list[str]:
     if not urls:
         raise UploadError("no repo to upload to: set metadata_repo and/or full_repo")
     return urls
+
+
+def repo_layout(config: Config, url: str) -> str:
+    """``files`` or ``shards`` for a repo URL (``hub_layout: auto``: shards for hf://, files otherwise)."""
+    if config.hub_layout != "auto":
+        return config.hub_layout
+    return "shards" if url.startswith("hf://") else "files"
+
+
+def repo_kind(config: Config, url: str) -> str:
+    """``full`` for the full repo, ``metadata`` for the metadata repo."""
+    return "full" if url == config.full_repo else "metadata"
 
 
 def resolve_token(urls: list[str]) -> str | None:
@@ -179,6 +221,13 @@ class Uploader:
         self.redactor = Redactor(token)
         self.targets: dict[str, RepoTarget] = {url: open_target(url, token, request_timeout_s)
                                                for url in repo_urls(config)}
+        if config.max_files_per_commit < SHARD_COMMIT_FILES and \
+                any(repo_layout(config, url) == "shards" for url in self.targets):
+            raise UploadError(f"hub_layout shards commits {SHARD_COMMIT_FILES} files at once (shard, card, index): "
+                              f"max_files_per_commit must be at least {SHARD_COMMIT_FILES}")
+        # Per sharded repo: its episode index and next shard number as of its last commit seen.
+        self._index: dict[str, tuple[pa.Table, int]] = {}
+        self._staged_index: dict[str, tuple[pa.Table, int]] = {}
         self.ledger = Ledger(self.run_root)
         self._queue: dict[str, JournalEntry] = {}
         self._journal_offset = 0
@@ -227,8 +276,17 @@ class Uploader:
         plan = {}
         for url in self.targets:
             work = self._to_upload(url, BatchReport())
-            plan[url] = [[w.episode_id for w in chunk] for chunk in _pack(work, self.config.max_files_per_commit)]
+            plan[url] = [[w.episode_id for w in chunk] for chunk in self.plan_commits(url, work)]
         return plan
+
+    def plan_commits(self, url: str, work: list[_Work]) -> list[list[_Work]]:
+        """The commits of ``work``: files packed up to ``max_files_per_commit``, or one per shard."""
+        if repo_layout(self.config, url) == "files":
+            return _pack(work, self.config.max_files_per_commit)
+        limit = self.config.shard_max_bytes.for_kind(repo_kind(self.config, url))
+        groups = plan_shards([member_bytes([f.size for f in w.files]) for w in work],
+                             self.config.shard_max_episodes, limit)
+        return [[work[i] for i in group] for group in groups]
 
     # -- one repo ---------------------------------------------------------------------------
     def _upload_repo(self, target: RepoTarget, report: BatchReport) -> None:
@@ -240,7 +298,8 @@ class Uploader:
             report.errors[url] = state.last_error
             report.carried[url] = len(self._to_upload(url, report))
             return
-        chunks = _pack(self._to_upload(url, report), self.config.max_files_per_commit)
+        self._index.pop(url, None)  # read again: another staging area may have committed meanwhile
+        chunks = self.plan_commits(url, self._to_upload(url, report))
         waited_for_429 = False
         for index, chunk in enumerate(chunks):
             outcome: CommitOutcome | None = None  # not tried yet
@@ -255,7 +314,8 @@ class Uploader:
                     self._sleep(wait)
                     state.blocked_until, waited_for_429 = 0.0, True
                     continue
-                outcome = self._commit(target, state, self._verified(chunk, state), report)
+                checked = self._verified(chunk, state) if repo_layout(self.config, url) == "files" else chunk
+                outcome = self._commit(target, state, checked, report)
             if outcome is not CommitOutcome.COMMITTED:
                 report.carried[url] += sum(len(c) for c in chunks[index:])
                 return
@@ -276,15 +336,25 @@ class Uploader:
         url = target.url
         self._sequence += 1
         marker = f"{self._batch_id}-{self._sequence:04d}"
-        files = [f for work in chunk for f in work.files]
-        message = commit_message(marker, len(chunk), len(files))
-        state.pending = PendingCommit(marker, tuple(work.as_pending_episode() for work in chunk))
+        if repo_layout(self.config, url) == "files":
+            pending = PendingCommit(marker, tuple(work.as_pending_episode() for work in chunk))
+            message = commit_message(marker, len(chunk), len(pending.files))
+        else:
+            built = self._build_shard(target, state, chunk, marker)
+            if built is None:
+                self._save_state(target, state)
+                return CommitOutcome.COMMITTED  # nothing left to commit: every episode failed (reasons kept)
+            pending, message = built
+            chunk = [work for work in chunk if any(e.episode_id == work.episode_id for e in pending.episodes)]
+        files = pending.files
+        state.pending = pending
         state.commit_times.append(time.time())
         self._save_state(target, state)
         try:
             commit_id = target.commit(files, message)
         except RateLimited as exc:
             state.pending = None
+            _discard_uploads(pending)
             state.blocked_until = time.time() + min(exc.retry_after_s, MAX_BLOCK_S)
             state.blocked_reason = f"rate limited (HTTP 429, Retry-After {exc.retry_after_s:.0f} s)"
             self._save_state(target, state)
@@ -321,6 +391,8 @@ class Uploader:
             log.info("%s: commit %s did not land; its files will be committed again", target.url,
                      pending.marker)
             state.pending = None
+            _discard_uploads(pending)
+            self._staged_index.pop(target.url, None)
             self._save_state(target, state)
             return ReconcileOutcome.NOT_LANDED
         log.info("%s: commit %s landed as %s", target.url, pending.marker, commit_id)
@@ -343,6 +415,13 @@ class Uploader:
         state.pending = None
         state.last_error = ""
         self._save_state(target, state)
+        if pending.shard is not None:
+            staged = self._staged_index.pop(target.url, None)
+            if staged is not None and staged[1] == pending.shard + 1:
+                self._index[target.url] = staged
+            else:  # settled from an earlier run: read the index the repo now holds
+                self._index.pop(target.url, None)
+            _discard_uploads(pending)
 
     def _ensure_exists(self, target: RepoTarget, state: RepoState) -> bool:
         if target.url in self._ensured:
@@ -385,7 +464,8 @@ class Uploader:
             if not ready:
                 report.waiting[episode_id] = reason
                 continue
-            done = self.ledger.uploaded_paths(url, episode_id, entry.manifest_sha256)
+            done = self.ledger.uploaded_paths(url, episode_id, entry.manifest_sha256) \
+                if repo_layout(self.config, url) == "files" else set()
             work.append(_Work(entry, [f for f in files if f.path_in_repo not in done], len(files)))
         return work
 
@@ -432,6 +512,94 @@ class Uploader:
             else:
                 good.append(work)
         return good
+
+    # -- shards -----------------------------------------------------------------------------
+    def _repo_index(self, target: RepoTarget) -> tuple[pa.Table, int]:
+        """The repo's episode index (a pyarrow Table) and next free shard number, as last committed."""
+        if target.url not in self._index:
+            local = target.fetch(index_path(repo_kind(self.config, target.url)), self.run_root / HUB_CACHE_DIR)
+            self._index[target.url] = episode_index.read_index(local) if local is not None else \
+                (episode_index.empty_table(), 0)
+        return self._index[target.url]
+
+    def _build_shard(self, target: RepoTarget, state: RepoState, chunk: list[_Work],
+                     marker: str) -> tuple[PendingCommit, str] | None:
+        """Write and verify the shard of ``chunk``, the index and the card that go with it; the
+        commit to make and its message, or None when no episode of the chunk can go in (each
+        failure recorded with its reason)."""
+        url = target.url
+        kind = repo_kind(self.config, url)
+        table, number = self._repo_index(target)
+        path = shard_path(kind, number)
+        folder = self.run_root / SHARD_BUILD_DIR / target.slug
+        episodes = {}
+        for work in chunk:
+            try:
+                episodes[work.episode_id] = (work, *self._shard_episode(work))
+            except (ShardError, episode_index.EpisodeIndexError, OSError, ValueError) as exc:
+                self._fail(state, work.episode_id, f"cannot go into a shard: {exc}")
+        while episodes:
+            local = folder / f"{number:06d}.tar"
+            try:
+                members = write_shard(local, [shard_episode for _, shard_episode, _ in episodes.values()])
+            except ShardError as exc:
+                if exc.episode_id not in episodes:
+                    raise
+                self._fail(state, exc.episode_id, f"checksum or file differs from the manifest: {exc}")
+                del episodes[exc.episode_id]
+                continue
+            problems = verify_shard(local, members)
+            if problems:
+                for episode_id in episodes:
+                    self._fail(state, episode_id, f"shard {path} did not verify: {'; '.join(problems[:3])}")
+                local.unlink(missing_ok=True)
+                return None
+            break
+        else:
+            return None
+        if local.stat().st_size >= HUB_MAX_FILE_BYTES:
+            for episode_id in episodes:
+                self._fail(state, episode_id, f"shard {path} would be {local.stat().st_size} bytes, over the Hub's "
+                                              f"{HUB_MAX_FILE_BYTES}")
+            local.unlink(missing_ok=True)
+            return None
+        rows = [episode_index.index_row(
+            episode_id=work.episode_id, relative_path=work.entry.relative_path, pipeline=work.entry.pipeline,
+            schema_version=manifest.schema_version, manifest_sha256=work.entry.manifest_sha256,
+            published=manifest.created, info=info, shard=path, members=members[work.episode_id])
+            for work, _, (manifest, info) in episodes.values()]
+        new_table = episode_index.merge(table, rows)
+        index_file = folder / f"{number:06d}.index.parquet"
+        episode_index.write_index(index_file, new_table, next_shard=number + 1, kind=kind)
+        card_file = folder / f"{number:06d}.{CARD_NAME}"
+        card_file.write_text(render_card(kind, _repo_name(url), new_table, shards=number + 1))
+        self._staged_index[url] = (new_table, number + 1)
+        uploads = tuple(UploadFile(in_repo, file, file.stat().st_size, sha256_file(file))
+                        for in_repo, file in ((path, local), (CARD_NAME, card_file),
+                                              (index_path(kind), index_file)))
+        pending_episodes = tuple(
+            PendingEpisode(episode_id=work.episode_id, relative_path=work.entry.relative_path,
+                           manifest_sha256=work.entry.manifest_sha256, episode_files=len(members[work.episode_id]),
+                           files=tuple(UploadFile(f"{path}/{m.name}", work.entry.episode_dir / m.path, m.size,
+                                                  m.sha256) for m in members[work.episode_id]))
+            for work, _, _ in episodes.values())
+        return (PendingCommit(marker, pending_episodes, uploads, shard=number),
+                shard_commit_message(marker, path, len(pending_episodes)))
+
+    def _shard_episode(self, work: _Work) -> tuple[ShardEpisode, tuple[Manifest, episode_index.EpisodeInfo]]:
+        """The episode as it goes into a shard, with its manifest and what the index says of it."""
+        entry = work.entry
+        manifest = read_manifest(entry.episode_dir)
+        quality = json.loads((entry.episode_dir / "quality.json").read_text())
+        info = episode_index.episode_info(quality, entry.episode_id)
+        prefix = f"{entry.relative_path}/"
+        files = tuple(SourceFile(f.path_in_repo.removeprefix(prefix), f.local_path, f.size, f.sha256)
+                      for f in work.files)
+        return ShardEpisode(entry.episode_id, info.roles, files, int(manifest.created)), (manifest, info)
+
+    def _fail(self, state: RepoState, episode_id: str, reason: str) -> None:
+        state.failures[episode_id] = reason
+        log.error("episode %s: %s", episode_id, reason)
 
     def _repos_of(self, entry: JournalEntry) -> list[str]:
         return list(dict.fromkeys(repos_for(entry.pipeline, self.config.metadata_repo, self.config.full_repo)))
@@ -501,6 +669,17 @@ def _pack(work: list[_Work], max_files: int) -> list[list[_Work]]:
     if current:
         chunks.append(current)
     return chunks
+
+
+def _repo_name(url: str) -> str:
+    """``user/name`` of a Hub URL for the card's examples (a folder stands for a repo yet unnamed)."""
+    return url.removeprefix("hf://datasets/") if url.startswith("hf://") else "<user>/<name>"
+
+
+def _discard_uploads(pending: PendingCommit) -> None:
+    """Remove the shard, card and index built for a commit (they are in the repo, or will be rebuilt)."""
+    for upload in pending.uploads:
+        upload.local_path.unlink(missing_ok=True)
 
 
 def _published_version(entry: JournalEntry) -> str:

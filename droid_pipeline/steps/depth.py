@@ -21,6 +21,16 @@ written all-invalid and its index recorded (``missing_frames`` in depth_meta.jso
 longer than T is cut to T and the difference recorded. Values are rounded to whole millimetres;
 NaN, +-inf and values outside ``[depth_min_mm, depth_max_mm]`` of the camera's role become 0.
 With ``export_rgb`` the left images of the same frames go to ``recordings/<serial>/rgb.mp4``.
+
+``depth_size`` stores the frames at an exact integer downscale of the camera's size (e.g.
+``640x360`` from 1280x720, factor s = 2): each stored pixel is the lower median of the valid
+(non-zero) pixels of its s x s block, and 0 when fewer than half of them are valid. A median
+never averages across a depth edge or with invalid pixels: every stored value is one the camera
+measured in that block (the lower of the two middle ones for an even count: the nearer
+surface). depth_meta.json's ``source.depth_size`` records the native and stored sizes, the
+factor, the method and the intrinsics of the stored frames: ``fx/s, fy/s, (cx + 0.5)/s - 0.5,
+(cy + 0.5)/s - 0.5`` (pixel centres at integer coordinates, as OpenCV; stored pixel j covers
+native pixels s*j .. s*j + s - 1).
 """
 
 from __future__ import annotations
@@ -59,6 +69,49 @@ UINT16_MAX_MM = 65535
 RGB_CRF = 18
 
 log = logging.getLogger(__name__)
+
+
+NATIVE = "native"
+DOWNSCALE_METHOD = "lower median of the valid pixels of each block; 0 when fewer than half are valid"
+
+
+def downscale_factor(depth_size: str, width: int, height: int) -> int:
+    """The integer factor s of ``depth_size`` (``native`` or ``WxH``) for frames of ``width`` x ``height``;
+    ValueError unless ``WxH`` is exactly (width / s) x (height / s)."""
+    if depth_size == NATIVE:
+        return 1
+    try:
+        stored_w, stored_h = (int(v) for v in depth_size.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"depth_size {depth_size!r}: expected native or WxH, e.g. 640x360") from None
+    if stored_w < 1 or width % stored_w or height % stored_h or width // stored_w != height // stored_h:
+        raise ValueError(f"depth_size {depth_size}: not an exact integer downscale of the camera's "
+                         f"{width}x{height} (e.g. {width // 2}x{height // 2})")
+    return width // stored_w
+
+
+def downscale_depth(frame: np.ndarray, factor: int) -> np.ndarray:
+    """uint16 depth (mm, 0 = invalid) downscaled by ``factor``: the lower median of each block's
+    valid pixels, 0 where fewer than half are valid (see the module docstring)."""
+    if factor == 1:
+        return frame
+    height, width = frame.shape[0] // factor, frame.shape[1] // factor
+    blocks = frame.reshape(height, factor, width, factor).transpose(0, 2, 1, 3).reshape(height, width, -1)
+    valid = np.count_nonzero(blocks, axis=-1)
+    ordered = np.sort(np.where(blocks > 0, blocks, np.uint16(UINT16_MAX_MM)), axis=-1)  # invalid last
+    middle = np.maximum(valid - 1, 0) // 2
+    out = np.take_along_axis(ordered, middle[..., None], axis=-1)[..., 0]
+    out[2 * valid < factor * factor] = 0
+    return out
+
+
+def scaled_intrinsics(K: np.ndarray, size: tuple[int, int], factor: int) -> dict[str, Any]:
+    """Intrinsics of frames of ``size`` (width, height) and camera matrix ``K`` downscaled by
+    ``factor`` (pixel centres at integer coordinates)."""
+    fx, fy = float(K[0][0]) / factor, float(K[1][1]) / factor
+    cx, cy = (float(K[0][2]) + 0.5) / factor - 0.5, (float(K[1][2]) + 0.5) / factor - 0.5
+    return {"fx": fx, "fy": fy, "cx": cx, "cy": cy, "K": [[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]],
+            "width": size[0] // factor, "height": size[1] // factor}
 
 
 def depth_to_uint16_mm(depth_mm: np.ndarray, min_mm: float, max_mm: float) -> np.ndarray:
@@ -205,16 +258,18 @@ def _write_camera(config: Config, path: Path, source: FrameSource, role: str, nu
     """Stream exactly ``num_steps`` frames of ``source`` into depth.mkv at ``path`` (and rgb.mp4);
     returns the finished writer, whose :meth:`~DepthWriter.publish` verifies and publishes depth.mkv."""
     min_mm, max_mm = config.depth_min_mm.for_role(role), config.depth_max_mm.for_role(role)
+    factor = downscale_factor(config.depth_size, source.width, source.height)
+    size_record = _size_record(path.with_name(INTRINSICS.name), source, factor)
     valid_pixels = produced = 0
     rgb_path = path.with_name(RGB.name) if config.export_rgb else None
-    writer = DepthWriter(path, source.width, source.height, fps, config.ffv1)
+    writer = DepthWriter(path, source.width // factor, source.height // factor, fps, config.ffv1)
     try:
         with _rgb_writer(rgb_path, source, fps) as rgb:
             for depth, image in source.frames:
                 if depth is None:
                     writer.write_missing()
                 else:
-                    frame = depth_to_uint16_mm(depth, min_mm, max_mm)
+                    frame = downscale_depth(depth_to_uint16_mm(depth, min_mm, max_mm), factor)
                     writer.write(frame)
                     valid_pixels += int(np.count_nonzero(frame))
                     produced += 1
@@ -231,14 +286,35 @@ def _write_camera(config: Config, path: Path, source: FrameSource, role: str, nu
         writer.source.update(
             role=role, num_steps=num_steps, source_frames=source.num_frames,
             frame_count_mismatch=source.num_frames - num_steps, num_missing=num_steps - produced,
-            valid_fraction=valid_pixels / (num_steps * source.width * source.height),
+            valid_fraction=valid_pixels / (num_steps * writer.width * writer.height),
             depth_range_mm=[min_mm, max_mm], fps=fps, fps_source=fps_source,
             rgb_export=RGB.name if config.export_rgb else None)
+        if size_record is not None:
+            writer.source["depth_size"] = size_record
         writer.finish()
     except BaseException as exc:
         writer.abort(exc)
         raise
     return writer
+
+
+def _size_record(intrinsics_path: Path, source: FrameSource, factor: int) -> dict[str, Any] | None:
+    """depth_meta.json's ``source.depth_size`` for downscaled frames (None at the native size); the
+    camera's intrinsics.json (written by the intrinsics step) gives the native intrinsics."""
+    if factor == 1:
+        return None
+    try:
+        record = IntrinsicsRecord.load(intrinsics_path)
+    except (IntrinsicsError, OSError) as exc:
+        raise ValueError(f"depth_size needs the camera's intrinsics to record the stored frames' own: {exc}") \
+            from exc
+    if record.size != (source.width, source.height):
+        raise ValueError(f"depth_size: {intrinsics_path.name} is for {record.width}x{record.height}, the depth "
+                         f"source is {source.width}x{source.height}")
+    return {"native": [source.width, source.height], "stored": [source.width // factor, source.height // factor],
+            "factor": factor, "method": DOWNSCALE_METHOD,
+            "intrinsics": scaled_intrinsics(record.K, record.size, factor),
+            "intrinsics_convention": "pixel centres at integer coordinates: cx' = (cx + 0.5) / s - 0.5"}
 
 
 @contextlib.contextmanager

@@ -5,26 +5,31 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import yaml
 from hub_server import HubServer
+from uploads import (
+    REPO_ROOT,
+    TOKEN,
+    ledger_lines,
+    repo_id,
+    run_uploader,
+    uploader_cmd,
+    uploader_env,
+    wait_for,
+    write_config,
+)
 
 from droid_pipeline.publish.ledger import Ledger
 from droid_pipeline.publish.staging import LOCK_NAME, append_record, publish_episode
 from droid_pipeline.publish.targets import repo_slug
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TOKEN = "hf_TestTokenNeverLogged0123456789"
 SERIAL = "13062452"
 META = "hf://datasets/user/droid-meta"
 FULL = "hf://datasets/user/droid-full"
@@ -60,41 +65,6 @@ def publish_fake(root: Path, index: int, pipeline: str) -> tuple[str, str, dict[
     return episode_id, relative_path, files
 
 
-def write_config(root: Path, **keys: object) -> Path:
-    data = {"run_root": str(root / "run"), "output_root": str(root / "output"), "upload_interval_s": 0.2,
-            "private": True, **keys}
-    path = root / "upload.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def uploader_env(hub_endpoint: str | None, root: Path, token: str | None = TOKEN) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-    env.update({"HF_HOME": str(root / "hf_home"), "HF_HUB_DISABLE_XET": "1",
-                "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONUNBUFFERED": "1"})
-    if hub_endpoint:
-        env["HF_ENDPOINT"] = hub_endpoint
-    if token:
-        env["HF_TOKEN"] = token
-    return env
-
-
-def uploader_cmd(config: Path, *args: str) -> list[str]:
-    return [sys.executable, str(REPO_ROOT / "upload_batches.py"), "--config", str(config), *args]
-
-
-def run_uploader(config: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(uploader_cmd(config, *args), env=env, cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=120)
-
-
-def ledger_lines(root: Path) -> list[dict]:
-    path = root / "run" / "upload_ledger.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip().startswith("{")]
-
-
 def ledger_files(root: Path, repo: str) -> dict[str, tuple[int, str]]:
     """path -> (size, sha256) of every file the ledger records in ``repo`` (each path once)."""
     files: dict[str, tuple[int, str]] = {}
@@ -106,24 +76,10 @@ def ledger_files(root: Path, repo: str) -> dict[str, tuple[int, str]]:
     return files
 
 
-def wait_for(predicate: Callable[[], bool], what: str, limit_s: float = 60.0) -> None:
-    """Poll until ``predicate`` holds; the limit only guards against a hang."""
-    deadline = time.monotonic() + limit_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.05)
-
-
-
 @pytest.fixture
 def hub(tmp_path: Path):
     with HubServer(tmp_path / "hub", token=TOKEN) as server:
         yield server
-
-
-def repo_id(url: str) -> str:
-    return url.removeprefix("hf://datasets/")
 
 
 def server_files(hub: HubServer, url: str) -> dict[str, tuple[int, str]]:

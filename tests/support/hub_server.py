@@ -2,8 +2,14 @@
 
 It implements what ``huggingface_hub`` calls to create repos, commit (regular files inline,
 binary or large files through the LFS batch API and a PUT to the returned href), list files and
-commits, and download (``resolve``). It listens on 127.0.0.1 only, keeps blobs in a folder and
-repo histories in memory, and lets tests inject faults per endpoint:
+commits, describe paths (``paths-info``), and download (``resolve``, with HTTP range requests:
+``bytes_sent`` counts the body bytes sent per file). It listens on 127.0.0.1 only, keeps blobs in
+a folder and repo histories in memory (a commit stores its changes; the head is kept whole), and
+enforces the Hub's limits when given :class:`Limits`: files per repo, entries per folder and
+files per commit (a commit over one is refused with 422, or only counted in ``violations`` with
+``reject=False``), and commits per hour per repo (HTTP 429 with Retry-After, on the server's
+``clock``, which a test or benchmark may run in simulated time). It lets tests inject faults per
+endpoint:
 
 - ``status``: answer with an HTTP status (e.g. 429 with ``Retry-After``, 500) and do nothing,
 - ``apply_then_drop``: apply a commit, then close the connection without answering,
@@ -25,6 +31,7 @@ import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -42,6 +49,14 @@ def git_blob_sha1(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
+def _git_blob_sha1_of_file(path: Path) -> str:
+    digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 @dataclass
 class StoredFile:
     size: int
@@ -56,8 +71,20 @@ class Commit:
     title: str
     message: str
     date: str
-    files: dict[str, StoredFile]
+    changes: dict[str, StoredFile | None]  # path -> what it became (None: deleted)
     changed: list[str]
+    time: float = 0.0  # on the server's clock
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The Hub's documented guidance and reported commit quota, per repo."""
+
+    max_files_per_repo: int = 100_000
+    max_entries_per_folder: int = 10_000
+    max_files_per_commit: int = 100
+    commits_per_hour: int = 128
+    reject: bool = True  # refuse a commit that breaks a file limit (else only count it)
 
 
 @dataclass
@@ -66,14 +93,47 @@ class Repo:
     repo_id: str
     private: bool
     commits: list[Commit] = field(default_factory=list)
-
-    @property
-    def files(self) -> dict[str, StoredFile]:
-        return self.commits[-1].files if self.commits else {}
+    files: dict[str, StoredFile] = field(default_factory=dict)  # at the head
+    folder_entries: Counter = field(default_factory=Counter)  # folder ("" = root) -> entries directly in it
+    folders: set[str] = field(default_factory=set)
+    max_commit_files: int = 0
 
     @property
     def head(self) -> str:
         return self.commits[-1].oid if self.commits else "0" * 40
+
+    def files_at(self, oid: str) -> dict[str, StoredFile] | None:
+        """The files as of commit ``oid`` (None if there is no such commit)."""
+        if oid == self.head:
+            return self.files
+        if not any(c.oid == oid for c in self.commits):
+            return None
+        files: dict[str, StoredFile] = {}
+        for commit in self.commits:
+            for path, stored in commit.changes.items():
+                if stored is None:
+                    files.pop(path, None)
+                else:
+                    files[path] = stored
+            if commit.oid == oid:
+                return files
+        return None
+
+    def add_path(self, path: str, stored: StoredFile) -> None:
+        """Put a file at the head, counting the entries of every folder it creates or enters."""
+        if path not in self.files:
+            parts = path.split("/")
+            for depth in range(len(parts)):
+                parent, child = "/".join(parts[:depth]), "/".join(parts[:depth + 1])
+                if depth == len(parts) - 1 or child not in self.folders:
+                    self.folder_entries[parent] += 1
+                if depth < len(parts) - 1:
+                    self.folders.add(child)
+        self.files[path] = stored
+
+    @property
+    def max_folder_entries(self) -> int:
+        return max(self.folder_entries.values(), default=0)
 
 
 @dataclass
@@ -91,12 +151,18 @@ class Fault:
 class HubServer:
     """Start with ``with HubServer(tmp_path, token=...) as hub:``; point ``HF_ENDPOINT`` at ``hub.endpoint``."""
 
-    def __init__(self, root: Path, token: str | None = None):
+    def __init__(self, root: Path, token: str | None = None, limits: Limits | None = None,
+                 clock: Callable[[], float] = time.time):
         self.blob_dir = Path(root) / "blobs"
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self.token = token
+        self.limits = limits
+        self.clock = clock
         self.repos: dict[tuple[str, str], Repo] = {}
         self.requests: list[tuple[str, str]] = []
+        self.bytes_sent: Counter = Counter()  # (repo id, path) -> body bytes sent by resolve
+        self.violations: list[str] = []  # limits broken by commits accepted with reject=False
+        self.rate_limited = 0  # commits answered 429 by the commit quota
         self.faults: list[Fault] = []
         self.held = threading.Event()
         self._release = threading.Event()
@@ -168,37 +234,84 @@ class HubServer:
             tmp.replace(path)
         return sha
 
+    def commit_quota_wait(self, repo: Repo) -> float:
+        """Seconds until the repo may commit again under ``limits.commits_per_hour`` (0: now)."""
+        if self.limits is None:
+            return 0.0
+        now = self.clock()
+        recent = sorted(c.time for c in repo.commits if c.time > now - 3600.0)
+        if len(recent) < self.limits.commits_per_hour:
+            return 0.0
+        return recent[-self.limits.commits_per_hour] + 3600.0 - now
+
     def apply_commit(self, repo: Repo, lines: list[dict]) -> Commit:
+        """Apply an NDJSON commit; ValueError (answered 422) when it is malformed or breaks a limit."""
         header = next(line["value"] for line in lines if line["key"] == "header")
         with self._lock:
-            files = dict(repo.files)
-            changed = []
+            changes: dict[str, StoredFile | None] = {}
             for line in lines:
                 key, value = line["key"], line["value"]
                 if key == "file":
                     data = base64.b64decode(value["content"])
                     sha = self.store_blob(data)
-                    files[value["path"]] = StoredFile(len(data), sha, git_blob_sha1(data), lfs=False)
-                    changed.append(value["path"])
+                    changes[value["path"]] = StoredFile(len(data), sha, git_blob_sha1(data), lfs=False)
                 elif key == "lfsFile":
                     blob = self.blob_dir / value["oid"]
                     if not blob.exists():
                         raise ValueError(f"LFS object {value['oid']} was never uploaded")
-                    data = blob.read_bytes()
-                    files[value["path"]] = StoredFile(len(data), value["oid"], git_blob_sha1(data), lfs=True)
-                    changed.append(value["path"])
+                    changes[value["path"]] = StoredFile(blob.stat().st_size, value["oid"],
+                                                        _git_blob_sha1_of_file(blob), lfs=True)
                 elif key == "deletedFile":
-                    files.pop(value["path"], None)
+                    changes[value["path"]] = None
                 elif key == "deletedFolder":
                     prefix = value["path"].rstrip("/") + "/"
-                    files = {p: f for p, f in files.items() if not p.startswith(prefix)}
-            oid = hashlib.sha1(f"{repo.head}{header['summary']}{time.time_ns()}{sorted(files)}".encode()).hexdigest()
+                    changes.update({p: None for p in repo.files if p.startswith(prefix)})
+            self._check_limits(repo, changes)
+            for path, stored in changes.items():
+                if stored is None:
+                    if repo.files.pop(path, None) is not None:
+                        parent = path.rpartition("/")[0]
+                        repo.folder_entries[parent] -= 1
+                else:
+                    repo.add_path(path, stored)
+            changed = [p for p, stored in changes.items() if stored is not None]
+            repo.max_commit_files = max(repo.max_commit_files, len(changed))
+            oid = hashlib.sha1(f"{repo.head}{header['summary']}{time.time_ns()}{len(repo.files)}".encode()).hexdigest()
             commit = Commit(oid=oid, title=header["summary"],
                             message=(header["summary"] + "\n\n" + header.get("description", "")).strip(),
-                            date=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), files=files,
-                            changed=changed)
+                            date=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), changes=changes,
+                            changed=changed, time=self.clock())
             repo.commits.append(commit)
             return commit
+
+    def _check_limits(self, repo: Repo, changes: dict[str, StoredFile | None]) -> None:
+        if self.limits is None:
+            return
+        limits = self.limits
+        added = [p for p, stored in changes.items() if stored is not None and p not in repo.files]
+        broken = []
+        if len(changes) > limits.max_files_per_commit:
+            broken.append(f"{len(changes)} files in one commit (limit {limits.max_files_per_commit})")
+        if len(repo.files) + len(added) > limits.max_files_per_repo:
+            broken.append(f"{len(repo.files) + len(added)} files in the repo (limit {limits.max_files_per_repo})")
+        more: Counter = Counter()  # entries the commit adds, per folder
+        new_folders: set[str] = set()
+        for path in added:
+            parts = path.split("/")
+            for depth in range(len(parts)):
+                parent, child = "/".join(parts[:depth]), "/".join(parts[:depth + 1])
+                if depth == len(parts) - 1 or (child not in repo.folders and child not in new_folders):
+                    more[parent] += 1
+                if depth < len(parts) - 1:
+                    new_folders.add(child)
+        crowded = [(f or "/", repo.folder_entries[f] + n) for f, n in more.items()
+                   if repo.folder_entries[f] + n > limits.max_entries_per_folder]
+        if crowded:
+            folder, count = max(crowded, key=lambda item: item[1])
+            broken.append(f"{count} entries in folder {folder} (limit {limits.max_entries_per_folder})")
+        if broken and limits.reject:
+            raise ValueError("; ".join(broken))
+        self.violations += broken
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -226,7 +339,7 @@ class _Handler(BaseHTTPRequestHandler):
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.end_headers()
-        if not head_only:
+        if not head_only and self.command != "HEAD":
             self.wfile.write(body)
 
     def _error(self, status: int, message: str, code: str | None = None) -> None:
@@ -342,6 +455,12 @@ class _Handler(BaseHTTPRequestHandler):
         repo = self._repo(groups)
         if repo is None:
             return
+        wait = self.hub.commit_quota_wait(repo)
+        if wait > 0 and self.hub.limits is not None:
+            self.hub.rate_limited += 1
+            return self._send(429, {"error": "You have exceeded the rate limit for repository commits "
+                                             f"({self.hub.limits.commits_per_hour} per hour)."},
+                              {"Retry-After": str(int(wait) + 1)})
         try:
             commit = self.hub.apply_commit(repo, [json.loads(line) for line in body.splitlines() if line])
         except (ValueError, KeyError, StopIteration) as exc:
@@ -374,10 +493,7 @@ class _Handler(BaseHTTPRequestHandler):
                 if recursive or depth == 1:
                     folders.add("/".join(([base] if base else []) + parts[:depth]))
             if recursive or len(parts) == 1:
-                entry = {"type": "file", "oid": stored.git_oid, "size": stored.size, "path": path}
-                if stored.lfs:
-                    entry["lfs"] = {"oid": stored.sha256, "size": stored.size, "pointerSize": 134}
-                entries.append(entry)
+                entries.append(_file_entry(path, stored))
         entries += [{"type": "directory", "oid": hashlib.sha1(f.encode()).hexdigest(), "path": f}
                     for f in sorted(folders)]
         self._send(200, entries)
@@ -388,32 +504,110 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, [{"id": c.oid, "title": c.title, "message": c.message, "date": c.date,
                               "authors": [{"user": "user"}]} for c in reversed(repo.commits)])
 
+    def _files_at(self, repo: Repo, rev: str) -> tuple[str, dict[str, StoredFile]] | None:
+        oid = repo.head if rev == "main" else rev
+        files = repo.files_at(oid) if repo.commits else None
+        return None if files is None else (oid, files)
+
     def resolve(self, groups: dict, query: dict, fault: Fault | None, head: bool) -> None:
         repo = self._repo(groups)
         if repo is None:
             return
-        rev = groups["rev"]
-        if rev == "main":
-            commit = repo.commits[-1] if repo.commits else None
-        else:
-            commit = next((c for c in repo.commits if c.oid == rev), None)
-        stored = commit.files.get(groups["path"]) if commit else None
-        if stored is None:
+        found = self._files_at(repo, groups["rev"])
+        stored = found[1].get(groups["path"]) if found else None
+        if found is None or stored is None:
             return self._error(404, "Entry not found", "EntryNotFound")
-        headers = {"X-Repo-Commit": commit.oid, "ETag": f'"{stored.git_oid}"'}
+        headers = {"X-Repo-Commit": found[0], "ETag": f'"{stored.git_oid}"', "Accept-Ranges": "bytes"}
         if stored.lfs:
             headers.update({"X-Linked-Etag": f'"{stored.sha256}"', "X-Linked-Size": str(stored.size)})
-        self._send(200, raw=self.hub.blob(stored.sha256), headers=headers, head_only=head)
+        wanted = _byte_range(self.headers.get("Range"), stored.size)
+        if wanted is None:
+            return self._error(416, f"range {self.headers.get('Range')} not satisfiable for {stored.size} bytes")
+        start, end = wanted
+        status = 200
+        if self.headers.get("Range"):
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{stored.size}"
+        with open(self.hub.blob_dir / stored.sha256, "rb") as fh:
+            fh.seek(start)
+            data = fh.read(end - start)
+        if not head:
+            self.hub.bytes_sent[(repo.repo_id, groups["path"])] += len(data)
+        self._send(status, raw=data, headers=headers, head_only=head)
+
+    def validate_yaml(self, groups: dict, query: dict, fault: Fault | None, head: bool) -> None:
+        """The Hub's check of a README.md's metadata, as far as this server knows it: the front
+        matter must parse as a YAML mapping, and each config name its data files."""
+        import yaml
+
+        content = json.loads(self._body())["content"]
+        errors = []
+        if content.startswith("---\n"):
+            try:
+                metadata = yaml.safe_load(content.split("---\n")[1])
+            except yaml.YAMLError as exc:
+                metadata, errors = None, [{"message": f"invalid YAML: {exc}"}]
+            if not errors and not isinstance(metadata, dict):
+                errors.append({"message": "the metadata is not a mapping"})
+            for config in (metadata or {}).get("configs", []) if not errors else []:
+                if not config.get("config_name") or not config.get("data_files"):
+                    errors.append({"message": f"config {config!r} needs config_name and data_files"})
+        if errors:
+            return self._send(400, {"errors": errors})
+        self._send(200, {"warnings": []})
+
+    def paths_info(self, groups: dict, query: dict, fault: Fault | None, head: bool) -> None:
+        form = parse_qs(self._body().decode())
+        repo = self._repo(groups)
+        if repo is None:
+            return
+        found = self._files_at(repo, groups["rev"])
+        files = found[1] if found else {}
+        entries = []
+        for path in form.get("paths", []):
+            path = path.strip("/")
+            stored = files.get(path)
+            if stored is not None:
+                entries.append(_file_entry(path, stored))
+            elif any(p.startswith(path + "/") for p in files):
+                entries.append({"type": "directory", "oid": hashlib.sha1(path.encode()).hexdigest(), "path": path})
+        self._send(200, entries)
+
+
+def _file_entry(path: str, stored: StoredFile) -> dict[str, Any]:
+    """A file as the tree and paths-info endpoints describe it."""
+    entry: dict[str, Any] = {"type": "file", "oid": stored.git_oid, "size": stored.size, "path": path}
+    if stored.lfs:
+        entry["lfs"] = {"oid": stored.sha256, "size": stored.size, "pointerSize": 134}
+    return entry
+
+
+def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """``[start, end)`` of a ``Range: bytes=a-b`` / ``a-`` / ``-n`` header (the whole file without
+    one); None when it cannot be satisfied."""
+    if not header:
+        return 0, size
+    match = re.fullmatch(r"\s*bytes=(\d*)-(\d*)\s*", header)
+    if match is None or match[1] == match[2] == "":
+        return None
+    if match[1] == "":
+        start, end = max(0, size - int(match[2])), size
+    else:
+        start = int(match[1])
+        end = min(size, int(match[2]) + 1) if match[2] else size
+    return (start, end) if start < end or size == 0 else None
 
 
 _API = rf"/api/(?P<type>datasets|models|spaces)/{_REPO}"
 _ROUTES = [
     ("POST", re.compile(r"/api/repos/create"), "create", _Handler.create),
+    ("POST", re.compile(r"/api/validate-yaml"), "validate_yaml", _Handler.validate_yaml),
     ("GET", re.compile(rf"{_API}(/revision/(?P<rev>[^/]+))?"), "info", _Handler.info),
     ("POST", re.compile(rf"{_API}/preupload/(?P<rev>[^/]+)"), "preupload", _Handler.preupload),
     ("POST", re.compile(rf"{_API}/commit/(?P<rev>[^/]+)"), "commit", _Handler.commit),
     ("GET", re.compile(rf"{_API}/tree/(?P<rev>[^/]+)(?P<path>/.*)?"), "tree", _Handler.tree),
     ("GET", re.compile(rf"{_API}/commits/(?P<rev>[^/]+)"), "commits", _Handler.commits),
+    ("POST", re.compile(rf"{_API}/paths-info/(?P<rev>[^/]+)"), "paths_info", _Handler.paths_info),
     ("POST", re.compile(rf"/((?P<type>datasets|spaces)/)?{_REPO}\.git/info/lfs/objects/batch"),
      "lfs_batch", _Handler.lfs_batch),
     ("PUT", re.compile(r"/lfs-upload/(?P<oid>[0-9a-f]{64})"), "lfs_put", _Handler.lfs_put),
