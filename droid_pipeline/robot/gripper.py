@@ -23,7 +23,6 @@ import functools
 
 import numpy as np
 from scipy.optimize import brentq
-from scipy.stats import qmc
 
 from droid_pipeline.geometry.poses import transform_points
 from droid_pipeline.robot.kinematics import (
@@ -251,15 +250,28 @@ def _sample_face(face: np.ndarray, normal: np.ndarray, count: int) -> np.ndarray
     fill = areas.sum() / np.prod(high - low)
     candidates = int(np.ceil(count / fill)) + 16
     while True:
-        sampler = qmc.Halton(d=2, scramble=False)
-        sampler.fast_forward(1)  # skip the corner point (0, 0)
-        uv = low + sampler.random(candidates) * (high - low)
+        uv = low + halton_2d(candidates) * (high - low)
         triangle, weights = _locate(flat, uv)
         inside = triangle >= 0
         if inside.sum() >= count:
             keep = np.flatnonzero(inside)[:count]
             return np.einsum("nk,nkj->nj", weights[keep], face[triangle[keep]])
         candidates *= 2
+
+
+def halton_2d(count: int) -> np.ndarray:
+    """(count, 2) points 1..count of the unscrambled Halton sequence in bases 2 and 3 (point 0, the
+    corner (0, 0), is skipped): each coordinate the radical inverse of the index, its digits summed
+    as digit / base**k from the most significant fraction digit down."""
+    points = np.zeros((count, 2))
+    for axis, base in enumerate((2, 3)):
+        quotient = np.arange(1, count + 1, dtype=np.int64)
+        weight = 1.0 / base
+        while quotient.any():
+            points[:, axis] += (quotient % base) * weight
+            weight /= base
+            quotient //= base
+    return points
 
 
 def _locate(flat: np.ndarray, uv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -284,3 +284,14 @@ def test_documented_pad_distances_from_the_flange_are_the_models(model, linkage,
     for doc in (REPO_ROOT / "docs" / "gripper_model.md", REPO_ROOT / "droid_pipeline" / "core" / "default.yaml"):
         text = doc.read_text()
         assert all(value.replace(" mm", "") in text for value in quoted), doc
+
+
+def test_the_halton_points_are_scipys_unscrambled_halton_sequence():
+    from scipy.stats import qmc
+
+    from droid_pipeline.robot.gripper import halton_2d
+
+    for count in (1, 2, 7, 1000, 4097):
+        sampler = qmc.Halton(d=2, scramble=False)
+        sampler.fast_forward(1)
+        np.testing.assert_array_equal(halton_2d(count), sampler.random(count))
