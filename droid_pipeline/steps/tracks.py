@@ -3,11 +3,11 @@ labels, the 1 mm normalized flow, camera extrinsics and quality report (contract
 
 Pipeline, vectorized over steps T and points N: flange poses (DROID ``cartesian_position``) ->
 gripper and finger poses (Robotiq 2F-85 model at each ``gripper_position``) -> pad contact points
-in the base frame -> projection into every camera with intrinsics -> arc-length resampling of
-the contact-centroid path; occlusion labels per camera from the robot's meshes and the depth
-(:mod:`droid_pipeline.steps.occlusion_labels`). Computation is float64; storage uses float32 where its rounding
-(below 0.25 micrometre for positions within 4 m, below 1e-4 px for pixels in a 1280x720 image)
-is far below any physical accuracy of the data.
+in the base frame -> projection into every camera with intrinsics -> occlusion labels per camera
+from the robot's meshes and the depth (:mod:`droid_pipeline.steps.occlusion_labels`) ->
+arc-length resampling of the contact-centroid path. Computation is float64; storage uses float32
+where its rounding (below 0.25 micrometre for positions within 4 m, below 1e-4 px for pixels in a
+1280x720 image) is far below any physical accuracy of the data.
 
 Normalized tracks are the rigid gripper re-posed at each sample: centroid by linear
 interpolation along the path, orientation by Slerp of the contact frame, opening by linear
@@ -30,7 +30,7 @@ from droid_pipeline.core import schema
 from droid_pipeline.core.atomic import savez_atomic, write_json_atomic
 from droid_pipeline.core.config import Config, VideoFrameMismatchConfig
 from droid_pipeline.core.errors import EpisodeError
-from droid_pipeline.core.schema import DEPTH_META, EXTRINSICS, INTRINSICS, QUALITY, SCHEMA_VERSION, TRACKS
+from droid_pipeline.core.schema import DEPTH, DEPTH_META, EXTRINSICS, INTRINSICS, QUALITY, SCHEMA_VERSION, TRACKS
 from droid_pipeline.formats.depth_codec import DepthCodecError, DepthMeta
 from droid_pipeline.formats.intrinsics import IntrinsicsError, IntrinsicsRecord
 from droid_pipeline.geometry.normalize import (
@@ -191,11 +191,15 @@ def _check_video_frames(raw: RawEpisode, num_frames: int, policy: VideoFrameMism
 
 def _depth_metas(raw: RawEpisode, output_dir: Path, num_frames: int, warnings: list[str]) -> dict[str, DepthMeta]:
     """depth_meta.json of each camera with depth (written earlier by the depth step). Depth whose
-    frame count is not T fails the episode; missing depth frames are a warning."""
+    frame count is not T fails the episode; missing depth frames, and a depth.mkv without its
+    depth_meta.json (not used), are warnings."""
     metas = {}
     for serial in raw.episode.serials.values():
         path = output_dir / DEPTH_META.for_camera(serial)
         if not path.exists():
+            if (output_dir / DEPTH.for_camera(serial)).exists():
+                warnings.append(f"camera {serial}: {DEPTH.for_camera(serial)} without {DEPTH_META.name}: not used "
+                                "for the occlusion labels")
             continue
         try:
             meta = DepthMeta.load(path)

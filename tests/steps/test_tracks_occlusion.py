@@ -230,6 +230,22 @@ def test_depth_that_does_not_fit_the_image_fails_the_episode(dataset, metadata_o
                                    f"{synthetic.width}x{synthetic.height}: depth and tracks must share the image")
 
 
+def test_depth_without_its_metadata_is_not_used_and_said_so(dataset, metadata_only, tmp_path):
+    synthetic = dataset.episodes[0]
+    outputs = metadata_only["outputs"][synthetic.episode_id]
+    serial = synthetic.serials["wrist"]
+    folder = Path(shutil.copytree(outputs["folder"], tmp_path / "episode"))
+    write_depth(folder / "recordings" / serial / "depth.mkv",
+                np.full((40, synthetic.height, synthetic.width), 1000, np.uint16), 15.0)
+    (folder / "recordings" / serial / "depth_meta.json").unlink()
+    summary = generate_tracks(metadata_only["config"], outputs["episode"], folder)
+    assert f"camera {serial}: recordings/{serial}/depth.mkv without depth_meta.json: not used for the occlusion " \
+           "labels" in summary["warnings"]
+    written = read_outputs(folder)
+    assert written["quality"]["occlusion"]["cameras"][serial]["scene_from_depth"] is False
+    np.testing.assert_array_equal(written["tracks"][f"occlusion_{serial}"], outputs["tracks"][f"occlusion_{serial}"])
+
+
 def test_full_pipeline_episode_gets_scene_labels_from_its_stereo_depth(dataset, tmp_path_factory):
     """Episode 0 of the converted set had stereo depth of ext1 before its tracks: there, every point
     neither hidden by the robot nor out of view is 3 where that depth is invalid at its pixel, else 2
