@@ -233,7 +233,8 @@ DAMAGE = [
     (label_out_of_range, "values", r"occlusion_\d+ holds 1 values outside 0\.\.3 \(first: step 4, point 2\)"),
     (label_where_invisible, "values", r"occlusion_\d+ is not 3 \(unknown\) at 1 points whose visibility is False"),
     (scene_label_without_depth, "values", r"occlusion_\d+ has 1 points labelled 0 \(visible\) or 2 \(hidden "
-                                          r"by the scene\), which need depth, but quality.json says the camera had none"),
+                                          r"by the scene\), which need depth, but quality.json says the camera "
+                                          r"had none"),
     (fractions_disagree, "values", r"quality.json occlusion in_view fractions of camera \d+ differ from occlusion_"),
     (occlusion_said_off, "values", r"occlusion_\d+ is not 3 everywhere although quality.json says occlusion was off"),
 ]
