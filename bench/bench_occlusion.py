@@ -106,7 +106,8 @@ def main() -> int:
                                    tolerance_mm=config.occlusion.scene_tolerance_mm,
                                    tolerance_per_m2=config.occlusion.scene_tolerance_per_m2)
 
-        steps = timed(lambda: generate_tracks(config, episode, output_dir), args.repeats)
+        without = load_config([info.config_path], ["occlusion.enabled=false"])   # the step's own labels off
+        steps = timed(lambda: generate_tracks(without, episode, output_dir), args.repeats)
         posing = timed(lambda: occlusion.pose(joints, flange, opening), args.repeats)
         per_camera = {s: timed(lambda c=c: occlusion.robot_occlusion(pose, points, normals, c["poses"],
                                                                      margin_m=margin_m, in_view=c["seen"]),

@@ -1,14 +1,21 @@
 """Benchmark the tracks step on a full-size synthetic episode: T=300 steps, N=480 points,
-3 cameras, about 2 m of contact-centroid travel. Times the step in-process and through its
-command line, and prints the bytes written per file and per array.
+3 cameras, about 2 m of contact-centroid travel. Times the step in-process with and without the
+occlusion labels (``occlusion.enabled``), the labels alone inside the step, and with ``--depth``
+the step again with every camera's true depth written as its depth.mkv (the scene test decodes
+it) and the decoding of those files alone; the step through its command line; and prints the
+bytes written per file and per array. ``--keep DIR --reuse`` takes the episode an earlier run
+kept there (rendering a 720p one takes minutes).
 
-    .venv/bin/python bench/bench_tracks.py [--frames 300] [--repeats 5] [--keep DIR]
+    .venv/bin/python bench/bench_tracks.py [--frames 300] [--size 320x180] [--repeats 5] [--depth]
+                                           [--keep DIR [--reuse]]
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -23,11 +30,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from droid_pipeline.core.config import load_config  # noqa: E402
-from droid_pipeline.core.schema import TRACKS  # noqa: E402
+from droid_pipeline.core.schema import DEPTH, TRACKS  # noqa: E402
+from droid_pipeline.formats.depth_codec import DepthReader, DepthWriter  # noqa: E402
 from droid_pipeline.raw.discovery import build_index  # noqa: E402
+from droid_pipeline.steps import tracks as tracks_step  # noqa: E402
 from droid_pipeline.steps.intrinsics import extract_intrinsics  # noqa: E402
 from droid_pipeline.steps.tracks import generate_tracks  # noqa: E402
-from droid_pipeline.synthetic.generator import generate_dataset  # noqa: E402
+from droid_pipeline.synthetic.generator import generate_dataset, load_dataset_info  # noqa: E402
 
 
 def timed(function, repeats: int) -> list[float]:
@@ -43,39 +52,111 @@ def describe(seconds: list[float]) -> str:
     return f"min {min(seconds):.3f} s, median {statistics.median(seconds):.3f} s over {len(seconds)}"
 
 
+class OcclusionTimer:
+    """Wraps the tracks step's call of ``label_occlusion`` and records how long each took."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._label = tracks_step.label_occlusion
+
+    def __call__(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return self._label(*args, **kwargs)
+        finally:
+            self.seconds.append(time.perf_counter() - start)
+
+
+def write_true_depth(info, output_dir: Path, fps: float) -> None:
+    """Each camera's ground-truth depth (mm) as its depth.mkv + depth_meta.json, as the depth step writes them."""
+    truth = info.ground_truth_path(info.episodes[0])
+    for serial, record in json.loads((truth / "cameras.json").read_text()).items():
+        frames = np.load(truth / record["depth_file"], mmap_mode="r")
+        with DepthWriter(output_dir / DEPTH.for_camera(serial), frames.shape[2], frames.shape[1], fps,
+                         load_config().ffv1, source={"backend": "ground_truth"}) as writer:
+            for frame in frames:
+                writer.write(np.asarray(frame))
+
+
+def decode_all(output_dir: Path) -> None:
+    """Decode every depth.mkv under ``output_dir`` one frame at a time, as the scene test reads them."""
+    for path in sorted(output_dir.glob(DEPTH.path.replace("<serial>", "*"))):
+        with DepthReader(path) as reader:
+            for _ in reader:
+                pass
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=300)
+    parser.add_argument("--size", default="320x180", help="image size WxH of the rendered episode (default 320x180)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--depth", action="store_true", help="also time the step with every camera's true depth")
     parser.add_argument("--keep", type=Path, help="generate the episode here and keep it")
+    parser.add_argument("--reuse", action="store_true", help="with --keep: use the episode already there")
     args = parser.parse_args()
+    width, height = (int(v) for v in args.size.split("x"))
     with tempfile.TemporaryDirectory() as scratch:
         root = args.keep or Path(scratch)
         start = time.perf_counter()
-        info = generate_dataset(root, episodes=1, frames=args.frames, size=(320, 180))
-        print(f"setup: synthetic episode of {args.frames} steps rendered in {time.perf_counter() - start:.1f} s")
+        if args.reuse and args.keep:
+            info = load_dataset_info(root)
+            kept = info.episodes[0]
+            if (kept.num_frames, kept.width, kept.height) != (args.frames, width, height):
+                parser.error(f"{root} holds {kept.num_frames} steps at {kept.width}x{kept.height}")
+            shutil.rmtree(root / "with_depth", ignore_errors=True)
+        else:
+            info = generate_dataset(root, episodes=1, frames=args.frames, size=(width, height))
+            print(f"setup: synthetic episode of {args.frames} steps at {width}x{height} rendered in "
+                  f"{time.perf_counter() - start:.1f} s")
         config = load_config([info.config_path])
+        without = load_config([info.config_path], ["occlusion.enabled=false"])
         episode = build_index(config.droid_root, config.index_path).get(info.episodes[0].episode_id)
         output_dir = config.output_root / episode.relative_path
         extract_intrinsics(config, episode, output_dir)
-
-        summary = generate_tracks(config, episode, output_dir)  # warm: gripper model built once per process
+        summary = generate_tracks(config, episode, output_dir)  # warm: gripper and robot models built once
         print(f"episode: T={summary['num_frames']} N={summary['num_points']} "
               f"cameras={len(summary['cameras_with_2d_tracks'])} path={summary['path_length_mm']:.0f} mm "
               f"-> M={summary['num_normalized_steps']} normalized samples")
-
         with np.load(output_dir / TRACKS.path, allow_pickle=False) as data:
             arrays = dict(data)
-        in_process, writing = [], []
-        for _ in range(args.repeats):  # interleaved, so both see the same machine load
-            in_process += timed(lambda: generate_tracks(config, episode, output_dir), 1)
-            writing += timed(lambda: np.savez_compressed(io.BytesIO(), **arrays), 1)
+        depth_dir = Path(root) / "with_depth" / episode.relative_path
+        if args.depth:
+            shutil.copytree(output_dir, depth_dir)
+            start = time.perf_counter()
+            write_true_depth(info, depth_dir, float(arrays["fps"]))
+            print(f"setup: true depth of every camera encoded in {time.perf_counter() - start:.1f} s")
+        timer = OcclusionTimer()
+        tracks_step.label_occlusion = timer
+        runs: dict[str, list[float]] = {"with": [], "without": [], "depth": [], "decoding": [], "writing": []}
+        labels: dict[str, list[float]] = {"with": [], "depth": []}
+        for _ in range(args.repeats):  # interleaved, so all see the same machine load
+            runs["without"] += timed(lambda: generate_tracks(without, episode, output_dir), 1)
+            runs["with"] += timed(lambda: generate_tracks(config, episode, output_dir), 1)
+            labels["with"].append(timer.seconds[-1])
+            if args.depth:
+                runs["depth"] += timed(lambda: generate_tracks(config, episode, depth_dir), 1)
+                labels["depth"].append(timer.seconds[-1])
+                runs["decoding"] += timed(lambda: decode_all(depth_dir), 1)
+            runs["writing"] += timed(lambda: np.savez_compressed(io.BytesIO(), **arrays), 1)
+        tracks_step.label_occlusion = timer._label
         command = [sys.executable, str(REPO_ROOT / "generate_tracks_and_metadata.py"), "--config",
                    str(info.config_path), "--episode_id", episode.episode_id]
         cli = timed(lambda: subprocess.run(command, check=True, capture_output=True), max(2, args.repeats // 2))
 
-        print(f"in-process, whole step:          {describe(in_process)}")
-        print(f"  np.savez_compressed of its tracks.npz arrays alone, to memory: {describe(writing)}")
+        rest = statistics.median(runs["with"]) - statistics.median(labels["with"])
+        print(f"in-process, whole step, occlusion off:      {describe(runs['without'])}")
+        print(f"in-process, whole step, occlusion on:       {describe(runs['with'])}")
+        print(f"  of which the occlusion labels (no depth): {describe(labels['with'])}")
+        print(f"  the rest of the step:                     median {rest:.3f} s")
+        print(f"  occlusion labels / rest of the step:      {statistics.median(labels['with']) / rest:.2f}")
+        if args.depth:
+            print(f"in-process, whole step, every camera with depth: {describe(runs['depth'])}")
+            print(f"  of which the occlusion labels (robot + decoding and testing 3 depth.mkv): "
+                  f"{describe(labels['depth'])}")
+            print(f"  decoding the 3 depth.mkv alone, frame by frame:  {describe(runs['decoding'])} "
+                  "(the scene test on decoded frames: bench/bench_occlusion.py)")
+        print(f"  np.savez_compressed of its tracks.npz arrays alone, to memory: {describe(runs['writing'])}")
         print(f"command line, whole step:        {describe(cli)} (interpreter start and imports included)")
         total_bytes = sum(summary["files"].values())
         for name, size in summary["files"].items():
@@ -86,7 +167,9 @@ def main() -> int:
         print("largest tracks.npz arrays (stored / raw bytes):")
         for member in members[:8]:
             print(f"  {member.filename[:-4]:28s} {member.compress_size:>11,d} / {member.file_size:>11,d}")
-        print(f"command line / in-process, fastest of each: {min(cli) / min(in_process):.1f}x")
+        occlusion_bytes = sum(m.compress_size for m in members if m.filename.startswith("occlusion_"))
+        print(f"  occlusion_<serial>, all cameras: {occlusion_bytes:,d} bytes stored")
+        print(f"command line / in-process, fastest of each: {min(cli) / min(runs['with']):.1f}x")
     return 0
 
 

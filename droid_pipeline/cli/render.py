@@ -45,8 +45,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--trail", type=int, default=DEFAULT_TRAIL, metavar="K",
                         help=f"trail length in steps for tracks and normalized (default {DEFAULT_TRAIL})")
     parser.add_argument("--what", choices=MODES, default="tracks",
-                        help="tracks: 2D tracks; frames: contact frame axes; normalized: nearest normalized "
-                             "tracks; depth: tracks beside the colour-mapped depth; model: the gripper model's "
+                        help="tracks: 2D tracks, points the occlusion labels hide (occlusion_<serial> 1 robot, "
+                             "2 scene) as hollow rings, visible (0) and unknown (3: no depth to decide, as in "
+                             "metadata-only episodes) as filled dots; frames: contact frame "
+                             "axes; normalized: nearest normalized tracks; depth: tracks beside the colour-mapped "
+                             "depth; model: the gripper model's "
                              "pad outlines on the config's gripper mount (gripper.mount_xyz_m, gripper.mount_rpy), "
                              "on the wrist camera unless --camera says otherwise (default tracks)")
     parser.add_argument("--sheet-frames", type=int, default=DEFAULT_SHEET_FRAMES, metavar="N",

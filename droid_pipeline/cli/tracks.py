@@ -18,8 +18,10 @@ M normalized samples, C cameras with 2D tracks, K cameras of the episode:
 
 reads: the raw episode under droid_root (metadata json, trajectory.h5, MP4 frame counts), the
 published calibration files (cam2base_extrinsics_paths, cam2cam_extrinsics_path; indexed once
-under output_root/.calibration_index) and <output-dir>/recordings/<serial>/intrinsics.json
-written by extract_intrinsics_only.py (docs/calibration.md).
+under output_root/.calibration_index), <output-dir>/recordings/<serial>/intrinsics.json
+written by extract_intrinsics_only.py (docs/calibration.md) and, for the occlusion labels'
+scene test, <output-dir>/recordings/<serial>/depth.mkv where the depth step wrote one
+(docs/occlusion.md).
 """
 
 

@@ -91,6 +91,7 @@ class OcclusionConfig:
     surface_margin_mm: float = _field(min=0)
     scene_tolerance_mm: float = _field(min=0)
     scene_tolerance_per_m2: float = _field(min=0)
+    flange_tolerance_mm: float = _field(min=0)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,12 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     import numpy as np
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+
+# The values of ``occlusion_<serial>`` (docs/occlusion.md): what hides a point from a camera.
+VISIBLE, HIDDEN_BY_ROBOT, HIDDEN_BY_SCENE, UNKNOWN = 0, 1, 2, 3
+OCCLUSION_LABELS = {VISIBLE: "visible", HIDDEN_BY_ROBOT: "hidden_by_robot", HIDDEN_BY_SCENE: "hidden_by_scene",
+                    UNKNOWN: "unknown"}
 
 EPISODE_LAYOUT = "<LAB>/<success|failure>/<date>/<folder>"
 RECORDINGS = "recordings"
@@ -216,6 +221,10 @@ TRACKS_NPZ = NpzSchema(TRACKS, serials_key="cameras_with_2d_tracks", tables=(
         ArrayKey("tracks_3d", "float32", ("T", "N", 3), "m", "base", "contact points on both pads"),
         ArrayKey("contact_points_local", "float64", ("N", 3), "m", "own finger frame",
                  "the tracked points in their finger link's frame (rows < N/2: left finger)"),
+        ArrayKey("contact_normals_local", "float64", ("N", 3), "unit vector", "own finger frame",
+                 "outward normal of the pad face at each point of `contact_points_local` (towards the other "
+                 "finger); in the base frame, the rotation of `left_contact_frames` (rows < N/2) or "
+                 "`right_contact_frames` times it. The occlusion labels' back-face rule uses it"),
         ArrayKey("gripper_poses", "float32", ("T", *_POSE), "m", "base", "gripper frame = flange pose x mount"),
         ArrayKey("cartesian_positions", "float64", ("T", 6), "m, rad", "base",
                  'DROID flange pose `[x, y, z, rx, ry, rz]`, `Rotation.from_euler("xyz", ...)`, as in trajectory.h5'),
@@ -243,7 +252,19 @@ TRACKS_NPZ = NpzSchema(TRACKS, serials_key="cameras_with_2d_tracks", tables=(
         ArrayKey("visibility_<serial>", "bool", ("T", "N"), "", "",
                  "depth along the optical axis > `min_depth` of the camera's role (config: exterior 0.10 m, "
                  "wrist 0.01 m) **and** pixel inside the image **and** the camera's MP4 has a frame for the "
-                 "step (`video_frame_mismatch`). Occlusion is not modelled"),
+                 "step (`video_frame_mismatch`). It ignores occlusion: see `occlusion_<serial>`"),
+        ArrayKey("occlusion_<serial>", "uint8", ("T", "N"), "label", "",
+                 f"what hides the point from the camera: **{VISIBLE}** visible (in view, not hidden by the robot, "
+                 "and the camera's depth at its pixel is valid and not nearer than the point by more than "
+                 "`occlusion.scene_tolerance_mm` + `occlusion.scene_tolerance_per_m2` x depth²); "
+                 f"**{HIDDEN_BY_ROBOT}** hidden by the robot (in view, and its pad faces away from the camera or "
+                 "the ray to it meets another robot link first: the arm posed from `joint_positions`, the "
+                 f"gripper from the flange pose); **{HIDDEN_BY_SCENE}** hidden by the scene (in view, not hidden "
+                 f"by the robot, the depth at its pixel nearer by more than the tolerance); **{UNKNOWN}** unknown "
+                 "(`visibility_<serial>` False, or not hidden by the robot but without valid depth at its "
+                 f"pixel or without depth for the camera). Metadata-only episodes have only {HIDDEN_BY_ROBOT} "
+                 f"and {UNKNOWN}; every value is {UNKNOWN} when `occlusion.enabled` is false (quality.json "
+                 "`occlusion`)"),
         ArrayKey("intrinsics_<serial>", "float64", (3, 3), "px", "",
                  "rectified camera matrix K (from `recordings/<serial>/intrinsics.json`)"),
         ArrayKey("distortion_<serial>", "float64", (5,), "", "",

@@ -1,7 +1,7 @@
 """Load one converted episode, from an output folder or a Hugging Face repo, as typed arrays.
 
 ``load_episode`` returns an :class:`EpisodeData`: the contact tracks (3D and normalized), each
-camera's pose, 2D tracks, visibility and intrinsics, the quality report, and the depth videos as
+camera's pose, 2D tracks, visibility, occlusion labels and intrinsics, the quality report, and the depth videos as
 lazy :class:`~droid_pipeline.formats.depth_codec.DepthReader` objects. Arrays are exactly those of the
 files (``np.load(..., allow_pickle=False)``), made read-only. The file layout is the output
 contract of docs/outputs.md.
@@ -70,14 +70,21 @@ class LoadError(ValueError):
 
 @dataclass(frozen=True)
 class CameraData:
-    """One camera: its pose and, when it got 2D tracks, their pixels, visibility and intrinsics."""
+    """One camera: its pose and, when it got 2D tracks, their pixels, visibility, occlusion labels
+    and intrinsics.
+
+    ``occlusion`` (T, N) uint8 says what hides each point (core.schema's labels, docs/occlusion.md):
+    0 visible, 1 hidden by the robot, 2 hidden by the scene (from depth), 3 unknown (out of view,
+    i.e. ``visibility`` False, or no valid depth to decide; a camera without depth has only 1 and 3).
+    """
 
     serial: str
     role: str                                # wrist, ext1 or ext2
     T_base_cam: np.ndarray                   # (4, 4) exterior, (T, 4, 4) wrist; left lens, OpenCV frame
     extrinsics_source: str
     tracks_2d: np.ndarray | None = None      # (T, N, 2) pixels, off-image values kept
-    visibility: np.ndarray | None = None     # (T, N) bool
+    visibility: np.ndarray | None = None     # (T, N) bool: in front and in the image (occlusion aside)
+    occlusion: np.ndarray | None = None      # (T, N) uint8: 0 visible, 1 robot, 2 scene, 3 unknown
     intrinsics: np.ndarray | None = None     # (3, 3) K the 2D tracks were projected with
     distortion: np.ndarray | None = None     # (5,) k1 k2 p1 p2 k3
     image_size: tuple[int, int] | None = None  # (width, height)
@@ -124,6 +131,7 @@ class EpisodeData:
     num_points_per_finger: int          # the left finger's points come first
     tracks_3d: np.ndarray               # (T, N, 3)
     contact_points_local: np.ndarray    # (N, 3) in each point's finger link frame
+    contact_normals_local: np.ndarray   # (N, 3) outward pad normal at each point, same frames
     contact_centroids: np.ndarray       # (T, 3)
     contact_frames: np.ndarray          # (T, 4, 4)
     left_contact_frames: np.ndarray     # (T, 4, 4)
@@ -268,6 +276,7 @@ def read_episode_dir(episode_dir: os.PathLike | str) -> EpisodeData:
         schema_version=int(get("schema_version")), num_frames=int(get("num_frames")),
         fps=float(get("fps")), num_points_per_finger=int(get("num_points_per_finger")),
         tracks_3d=get("tracks_3d"), contact_points_local=get("contact_points_local"),
+        contact_normals_local=get("contact_normals_local"),
         contact_centroids=get("contact_centroids"), contact_frames=get("contact_frames"),
         left_contact_frames=get("left_contact_frames"), right_contact_frames=get("right_contact_frames"),
         gripper_poses=get("gripper_poses"), gripper_positions=get("gripper_positions"),
@@ -302,6 +311,7 @@ def _cameras(episode_dir: Path, tracks: dict[str, np.ndarray],
             size = _key(tracks, f"image_size_{serial}", where_t)
             fields = {"tracks_2d": _key(tracks, f"tracks_2d_{serial}", where_t),
                       "visibility": _key(tracks, f"visibility_{serial}", where_t),
+                      "occlusion": _key(tracks, f"occlusion_{serial}", where_t),
                       "intrinsics": _key(tracks, f"intrinsics_{serial}", where_t),
                       "distortion": _key(tracks, f"distortion_{serial}", where_t),
                       "image_size": (int(size[0]), int(size[1])),

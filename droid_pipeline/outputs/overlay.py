@@ -3,14 +3,17 @@
 Frame i of a camera's MP4 is control step i. Modes (``what``):
 
 - ``tracks``: the visible 2D track points of step i (left finger orange, right finger blue) with
-  fading trails over the previous ``trail`` steps (segments whose both ends are visible);
+  fading trails over the previous ``trail`` steps (segments whose both ends are visible). A point
+  the occlusion labels hide (``occlusion_<serial>`` 1 by the robot, 2 by the scene) is a hollow
+  ring, the others filled dots: visible (0) and unknown (3: in view, not hidden by the robot, no
+  depth to decide, as everywhere in a metadata-only episode), since unknown is not hidden;
 - ``frames``: the axes (x red, y green, z blue) of the contact frame and of each finger's
   contact frame, projected with the camera's intrinsics and pose from the outputs;
 - ``normalized``: the normalized (1 mm) track sample nearest to step i
   (``frame_to_normalized_idx``), projected likewise, points in front of the camera and inside
   the image only, with trails;
-- ``depth``: the image with its tracks beside the decoded depth frame, colour-mapped (black
-  where invalid);
+- ``depth``: the image with its tracks (drawn as in ``tracks``) beside the decoded depth frame,
+  colour-mapped (black where invalid);
 - ``model``: the outlines of the gripper model's two pad boxes (:meth:`GripperModel.pad_box_local`)
   at step i, posed from the flange pose and gripper_position of the outputs on the given gripper
   mount (the config's), by default on the wrist camera, where the real fingers are always in
@@ -38,6 +41,7 @@ import numpy as np
 from tqdm import tqdm
 
 from droid_pipeline.core.atomic import atomic_path
+from droid_pipeline.core.schema import HIDDEN_BY_ROBOT, HIDDEN_BY_SCENE
 from droid_pipeline.geometry.poses import pose6_to_matrix
 from droid_pipeline.geometry.projection import points_in_camera, project
 from droid_pipeline.outputs.loader import CameraData, EpisodeData
@@ -243,6 +247,7 @@ def draw_step(data: EpisodeData, camera: CameraData, image: np.ndarray, step: in
     if not camera.has_2d_tracks:
         return image
     first = max(0, step - trail)
+    hidden = None
     if what == "normalized":
         samples = data.normalized.frame_to_normalized_idx[first: step + 1]
         uvs, masks = [], []
@@ -253,19 +258,24 @@ def draw_step(data: EpisodeData, camera: CameraData, image: np.ndarray, step: in
         pixels, seen = np.stack(uvs), np.stack(masks)
     elif camera.tracks_2d is not None and camera.visibility is not None:
         pixels, seen = camera.tracks_2d[first: step + 1], camera.visibility[first: step + 1]
+        if camera.occlusion is not None:
+            hidden = np.isin(camera.occlusion[step], (HIDDEN_BY_ROBOT, HIDDEN_BY_SCENE))
     else:
         return image
-    draw_tracks(image, pixels, seen, half)
+    draw_tracks(image, pixels, seen, half, hidden)
     return image
 
 
-def draw_tracks(image: np.ndarray, pixels: np.ndarray, visible: np.ndarray, num_left: int) -> np.ndarray:
+def draw_tracks(image: np.ndarray, pixels: np.ndarray, visible: np.ndarray, num_left: int,
+                hidden: np.ndarray | None = None) -> np.ndarray:
     """Draw the last step of ``pixels`` (K+1, N, 2) as dots and the K earlier ones as fading trails.
 
     Only points with ``visible`` (K+1, N) are drawn, and a trail segment only when both its
-    ends are visible. The first ``num_left`` points are the left finger's.
+    ends are visible. The first ``num_left`` points are the left finger's. Points of the last
+    step with ``hidden`` (N,) are drawn as hollow rings one pixel wider than the dots.
     """
     radius = max(2, round(image.shape[0] / 240))
+    hollow = np.zeros(pixels.shape[1], bool) if hidden is None else np.asarray(hidden, dtype=bool)
     # Invisible points may project far off the image; clip them into int32 range (never drawn).
     fixed = np.clip(np.round(pixels * (1 << _SHIFT)), -(1 << 28), 1 << 28).astype(np.int32)
     steps = len(pixels)
@@ -278,8 +288,11 @@ def draw_tracks(image: np.ndarray, pixels: np.ndarray, visible: np.ndarray, num_
             segments = np.stack([fixed[k, finger][both], fixed[k + 1, finger][both]], axis=1)
             cv2.polylines(image, list(segments), False, tuple(int(c * fade) for c in color),
                           1, cv2.LINE_AA, _SHIFT)
-        for point in fixed[-1, finger][visible[-1, finger]]:
+        shown = visible[-1, finger]
+        for point in fixed[-1, finger][shown & ~hollow[finger]]:
             cv2.circle(image, tuple(int(v) for v in point), radius << _SHIFT, color, -1, cv2.LINE_AA, _SHIFT)
+        for point in fixed[-1, finger][shown & hollow[finger]]:
+            cv2.circle(image, tuple(int(v) for v in point), (radius + 1) << _SHIFT, color, 1, cv2.LINE_AA, _SHIFT)
     return image
 
 

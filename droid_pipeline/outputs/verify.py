@@ -12,10 +12,13 @@ an episode file (tracks.npz, extrinsics.npz, quality.json or manifest.json) is c
 - ``values``: all floats finite, poses and frames rigid, centroids the mean of their points,
   ``frame_to_normalized_idx`` non-decreasing from 0 to M-1, ``cumulative_distance_mm`` from 0
   and never decreasing, intrinsics equal to intrinsics.json, and quality.json agreeing with the
-  arrays;
+  arrays; occlusion labels within 0..3, 3 wherever visibility is False, only 1 and 3 for a camera
+  without depth, all 3 when occlusion was off, their fractions those quality.json reports;
 - ``2d``: each camera's tracks_3d reprojected with ``cv2.projectPoints`` (an implementation
   independent of the pipeline's) and the saved intrinsics and extrinsics match tracks_2d at every
-  visible point, and no visible point is behind the camera or off the image;
+  visible point, and no visible point is behind the camera or off the image; every visible point
+  whose pad faces away from the camera (its normal, ``contact_normals_local`` turned by its
+  finger's contact frame, against the camera centre) is labelled 1, hidden by the robot;
 - ``depth``: each depth.mkv has its depth_meta.json, decodes, holds T frames and matches the
   checksum of the raw frames (``--no-depth-decode`` checks the metadata only).
 
@@ -42,13 +45,18 @@ from droid_pipeline.core.schema import (
     DEPTH_META,
     EXTRINSICS,
     EXTRINSICS_NPZ,
+    HIDDEN_BY_ROBOT,
+    HIDDEN_BY_SCENE,
     INTRINSICS,
     MANIFEST,
+    OCCLUSION_LABELS,
     QUALITY,
     RECORDINGS,
     SCHEMA_VERSION,
     TRACKS,
     TRACKS_NPZ,
+    UNKNOWN,
+    VISIBLE,
     int_scalar,
     output_file,
     shape_sizes,
@@ -63,6 +71,10 @@ EPISODE_FILES = tuple(f.path for f in (TRACKS, EXTRINSICS, QUALITY, MANIFEST))
 DEFAULT_TOLERANCE_PX = 0.05
 RIGID_TOLERANCE = 1e-4      # rotation orthonormality, float32 storage
 CENTROID_TOLERANCE_M = 1e-5
+# A pad faces away from a camera when the cosine between its normal and the direction to the camera
+# is below minus this: far beyond the float32 storage's error, far below any angle that matters.
+BACK_FACE_TOLERANCE = 1e-4
+FRACTION_TOLERANCE = 1e-9
 ROLES = ("wrist", "ext1", "ext2")
 FRAME_KEYS = ("gripper_poses", "contact_frames", "left_contact_frames", "right_contact_frames",
               "normalized_frames", "normalized_left_frames", "normalized_right_frames")
@@ -252,8 +264,73 @@ def _check_values(episode_dir: Path, state: dict[str, Any]) -> None:
     if quality.get("num_frames") != int(tracks["num_frames"]):
         problems.append(f"quality.json num_frames {quality.get('num_frames')} differs from "
                         f"{TRACKS.path}'s {int(tracks['num_frames'])}")
+    problems += _occlusion_problems(tracks, quality, with_2d)
     if problems:
         raise CheckFailed(problems)
+
+
+def _occlusion_problems(tracks: dict[str, np.ndarray], quality: dict[str, Any], serials: list[str]) -> list[str]:
+    """Each camera's occlusion labels against the contract and against quality.json ``occlusion``."""
+    report = quality.get("occlusion")
+    if not isinstance(report, dict) or not isinstance(report.get("cameras"), dict):
+        return [f"{QUALITY.path} has no occlusion report"]
+    problems = []
+    pooled = []
+    for serial in serials:
+        key = f"occlusion_{serial}"
+        labels, seen = tracks[key], tracks[f"visibility_{serial}"]
+        camera = report["cameras"].get(serial)
+        if not isinstance(camera, dict):
+            problems.append(f"{QUALITY.path} occlusion has no entry for camera {serial}")
+            continue
+        outside = labels > max(OCCLUSION_LABELS)
+        if outside.any():
+            problems.append(f"{key} holds {int(outside.sum())} values outside {min(OCCLUSION_LABELS)}.."
+                            f"{max(OCCLUSION_LABELS)} (first: {_first(outside)})")
+        unseen = ~seen & (labels != UNKNOWN)
+        if unseen.any():
+            problems.append(f"{key} is not {UNKNOWN} (unknown) at {int(unseen.sum())} points whose visibility is "
+                            f"False (first: {_first(unseen)})")
+        if not report.get("enabled"):
+            known = labels != UNKNOWN
+            if known.any():
+                problems.append(f"{key} is not {UNKNOWN} everywhere although {QUALITY.path} says occlusion was off "
+                                f"(first: {_first(known)})")
+        elif not camera.get("scene_from_depth"):
+            scene = (labels == VISIBLE) | (labels == HIDDEN_BY_SCENE)
+            if scene.any():
+                problems.append(f"{key} has {int(scene.sum())} points labelled {VISIBLE} (visible) or "
+                                f"{HIDDEN_BY_SCENE} (hidden by the scene), which need depth, but {QUALITY.path} says "
+                                f"the camera had none (first: {_first(scene)})")
+        for name, chosen in (("in_view", labels[seen]), ("all_points", labels)):
+            if not _fractions_match(camera.get(name), chosen):
+                problems.append(f"{QUALITY.path} occlusion {name} fractions of camera {serial} differ from {key}")
+        if camera.get("in_view_points") != int(seen.sum()):
+            problems.append(f"{QUALITY.path} occlusion in_view_points of camera {serial} is "
+                            f"{camera.get('in_view_points')}, visibility_{serial} has {int(seen.sum())}")
+        pooled.append(labels[seen])
+    if serials and not problems and not _fractions_match(report.get("in_view"), np.concatenate(pooled)):
+        problems.append(f"{QUALITY.path} occlusion in_view fractions differ from the cameras' labels")
+    return problems
+
+
+def _fractions_match(reported: Any, labels: np.ndarray) -> bool:
+    """quality.json's label name -> fraction (None for no labels) against ``labels``."""
+    if not isinstance(reported, dict) or set(reported) != set(OCCLUSION_LABELS.values()):
+        return False
+    for value, name in OCCLUSION_LABELS.items():
+        got = reported[name]
+        if labels.size == 0:
+            if got is not None:
+                return False
+        elif not isinstance(got, (int, float)) or abs(got - np.mean(labels == value)) > FRACTION_TOLERANCE:
+            return False
+    return True
+
+
+def _first(mask: np.ndarray) -> str:
+    step, point = np.argwhere(mask)[0]
+    return f"step {step}, point {point}"
 
 
 def _rigid_error(matrices: np.ndarray) -> float:
@@ -301,8 +378,28 @@ def _check_2d(episode: EpisodeData, tolerance_px: float) -> None:
             if error.max() > tolerance_px:
                 problems.append(f"{name}: tracks_2d differs from tracks_3d reprojected with the saved "
                                 f"calibration by up to {error.max():.3f} px (tolerance {tolerance_px} px)")
+        if camera.occlusion is not None and (episode.quality.get("occlusion") or {}).get("enabled"):
+            wrong = seen & _facing_away(episode, points, poses) & (camera.occlusion != HIDDEN_BY_ROBOT)
+            if wrong.any():
+                problems.append(f"{name}: {int(wrong.sum())} visible points whose pad faces away from the camera "
+                                f"are not labelled {HIDDEN_BY_ROBOT} (hidden by the robot) in occlusion_{serial} "
+                                f"(first: {_first(wrong)})")
     if problems:
         raise CheckFailed(problems)
+
+
+def _facing_away(episode: EpisodeData, points: np.ndarray, poses: np.ndarray) -> np.ndarray:
+    """(T, N) True where a point's pad normal turns away from the camera centre (beyond
+    BACK_FACE_TOLERANCE): the normals are ``contact_normals_local`` turned by each finger's
+    contact frame (whose axes are that finger's), the centres from ``poses`` (1 or T, 4, 4)."""
+    half = episode.num_points_per_finger
+    local = episode.contact_normals_local
+    normals = np.concatenate(
+        [local[:half] @ np.swapaxes(episode.left_contact_frames[:, :3, :3].astype(np.float64), -1, -2),
+         local[half:] @ np.swapaxes(episode.right_contact_frames[:, :3, :3].astype(np.float64), -1, -2)], axis=1)
+    toward = poses[:, None, :3, 3] - points
+    cosine = np.einsum("tni,tni->tn", toward, normals) / np.linalg.norm(toward, axis=-1)
+    return cosine < -BACK_FACE_TOLERANCE
 
 
 def _check_depth(episode_dir: Path, state: dict[str, Any], decode: bool, report: EpisodeReport) -> None:

@@ -20,6 +20,8 @@ from droid_pipeline.core.errors import EpisodeError
 
 CARTESIAN_KEY = "observation/robot_state/cartesian_position"
 GRIPPER_KEY = "observation/robot_state/gripper_position"
+JOINT_KEY = "observation/robot_state/joint_positions"
+NUM_ARM_JOINTS = 7   # Franka Panda
 CAMERA_EXTRINSICS_GROUP = "observation/camera_extrinsics"
 CAMERA_TYPE_GROUP = "observation/camera_type"
 CONTROL_TIMESTAMP_GROUP = "observation/timestamp/control"
@@ -209,6 +211,15 @@ def read_trajectory(h5: TrajectoryFile, serials: Mapping[str, str], metadata: Ma
                            f"{num_frames} steps in {h5.name}")
     return Trajectory(cartesian, gripper, wrist_extrinsics, wrist_offset, rate, rate_source, warnings,
                       camera_types)
+
+
+def read_joint_positions(h5: TrajectoryFile, num_frames: int) -> np.ndarray:
+    """(T, 7) arm joint angles (radians) of every step, validated like the rest: the arm's pose
+    for the occlusion labels."""
+    if not h5.has(JOINT_KEY):
+        raise h5.fail(f"missing dataset {JOINT_KEY} (the arm's joint angles, which pose the arm for the "
+                      "occlusion labels; with occlusion.enabled: false they are not read)")
+    return h5.array(JOINT_KEY, (num_frames, NUM_ARM_JOINTS))
 
 
 def control_rate_hz(stamps_ms: np.ndarray) -> float:

@@ -32,6 +32,7 @@ from pathlib import PurePosixPath
 
 import numpy as np
 
+from droid_pipeline.core.schema import HIDDEN_BY_ROBOT, HIDDEN_BY_SCENE, OCCLUSION_LABELS, UNKNOWN, VISIBLE
 from droid_pipeline.geometry.poses import invert
 from droid_pipeline.geometry.segments import MeshSet, blocked_segments
 from droid_pipeline.robot.gripper import (
@@ -52,12 +53,7 @@ from droid_pipeline.robot.kinematics import (
 )
 from droid_pipeline.robot.urdf import Robot
 
-VISIBLE = 0
-HIDDEN_BY_ROBOT = 1
-HIDDEN_BY_SCENE = 2
-UNKNOWN = 3
-LABEL_NAMES = {VISIBLE: "visible", HIDDEN_BY_ROBOT: "hidden_by_robot", HIDDEN_BY_SCENE: "hidden_by_scene",
-               UNKNOWN: "unknown"}
+LABEL_NAMES = OCCLUSION_LABELS   # the label values are part of the output contract (core.schema)
 MESH_FOLDER = "meshes"
 
 

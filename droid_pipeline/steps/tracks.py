@@ -1,12 +1,13 @@
-"""The tracks step: one episode's gripper contact tracks, their 2D projections, the 1 mm
-normalized flow, camera extrinsics and quality report (contract: docs/outputs.md).
+"""The tracks step: one episode's gripper contact tracks, their 2D projections and occlusion
+labels, the 1 mm normalized flow, camera extrinsics and quality report (contract: docs/outputs.md).
 
 Pipeline, vectorized over steps T and points N: flange poses (DROID ``cartesian_position``) ->
 gripper and finger poses (Robotiq 2F-85 model at each ``gripper_position``) -> pad contact points
-in the base frame -> projection into every camera with intrinsics -> arc-length resampling of
-the contact-centroid path. Computation is float64; storage uses float32 where its rounding
-(below 0.25 micrometre for positions within 4 m, below 1e-4 px for pixels in a 1280x720 image)
-is far below any physical accuracy of the data.
+in the base frame -> projection into every camera with intrinsics -> occlusion labels per camera
+from the robot's meshes and the depth (:mod:`droid_pipeline.steps.occlusion_labels`) ->
+arc-length resampling of the contact-centroid path. Computation is float64; storage uses float32
+where its rounding (below 0.25 micrometre for positions within 4 m, below 1e-4 px for pixels in a
+1280x720 image) is far below any physical accuracy of the data.
 
 Normalized tracks are the rigid gripper re-posed at each sample: centroid by linear
 interpolation along the path, orientation by Slerp of the contact frame, opening by linear
@@ -29,7 +30,7 @@ from droid_pipeline.core import schema
 from droid_pipeline.core.atomic import write_json_atomic
 from droid_pipeline.core.config import Config, VideoFrameMismatchConfig
 from droid_pipeline.core.errors import EpisodeError
-from droid_pipeline.core.schema import DEPTH_META, EXTRINSICS, INTRINSICS, QUALITY, SCHEMA_VERSION, TRACKS
+from droid_pipeline.core.schema import DEPTH, DEPTH_META, EXTRINSICS, INTRINSICS, QUALITY, SCHEMA_VERSION, TRACKS
 from droid_pipeline.formats.depth_codec import DepthCodecError, DepthMeta
 from droid_pipeline.formats.intrinsics import IntrinsicsError, IntrinsicsRecord
 from droid_pipeline.formats.npz import save_npz_atomic
@@ -43,11 +44,12 @@ from droid_pipeline.geometry.poses import pose6_to_matrix
 from droid_pipeline.geometry.projection import points_in_camera, project, visible
 from droid_pipeline.raw.discovery import Episode
 from droid_pipeline.raw.episode import RawEpisode
-from droid_pipeline.raw.trajectory import Trajectory, read_trajectory
+from droid_pipeline.raw.trajectory import Trajectory, read_joint_positions, read_trajectory
 from droid_pipeline.raw.video import VideoError, frame_indices
 from droid_pipeline.robot.gripper import GripperModel
 from droid_pipeline.robot.kinematics import GripperMount
 from droid_pipeline.steps.extrinsics import CalibrationSources, EpisodeExtrinsics, camera_poses
+from droid_pipeline.steps.occlusion_labels import CameraView, EpisodeOcclusion, label_occlusion
 
 STEP = "tracks"
 OUTPUTS = (TRACKS, EXTRINSICS, QUALITY)
@@ -94,8 +96,9 @@ class CameraProjection:
 def generate_tracks(config: Config, episode: Episode, output_dir: os.PathLike | str) -> dict[str, Any]:
     """Write tracks.npz, extrinsics.npz and quality.json for one episode; return a summary.
 
-    Reads the raw episode under ``config.droid_root`` and the intrinsics step's
-    ``output_dir/recordings/<serial>/intrinsics.json``. Bad input raises EpisodeError (step
+    Reads the raw episode under ``config.droid_root``, the intrinsics step's
+    ``output_dir/recordings/<serial>/intrinsics.json`` and, where there, the depth step's
+    ``output_dir/recordings/<serial>/depth.mkv``. Bad input raises EpisodeError (step
     ``tracks``); nothing is written unless every output is complete and finite.
     """
     output_dir = Path(output_dir)
@@ -103,6 +106,7 @@ def generate_tracks(config: Config, episode: Episode, output_dir: os.PathLike | 
     raw = RawEpisode.load(episode, config.droid_root, STEP)
     with raw.trajectory() as h5:
         trajectory = read_trajectory(h5, episode.serials, raw.metadata, config.fps)
+        joint_positions = read_joint_positions(h5, trajectory.num_frames) if config.occlusion.enabled else None
     warnings = list(trajectory.warnings)
     videos = _check_video_frames(raw, trajectory.num_frames, config.video_frame_mismatch, warnings)
 
@@ -114,16 +118,19 @@ def generate_tracks(config: Config, episode: Episode, output_dir: os.PathLike | 
     warnings.extend(extrinsics.warnings)
     depth = _depth_metas(raw, output_dir, trajectory.num_frames, warnings)
     cameras = _project_cameras(config, raw, output_dir, extrinsics, geometry["tracks_3d"], videos, warnings)
+    occlusion = _occlusion(config, raw, output_dir, joint_positions, gripper, trajectory, geometry, extrinsics,
+                           cameras, depth, warnings)
     sampling = arc_length_sampling(geometry["contact_centroids"], config.normalized_step_size_mm)
     normalized = _normalized_flow(gripper, geometry, trajectory.gripper_positions, sampling, num_points)
 
     sizes = {"T": trajectory.num_frames, "M": sampling.num_samples, "N": num_points}
-    tracks = schema.TRACKS_NPZ.build(_tracks_values(trajectory, geometry, normalized, sampling, cameras,
+    tracks = schema.TRACKS_NPZ.build(_tracks_values(trajectory, geometry, normalized, sampling, cameras, occlusion,
                                                     num_points, config.normalized_step_size_mm), sizes)
     _require_finite(episode_id, tracks)
     extrinsics_arrays = schema.EXTRINSICS_NPZ.build({"schema_version": SCHEMA_VERSION, **extrinsics.arrays()},
                                                     sizes)
-    quality = _quality(config, raw, trajectory, gripper, extrinsics, cameras, sampling, videos, depth, warnings)
+    quality = _quality(config, raw, trajectory, gripper, extrinsics, cameras, occlusion, sampling, videos, depth,
+                       warnings)
     save_npz_atomic(output_dir / TRACKS.path, tracks)
     save_npz_atomic(output_dir / EXTRINSICS.path, extrinsics_arrays)
     write_json_atomic(output_dir / QUALITY.path, quality)
@@ -185,11 +192,15 @@ def _check_video_frames(raw: RawEpisode, num_frames: int, policy: VideoFrameMism
 
 def _depth_metas(raw: RawEpisode, output_dir: Path, num_frames: int, warnings: list[str]) -> dict[str, DepthMeta]:
     """depth_meta.json of each camera with depth (written earlier by the depth step). Depth whose
-    frame count is not T fails the episode; missing depth frames are a warning."""
+    frame count is not T fails the episode; missing depth frames, and a depth.mkv without its
+    depth_meta.json (not used), are warnings."""
     metas = {}
     for serial in raw.episode.serials.values():
         path = output_dir / DEPTH_META.for_camera(serial)
         if not path.exists():
+            if (output_dir / DEPTH.for_camera(serial)).exists():
+                warnings.append(f"camera {serial}: {DEPTH.for_camera(serial)} without {DEPTH_META.name}: not used "
+                                "for the occlusion labels")
             continue
         try:
             meta = DepthMeta.load(path)
@@ -210,6 +221,7 @@ def _contact_geometry(gripper: GripperModel, trajectory: Trajectory, num_points:
     flange = pose6_to_matrix(trajectory.cartesian_positions)
     mount = gripper.gripper_frame_in_flange()
     local = gripper.contact_points_local(num_points)
+    normals = gripper.contact_normals_local(num_points)
     left_finger, right_finger = gripper.finger_poses(trajectory.gripper_positions)
     left_base, right_base = flange @ left_finger, flange @ right_finger
     tracks = _pad_points(left_base, right_base, local)
@@ -219,6 +231,7 @@ def _contact_geometry(gripper: GripperModel, trajectory: Trajectory, num_points:
         "flange": flange,
         "mount": mount,
         "contact_points_local": local,
+        "contact_normals_local": normals,
         "tracks_3d": tracks,
         "gripper_poses": gripper_poses,
         "contact_centroids": centroids,
@@ -310,9 +323,20 @@ def _project_cameras(config: Config, raw: RawEpisode, output_dir: Path, extrinsi
     return cameras
 
 
+def _occlusion(config: Config, raw: RawEpisode, output_dir: Path, joint_positions: np.ndarray | None,
+               gripper: GripperModel, trajectory: Trajectory, geometry: dict[str, np.ndarray],
+               extrinsics: EpisodeExtrinsics, cameras: dict[str, CameraProjection], depth: dict[str, DepthMeta],
+               warnings: list[str]) -> EpisodeOcclusion:
+    """Every projected camera's occlusion labels (:func:`~droid_pipeline.steps.occlusion_labels.label_occlusion`)."""
+    views = {serial: CameraView(serial, camera.role, extrinsics.cameras[serial].base_from_camera, camera.pixels,
+                                camera.visibility, camera.intrinsics.size) for serial, camera in cameras.items()}
+    return label_occlusion(config.occlusion, raw, output_dir, joint_positions, geometry["flange"], gripper,
+                           trajectory.gripper_positions, geometry["tracks_3d"], views, depth, warnings)
+
+
 def _tracks_values(trajectory: Trajectory, geometry: dict[str, np.ndarray], normalized: dict[str, np.ndarray],
-                   sampling: ArcLengthSampling, cameras: dict[str, CameraProjection], num_points: int,
-                   step_mm: float) -> dict[str, Any]:
+                   sampling: ArcLengthSampling, cameras: dict[str, CameraProjection], occlusion: EpisodeOcclusion,
+                   num_points: int, step_mm: float) -> dict[str, Any]:
     """The values of tracks.npz; core.schema.TRACKS_NPZ gives their storage dtypes (docs/outputs.md)."""
     values: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -322,6 +346,7 @@ def _tracks_values(trajectory: Trajectory, geometry: dict[str, np.ndarray], norm
         "cartesian_positions": trajectory.cartesian_positions,
         "gripper_positions": trajectory.gripper_positions,
         "contact_points_local": geometry["contact_points_local"],
+        "contact_normals_local": geometry["contact_normals_local"],
         "gripper_poses": geometry["gripper_poses"],
         "tracks_3d": geometry["tracks_3d"],
         "contact_centroids": geometry["contact_centroids"],
@@ -339,6 +364,7 @@ def _tracks_values(trajectory: Trajectory, geometry: dict[str, np.ndarray], norm
     }
     for camera in cameras.values():
         values.update(camera.arrays())
+    values.update(occlusion.arrays())
     return values
 
 
@@ -352,8 +378,9 @@ def _require_finite(episode_id: str, arrays: dict[str, np.ndarray]) -> None:
 
 
 def _quality(config: Config, raw: RawEpisode, trajectory: Trajectory, gripper: GripperModel,
-             extrinsics: EpisodeExtrinsics, cameras: dict[str, CameraProjection], sampling: ArcLengthSampling,
-             videos: dict[str, VideoFrames | None], depth: dict[str, DepthMeta], warnings: list[str]) -> dict[str, Any]:
+             extrinsics: EpisodeExtrinsics, cameras: dict[str, CameraProjection], occlusion: EpisodeOcclusion,
+             sampling: ArcLengthSampling, videos: dict[str, VideoFrames | None], depth: dict[str, DepthMeta],
+             warnings: list[str]) -> dict[str, Any]:
     """quality.json: provenance of every input and the measured checks."""
     episode = raw.episode
     gripper_positions = trajectory.gripper_positions
@@ -386,6 +413,7 @@ def _quality(config: Config, raw: RawEpisode, trajectory: Trajectory, gripper: G
         "cameras_with_2d_tracks": list(cameras),
         "cameras_without_intrinsics": [s for s in extrinsics.cameras if s not in cameras],
         "visible_fraction": {s: float(c.visibility.mean()) for s, c in cameras.items()},
+        "occlusion": occlusion.quality({s: c.visibility for s, c in cameras.items()}),
         "wrist_pose_deviation": extrinsics.wrist_check,
         "depth": {s: _depth_quality(meta) for s, meta in depth.items()},
         "warnings": warnings,

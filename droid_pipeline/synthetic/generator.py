@@ -46,6 +46,7 @@ from scipy.interpolate import CubicSpline
 from scipy.spatial.transform import Rotation
 
 from droid_pipeline.core.atomic import write_json_atomic, write_text_atomic
+from droid_pipeline.core.config import load_config
 from droid_pipeline.geometry.poses import matrix_to_pose6, pose6_to_matrix, transform_points
 from droid_pipeline.raw.zed_conf import (
     RESOLUTIONS,
@@ -232,7 +233,7 @@ def generate_dataset(out_dir: os.PathLike | str, episodes: int = 3, frames: int 
     write_json_atomic(info.cam2base_path, cam2base)
     write_json_atomic(info.cam2cam_path, cam2cam)
     write_json_atomic(info.intrinsics_path, intrinsics)
-    write_text_atomic(info.config_path, _config_text(mount))
+    write_text_atomic(info.config_path, _config_text(mount, width))
     write_json_atomic(info.ground_truth_dir / "dataset.json", info.to_json())
     return info
 
@@ -822,7 +823,7 @@ def _ground_truth_cameras(episode: EpisodePlan) -> dict[str, Any]:
     return out
 
 
-def _config_text(mount: GripperMount | None) -> str:
+def _config_text(mount: GripperMount | None, width: int) -> str:
     def numbers(values: tuple[float, ...]) -> str:  # exact, and floats to YAML (which reads 1e-05 as text)
         return "[" + ", ".join(np.format_float_positional(v, trim="0") for v in values) + "]"
 
@@ -843,4 +844,8 @@ outcomes: [success, failure]
 # There are no SVO files, so no ZED SDK source and the CPU stereo depth backend.
 intrinsics_sources: [published, h5, zed_conf]
 depth_backend: stereo
-""" + gripper
+# Stereo depth error grows with 1 / image width: the scene occlusion tolerance's depth-squared part
+# is the default's, for DROID's 1280-pixel-wide images, scaled to these (docs/occlusion.md).
+occlusion:
+  scene_tolerance_per_m2: """ + np.format_float_positional(
+        load_config().occlusion.scene_tolerance_per_m2 * RESOLUTIONS["HD"][0] / width, trim="0") + "\n" + gripper

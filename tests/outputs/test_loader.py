@@ -56,6 +56,7 @@ def test_returns_exactly_what_the_pipeline_wrote(converted):
         assert data.quality == json.loads((folder / "quality.json").read_text())
         assert data.manifest == json.loads((folder / "manifest.json").read_text())
         typed = {"tracks_3d": data.tracks_3d, "contact_points_local": data.contact_points_local,
+                 "contact_normals_local": data.contact_normals_local,
                  "contact_centroids": data.contact_centroids, "contact_frames": data.contact_frames,
                  "left_contact_frames": data.left_contact_frames, "right_contact_frames": data.right_contact_frames,
                  "gripper_poses": data.gripper_poses, "gripper_positions": data.gripper_positions,
@@ -82,7 +83,7 @@ def test_returns_exactly_what_the_pipeline_wrote(converted):
             assert (camera.role, camera.extrinsics_source) == (role, source)
             assert data.camera(str(role)) is camera
             np.testing.assert_array_equal(camera.T_base_cam, extrinsics[f"T_base_cam_{serial}"])
-            for key in ("tracks_2d", "visibility", "intrinsics", "distortion"):
+            for key in ("tracks_2d", "visibility", "occlusion", "intrinsics", "distortion"):
                 np.testing.assert_array_equal(getattr(camera, key), tracks[f"{key}_{serial}"])
             assert camera.image_size == tuple(tracks[f"image_size_{serial}"].tolist())
             record = json.loads((folder / "recordings" / str(serial) / "intrinsics.json").read_text())
@@ -90,6 +91,23 @@ def test_returns_exactly_what_the_pipeline_wrote(converted):
             step = SMALL_FRAMES - 1
             expected_pose = extrinsics[f"T_base_cam_{serial}"]
             np.testing.assert_array_equal(camera.pose(step), expected_pose[step] if role == "wrist" else expected_pose)
+
+
+def test_occlusion_labels_per_camera_read_only(converted):
+    """Each camera's labels are the (T, N) uint8 of tracks.npz, read-only; the full-pipeline episode's
+    camera with depth has visible points (0), the cameras without depth only 1 (robot) and 3."""
+    for number, episode in enumerate(converted["episodes"]):
+        data = load_episode(converted["root"], episode.episode_id)
+        assert data.contact_normals_local.shape == (2 * data.num_points_per_finger, 3)
+        for serial, camera in data.cameras.items():
+            assert camera.occlusion.dtype == np.uint8 and camera.occlusion.shape == camera.visibility.shape
+            assert not camera.occlusion.flags.writeable
+            assert (camera.occlusion[~camera.visibility] == 3).all()
+            labels = set(np.unique(camera.occlusion).tolist())
+            if number == 0 and camera.role == "ext1":
+                assert serial in data.depth_cameras and {0, 1, 3} <= labels
+            else:
+                assert labels <= {1, 3}
 
 
 def test_episode_folder_relative_path_and_id_give_the_same_episode(converted):

@@ -1,9 +1,11 @@
 """render_tracks.py / droid_pipeline.outputs.overlay: marks read back from the written videos with PyAV
-where tracks_2d says, nothing drawn for invisible points, axes and normalized points where
-cv2.projectPoints puts them, and the checks on inputs the data does not guarantee."""
+where tracks_2d says, filled or hollow as the occlusion labels say, nothing drawn for invisible
+points, axes and normalized points where cv2.projectPoints puts them, and the checks on inputs the
+data does not guarantee."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 import sys
@@ -41,7 +43,8 @@ from droid_pipeline.steps.tracks import generate_tracks
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CODEC_TOLERANCE = 64        # per channel, H.264 yuv420p at the renderer's quality (dot edges)
-RADIUS = 2                  # dot radius at 180 px image height
+RADIUS = 2                  # dot radius at 180 px image height; hollow rings have RADIUS + 1
+HIDDEN_LABELS = (1, 2)      # occlusion_<serial>: hidden by the robot, by the scene
 
 
 @pytest.fixture(scope="module")
@@ -107,14 +110,93 @@ def test_marks_are_where_tracks_2d_says_in_the_written_videos(converted, tmp_pat
         assert len(frames) == SMALL_FRAMES and frames[0].shape == (SMALL_SIZE[1], SMALL_SIZE[0], 3)
         for step, image in enumerate(frames):
             uv, seen = camera.tracks_2d[step], camera.visibility[step]
+            filled = seen & ~np.isin(camera.occlusion[step], HIDDEN_LABELS)
             for mine, theirs, color, other in ((slice(0, half), slice(half, None), LEFT_COLOR, RIGHT_COLOR),
                                                (slice(half, None), slice(0, half), RIGHT_COLOR, LEFT_COLOR)):
-                keep = isolated(uv[mine], seen[mine], uv[theirs], seen[theirs], SMALL_SIZE, 2 * RADIUS + 2)
+                keep = isolated(uv[mine], filled[mine], uv[theirs], seen[theirs], SMALL_SIZE, 2 * RADIUS + 2)
                 colors = pixel(image, uv[mine][keep])
                 assert (np.abs(colors - color).max(axis=1) <= CODEC_TOLERANCE).all(), (serial, step)
                 assert (np.abs(colors - color).sum(axis=1) < np.abs(colors - other).sum(axis=1)).all()
                 checked += int(keep.sum())
     assert checked > 1000
+
+
+def spread_out(uv: np.ndarray, seen: np.ndarray, gap: float) -> np.ndarray:
+    """Indices of seen points, greedily chosen at least ``gap`` px from each other."""
+    chosen: list[int] = []
+    for index in np.flatnonzero(seen):
+        if all(np.linalg.norm(uv[index] - uv[other]) >= gap for other in chosen):
+            chosen.append(int(index))
+    return np.array(chosen, int)
+
+
+def test_hidden_points_are_hollow_rings_in_the_written_videos(converted, tmp_path):
+    """The wrist camera's points thinned out to marks far apart and labelled in turn 1, 0, 2, 3:
+    read back from the written video, a hidden point (1, 2) shows the camera's own image at its
+    centre and its finger's colour on the ring around it, the others (0, 3) their colour at the
+    centre."""
+    folder = copy_outputs(converted, tmp_path)
+    data = read_episode_dir(folder)
+    camera, half, ring = data.camera("wrist"), data.num_points_per_finger, RADIUS + 1
+    width, height = SMALL_SIZE
+    inside = ((camera.tracks_2d[..., 0] > 2 * ring) & (camera.tracks_2d[..., 0] < width - 1 - 2 * ring)
+              & (camera.tracks_2d[..., 1] > 2 * ring) & (camera.tracks_2d[..., 1] < height - 1 - 2 * ring))
+    chosen = [spread_out(camera.tracks_2d[step], camera.visibility[step] & inside[step], 2 * ring + 4)
+              for step in range(data.num_frames)]
+    labels = np.full(camera.visibility.shape, 3, np.uint8)
+    for step, points in enumerate(chosen):
+        labels[step, points] = np.resize(np.array([1, 0, 2, 3], np.uint8), len(points))
+    shown = np.zeros_like(camera.visibility)
+    for step, points in enumerate(chosen):
+        shown[step, points] = True
+
+    def thin(arrays):
+        arrays[f"visibility_{camera.serial}"] = shown
+        arrays[f"occlusion_{camera.serial}"] = labels
+    rewrite_tracks(folder, thin)
+    result = render_episode(read_episode_dir(folder), converted["mp4_dir"], tmp_path / "out", cameras=["wrist"],
+                            trail=0, progress=False)
+    source = decode(converted["mp4_dir"] / f"{camera.serial}.mp4")
+    counts = {"hollow": 0, "filled": 0}
+    for step, (image, original) in enumerate(zip(decode(result.videos[camera.serial]), source)):
+        for index in chosen[step]:
+            color = np.array(LEFT_COLOR if index < half else RIGHT_COLOR)
+            uv = camera.tracks_2d[step, index: index + 1]
+            centre = pixel(image, uv)[0]
+            if labels[step, index] in HIDDEN_LABELS:
+                assert np.abs(centre - pixel(original, uv)[0]).max() <= CODEC_TOLERANCE, (step, index)
+                around = np.array([pixel(image, uv + offset)[0]
+                                   for offset in ((ring, 0), (-ring, 0), (0, ring), (0, -ring))])
+                assert (np.abs(around - color).sum(axis=1) < np.abs(centre - color).sum()).all(), (step, index)
+                counts["hollow"] += 1
+            else:
+                assert np.abs(centre - color).max() <= CODEC_TOLERANCE, (step, index)
+                counts["filled"] += 1
+    assert min(counts.values()) > 100, counts
+
+
+def test_occlusion_labels_choose_filled_dots_or_hollow_rings(converted):
+    """On a black image: visible (0) and unknown (3) points are filled dots, points hidden by the
+    robot (1) or the scene (2) rings with an empty centre; out of view nothing."""
+    data = read_episode_dir(converted["output"])
+    camera = data.camera("wrist")
+    pixels = np.array([[20.0, 20.0], [60.0, 20.0], [100.0, 20.0], [140.0, 20.0], [180.0, 20.0]])
+    labels = np.array([0, 1, 2, 3, 3], np.uint8)
+    seen = np.array([True, True, True, True, False])
+    count = len(pixels)
+    marked = dataclasses.replace(camera, tracks_2d=pixels[None], visibility=seen[None], occlusion=labels[None])
+    image = np.zeros((SMALL_SIZE[1], SMALL_SIZE[0], 3), np.uint8)
+    draw_step(dataclasses.replace(data, num_points_per_finger=count), marked, image, 0, "tracks", trail=0)
+    ring = RADIUS + 1
+    for (u, v), label, shown in zip(pixels.astype(int), labels, seen):
+        centre, edge = image[v, u], image[v, u + ring]
+        if not shown:
+            assert not image[v - 2 * ring: v + 2 * ring, u - 2 * ring: u + 2 * ring].any()
+        elif label in HIDDEN_LABELS:
+            assert not centre.any() and not image[v - 1: v + 2, u - 1: u + 2].any(), label
+            assert np.abs(edge.astype(int) - LEFT_COLOR).max() < 60, label
+        else:
+            assert tuple(centre) == LEFT_COLOR, label
 
 
 def test_invisible_points_are_not_drawn(converted, tmp_path):
@@ -278,7 +360,8 @@ def test_short_video_renders_the_shorter_with_a_warning_and_stereo_only_is_cropp
     assert len(frames) == SMALL_FRAMES and frames[0].shape == (SMALL_SIZE[1], SMALL_SIZE[0], 3)
     camera, half = data.cameras[wrist], data.num_points_per_finger
     uv, seen = camera.tracks_2d[0], camera.visibility[0]
-    keep = isolated(uv[:half], seen[:half], uv[half:], seen[half:], SMALL_SIZE, 2 * RADIUS + 2)
+    filled = seen & ~np.isin(camera.occlusion[0], HIDDEN_LABELS)
+    keep = isolated(uv[:half], filled[:half], uv[half:], seen[half:], SMALL_SIZE, 2 * RADIUS + 2)
     assert keep.any()
     assert (np.abs(pixel(frames[0], uv[:half][keep]) - LEFT_COLOR).max(axis=1) <= CODEC_TOLERANCE).all()
 
@@ -305,7 +388,7 @@ def test_camera_without_2d_tracks_is_skipped_with_a_message(converted, tmp_path)
 
     def drop(arrays):
         arrays["cameras_with_2d_tracks"] = np.array([s for s in arrays["cameras_with_2d_tracks"] if s != serial])
-        for key in ("tracks_2d", "visibility", "intrinsics", "distortion", "image_size"):
+        for key in ("tracks_2d", "visibility", "occlusion", "intrinsics", "distortion", "image_size"):
             del arrays[f"{key}_{serial}"]
     rewrite_tracks(folder, drop)
     result = render_episode(read_episode_dir(folder), converted["mp4_dir"], tmp_path / "out",

@@ -13,11 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from synthetic_fixtures import converted_small_dataset
+from occlusion_truth import episode_geometry
+from synthetic_fixtures import converted_small_dataset, small_dataset
 
 from droid_pipeline.cli.verify import main
 from droid_pipeline.core.schema import SCHEMA_VERSION
 from droid_pipeline.outputs.verify import CHECKS, verify_episode
+from droid_pipeline.robot.gripper import GripperModel
+from droid_pipeline.robot.occlusion import RobotOcclusion
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -155,6 +158,62 @@ def misplace(folder: Path) -> None:
     folder.rename(folder.with_name("Mon_Jan__1_00:00:00_2024"))
 
 
+LABELS = ("visible", "hidden_by_robot", "hidden_by_scene", "unknown")   # occlusion_<serial> values 0..3
+
+
+def relabel(folder: Path, role: str, pick: Callable[[np.ndarray, np.ndarray], tuple[int, int]], value: int) -> None:
+    """Set one label of the camera, chosen by ``pick(labels, visibility)``, to ``value``, and make
+    quality.json's fractions say the same, so that only the label itself is wrong."""
+    serial = serial_of(folder, role)
+    written = {}
+
+    def change(arrays):
+        labels, seen = arrays[f"occlusion_{serial}"], arrays[f"visibility_{serial}"]
+        labels[pick(labels, seen)] = value
+        written["labels"], written["seen"] = labels, seen
+    edit_npz(folder / "tracks.npz", change)
+    quality = json.loads((folder / "quality.json").read_text())
+    labels, seen = written["labels"], written["seen"]
+    camera = quality["occlusion"]["cameras"][serial]
+    for name, chosen in (("in_view", labels[seen]), ("all_points", labels)):
+        camera[name] = {label: float(np.mean(chosen == number)) for number, label in enumerate(LABELS)}
+    with np.load(folder / "tracks.npz", allow_pickle=False) as tracks:
+        pooled = np.concatenate([tracks[f"occlusion_{s}"][tracks[f"visibility_{s}"]]
+                                 for s in tracks["cameras_with_2d_tracks"]])
+    quality["occlusion"]["in_view"] = {label: float(np.mean(pooled == number)) for number, label in enumerate(LABELS)}
+    (folder / "quality.json").write_text(json.dumps(quality))
+
+
+def first(mask: np.ndarray) -> tuple[int, int]:
+    step, point = np.argwhere(mask)[0]
+    return int(step), int(point)
+
+
+def label_out_of_range(folder: Path) -> None:
+    relabel(folder, "ext1", lambda labels, seen: (4, 2), 9)
+
+
+def label_where_invisible(folder: Path) -> None:
+    relabel(folder, "wrist", lambda labels, seen: first(~seen), 1)
+
+
+def scene_label_without_depth(folder: Path) -> None:
+    relabel(folder, "ext2", lambda labels, seen: first(seen & (labels == 3)), 0)
+
+
+def fractions_disagree(folder: Path) -> None:
+    quality = json.loads((folder / "quality.json").read_text())
+    camera = quality["occlusion"]["cameras"][serial_of(folder, "ext1")]
+    camera["in_view"]["unknown"] += 0.01
+    (folder / "quality.json").write_text(json.dumps(quality))
+
+
+def occlusion_said_off(folder: Path) -> None:
+    quality = json.loads((folder / "quality.json").read_text())
+    quality["occlusion"]["enabled"] = False
+    (folder / "quality.json").write_text(json.dumps(quality))
+
+
 DAMAGE = [
     (shift_2d, "2d", r"ext1 camera \d+: tracks_2d differs .* by up to 0\.500 px"),
     (move_camera, "2d", r"ext2 camera \d+: tracks_2d differs"),
@@ -171,6 +230,13 @@ DAMAGE = [
     (change_intrinsics, "values", r"intrinsics_\d+ differs from recordings/\d+/intrinsics.json"),
     (remove_intrinsics_json, "files", r"recordings/\d+/intrinsics.json missing"),
     (misplace, "files", r"folder is .*Mon_Jan__1_00:00:00_2024 but quality.json names"),
+    (label_out_of_range, "values", r"occlusion_\d+ holds 1 values outside 0\.\.3 \(first: step 4, point 2\)"),
+    (label_where_invisible, "values", r"occlusion_\d+ is not 3 \(unknown\) at 1 points whose visibility is False"),
+    (scene_label_without_depth, "values", r"occlusion_\d+ has 1 points labelled 0 \(visible\) or 2 \(hidden "
+                                          r"by the scene\), which need depth, but quality.json says the camera "
+                                          r"had none"),
+    (fractions_disagree, "values", r"quality.json occlusion in_view fractions of camera \d+ differ from occlusion_"),
+    (occlusion_said_off, "values", r"occlusion_\d+ is not 3 everywhere although quality.json says occlusion was off"),
 ]
 
 
@@ -185,6 +251,27 @@ def test_damage_fails_its_check(converted, tmp_path, damage, check, message):
     assert [report.status[c] for c in earlier] == ["ok"] * len(earlier), report.problems
     assert report.status[check] == "FAIL"
     assert any(re.search(message, p) for p in report.problems[check]), report.problems
+
+
+def test_a_back_facing_point_not_labelled_hidden_fails_the_2d_check(converted, tmp_path_factory, tmp_path):
+    """A point in view of ext1 whose pad faces away from the camera (by the gripper model and the
+    true camera of the synthetic episode) relabelled unknown: a valid label for a camera without
+    depth, but not for a pad seen from behind."""
+    dataset = small_dataset(tmp_path_factory)
+    synthetic = next(e for e in dataset.episodes if e.episode_id == converted["episodes"][1].episode_id)
+    geometry = episode_geometry(dataset, synthetic, RobotOcclusion.load(), GripperModel.load())
+    camera = next(c for c in geometry.cameras if c.role == "ext1")
+    toward = camera.poses[:, None, :3, 3] - geometry.points
+    cosine = np.einsum("tni,tni->tn", toward, geometry.normals) / np.linalg.norm(toward, axis=-1)
+    folder = copy_episode(converted, 1, tmp_path)
+    assert verify_episode(folder, tmp_path).ok
+    relabel(folder, "ext1", lambda labels, seen: first(seen & (cosine < -0.1)), 3)
+    report = verify_episode(folder, tmp_path)
+    assert [report.status[c] for c in ("files", "contract", "values")] == ["ok"] * 3, report.problems
+    assert report.status["2d"] == "FAIL"
+    assert re.fullmatch(r"ext1 camera \d+: 1 visible points whose pad faces away from the camera are not labelled 1 "
+                        r"\(hidden by the robot\) in occlusion_\d+ \(first: step \d+, point \d+\)",
+                        report.problems["2d"][0]), report.problems
 
 
 def test_depth_damage_fails_the_depth_check(converted, tmp_path):

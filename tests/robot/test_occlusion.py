@@ -4,22 +4,20 @@ tests, and hand-built cameras and depth maps."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import trimesh
 import yourdfpy
+from occlusion_truth import MARGIN_M, NUM_POINTS, in_view, rendered_views, robot_triangles
 from synthetic_fixtures import small_dataset
 from trimesh.ray.ray_triangle import ray_triangle_id
 
 from droid_pipeline.core.config import load_config
 from droid_pipeline.formats.depth_codec import DepthReader
-from droid_pipeline.geometry.poses import invert, pose6_to_matrix, transform_points
-from droid_pipeline.geometry.projection import points_in_camera, project, visible
+from droid_pipeline.geometry.poses import invert, transform_points
 from droid_pipeline.raw.discovery import build_index
 from droid_pipeline.robot.gripper import LEFT_FINGER_LINK, RIGHT_FINGER_LINK, GripperModel, read_binary_stl
 from droid_pipeline.robot.kinematics import FLANGE_LINK, panda_flange_poses, read_asset, robot_model
@@ -39,11 +37,6 @@ from droid_pipeline.synthetic.generator import ROOM, TABLE, depth_to_mm
 from droid_pipeline.synthetic.raster import rasterize
 from droid_pipeline.synthetic.raycast import Box, Material, PinholeCamera, TriangleMesh, render
 
-NUM_POINTS = 480
-MARGIN_M = 0.001             # the default surface margin; also the truth's depth tolerance
-MIN_DEPTH_M = 0.01
-TRUTH_PIXEL_M = 0.00025      # the re-rendered truth's pixel footprint at the pads, at most
-MAX_TRUTH_SCALE = 32
 # The stereo backend's depth at 320x180 is four times coarser than at DROID's 1280x720, and so
 # is the depth-squared part of the scene tolerance (docs/occlusion.md).
 SMALL_IMAGE_TOLERANCE_PER_M2 = 4 * 20.0
@@ -68,124 +61,27 @@ def mesh(triangles: np.ndarray) -> trimesh.Trimesh:
     return trimesh.Trimesh(triangles.reshape(-1, 3), np.arange(3 * len(triangles)).reshape(-1, 3))
 
 
-@dataclass
-class Camera:
-    serial: str
-    role: str
-    K: np.ndarray
-    width: int
-    height: int
-    poses: np.ndarray         # (T, 4, 4) T_base_cam
-    depth_path: Path
-
-
-@dataclass
-class EpisodeGeometry:
-    pose: object               # RobotPose
-    points: np.ndarray         # (T, N, 3) base frame
-    normals: np.ndarray        # (T, N, 3)
-    cameras: list[Camera]
-
-
-def episode_geometry(dataset, episode, occlusion: RobotOcclusion, gripper: GripperModel) -> EpisodeGeometry:
-    """Everything the labels need, read from the episode's trajectory.h5 and its ground truth."""
-    with h5py.File(dataset.episode_dir(episode) / "trajectory.h5", "r") as h5:
-        joints = h5["observation/robot_state/joint_positions"][()]
-        flange = pose6_to_matrix(h5["observation/robot_state/cartesian_position"][()])
-        opening = h5["observation/robot_state/gripper_position"][()]
-    truth = json.loads((dataset.ground_truth_path(episode) / "cameras.json").read_text())
-    cameras = []
-    for serial, record in truth.items():
-        poses = (flange @ np.array(record["T_flange_cam"]) if record["role"] == "wrist"
-                 else np.broadcast_to(np.array(record["T_base_cam"]), flange.shape))
-        cameras.append(Camera(serial, record["role"], np.array(record["K"]), record["width"], record["height"],
-                              poses, dataset.ground_truth_path(episode) / record["depth_file"]))
-    points = transform_points(flange, gripper.contact_points(opening, NUM_POINTS))
-    normals = gripper.contact_normals(opening, NUM_POINTS) @ np.swapaxes(flange[:, :3, :3], -1, -2)
-    return EpisodeGeometry(occlusion.pose(joints, flange, opening), points, normals, cameras)
-
-
-def in_view(geometry: EpisodeGeometry, camera: Camera) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    local = points_in_camera(geometry.points, camera.poses)
-    pixels = project(local, camera.K)
-    return local, pixels, visible(pixels, local[..., 2], camera.width, camera.height, MIN_DEPTH_M)
-
-
-@dataclass
-class Truth:
-    """Per tested point, from the renderer at a fine resolution around the pads."""
-
-    distance: np.ndarray        # along the point's ray, of the surface rendered at its pixel (inf: none)
-    link: np.ndarray            # index of the link rendered at its pixel (-1: none)
-    behind: np.ndarray          # all four pixel centres around it see a surface nearer by > MARGIN_M
-
-
-def robot_triangles(occlusion: RobotOcclusion, pose, step: int, camera_pose: np.ndarray):
-    cam_from_base = invert(camera_pose)
-    parts = [transform_points(cam_from_base @ pose.poses[step, index], occlusion.link_triangles[link].reshape(-1, 3))
-             for index, link in enumerate(pose.links)]
-    owner = np.repeat(np.arange(len(parts)), [len(p) // 3 for p in parts])
-    return np.concatenate(parts).reshape(-1, 3, 3), owner
-
-
-def rendered_truth(occlusion: RobotOcclusion, pose, step: int, camera: Camera, local: np.ndarray,
-                   pixels: np.ndarray) -> Truth:
-    """Rasterize the robot (the synthetic renderer's z-buffer) over the points' bounding box at a
-    resolution whose pixels are at most TRUTH_PIXEL_M wide there; read the surface at each
-    point's nearest pixel along the point's own ray (the plane of the triangle seen there)."""
-    triangles, owner = robot_triangles(occlusion, pose, step, camera.poses[step])
-    metres_per_pixel = np.median(local[:, 2]) / camera.K[0, 0]
-    scale = int(np.clip(np.ceil(metres_per_pixel / TRUTH_PIXEL_M), 1, MAX_TRUTH_SCALE))
-    fine = (pixels + 0.5) * scale - 0.5
-    origin = np.floor(fine.min(axis=0)).astype(int) - 2
-    size = np.ceil(fine.max(axis=0)).astype(int) + 3 - origin
-    K = camera.K.copy()
-    K[:2, :2] *= scale
-    K[:2, 2] = (camera.K[:2, 2] + 0.5) * scale - 0.5 - origin
-    raster = rasterize(triangles, K, int(size[0]), int(size[1]), 1e-3)
-    column, row = np.rint(fine - origin).astype(int).T
-    seen = raster.triangle[row, column]
-    corners = triangles[np.maximum(seen, 0)]
-    normal = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        fraction = np.einsum("pi,pi->p", normal, corners[:, 0]) / np.einsum("pi,pi->p", normal, local)
-    length = np.linalg.norm(local, axis=1)
-    distance = np.where(seen >= 0, fraction * length, np.inf)
-    low = np.floor(fine - origin).astype(int)
-    around = np.stack([raster.depth[low[:, 1] + dy, low[:, 0] + dx] for dy in (0, 1) for dx in (0, 1)])
-    return Truth(distance, np.where(seen >= 0, owner[np.maximum(seen, 0)], -1),
-                 np.all(around < local[:, 2] - MARGIN_M, axis=0))
-
-
 @pytest.fixture(scope="module")
 def demo(dataset, occlusion, gripper) -> list[dict]:
     """Per demo camera: labels, the rendered truth of every in-view point, and what hid it."""
     found = []
-    for episode in dataset.episodes:
-        geometry = episode_geometry(dataset, episode, occlusion, gripper)
-        for camera in geometry.cameras:
-            local, pixels, seen = in_view(geometry, camera)
-            hidden = occlusion.robot_occlusion(geometry.pose, geometry.points, geometry.normals, camera.poses,
-                                               margin_m=MARGIN_M, in_view=seen)
-            facing_away = back_facing(geometry.points, geometry.normals, camera.poses) & seen
-            by = {name: occlusion.blocked(geometry.pose, geometry.points, camera.poses, margin_m=MARGIN_M,
-                                          occluders=links, in_view=seen & ~facing_away)
-                  for name, links in (("fingers", (LEFT_FINGER_LINK, RIGHT_FINGER_LINK)),
-                                      ("arm", occlusion.arm_links))}
-            steps, columns = np.nonzero(seen)
-            parts = [rendered_truth(occlusion, geometry.pose, t, camera, local[t, seen[t]], pixels[t, seen[t]])
-                     for t in range(len(seen)) if seen[t].any()]
-            truth = Truth(*(np.concatenate([getattr(part, name) for part in parts])
-                            for name in ("distance", "link", "behind")))
-            found.append({"episode": episode, "camera": camera, "geometry": geometry, "seen": seen, "hidden": hidden,
-                          "steps": steps, "columns": columns, "truth": truth, "facing_away": facing_away, **by,
-                          "local": local, "pixels": pixels})
+    for view in rendered_views(dataset):
+        camera, geometry, seen = view.camera, view.geometry, view.seen
+        hidden = occlusion.robot_occlusion(geometry.pose, geometry.points, geometry.normals, camera.poses,
+                                           margin_m=MARGIN_M, in_view=seen)
+        facing_away = back_facing(geometry.points, geometry.normals, camera.poses) & seen
+        by = {name: occlusion.blocked(geometry.pose, geometry.points, camera.poses, margin_m=MARGIN_M,
+                                      occluders=links, in_view=seen & ~facing_away)
+              for name, links in (("fingers", (LEFT_FINGER_LINK, RIGHT_FINGER_LINK)),
+                                  ("arm", occlusion.arm_links))}
+        found.append({"episode": view.episode, "camera": camera, "geometry": geometry, "seen": seen, "hidden": hidden,
+                      "steps": view.steps, "columns": view.columns, "truth": view.truth, "facing_away": facing_away,
+                      **by, "local": view.local, "pixels": view.pixels, "view": view})
     return found
 
 
 def truly_visible(entry: dict) -> np.ndarray:
-    length = np.linalg.norm(entry["local"][entry["steps"], entry["columns"]], axis=1)
-    return entry["truth"].distance >= length - MARGIN_M
+    return entry["view"].truly_visible
 
 
 # ---------------------------------------------------------------- against the rendered truth

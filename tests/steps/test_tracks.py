@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 import pytest
 import yourdfpy
+from scipy.optimize import least_squares
 from scipy.spatial.transform import Rotation, Slerp
 
 from droid_pipeline.core.config import load_config
@@ -25,6 +26,7 @@ from droid_pipeline.core.errors import EpisodeError
 from droid_pipeline.core.schema import SCHEMA_VERSION
 from droid_pipeline.raw.discovery import build_index
 from droid_pipeline.robot.gripper import GripperModel
+from droid_pipeline.robot.kinematics import arm_joint_names, panda_flange_poses, robot_model
 from droid_pipeline.steps.tracks import generate_tracks
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -62,6 +64,26 @@ def flange_pose6(t: np.ndarray) -> np.ndarray:
                 * Rotation.from_euler("xyz", np.stack([0.1 * np.sin(3 * t), 0.2 * t, 0.8 * t], 1)))
     pose[:, 3:] = rotation.as_euler("xyz")
     return pose
+
+
+def joints_reaching(flange: np.ndarray) -> np.ndarray:
+    """(T, 7) Panda joint angles within the URDF's limits whose forward kinematics is each of the
+    (T, 4, 4) flange poses, as DROID's cartesian_position is the controller's forward kinematics of
+    its joint_positions (least squares from DROID's home pose, each step from the last)."""
+    robot = robot_model()
+    limits = [robot.joint(name).limit for name in arm_joint_names()]
+    bounds = (np.array([limit.lower for limit in limits]), np.array([limit.upper for limit in limits]))
+    joints = np.array([0.0, -0.13, 0.0, -2.25, 0.0, 2.12, 0.785])
+    solved = []
+    for target in flange:
+        def residual(q: np.ndarray, target: np.ndarray = target) -> np.ndarray:
+            pose = panda_flange_poses(q[None])[0]
+            return np.concatenate([pose[:3, 3] - target[:3, 3], 0.1 * (pose[:3, :3] - target[:3, :3]).ravel()])
+        joints = least_squares(residual, joints, bounds=bounds, xtol=1e-15, ftol=1e-15, gtol=1e-15).x
+        solved.append(joints)
+    solved = np.array(solved)
+    assert np.abs(panda_flange_poses(solved) - flange).max() < 1e-9
+    return solved
 
 
 @dataclass
@@ -160,7 +182,7 @@ def build_episode(tmp_path: Path, spec: EpisodeSpec | None = None) -> Built:
     datasets = {
         "observation/robot_state/cartesian_position": cartesian,
         "observation/robot_state/gripper_position": gripper,
-        "observation/robot_state/joint_positions": np.zeros((T, 7)),
+        "observation/robot_state/joint_positions": joints_reaching(flange),
         f"observation/camera_extrinsics/{SERIALS['wrist']}_left": wrist_pose6,
         f"observation/camera_extrinsics/{SERIALS['wrist']}_left_gripper_offset": np.tile(WRIST_OFFSET, (T, 1)),
         f"observation/camera_extrinsics/{SERIALS['ext1']}_left": np.tile(EXT_POSES["ext1"], (T, 1)),

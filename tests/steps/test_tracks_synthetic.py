@@ -102,10 +102,11 @@ def test_wrist_tracks_land_on_the_rendered_pads(run: dict) -> None:
     assert np.mean(difference < 3.0) > 0.6
 
 
-def _write_depth(output_dir: Path, serial: str, num_frames: int, missing: set[int]) -> None:
-    """depth.mkv + depth_meta.json as the depth step writes them, some frames missing."""
+def _write_depth(output_dir: Path, serial: str, size: tuple[int, int], num_frames: int, missing: set[int]) -> None:
+    """depth.mkv + depth_meta.json of a ``size`` (W, H) image as the depth step writes them, some
+    frames missing."""
     config = load_config()
-    height, width = 18, 32
+    width, height = size
     path = output_dir / "recordings" / serial / "depth.mkv"
     with DepthWriter(path, width, height, CONTROL_HZ, config.ffv1,
                      source={"backend": "stereo", "valid_fraction": 0.5}) as writer:
@@ -121,15 +122,16 @@ def test_missing_depth_frames_are_counted_in_quality_and_depth_of_another_length
     config = load_config([run["output_root"].parent / "config.yaml"])
     episode = build_index(config.droid_root, config.index_path).get(run["quality"]["episode"]["episode_id"])
     serial = episode.serials["ext1"]
+    size = (run["truth"][serial]["width"], run["truth"][serial]["height"])
     output_dir = Path(shutil.copytree(run["output_dir"], tmp_path / "episode"))
-    _write_depth(output_dir, serial, FRAMES, missing={0, 7})
+    _write_depth(output_dir, serial, size, FRAMES, missing={0, 7})
     summary = generate_tracks(config, episode, output_dir)
     quality = json.loads((output_dir / "quality.json").read_text())
     assert quality["depth"][serial]["missing_frames"] == [0, 7]
     assert quality["depth"][serial]["num_frames"] == FRAMES
     assert any(serial in w and "2 depth frame(s)" in w for w in summary["warnings"])
 
-    _write_depth(output_dir, serial, FRAMES - 1, missing=set())
+    _write_depth(output_dir, serial, size, FRAMES - 1, missing=set())
     with pytest.raises(EpisodeError) as info:
         generate_tracks(config, episode, output_dir)
     assert info.value.step == "tracks" and f"{FRAMES - 1} frames" in info.value.cause

@@ -39,7 +39,8 @@ def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> DatasetInfo:
 
 def converted_small_dataset(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The small dataset through the intrinsics and tracks steps (episode 0 also stereo depth of
-    its ext1 camera, published as a full-pipeline episode), with manifests, under an output root.
+    its ext1 camera before the tracks, as the full pipeline runs them, so its ext1 occlusion labels
+    use that depth; published as a full-pipeline episode), with manifests, under an output root.
     Returns ``{"root": output root, "episodes": [Episode, ...]}``; converted once per session,
     read-only like the dataset itself."""
     if "small" not in _converted:
@@ -52,9 +53,9 @@ def converted_small_dataset(tmp_path_factory: pytest.TempPathFactory) -> dict:
         for number, episode in enumerate(episodes):
             work = tmp / "work" / str(number)
             extract_intrinsics(config, episode, work)
-            generate_tracks(config, episode, work)
             if number == 0:
                 extract_depth(config, episode, work, backend="stereo", cameras=["ext1"])
+            generate_tracks(config, episode, work)
             publish_episode(work, config.output_root, episode.relative_path, episode.episode_id,
                             "full" if number == 0 else "metadata", config.run_root)
         _converted["small"] = {"root": config.output_root, "episodes": episodes}
