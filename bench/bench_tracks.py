@@ -32,9 +32,10 @@ sys.path.insert(0, str(REPO_ROOT))
 from droid_pipeline.core.config import load_config  # noqa: E402
 from droid_pipeline.core.schema import DEPTH, TRACKS  # noqa: E402
 from droid_pipeline.formats.depth_codec import DepthReader, DepthWriter  # noqa: E402
+from droid_pipeline.formats.npz import write_npz  # noqa: E402
 from droid_pipeline.raw.discovery import build_index  # noqa: E402
-from droid_pipeline.steps import tracks as tracks_step  # noqa: E402
 from droid_pipeline.steps.intrinsics import extract_intrinsics  # noqa: E402
+from droid_pipeline.steps.occlusion_labels import OcclusionLabeller  # noqa: E402
 from droid_pipeline.steps.tracks import generate_tracks  # noqa: E402
 from droid_pipeline.synthetic.generator import generate_dataset, load_dataset_info  # noqa: E402
 
@@ -53,18 +54,34 @@ def describe(seconds: list[float]) -> str:
 
 
 class OcclusionTimer:
-    """Wraps the tracks step's call of ``label_occlusion`` and records how long each took."""
+    """Wraps the occlusion labeller's per-block ``label`` and sums how long each tracks step spent in it."""
 
     def __init__(self) -> None:
         self.seconds: list[float] = []
-        self._label = tracks_step.label_occlusion
+        self._label = OcclusionLabeller.label
+        timer = self
 
-    def __call__(self, *args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return self._label(*args, **kwargs)
-        finally:
-            self.seconds.append(time.perf_counter() - start)
+        def label(labeller, *args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return timer._label(labeller, *args, **kwargs)
+            finally:
+                timer.running += time.perf_counter() - start
+
+        self._wrapped = label
+        self.running = 0.0
+
+    def __enter__(self) -> OcclusionTimer:
+        OcclusionLabeller.label = self._wrapped
+        return self
+
+    def __exit__(self, *exc) -> None:
+        OcclusionLabeller.label = self._label
+
+    def lap(self) -> None:
+        """End one tracks step: record the time it spent labelling."""
+        self.seconds.append(self.running)
+        self.running = 0.0
 
 
 def write_true_depth(info, output_dir: Path, fps: float) -> None:
@@ -126,20 +143,23 @@ def main() -> int:
             start = time.perf_counter()
             write_true_depth(info, depth_dir, float(arrays["fps"]))
             print(f"setup: true depth of every camera encoded in {time.perf_counter() - start:.1f} s")
-        timer = OcclusionTimer()
-        tracks_step.label_occlusion = timer
-        runs: dict[str, list[float]] = {"with": [], "without": [], "depth": [], "decoding": [], "writing": []}
+        runs: dict[str, list[float]] = {"with": [], "without": [], "depth": [], "decoding": [], "savez": [],
+                                        "write_npz": []}
         labels: dict[str, list[float]] = {"with": [], "depth": []}
-        for _ in range(args.repeats):  # interleaved, so all see the same machine load
-            runs["without"] += timed(lambda: generate_tracks(without, episode, output_dir), 1)
-            runs["with"] += timed(lambda: generate_tracks(config, episode, output_dir), 1)
-            labels["with"].append(timer.seconds[-1])
-            if args.depth:
-                runs["depth"] += timed(lambda: generate_tracks(config, episode, depth_dir), 1)
-                labels["depth"].append(timer.seconds[-1])
-                runs["decoding"] += timed(lambda: decode_all(depth_dir), 1)
-            runs["writing"] += timed(lambda: np.savez_compressed(io.BytesIO(), **arrays), 1)
-        tracks_step.label_occlusion = timer._label
+        with OcclusionTimer() as timer:
+            for _ in range(args.repeats):  # interleaved, so all see the same machine load
+                runs["without"] += timed(lambda: generate_tracks(without, episode, output_dir), 1)
+                timer.lap()
+                runs["with"] += timed(lambda: generate_tracks(config, episode, output_dir), 1)
+                timer.lap()
+                labels["with"].append(timer.seconds[-1])
+                if args.depth:
+                    runs["depth"] += timed(lambda: generate_tracks(config, episode, depth_dir), 1)
+                    timer.lap()
+                    labels["depth"].append(timer.seconds[-1])
+                    runs["decoding"] += timed(lambda: decode_all(depth_dir), 1)
+                runs["savez"] += timed(lambda: np.savez_compressed(io.BytesIO(), **arrays), 1)
+                runs["write_npz"] += timed(lambda: write_npz(io.BytesIO(), arrays), 1)
         command = [sys.executable, str(REPO_ROOT / "generate_tracks_and_metadata.py"), "--config",
                    str(info.config_path), "--episode_id", episode.episode_id]
         cli = timed(lambda: subprocess.run(command, check=True, capture_output=True), max(2, args.repeats // 2))
@@ -156,7 +176,8 @@ def main() -> int:
                   f"{describe(labels['depth'])}")
             print(f"  decoding the 3 depth.mkv alone, frame by frame:  {describe(runs['decoding'])} "
                   "(the scene test on decoded frames: bench/bench_occlusion.py)")
-        print(f"  np.savez_compressed of its tracks.npz arrays alone, to memory: {describe(runs['writing'])}")
+        print(f"  its tracks.npz arrays alone, to memory, by the step's writer: {describe(runs['write_npz'])}")
+        print(f"  the same arrays by np.savez_compressed:                      {describe(runs['savez'])}")
         print(f"command line, whole step:        {describe(cli)} (interpreter start and imports included)")
         total_bytes = sum(summary["files"].values())
         for name, size in summary["files"].items():

@@ -157,7 +157,7 @@ class NpzSchema:
                     out[key.key(serial)] = (key.dtype, key.shape if wrist is None else wrist)
         return out
 
-    def problems(self, arrays: Mapping[str, np.ndarray], sizes: Mapping[str, int | None]) -> list[str]:
+    def problems(self, arrays: Mapping[str, Any], sizes: Mapping[str, int | None]) -> list[str]:
         """Every key missing, of another dtype or shape, or not in the schema. ``sizes`` binds shape
         symbols (T, M, N; None = unknown); other symbols bind to the first length seen."""
         import numpy as np
@@ -189,9 +189,11 @@ class NpzSchema:
         problems += [f"{name}: unexpected key {key!r}" for key in sorted(set(arrays) - set(expected))]
         return problems
 
-    def build(self, values: Mapping[str, Any], sizes: Mapping[str, int | None]) -> dict[str, np.ndarray]:
+    def build(self, values: Mapping[str, Any], sizes: Mapping[str, int | None]) -> dict[str, Any]:
         """The arrays to write, in the order given, each as its schema dtype. A value the schema
-        lacks, a schema key without a value, or a shape that disagrees raises SchemaError."""
+        lacks, a schema key without a value, or a shape that disagrees raises SchemaError. A streamed
+        value (``formats.npz.StreamedArray``: dtype, shape and its bytes produced while it is written)
+        is passed through, its declared dtype and shape checked like an array's."""
         import numpy as np
 
         if self.serials_key not in values:
@@ -203,12 +205,17 @@ class NpzSchema:
         if unknown or missing:
             raise SchemaError(f"{self.file.name}: written keys not in the schema {unknown}, "
                               f"schema keys not written {missing}")
-        arrays = {key: np.asarray(value, dtype=str if expected[key][0] == "str" else expected[key][0])
+        arrays = {key: value if _is_streamed(value) else
+                  np.asarray(value, dtype=str if expected[key][0] == "str" else expected[key][0])
                   for key, value in values.items()}
         problems = self.problems(arrays, sizes)
         if problems:
             raise SchemaError("; ".join(problems))
         return arrays
+
+
+def _is_streamed(value: Any) -> bool:
+    return hasattr(value, "pieces") and hasattr(value, "dtype") and hasattr(value, "shape")
 
 
 def _shape_text(shape: Sequence[Dim]) -> str:

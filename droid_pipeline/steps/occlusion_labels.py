@@ -11,7 +11,9 @@ values and defaults: docs/occlusion.md; engine: :mod:`droid_pipeline.robot.occlu
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import itertools
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,16 +29,22 @@ from droid_pipeline.robot.gripper import GripperModel
 from droid_pipeline.robot.occlusion import RobotOcclusion, combine_labels, scene_occlusion
 
 
-@dataclass(frozen=True, eq=False)
-class CameraView:
-    """What the labels need of one camera with 2D tracks (the tracks step's projection)."""
+@dataclass(frozen=True)
+class CameraSetup:
+    """A camera with 2D tracks: its serial, role and image size (width, height)."""
 
     serial: str
     role: str
-    base_from_camera: np.ndarray    # (4, 4) or (T, 4, 4) T_base_cam
-    pixels: np.ndarray              # (T, N, 2)
-    visibility: np.ndarray          # (T, N) bool: in front, in the image, the MP4 has the frame
-    size: tuple[int, int]           # (width, height) of the image
+    size: tuple[int, int]
+
+
+@dataclass(frozen=True, eq=False)
+class CameraView:
+    """A camera's projection of one block of B steps (the tracks step's)."""
+
+    base_from_camera: np.ndarray    # (4, 4) or (B, 4, 4) T_base_cam
+    pixels: np.ndarray              # (B, N, 2) float64
+    visibility: np.ndarray          # (B, N) bool: in front, in the image, the MP4 has the frame
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,55 +94,113 @@ def label_fractions(labels: np.ndarray) -> dict[str, float | None]:
     return {name: float(counts[value]) / total if total else None for value, name in OCCLUSION_LABELS.items()}
 
 
-def label_occlusion(settings: OcclusionConfig, raw: RawEpisode, output_dir: Path, joint_positions: np.ndarray | None,
-                    flange: np.ndarray, gripper: GripperModel, gripper_positions: np.ndarray, points: np.ndarray,
-                    cameras: Mapping[str, CameraView], depth: Mapping[str, DepthMeta],
-                    warnings: list[str]) -> EpisodeOcclusion:
-    """Occlusion labels of every camera in ``cameras``.
+class OcclusionLabeller:
+    """Occlusion labels of every camera with 2D tracks, computed block of steps by block of steps
+    (in order, so memory stays bounded whatever T is); each camera's depth.mkv is streamed across
+    the blocks, one frame at a time. Use it in a ``with`` block; :meth:`result` after the last
+    block.
 
     ``joint_positions`` (T, 7) from trajectory.h5 (None when ``settings.enabled`` is false: every
-    label is UNKNOWN), ``flange`` (T, 4, 4) the tracks' flange poses, ``gripper`` the tracks'
-    gripper model (its mount), ``points`` (T, N, 3) the tracks in the base frame, ``depth`` the
-    depth_meta.json of each camera with depth. Depth that does not fit the camera's image, or
-    that cannot be decoded, fails the episode.
+    label is UNKNOWN), ``gripper`` the tracks' gripper model (its mount), ``depth`` the
+    depth_meta.json of each camera with depth. Depth that does not fit the camera's image (at its
+    ``depth_size`` downscale), or that cannot be decoded, fails the episode.
     """
-    if not settings.enabled or joint_positions is None:
-        return EpisodeOcclusion(settings, {serial: CameraOcclusion(np.full(camera.visibility.shape, UNKNOWN, np.uint8),
-                                                                   False) for serial, camera in cameras.items()},
-                                None, None)
-    occlusion = RobotOcclusion.load()
-    pose = occlusion.pose(joint_positions, flange, gripper_positions, mount=gripper.gripper_frame_in_flange())
-    if pose.flange_mismatch_mm > settings.flange_tolerance_mm:
-        warnings.append(f"the arm's forward kinematics of joint_positions puts the flange up to "
-                        f"{pose.flange_mismatch_mm:.1f} mm / {pose.flange_mismatch_deg:.2f} deg from "
-                        f"cartesian_position (occlusion.flange_tolerance_mm = {settings.flange_tolerance_mm}): "
-                        "the arm's occlusion of the pads may be off")
-    normals = gripper.contact_normals(gripper_positions, points.shape[1]) @ np.swapaxes(flange[:, :3, :3], -1, -2)
-    margin_m = settings.surface_margin_mm / 1000.0
-    labelled = {}
-    for serial, camera in cameras.items():
-        robot = occlusion.robot_occlusion(pose, points, normals, camera.base_from_camera, margin_m=margin_m,
-                                          in_view=camera.visibility)
-        scene = None
-        if serial in depth:
-            scene = _scene_labels(settings, raw, output_dir, camera, depth[serial], points)
-        labelled[serial] = CameraOcclusion(combine_labels(camera.visibility, robot, scene), scene is not None)
-    return EpisodeOcclusion(settings, labelled, pose.flange_mismatch_mm, pose.flange_mismatch_deg)
+
+    def __init__(self, settings: OcclusionConfig, raw: RawEpisode, output_dir: Path,
+                 joint_positions: np.ndarray | None, gripper: GripperModel, cameras: Mapping[str, CameraSetup],
+                 depth: Mapping[str, DepthMeta], num_steps: int, num_points: int):
+        self.settings, self.raw, self.output_dir = settings, raw, output_dir
+        self.enabled = settings.enabled and joint_positions is not None
+        self.joint_positions = joint_positions
+        self.gripper = gripper
+        self.cameras = dict(cameras)
+        self.depth = {serial: meta for serial, meta in depth.items() if serial in self.cameras}
+        self.labels = {serial: np.full((num_steps, num_points), UNKNOWN, np.uint8) for serial in self.cameras}
+        self._robot = RobotOcclusion.load() if self.enabled else None
+        self._frames: dict[str, Iterator[np.ndarray]] = {}
+        self._scale: dict[str, int] = {}
+        self._stack = contextlib.ExitStack()
+        self._mismatch_mm = self._mismatch_deg = 0.0
+
+    def __enter__(self) -> OcclusionLabeller:
+        if self.enabled:
+            for serial, meta in self.depth.items():
+                camera = self.cameras[serial]
+                self._scale[serial] = _depth_scale(self.raw, camera, meta)
+                reader = self._stack.enter_context(self._open_depth(camera, meta))
+                self._frames[serial] = iter(reader)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def _open_depth(self, camera: CameraSetup, meta: DepthMeta) -> DepthReader:
+        relative = DEPTH.for_camera(camera.serial)
+        try:
+            return DepthReader(self.output_dir / relative, meta=meta)
+        except DepthCodecError as exc:
+            raise self.raw.fail(f"{camera.role} camera {camera.serial}: scene occlusion from {relative}: {exc}") \
+                from exc
+
+    def label(self, steps: slice, flange: np.ndarray, gripper_positions: np.ndarray, points: np.ndarray,
+              views: Mapping[str, CameraView]) -> None:
+        """Label the block ``steps`` of every camera: ``flange`` (B, 4, 4) the tracks' flange poses,
+        ``gripper_positions`` (B,), ``points`` (B, N, 3) the tracks in the base frame, ``views``
+        each camera's projection of the block."""
+        if not self.enabled:
+            return
+        assert self._robot is not None and self.joint_positions is not None
+        pose = self._robot.pose(self.joint_positions[steps], flange, gripper_positions,
+                                mount=self.gripper.gripper_frame_in_flange())
+        self._mismatch_mm = max(self._mismatch_mm, pose.flange_mismatch_mm)
+        self._mismatch_deg = max(self._mismatch_deg, pose.flange_mismatch_deg)
+        normals = self.gripper.contact_normals(gripper_positions, points.shape[1]) @ np.swapaxes(flange[:, :3, :3],
+                                                                                                -1, -2)
+        margin_m = self.settings.surface_margin_mm / 1000.0
+        for serial, view in views.items():
+            camera = self.cameras[serial]
+            robot = self._robot.robot_occlusion(pose, points, normals, view.base_from_camera, margin_m=margin_m,
+                                                in_view=view.visibility)
+            scene = self._scene(camera, view, points, len(flange)) if serial in self._frames else None
+            self.labels[serial][steps] = combine_labels(view.visibility, robot, scene)
+
+    def _scene(self, camera: CameraSetup, view: CameraView, points: np.ndarray, count: int) -> np.ndarray:
+        """The scene test of one block from the camera's next ``count`` depth frames."""
+        scale = self._scale[camera.serial]
+        pixels = view.pixels if scale == 1 else (view.pixels + 0.5) / scale - 0.5
+        depth_m = points_in_camera(points, view.base_from_camera)[..., 2]
+        try:
+            return scene_occlusion(itertools.islice(self._frames[camera.serial], count), pixels, depth_m,
+                                   view.visibility, tolerance_mm=self.settings.scene_tolerance_mm,
+                                   tolerance_per_m2=self.settings.scene_tolerance_per_m2)
+        except (DepthCodecError, ValueError) as exc:
+            raise self.raw.fail(f"{camera.role} camera {camera.serial}: scene occlusion from "
+                                f"{DEPTH.for_camera(camera.serial)}: {exc}") from exc
+
+    def result(self, warnings: list[str]) -> EpisodeOcclusion:
+        """Every camera's labels, once every block is labelled; a warning when the arm's kinematics
+        and the tracks' flange disagree beyond ``occlusion.flange_tolerance_mm``."""
+        settings = self.settings
+        if not self.enabled:
+            return EpisodeOcclusion(settings, {s: CameraOcclusion(labels, False) for s, labels in self.labels.items()},
+                                    None, None)
+        if self._mismatch_mm > settings.flange_tolerance_mm:
+            warnings.append(f"the arm's forward kinematics of joint_positions puts the flange up to "
+                            f"{self._mismatch_mm:.1f} mm / {self._mismatch_deg:.2f} deg from "
+                            f"cartesian_position (occlusion.flange_tolerance_mm = {settings.flange_tolerance_mm}): "
+                            "the arm's occlusion of the pads may be off")
+        return EpisodeOcclusion(settings, {s: CameraOcclusion(labels, s in self._frames)
+                                           for s, labels in self.labels.items()},
+                                self._mismatch_mm, self._mismatch_deg)
 
 
-def _scene_labels(settings: OcclusionConfig, raw: RawEpisode, output_dir: Path, camera: CameraView, meta: DepthMeta,
-                  points: np.ndarray) -> np.ndarray:
-    """The scene test of one camera from its depth.mkv, streamed."""
-    name = f"{camera.role} camera {camera.serial}"
-    relative = DEPTH.for_camera(camera.serial)
-    if (meta.width, meta.height) != camera.size:
-        raise raw.fail(f"{name}: {relative} is {meta.width}x{meta.height} but its intrinsics' image is "
+def _depth_scale(raw: RawEpisode, camera: CameraSetup, meta: DepthMeta) -> int:
+    """The integer downscale of a camera's stored depth against its image (1: native size)."""
+    size_record = meta.source.get("depth_size") if isinstance(meta.source, dict) else None
+    factor = int(size_record["factor"]) if isinstance(size_record, dict) and "factor" in size_record else 1
+    if (meta.width * factor, meta.height * factor) != camera.size:
+        scaled = f" (stored at 1/{factor})" if factor != 1 else ""
+        raise raw.fail(f"{camera.role} camera {camera.serial}: {DEPTH.for_camera(camera.serial)} is "
+                       f"{meta.width}x{meta.height}{scaled} but its intrinsics' image is "
                        f"{camera.size[0]}x{camera.size[1]}: depth and tracks must share the image")
-    depth_m = points_in_camera(points, camera.base_from_camera)[..., 2]
-    try:
-        with DepthReader(output_dir / relative, meta=meta) as reader:
-            return scene_occlusion(iter(reader), camera.pixels, depth_m, camera.visibility,
-                                   tolerance_mm=settings.scene_tolerance_mm,
-                                   tolerance_per_m2=settings.scene_tolerance_per_m2)
-    except (DepthCodecError, ValueError) as exc:
-        raise raw.fail(f"{name}: scene occlusion from {relative}: {exc}") from exc
+    return factor

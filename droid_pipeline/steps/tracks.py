@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from droid_pipeline.core.errors import EpisodeError
 from droid_pipeline.core.schema import DEPTH, DEPTH_META, EXTRINSICS, INTRINSICS, QUALITY, SCHEMA_VERSION, TRACKS
 from droid_pipeline.formats.depth_codec import DepthCodecError, DepthMeta
 from droid_pipeline.formats.intrinsics import IntrinsicsError, IntrinsicsRecord
-from droid_pipeline.formats.npz import save_npz_atomic
+from droid_pipeline.formats.npz import StreamedArray, save_npz_atomic
 from droid_pipeline.geometry.normalize import (
     ArcLengthSampling,
     arc_length_sampling,
@@ -49,10 +50,13 @@ from droid_pipeline.raw.video import VideoError, frame_indices
 from droid_pipeline.robot.gripper import GripperModel
 from droid_pipeline.robot.kinematics import GripperMount
 from droid_pipeline.steps.extrinsics import CalibrationSources, EpisodeExtrinsics, camera_poses
-from droid_pipeline.steps.occlusion_labels import CameraView, EpisodeOcclusion, label_occlusion
+from droid_pipeline.steps.occlusion_labels import CameraSetup, CameraView, EpisodeOcclusion, OcclusionLabeller
 
 STEP = "tracks"
 OUTPUTS = (TRACKS, EXTRINSICS, QUALITY)
+# Points computed at once (steps or normalized samples times N): bounds the float64 temporaries
+# (a few tens of MB) whatever the episode's length; T=300 episodes are one block.
+BLOCK_POINTS = 1 << 18
 
 log = logging.getLogger(__name__)
 
@@ -112,25 +116,24 @@ def generate_tracks(config: Config, episode: Episode, output_dir: os.PathLike | 
 
     gripper = GripperModel.load(configured_mount(config))
     num_points = config.num_track_points
-    geometry = _contact_geometry(gripper, trajectory, num_points)
-    extrinsics = camera_poses(episode_id, episode.serials, raw.metadata, trajectory, geometry["flange"],
+    flange = pose6_to_matrix(trajectory.cartesian_positions)
+    extrinsics = camera_poses(episode_id, episode.serials, raw.metadata, trajectory, flange,
                               CalibrationSources.from_config(config), config.wrist_pose_tolerance_mm)
     warnings.extend(extrinsics.warnings)
     depth = _depth_metas(raw, output_dir, trajectory.num_frames, warnings)
-    cameras = _project_cameras(config, raw, output_dir, extrinsics, geometry["tracks_3d"], videos, warnings)
-    occlusion = _occlusion(config, raw, output_dir, joint_positions, gripper, trajectory, geometry, extrinsics,
-                           cameras, depth, warnings)
-    sampling = arc_length_sampling(geometry["contact_centroids"], config.normalized_step_size_mm)
-    normalized = _normalized_flow(gripper, geometry, trajectory.gripper_positions, sampling, num_points)
+    intrinsics = _camera_intrinsics(config, raw, output_dir, extrinsics, warnings)
+    steps = _per_step(config, raw, output_dir, gripper, trajectory, flange, joint_positions, extrinsics, intrinsics,
+                      videos, depth, warnings)
+    sampling = arc_length_sampling(steps.contact_centroids, config.normalized_step_size_mm)
+    normalized = _normalized_flow(gripper, steps, trajectory.gripper_positions, sampling, num_points, episode_id)
 
     sizes = {"T": trajectory.num_frames, "M": sampling.num_samples, "N": num_points}
-    tracks = schema.TRACKS_NPZ.build(_tracks_values(trajectory, geometry, normalized, sampling, cameras, occlusion,
-                                                    num_points, config.normalized_step_size_mm), sizes)
-    _require_finite(episode_id, tracks)
+    tracks = schema.TRACKS_NPZ.build(_tracks_values(trajectory, gripper, steps, normalized, sampling, num_points,
+                                                    config.normalized_step_size_mm), sizes)
+    _require_finite(episode_id, tracks, streamed=NormalizedFlow.STREAMED)
     extrinsics_arrays = schema.EXTRINSICS_NPZ.build({"schema_version": SCHEMA_VERSION, **extrinsics.arrays()},
                                                     sizes)
-    quality = _quality(config, raw, trajectory, gripper, extrinsics, cameras, occlusion, sampling, videos, depth,
-                       warnings)
+    quality = _quality(config, raw, trajectory, gripper, extrinsics, steps, sampling, videos, depth, warnings)
     save_npz_atomic(output_dir / TRACKS.path, tracks)
     save_npz_atomic(output_dir / EXTRINSICS.path, extrinsics_arrays)
     write_json_atomic(output_dir / QUALITY.path, quality)
@@ -140,7 +143,7 @@ def generate_tracks(config: Config, episode: Episode, output_dir: os.PathLike | 
     return {"episode_id": episode_id, "output_dir": str(output_dir),
             "num_frames": trajectory.num_frames, "num_points": num_points,
             "num_normalized_steps": sampling.num_samples, "path_length_mm": sampling.path_length_mm,
-            "cameras_with_2d_tracks": list(cameras), "files": files, "warnings": warnings}
+            "cameras_with_2d_tracks": list(steps.cameras), "files": files, "warnings": warnings}
 
 
 def configured_mount(config: Config) -> GripperMount:
@@ -215,30 +218,109 @@ def _depth_metas(raw: RawEpisode, output_dir: Path, num_frames: int, warnings: l
     return metas
 
 
-def _contact_geometry(gripper: GripperModel, trajectory: Trajectory, num_points: int) -> dict[str, np.ndarray]:
-    """Per-step gripper, finger and contact-point poses in the base frame (float64)."""
+@dataclass(frozen=True, eq=False)
+class StepArrays:
+    """The per-step results of the whole episode (T steps, N points): poses in float64, the large
+    per-point arrays already in their storage dtypes (float32 points and pixels)."""
+
+    contact_points_local: np.ndarray      # (N, 3)
+    contact_normals_local: np.ndarray     # (N, 3)
+    tracks_3d: np.ndarray                 # (T, N, 3) float32
+    gripper_poses: np.ndarray             # (T, 4, 4)
+    contact_centroids: np.ndarray         # (T, 3)
+    contact_frames: np.ndarray            # (T, 4, 4)
+    left_contact_frames: np.ndarray       # (T, 4, 4)
+    right_contact_frames: np.ndarray      # (T, 4, 4)
+    cameras: dict[str, CameraProjection]
+    occlusion: EpisodeOcclusion
+
+
+def step_blocks(num_items: int, num_points: int) -> list[slice]:
+    """Consecutive slices of ``num_items`` steps (or samples) holding about :data:`BLOCK_POINTS`
+    points each: the unit of work whose float64 temporaries are held at once."""
+    size = max(1, BLOCK_POINTS // max(num_points, 1))
+    return [slice(start, min(start + size, num_items)) for start in range(0, num_items, size)]
+
+
+def _camera_intrinsics(config: Config, raw: RawEpisode, output_dir: Path, extrinsics: EpisodeExtrinsics,
+                       warnings: list[str]) -> dict[str, IntrinsicsRecord]:
+    """The intrinsics of every camera that gets 2D tracks, in role order."""
+    records: dict[str, IntrinsicsRecord] = {}
+    for serial, pose in extrinsics.cameras.items():
+        path = output_dir / INTRINSICS.for_camera(serial)
+        if not path.is_file():
+            if not config.allow_missing_intrinsics:
+                raise raw.fail(f"{pose.role} camera {serial} has no intrinsics ({path} missing; run the "
+                               "intrinsics step, or set allow_missing_intrinsics)")
+            warnings.append(f"{pose.role} camera {serial}: no intrinsics, no 2D tracks")
+            continue
+        try:
+            records[serial] = IntrinsicsRecord.load(path)
+        except IntrinsicsError as exc:
+            raise raw.fail(str(exc)) from exc
+        if not records[serial].rectified:
+            warnings.append(f"{pose.role} camera {serial}: intrinsics are not rectified; projected "
+                            "with their distortion")
+    return records
+
+
+def _per_step(config: Config, raw: RawEpisode, output_dir: Path, gripper: GripperModel, trajectory: Trajectory,
+              flange: np.ndarray, joint_positions: np.ndarray | None, extrinsics: EpisodeExtrinsics,
+              intrinsics: dict[str, IntrinsicsRecord], videos: dict[str, VideoFrames | None],
+              depth: dict[str, DepthMeta], warnings: list[str]) -> StepArrays:
+    """Contact points, their projection into every camera with intrinsics and their occlusion
+    labels, block of steps by block of steps (:func:`step_blocks`): vectorized within a block,
+    memory bounded by the block whatever T is. A step the camera's MP4 has no frame for is
+    invisible."""
+    num_steps, num_points = trajectory.num_frames, config.num_track_points
     half = num_points // 2
-    flange = pose6_to_matrix(trajectory.cartesian_positions)
     mount = gripper.gripper_frame_in_flange()
     local = gripper.contact_points_local(num_points)
-    normals = gripper.contact_normals_local(num_points)
-    left_finger, right_finger = gripper.finger_poses(trajectory.gripper_positions)
-    left_base, right_base = flange @ left_finger, flange @ right_finger
-    tracks = _pad_points(left_base, right_base, local)
+    tracks = np.empty((num_steps, num_points, 3), np.float32)
+    centroids = np.empty((num_steps, 3))
+    left_frames, right_frames = np.empty((num_steps, 4, 4)), np.empty((num_steps, 4, 4))
+    poses = {serial: extrinsics.cameras[serial] for serial in intrinsics}
+    pixels = {serial: np.empty((num_steps, num_points, 2), np.float32) for serial in poses}
+    seen = {serial: np.empty((num_steps, num_points), bool) for serial in poses}
+    setups = {serial: CameraSetup(serial, poses[serial].role, record.size) for serial, record in intrinsics.items()}
+    has_frame = {serial: np.ones(num_steps, bool) for serial in poses}
+    for serial in poses:
+        video = videos.get(serial)
+        if video is not None:
+            has_frame[serial][video.steps_without_frame] = False
+    gripper_positions = trajectory.gripper_positions
+    with OcclusionLabeller(config.occlusion, raw, output_dir, joint_positions, gripper, setups, depth, num_steps,
+                           num_points) as labeller:
+        for block in step_blocks(num_steps, num_points):
+            left_finger, right_finger = gripper.finger_poses(gripper_positions[block])
+            left_base, right_base = flange[block] @ left_finger, flange[block] @ right_finger
+            points = _pad_points(left_base, right_base, local)
+            tracks[block] = points
+            centroids[block] = points.mean(axis=1)
+            left_frames[block] = _frames(left_base[:, :3, :3], points[:, :half].mean(axis=1))
+            right_frames[block] = _frames(right_base[:, :3, :3], points[:, half:].mean(axis=1))
+            views = {}
+            for serial, pose in poses.items():
+                record = intrinsics[serial]
+                base_from_camera = pose.base_from_camera if pose.base_from_camera.ndim == 2 \
+                    else pose.base_from_camera[block]
+                in_camera = points_in_camera(points, base_from_camera)
+                projected = project(in_camera, record.K, record.distortion)
+                visibility = visible(projected, in_camera[..., 2], record.width, record.height,
+                                     config.min_depth.for_role(pose.role)) & has_frame[serial][block, None]
+                pixels[serial][block] = projected
+                seen[serial][block] = visibility
+                views[serial] = CameraView(base_from_camera, projected, visibility)
+            labeller.label(block, flange[block], gripper_positions[block], points, views)
+        occlusion = labeller.result(warnings)
+    cameras: dict[str, CameraProjection] = {}
+    for serial, pose in poses.items():
+        if not seen[serial].any():
+            warnings.append(f"{pose.role} camera {serial}: no contact point visible in any frame")
+        cameras[serial] = CameraProjection(serial, pose.role, pixels[serial], seen[serial], intrinsics[serial])
     gripper_poses = flange @ mount
-    centroids = tracks.mean(axis=1)
-    return {
-        "flange": flange,
-        "mount": mount,
-        "contact_points_local": local,
-        "contact_normals_local": normals,
-        "tracks_3d": tracks,
-        "gripper_poses": gripper_poses,
-        "contact_centroids": centroids,
-        "contact_frames": _frames(gripper_poses[:, :3, :3], centroids),
-        "left_contact_frames": _frames(left_base[:, :3, :3], tracks[:, :half].mean(axis=1)),
-        "right_contact_frames": _frames(right_base[:, :3, :3], tracks[:, half:].mean(axis=1)),
-    }
+    return StepArrays(local, gripper.contact_normals_local(num_points), tracks, gripper_poses, centroids,
+                      _frames(gripper_poses[:, :3, :3], centroids), left_frames, right_frames, cameras, occlusion)
 
 
 def _pad_points(left: np.ndarray, right: np.ndarray, local: np.ndarray) -> np.ndarray:
@@ -262,82 +344,62 @@ def _frames(rotations: np.ndarray, origins: np.ndarray) -> np.ndarray:
     return frames
 
 
-def _normalized_flow(gripper: GripperModel, geometry: dict[str, np.ndarray], gripper_positions: np.ndarray,
-                     sampling: ArcLengthSampling, num_points: int) -> dict[str, np.ndarray]:
+@dataclass(frozen=True, eq=False)
+class NormalizedFlow:
+    """The normalized flow of tracks.npz: per-sample arrays, and the (M, N, 3) points streamed
+    sample block by sample block while tracks.npz is written. The left and right finger frames,
+    whose origins are means of those points, are filled in as the points are produced: they are
+    written after the points (float32 storage arrays, passed to the writer as they are)."""
+
+    centroids: np.ndarray             # (M, 3)
+    gripper_positions: np.ndarray     # (M,)
+    frames: np.ndarray                # (M, 4, 4)
+    tracks_3d: StreamedArray          # (M, N, 3) float32
+    left_frames: np.ndarray           # (M, 4, 4) float32, filled while tracks_3d streams
+    right_frames: np.ndarray          # (M, 4, 4) float32, filled while tracks_3d streams
+
+    # Keys produced while tracks.npz is written, and checked finite then.
+    STREAMED = ("normalized_tracks_3d", "normalized_left_frames", "normalized_right_frames")
+
+
+def _normalized_flow(gripper: GripperModel, steps: StepArrays, gripper_positions: np.ndarray,
+                     sampling: ArcLengthSampling, num_points: int, episode_id: str) -> NormalizedFlow:
     """The rigid gripper re-posed at each arc-length sample (see module docstring)."""
-    half = num_points // 2
-    centroids = interpolate_linear(geometry["contact_centroids"], sampling)
-    rotations = interpolate_rotations(geometry["contact_frames"][:, :3, :3], sampling)
+    centroids = interpolate_linear(steps.contact_centroids, sampling)
+    rotations = interpolate_rotations(steps.contact_frames[:, :3, :3], sampling)
     opening = interpolate_linear(gripper_positions, sampling)
-    mount_rotation = geometry["mount"][:3, :3]
-    local = geometry["contact_points_local"]
-    left_finger, right_finger = gripper.finger_poses(opening)
-    in_flange = _pad_points(left_finger, right_finger, local)
-    # Points in the contact frame: gripper-frame axes, origin at the points' centroid.
-    in_contact = (in_flange - in_flange.mean(axis=1, keepdims=True)) @ mount_rotation
-    tracks = centroids[:, None, :] + in_contact @ np.swapaxes(rotations, -1, -2)
-    to_finger = mount_rotation.T  # contact (gripper) axes -> flange axes, then the finger's own
-    return {
-        "normalized_centroids": centroids,
-        "normalized_gripper_positions": opening,
-        "normalized_tracks_3d": tracks,
-        "normalized_frames": _frames(rotations, centroids),
-        "normalized_left_frames": _frames(rotations @ to_finger @ left_finger[:, :3, :3],
-                                          tracks[:, :half].mean(axis=1)),
-        "normalized_right_frames": _frames(rotations @ to_finger @ right_finger[:, :3, :3],
-                                           tracks[:, half:].mean(axis=1)),
-    }
+    left_frames = np.empty((sampling.num_samples, 4, 4), np.float32)
+    right_frames = np.empty((sampling.num_samples, 4, 4), np.float32)
+
+    def points() -> Iterator[np.ndarray]:
+        half = num_points // 2
+        mount_rotation = gripper.gripper_frame_in_flange()[:3, :3]
+        to_finger = mount_rotation.T  # contact (gripper) axes -> flange axes, then the finger's own
+        local = steps.contact_points_local
+        for block in step_blocks(sampling.num_samples, num_points):
+            left_finger, right_finger = gripper.finger_poses(opening[block])
+            in_flange = _pad_points(left_finger, right_finger, local)
+            # Points in the contact frame: gripper-frame axes, origin at the points' centroid.
+            in_contact = (in_flange - in_flange.mean(axis=1, keepdims=True)) @ mount_rotation
+            tracks = centroids[block, None, :] + in_contact @ np.swapaxes(rotations[block], -1, -2)
+            left_frames[block] = _frames(rotations[block] @ to_finger @ left_finger[:, :3, :3],
+                                         tracks[:, :half].mean(axis=1))
+            right_frames[block] = _frames(rotations[block] @ to_finger @ right_finger[:, :3, :3],
+                                          tracks[:, half:].mean(axis=1))
+            if not (np.isfinite(tracks).all() and np.isfinite(left_frames[block]).all()
+                    and np.isfinite(right_frames[block]).all()):
+                raise EpisodeError(episode_id, STEP, "computed normalized tracks or finger frames contain NaN or inf")
+            yield tracks.astype(np.float32)
+
+    streamed = StreamedArray(np.dtype(np.float32), (sampling.num_samples, num_points, 3), points())
+    return NormalizedFlow(centroids, opening, _frames(rotations, centroids), streamed, left_frames, right_frames)
 
 
-def _project_cameras(config: Config, raw: RawEpisode, output_dir: Path, extrinsics: EpisodeExtrinsics,
-                     tracks_3d: np.ndarray, videos: dict[str, VideoFrames | None],
-                     warnings: list[str]) -> dict[str, CameraProjection]:
-    """2D tracks and visibility for every camera with intrinsics, in role order; a step the
-    camera's MP4 has no frame for is invisible."""
-    cameras: dict[str, CameraProjection] = {}
-    for serial, pose in extrinsics.cameras.items():
-        path = output_dir / INTRINSICS.for_camera(serial)
-        if not path.is_file():
-            if not config.allow_missing_intrinsics:
-                raise raw.fail(f"{pose.role} camera {serial} has no intrinsics ({path} missing; run the "
-                               "intrinsics step, or set allow_missing_intrinsics)")
-            warnings.append(f"{pose.role} camera {serial}: no intrinsics, no 2D tracks")
-            continue
-        try:
-            intrinsics = IntrinsicsRecord.load(path)
-        except IntrinsicsError as exc:
-            raise raw.fail(str(exc)) from exc
-        if not intrinsics.rectified:
-            warnings.append(f"{pose.role} camera {serial}: intrinsics are not rectified; projected "
-                            "with their distortion")
-        in_camera = points_in_camera(tracks_3d, pose.base_from_camera)
-        pixels = project(in_camera, intrinsics.K, intrinsics.distortion)
-        seen = visible(pixels, in_camera[..., 2], intrinsics.width, intrinsics.height,
-                       config.min_depth.for_role(pose.role))
-        video = videos.get(serial)
-        if video is not None:
-            seen[video.steps_without_frame] = False
-        if not seen.any():
-            warnings.append(f"{pose.role} camera {serial}: no contact point visible in any frame")
-        cameras[serial] = CameraProjection(serial, pose.role, pixels, seen, intrinsics)
-    return cameras
-
-
-def _occlusion(config: Config, raw: RawEpisode, output_dir: Path, joint_positions: np.ndarray | None,
-               gripper: GripperModel, trajectory: Trajectory, geometry: dict[str, np.ndarray],
-               extrinsics: EpisodeExtrinsics, cameras: dict[str, CameraProjection], depth: dict[str, DepthMeta],
-               warnings: list[str]) -> EpisodeOcclusion:
-    """Every projected camera's occlusion labels (:func:`~droid_pipeline.steps.occlusion_labels.label_occlusion`)."""
-    views = {serial: CameraView(serial, camera.role, extrinsics.cameras[serial].base_from_camera, camera.pixels,
-                                camera.visibility, camera.intrinsics.size) for serial, camera in cameras.items()}
-    return label_occlusion(config.occlusion, raw, output_dir, joint_positions, geometry["flange"], gripper,
-                           trajectory.gripper_positions, geometry["tracks_3d"], views, depth, warnings)
-
-
-def _tracks_values(trajectory: Trajectory, geometry: dict[str, np.ndarray], normalized: dict[str, np.ndarray],
-                   sampling: ArcLengthSampling, cameras: dict[str, CameraProjection], occlusion: EpisodeOcclusion,
-                   num_points: int, step_mm: float) -> dict[str, Any]:
-    """The values of tracks.npz; core.schema.TRACKS_NPZ gives their storage dtypes (docs/outputs.md)."""
+def _tracks_values(trajectory: Trajectory, gripper: GripperModel, steps: StepArrays, normalized: NormalizedFlow,
+                   sampling: ArcLengthSampling, num_points: int, step_mm: float) -> dict[str, Any]:
+    """The values of tracks.npz, in the order written; core.schema.TRACKS_NPZ gives their storage
+    dtypes (docs/outputs.md). The streamed normalized points come last but for the finger frames
+    filled while they stream."""
     values: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "num_frames": trajectory.num_frames,
@@ -345,32 +407,37 @@ def _tracks_values(trajectory: Trajectory, geometry: dict[str, np.ndarray], norm
         "fps": trajectory.fps,
         "cartesian_positions": trajectory.cartesian_positions,
         "gripper_positions": trajectory.gripper_positions,
-        "contact_points_local": geometry["contact_points_local"],
-        "contact_normals_local": geometry["contact_normals_local"],
-        "gripper_poses": geometry["gripper_poses"],
-        "tracks_3d": geometry["tracks_3d"],
-        "contact_centroids": geometry["contact_centroids"],
-        "contact_frames": geometry["contact_frames"],
-        "left_contact_frames": geometry["left_contact_frames"],
-        "right_contact_frames": geometry["right_contact_frames"],
-        "cameras_with_2d_tracks": list(cameras),
+        "contact_points_local": steps.contact_points_local,
+        "contact_normals_local": steps.contact_normals_local,
+        "gripper_poses": steps.gripper_poses,
+        "tracks_3d": steps.tracks_3d,
+        "contact_centroids": steps.contact_centroids,
+        "contact_frames": steps.contact_frames,
+        "left_contact_frames": steps.left_contact_frames,
+        "right_contact_frames": steps.right_contact_frames,
+        "cameras_with_2d_tracks": list(steps.cameras),
         "normalized_step_size_mm": step_mm,
         "num_normalized_steps": sampling.num_samples,
         "cumulative_distance_mm": sampling.cumulative_distance_mm,
         "frame_to_normalized_idx": sampling.frame_to_sample,
-        **{key: normalized[key] for key in ("normalized_centroids", "normalized_gripper_positions",
-                                            "normalized_tracks_3d", "normalized_frames",
-                                            "normalized_left_frames", "normalized_right_frames")},
     }
-    for camera in cameras.values():
+    for camera in steps.cameras.values():
         values.update(camera.arrays())
-    values.update(occlusion.arrays())
+    values.update(steps.occlusion.arrays())
+    values.update({"normalized_centroids": normalized.centroids,
+                   "normalized_gripper_positions": normalized.gripper_positions,
+                   "normalized_frames": normalized.frames,
+                   "normalized_tracks_3d": normalized.tracks_3d,
+                   "normalized_left_frames": normalized.left_frames,
+                   "normalized_right_frames": normalized.right_frames})
     return values
 
 
-def _require_finite(episode_id: str, arrays: dict[str, np.ndarray]) -> None:
-    """Never write an empty or non-finite track."""
+def _require_finite(episode_id: str, arrays: dict[str, Any], streamed: tuple[str, ...]) -> None:
+    """Never write an empty or non-finite track (the ``streamed`` keys are checked as they are produced)."""
     for name, value in arrays.items():
+        if name in streamed:
+            continue
         if value.dtype.kind == "f" and not np.isfinite(value).all():
             raise EpisodeError(episode_id, STEP, f"computed {name} contains NaN or inf")
         if value.ndim and value.size == 0:
@@ -378,10 +445,10 @@ def _require_finite(episode_id: str, arrays: dict[str, np.ndarray]) -> None:
 
 
 def _quality(config: Config, raw: RawEpisode, trajectory: Trajectory, gripper: GripperModel,
-             extrinsics: EpisodeExtrinsics, cameras: dict[str, CameraProjection], occlusion: EpisodeOcclusion,
-             sampling: ArcLengthSampling, videos: dict[str, VideoFrames | None], depth: dict[str, DepthMeta],
-             warnings: list[str]) -> dict[str, Any]:
+             extrinsics: EpisodeExtrinsics, steps: StepArrays, sampling: ArcLengthSampling,
+             videos: dict[str, VideoFrames | None], depth: dict[str, DepthMeta], warnings: list[str]) -> dict[str, Any]:
     """quality.json: provenance of every input and the measured checks."""
+    cameras, occlusion = steps.cameras, steps.occlusion
     episode = raw.episode
     gripper_positions = trajectory.gripper_positions
     separation_mm = 1000.0 * gripper.pad_separation(gripper_positions)
