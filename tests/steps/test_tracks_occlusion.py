@@ -287,3 +287,50 @@ def test_full_pipeline_episode_gets_scene_labels_from_its_stereo_depth(dataset, 
     assert (tested[checked] == HIDDEN_BY_SCENE).any()
     valid = free & (at_pixel > 0)
     assert (tested[valid & view.truly_visible] == VISIBLE).mean() > 0.6
+
+
+def test_downscaled_depth_gives_scene_labels_at_the_scaled_pixels(dataset, metadata_only, tmp_path):
+    """With depth_size at half the image, the tracks step samples each camera's stored depth at the
+    pixel the downscale puts the point at ((u + 0.5) / 2 - 0.5): every in-view point the robot does
+    not hide gets the documented rule's label on the stored frames, decoded here independently."""
+    from droid_pipeline.steps.depth import extract_depth
+
+    synthetic = dataset.episodes[0]
+    config = load_config([dataset.config_path], [*metadata_only["overrides"], "depth_size=160x90",
+                                                 f"output_root={tmp_path / 'output'}"])
+    episode = build_index(config.droid_root, config.index_path).get(synthetic.episode_id)
+    folder = tmp_path / "episode"
+    extract_intrinsics(config, episode, folder)
+    extract_depth(config, episode, folder, backend="stereo")
+    generate_tracks(config, episode, folder)
+    written = read_outputs(folder)
+    tracks, quality = written["tracks"], written["quality"]
+    with np.load(folder / "extrinsics.npz", allow_pickle=False) as extrinsics:
+        poses = {str(s): extrinsics[f"T_base_cam_{s}"] for s in extrinsics["serials"]}
+    tolerance_mm, per_m2 = config.occlusion.scene_tolerance_mm, config.occlusion.scene_tolerance_per_m2
+    checked_total = visible_total = 0
+    for serial in (str(s) for s in tracks["cameras_with_2d_tracks"]):
+        assert quality["occlusion"]["cameras"][serial]["scene_from_depth"] is True
+        with DepthReader(folder / "recordings" / serial / "depth.mkv") as reader:
+            depth = reader.read_all()
+        assert depth.shape[1:] == (90, 160)
+        labels, seen = tracks[f"occlusion_{serial}"], tracks[f"visibility_{serial}"]
+        pose = poses[serial] if poses[serial].ndim == 3 else np.broadcast_to(poses[serial], (len(labels), 4, 4))
+        camera_from_base = np.linalg.inv(pose)
+        points = tracks["tracks_3d"].astype(np.float64)
+        z_mm = 1000.0 * (np.einsum("tij,tnj->tni", camera_from_base[:, :3, :3], points)
+                         + camera_from_base[:, None, :3, 3])[..., 2]
+        scaled = (tracks[f"tracks_2d_{serial}"].astype(np.float64) + 0.5) / 2 - 0.5
+        free = seen & (labels != HIDDEN_BY_ROBOT) & clear_of(scaled[..., 0], -10.0) & clear_of(scaled[..., 1], -10.0)
+        steps, points_index = np.nonzero(free)
+        column = np.rint(scaled[steps, points_index, 0]).astype(int)
+        row = np.rint(scaled[steps, points_index, 1]).astype(int)
+        at_pixel = depth[steps, row, column].astype(float)
+        z = z_mm[steps, points_index]
+        limit = z - (tolerance_mm + per_m2 * (z / 1000.0) ** 2)
+        clear = np.abs(at_pixel - limit) > 1.0
+        expected = np.where(at_pixel == 0, UNKNOWN, np.where(at_pixel < limit, HIDDEN_BY_SCENE, VISIBLE))
+        np.testing.assert_array_equal(labels[steps, points_index][clear], expected[clear])
+        checked_total += int(clear.sum())
+        visible_total += int((expected[clear] == VISIBLE).sum())
+    assert checked_total > 5000 and visible_total > 1000
