@@ -101,7 +101,7 @@ def generate_tracks(config: Config, episode: Episode, output_dir: os.PathLike | 
     episode_id = episode.episode_id
     raw = RawEpisode.load(episode, config.droid_root, STEP)
     with raw.trajectory() as h5:
-        trajectory = read_trajectory(h5, episode.serials, raw.metadata, config.fps)
+        trajectory = read_trajectory(h5, episode.serials, raw.metadata, config.fps, config.plausibility)
     warnings = list(trajectory.warnings)
     videos = _check_video_frames(raw, trajectory.num_frames, config.video_frame_mismatch, warnings)
 
@@ -368,6 +368,8 @@ def _quality(config: Config, raw: RawEpisode, trajectory: Trajectory, gripper: G
         "num_frames": trajectory.num_frames,
         "fps": trajectory.fps,
         "fps_source": trajectory.fps_source,
+        "plausibility": trajectory.plausibility,
+        "control_timestamps": trajectory.control_timestamps,
         "video_frames": {s: None if v is None else v.frame_count for s, v in videos.items()},
         "video_alignment": {s: None if v is None else v.quality() for s, v in videos.items()},
         "camera_types": dict(trajectory.camera_types),
