@@ -40,11 +40,11 @@ METADATA_PATTERN = re.compile(r"^metadata_(.+)\.json$")
 # DROID's episode id: <LAB>+<user id, 8 hex digits>+<YYYY-MM-DD>-<H>h-<M>m-<S>s, hours, minutes
 # and seconds with one or two digits (AUTOLab+84bd5053+2023-08-18-12h-01m-10s).
 EPISODE_ID_PATTERN = re.compile(
-    r"^[A-Za-z0-9_-]+\+[0-9a-fA-F]{8}\+(\d{4}-\d{2}-\d{2})-(\d{1,2})h-(\d{1,2})m-(\d{1,2})s$")
+    r"[A-Za-z0-9_-]+\+[0-9a-fA-F]{8}\+(\d{4}-\d{2}-\d{2})-(\d{1,2})h-(\d{1,2})m-(\d{1,2})s")
 EPISODE_ID_GRAMMAR = "<LAB>+<8 hex digits>+<YYYY-MM-DD>-<H>h-<M>m-<S>s"
 # A lab, date or episode folder name that may become a path component of the output tree:
 # letters, digits and _ . : + - (DROID's asctime folders hold ":"), not hidden, one component.
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,254}$")
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:+-]{0,254}")
 
 
 class DiscoveryError(ValueError):
@@ -53,7 +53,7 @@ class DiscoveryError(ValueError):
 
 def episode_id_problem(episode_id: str) -> str | None:
     """Why ``episode_id`` is not a DROID episode id, None when it is one."""
-    match = EPISODE_ID_PATTERN.match(episode_id)
+    match = EPISODE_ID_PATTERN.fullmatch(episode_id)
     if match is None:
         return f"episode id {printable(episode_id)!r} does not follow DROID's grammar {EPISODE_ID_GRAMMAR}"
     date, hours, minutes, seconds = match.groups()
@@ -68,7 +68,7 @@ def episode_id_problem(episode_id: str) -> str | None:
 
 def name_problem(name: str) -> str | None:
     """Why a folder name may not become a path component of the output tree, None when it may."""
-    if SAFE_NAME.match(name):
+    if SAFE_NAME.fullmatch(name):
         return None
     return (f"folder name {printable(name)!r} is not a plain name (letters, digits and _ . : + -, "
             "not starting with a dot)")

@@ -23,8 +23,9 @@ NOMINAL_HZ = 15.0
 # trajectory whose rotation moves too fast are degrees.
 EULER_LIMIT_RAD = np.pi + 1e-6
 DEGREES_LIMIT = 360.0
-# Scales gripper_position has been seen on instead of 0..1.
-GRIPPER_SCALES = ((100.0, "a 0..100 (percent) scale"), (255.0, "Robotiq's raw 0..255 register scale"))
+# Scales gripper_position has been seen on instead of 0..1: (largest value above which the scale
+# is named, top of the scale, name).
+GRIPPER_SCALES = ((10.0, 100.0, "a 0..100 (percent) scale"), (100.0, 255.0, "Robotiq's raw 0..255 register scale"))
 MAX_LISTED_STEPS = 10
 
 
@@ -67,8 +68,8 @@ def check_motion(cartesian: np.ndarray, gripper: np.ndarray, limits: Plausibilit
     low, high = float(gripper.min()), float(gripper.max())
     tolerance = limits.gripper_tolerance
     if low < -tolerance or high > 1.0 + tolerance:
-        scale = next((name for top, name in GRIPPER_SCALES if low >= -tolerance and high <= top * (1 + tolerance)),
-                     None) if high > 1.0 + tolerance else None
+        scale = next((name for above, top, name in GRIPPER_SCALES
+                      if low >= -tolerance and above < high <= top * (1 + tolerance)), None)
         hint = f"; the values look like {scale}, not 0..1" if scale else ""
         raise ImplausibleTrajectory(
             f"{GRIPPER} spans [{low:.4g}, {high:.4g}], beyond [0, 1] by more than "
