@@ -13,8 +13,8 @@ Three processes per worker slot, each recording what the one below it cannot:
   and its peak RSS (``peak_rss.csv``). It dies with its warm worker (``PR_SET_PDEATHSIG``), so a
   killed worker's episode never runs on unrecorded.
 
-Each attempt gets exactly one timing row: the episode process tells its warm worker when its row
-is written, and only an attempt without one is recorded by the process above. The slot given by
+Each attempt gets exactly one timing row: the process above an episode process that ended
+abnormally writes one only when timing.csv holds none for that attempt (episode and start time). The slot given by
 ``xargs --process-slot-var`` picks the GPU. SIGTERM/SIGINT discards the work in progress.
 """
 
@@ -62,6 +62,7 @@ from droid_pipeline.execution.timing import (
     TimingRow,
     append_peak_rss,
     append_row,
+    read_rows,
     utc_timestamp,
 )
 from droid_pipeline.publish.staging import WORK_DIR_NAME, hold_work_root
@@ -81,8 +82,6 @@ STEP_FUNCTIONS = {
 _EPISODE_EXIT = {0: AttemptStatus.DONE, 1: AttemptStatus.FAILED, 2: AttemptStatus.INTERRUPTED}
 _EXIT_OF_STATUS = {status: code for code, status in _EPISODE_EXIT.items()}
 _UNRECORDED_EXIT = {code + 4: status for code, status in _EPISODE_EXIT.items()}
-# What an episode process tells its warm worker once its timing row is written.
-RECORDED = "=recorded"
 # prctl(2) options.
 PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
 # A warm worker that dies with no episode in flight is replaced at most this many times in a row.
@@ -220,10 +219,8 @@ def _supervise(slot: WorkerSlot, episodes: list[Episode], signals: _Signals) -> 
         in_flight = progress.in_flight()
         if in_flight is not None:
             index, episode_pid = in_flight
-            if index not in progress.recorded:
-                _record_killed_worker(slot, episodes[index], progress, index, pid, how, ended.get(episode_pid),
-                                      signals)
-                failed = True
+            failed = _record_killed_worker(slot, episodes[index], progress, index, pid, how,
+                                           ended.get(episode_pid), signals) or failed
             idle_restarts = 0
         else:
             idle_restarts += 1
@@ -239,16 +236,15 @@ def _supervise(slot: WorkerSlot, episodes: list[Episode], signals: _Signals) -> 
 @dataclass
 class _Progress:
     """What a warm worker reported to its supervisor: the episodes it started (index -> episode
-    process), their last step, those whose row is written and those it finished with."""
+    process and start time), their last step and those it finished with."""
 
-    started: dict[int, tuple[int, float]]  # index -> (episode process, start time)
+    started: dict[int, tuple[int, float]]
     steps: dict[int, str]
-    recorded: set[int]
     ended: set[int]
 
     @classmethod
     def read(cls, pipe: TextIO) -> _Progress:
-        progress = cls({}, {}, set(), set())
+        progress = cls({}, {}, set())
         for line in pipe:
             kind, _, rest = line.rstrip("\n").partition("\t")
             index_text, _, value = rest.partition("\t")
@@ -258,8 +254,6 @@ class _Progress:
             pid, _, start = value.partition(" ")
             if kind == "start" and pid.isdigit():
                 progress.started[index] = int(pid), float(start)
-            elif kind == "step" and value == RECORDED:
-                progress.recorded.add(index)
             elif kind == "step":
                 progress.steps[index] = value
             elif kind == "end":
@@ -317,10 +311,13 @@ def _peak_rss_mib(usage: resource.struct_rusage) -> float:
 
 def _record_killed_worker(slot: WorkerSlot, episode: Episode, progress: _Progress, index: int, worker_pid: int,
                           how: str, episode_status: tuple[int, resource.struct_rusage] | None,
-                          signals: _Signals) -> None:
-    """Record the episode a dead warm worker had in flight (its process died with it)."""
+                          signals: _Signals) -> bool:
+    """Record the episode a dead warm worker had in flight (its process died with it), unless it
+    recorded itself first; True when recorded here."""
     step = progress.steps.get(index, "setup")
     episode_pid, start = progress.started[index]
+    if _has_row(slot, episode, start):
+        return False
     row = slot.new_row(episode, start)
     row.status = AttemptStatus.INTERRUPTED if signals.pending else AttemptStatus.FAILED
     row.failed_step = step
@@ -331,6 +328,14 @@ def _record_killed_worker(slot: WorkerSlot, episode: Episode, progress: _Progres
     if not slot.debug:
         shutil.rmtree(slot.work_dir(episode), ignore_errors=True)
     _record_or_report(slot, episode, row, sys.stderr)
+    return True
+
+
+def _has_row(slot: WorkerSlot, episode: Episode, start: float) -> bool:
+    """Whether timing.csv holds the row of the attempt of ``episode`` started at ``start``."""
+    stamp = utc_timestamp(start)
+    return any(r["episode_id"] == episode.episode_id and r["start_time"] == stamp
+               for r in read_rows(slot.run_dir / TIMING_NAME))
 
 
 def _warm_worker(slot: WorkerSlot, batch: list[tuple[int, Episode]], signals: _Signals, report: _Report) -> int:
@@ -388,15 +393,11 @@ def _attempt(slot: WorkerSlot, index: int, episode: Episode, signals: _Signals, 
             os._exit(code)
     os.close(write_fd)
     report.send("start", index, f"{pid} {start}")
-    started, recorded = [], False
+    started = []
     with os.fdopen(read_fd) as pipe:
         for line in pipe:  # the steps it began, until it exits
-            step = line.strip()
-            report.send("step", index, step)
-            if step == RECORDED:
-                recorded = True
-            else:
-                started.append(step)
+            started.append(line.strip())
+            report.send("step", index, started[-1])
     _, status, usage = os.wait4(pid, 0)
     exit_code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
     if exit_code in _EPISODE_EXIT:
@@ -418,7 +419,7 @@ def _attempt(slot: WorkerSlot, index: int, episode: Episode, signals: _Signals, 
     row.peak_rss_mib = _peak_rss_mib(usage)
     if row.status is not AttemptStatus.DONE and not slot.debug:
         shutil.rmtree(slot.work_dir(episode), ignore_errors=True)
-    if not recorded:
+    if not _has_row(slot, episode, start):
         _record_or_report(slot, episode, row, sys.stderr)
     report.send("end", index)
     return row.status
@@ -448,7 +449,7 @@ def _episode_process(slot: WorkerSlot, episode: Episode, start: float, notify_fd
         row = slot.new_row(episode, start)
         row.status, row.failed_step, row.error = AttemptStatus.FAILED, "setup", f"cannot open the episode log: {exc}"
         row.total_s = time.time() - start
-        return _finish(slot, episode, row, terminal, notify)
+        return _finish(slot, episode, row, terminal)
 
     status, recorded = run_episode(slot, episode, start, signals, terminal, notify)
     logging.shutdown()
@@ -456,13 +457,10 @@ def _episode_process(slot: WorkerSlot, episode: Episode, start: float, notify_fd
     return _EXIT_OF_STATUS[status] if recorded else _EXIT_OF_STATUS[status] + 4
 
 
-def _finish(slot: WorkerSlot, episode: Episode, row: TimingRow, terminal: TextIO,
-            notify: Callable[[str], None]) -> int:
+def _finish(slot: WorkerSlot, episode: Episode, row: TimingRow, terminal: TextIO) -> int:
     """Record an attempt that ended before its steps; the exit code says whether the row is written."""
     row.peak_rss_mib = _own_peak_rss_mib()
     recorded = _record_or_report(slot, episode, row, terminal)
-    if recorded:
-        notify(RECORDED)
     return _EXIT_OF_STATUS[row.status] + (0 if recorded else 4)
 
 
@@ -517,8 +515,6 @@ def run_episode(slot: WorkerSlot, episode: Episode, start: float, signals: _Sign
     row.peak_rss_mib = _own_peak_rss_mib()
     log.info("peak RSS of the episode process: %.1f MiB", row.peak_rss_mib)
     recorded = _record_or_report(slot, episode, row, terminal)
-    if recorded:
-        notify(RECORDED)
     if debug:
         print(f"{row.status.value}: episode {episode.episode_id} in {row.total_s:.3f} s; "
               f"work folder kept: {work_dir}", file=terminal)
