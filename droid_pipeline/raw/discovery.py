@@ -36,7 +36,8 @@ CAMERA_ROLES = ("wrist", "ext1", "ext2")
 INDEX_VERSION = 2
 # time.asctime() with "_" for spaces (double "_" before one-digit days), ":" or "_" in the time.
 FOLDER_PATTERN = re.compile(r"^[A-Z][a-z]{2}_[A-Z][a-z]{2}_{1,2}\d{1,2}_\d{2}[:_]\d{2}[:_]\d{2}_\d{4}$")
-METADATA_PATTERN = re.compile(r"^metadata_(.+)\.json$")
+# Any metadata_<uuid>.json, whatever its uuid holds (checked later).
+METADATA_PATTERN = re.compile(r"metadata_(.+)\.json", re.DOTALL)
 # DROID's episode id: <LAB>+<user id, 8 hex digits>+<YYYY-MM-DD>-<H>h-<M>m-<S>s, hours, minutes
 # and seconds with one or two digits (AUTOLab+84bd5053+2023-08-18-12h-01m-10s).
 EPISODE_ID_PATTERN = re.compile(
@@ -320,7 +321,7 @@ def _read_episode(root: Path, folder: Path) -> Episode:
     rel = folder.relative_to(root)
     lab, outcome, date, name = rel.parts
     names = set(os.listdir(folder))
-    metadata = sorted(n for n in names if METADATA_PATTERN.match(n))
+    metadata = sorted(n for n in names if METADATA_PATTERN.fullmatch(n))
     if not metadata:
         raise DiscoveryError(f"{rel}: no metadata_<uuid>.json in episode folder")
     if len(metadata) > 1:

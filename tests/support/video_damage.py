@@ -44,3 +44,19 @@ def faststart_cut(path: Path, keep: int) -> list[int]:
     lost = cut_after_packets(tmp, keep)
     os.replace(tmp, path)
     return lost
+
+
+def keep_first_packets(path: Path, keep: int) -> None:
+    """Rewrite the MP4 at ``path`` with only its first ``keep`` packets (in decode order): a
+    recording that stopped early, its index telling the truth."""
+    tmp = path.with_name(path.stem + ".short.mp4")
+    with av.open(str(path)) as src, av.open(str(tmp), "w") as dst:
+        stream = dst.add_stream_from_template(src.streams.video[0])
+        kept = 0
+        for packet in src.demux(src.streams.video[0]):
+            if packet.dts is None or kept == keep:
+                continue
+            packet.stream = stream
+            dst.mux(packet)
+            kept += 1
+    os.replace(tmp, path)
