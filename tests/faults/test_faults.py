@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 from checks import (
+    MEMORY_FACTOR,
+    MEMORY_SLACK_MIB,
     array_bytes,
     check_corpus_run,
     check_memory,
@@ -38,6 +40,7 @@ from checks import (
     uploader_processes,
     verify,
     wait_until,
+    within_memory_bound,
     worker_processes,
 )
 from corpus import DISCOVERY, KINDS, Corpus, build
@@ -110,7 +113,7 @@ def test_the_whole_corpus_through_each_driver(dataset, tmp_path, pipeline):
     again = run_driver(pipeline, corpus, "--workers", "2", *args)
     assert again.returncode == 1
     rerun = json.loads((run_dirs(runs, pipeline)[-1] / "summary.json").read_text())
-    assert rerun["done"] == 0 and rerun["failed"] == summary["failed"] - 0
+    assert rerun["done"] == 0 and rerun["failed"] == summary["failed"]
     assert leftovers(out) == []
 
 
@@ -339,16 +342,29 @@ def test_a_full_run_root_still_prints_the_summary_and_publishes_nothing_unfinish
 
 # ---------------------------------------------------------------- memory of long episodes
 
+UNBOUNDED_TRACKS = pytest.mark.xfail(
+    strict=True, reason="the tracks step's computation holds several float64 copies of the normalized flow and "
+                        "the projections: about 6x the arrays it writes from T = 3000 on (docs/reliability.md)")
+
+
 @faults
-@pytest.mark.parametrize("steps", [300, 3000])
-def test_memory_of_long_episodes_grows_with_what_they_write(dataset, tmp_path, steps):
-    corpus = build(dataset, tmp_path / "corpus", [], seed=steps, stretch_to=steps)
+@pytest.mark.parametrize("steps", [300, pytest.param(3000, marks=UNBOUNDED_TRACKS),
+                                   pytest.param(20000, marks=UNBOUNDED_TRACKS)])
+def test_memory_of_long_episodes_stays_within_the_bound(dataset, tmp_path, steps):
+    # The long episode and one that fails at its first step, whose peak is the baseline: an
+    # episode process forked from the warm worker that did next to nothing.
+    corpus = build(dataset, tmp_path / "corpus", ["mp4_of_random_bytes"], seed=steps, stretch_to=steps)
     out, runs, args = roots(tmp_path, f"long{steps}")
+    ids = tmp_path / "ids.txt"
+    ids.write_text(f"{corpus.long.episode_id}\n{corpus.victims['mp4_of_random_bytes'].episode_id}\n")
     result = run_driver("metadata", corpus, "--workers", "1", *args, "--set", "plausibility.max_steps=30000",
-                        "--episode_id", corpus.long.episode_id, timeout=1800)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    run_dir = run_dirs(runs, "metadata")[-1]
-    (row,) = csv_rows(run_dir / "peak_rss.csv")
-    written = array_bytes(published(out)[row["episode_id"]]) / 2 ** 20
-    print(f"\nT = {steps}: peak RSS {row['peak_rss_mib']} MiB for {written:.1f} MiB of arrays written "
-          f"({float(row['peak_rss_mib']) / written:.1f}x)")
+                        "--episodes", str(ids), timeout=1800)
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = csv_rows(run_dirs(runs, "metadata")[-1] / "peak_rss.csv")
+    peaks = {r["episode_id"]: float(r["peak_rss_mib"]) for r in rows}
+    baseline, peak = peaks[corpus.victims["mp4_of_random_bytes"].episode_id], peaks[corpus.long.episode_id]
+    written = array_bytes(published(out)[corpus.long.episode_id]) / 2 ** 20
+    print(f"\nT = {steps}: peak RSS {peak:.0f} MiB, {peak - baseline:.0f} MiB above an episode process that did "
+          f"nothing ({baseline:.0f} MiB), for {written:.1f} MiB of arrays written: "
+          f"{(peak - baseline) / written:.1f}x (bound: {MEMORY_SLACK_MIB:.0f} MiB + {MEMORY_FACTOR:.0f}x)")
+    assert within_memory_bound(peak, baseline, written)
