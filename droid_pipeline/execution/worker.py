@@ -13,8 +13,9 @@ Three processes per worker slot, each recording what the one below it cannot:
   and its peak RSS (``peak_rss.csv``). It dies with its warm worker (``PR_SET_PDEATHSIG``), so a
   killed worker's episode never runs on unrecorded.
 
-Each attempt gets exactly one timing row: the process above an episode process that ended
-abnormally writes one only when timing.csv holds none for that attempt (episode and start time). The slot given by
+Each attempt gets exactly one timing row and one peak-RSS row: the process above an episode
+process that ended abnormally writes each only when its file holds none for that attempt
+(episode and start time), so a kill between the episode's own two appends leaves no gap. The slot given by
 ``xargs --process-slot-var`` picks the GPU. SIGTERM/SIGINT discards the work in progress.
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import dataclasses
 import faulthandler
 import fcntl
 import importlib
@@ -316,8 +318,6 @@ def _record_killed_worker(slot: WorkerSlot, episode: Episode, progress: _Progres
     recorded itself first; True when recorded here."""
     step = progress.steps.get(index, "setup")
     episode_pid, start = progress.started[index]
-    if _has_row(slot, episode, start):
-        return False
     row = slot.new_row(episode, start)
     row.status = AttemptStatus.INTERRUPTED if signals.pending else AttemptStatus.FAILED
     row.failed_step = step
@@ -325,17 +325,20 @@ def _record_killed_worker(slot: WorkerSlot, episode: Episode, progress: _Progres
     row.error = f"worker process {worker_pid} {how} during step {step} (episode process {episode_pid} stopped with it)"
     if episode_status is not None:
         row.peak_rss_mib = _peak_rss_mib(episode_status[1])
-    if not slot.debug:
+    if _recorded_status(slot, row) is None and not slot.debug:
         shutil.rmtree(slot.work_dir(episode), ignore_errors=True)
-    _record_or_report(slot, episode, row, sys.stderr)
-    return True
+    return _record_or_report(slot, episode, row, sys.stderr, missing_only=True) == "written"
 
 
-def _has_row(slot: WorkerSlot, episode: Episode, start: float) -> bool:
-    """Whether timing.csv holds the row of the attempt of ``episode`` started at ``start``."""
-    stamp = utc_timestamp(start)
-    return any(r["episode_id"] == episode.episode_id and r["start_time"] == stamp
-               for r in read_rows(slot.run_dir / TIMING_NAME))
+def _rows_of_attempt(path: Path, row: TimingRow) -> list[dict[str, str]]:
+    """The rows of ``row``'s attempt (episode and start time) in the CSV at ``path``."""
+    return [r for r in read_rows(path) if r["episode_id"] == row.episode_id and r["start_time"] == row.start_time]
+
+
+def _recorded_status(slot: WorkerSlot, row: TimingRow) -> AttemptStatus | None:
+    """The status timing.csv already holds for ``row``'s attempt, None when it holds none."""
+    found = _rows_of_attempt(slot.run_dir / TIMING_NAME, row)
+    return AttemptStatus(found[0]["status"]) if found else None
 
 
 def _warm_worker(slot: WorkerSlot, batch: list[tuple[int, Episode]], signals: _Signals, report: _Report) -> int:
@@ -417,12 +420,12 @@ def _attempt(slot: WorkerSlot, index: int, episode: Episode, signals: _Signals, 
         row.failed_step = step
     row.total_s = time.time() - start
     row.peak_rss_mib = _peak_rss_mib(usage)
-    if row.status is not AttemptStatus.DONE and not slot.debug:
+    recorded = _recorded_status(slot, row)  # the episode process wrote its row, then died
+    if recorded is None and row.status is not AttemptStatus.DONE and not slot.debug:
         shutil.rmtree(slot.work_dir(episode), ignore_errors=True)
-    if not _has_row(slot, episode, start):
-        _record_or_report(slot, episode, row, sys.stderr)
+    _record_or_report(slot, episode, row, sys.stderr, missing_only=True)
     report.send("end", index)
-    return row.status
+    return recorded or row.status
 
 
 def _episode_process(slot: WorkerSlot, episode: Episode, start: float, notify_fd: int,
@@ -460,7 +463,7 @@ def _episode_process(slot: WorkerSlot, episode: Episode, start: float, notify_fd
 def _finish(slot: WorkerSlot, episode: Episode, row: TimingRow, terminal: TextIO) -> int:
     """Record an attempt that ended before its steps; the exit code says whether the row is written."""
     row.peak_rss_mib = _own_peak_rss_mib()
-    recorded = _record_or_report(slot, episode, row, terminal)
+    recorded = _record_or_report(slot, episode, row, terminal) == "written"
     return _EXIT_OF_STATUS[row.status] + (0 if recorded else 4)
 
 
@@ -514,37 +517,47 @@ def run_episode(slot: WorkerSlot, episode: Episode, start: float, signals: _Sign
         shutil.rmtree(work_dir, ignore_errors=True)
     row.peak_rss_mib = _own_peak_rss_mib()
     log.info("peak RSS of the episode process: %.1f MiB", row.peak_rss_mib)
-    recorded = _record_or_report(slot, episode, row, terminal)
+    recorded = _record_or_report(slot, episode, row, terminal) == "written"
     if debug:
         print(f"{row.status.value}: episode {episode.episode_id} in {row.total_s:.3f} s; "
               f"work folder kept: {work_dir}", file=terminal)
     return row.status, recorded
 
 
-def _record_or_report(slot: WorkerSlot, episode: Episode, row: TimingRow, terminal: TextIO) -> bool:
+def _record_or_report(slot: WorkerSlot, episode: Episode, row: TimingRow, terminal: TextIO, *,
+                      missing_only: bool = False) -> str:
     """:func:`_record`; a row that cannot be written (a full disk under run_root) is reported on
-    the terminal instead. True when it is written."""
+    the terminal instead. Returns ``written``, ``present`` (``missing_only`` and the episode
+    process recorded itself) or ``failed``."""
     try:
-        _record(slot, episode, row, terminal)
+        return "written" if _record(slot, episode, row, terminal, missing_only=missing_only) else "present"
     except OSError as exc:
         log.error("cannot record the attempt of episode %s: %s", episode.episode_id, exc)
         print(f"error: episode {episode.episode_id}: {row.status.value}"
               + (f" at step {row.failed_step}: {row.error}" if row.error else "")
               + f"; its timing row could not be written: {exc}", file=terminal)
+        return "failed"
+
+
+def _record(slot: WorkerSlot, episode: Episode, row: TimingRow, terminal: TextIO, *,
+            missing_only: bool = False) -> bool:
+    """Append the peak RSS and the timing row; a failure also goes to failed.txt and one line on
+    the terminal. With ``missing_only`` (the process above an episode process that died) each
+    only where its file lacks it, the peak row then with the status the timing row holds; True
+    when the timing row was written here."""
+    peak_path, timing_path = slot.run_dir / PEAK_RSS_NAME, slot.run_dir / TIMING_NAME
+    status = _recorded_status(slot, row) if missing_only else None
+    if not (missing_only and _rows_of_attempt(peak_path, row)):
+        append_peak_rss(peak_path, dataclasses.replace(row, status=status or row.status))
+    if status is not None:
         return False
-    return True
-
-
-def _record(slot: WorkerSlot, episode: Episode, row: TimingRow, terminal: TextIO) -> None:
-    """Append the timing row and the peak RSS; a failure also goes to failed.txt and one line on
-    the terminal."""
-    append_row(slot.run_dir / TIMING_NAME, row.to_row())
-    append_peak_rss(slot.run_dir / PEAK_RSS_NAME, row)
+    append_row(timing_path, row.to_row())
     if row.status is AttemptStatus.FAILED:
         error = " ".join(row.error.split())
         append_locked(slot.run_dir / FAILED_NAME, f"{episode.episode_id}\t{row.failed_step}\t{error}\n")
         print(f"failed: episode {episode.episode_id}: step {row.failed_step}: {error} "
               f"(log: {slot.log_path(episode)})", file=terminal)
+    return True
 
 
 def _publish(slot: WorkerSlot, episode: Episode, work_dir: Path, signals: _Signals) -> None:
