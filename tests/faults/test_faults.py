@@ -1,7 +1,8 @@
 """The fault suite: both drivers over a corpus of damaged episodes mixed with good ones, workers
 and the uploader killed at random moments (seeded), disks filled; after each run the invariants
-of :mod:`checks` hold. ``make test-faults`` runs all of it (``-m faults``, about half an hour on
-two cores); ``make test`` runs the tests without the mark, a short subset of the same checks.
+of :mod:`checks` hold. ``make test-faults`` runs all of it (about 12 minutes on two
+cores, as root for the tmpfs); ``make test`` runs the tests without the ``faults`` mark, a short
+subset of the same checks (about a minute).
 
 Figures (trials, what was killed, peak RSS) are printed; run with ``-s`` to see them, as the
 README's Reliability section quotes them.
@@ -343,8 +344,8 @@ def test_a_full_run_root_still_prints_the_summary_and_publishes_nothing_unfinish
 # ---------------------------------------------------------------- memory of long episodes
 
 UNBOUNDED_TRACKS = pytest.mark.xfail(
-    strict=True, reason="the tracks step's computation holds several float64 copies of the normalized flow and "
-                        "the projections: about 6x the arrays it writes from T = 3000 on (docs/reliability.md)")
+    strict=True, reason="the tracks step computes the normalized flow and the projections whole, in float64: "
+                        "about 6x the arrays it writes from T = 3000 on (docs/reliability.md)")
 
 
 @faults
