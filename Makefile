@@ -1,7 +1,7 @@
 # Quick start: `make demo` runs the pipeline end to end on generated sample episodes;
 # `make test` installs everything and runs the tests. Both create .venv when missing.
 # `make test-compat` runs the tests again in .venv-compat, with the versions a LeRobot install
-# pins (constraints/lerobot.txt).
+# pins (constraints/lerobot.txt). `make test-faults` runs the long fault suite.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -16,7 +16,7 @@ print(' '.join(f'{p}=={v(p)}' for p in ('numpy', 'opencv-python-headless', 'hugg
 'scipy', 'h5py', 'matplotlib')))"
 DEMO_DIR ?= demo
 
-.PHONY: all install demo lint test test-compat bench clean
+.PHONY: all install demo lint test test-faults test-compat bench clean
 
 all: test
 
@@ -63,6 +63,13 @@ test: $(STAMP) lint
 	bash tests/setup_system.sh
 	$(PY) $(SHOW_VERSIONS)
 	$(PY) -m pytest
+
+# The fault suite (tests/faults, docs/reliability.md): the whole corpus of damaged episodes through
+# both drivers, 50 worker and 20 uploader kills, full disks (a tmpfs: run as root). About a
+# quarter of an hour on two cores; -s prints the figures it measured. make test runs a short subset.
+test-faults: $(STAMP)
+	bash tests/setup_system.sh
+	$(PY) -m pytest tests/faults -m 'faults or not faults' -s -q
 
 # The drivers run the interpreter of DROID_PYTHON, so they too use the compat set.
 test-compat: $(COMPAT_STAMP)

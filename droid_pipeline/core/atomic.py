@@ -1,5 +1,6 @@
 """Write files under a temporary name and rename on success, so nothing half-written looks done;
-checksum files in chunks."""
+checksum files in chunks. An OS error while writing (a full disk, a lost mount) names the file
+it was writing, even where the failing call (``write``, ``fsync``) knows no path."""
 
 from __future__ import annotations
 
@@ -27,12 +28,25 @@ def atomic_path(path: os.PathLike | str) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = _create_beside(path)
     try:
-        yield tmp_path
-        with open(tmp_path, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp_path, path)
+        with naming_path(path):
+            yield tmp_path
+            with open(tmp_path, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def naming_path(path: os.PathLike | str) -> Iterator[None]:
+    """An OSError raised in the block without a file name (``write``, ``fsync``, a zip member
+    being written) is raised again, same errno, naming ``path``."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), os.fspath(path)) from exc
 
 
 def _create_beside(path: Path) -> Path:
@@ -72,8 +86,9 @@ def append_locked(path: os.PathLike | str, text: str, header: str = "") -> None:
             data = header + text
         elif os.pread(fd, 1, size - 1) != b"\n":
             data = "\n" + text
-        os.write(fd, data.encode())
-        os.fsync(fd)
+        with naming_path(path):
+            os.write(fd, data.encode())
+            os.fsync(fd)
     finally:
         os.close(fd)
 

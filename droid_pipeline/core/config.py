@@ -128,6 +128,18 @@ class VideoFrameMismatchConfig:
 
 
 @dataclass(frozen=True)
+class PlausibilityConfig:
+    """The envelope a trajectory must lie in before anything is computed from it (docs/reliability.md)."""
+
+    max_steps: int = _field(min=1)
+    max_reach_m: float = _field(min=0)
+    max_step_m: float = _field(min=0)
+    max_step_rotation_rad: float = _field(min=0)
+    gripper_tolerance: float = _field(min=0)
+    max_bad_timestamp_fraction: float = _field(min=0, max=1)
+
+
+@dataclass(frozen=True)
 class GripperConfig:
     """The fixed transform of the gripper base (robotiq_85_base_link) in the flange (panda_link8)."""
 
@@ -160,6 +172,7 @@ class Config:
     allow_missing_intrinsics: bool = _field()
     wrist_pose_tolerance_mm: float = _field(min=0)
     video_frame_mismatch: VideoFrameMismatchConfig = _field()
+    plausibility: PlausibilityConfig = _field()
     gripper: GripperConfig = _field()
     occlusion: OcclusionConfig = _field()
 

@@ -5,6 +5,11 @@ older schema or an unfinished folder is redone), writes the run folder and hands
 ``key=value`` plan file (:class:`~droid_pipeline.execution.records.DriverRun`); ``--dry-run``
 prints the plan, ``--slurm`` submits an array (:mod:`droid_pipeline.execution.slurm`) and
 ``--slurm-task`` plans one array task's shard.
+
+Folders of the selection that discovery cannot run are the run's discovery failures (plan.json,
+failed.txt, the summary; they fail the run), never a reason to stop it. Before anything runs,
+the published calibration and intrinsics files are parsed (a corrupt one stops the run, once,
+naming the file and the parse error) and what killed runs left in ``output_root`` is removed.
 """
 
 from __future__ import annotations
@@ -21,15 +26,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from droid_pipeline.core.atomic import write_json_atomic, write_text_atomic
+from droid_pipeline.core.atomic import append_locked, write_json_atomic, write_text_atomic
 from droid_pipeline.core.config import Config, ConfigError, dump_config, load_config
 from droid_pipeline.core.schema import SCHEMA_VERSION
 from droid_pipeline.execution.records import (
     EXIT_OK,
+    FAILED_NAME,
     PIPELINES,
     PLAN_NAME,
     REDO_SHOWN,
     RUN_OPTIONS_NAME,
+    DiscoveryFailure,
     DriverExit,
     DriverPlan,
     DriverRun,
@@ -45,12 +52,15 @@ from droid_pipeline.execution.records import (
 )
 from droid_pipeline.execution.slurm import sbatch_script, submit
 from droid_pipeline.execution.timing import EPISODE_LIST_NAME, TIMING_NAME, create_csv, utc_timestamp
-from droid_pipeline.raw.discovery import Episode, build_index, read_id_file
+from droid_pipeline.raw.discovery import OUTCOMES, Episode, EpisodeIndex, build_index, read_id_file
 
 if TYPE_CHECKING:
     from droid_pipeline.publish.ledger import Ledger
 
 MAX_BATCH = 8
+# The config key naming each kind of published file, for errors.
+PUBLISHED_FILE_KEYS = {"cam2base": "cam2base_extrinsics_paths", "cam2cam": "cam2cam_extrinsics_path",
+                       "intrinsics": "intrinsics_path"}
 
 T = TypeVar("T")
 
@@ -185,17 +195,20 @@ def main(argv: Sequence[str]) -> int:
     if args.episode_id and (args.episodes or args.limit is not None or args.slurm):
         raise ConfigError("--episode_id runs one episode: it excludes N, --episodes and --slurm")
     config = load_config(args.config, _overrides(args))
+    if not args.dry_run:
+        check_published_files(config)
     index = build_index(config.droid_root, config.index_path)
-    for problem in index.problems:
-        print(f"warning: {problem['path']}: {problem['problem']}", file=sys.stderr)
     if args.episode_id:
         ids: list[str] | None = [args.episode_id]
     elif args.episodes:
         ids = read_id_file(args.episodes)
     else:
         ids = None
-    selected = index.select(episode_ids=ids, labs=config.labs, outcomes=config.outcomes,
-                            limit=args.limit)
+    selected, discovery = select_with_failures(index, ids, config.labs, config.outcomes, args.limit)
+    in_scope = {f.path for f in discovery}
+    for problem in index.problems:
+        if problem["path"] not in in_scope:
+            print(f"warning: {problem['path']}: {problem['problem']}", file=sys.stderr)
     debug = bool(args.episode_id)
     workers, gpus = worker_layout(config, spec.name)
     if debug:
@@ -222,16 +235,76 @@ def main(argv: Sequence[str]) -> int:
                    skipped=Skipped(**skipped), redo=tuple(redo), todo=len(todo), workers=workers,
                    gpus=tuple(gpus), workers_per_gpu=config.workers_per_gpu, upload=upload,
                    repos=tuple(repos), episodes_per_worker=args.episodes_per_worker, debug=debug,
-                   verbose=args.verbose)
+                   verbose=args.verbose, discovery_failures=tuple(discovery))
     _print_plan(plan, todo, args, config)
     if args.dry_run and not args.slurm:
         return _hand_over(plan_file, DriverExit(EXIT_OK))
+    _remove_leftovers(config)
     if args.slurm:
         return _hand_over(plan_file, _submit_slurm(spec, config, plan, todo, args))
     run_dir = _make_run_dir(config, spec, plan, todo)
     return _hand_over(plan_file, DriverRun(
         run_dir=run_dir, run_root=config.run_root, todo_file=run_dir / todo_name(None), todo=len(todo),
         workers=workers, batch=batch, gpus=tuple(gpus), upload=upload, debug=debug))
+
+
+def select_with_failures(index: EpisodeIndex, ids: list[str] | None, labs: Sequence[str], outcomes: Sequence[str],
+                         limit: int | None) -> tuple[list[Episode], list[DiscoveryFailure]]:
+    """The selected episodes and the discovery problems within the selection.
+
+    Explicit ids: a requested id that discovery found but cannot run (its folder's problems
+    name it) is a failure, not an unknown id. Otherwise a problem is within the selection when
+    its folder lies in a selected lab and outcome and, with a ``limit``, sorts no later than the
+    last episode selected.
+    """
+    if ids is not None:
+        named: dict[str, list[dict[str, str]]] = {}
+        for problem in index.problems:
+            if problem.get("episode_id"):
+                named.setdefault(problem["episode_id"], []).append(problem)
+        selected = index.select(episode_ids=[i for i in ids if i not in named], limit=limit)
+        wanted = [p for i in dict.fromkeys(ids) for p in named.get(i, [])]
+        return selected, [DiscoveryFailure(p["path"], p["episode_id"], p["problem"]) for p in wanted]
+    selected = index.select(labs=labs, outcomes=outcomes, limit=limit)
+    last = selected[-1].relative_path if limit is not None and len(selected) == limit and selected else None
+    failures = []
+    for problem in index.problems:
+        parts = problem["path"].split("/")
+        if labs and parts[0] not in labs:
+            continue
+        if len(parts) > 1 and parts[1] in OUTCOMES and parts[1] not in outcomes:
+            continue
+        if last is not None and problem["path"] > last:
+            continue
+        failures.append(DiscoveryFailure(problem["path"], problem.get("episode_id", ""), problem["problem"]))
+    return selected, failures
+
+
+def check_published_files(config: Config) -> None:
+    """Parse (and index) every configured published calibration and intrinsics file once, so a
+    corrupt one stops the run with one error naming the file and the parse error."""
+    from droid_pipeline.formats.calibration_files import INDEX_DIR_NAME, CalibrationFileError, check_file
+
+    files = [(path, "cam2base") for path in config.cam2base_paths]
+    files += [(path, kind) for path, kind in ((config.cam2cam_extrinsics_path, "cam2cam"),
+                                              (config.intrinsics_path, "intrinsics")) if path is not None]
+    for path, kind in files:
+        try:
+            check_file(path, config.output_root / INDEX_DIR_NAME, kind)
+        except CalibrationFileError as exc:
+            raise ConfigError(f"{PUBLISHED_FILE_KEYS[kind]}: {exc}") from exc
+
+
+def _remove_leftovers(config: Config) -> None:
+    """Remove what killed runs left in output_root (publishes' incoming and replaced copies, work
+    folders of runs no process is left of); what a live run uses is locked and left alone."""
+    from droid_pipeline.publish.staging import remove_dead_work_roots, remove_leftovers
+
+    removed = remove_leftovers(config.output_root) + remove_dead_work_roots(config.output_root)
+    if removed:
+        print(f"removed {len(removed)} folder(s) left in {config.output_root} by killed runs: "
+              + ", ".join(str(p.relative_to(config.output_root)) for p in removed[:REDO_SHOWN])
+              + (" ..." if len(removed) > REDO_SHOWN else ""))
 
 
 def _print_plan(plan: RunPlan, todo: list[Episode], args: argparse.Namespace, config: Config) -> None:
@@ -244,6 +317,14 @@ def _print_plan(plan: RunPlan, todo: list[Episode], args: argparse.Namespace, co
         print(f"  redo {item.episode_id}: {item.state}: {item.reason}")
     if len(shown) < len(plan.redo):
         print(f"  ... and {len(plan.redo) - len(shown)} more (all listed by --dry-run and in {PLAN_NAME})")
+    failures = plan.discovery_failures
+    if failures:
+        print(f"discovery: {len(failures)} folder(s) of the selection cannot be run (listed in {PLAN_NAME} "
+              f"and {FAILED_NAME}; the run fails):")
+        for failure in failures[:REDO_SHOWN]:
+            print(f"  {failure.cause}")
+        if len(failures) > REDO_SHOWN:
+            print(f"  ... and {len(failures) - REDO_SHOWN} more")
     if not plan.upload:
         why = ("--no-upload" if args.no_upload else "no metadata_repo/full_repo in the config"
                if not plan.repos else "debug run without --upload")
@@ -260,6 +341,8 @@ def _make_run_dir(config: Config, spec: PipelineSpec, plan: RunPlan, todo: list[
     run_dir = Path(config.run_root) / f"{spec.name}-{stamp}-{os.getpid()}"
     (run_dir / "logs").mkdir(parents=True)
     create_csv(run_dir / TIMING_NAME)
+    for failure in plan.discovery_failures:
+        append_locked(run_dir / FAILED_NAME, failure.failed_line())
     dump_config(config, run_dir / "config.yaml")
     options = RunOptions(plan=plan, run_root=config.run_root, output_root=config.output_root,
                          created=utc_timestamp(time.time()))
@@ -323,6 +406,7 @@ def _plan_slurm_task(spec: PipelineSpec, run_dir: Path) -> DriverRun:
         raise ConfigError(f"--slurm-task {run_dir}: {RUN_OPTIONS_NAME} is not of a --slurm run")
     task = int(os.environ["SLURM_ARRAY_TASK_ID"])
     config = load_config([run_dir / "config.yaml"])
+    _remove_leftovers(config)
     from droid_pipeline.publish.ledger import Ledger
 
     mine = shard(read_todo(run_dir / todo_name(None)), task, plan.slurm_tasks)

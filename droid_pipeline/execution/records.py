@@ -83,8 +83,24 @@ class Redo:
 
 
 @dataclass(frozen=True)
+class DiscoveryFailure:
+    """A folder of the selection that discovery found but cannot run (no or bad metadata, an
+    invalid id, a duplicated id, a broken link, an unreadable folder): where, which episode id
+    if known, and why. Written to ``failed.txt`` with step ``discovery``; fails the run."""
+
+    path: str        # relative to droid_root
+    episode_id: str  # "" when unknown or invalid
+    cause: str
+
+    def failed_line(self) -> str:
+        """Its ``failed.txt`` line: the folder (ids never hold a ``/``), ``discovery``, the cause."""
+        return f"{self.path}\tdiscovery\t{' '.join(self.cause.split())}\n"
+
+
+@dataclass(frozen=True)
 class RunPlan:
-    """The plan of a run (``plan.json``); ``slurm_tasks`` is set in ``--slurm`` runs only."""
+    """The plan of a run (``plan.json``); ``slurm_tasks`` is set in ``--slurm`` runs only,
+    ``discovery_failures`` is written only when there are some."""
 
     pipeline: Pipeline
     schema_version: int
@@ -101,6 +117,7 @@ class RunPlan:
     debug: bool
     verbose: bool
     slurm_tasks: int | None = None
+    discovery_failures: tuple[DiscoveryFailure, ...] = ()
 
     @property
     def spec(self) -> PipelineSpec:
@@ -108,9 +125,12 @@ class RunPlan:
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        data.update(redo=[dataclasses.asdict(r) for r in self.redo], gpus=list(self.gpus), repos=list(self.repos))
+        data.update(redo=[dataclasses.asdict(r) for r in self.redo], gpus=list(self.gpus), repos=list(self.repos),
+                    discovery_failures=[dataclasses.asdict(f) for f in self.discovery_failures])
         if self.slurm_tasks is None:
             del data["slurm_tasks"]
+        if not self.discovery_failures:
+            del data["discovery_failures"]
         return data
 
     @classmethod
@@ -124,7 +144,8 @@ class RunPlan:
                    workers_per_gpu=int(data["workers_per_gpu"]), upload=bool(data["upload"]),
                    repos=tuple(data["repos"]), episodes_per_worker=data["episodes_per_worker"],
                    debug=bool(data["debug"]), verbose=bool(data["verbose"]),
-                   slurm_tasks=data.get("slurm_tasks"))
+                   slurm_tasks=data.get("slurm_tasks"),
+                   discovery_failures=tuple(DiscoveryFailure(**f) for f in data.get("discovery_failures", ())))
 
 
 @dataclass(frozen=True)

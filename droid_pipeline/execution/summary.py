@@ -1,12 +1,15 @@
 """``runner summary``: done / skipped / failed by step and episodes per hour of a driver run.
 
-Its exit code is the driver's: 0 all done, 1 anything failed or not run, 130 interrupted.
+Its exit code is the driver's: 0 all done, 1 anything failed or not run or a folder of the
+selection failed discovery, 130 interrupted. The summary is printed first and then written to
+the run folder, so a full disk under run_root still shows it (and says what it could not write).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +22,21 @@ from droid_pipeline.execution.records import (
     EXIT_OK,
     FAILED_NAME,
     REDO_SHOWN,
+    DiscoveryFailure,
     Skipped,
     read_run_options,
     read_run_plan,
     read_todo,
     todo_name,
 )
-from droid_pipeline.execution.timing import TIMING_NAME, AttemptStatus, parse_timestamp, read_rows
+from droid_pipeline.execution.timing import (
+    PEAK_RSS_NAME,
+    TIMING_NAME,
+    AttemptStatus,
+    parse_timestamp,
+    read_peak_rss,
+    read_rows,
+)
 
 
 @dataclass(frozen=True)
@@ -38,7 +49,10 @@ class FailedEpisode:
 @dataclass(frozen=True)
 class RunSummary:
     """Counts of one driver invocation's episodes (``summary.json``); under SLURM one array
-    task's, which leave ``skipped`` to the run (``None``)."""
+    task's, which leave ``skipped`` to the run (``None``) and the discovery failures to task 0.
+    ``discovery_failed`` and ``discovery_failures`` are written only when there are some, and
+    ``peak_rss_mib`` (largest and median peak RSS of the attempts' episode processes, from
+    peak_rss.csv) only when attempts recorded it."""
 
     task: str | None
     to_run: int
@@ -50,18 +64,26 @@ class RunSummary:
     not_run: int
     episodes_per_hour: float | None
     failed_episodes: tuple[FailedEpisode, ...] = ()
+    discovery_failures: tuple[DiscoveryFailure, ...] = ()
+    peak_rss_mib: dict[str, Any] | None = None
 
     @property
     def exit_code(self) -> int:
         if self.interrupted:
             return EXIT_INTERRUPTED
-        return EXIT_FAILED if self.failed or self.not_run else EXIT_OK
+        return EXIT_FAILED if self.failed or self.not_run or self.discovery_failures else EXIT_OK
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
+        del data["discovery_failures"], data["peak_rss_mib"]
         data.update(skipped={} if self.skipped is None else dataclasses.asdict(self.skipped),
-                    failed_episodes=[dataclasses.asdict(f) for f in self.failed_episodes],
-                    exit_code=self.exit_code)
+                    failed_episodes=[dataclasses.asdict(f) for f in self.failed_episodes])
+        if self.discovery_failures:
+            data.update(discovery_failed=len(self.discovery_failures),
+                        discovery_failures=[dataclasses.asdict(f) for f in self.discovery_failures])
+        if self.peak_rss_mib is not None:
+            data["peak_rss_mib"] = self.peak_rss_mib
+        data["exit_code"] = self.exit_code
         return data
 
 
@@ -84,12 +106,21 @@ def summarize(run_dir: Path, task: str, interrupted: bool) -> RunSummary:
         begin = min(parse_timestamp(r["start_time"]) for r in attempts)
         end = max(parse_timestamp(r["start_time"]) + float(r["total_s"]) for r in attempts)
         rate = len(attempts) / (end - begin) * 3600.0 if end > begin else None
+    plan = read_run_plan(run_dir)
+    peaks = sorted((float(r["peak_rss_mib"]), r["episode_id"]) for r in read_peak_rss(run_dir / PEAK_RSS_NAME)
+                   if r["episode_id"] in wanted)
+    peak_rss = None
+    if peaks:
+        peak_rss = {"max": peaks[-1][0], "episode_id": peaks[-1][1], "median": peaks[len(peaks) // 2][0],
+                    "attempts": len(peaks)}
     return RunSummary(task=task or None, to_run=len(todo_ids), done=len(done),
-                      skipped=None if task else read_run_plan(run_dir).skipped, failed=len(failed),
+                      skipped=None if task else plan.skipped, failed=len(failed),
                       failed_by_step=by_step, interrupted=interrupted,
                       not_run=len(todo_ids) - len(done) - len(failed), episodes_per_hour=rate,
                       failed_episodes=tuple(FailedEpisode(r["episode_id"], r["failed_step"], r["error"])
-                                            for r in failed))
+                                            for r in failed),
+                      discovery_failures=plan.discovery_failures if task in ("", "0") else (),
+                      peak_rss_mib=peak_rss)
 
 
 def format_summary(summary: RunSummary, run_dir: Path) -> str:
@@ -104,6 +135,17 @@ def format_summary(summary: RunSummary, run_dir: Path) -> str:
              + f", {summary.not_run} not run of {summary.to_run}"
              + (" (interrupted)" if summary.interrupted else ""),
              f"episodes per hour: {'n/a' if rate is None else f'{rate:.1f}'}"]
+    peak = summary.peak_rss_mib
+    if peak is not None:
+        lines.append(f"peak RSS of an episode process: {peak['max']:.1f} MiB at most ({peak['episode_id']}), "
+                     f"median {peak['median']:.1f} MiB over {peak['attempts']} attempt(s)")
+    failures = summary.discovery_failures
+    if failures:
+        lines.append(f"discovery: {len(failures)} folder(s) of the selection cannot be run (all in "
+                     f"{run_dir / FAILED_NAME}, step discovery):")
+        lines += [f"  {' '.join(f.cause.split())}" for f in failures[:REDO_SHOWN]]
+        if len(failures) > REDO_SHOWN:
+            lines.append(f"  ... and {len(failures) - REDO_SHOWN} more")
     if summary.failed:
         lines.append(f"failed episodes (all in {run_dir / FAILED_NAME}):")
         lines += [f"  {f.episode_id}: step {f.step}: {f.error}" for f in summary.failed_episodes[:REDO_SHOWN]]
@@ -120,16 +162,22 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--interrupted", action="store_true")
     args = parser.parse_args(argv)
     summary = summarize(args.run_dir, args.task, args.interrupted)
-    if not args.task:  # array tasks share the work root; each run's own is empty by now
-        output_root = read_run_options(args.run_dir).output_root
-        for folder in (output_root / ".work" / args.run_dir.name, output_root / ".work"):
-            try:
-                folder.rmdir()
-            except OSError:
-                pass
-    suffix = f".task{args.task}" if args.task else ""
     text = format_summary(summary, args.run_dir)
-    write_json_atomic(args.run_dir / f"summary{suffix}.json", summary.to_json())
-    write_text_atomic(args.run_dir / f"summary{suffix}.txt", text + "\n")
-    print(text)
+    print(text, flush=True)
+    if not args.task:  # array tasks share the work root; no process of this run is left now
+        from droid_pipeline.publish.staging import WORK_DIR_NAME, remove_work_root
+
+        work = read_run_options(args.run_dir).output_root / WORK_DIR_NAME
+        remove_work_root(work / args.run_dir.name)
+        try:
+            work.rmdir()
+        except OSError:
+            pass
+    suffix = f".task{args.task}" if args.task else ""
+    for path, write in ((args.run_dir / f"summary{suffix}.json", lambda p: write_json_atomic(p, summary.to_json())),
+                        (args.run_dir / f"summary{suffix}.txt", lambda p: write_text_atomic(p, text + "\n"))):
+        try:
+            write(path)
+        except OSError as exc:
+            print(f"error: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
     return summary.exit_code

@@ -31,6 +31,10 @@ COLUMNS = ("episode_id", "pipeline", "host", "slot", "gpu", "start_time",
            *(f"{step}_s" for step in STEPS), "total_s", "status", "failed_step", "error")
 _HEADER = ",".join(COLUMNS) + "\n"
 MAX_ERROR_CHARS = 500
+# Beside timing.csv, one row per attempt too: the peak resident memory of the episode process
+# (its own high-water mark, from getrusage or from wait4 when it died), in MiB.
+PEAK_RSS_NAME = "peak_rss.csv"
+PEAK_RSS_COLUMNS = ("episode_id", "start_time", "status", "peak_rss_mib")
 
 
 class AttemptStatus(enum.Enum):
@@ -68,6 +72,7 @@ class TimingRow:
     total_s: float | None = None
     failed_step: str = ""
     error: str = ""
+    peak_rss_mib: float | None = None  # written to peak_rss.csv, not timing.csv
 
     def to_row(self) -> dict[str, Any]:
         """The row as :func:`append_row` takes it."""
@@ -109,6 +114,19 @@ def append_row(path: os.PathLike | str, row: Mapping[str, Any]) -> None:
     if unknown:
         raise ValueError(f"unknown timing columns: {sorted(unknown)}")
     append_locked(path, format_row(row), _HEADER)
+
+
+def append_peak_rss(path: os.PathLike | str, row: TimingRow) -> None:
+    """Append an attempt's peak RSS to peak_rss.csv (header written by the first writer)."""
+    buffer = io.StringIO()
+    peak = "" if row.peak_rss_mib is None else f"{row.peak_rss_mib:.1f}"
+    csv.writer(buffer, lineterminator="\n").writerow([row.episode_id, row.start_time, row.status.value, peak])
+    append_locked(path, buffer.getvalue(), ",".join(PEAK_RSS_COLUMNS) + "\n")
+
+
+def read_peak_rss(path: os.PathLike | str) -> list[dict[str, str]]:
+    """Complete rows of peak_rss.csv (a torn last line is left out)."""
+    return [r for r in read_rows(path) if r.get("peak_rss_mib")]
 
 
 def read_rows(path: os.PathLike | str) -> list[dict[str, str]]:

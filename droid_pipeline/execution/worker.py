@@ -1,20 +1,36 @@
-"""``runner worker``: run episodes one after the other, each in a process forked from this warm worker.
+"""``runner worker``: run episodes one after the other, each in a process forked from a warm worker.
 
-Imports are paid once; a crash or out-of-memory kill fails that episode only. Each episode runs
-the steps in order, in-process, in a private work folder, each timed; logs to
-``logs/<episode_id>.log``; is published with its manifest; appends its timing row. The slot
-given by ``xargs --process-slot-var`` picks the GPU. SIGTERM/SIGINT discards the work in progress.
+Three processes per worker slot, each recording what the one below it cannot:
+
+- the **supervisor** (the process xargs starts) holds the run's locks and forks the warm worker.
+  As the child subreaper of its descendants it learns how the warm worker ended: when that one
+  is killed or crashes, the supervisor records its episode in flight as killed, naming the
+  signal, and forks a fresh warm worker for the rest of the batch;
+- the **warm worker** imports the steps once and forks one episode process per episode; it
+  records an episode whose process died (out-of-memory kill, crash), naming the signal;
+- the **episode process** runs the steps in order, in-process, in a private work folder, each
+  timed; logs to ``logs/<episode_id>.log``; publishes with the manifest; appends its timing row
+  and its peak RSS (``peak_rss.csv``). It dies with its warm worker (``PR_SET_PDEATHSIG``), so a
+  killed worker's episode never runs on unrecorded.
+
+Each attempt gets exactly one timing row and one peak-RSS row: the process above an episode
+process that ended abnormally writes each only when its file holds none for that attempt
+(episode and start time), so a kill between the episode's own two appends leaves no gap. The slot given by
+``xargs --process-slot-var`` picks the GPU. SIGTERM/SIGINT discards the work in progress.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import dataclasses
 import faulthandler
 import fcntl
 import importlib
 import json
 import logging
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -41,7 +57,17 @@ from droid_pipeline.execution.records import (
     RunOptions,
     read_run_options,
 )
-from droid_pipeline.execution.timing import TIMING_NAME, AttemptStatus, TimingRow, append_row, utc_timestamp
+from droid_pipeline.execution.timing import (
+    PEAK_RSS_NAME,
+    TIMING_NAME,
+    AttemptStatus,
+    TimingRow,
+    append_peak_rss,
+    append_row,
+    read_rows,
+    utc_timestamp,
+)
+from droid_pipeline.publish.staging import WORK_DIR_NAME, hold_work_root
 from droid_pipeline.raw.discovery import Episode
 
 # The name episode logs have always shown for the runner's own lines.
@@ -54,9 +80,14 @@ STEP_FUNCTIONS = {
     "depth": ("droid_pipeline.steps.depth", "extract_depth"),
     "tracks": ("droid_pipeline.steps.tracks", "generate_tracks"),
 }
-# Exit codes of an episode process, read by its worker.
+# Exit codes of an episode process, read by its worker: its row written (0-2), or not (4-6).
 _EPISODE_EXIT = {0: AttemptStatus.DONE, 1: AttemptStatus.FAILED, 2: AttemptStatus.INTERRUPTED}
 _EXIT_OF_STATUS = {status: code for code, status in _EPISODE_EXIT.items()}
+_UNRECORDED_EXIT = {code + 4: status for code, status in _EPISODE_EXIT.items()}
+# prctl(2) options.
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
+# A warm worker that dies with no episode in flight is replaced at most this many times in a row.
+MAX_IDLE_RESTARTS = 2
 
 
 class Interrupted(BaseException):
@@ -97,10 +128,15 @@ class WorkerSlot:
     def debug(self) -> bool:
         return self.options.plan.debug
 
+    @property
+    def work_root(self) -> Path:
+        """``<output_root>/.work/<run>``: this run's work folders, locked while any of its processes lives."""
+        return self.options.output_root / WORK_DIR_NAME / self.run_dir.name
+
     def work_dir(self, episode: Episode) -> Path:
         if self.debug:
             return self.run_dir / "work" / episode.episode_id
-        return self.options.output_root / ".work" / self.run_dir.name / episode.episode_id
+        return self.work_root / episode.episode_id
 
     def log_path(self, episode: Episode) -> Path:
         return self.run_dir / "logs" / f"{episode.episode_id}.log"
@@ -130,30 +166,190 @@ def _setup_logging(log_path: Path, terminal: TextIO, debug: bool, verbose: bool)
 
 
 def main(argv: Sequence[str]) -> int:
-    """Run episodes one after the other, each in a forked process of this warm worker."""
+    """The supervisor: run a batch of episodes through warm workers (see module docstring)."""
     parser = argparse.ArgumentParser(prog="python -m droid_pipeline.execution.runner worker")
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--gpus", default="", help="comma list: slot S uses gpus[S // workers_per_gpu]")
     parser.add_argument("episodes", nargs="+", metavar="EPISODE_JSON", help="lines of the todo file")
     args = parser.parse_args(argv)
-    signals = _Signals(deferred=True)  # the worker only stops between episodes
+    signals = _Signals(deferred=True)  # the supervisor and warm worker only stop between episodes
     signals.install()
     lock_fd = os.open(args.run_dir / WORKERS_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     fcntl.flock(lock_fd, fcntl.LOCK_SH)  # held until exit: the driver waits on this lock
     options = read_run_options(args.run_dir)
-    stop = EXIT_INTERRUPTED if options.plan.debug else EXIT_WORKER_STOP
     slot_number = int(os.environ.get(SLOT_VAR, "0"))
     gpus = [g for g in args.gpus.split(",") if g]
     gpu = gpus[slot_number // options.plan.workers_per_gpu] if gpus else None
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     slot = WorkerSlot(args.run_dir, options, slot_number, gpu)
-    _preload(slot.spec)
-    failed = False
-    for line in args.episodes:
+    hold_work_root(slot.work_root)  # inherited by every process below, held until the last exits
+    episodes = [Episode.from_json(json.loads(line)) for line in args.episodes]
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    return _supervise(slot, episodes, signals)
+
+
+def _supervise(slot: WorkerSlot, episodes: list[Episode], signals: _Signals) -> int:
+    """Fork warm workers until every episode of the batch had its attempt (see module docstring)."""
+    stop = EXIT_INTERRUPTED if slot.debug else EXIT_WORKER_STOP
+    remaining = list(range(len(episodes)))
+    failed, idle_restarts = False, 0
+    while remaining:
         if signals.pending:
             return stop
-        status = _attempt(slot, Episode.from_json(json.loads(line)), signals)
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 3
+            try:
+                os.close(read_fd)
+                code = _warm_worker(slot, [(i, episodes[i]) for i in remaining], signals, _Report(write_fd))
+            except BaseException:  # noqa: BLE001 - shown, then the supervisor records the episode
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        os.close(write_fd)
+        with os.fdopen(read_fd) as pipe:
+            progress = _Progress.read(pipe)
+        ended = _reap_all()
+        status = ended.pop(pid)[0]
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) in (EXIT_OK, EXIT_FAILED):
+            return EXIT_FAILED if failed or os.WEXITSTATUS(status) == EXIT_FAILED else EXIT_OK
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) in (EXIT_WORKER_STOP, EXIT_INTERRUPTED):
+            return os.WEXITSTATUS(status)
+        how = _death(status)
+        in_flight = progress.in_flight()
+        if in_flight is not None:
+            index, episode_pid = in_flight
+            failed = _record_killed_worker(slot, episodes[index], progress, index, pid, how,
+                                           ended.get(episode_pid), signals) or failed
+            idle_restarts = 0
+        else:
+            idle_restarts += 1
+            if idle_restarts > MAX_IDLE_RESTARTS:
+                print(f"warm worker {pid} of slot {slot.number} {how} before starting an episode, "
+                      f"{idle_restarts} times: {len(remaining)} episode(s) of its batch not run", file=sys.stderr)
+                return EXIT_FAILED
+        done = progress.ended | ({in_flight[0]} if in_flight is not None else set())
+        remaining = [i for i in remaining if i not in done]
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+@dataclass
+class _Progress:
+    """What a warm worker reported to its supervisor: the episodes it started (index -> episode
+    process and start time), their last step and those it finished with."""
+
+    started: dict[int, tuple[int, float]]
+    steps: dict[int, str]
+    ended: set[int]
+
+    @classmethod
+    def read(cls, pipe: TextIO) -> _Progress:
+        progress = cls({}, {}, set())
+        for line in pipe:
+            kind, _, rest = line.rstrip("\n").partition("\t")
+            index_text, _, value = rest.partition("\t")
+            if not index_text.isdigit():
+                continue
+            index = int(index_text)
+            pid, _, start = value.partition(" ")
+            if kind == "start" and pid.isdigit():
+                progress.started[index] = int(pid), float(start)
+            elif kind == "step":
+                progress.steps[index] = value
+            elif kind == "end":
+                progress.ended.add(index)
+        return progress
+
+    def in_flight(self) -> tuple[int, int] | None:
+        """(index, episode process) of the episode started but not finished with, if any."""
+        return next(((i, pid) for i, (pid, _) in self.started.items() if i not in self.ended), None)
+
+
+class _Report:
+    """The warm worker's line-based reports to its supervisor; a supervisor that is gone is ignored
+    (the episodes still record themselves)."""
+
+    def __init__(self, fd: int):
+        self.fd: int | None = fd
+
+    def send(self, kind: str, index: int, value: object = "") -> None:
+        if self.fd is None:
+            return
+        try:
+            os.write(self.fd, f"{kind}\t{index}\t{value}\n".encode())
+        except BrokenPipeError:
+            self.fd = None
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _reap_all() -> dict[int, tuple[int, resource.struct_rusage]]:
+    """Wait for every child, including descendants a dead warm worker left to this subreaper:
+    pid -> (wait status, resource usage)."""
+    ended: dict[int, tuple[int, resource.struct_rusage]] = {}
+    while True:
+        try:
+            pid, status, usage = os.wait4(-1, 0)
+        except ChildProcessError:
+            return ended
+        ended[pid] = (status, usage)
+
+
+def _death(status: int) -> str:
+    """How a process ended, for an error message."""
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exited with {os.WEXITSTATUS(status)}"
+
+
+def _peak_rss_mib(usage: resource.struct_rusage) -> float:
+    return usage.ru_maxrss / 1024.0  # KiB on Linux
+
+
+def _record_killed_worker(slot: WorkerSlot, episode: Episode, progress: _Progress, index: int, worker_pid: int,
+                          how: str, episode_status: tuple[int, resource.struct_rusage] | None,
+                          signals: _Signals) -> bool:
+    """Record the episode a dead warm worker had in flight (its process died with it), unless it
+    recorded itself first; True when recorded here."""
+    step = progress.steps.get(index, "setup")
+    episode_pid, start = progress.started[index]
+    row = slot.new_row(episode, start)
+    row.status = AttemptStatus.INTERRUPTED if signals.pending else AttemptStatus.FAILED
+    row.failed_step = step
+    row.total_s = time.time() - start
+    row.error = f"worker process {worker_pid} {how} during step {step} (episode process {episode_pid} stopped with it)"
+    if episode_status is not None:
+        row.peak_rss_mib = _peak_rss_mib(episode_status[1])
+    if _recorded_status(slot, row) is None and not slot.debug:
+        shutil.rmtree(slot.work_dir(episode), ignore_errors=True)
+    return _record_or_report(slot, episode, row, sys.stderr, missing_only=True) == "written"
+
+
+def _rows_of_attempt(path: Path, row: TimingRow) -> list[dict[str, str]]:
+    """The rows of ``row``'s attempt (episode and start time) in the CSV at ``path``."""
+    return [r for r in read_rows(path) if r["episode_id"] == row.episode_id and r["start_time"] == row.start_time]
+
+
+def _recorded_status(slot: WorkerSlot, row: TimingRow) -> AttemptStatus | None:
+    """The status timing.csv already holds for ``row``'s attempt, None when it holds none."""
+    found = _rows_of_attempt(slot.run_dir / TIMING_NAME, row)
+    return AttemptStatus(found[0]["status"]) if found else None
+
+
+def _warm_worker(slot: WorkerSlot, batch: list[tuple[int, Episode]], signals: _Signals, report: _Report) -> int:
+    """Import the steps, then run the batch's episodes one after the other, each in a forked process."""
+    stop = EXIT_INTERRUPTED if slot.debug else EXIT_WORKER_STOP
+    _preload(slot.spec)
+    failed = False
+    for index, episode in batch:
+        if signals.pending:
+            return stop
+        status = _attempt(slot, index, episode, signals, report)
         if status is AttemptStatus.INTERRUPTED or signals.pending:
             return stop
         failed = failed or status is AttemptStatus.FAILED
@@ -173,45 +369,77 @@ def _preload(spec: PipelineSpec) -> None:
             continue
 
 
-def _attempt(slot: WorkerSlot, episode: Episode, signals: _Signals) -> AttemptStatus:
-    """Run one episode in a forked process; record it here if that process dies (OOM, crash)."""
+def _prctl(option: int, value: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, value, 0, 0, 0) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"prctl({option}, {value}): {os.strerror(errno)}")
+
+
+def _attempt(slot: WorkerSlot, index: int, episode: Episode, signals: _Signals, report: _Report) -> AttemptStatus:
+    """Run one episode in a forked process; record it here if that process dies (OOM, crash)
+    without having written its row."""
     start = time.time()
+    worker_pid = os.getpid()
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:
         code = 3
         try:
             os.close(read_fd)
+            report.close()
+            _prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+            if os.getppid() != worker_pid:  # the warm worker died before the line above
+                os.kill(os.getpid(), signal.SIGKILL)
             code = _episode_process(slot, episode, start, write_fd, signals)
         finally:
             os._exit(code)
     os.close(write_fd)
+    report.send("start", index, f"{pid} {start}")
+    started = []
     with os.fdopen(read_fd) as pipe:
-        started = [line.strip() for line in pipe]  # the steps it began, until it exits
-    _, status = os.waitpid(pid, 0)
-    if os.WIFEXITED(status) and os.WEXITSTATUS(status) in _EPISODE_EXIT:
-        return _EPISODE_EXIT[os.WEXITSTATUS(status)]
-    if os.WIFSIGNALED(status):
-        name = signal.Signals(os.WTERMSIG(status)).name
-        how = f"killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
-    else:
-        how = f"exited with {os.WEXITSTATUS(status)}"
+        for line in pipe:  # the steps it began, until it exits
+            started.append(line.strip())
+            report.send("step", index, started[-1])
+    _, status, usage = os.wait4(pid, 0)
+    exit_code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+    if exit_code in _EPISODE_EXIT:
+        report.send("end", index)
+        return _EPISODE_EXIT[exit_code]
     step = started[-1] if started else "setup"
     row = slot.new_row(episode, start)
-    row.status = AttemptStatus.INTERRUPTED if signals.pending else AttemptStatus.FAILED
-    row.failed_step = step
-    row.error = f"episode process {pid} {how} during step {step}"
+    if exit_code in _UNRECORDED_EXIT:
+        row.status = _UNRECORDED_EXIT[exit_code]
+        row.error = f"episode process {pid} could not write its own timing row (see its log)"
+    else:
+        how = _death(status) + (" (out of memory?)" if os.WIFSIGNALED(status)
+                                and os.WTERMSIG(status) == signal.SIGKILL else "")
+        row.status = AttemptStatus.INTERRUPTED if signals.pending else AttemptStatus.FAILED
+        row.error = f"episode process {pid} {how} during step {step}"
+    if row.status is not AttemptStatus.DONE:
+        row.failed_step = step
     row.total_s = time.time() - start
-    if not slot.debug:
+    row.peak_rss_mib = _peak_rss_mib(usage)
+    recorded = _recorded_status(slot, row)  # the episode process wrote its row, then died
+    if recorded is None and row.status is not AttemptStatus.DONE and not slot.debug:
         shutil.rmtree(slot.work_dir(episode), ignore_errors=True)
-    _record(slot, episode, row, sys.stderr)
-    return row.status
+    _record_or_report(slot, episode, row, sys.stderr, missing_only=True)
+    report.send("end", index)
+    return recorded or row.status
 
 
 def _episode_process(slot: WorkerSlot, episode: Episode, start: float, notify_fd: int,
                      inherited: _Signals) -> int:
     """Body of the forked episode process; returns its exit code (see ``_EPISODE_EXIT``)."""
     signals = _Signals(deferred=False)
+
+    def notify(step: str) -> None:
+        try:
+            os.write(notify_fd, f"{step}\n".encode())
+        except BrokenPipeError:  # the warm worker is gone: die as its death signal would kill it
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    terminal: TextIO = sys.stderr
     try:
         signals.install()
         if inherited.pending:  # a signal reached it before its own handlers were in place
@@ -220,19 +448,33 @@ def _episode_process(slot: WorkerSlot, episode: Episode, start: float, notify_fd
         _setup_logging(slot.log_path(episode), terminal, slot.debug, slot.options.plan.verbose)
     except Interrupted:
         return _EXIT_OF_STATUS[AttemptStatus.INTERRUPTED]
+    except OSError as exc:  # no log (a full disk under run_root): record the cause at least
+        row = slot.new_row(episode, start)
+        row.status, row.failed_step, row.error = AttemptStatus.FAILED, "setup", f"cannot open the episode log: {exc}"
+        row.total_s = time.time() - start
+        return _finish(slot, episode, row, terminal)
 
-    def notify(step: str) -> None:
-        os.write(notify_fd, f"{step}\n".encode())
-
-    status = run_episode(slot, episode, start, signals, terminal, notify)
+    status, recorded = run_episode(slot, episode, start, signals, terminal, notify)
     logging.shutdown()
     terminal.flush()
-    return _EXIT_OF_STATUS[status]
+    return _EXIT_OF_STATUS[status] if recorded else _EXIT_OF_STATUS[status] + 4
+
+
+def _finish(slot: WorkerSlot, episode: Episode, row: TimingRow, terminal: TextIO) -> int:
+    """Record an attempt that ended before its steps; the exit code says whether the row is written."""
+    row.peak_rss_mib = _own_peak_rss_mib()
+    recorded = _record_or_report(slot, episode, row, terminal) == "written"
+    return _EXIT_OF_STATUS[row.status] + (0 if recorded else 4)
+
+
+def _own_peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def run_episode(slot: WorkerSlot, episode: Episode, start: float, signals: _Signals, terminal: TextIO,
-                notify: Callable[[str], None]) -> AttemptStatus:
-    """Run the steps in a work folder, publish, record the attempt; return its status."""
+                notify: Callable[[str], None]) -> tuple[AttemptStatus, bool]:
+    """Run the steps in a work folder, publish, record the attempt; return its status and
+    whether its row could be written."""
     spec, debug = slot.spec, slot.debug
     row = slot.new_row(episode, start)
     work_dir = slot.work_dir(episode)
@@ -273,21 +515,49 @@ def run_episode(slot: WorkerSlot, episode: Episode, start: float, signals: _Sign
     row.total_s = time.time() - start
     if row.status is not AttemptStatus.DONE and not debug:
         shutil.rmtree(work_dir, ignore_errors=True)
-    _record(slot, episode, row, terminal)
+    row.peak_rss_mib = _own_peak_rss_mib()
+    log.info("peak RSS of the episode process: %.1f MiB", row.peak_rss_mib)
+    recorded = _record_or_report(slot, episode, row, terminal) == "written"
     if debug:
         print(f"{row.status.value}: episode {episode.episode_id} in {row.total_s:.3f} s; "
               f"work folder kept: {work_dir}", file=terminal)
-    return row.status
+    return row.status, recorded
 
 
-def _record(slot: WorkerSlot, episode: Episode, row: TimingRow, terminal: TextIO) -> None:
-    """Append the timing row; a failure also goes to failed.txt and one line on the terminal."""
-    append_row(slot.run_dir / TIMING_NAME, row.to_row())
+def _record_or_report(slot: WorkerSlot, episode: Episode, row: TimingRow, terminal: TextIO, *,
+                      missing_only: bool = False) -> str:
+    """:func:`_record`; a row that cannot be written (a full disk under run_root) is reported on
+    the terminal instead. Returns ``written``, ``present`` (``missing_only`` and the episode
+    process recorded itself) or ``failed``."""
+    try:
+        return "written" if _record(slot, episode, row, terminal, missing_only=missing_only) else "present"
+    except OSError as exc:
+        log.error("cannot record the attempt of episode %s: %s", episode.episode_id, exc)
+        print(f"error: episode {episode.episode_id}: {row.status.value}"
+              + (f" at step {row.failed_step}: {row.error}" if row.error else "")
+              + f"; its timing row could not be written: {exc}", file=terminal)
+        return "failed"
+
+
+def _record(slot: WorkerSlot, episode: Episode, row: TimingRow, terminal: TextIO, *,
+            missing_only: bool = False) -> bool:
+    """Append the peak RSS and the timing row; a failure also goes to failed.txt and one line on
+    the terminal. With ``missing_only`` (the process above an episode process that died) each
+    only where its file lacks it, the peak row then with the status the timing row holds; True
+    when the timing row was written here."""
+    peak_path, timing_path = slot.run_dir / PEAK_RSS_NAME, slot.run_dir / TIMING_NAME
+    status = _recorded_status(slot, row) if missing_only else None
+    if not (missing_only and _rows_of_attempt(peak_path, row)):
+        append_peak_rss(peak_path, dataclasses.replace(row, status=status or row.status))
+    if status is not None:
+        return False
+    append_row(timing_path, row.to_row())
     if row.status is AttemptStatus.FAILED:
         error = " ".join(row.error.split())
         append_locked(slot.run_dir / FAILED_NAME, f"{episode.episode_id}\t{row.failed_step}\t{error}\n")
         print(f"failed: episode {episode.episode_id}: step {row.failed_step}: {error} "
               f"(log: {slot.log_path(episode)})", file=terminal)
+    return True
 
 
 def _publish(slot: WorkerSlot, episode: Episode, work_dir: Path, signals: _Signals) -> None:
@@ -297,7 +567,7 @@ def _publish(slot: WorkerSlot, episode: Episode, work_dir: Path, signals: _Signa
     output_root = slot.options.output_root
     source = work_dir
     if slot.debug:  # keep the debug work folder: publish a copy of it
-        source = output_root / ".work" / f"debug-{os.getpid()}" / episode.episode_id
+        source = slot.work_root / "debug" / episode.episode_id
         shutil.rmtree(source, ignore_errors=True)
         shutil.copytree(work_dir, source)
     signals.deferred = True  # from here on the episode completes; a signal stops the worker after

@@ -16,6 +16,8 @@ An episode is looked up by its exact id only. An entry that names another episod
 episode's calibration, and any malformed value is an error: :class:`CalibrationFileError`, whose
 message names the file, the camera and the cause (the caller adds the episode).
 
+DROID's intrinsics file (``{episode_id: {serial: [fx, cx, fy, cy]}}``) is looked up the same way.
+
 Parsing a whole file costs seconds and hundreds of megabytes (cam2cam_extrinsics.json is about
 190 MB), far more than the one entry an episode needs, and every episode runs in a fresh
 process. So each version of a file (path, size, mtime, inode) is indexed once into an SQLite
@@ -50,6 +52,8 @@ LEFT_CAM, RIGHT_CAM = "left_cam", "right_cam"
 LAYOUT_LEFT_RIGHT, LAYOUT_SERIALS = "left_cam/right_cam", "serials"
 # A 4x4 pose's rotation must be orthonormal and its last row [0, 0, 0, 1] to this tolerance.
 RIGID_TOLERANCE = 1e-4
+# The indexes of the published files live here, under output_root.
+INDEX_DIR_NAME = ".calibration_index"
 
 
 class CalibrationFileError(ValueError):
@@ -206,6 +210,13 @@ def lookup(path: os.PathLike | str, episode_id: str, index_dir: os.PathLike | st
     except sqlite3.Error as exc:
         raise CalibrationFileError(f"cannot read the index {index} of {kind} file {path}: {exc}") from exc
     return None if row is None else json.loads(row[0])
+
+
+def check_file(path: os.PathLike | str, index_dir: os.PathLike | str, kind: str) -> None:
+    """Parse and index ``path`` now (once per version of the file, as :func:`lookup` would), so a
+    corrupt or unreadable file is reported once, naming the file and the parse error
+    (CalibrationFileError), before any episode reads it."""
+    _ensure_index(Path(path), Path(index_dir), kind)
 
 
 def _ensure_index(path: Path, index_dir: Path, kind: str) -> Path:

@@ -7,11 +7,20 @@ A worker builds an episode in a private work folder, then calls :func:`publish_e
 3. appends one line (a :class:`JournalEntry`) to the publish journal ``<run_root>/published.jsonl``,
 4. moves the folder to ``<output_root>/<relative_path>/`` (replacing an older copy).
 
-Steps 3 and 4 run under :func:`episode_lock`, which the uploader also takes to delete an
-uploaded folder or to settle a folder that does not hold the journaled version. The journal
-line comes first, so a kill can never leave a finished folder the uploader does not know
-about; a kill between the two leaves a line whose version never arrived, and the uploader,
-under the lock, then takes the version the folder really holds.
+Step 4 brings the folder beside its destination under a hidden ``.<folder>.incoming-<id>`` name
+first (a rename, or a copy across file systems), then renames it into place, the older copy
+aside as ``.<folder>.replaced-<id>`` until it is removed. Steps 3 and 4 run under
+:func:`episode_lock`, which the uploader also takes to delete an uploaded folder or to settle a
+folder that does not hold the journaled version. The journal line comes first, so a kill can
+never leave a finished folder the uploader does not know about; a kill between the two leaves a
+line whose version never arrived, and the uploader, under the lock, then takes the version the
+folder really holds. A publish that fails removes its incoming copy; what a killed one leaves
+is removed by :func:`remove_leftovers` (every driver run starts with it), under the same lock,
+so a publish in progress is never touched.
+
+Work folders live in ``<output_root>/.work/<run>/``; every process of a run holds a shared lock
+on that folder's ``.lock`` (:func:`hold_work_root`), so :func:`remove_work_root` removes the
+folders of runs no process is left of, and nothing else.
 
 The journal and the uploader's ledger are append-only JSON Lines files shared by several
 processes: :func:`append_record` holds an exclusive ``flock`` while it writes one line and
@@ -26,6 +35,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import time
 import uuid
@@ -41,6 +51,11 @@ log = logging.getLogger(__name__)
 
 JOURNAL_NAME = "published.jsonl"
 LOCK_NAME = ".publish.lock"
+WORK_DIR_NAME = ".work"
+WORK_LOCK_NAME = ".lock"
+# What publishes leave beside an episode folder while they run: the copy being brought in and
+# the older copy being replaced (the uploader's own ".deleting-" folders are its to remove).
+LEFTOVER_PATTERN = re.compile(r"^\..+\.(incoming|replaced)-[0-9a-f]{12}$")
 PIPELINES = ("metadata", "full")
 Pipeline = Literal["metadata", "full"]
 
@@ -140,14 +155,18 @@ def publish_episode(work_dir: os.PathLike | str, output_root: os.PathLike | str,
     write_json_atomic(work_dir / MANIFEST_NAME, manifest.to_json())
     manifest_sha256 = sha256_file(work_dir / MANIFEST_NAME)
     dest = output_root / rel
-    incoming = _stage_beside(work_dir, dest)
     with episode_lock(dest):
-        entry = JournalEntry(episode_id=episode_id, relative_path=rel, pipeline=pipeline,
-                             episode_dir=dest.resolve(), manifest_sha256=manifest_sha256, published=time.time())
-        append_record(run_root / JOURNAL_NAME, entry.to_json())
-        replaced = _swap_into_place(incoming, dest)
+        incoming = _stage_beside(work_dir, dest)
+        try:
+            entry = JournalEntry(episode_id=episode_id, relative_path=rel, pipeline=pipeline,
+                                 episode_dir=dest.resolve(), manifest_sha256=manifest_sha256, published=time.time())
+            append_record(run_root / JOURNAL_NAME, entry.to_json())
+            replaced = _swap_into_place(incoming, dest)
+        except BaseException:
+            shutil.rmtree(incoming, ignore_errors=True)
+            raise
     if replaced is not None:
-        shutil.rmtree(replaced)
+        shutil.rmtree(replaced, ignore_errors=True)  # else removed by the next remove_leftovers
     return manifest
 
 
@@ -267,11 +286,17 @@ def _list_files(work_dir: Path) -> tuple[ManifestFile, ...]:
 @contextlib.contextmanager
 def episode_lock(episode_dir: os.PathLike | str) -> Iterator[None]:
     """Exclusive lock over swapping published folders in ``episode_dir``'s parent folder: held by
-    :func:`publish_episode` while it moves a folder in, and by the uploader while it deletes one,
-    so a folder being re-published is never deleted."""
-    parent = Path(episode_dir).parent
-    parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(parent / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    :func:`publish_episode` from bringing a folder in to moving it into place, by the uploader
+    while it deletes one and by :func:`remove_leftovers`, so a folder being re-published is never
+    deleted."""
+    with _folder_lock(Path(episode_dir).parent):
+        yield
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -281,27 +306,129 @@ def episode_lock(episode_dir: os.PathLike | str) -> Iterator[None]:
 
 def _stage_beside(work_dir: Path, dest: Path) -> Path:
     """Bring ``work_dir`` next to ``dest`` under a hidden name (a rename, or a copy across file
-    systems), so that the final move is a rename."""
+    systems), so that the final move is a rename. A copy that fails is removed."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     incoming = dest.parent / f".{dest.name}.incoming-{uuid.uuid4().hex[:12]}"
     try:
         os.rename(work_dir, incoming)
     except OSError:
-        shutil.copytree(work_dir, incoming)
-        _fsync_tree(incoming)
+        try:
+            shutil.copytree(work_dir, incoming)
+            _fsync_tree(incoming)
+        except (OSError, shutil.Error) as exc:
+            shutil.rmtree(incoming, ignore_errors=True)
+            raise StagingError(f"cannot copy {work_dir} to {incoming}: {exc}") from exc
         shutil.rmtree(work_dir)
     return incoming
 
 
 def _swap_into_place(incoming: Path, dest: Path) -> Path | None:
-    """Rename ``incoming`` onto ``dest``; an existing ``dest`` is renamed aside and returned."""
+    """Rename ``incoming`` onto ``dest``; an existing ``dest`` is renamed aside and returned (and
+    put back if the rename fails)."""
     old = None
     if dest.exists():
         old = dest.parent / f".{dest.name}.replaced-{uuid.uuid4().hex[:12]}"
         os.rename(dest, old)
-    os.rename(incoming, dest)
+    try:
+        os.rename(incoming, dest)
+    except OSError:
+        if old is not None:
+            os.rename(old, dest)
+        raise
     _fsync_dir(dest.parent)
     return old
+
+
+def remove_leftovers(output_root: os.PathLike | str) -> list[Path]:
+    """Remove the incoming and replaced copies killed publishes left beside episode folders
+    (``<output_root>/<lab>/<outcome>/<date>/``), each folder's under its publish lock; return them."""
+    removed: list[Path] = []
+    for date_dir in _visible_dirs(Path(output_root), depth=3):
+        if not any(LEFTOVER_PATTERN.match(name) for name in _names(date_dir)):
+            continue
+        with _folder_lock(date_dir):
+            for name in _names(date_dir):
+                if LEFTOVER_PATTERN.match(name):
+                    shutil.rmtree(date_dir / name, ignore_errors=True)
+                    removed.append(date_dir / name)
+    return removed
+
+
+def _visible_dirs(root: Path, depth: int) -> list[Path]:
+    """Folders ``depth`` levels below ``root`` reached through non-hidden folders."""
+    level = [root]
+    for _ in range(depth):
+        level = [Path(e.path) for folder in level for e in _entries(folder)
+                 if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)]
+    return level
+
+
+def _entries(folder: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(folder) as it:
+            return list(it)
+    except OSError:
+        return []
+
+
+def _names(folder: Path) -> list[str]:
+    return [e.name for e in _entries(folder)]
+
+
+def hold_work_root(work_root: os.PathLike | str) -> int:
+    """Create ``work_root`` (a run's ``<output_root>/.work/<run>``) and hold a shared lock on its
+    ``.lock`` until the returned descriptor is closed (children inherit it): while any process
+    holds it, :func:`remove_work_root` leaves the folder alone."""
+    lock = Path(work_root) / WORK_LOCK_NAME
+    while True:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            continue  # removed meanwhile as a dead run's: make it again
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        try:
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def remove_work_root(work_root: os.PathLike | str) -> bool:
+    """Remove a run's work folder if no process of that run holds its lock; True if removed."""
+    work_root = Path(work_root)
+    lock = work_root / WORK_LOCK_NAME
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        try:
+            if os.stat(lock).st_ino != os.fstat(fd).st_ino:
+                return False
+        except FileNotFoundError:
+            return False
+        shutil.rmtree(work_root, ignore_errors=True)
+        return True
+    finally:
+        os.close(fd)
+
+
+def remove_dead_work_roots(output_root: os.PathLike | str) -> list[Path]:
+    """Remove the work folders of every run no process is left of (killed runs'); return them."""
+    work = Path(output_root) / WORK_DIR_NAME
+    removed = [Path(e.path) for e in _entries(work)
+               if e.is_dir(follow_symlinks=False) and remove_work_root(e.path)]
+    try:
+        work.rmdir()
+    except OSError:
+        pass
+    return removed
 
 
 def _fsync_tree(root: Path) -> None:

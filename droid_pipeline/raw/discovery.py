@@ -5,15 +5,24 @@ Layout: ``<droid_root>/<LAB>/<success|failure>/<YYYY-MM-DD>/<episode folder>/``.
 folder's date, which is ambiguous (folders are ``time.asctime()`` with ``_`` for spaces, some
 labs also used ``_`` for ``:``). The index is cached as JSON and refreshed per date folder whose
 modification time changed, so a rescan of ~92k episodes only reads what is new.
+
+Ids and folder names become paths of the output, work and staging trees, so both are validated
+first: an id must follow DROID's grammar (:data:`EPISODE_ID_PATTERN`), a lab, date or episode
+folder name must be a plain name (:data:`SAFE_NAME`). Whatever cannot be read or is not valid (an
+unreadable folder, a symbolic link loop, a dangling link, missing, invalid, duplicated or
+disagreeing metadata, an id or folder name that fails validation) is a problem of the index,
+recorded with its cause; the scan goes on.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import difflib
 import json
 import os
 import re
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,14 +32,52 @@ from droid_pipeline.core.atomic import write_json_atomic
 
 OUTCOMES = ("success", "failure")
 CAMERA_ROLES = ("wrist", "ext1", "ext2")
-INDEX_VERSION = 1
+# 2: ids and folder names validated, problems carry the episode id.
+INDEX_VERSION = 2
 # time.asctime() with "_" for spaces (double "_" before one-digit days), ":" or "_" in the time.
 FOLDER_PATTERN = re.compile(r"^[A-Z][a-z]{2}_[A-Z][a-z]{2}_{1,2}\d{1,2}_\d{2}[:_]\d{2}[:_]\d{2}_\d{4}$")
-METADATA_PATTERN = re.compile(r"^metadata_(.+)\.json$")
+# Any metadata_<uuid>.json, whatever its uuid holds (checked later).
+METADATA_PATTERN = re.compile(r"metadata_(.+)\.json", re.DOTALL)
+# DROID's episode id: <LAB>+<user id, 8 hex digits>+<YYYY-MM-DD>-<H>h-<M>m-<S>s, hours, minutes
+# and seconds with one or two digits (AUTOLab+84bd5053+2023-08-18-12h-01m-10s).
+EPISODE_ID_PATTERN = re.compile(
+    r"[A-Za-z0-9_-]+\+[0-9a-fA-F]{8}\+(\d{4}-\d{2}-\d{2})-(\d{1,2})h-(\d{1,2})m-(\d{1,2})s")
+EPISODE_ID_GRAMMAR = "<LAB>+<8 hex digits>+<YYYY-MM-DD>-<H>h-<M>m-<S>s"
+# A lab, date or episode folder name that may become a path component of the output tree:
+# letters, digits and _ . : + - (DROID's asctime folders hold ":"), not hidden, one component.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:+-]{0,254}")
 
 
 class DiscoveryError(ValueError):
     """An episode cannot be found or selected; the message says why and what would match."""
+
+
+def episode_id_problem(episode_id: str) -> str | None:
+    """Why ``episode_id`` is not a DROID episode id, None when it is one."""
+    match = EPISODE_ID_PATTERN.fullmatch(episode_id)
+    if match is None:
+        return f"episode id {printable(episode_id)!r} does not follow DROID's grammar {EPISODE_ID_GRAMMAR}"
+    date, hours, minutes, seconds = match.groups()
+    try:
+        datetime.date.fromisoformat(date)
+    except ValueError:
+        return f"episode id {episode_id!r} holds no valid date ({date})"
+    if int(hours) > 23 or int(minutes) > 59 or int(seconds) > 59:
+        return f"episode id {episode_id!r} holds no valid time of day ({hours}h-{minutes}m-{seconds}s)"
+    return None
+
+
+def name_problem(name: str) -> str | None:
+    """Why a folder name may not become a path component of the output tree, None when it may."""
+    if SAFE_NAME.fullmatch(name):
+        return None
+    return (f"folder name {printable(name)!r} is not a plain name (letters, digits and _ . : + -, "
+            "not starting with a dot)")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters and undecodable bytes escaped, so it stays one line."""
+    return text if text.isprintable() else text.encode("unicode_escape", "backslashreplace").decode("ascii")
 
 
 @dataclass(frozen=True)
@@ -65,15 +112,27 @@ class Episode:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Episode:
+        """The record, validated again (it comes from a file): DiscoveryError when its id or path
+        could not have come from discovery."""
         data = dict(data)
         for key in ("svo", "mp4", "stereo_mp4"):
             data[key] = tuple(data.get(key, ()))
-        return cls(**data)
+        episode = cls(**data)
+        parts = (episode.lab, episode.outcome, episode.date, episode.folder)
+        problem = episode_id_problem(episode.episode_id) or next(
+            (p for p in map(name_problem, (episode.lab, episode.date, episode.folder)) if p), None)
+        if problem is None and (episode.outcome not in OUTCOMES or episode.relative_path != "/".join(parts)):
+            problem = f"relative path {printable(episode.relative_path)!r} is not {'/'.join(parts)!r}"
+        if problem is not None:
+            raise DiscoveryError(f"invalid episode record: {problem}")
+        return episode
 
 
 @dataclass
 class EpisodeIndex:
-    """Every episode found under a root, plus the problems met while scanning."""
+    """Every episode found under a root, plus the problems met while scanning: ``path`` (the
+    folder or file relative to the root), ``problem`` (the cause, naming the path) and
+    ``episode_id`` (where known, else empty)."""
 
     droid_root: str
     episodes: list[Episode] = field(default_factory=list)
@@ -136,76 +195,155 @@ def build_index(droid_root: os.PathLike | str, cache_path: os.PathLike | str | N
     cached = {} if rescan or cache_path is None else _load_cache(Path(cache_path), root)
     date_dirs: dict[str, int] = {}
     episodes: list[Episode] = []
-    problems: list[dict[str, str]] = []
-    for date_dir in _date_dirs(root):
+    problems: list[dict[str, str]] = []   # above the date folders: not cached, found again each scan
+    scanned: list[dict[str, str]] = []    # in the date folders: cached with them
+    for date_dir in _date_dirs(root, problems):
         rel = date_dir.relative_to(root).as_posix()
-        mtime = date_dir.stat().st_mtime_ns
+        try:
+            mtime = date_dir.stat().st_mtime_ns
+        except OSError as exc:
+            problems.append(_problem(rel, f"cannot read folder: {_os_cause(exc)}"))
+            continue
         date_dirs[rel] = mtime
         entry = cached.get(rel)
         if entry is not None and entry["mtime_ns"] == mtime:
             episodes.extend(Episode.from_json(e) for e in entry["episodes"])
-            problems.extend(entry["problems"])
+            scanned.extend(entry["problems"])
             continue
         found, trouble = _scan_date_dir(root, date_dir)
         episodes.extend(found)
-        problems.extend(trouble)
-    by_id: dict[str, list[str]] = {}
-    for episode in episodes:
-        by_id.setdefault(episode.episode_id, []).append(episode.relative_path)
-    for episode_id, paths in sorted(by_id.items()):
-        if len(paths) > 1:
-            problems.append({"path": ", ".join(paths),
-                             "problem": f"duplicate episode id {episode_id} in {len(paths)} folders"})
-    index = EpisodeIndex(str(root), sorted(episodes, key=lambda e: e.relative_path), problems)
+        scanned.extend(trouble)
+    index = EpisodeIndex(str(root), sorted(episodes, key=lambda e: e.relative_path), problems + scanned)
     if cache_path is not None:
-        _save_cache(Path(cache_path), index, date_dirs)
+        _save_cache(Path(cache_path), index.droid_root, index.episodes, scanned, date_dirs)
+    index.problems.extend(_duplicates(index.episodes))
     return index
 
 
-def _date_dirs(root: Path) -> Iterable[Path]:
-    for lab in sorted(_subdirs(root)):
+def _problem(path: str, problem: str, episode_id: str = "") -> dict[str, str]:
+    """A problem record of the index: the folder or file (relative to droid_root) and the cause."""
+    return {"path": printable(path), "problem": problem, "episode_id": episode_id}
+
+
+def _duplicates(episodes: Sequence[Episode]) -> list[dict[str, str]]:
+    """One problem per folder of an id found in several folders."""
+    by_id: dict[str, list[str]] = {}
+    for episode in episodes:
+        by_id.setdefault(episode.episode_id, []).append(episode.relative_path)
+    return [_problem(path, f"{path}: duplicate episode id {episode_id} in {len(paths)} folders: {', '.join(paths)}",
+                     episode_id)
+            for episode_id, paths in sorted(by_id.items()) if len(paths) > 1 for path in paths]
+
+
+def _os_cause(exc: OSError) -> str:
+    return f"[Errno {exc.errno}] {exc.strerror}" if exc.strerror else str(exc)
+
+
+def _date_dirs(root: Path, problems: list[dict[str, str]]) -> Iterable[Path]:
+    for lab in _subdirs(root, problems):
         for outcome in OUTCOMES:
             outcome_dir = lab / outcome
-            if outcome_dir.is_dir():
-                yield from sorted(_subdirs(outcome_dir))
+            rel = outcome_dir.relative_to(root).as_posix()
+            try:
+                if not stat.S_ISDIR(os.stat(outcome_dir).st_mode):
+                    continue
+            except FileNotFoundError:
+                if os.path.islink(outcome_dir):
+                    problems.append(_problem(rel, f"{rel}: dangling symbolic link to {os.readlink(outcome_dir)}"))
+                continue
+            except OSError as exc:
+                problems.append(_problem(rel, f"{rel}: cannot be read: {_os_cause(exc)}"))
+                continue
+            yield from _subdirs(outcome_dir, problems, root)
 
 
-def _subdirs(path: Path) -> Iterable[Path]:
-    with os.scandir(path) as it:
-        return [Path(e.path) for e in it if e.is_dir() and not e.name.startswith(".")]
+def _subdirs(path: Path, problems: list[dict[str, str]], root: Path | None = None) -> list[Path]:
+    """The folders in ``path`` with plain names, sorted; anything that cannot be listed or
+    followed (symbolic link loops, dangling links) or has no plain name is a problem. Hidden
+    entries and plain files are not episodes and are passed over."""
+    root = root or path
+    rel = path.relative_to(root).as_posix() if path != root else ""
+    try:
+        with os.scandir(path) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        problems.append(_problem(rel or ".", f"{rel or path}: cannot list folder: {_os_cause(exc)}"))
+        return []
+    folders = []
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        child = f"{rel}/{entry.name}" if rel else entry.name
+        try:
+            is_dir = entry.is_dir()
+            if not is_dir and entry.is_symlink() and not os.path.exists(entry.path):
+                problems.append(_problem(child, f"{printable(child)}: dangling symbolic link to "
+                                                f"{printable(os.readlink(entry.path))}"))
+                continue
+        except OSError as exc:
+            problems.append(_problem(child, f"{printable(child)}: cannot be read: {_os_cause(exc)}"))
+            continue
+        if not is_dir:
+            continue
+        unsafe = name_problem(entry.name)
+        if unsafe is not None:
+            problems.append(_problem(child, f"{printable(child)}: {unsafe}"))
+            continue
+        folders.append(Path(entry.path))
+    return folders
 
 
 def _scan_date_dir(root: Path, date_dir: Path) -> tuple[list[Episode], list[dict[str, str]]]:
-    episodes, problems = [], []
-    for folder in sorted(_subdirs(date_dir)):
+    episodes: list[Episode] = []
+    problems: list[dict[str, str]] = []
+    for folder in _subdirs(date_dir, problems, root):
         rel = folder.relative_to(root).as_posix()
         try:
             episodes.append(_read_episode(root, folder))
+        except _EpisodeProblem as exc:
+            problems.append(_problem(rel, str(exc), exc.episode_id))
         except DiscoveryError as exc:
-            problems.append({"path": rel, "problem": str(exc)})
+            problems.append(_problem(rel, str(exc)))
+        except OSError as exc:
+            problems.append(_problem(rel, f"{rel}: cannot be read: {_os_cause(exc)}"))
     return episodes, problems
+
+
+class _EpisodeProblem(DiscoveryError):
+    """A folder whose episode id is known but that cannot be run."""
+
+    def __init__(self, message: str, episode_id: str):
+        super().__init__(message)
+        self.episode_id = episode_id
 
 
 def _read_episode(root: Path, folder: Path) -> Episode:
     rel = folder.relative_to(root)
     lab, outcome, date, name = rel.parts
     names = set(os.listdir(folder))
-    metadata = sorted(n for n in names if METADATA_PATTERN.match(n))
+    metadata = sorted(n for n in names if METADATA_PATTERN.fullmatch(n))
     if not metadata:
         raise DiscoveryError(f"{rel}: no metadata_<uuid>.json in episode folder")
     if len(metadata) > 1:
-        raise DiscoveryError(f"{rel}: several metadata files: {', '.join(metadata)}")
+        raise DiscoveryError(f"{rel}: several metadata files: {', '.join(map(printable, metadata))}")
+    meta_name = printable(metadata[0])
     meta_path = folder / metadata[0]
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DiscoveryError(f"{rel}/{metadata[0]}: unreadable metadata file: {exc}") from exc
+        raise DiscoveryError(f"{rel}/{meta_name}: unreadable metadata file: {exc}") from exc
     if not isinstance(meta, dict):
-        raise DiscoveryError(f"{rel}/{metadata[0]}: metadata is not a JSON object")
+        raise DiscoveryError(f"{rel}/{meta_name}: metadata is not a JSON object")
     file_id = metadata[0][len("metadata_"):-len(".json")]
     episode_id = str(meta.get("uuid") or file_id)
     if episode_id != file_id:
-        raise DiscoveryError(f"{rel}/{metadata[0]}: uuid {episode_id!r} disagrees with the file name")
+        raise DiscoveryError(f"{rel}/{meta_name}: uuid {printable(episode_id)!r} disagrees with the file name")
+    invalid = episode_id_problem(episode_id)
+    if invalid is not None:
+        raise DiscoveryError(f"{rel}/{meta_name}: {invalid}")
+    broken = _broken_links(folder)
+    if broken:
+        raise _EpisodeProblem(f"{rel}: {'; '.join(broken)}", episode_id)
     serials = {}
     for role in CAMERA_ROLES:
         value = meta.get(f"{role}_cam_serial")
@@ -226,27 +364,51 @@ def _read_episode(root: Path, folder: Path) -> Episode:
     )
 
 
+def _broken_links(folder: Path) -> list[str]:
+    """Symbolic links in the episode folder and its recordings that lead nowhere (dangling or looping)."""
+    broken = []
+    for sub in ("", "recordings", "recordings/MP4", "recordings/SVO"):
+        where = folder / sub
+        if not where.is_dir():
+            continue
+        for entry in sorted(os.scandir(where), key=lambda e: e.name):
+            if not entry.is_symlink():
+                continue
+            try:
+                os.stat(entry.path)
+            except OSError as exc:
+                name = printable(f"{sub}/{entry.name}" if sub else entry.name)
+                broken.append(f"{name} is a broken symbolic link ({_os_cause(exc)})")
+    return broken
+
+
 def _load_cache(path: Path, root: Path) -> dict[str, Any]:
+    """The cached date folders; an unreadable cache, or one holding a record that does not
+    validate, is ignored (everything is scanned again)."""
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        if data.get("version") != INDEX_VERSION or data.get("droid_root") != str(root):
+            return {}
+        date_dirs = data.get("date_dirs", {})
+        for entry in date_dirs.values():
+            for record in entry["episodes"]:
+                Episode.from_json(record)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
-    if data.get("version") != INDEX_VERSION or data.get("droid_root") != str(root):
-        return {}
-    return data.get("date_dirs", {})
+    return date_dirs
 
 
-def _save_cache(path: Path, index: EpisodeIndex, date_dirs: dict[str, int]) -> None:
+def _save_cache(path: Path, droid_root: str, episodes: Sequence[Episode], problems: Sequence[dict[str, str]],
+                date_dirs: dict[str, int]) -> None:
     per_dir: dict[str, dict[str, Any]] = {
         rel: {"mtime_ns": mtime, "episodes": [], "problems": []} for rel, mtime in date_dirs.items()}
-    for episode in index.episodes:
+    for episode in episodes:
         per_dir[str(Path(episode.relative_path).parent.as_posix())]["episodes"].append(episode.to_json())
-    for problem in index.problems:
+    for problem in problems:
         parent = Path(problem["path"]).parent.as_posix()
         if parent in per_dir:
             per_dir[parent]["problems"].append(problem)
-    write_json_atomic(path, {"version": INDEX_VERSION, "droid_root": index.droid_root,
-                             "date_dirs": per_dir})
+    write_json_atomic(path, {"version": INDEX_VERSION, "droid_root": droid_root, "date_dirs": per_dir})
 
 
 def format_table(episodes: Sequence[Episode]) -> str:

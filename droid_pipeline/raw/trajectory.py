@@ -1,7 +1,8 @@
 """Read and validate trajectory.h5: one reader for every step, open once per step.
 
 :class:`TrajectoryFile` turns every problem (missing key, wrong shape, NaN, row counts that
-disagree, unusable control timestamps) into an :class:`EpisodeError` for the step reading it,
+disagree, unusable control timestamps, a trajectory outside the plausibility envelope of
+:mod:`droid_pipeline.raw.plausibility`) into an :class:`EpisodeError` for the step reading it,
 naming the dataset and the offending steps, so a bad episode never yields a silently wrong track.
 :func:`read_trajectory` is what the tracks step needs of it.
 """
@@ -16,7 +17,15 @@ from typing import Any
 
 import numpy as np
 
+from droid_pipeline.core.config import PlausibilityConfig
 from droid_pipeline.core.errors import EpisodeError
+from droid_pipeline.raw.plausibility import (
+    ImplausibleTrajectory,
+    check_control_timestamps,
+    check_motion,
+    check_num_steps,
+    timestamp_warning,
+)
 
 CARTESIAN_KEY = "observation/robot_state/cartesian_position"
 GRIPPER_KEY = "observation/robot_state/gripper_position"
@@ -52,6 +61,10 @@ class Trajectory:
     warnings: list[str] = field(default_factory=list)
     # serial -> observation/camera_type name (CAMERA_TYPE_NAMES), None where the h5 has none
     camera_types: dict[str, str | None] = field(default_factory=dict)
+    # The plausibility figures (raw.plausibility.check_motion) and the control timestamps' counts
+    # (check_control_timestamps; None without control timestamps), for quality.json.
+    plausibility: dict[str, Any] = field(default_factory=dict)
+    control_timestamps: dict[str, Any] | None = None
 
     @property
     def num_frames(self) -> int:
@@ -115,25 +128,37 @@ class TrajectoryFile:
             raise self.fail(f"NaN or inf in {key} at {steps.size} of {data.shape[0]} steps: {listed}")
         return data
 
-    def num_steps(self) -> int:
-        """T, the rows of ``cartesian_position``, from its shape alone (no data read)."""
+    def num_steps(self, limits: PlausibilityConfig | None = None) -> int:
+        """T, the rows of ``cartesian_position``, from its shape alone (no data read); more than
+        ``limits.max_steps`` fails."""
         steps = self.dataset(CARTESIAN_KEY)
         if steps.ndim < 1:
             raise self.fail(f"missing dataset {CARTESIAN_KEY}")
         if steps.shape[0] == 0:
             raise self.fail(f"{CARTESIAN_KEY} has no steps")
+        if limits is not None:
+            try:
+                check_num_steps(int(steps.shape[0]), limits)
+            except ImplausibleTrajectory as exc:
+                raise self.fail(str(exc)) from exc
         return int(steps.shape[0])
 
-    def control_rate(self, num_steps: int) -> tuple[float, str]:
-        """Control rate (Hz) and the timestamp key it was measured from (step_start preferred)."""
+    def control_timestamp_key(self) -> str | None:
+        """The control timestamps the rate is measured from (step_start preferred), None without any."""
         import h5py
 
         group = self.h5.get(CONTROL_TIMESTAMP_GROUP)
         names = sorted(group.keys()) if isinstance(group, h5py.Group) else []
         if not names:
-            raise self.fail(f"no control timestamps under {CONTROL_TIMESTAMP_GROUP} and config fps is null")
+            return None
         name = PREFERRED_CONTROL_TIMESTAMP if PREFERRED_CONTROL_TIMESTAMP in names else names[0]
-        key = f"{CONTROL_TIMESTAMP_GROUP}/{name}"
+        return f"{CONTROL_TIMESTAMP_GROUP}/{name}"
+
+    def control_rate(self, num_steps: int) -> tuple[float, str]:
+        """Control rate (Hz) and the timestamp key it was measured from (step_start preferred)."""
+        key = self.control_timestamp_key()
+        if key is None:
+            raise self.fail(f"no control timestamps under {CONTROL_TIMESTAMP_GROUP} and config fps is null")
         try:
             return control_rate_hz(self.array(key, (num_steps,), squeeze_last=True)), key
         except ValueError as exc:
@@ -172,17 +197,20 @@ class TrajectoryFile:
 
 
 def read_trajectory(h5: TrajectoryFile, serials: Mapping[str, str], metadata: Mapping[str, Any],
-                    fps: float | None) -> Trajectory:
-    """Flange poses, gripper, the wrist camera's poses and the control rate, validated.
+                    fps: float | None, limits: PlausibilityConfig) -> Trajectory:
+    """Flange poses, gripper, the wrist camera's poses and the control rate, validated and
+    checked against the plausibility envelope ``limits`` (T first, from the shape alone).
 
     ``serials`` maps roles to serials (the metadata's); ``fps`` from the config wins, None
     measures it from the control timestamps.
     """
+    num_frames = h5.num_steps(limits)
     cartesian = h5.array(CARTESIAN_KEY, (None, 6))
-    num_frames = cartesian.shape[0]
-    if num_frames == 0:
-        raise h5.fail(f"{CARTESIAN_KEY} has no steps")
     gripper = h5.array(GRIPPER_KEY, (num_frames,), squeeze_last=True)
+    try:
+        plausibility = check_motion(cartesian, gripper, limits)
+    except ImplausibleTrajectory as exc:
+        raise h5.fail(str(exc)) from exc
     camera_types = h5.check_camera_roles(serials)
     wrist = serials.get("wrist")
     wrist_extrinsics = wrist_offset = None
@@ -201,6 +229,7 @@ def read_trajectory(h5: TrajectoryFile, serials: Mapping[str, str], metadata: Ma
         rate, rate_source = float(fps), "config"
     else:
         rate, rate_source = h5.control_rate(num_frames)
+    control_timestamps = _check_control_timestamps(h5, num_frames, limits, warnings)
     low, high = float(gripper.min()), float(gripper.max())
     if low < -GRIPPER_RANGE_SLACK or high > 1.0 + GRIPPER_RANGE_SLACK:
         warnings.append(f"gripper_position spans [{low:.4f}, {high:.4f}] beyond [0, 1]; clipped by the "
@@ -210,7 +239,30 @@ def read_trajectory(h5: TrajectoryFile, serials: Mapping[str, str], metadata: Ma
         raise EpisodeError(h5.episode_id, h5.step, f"metadata trajectory_length {expected} differs from "
                            f"{num_frames} steps in {h5.name}")
     return Trajectory(cartesian, gripper, wrist_extrinsics, wrist_offset, rate, rate_source, warnings,
-                      camera_types)
+                      camera_types, plausibility, control_timestamps)
+
+
+def _check_control_timestamps(h5: TrajectoryFile, num_frames: int, limits: PlausibilityConfig,
+                              warnings: list[str]) -> dict[str, Any] | None:
+    """Repeated and backward control timestamps, counted (None without control timestamps);
+    beyond ``limits.max_bad_timestamp_fraction`` the step fails. Stamps the rate does not need
+    (fps from the config) that cannot be read are a warning."""
+    key = h5.control_timestamp_key()
+    if key is None:
+        return None
+    try:
+        stamps = h5.array(key, (num_frames,), squeeze_last=True)
+    except EpisodeError as exc:
+        warnings.append(f"control timestamps not checked: {exc.cause}")
+        return {"key": key, "unusable": exc.cause}
+    try:
+        report = check_control_timestamps(stamps, key, limits)
+    except ImplausibleTrajectory as exc:
+        raise h5.fail(str(exc)) from exc
+    warning = timestamp_warning(report)
+    if warning is not None:
+        warnings.append(warning)
+    return report
 
 
 def read_joint_positions(h5: TrajectoryFile, num_frames: int) -> np.ndarray:

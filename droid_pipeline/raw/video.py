@@ -82,13 +82,22 @@ def iter_frames(path: os.PathLike | str, fmt: str = "rgb24") -> Generator[tuple[
 def frame_indices(path: os.PathLike | str) -> np.ndarray:
     """Sorted positions of the recording's frames, numbered as :func:`iter_frames` numbers them,
     from the packets' timestamps alone (demuxed, nothing decoded): the steps a video has a frame
-    for. Equal positions (timestamps that do not advance) raise VideoError."""
+    for. Equal positions (timestamps that do not advance) raise VideoError.
+
+    Only frames whose data is in the file count: a packet the demuxer could read only in part
+    (FFmpeg flags it corrupt) or that would end beyond the end of the file is left out, so an MP4
+    cut short after its index (``+faststart`` puts the index first, listing every frame) has as
+    many frames here as it really holds, not as its index lists.
+    """
     import av
 
+    size = os.path.getsize(path)
     with _open(path) as container:
         stream = _video_stream(container, path)
         try:
-            stamps = [packet.pts for packet in container.demux(stream) if packet.size > 0]
+            stamps = [packet.pts for packet in container.demux(stream)
+                      if packet.size > 0 and not packet.is_corrupt
+                      and (packet.pos is None or packet.pos < 0 or packet.pos + packet.size <= size)]
         except av.FFmpegError as exc:
             raise VideoError(f"{path}: cannot demux video stream: {exc}") from exc
         known = [pts for pts in stamps if pts is not None]

@@ -195,7 +195,7 @@ def extract_depth(config: Config, episode: Episode, output_dir: os.PathLike | st
     output_dir = Path(output_dir)
     raw = RawEpisode.load(episode, config.droid_root, STEP)
     with raw.trajectory() as h5:
-        num_steps = h5.num_steps()
+        num_steps = h5.num_steps(config.plausibility)
         try:
             control_rate: tuple[float, str] | None = h5.control_rate(num_steps)
         except EpisodeError:

@@ -33,6 +33,7 @@ from scipy.spatial.transform import Rotation
 from droid_pipeline.core.config import CalibrationQualityConfig, Config
 from droid_pipeline.core.errors import EpisodeError
 from droid_pipeline.formats.calibration_files import (
+    INDEX_DIR_NAME,
     CalibrationFileError,
     Cam2BaseEntry,
     CameraEntry,
@@ -44,8 +45,6 @@ from droid_pipeline.geometry.poses import invert, pose6_to_matrix
 from droid_pipeline.raw.trajectory import CAMERA_EXTRINSICS_GROUP, Trajectory
 
 STEP = "tracks"   # camera poses are resolved within the tracks step
-# Indexes of the published calibration files live here, under output_root.
-INDEX_DIR_NAME = ".calibration_index"
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,11 @@ Sources, tried in the order of ``intrinsics_sources`` (or ``sources``); the firs
 sane result is written to ``recordings/<serial>/intrinsics.json`` with its name as ``source``:
 
 - ``published``: DROID's intrinsics file (``intrinsics_path``), ``{episode_id: {serial: v}}``
-  with ``v = [fx, cx, fy, cy]`` or ``{"cameraMatrix": [fx, cx, fy, cy], "width", "height"}``.
+  with ``v = [fx, cx, fy, cy]`` or ``{"cameraMatrix": [fx, cx, fy, cy], "width", "height"}``,
+  looked up by exact id through the index :mod:`droid_pipeline.formats.calibration_files` keeps of
+  each version of the file. A file that cannot be read or parsed is an error naming the file and
+  the parse error, never a reason to try the next source (a run checks it once, before any
+  episode).
 - ``h5``: ``observation/camera_intrinsics/<serial>_left`` (T, 3, 3) in trajectory.h5.
 - ``zed_conf``: the factory calibration ``SN<serial>.conf`` in ``zed_calibration_dir``,
   rectified as the ZED SDK does (:mod:`droid_pipeline.raw.zed_conf`); also gives the baseline and
@@ -21,11 +25,8 @@ next one is tried.
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import os
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ import numpy as np
 from droid_pipeline.core.config import Config
 from droid_pipeline.core.errors import EpisodeError
 from droid_pipeline.core.schema import INTRINSICS
+from droid_pipeline.formats.calibration_files import INDEX_DIR_NAME, CalibrationFileError, lookup
 from droid_pipeline.formats.intrinsics import SOURCES, IntrinsicsError, IntrinsicsRecord, SourceAttempt
 from droid_pipeline.raw import zed_adapter
 from droid_pipeline.raw.discovery import Episode
@@ -52,6 +54,10 @@ log = logging.getLogger(__name__)
 
 class SourceFailed(Exception):
     """One source gave no usable intrinsics for a camera; the message says why."""
+
+
+class NoIntrinsics(EpisodeError):
+    """No source gave a camera's intrinsics (``allow_missing_intrinsics`` may leave it out)."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +94,7 @@ def extract_intrinsics(config: Config, episode: Episode, output_dir: os.PathLike
         context = CameraContext(config, raw, serial, _camera_video(raw, serial))
         try:
             records[serial] = _first_working_source(context, order)
-        except EpisodeError as exc:
+        except NoIntrinsics as exc:
             if not config.allow_missing_intrinsics:
                 raise
             log.warning("%s (left out: allow_missing_intrinsics is true)", exc)
@@ -119,7 +125,8 @@ def _first_working_source(context: CameraContext, order: Sequence[str]) -> Intri
                         context.serial, attempt.source, attempt.error)
         return record.with_attempts(attempts)
     tried = "; ".join(f"{a.source}: {a.error}" for a in attempts)
-    raise context.raw.fail(f"camera {context.serial} ({context.role}): no intrinsics source worked ({tried})")
+    raise NoIntrinsics(context.raw.episode_id, context.raw.step,
+                       f"camera {context.serial} ({context.role}): no intrinsics source worked ({tried})")
 
 
 def _check_size(record: IntrinsicsRecord, video: CameraVideo | None) -> None:
@@ -152,7 +159,10 @@ def _from_published(context: CameraContext) -> IntrinsicsRecord:
     if path is None:
         raise SourceFailed("intrinsics_path is not set")
     size = _require_video(context)
-    entry = _published_entry(Path(path), context.raw.episode_id)
+    try:
+        entry = lookup(path, context.raw.episode_id, context.config.output_root / INDEX_DIR_NAME, "intrinsics")
+    except CalibrationFileError as exc:
+        raise context.raw.fail(f"camera {context.serial} ({context.role}): published: {exc}") from exc
     if entry is None:
         raise SourceFailed(f"episode not in {path}")
     if not isinstance(entry, dict):
@@ -173,48 +183,6 @@ def _from_published(context: CameraContext) -> IntrinsicsRecord:
         raise SourceFailed(f"{path}: serial {context.serial}: expected [fx, cx, fy, cy], got {value!r}")
     fx, cx, fy, cy = (float(v) for v in value)
     return _record(context, "published", str(path), fx, fy, cx, cy, *size)
-
-
-def _published_entry(path: Path, episode_id: str) -> Any:
-    """The published file's value for one episode id, ``None`` if the id is not a key.
-
-    DROID's file holds ~92k episodes (about 15 MB, ~0.3 s to parse whole). When the quoted id
-    occurs exactly once followed by ``:``, only the value after it is decoded (~5 ms); in any
-    other case the whole file is parsed and looked up exactly. The last few answers are kept
-    while the file is unchanged, so an episode's cameras read it once.
-    """
-    try:
-        stat = path.stat()
-    except OSError as exc:
-        raise SourceFailed(f"cannot read {path}: {exc.strerror}") from exc
-    return _read_published_entry(path, episode_id, stat.st_mtime_ns, stat.st_size)
-
-
-@functools.lru_cache(maxsize=4)
-def _read_published_entry(path: Path, episode_id: str, mtime_ns: int, size: int) -> Any:
-    """:func:`_published_entry` for one version (mtime, size) of the file."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise SourceFailed(f"cannot read {path}: {exc.strerror}") from exc
-    if not data.lstrip().startswith(b"{"):
-        raise SourceFailed(f"{path}: expected a JSON object keyed by episode id")
-    keys = list(re.finditer(re.escape(json.dumps(episode_id).encode()) + rb"\s*:", data))
-    if not keys:
-        return None
-    if len(keys) == 1:
-        try:
-            text = data[keys[0].end():].decode("utf-8")
-            return json.JSONDecoder().raw_decode(text, len(text) - len(text.lstrip()))[0]
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            pass  # reported with its position by the full parse below
-    try:
-        table = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SourceFailed(f"cannot read {path}: {exc}") from exc
-    if not isinstance(table, dict):
-        raise SourceFailed(f"{path}: expected a JSON object keyed by episode id")
-    return table.get(episode_id)
 
 
 def _from_h5(context: CameraContext) -> IntrinsicsRecord:

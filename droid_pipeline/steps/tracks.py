@@ -109,7 +109,7 @@ def generate_tracks(config: Config, episode: Episode, output_dir: os.PathLike | 
     episode_id = episode.episode_id
     raw = RawEpisode.load(episode, config.droid_root, STEP)
     with raw.trajectory() as h5:
-        trajectory = read_trajectory(h5, episode.serials, raw.metadata, config.fps)
+        trajectory = read_trajectory(h5, episode.serials, raw.metadata, config.fps, config.plausibility)
         joint_positions = read_joint_positions(h5, trajectory.num_frames) if config.occlusion.enabled else None
     warnings = list(trajectory.warnings)
     videos = _check_video_frames(raw, trajectory.num_frames, config.video_frame_mismatch, warnings)
@@ -154,9 +154,10 @@ def configured_mount(config: Config) -> GripperMount:
 def _check_video_frames(raw: RawEpisode, num_frames: int, policy: VideoFrameMismatchConfig,
                         warnings: list[str]) -> dict[str, VideoFrames | None]:
     """Each camera's MP4 against the T steps under ``policy`` (None where the camera has no MP4,
-    a warning). Within the tolerance, the steps without a frame come from the frames' timestamps
-    (as the depth step and the renderer number them); beyond it, or with action fail, the episode
-    fails. An MP4 of exactly T frames is aligned."""
+    a warning). Frames are counted from the packets whose data is in the file, not from the
+    MP4's index, so a file cut short is a frame mismatch. Within the tolerance, the steps without
+    a frame come from the frames' timestamps (as the depth step and the renderer number them);
+    beyond it, or with action fail, the episode fails. An MP4 of exactly T frames is aligned."""
     videos: dict[str, VideoFrames | None] = {}
     for role, serial in raw.episode.serials.items():
         try:
@@ -167,19 +168,23 @@ def _check_video_frames(raw: RawEpisode, num_frames: int, policy: VideoFrameMism
             videos[serial] = None
             warnings.append(f"{role} camera {serial}: no MP4, frame count not checked")
             continue
-        count, name = video.info.num_frames, video.path.name
-        if count == num_frames:
+        try:
+            indices = frame_indices(video.path)  # the frames whose data is in the file
+        except VideoError as exc:
+            raise raw.fail(str(exc)) from exc
+        listed, count, name = video.info.num_frames, int(indices.size), video.path.name
+        if count == num_frames and (count == listed or np.array_equal(indices, np.arange(num_frames))):
             videos[serial] = VideoFrames(name, count, [], 0)
+            if count != listed:
+                warnings.append(f"{role} camera {serial}: {name} holds {count} frames, one per step, though its "
+                                f"index lists {listed} (cut short after the last step)")
             continue
-        mismatch = f"{name} has {count} frames but trajectory.h5 has {num_frames} steps"
+        cut = f" (its index lists {listed}: truncated or damaged)" if count < listed else ""
+        mismatch = f"{role} camera {serial}: {name} has {count} frames{cut} but trajectory.h5 has {num_frames} steps"
         if policy.action == "fail":
             raise raw.fail(f"{mismatch} (video_frame_mismatch.action is fail)")
         if abs(count - num_frames) > policy.tolerance_frames:
             raise raw.fail(f"{mismatch}, more than video_frame_mismatch.tolerance_frames = {policy.tolerance_frames}")
-        try:
-            indices = frame_indices(video.path)
-        except VideoError as exc:
-            raise raw.fail(str(exc)) from exc
         missing = np.setdiff1d(np.arange(num_frames), indices).tolist()
         extra = int(np.count_nonzero((indices < 0) | (indices >= num_frames)))
         if max(len(missing), extra) > policy.tolerance_frames:
@@ -189,7 +194,7 @@ def _check_video_frames(raw: RawEpisode, num_frames: int, policy: VideoFrameMism
         videos[serial] = VideoFrames(name, count, missing, extra)
         effects = ([f"no frame for step(s) {', '.join(map(str, missing))}, invisible there"] if missing else []) \
             + ([f"{extra} frame(s) beyond the last step ignored"] if extra else [])
-        warnings.append(f"{role} camera {serial}: {mismatch}: {'; '.join(effects)}")
+        warnings.append(f"{mismatch}: {'; '.join(effects)}")
     return videos
 
 
@@ -463,6 +468,8 @@ def _quality(config: Config, raw: RawEpisode, trajectory: Trajectory, gripper: G
         "num_frames": trajectory.num_frames,
         "fps": trajectory.fps,
         "fps_source": trajectory.fps_source,
+        "plausibility": trajectory.plausibility,
+        "control_timestamps": trajectory.control_timestamps,
         "video_frames": {s: None if v is None else v.frame_count for s, v in videos.items()},
         "video_alignment": {s: None if v is None else v.quality() for s, v in videos.items()},
         "camera_types": dict(trajectory.camera_types),
