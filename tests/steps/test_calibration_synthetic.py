@@ -218,5 +218,5 @@ def test_mp4_three_frames_short_fails(dataset: DatasetInfo, tmp_path: Path) -> N
     with pytest.raises(EpisodeError) as info:
         run(data, write_config(data, split_files(data)), "short")
     assert info.value.step == "tracks"
-    assert info.value.cause == (f"ext1 camera {ext1}: {ext1}.mp4 has {FRAMES - 3} frames but trajectory.h5 has {FRAMES} steps, more "
-                                "than video_frame_mismatch.tolerance_frames = 2")
+    assert info.value.cause == (f"ext1 camera {ext1}: {ext1}.mp4 has {FRAMES - 3} frames but trajectory.h5 has "
+                                f"{FRAMES} steps, more than video_frame_mismatch.tolerance_frames = 2")
