@@ -345,14 +345,8 @@ def test_a_full_run_root_still_prints_the_summary_and_publishes_nothing_unfinish
 
 # ---------------------------------------------------------------- memory of long episodes
 
-UNBOUNDED_TRACKS = pytest.mark.xfail(
-    strict=True, reason="the tracks step computes the normalized flow and the projections whole, in float64: "
-                        "about 6x the arrays it writes from T = 3000 on (docs/reliability.md)")
-
-
 @faults
-@pytest.mark.parametrize("steps", [300, pytest.param(3000, marks=UNBOUNDED_TRACKS),
-                                   pytest.param(20000, marks=UNBOUNDED_TRACKS)])
+@pytest.mark.parametrize("steps", [300, 3000, 20000])
 def test_memory_of_long_episodes_stays_within_the_bound(dataset, tmp_path, steps):
     # The long episode and one that fails at its first step, whose peak is the baseline: an
     # episode process forked from the warm worker that did next to nothing.
