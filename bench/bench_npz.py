@@ -1,6 +1,7 @@
 """Speed and bytes of ways to write a tracks.npz: NumPy's savez_compressed against the project's
-parallel writer at several deflate levels, strategies and thread counts, on the arrays of a real
-tracks step output (default: a 300-step synthetic episode made by bench_tracks.py --keep DIR).
+parallel writer at several deflate levels, strategies, engines (zlib, and ISA-L when the package
+isal is installed) and thread counts, on the arrays of a real tracks step output (default: a
+300-step synthetic episode made by bench_tracks.py --keep DIR).
 
     .venv/bin/python bench/bench_npz.py --npz DIR_OR_FILE [--repeats 5]
 
@@ -11,6 +12,7 @@ way's output is loaded back with np.load(allow_pickle=False) and compared array 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import statistics
 import sys
@@ -46,6 +48,21 @@ def ways(arrays: dict[str, np.ndarray]) -> dict[str, Callable[[io.BytesIO], None
     for threads in (1, 2):
         table[f"write_npz Huffman-only >= 4 MiB, level 1 rest, {threads} thread(s)"] = (
             lambda fh, threads=threads: write_npz(fh, arrays, deflate=huffman_for_large, threads=threads))
+    if importlib.util.find_spec("isal") is None:
+        print("the package isal is not installed: the isal engine's rows are left out")
+        return table
+
+    def zlib_for_large(key: str, array: object) -> Deflate:
+        return Deflate(1) if key in largest else Deflate(3, engine="isal")
+
+    for level in (1, 2, 3):
+        for threads in (1, 2):
+            table[f"write_npz isal level {level}, {threads} thread(s)"] = (
+                lambda fh, level=level, threads=threads: write_npz(fh, arrays, deflate=Deflate(level, engine="isal"),
+                                                                   threads=threads))
+    for threads in (1, 2):
+        table[f"write_npz zlib level 1 >= 4 MiB, isal level 3 rest, {threads} thread(s)"] = (
+            lambda fh, threads=threads: write_npz(fh, arrays, deflate=zlib_for_large, threads=threads))
     return table
 
 

@@ -11,6 +11,7 @@ of the defaults and of ``--set`` resolve against the working directory.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import types
 import typing
@@ -95,6 +96,14 @@ class OcclusionConfig:
 
 
 @dataclass(frozen=True)
+class NpzConfig:
+    """How tracks.npz and extrinsics.npz are deflated (formats/npz.py)."""
+
+    engine: Literal["zlib", "isal"] = _field()
+    level: int = _field(min=0, max=9)
+
+
+@dataclass(frozen=True)
 class SlurmConfig:
     partition: str | None = _field()
     time: str = _field()
@@ -175,6 +184,7 @@ class Config:
     plausibility: PlausibilityConfig = _field()
     gripper: GripperConfig = _field()
     occlusion: OcclusionConfig = _field()
+    npz: NpzConfig = _field()
 
     depth_backend: Literal["zed", "stereo"] = _field()
     zed_depth_mode: Literal["NEURAL", "NEURAL_PLUS", "NEURAL_LIGHT", "ULTRA", "QUALITY",
@@ -253,7 +263,20 @@ def load_config(config_files: list[str | os.PathLike] | tuple = (),
                           f"cam2base_extrinsics_paths (set by {origin.get('cam2base_extrinsics_paths')}) are "
                           "both set: list every file in cam2base_extrinsics_paths and set "
                           "cam2base_extrinsics_path to null")
+    _check_npz(config.npz, origin)
     return config
+
+
+def _check_npz(npz: NpzConfig, origin: dict[str, str]) -> None:
+    """The isal engine's levels stop at 3, and it needs its package (checked before any episode)."""
+    if npz.engine != "isal":
+        return
+    if npz.level > 3:
+        raise ConfigError(f"{origin.get('npz.level', 'config')}: key 'npz.level' must be <= 3 with npz.engine "
+                          f"isal, got {npz.level}")
+    if importlib.util.find_spec("isal") is None:
+        raise ConfigError(f"{origin.get('npz.engine', 'config')}: npz.engine is isal but the package isal is "
+                          "not installed (pip install isal, or the extra droid-pipeline[fast])")
 
 
 def dump_config(config: Config, path: Path) -> None:

@@ -57,7 +57,8 @@ from droid_pipeline.raw.discovery import OUTCOMES, Episode, EpisodeIndex, build_
 if TYPE_CHECKING:
     from droid_pipeline.publish.ledger import Ledger
 
-MAX_BATCH = 8
+# Episodes per worker process at most: its start-up (about 0.6 s) then costs 0.01 s per episode.
+MAX_BATCH = 64
 # The config key naming each kind of published file, for errors.
 PUBLISHED_FILE_KEYS = {"cam2base": "cam2base_extrinsics_paths", "cam2cam": "cam2cam_extrinsics_path",
                        "intrinsics": "intrinsics_path"}
@@ -381,7 +382,7 @@ def _submit_slurm(spec: PipelineSpec, config: Config, plan: RunPlan, todo: list[
 
 
 def batch_size(todo: int, workers: int, requested: int | None) -> int:
-    """Episodes per worker process: amortizes interpreter and import start-up (about 2 s) while
+    """Episodes per worker process: amortizes interpreter and import start-up (about 0.6 s) while
     leaving each worker about four batches, so the last ones end close together."""
     if requested is not None:
         if requested < 1:

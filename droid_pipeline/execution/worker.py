@@ -80,6 +80,9 @@ STEP_FUNCTIONS = {
     "depth": ("droid_pipeline.steps.depth", "extract_depth"),
     "tracks": ("droid_pipeline.steps.tracks", "generate_tracks"),
 }
+# The libraries each step imports where it uses them (so a command's start stays light), imported
+# by the warm worker too: about 0.08 s that no episode process pays again.
+STEP_LIBRARIES = {"intrinsics": ("h5py", "av"), "depth": ("h5py", "av"), "tracks": ("h5py", "av")}
 # Exit codes of an episode process, read by its worker: its row written (0-2), or not (4-6).
 _EPISODE_EXIT = {0: AttemptStatus.DONE, 1: AttemptStatus.FAILED, 2: AttemptStatus.INTERRUPTED}
 _EXIT_OF_STATUS = {status: code for code, status in _EPISODE_EXIT.items()}
@@ -357,16 +360,17 @@ def _warm_worker(slot: WorkerSlot, batch: list[tuple[int, Episode]], signals: _S
 
 
 def _preload(spec: PipelineSpec) -> None:
-    """Import the step modules once, so every forked episode process starts warm.
+    """Import the step modules and their libraries once, so every forked episode process starts warm.
 
     A module that cannot be imported is left alone here: the episode process imports it again
     and records the error as that step's failure.
     """
     for step in spec.steps:
-        try:
-            importlib.import_module(STEP_FUNCTIONS[step][0])
-        except Exception:  # noqa: BLE001 - reported per episode, see docstring
-            continue
+        for module in (STEP_FUNCTIONS[step][0], *STEP_LIBRARIES[step]):
+            try:
+                importlib.import_module(module)
+            except Exception:  # noqa: BLE001 - reported per episode, see docstring
+                continue
 
 
 def _prctl(option: int, value: int) -> None:

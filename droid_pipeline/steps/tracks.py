@@ -34,7 +34,7 @@ from droid_pipeline.core.errors import EpisodeError
 from droid_pipeline.core.schema import DEPTH, DEPTH_META, EXTRINSICS, INTRINSICS, QUALITY, SCHEMA_VERSION, TRACKS
 from droid_pipeline.formats.depth_codec import DepthCodecError, DepthMeta
 from droid_pipeline.formats.intrinsics import IntrinsicsError, IntrinsicsRecord
-from droid_pipeline.formats.npz import StreamedArray, save_npz_atomic
+from droid_pipeline.formats.npz import Deflate, StreamedArray, save_npz_atomic
 from droid_pipeline.geometry.normalize import (
     ArcLengthSampling,
     arc_length_sampling,
@@ -134,8 +134,9 @@ def generate_tracks(config: Config, episode: Episode, output_dir: os.PathLike | 
     extrinsics_arrays = schema.EXTRINSICS_NPZ.build({"schema_version": SCHEMA_VERSION, **extrinsics.arrays()},
                                                     sizes)
     quality = _quality(config, raw, trajectory, gripper, extrinsics, steps, sampling, videos, depth, warnings)
-    save_npz_atomic(output_dir / TRACKS.path, tracks)
-    save_npz_atomic(output_dir / EXTRINSICS.path, extrinsics_arrays)
+    deflate = Deflate(config.npz.level, engine=config.npz.engine)
+    save_npz_atomic(output_dir / TRACKS.path, tracks, deflate=deflate)
+    save_npz_atomic(output_dir / EXTRINSICS.path, extrinsics_arrays, deflate=deflate)
     write_json_atomic(output_dir / QUALITY.path, quality)
     for warning in warnings:
         log.warning("episode %s: %s", episode_id, warning)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -85,6 +86,8 @@ def test_unknown_key_names_key_and_file(tmp_path: Path, text: str, key: str):
     ("min_depth.wrist=-0.1", "min_depth.wrist"),
     ("ffv1=3", "ffv1"),
     ("delete_after_upload=1", "delete_after_upload"),
+    ("npz.engine=brotli", "npz.engine"),
+    ("npz.level=10", "npz.level"),
 ])
 def test_wrong_types_and_ranges_name_the_key(override: str, key: str):
     with pytest.raises(ConfigError) as info:
@@ -169,3 +172,17 @@ def test_new_groups_round_trip(tmp_path: Path):
                                     "gripper.mount_xyz_m=[0, 0, 0.0102]", "cam2base_extrinsics_paths=[a.json]"])
     dump_config(config, tmp_path / "effective.yaml")
     assert load_config([tmp_path / "effective.yaml"]) == config
+
+
+def test_the_isal_engine_takes_levels_up_to_3():
+    assert load_config(overrides=["npz.engine=isal", "npz.level=3"]).npz.level == 3
+    with pytest.raises(ConfigError, match=r"--set npz.level: key 'npz.level' must be <= 3 with npz.engine isal"):
+        load_config(overrides=["npz.engine=isal", "npz.level=6"])
+
+
+def test_the_isal_engine_without_its_package_fails_at_load(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "isal" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"npz.engine is isal but the package isal is not installed"):
+        load_config(overrides=["npz.engine=isal"])
+    assert load_config().npz.engine == "zlib"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import shutil
 import subprocess
+import sys
 import tracemalloc
 import zipfile
 import zlib
@@ -56,16 +57,20 @@ def assert_same(data: bytes, arrays: dict[str, np.ndarray]) -> None:
     {"deflate": Deflate(1, zlib.Z_HUFFMAN_ONLY), "threads": 2},
     {"deflate": Deflate(0), "threads": 2},
     {"deflate": lambda key, array: Deflate(0 if key == "walk" else 9), "threads": 2},
+    {"deflate": Deflate(1, engine="isal"), "threads": 1},
+    {"deflate": Deflate(3, engine="isal"), "threads": 3, "chunk_bytes": WINDOW_BYTES},
+    {"deflate": lambda key, array: Deflate(3, engine="isal") if key == "walk" else Deflate(1), "threads": 2},
 ])
 def test_np_load_reads_back_every_array_exactly(options):
     arrays = sample_arrays()
     assert_same(written(arrays, **options), arrays)
 
 
-def test_each_member_is_the_npy_numpy_writes_and_the_archive_checks_with_zipfile_and_unzip(tmp_path):
+@pytest.mark.parametrize("engine", ["zlib", "isal"])
+def test_each_member_is_the_npy_numpy_writes_and_the_archive_checks_with_zipfile_and_unzip(tmp_path, engine):
     arrays = sample_arrays()
     path = tmp_path / "tracks.npz"
-    path.write_bytes(written(arrays, threads=3, chunk_bytes=WINDOW_BYTES))
+    path.write_bytes(written(arrays, deflate=Deflate(1, engine=engine), threads=3, chunk_bytes=WINDOW_BYTES))
     with zipfile.ZipFile(path) as archive:
         assert archive.testzip() is None
         for key, array in arrays.items():
@@ -79,11 +84,31 @@ def test_each_member_is_the_npy_numpy_writes_and_the_archive_checks_with_zipfile
     assert result.returncode == 0 and "No errors detected" in result.stdout, result.stdout + result.stderr
 
 
-def test_chunks_are_primed_so_parallel_deflate_costs_almost_no_ratio():
+@pytest.mark.parametrize("engine", ["zlib", "isal"])
+def test_chunks_are_primed_so_parallel_deflate_costs_almost_no_ratio(engine):
     arrays = {"walk": sample_arrays()["walk"]}
-    one = len(written(arrays, threads=1, chunk_bytes=1 << 30))
-    many = len(written(arrays, threads=4, chunk_bytes=WINDOW_BYTES * 4))
+    one = len(written(arrays, deflate=Deflate(1, engine=engine), threads=1, chunk_bytes=1 << 30))
+    many = len(written(arrays, deflate=Deflate(1, engine=engine), threads=4, chunk_bytes=WINDOW_BYTES * 4))
     assert many <= one * 1.002
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ({"level": 4, "engine": "isal"}, "isal deflate level must be 0..3, got 4"),
+    ({"level": 10}, "zlib deflate level must be 0..9, got 10"),
+    ({"engine": "brotli"}, "deflate engine must be one of zlib, isal, got 'brotli'"),
+    ({"engine": "isal", "strategy": zlib.Z_HUFFMAN_ONLY}, "the isal engine has no deflate strategies"),
+])
+def test_settings_outside_an_engine_are_refused(setting, message):
+    with pytest.raises(ValueError, match=message):
+        Deflate(**setting)
+
+
+def test_a_missing_isal_package_fails_before_anything_is_written(monkeypatch):
+    monkeypatch.setitem(sys.modules, "isal", None)   # import isal raises ImportError
+    buffer = io.BytesIO()
+    with pytest.raises(ImportError, match=r"pip install isal"):
+        write_npz(buffer, {"x": np.zeros(3)}, deflate=Deflate(1, engine="isal"))
+    assert buffer.getvalue() == b""
 
 
 def test_a_streamed_array_gives_the_same_archive_member_as_the_whole_array():

@@ -813,3 +813,24 @@ def test_changed_mount_rotation_follows_the_urdf_joint(tmp_path: Path) -> None:
     xyz, rpy = [0.0, 0.002, 0.0102], [0.03, -0.02, 1.5]
     built.run(f"gripper.mount_xyz_m={xyz}", f"gripper.mount_rpy={rpy}")
     check_against_urdf(built.tracks(), urdf_with_mount(tmp_path, xyz, rpy))
+
+
+def test_blocks_and_deflate_engines_change_no_array(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Block-wise computation (blocks of 7 steps or samples here) and either deflate engine write
+    exactly the arrays of one whole-episode block through zlib."""
+    from droid_pipeline.steps import tracks as tracks_step
+
+    built = build_episode(tmp_path)
+    monkeypatch.setattr(tracks_step, "BLOCK_POINTS", 1 << 30)
+    built.run()
+    whole = {"tracks": built.tracks(), "extrinsics": built.extrinsics()}
+    assert len(whole["tracks"]["normalized_tracks_3d"]) > 7
+    for blocks, overrides in [(7 * 480, ()), (1 << 30, ("npz.engine=isal", "npz.level=3")),
+                              (5 * 480, ("npz.engine=isal", "npz.level=1")), (1 << 30, ("npz.level=0",))]:
+        monkeypatch.setattr(tracks_step, "BLOCK_POINTS", blocks)
+        built.run(*overrides)
+        for name, arrays in {"tracks": built.tracks(), "extrinsics": built.extrinsics()}.items():
+            assert arrays.keys() == whole[name].keys()
+            for key, array in arrays.items():
+                assert array.dtype == whole[name][key].dtype, (blocks, overrides, key)
+                np.testing.assert_array_equal(array, whole[name][key], err_msg=f"{blocks} {overrides} {key}")
