@@ -74,7 +74,8 @@ from droid_pipeline.raw.discovery import Episode
 log = logging.getLogger("droid_pipeline.execution.runner")
 
 SLOT_VAR = "DROID_WORKER_SLOT"
-# Step name -> (module, function(config, episode, output_dir)); imported only when run.
+# Step name -> (module, function(config, episode, output_dir)); imported only when run. A step
+# module may also define warm_up(config), which the warm worker calls once before forking.
 STEP_FUNCTIONS = {
     "intrinsics": ("droid_pipeline.steps.intrinsics", "extract_intrinsics"),
     "depth": ("droid_pipeline.steps.depth", "extract_depth"),
@@ -347,7 +348,7 @@ def _recorded_status(slot: WorkerSlot, row: TimingRow) -> AttemptStatus | None:
 def _warm_worker(slot: WorkerSlot, batch: list[tuple[int, Episode]], signals: _Signals, report: _Report) -> int:
     """Import the steps, then run the batch's episodes one after the other, each in a forked process."""
     stop = EXIT_INTERRUPTED if slot.debug else EXIT_WORKER_STOP
-    _preload(slot.spec)
+    _preload(slot)
     failed = False
     for index, episode in batch:
         if signals.pending:
@@ -359,18 +360,26 @@ def _warm_worker(slot: WorkerSlot, batch: list[tuple[int, Episode]], signals: _S
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def _preload(spec: PipelineSpec) -> None:
-    """Import the step modules and their libraries once, so every forked episode process starts warm.
+def _preload(slot: WorkerSlot) -> None:
+    """Import the step modules and their libraries once and warm each step up with the run's
+    config, so every forked episode process starts warm.
 
-    A module that cannot be imported is left alone here: the episode process imports it again
-    and records the error as that step's failure.
+    What fails here is left alone: the episode process imports (or builds) it again and records
+    the error as that step's failure.
     """
-    for step in spec.steps:
-        for module in (STEP_FUNCTIONS[step][0], *STEP_LIBRARIES[step]):
-            try:
-                importlib.import_module(module)
-            except Exception:  # noqa: BLE001 - reported per episode, see docstring
-                continue
+    try:
+        config = load_config([slot.run_dir / "config.yaml"])
+    except Exception:  # noqa: BLE001 - reported per episode, see docstring
+        config = None
+    for step in slot.spec.steps:
+        try:
+            for library in STEP_LIBRARIES[step]:
+                importlib.import_module(library)
+            warm_up = getattr(importlib.import_module(STEP_FUNCTIONS[step][0]), "warm_up", None)
+            if config is not None and warm_up is not None:
+                warm_up(config)
+        except Exception:  # noqa: BLE001 - reported per episode, see docstring
+            continue
 
 
 def _prctl(option: int, value: int) -> None:

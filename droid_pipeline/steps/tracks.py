@@ -49,6 +49,7 @@ from droid_pipeline.raw.trajectory import Trajectory, read_joint_positions, read
 from droid_pipeline.raw.video import VideoError, frame_indices
 from droid_pipeline.robot.gripper import GripperModel
 from droid_pipeline.robot.kinematics import GripperMount
+from droid_pipeline.robot.occlusion import RobotOcclusion
 from droid_pipeline.steps.extrinsics import CalibrationSources, EpisodeExtrinsics, camera_poses
 from droid_pipeline.steps.occlusion_labels import CameraSetup, CameraView, EpisodeOcclusion, OcclusionLabeller
 
@@ -145,6 +146,14 @@ def generate_tracks(config: Config, episode: Episode, output_dir: os.PathLike | 
             "num_frames": trajectory.num_frames, "num_points": num_points,
             "num_normalized_steps": sampling.num_samples, "path_length_mm": sampling.path_length_mm,
             "cameras_with_2d_tracks": list(steps.cameras), "files": files, "warnings": warnings}
+
+
+def warm_up(config: Config) -> None:
+    """Build the models every episode shares (the gripper on its mount; the robot's meshes when
+    occlusion is labelled), so episode processes forked afterwards find them built."""
+    GripperModel.load(configured_mount(config))
+    if config.occlusion.enabled:
+        RobotOcclusion.load()
 
 
 def configured_mount(config: Config) -> GripperMount:

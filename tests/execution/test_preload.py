@@ -1,8 +1,9 @@
-"""The warm worker imports every library a step imports where it uses it.
+"""What the warm worker prepares before it forks episode processes.
 
 Each step runs in a fresh interpreter that has imported only the step's module; the third-party
 packages it imports while it runs must all be in ``STEP_LIBRARIES`` (else every forked episode
-process pays for the import again).
+process pays for the import again). After the tracks step's ``warm_up`` an episode reads no
+packaged asset (URDF, meshes): the models are built once per worker.
 """
 
 from __future__ import annotations
@@ -58,3 +59,28 @@ def test_the_warm_worker_preloads_what_each_step_imports(dataset, tmp_path, step
     assert third_party <= set(STEP_LIBRARIES[step]), f"{step} imports {sorted(third_party)} while it runs"
     if step == "tracks":  # it always reads trajectory.h5 and counts the MP4s' frames
         assert {"h5py", "av"} <= imported
+
+
+WARM_TRACKS = """
+import sys
+from pathlib import Path
+from droid_pipeline.core.config import load_config
+from droid_pipeline.raw.discovery import build_index
+from droid_pipeline.robot import kinematics
+from droid_pipeline.steps import intrinsics, tracks
+config = load_config([sys.argv[1]], [f"output_root={sys.argv[3]}"])
+episode = build_index(config.droid_root, None).get(sys.argv[2])
+output = Path(sys.argv[3]) / "episode"
+intrinsics.extract_intrinsics(config, episode, output)
+tracks.warm_up(config)
+kinematics.resources = None  # any read of the package's assets now fails
+tracks.generate_tracks(config, episode, output)
+print("ok")
+"""
+
+
+def test_after_warm_up_the_tracks_step_builds_no_model_again(dataset, tmp_path):
+    result = subprocess.run([sys.executable, "-c", WARM_TRACKS, str(dataset.config_path),
+                             dataset.episodes[0].episode_id, str(tmp_path)], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
