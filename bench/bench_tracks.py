@@ -2,8 +2,9 @@
 3 cameras, about 2 m of contact-centroid travel. Times the step in-process with and without the
 occlusion labels (``occlusion.enabled``), the labels alone inside the step, and with ``--depth``
 the step again with every camera's true depth written as its depth.mkv (the scene test decodes
-it) and the decoding of those files alone; the step through its command line; and prints the
-bytes written per file and per array. ``--keep DIR --reuse`` takes the episode an earlier run
+it) and the decoding of those files alone; the same with the npz writer's isal engine when the
+package isal is installed; the step through its command line; and prints the bytes written per
+file and per array. ``--keep DIR --reuse`` takes the episode an earlier run
 kept there (rendering a 720p one takes minutes).
 
     .venv/bin/python bench/bench_tracks.py [--frames 300] [--size 320x180] [--repeats 5] [--depth]
@@ -13,6 +14,7 @@ kept there (rendering a 720p one takes minutes).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import json
 import shutil
@@ -28,6 +30,7 @@ import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
+ISAL = ["npz.engine=isal", "npz.level=3"]
 
 from droid_pipeline.core.config import load_config  # noqa: E402
 from droid_pipeline.core.schema import DEPTH, TRACKS  # noqa: E402
@@ -128,6 +131,8 @@ def main() -> int:
                   f"{time.perf_counter() - start:.1f} s")
         config = load_config([info.config_path])
         without = load_config([info.config_path], ["occlusion.enabled=false"])
+        fast = importlib.util.find_spec("isal") is not None  # the npz writer's isal engine, level 3
+        isal = [load_config([info.config_path], [*extra, *ISAL]) for extra in ([], ["occlusion.enabled=false"])]
         episode = build_index(config.droid_root, config.index_path).get(info.episodes[0].episode_id)
         output_dir = config.output_root / episode.relative_path
         extract_intrinsics(config, episode, output_dir)
@@ -144,7 +149,7 @@ def main() -> int:
             write_true_depth(info, depth_dir, float(arrays["fps"]))
             print(f"setup: true depth of every camera encoded in {time.perf_counter() - start:.1f} s")
         runs: dict[str, list[float]] = {"with": [], "without": [], "depth": [], "decoding": [], "savez": [],
-                                        "write_npz": []}
+                                        "write_npz": [], "isal with": [], "isal without": []}
         labels: dict[str, list[float]] = {"with": [], "depth": []}
         with OcclusionTimer() as timer:
             for _ in range(args.repeats):  # interleaved, so all see the same machine load
@@ -158,11 +163,18 @@ def main() -> int:
                     timer.lap()
                     labels["depth"].append(timer.seconds[-1])
                     runs["decoding"] += timed(lambda: decode_all(depth_dir), 1)
+                if fast:
+                    runs["isal without"] += timed(lambda: generate_tracks(isal[1], episode, output_dir), 1)
+                    runs["isal with"] += timed(lambda: generate_tracks(isal[0], episode, output_dir), 1)
+                    timer.lap()
                 runs["savez"] += timed(lambda: np.savez_compressed(io.BytesIO(), **arrays), 1)
                 runs["write_npz"] += timed(lambda: write_npz(io.BytesIO(), arrays), 1)
         command = [sys.executable, str(REPO_ROOT / "generate_tracks_and_metadata.py"), "--config",
                    str(info.config_path), "--episode_id", episode.episode_id]
         cli = timed(lambda: subprocess.run(command, check=True, capture_output=True), max(2, args.repeats // 2))
+        isal_command = [*command, *(item for setting in ISAL for item in ("--set", setting))]
+        isal_cli = timed(lambda: subprocess.run(isal_command, check=True, capture_output=True),
+                         max(2, args.repeats // 2)) if fast else []
 
         rest = statistics.median(runs["with"]) - statistics.median(labels["with"])
         print(f"in-process, whole step, occlusion off:      {describe(runs['without'])}")
@@ -176,9 +188,16 @@ def main() -> int:
                   f"{describe(labels['depth'])}")
             print(f"  decoding the 3 depth.mkv alone, frame by frame:  {describe(runs['decoding'])} "
                   "(the scene test on decoded frames: bench/bench_occlusion.py)")
+        if fast:
+            print(f"in-process, npz.engine isal level 3, occlusion off: {describe(runs['isal without'])}")
+            print(f"in-process, npz.engine isal level 3, occlusion on:  {describe(runs['isal with'])}")
+        else:
+            print("the package isal is not installed: the npz.engine isal rows are left out")
         print(f"  its tracks.npz arrays alone, to memory, by the step's writer: {describe(runs['write_npz'])}")
         print(f"  the same arrays by np.savez_compressed:                      {describe(runs['savez'])}")
         print(f"command line, whole step:        {describe(cli)} (interpreter start and imports included)")
+        if fast:
+            print(f"command line, npz.engine isal 3: {describe(isal_cli)}")
         total_bytes = sum(summary["files"].values())
         for name, size in summary["files"].items():
             print(f"bytes {name:15s} {size:>11,d}")

@@ -88,11 +88,13 @@ def _black_video(template: Path, target: Path, frames: int) -> None:
                     "-y", str(target)], check=True)
 
 
-def measure(config: Path, out: Path) -> tuple[float, float, int]:
+def measure(config: Path, out: Path, steps: int) -> tuple[float, float, int]:
     """(seconds, peak MiB, bytes written) of the intrinsics then the tracks command on the episode."""
     info = load_dataset_info(config.parent)
     episode_id = info.episodes[0].episode_id
-    common = ["--config", str(config), "--episode_id", episode_id, "--output-dir", str(out)]
+    # Beyond the plausibility gate's default T (10,000 steps) on purpose: the gate is raised.
+    common = ["--config", str(config), "--episode_id", episode_id, "--output-dir", str(out),
+              "--set", f"plausibility.max_steps={max(steps, 10000)}"]
     subprocess.run([sys.executable, str(REPO_ROOT / "extract_intrinsics_only.py"), *common], check=True,
                    capture_output=True)
     result = subprocess.run([sys.executable, "-c", LAUNCHER, sys.executable,
@@ -100,7 +102,7 @@ def measure(config: Path, out: Path) -> tuple[float, float, int]:
                             capture_output=True, text=True, check=True)
     code, seconds, peak_kib = result.stdout.split()
     if code != "0":
-        raise SystemExit(f"tracks step failed on {config}")
+        raise SystemExit(f"tracks step failed on {config}: {result.stderr[-2000:]}")
     written = sum(f.stat().st_size for f in out.glob("*.npz")) + (out / "quality.json").stat().st_size
     return float(seconds), int(peak_kib) / 1024, written
 
@@ -121,7 +123,7 @@ def main() -> int:
         for steps in args.steps:
             config = root / "config.yaml" if steps == 300 else stretched(root, steps)
             out = Path(scratch) / f"out-{steps}"
-            seconds, peak, written = measure(config, out)
+            seconds, peak, written = measure(config, out, steps)
             with np.load(out / "tracks.npz") as tracks:
                 raw = sum(tracks[key].nbytes for key in tracks.files)
             print(f"{steps:7d} {seconds:8.2f} {peak:9.0f} {written / 1e6:11.1f} {raw / 1e6:14.1f} "
