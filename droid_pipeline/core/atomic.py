@@ -9,6 +9,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +48,24 @@ def naming_path(path: os.PathLike | str) -> Iterator[None]:
         if exc.filename is not None or exc.errno is None:
             raise
         raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), os.fspath(path)) from exc
+
+
+# The names _create_beside gives; a file so named outside an atomic_path block is a leftover of
+# a killed process.
+_TEMPORARY_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp(\.[^.]*)?")
+
+
+def remove_temporaries(folder: os.PathLike | str) -> list[Path]:
+    """Remove the temporary files :func:`atomic_path` left in ``folder`` (not below it) when its
+    process was killed; return them. Only for a folder whose writers are known to be gone (the
+    caller holds the lock they write under)."""
+    removed = []
+    with contextlib.suppress(FileNotFoundError), os.scandir(os.fspath(folder)) as entries:
+        for entry in entries:
+            if _TEMPORARY_NAME.fullmatch(str(entry.name)) and entry.is_file(follow_symlinks=False):
+                Path(entry.path).unlink(missing_ok=True)
+                removed.append(Path(entry.path))
+    return removed
 
 
 def _create_beside(path: Path) -> Path:

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from droid_pipeline.core.atomic import sha256_file, write_json_atomic
+from droid_pipeline.core.atomic import remove_temporaries, sha256_file, write_json_atomic
 from droid_pipeline.core.config import Config
 from droid_pipeline.publish import index as episode_index
 from droid_pipeline.publish.card import render_card
@@ -291,6 +291,8 @@ class Uploader:
     # -- one repo ---------------------------------------------------------------------------
     def _upload_repo(self, target: RepoTarget, report: BatchReport) -> None:
         url = target.url
+        for leftover in remove_temporaries(self.run_root / SHARD_BUILD_DIR / target.slug):  # under the repo lock
+            log.info("%s: removed %s, left by a killed uploader", url, leftover)
         self.ledger.refresh()
         state = self._load_state(target)
         if (state.pending is not None and self._reconcile(target, state) is ReconcileOutcome.UNKNOWN) \

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
 
 import numpy as np
 import pytest
 
-from droid_pipeline.core.atomic import append_locked, atomic_path, write_json_atomic, write_text_atomic
+from droid_pipeline.core.atomic import (
+    append_locked,
+    atomic_path,
+    remove_temporaries,
+    write_json_atomic,
+    write_text_atomic,
+)
 from droid_pipeline.formats.npz import save_npz_atomic
 
 
@@ -37,3 +44,22 @@ def test_a_failed_block_leaves_nothing(tmp_path):
         tmp.write_text("half")
         raise RuntimeError("step failed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_killed_writer_s_temporary_is_recognised_and_nothing_else(tmp_path):
+    """A child killed inside atomic_path leaves its temporary; remove_temporaries removes exactly
+    that, not finished files or look-alikes."""
+    pid = os.fork()
+    if pid == 0:
+        with atomic_path(tmp_path / "000001.tar") as tmp:
+            tmp.write_bytes(b"half")
+            os.kill(os.getpid(), signal.SIGKILL)
+    os.waitpid(pid, 0)
+    (leftover,) = tmp_path.iterdir()
+    kept = ["000000.tar", ".hidden", ".a.tar.tmp", ".a.tar.XYZ12345.tmp.tar", "x.a.0123abcd.tmp"]
+    for name in kept:
+        (tmp_path / name).write_text("keep")
+    (tmp_path / ".dir.0123abcd.tmp").mkdir()
+    assert remove_temporaries(tmp_path) == [leftover]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*kept, ".dir.0123abcd.tmp"])
+    assert remove_temporaries(tmp_path / "missing") == []

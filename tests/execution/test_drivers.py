@@ -8,18 +8,17 @@ import fcntl
 import json
 import os
 import pty
-import re
 import select
 import shutil
 import signal
 import struct
 import subprocess
 import termios
-import threading
 import time
 from pathlib import Path
 
 import pytest
+from fifo_episodes import episode_pid, wait_for_reader
 
 from droid_pipeline.core.schema import SCHEMA_VERSION
 from droid_pipeline.execution.timing import COLUMNS
@@ -268,16 +267,11 @@ def test_killed_episode_process_fails_alone(dataset, tmp_path):
     driver = subprocess.Popen([str(METADATA), *args], cwd=tmp_path, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     try:
-        opened: list = []
-        opener = threading.Thread(target=lambda: opened.append(open(fifo, "wb")), daemon=True)
-        opener.start()
-        opener.join(timeout=120)
-        assert opened, "the episode never opened its trajectory.h5"
-        log = (run_dirs(tmp_path, "metadata")[0] / "logs" / f"{stuck.episode_id}.log").read_text()
-        pid = int(re.search(r", process (\d+),", log).group(1))
+        writer = wait_for_reader(fifo)
+        pid = episode_pid(run_dirs(tmp_path, "metadata")[0] / "logs" / f"{stuck.episode_id}.log")
         os.kill(pid, signal.SIGKILL)
         out, _ = driver.communicate(timeout=120)
-        opened[0].close()
+        writer.close()
     finally:
         if driver.poll() is None:
             driver.kill()

@@ -11,10 +11,10 @@ import re
 import shutil
 import signal
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
+from fifo_episodes import episode_pid, wait_for_reader
 
 from droid_pipeline.publish.staging import finished_state
 from droid_pipeline.synthetic.generator import generate_dataset
@@ -75,19 +75,14 @@ def test_a_killed_warm_worker_records_its_episode_with_the_signal_and_the_batch_
     driver = subprocess.Popen([str(METADATA), *args], cwd=tmp_path, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     try:
-        opened: list = []
-        opener = threading.Thread(target=lambda: opened.append(open(fifo, "wb")), daemon=True)
-        opener.start()
-        opener.join(timeout=120)
-        assert opened, "the episode never opened its metadata file"
-        log = (run_dir_of(tmp_path) / "logs" / f"{stuck.episode_id}.log").read_text()
-        episode_pid = int(re.search(r", process (\d+),", log).group(1))
-        worker_pid = parent_pid(episode_pid)  # the warm worker
+        writer = wait_for_reader(fifo)
+        stuck_pid = episode_pid(run_dir_of(tmp_path) / "logs" / f"{stuck.episode_id}.log")
+        worker_pid = parent_pid(stuck_pid)  # the warm worker
         supervisor_pid = parent_pid(worker_pid)
         assert "runner" in Path(f"/proc/{supervisor_pid}/cmdline").read_text()
         os.kill(worker_pid, signal.SIGKILL)
         out, _ = driver.communicate(timeout=180)
-        opened[0].close()
+        writer.close()
     finally:
         if driver.poll() is None:
             driver.kill()
@@ -98,7 +93,7 @@ def test_a_killed_warm_worker_records_its_episode_with_the_signal_and_the_batch_
     row = by_id[stuck.episode_id]
     assert (row["status"], row["failed_step"]) == ("failed", "intrinsics")
     assert row["error"] == (f"worker process {worker_pid} killed by SIGKILL during step intrinsics "
-                            f"(episode process {episode_pid} stopped with it)")
+                            f"(episode process {stuck_pid} stopped with it)")
     # The rest of the batch ran in a fresh warm worker of the same slot.
     assert [by_id[e.episode_id]["status"] for e in episodes if e is not stuck] == ["done"] * 3
     assert {r["slot"] for r in by_id.values()} == {"0"}

@@ -33,6 +33,7 @@ from uploads import (
 from droid_pipeline.publish.ledger import Ledger
 from droid_pipeline.publish.shards import episode_id_of, episode_key
 from droid_pipeline.publish.staging import publish_episode
+from droid_pipeline.publish.targets import repo_slug
 
 META = "hf://datasets/user/droid-meta"
 FULL = "hf://datasets/user/droid-full"
@@ -249,6 +250,19 @@ def test_kill_9_at_random_points_and_429_storms_lose_and_duplicate_nothing(tmp_p
     assert not list((tmp_path / "run" / "upload_shards").rglob("*.tar"))  # built shards removed once committed
     left = [p for p in (tmp_path / "output").rglob("*") if p.is_file() and p.name != ".publish.lock"]
     assert left == []
+
+
+def test_a_shard_left_half_written_by_a_killed_uploader_is_removed_by_the_next(tmp_path, hub):
+    episodes = publish_many(tmp_path, 3)
+    folders = [tmp_path / "run" / "upload_shards" / repo_slug(url) for url in (META, FULL)]
+    for folder in folders:
+        folder.mkdir(parents=True)
+        (folder / ".000000.tar.0123abcd.tmp.tar").write_bytes(b"half a shard")
+    result = run_uploader(shard_config(tmp_path), uploader_env(hub.endpoint, tmp_path), "--once")
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert_sharded_repo_complete(tmp_path, hub, META, "metadata", episodes)
+    assert [list(folder.iterdir()) for folder in folders] == [[], []]
+    assert "left by a killed uploader" in result.stderr
 
 
 def test_commit_quota_429s_are_waited_out_and_the_budget_holds(tmp_path):

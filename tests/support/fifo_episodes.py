@@ -1,0 +1,26 @@
+"""Catch an episode process in the act: it blocks reading a FIFO put where one of its input files
+was, until the test (the FIFO's writer) has done what it wanted with it, e.g. killed it."""
+
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+from typing import BinaryIO
+
+
+def wait_for_reader(fifo: Path, timeout_s: float = 120) -> BinaryIO:
+    """The FIFO's write end, once a process has opened it for reading (close it to let it go on)."""
+    opened: list[BinaryIO] = []
+    opener = threading.Thread(target=lambda: opened.append(open(fifo, "wb")), daemon=True)
+    opener.start()
+    opener.join(timeout=timeout_s)
+    assert opened, f"no episode process opened {fifo.name} within {timeout_s:.0f} s"
+    return opened[0]
+
+
+def episode_pid(log: Path) -> int:
+    """The episode process's id, from the first line of its episode log."""
+    found = re.search(r", process (\d+),", log.read_text())
+    assert found, f"no process id in {log}"
+    return int(found.group(1))
