@@ -131,7 +131,7 @@ def kill_trial(corpus: Corpus, pipeline: str, rng: random.Random, tmp: Path, num
     started = rng.randint(1, len(corpus.good))  # kill once this many episodes have begun, and a bit
     wait_until(lambda: len(list(runs.glob(f"{pipeline}-*/logs/*.log"))) >= started or driver.poll() is not None,
                limit_s=300)
-    time.sleep(rng.uniform(0.0, 0.5 if pipeline == "metadata" else 2.0))
+    time.sleep(rng.uniform(0.0, 0.25 if pipeline == "metadata" else 2.0))  # a metadata episode: ~0.3 s
     live = worker_processes(driver.pid)
     for candidate in [role, "episode", "warm", "supervisor"]:
         if live[candidate]:
