@@ -10,7 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from droid_pipeline.outputs.loader import HUB_PREFIX, LoadError, parse_hub_url
-from droid_pipeline.outputs.sharded import FolderSource, ShardSource, folder_index, hub_source, verify_sharded
+from droid_pipeline.outputs.sharded import FolderSource, ShardSource, folder_index, hub_source
 from droid_pipeline.outputs.verify import (
     CHECKS,
     DEFAULT_TOLERANCE_PX,
@@ -18,6 +18,7 @@ from droid_pipeline.outputs.verify import (
     find_episode_dirs,
     format_table,
     verify_episode,
+    verify_sharded,
 )
 
 

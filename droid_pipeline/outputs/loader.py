@@ -198,7 +198,8 @@ def load_episode(path_or_repo: os.PathLike | str, episode: str | None = None, *,
     index = sharded.folder_index(root) if episode is not None else None
     if episode is not None and index is not None:
         try:
-            return sharded.load_sharded(sharded.FolderSource(root, index), episode, cache_dir, include_depth)
+            return read_episode_dir(sharded.fetch_episode(sharded.FolderSource(root, index), episode, cache_dir,
+                                                          include_depth))
         except (sharded.ShardedReadError, OSError, ValueError) as exc:
             raise LoadError(f"{root}: episode {episode}: {exc}") from exc
     if episode is None:
@@ -235,7 +236,8 @@ def iter_episodes(path_or_repo: os.PathLike | str, filter: Callable[[Mapping[str
         if source is None:
             raise LoadError(f"{text}: not a sharded repo (no index/<kind>.parquet); iter_episodes reads "
                             "the shards layout of docs/upload.md")
-        yield from sharded.iter_sharded(source, filter, include_depth)
+        for folder in sharded.iter_sharded_folders(source, filter, include_depth):
+            yield read_episode_dir(folder)
     except (sharded.ShardedReadError, sharded.ShardError, OSError) as exc:
         raise LoadError(f"{text}: {exc}") from exc
 
@@ -449,7 +451,7 @@ def _load_from_hub(url: str, episode: str | None, repo_type: str, revision: str 
     try:
         source = sharded.hub_source(repo_type, repo_id, revision, url)
         if source is not None:
-            return sharded.load_sharded(source, rel, cache_dir, include_depth)
+            return read_episode_dir(sharded.fetch_episode(source, rel, cache_dir, include_depth))
         commit = api.repo_info(repo_id, repo_type=repo_type, revision=revision).sha
 
         def download(filename: str) -> str:

@@ -3,16 +3,20 @@
 A sharded repo holds ``index/<kind>.parquet`` (one row per episode: where each of its files lies
 in which shard) and the tar shards under ``shards/``. Here:
 
-- :func:`load_sharded` finds one episode's row in the index (reading the footer and the one row
-  group that can hold it) and fetches only that episode's members: on the Hub with one HTTP
+- :func:`fetch_episode` finds one episode's row in the index (reading the footer and the one
+  row group that can hold it) and fetches only that episode's members: on the Hub with one HTTP
   range request per member (``huggingface_hub``'s ``HfFileSystem``), locally by seeking in the
   shard. Members are checked against the index's SHA-256 and laid out as an episode folder
-  (contract paths) in a cache folder, then read like any episode folder.
-- :func:`iter_sharded` streams whole shards front to back, in shard order, and yields the
-  episodes the filter keeps (each materialised in a temporary folder, removed when the next is
-  asked for).
-- :func:`verify_sharded` streams every shard the index names and checks each member against the
-  index and against its episode's manifest, then runs the contract checks on the episode.
+  (contract paths) in a cache folder, which ``outputs.loader`` then reads like any other.
+- :func:`iter_sharded_folders` streams whole shards front to back, in shard order, and yields
+  the episode folders of the rows the filter keeps (each materialised in a temporary folder,
+  removed when the next is asked for).
+- :func:`check_sharded` streams every shard the index names, checks each member against the
+  index and against its episode's manifest and yields each episode's folder with what is wrong
+  with its members; ``outputs.verify`` runs the contract checks on it.
+
+This module reads shards into folders and knows nothing of what an episode folder holds beyond
+its manifest, so the loader and the verifier build on it, not it on them.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 from droid_pipeline.core.schema import DEPTH, DEPTH_META, MANIFEST
 from droid_pipeline.publish import index as episode_index
@@ -38,10 +43,6 @@ from droid_pipeline.publish.shards import (
     index_path,
     iter_shard,
 )
-
-if TYPE_CHECKING:
-    from droid_pipeline.outputs.loader import EpisodeData
-    from droid_pipeline.outputs.verify import EpisodeReport
 
 # Members read at once from the Hub (one range request each).
 RANGE_CHUNK = 16 << 20
@@ -152,11 +153,10 @@ def _is_depth(path: str) -> bool:
     return any(f.matches(path) for f in (DEPTH, DEPTH_META))
 
 
-def load_sharded(source: ShardSource, episode: str, cache_dir: os.PathLike | str | None,
-                 include_depth: bool) -> EpisodeData:
-    """One episode of a sharded repo, its members fetched by range (see module docstring)."""
-    from droid_pipeline.outputs.loader import read_episode_dir
-
+def fetch_episode(source: ShardSource, episode: str, cache_dir: os.PathLike | str | None,
+                  include_depth: bool) -> Path:
+    """The cache folder holding one episode of a sharded repo, its members fetched by range (see
+    module docstring)."""
     row = find_episode(source, episode)
     members = [m for m in row["members"] if include_depth or not _is_depth(m["path"])]
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -178,7 +178,7 @@ def load_sharded(source: ShardSource, episode: str, cache_dir: os.PathLike | str
                     raise
         finally:
             shutil.rmtree(incoming, ignore_errors=True)
-    return read_episode_dir(folder)
+    return folder
 
 
 @contextmanager
@@ -198,11 +198,10 @@ def _by_shard(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]
     return shards
 
 
-def iter_sharded(source: ShardSource, keep: Callable[[Mapping[str, Any]], bool] | None,
-                 include_depth: bool) -> Iterator[EpisodeData]:
-    """The episodes whose index row ``keep`` accepts, streaming whole shards in order."""
-    from droid_pipeline.outputs.loader import read_episode_dir
-
+def iter_sharded_folders(source: ShardSource, keep: Callable[[Mapping[str, Any]], bool] | None,
+                         include_depth: bool) -> Iterator[Path]:
+    """The folders of the episodes whose index row ``keep`` accepts, streaming whole shards in
+    order; each folder is removed when the next is asked for."""
     rows = [r for r in read_index_rows(source) if keep is None or keep(r)]
     for shard, wanted in _by_shard(rows).items():
         with _scratch() as scratch, source.open(shard, stream=True) as stream:
@@ -222,7 +221,7 @@ def iter_sharded(source: ShardSource, keep: Callable[[Mapping[str, Any]], bool] 
                 arrange_episode(streamed.folder, {s: h for s, h in streamed.suffixes.items()
                                                   if include_depth or not _is_depth(_path_of(row, s))},
                                 episode_index.row_serials(row), dest)
-                yield read_episode_dir(dest)
+                yield dest
                 shutil.rmtree(dest, ignore_errors=True)
                 shutil.rmtree(streamed.folder, ignore_errors=True)
 
@@ -267,12 +266,21 @@ def _manifest_problems(folder: Path, row: Mapping[str, Any], suffixes: Mapping[s
     return problems
 
 
-def verify_sharded(source: ShardSource, *, decode_depth: bool, tolerance_px: float,
-                   progress: Callable[[Iterator[Any]], Iterator[Any]] = iter) -> list[EpisodeReport]:
-    """Check every episode the index names, member by member, then against the contract."""
-    from droid_pipeline.outputs.verify import verify_episode
+@dataclass(frozen=True)
+class ShardedEpisodeCheck:
+    """One index row of a sharded repo: its members laid out as an episode folder under ``root``
+    (``folder`` None where they could not be) and what is wrong with them (``problems``)."""
 
-    reports = []
+    row: Mapping[str, Any]
+    folder: Path | None
+    root: Path | None
+    problems: list[str]
+
+
+def check_sharded(source: ShardSource,
+                  progress: Callable[[Iterator[Any]], Iterator[Any]] = iter) -> Iterator[ShardedEpisodeCheck]:
+    """Every episode the index names, member by member against the index and its manifest, in
+    shard order; each folder is removed when the next check is asked for."""
     shards = _by_shard(read_index_rows(source))
     for shard, wanted in progress(iter(shards.items())):
         seen: set[str] = set()
@@ -289,32 +297,25 @@ def verify_sharded(source: ShardSource, *, decode_depth: bool, tolerance_px: flo
                         if row is None:
                             continue  # an older version, superseded in the index
                         seen.add(streamed.key)
-                        reports.append(_verify_one(row, streamed.folder, streamed.suffixes, scratch,
-                                                   decode_depth, tolerance_px, verify_episode))
+                        yield from _check_one(row, streamed.folder, streamed.suffixes, scratch)
                         shutil.rmtree(streamed.folder, ignore_errors=True)
             except (OSError, ShardError, ValueError) as exc:
                 problem = f"{shard}: unreadable shard ({type(exc).__name__}: {exc})"
-                reports += [_failed(row, problem) for key, row in wanted.items() if key not in seen]
+                yield from (ShardedEpisodeCheck(row, None, None, [problem])
+                            for key, row in wanted.items() if key not in seen)
                 continue
-        reports += [_failed(row, f"{shard} holds no members of this episode")
-                    for key, row in wanted.items() if key not in seen]
-    return reports
+        yield from (ShardedEpisodeCheck(row, None, None, [f"{shard} holds no members of this episode"])
+                    for key, row in wanted.items() if key not in seen)
 
 
-def _failed(row: Mapping[str, Any], problem: str) -> EpisodeReport:
-    from droid_pipeline.outputs.verify import EpisodeReport
-
-    report = EpisodeReport(row["relative_path"])
-    report.status["files"], report.problems["files"] = "FAIL", [problem]
-    return report
-
-
-def _verify_one(row: Mapping[str, Any], members: Path, suffixes: Mapping[str, str], scratch: Path,
-                decode_depth: bool, tolerance_px: float, verify_episode: Callable[..., EpisodeReport]) -> EpisodeReport:
+def _check_one(row: Mapping[str, Any], members: Path, suffixes: Mapping[str, str],
+               scratch: Path) -> Iterator[ShardedEpisodeCheck]:
     problems = _member_problems(row, suffixes) + _manifest_problems(members, row, suffixes)
     relative = PurePosixPath(row["relative_path"])
     if relative.is_absolute() or ".." in relative.parts or not relative.parts:
-        return _failed(row, f"index relative_path {row['relative_path']!r} is not a relative path")
+        yield ShardedEpisodeCheck(row, None, None, [f"index relative_path {row['relative_path']!r} is not a "
+                                                    "relative path"])
+        return
     if row["key"] != episode_key(row["episode_id"]):
         problems.append(f"index key {row['key']} is not the key of {row['episode_id']}")
     root = scratch / "episodes"
@@ -322,10 +323,7 @@ def _verify_one(row: Mapping[str, Any], members: Path, suffixes: Mapping[str, st
     try:
         arrange_episode(members, suffixes, episode_index.row_serials(row), folder)
     except ShardError as exc:
-        return _failed(row, str(exc))
-    report = verify_episode(folder, root, decode_depth=decode_depth, tolerance_px=tolerance_px)
-    if problems:
-        report.status["files"] = "FAIL"
-        report.problems["files"] = problems + report.problems.get("files", [])
+        yield ShardedEpisodeCheck(row, None, None, [str(exc)])
+        return
+    yield ShardedEpisodeCheck(row, folder, root, problems)
     shutil.rmtree(folder, ignore_errors=True)
-    return report

@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,7 @@ from droid_pipeline.formats.depth_codec import DepthMeta, DepthReader
 from droid_pipeline.formats.intrinsics import IntrinsicsRecord
 from droid_pipeline.geometry.poses import invert
 from droid_pipeline.outputs.loader import EpisodeData, read_episode_dir
+from droid_pipeline.outputs.sharded import ShardSource, check_sharded
 
 CHECKS = ("files", "contract", "values", "2d", "depth")
 EPISODE_FILES = tuple(f.path for f in (TRACKS, EXTRINSICS, QUALITY, MANIFEST))
@@ -110,6 +111,24 @@ def find_episode_dirs(path: os.PathLike | str) -> list[Path]:
         if any(name in filenames for name in EPISODE_FILES):
             found.append(Path(dirpath))
     return sorted(found)
+
+
+def verify_sharded(source: ShardSource, *, decode_depth: bool, tolerance_px: float,
+                   progress: Callable[[Iterator[Any]], Iterator[Any]] = iter) -> list[EpisodeReport]:
+    """Check every episode a sharded repo's index names: its members against the index and its
+    manifest (``outputs.sharded.check_sharded``), then the episode against the contract."""
+    reports = []
+    for check in check_sharded(source, progress):
+        if check.folder is None:
+            report = EpisodeReport(check.row["relative_path"])
+            report.status["files"], report.problems["files"] = "FAIL", list(check.problems)
+        else:
+            report = verify_episode(check.folder, check.root, decode_depth=decode_depth, tolerance_px=tolerance_px)
+            if check.problems:
+                report.status["files"] = "FAIL"
+                report.problems["files"] = check.problems + report.problems.get("files", [])
+        reports.append(report)
+    return reports
 
 
 def verify_episode(episode_dir: os.PathLike | str, root: os.PathLike | str | None = None, *,
