@@ -1,1 +1,1 @@
-"""File formats of the outputs: lossless FFV1 depth."""
+"""File formats: lossless FFV1 depth, intrinsics.json, DROID's published calibration files, fast npz."""
