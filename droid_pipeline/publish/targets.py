@@ -40,6 +40,11 @@ class RateLimited(RuntimeError):
         self.retry_after_s = retry_after_s
 
 
+class HeadMoved(RuntimeError):
+    """The repo's head is no longer the commit a change was built on (HTTP 412): another
+    uploader committed meanwhile; nothing was committed."""
+
+
 class RepoTarget(ABC):
     """Where one repo's files go."""
 
@@ -59,8 +64,14 @@ class RepoTarget(ABC):
         """Create the repo when it is missing."""
 
     @abstractmethod
-    def commit(self, files: list[UploadFile], message: str) -> str:
-        """Add ``files`` in one commit and return its id."""
+    def commit(self, files: list[UploadFile], message: str, parent: str | None = None) -> str:
+        """Add ``files`` in one commit and return its id; with ``parent``, only if the repo's head
+        is still that commit (else :class:`HeadMoved`)."""
+
+    def head(self) -> str | None:
+        """The repo's current commit, for :meth:`commit`'s ``parent`` (None: the target does not
+        version its files and ``parent`` is ignored)."""
+        return None
 
     @abstractmethod
     def find_commit(self, marker: str, files: list[UploadFile]) -> str | None:
@@ -114,7 +125,7 @@ class HubTarget(RepoTarget):
     def ensure_exists(self, private: bool) -> None:
         self._client().create_repo(self.repo_id, repo_type="dataset", private=private, exist_ok=True)
 
-    def commit(self, files: list[UploadFile], message: str) -> str:
+    def commit(self, files: list[UploadFile], message: str, parent: str | None = None) -> str:
         from huggingface_hub import CommitOperationAdd
         from huggingface_hub.errors import HfHubHTTPError
 
@@ -122,13 +133,18 @@ class HubTarget(RepoTarget):
                       for f in files]
         try:
             info = self._client().create_commit(self.repo_id, operations, commit_message=message,
-                                                repo_type="dataset")
+                                                repo_type="dataset", parent_commit=parent)
         except HfHubHTTPError as exc:
             response = getattr(exc, "response", None)
             if response is not None and response.status_code == 429:
                 raise RateLimited(_retry_after(response.headers.get("Retry-After")), str(exc)) from exc
+            if response is not None and response.status_code == 412:
+                raise HeadMoved(f"{self.url}: the repo moved past {parent}: {exc}") from exc
             raise
         return info.oid
+
+    def head(self) -> str | None:
+        return self._client().repo_info(self.repo_id, repo_type="dataset").sha
 
     def find_commit(self, marker: str, files: list[UploadFile]) -> str | None:
         for commit in self._client().list_repo_commits(self.repo_id, repo_type="dataset"):
@@ -165,7 +181,7 @@ class FolderTarget(RepoTarget):
     def ensure_exists(self, private: bool) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def commit(self, files: list[UploadFile], message: str) -> str:
+    def commit(self, files: list[UploadFile], message: str, parent: str | None = None) -> str:
         for item in files:
             _copy_verified(item, self.root / item.path_in_repo)
         return _marker_of(message)

@@ -79,6 +79,7 @@ from droid_pipeline.publish.staging import (
     read_manifest,
 )
 from droid_pipeline.publish.targets import (
+    HeadMoved,
     RateLimited,
     RepoTarget,
     commit_message,
@@ -96,6 +97,8 @@ STATE_DIR = "upload_state"
 LOCK_DIR = "locks"
 # Shards, index and card of the commits being made, per repo, under the run root.
 SHARD_BUILD_DIR = "upload_shards"
+# Shard commits built again when another uploader moved the repo's head first, per chunk.
+MAX_HEAD_MOVES = 3
 # Hub downloads of the repos' episode indexes, under the run root.
 HUB_CACHE_DIR = "upload_state/hub_cache"
 SHARD_COMMIT_FILES = 3  # the shard, the card, the index
@@ -228,6 +231,9 @@ class Uploader:
         # Per sharded repo: its episode index and next shard number as of its last commit seen.
         self._index: dict[str, tuple[pa.Table, int]] = {}
         self._staged_index: dict[str, tuple[pa.Table, int]] = {}
+        # The repo commit each cached index was read at: a shard commit lands only on it, so two
+        # uploaders (two run roots) never write the same shard number or lose each other's rows.
+        self._parent: dict[str, str | None] = {}
         self.ledger = Ledger(self.run_root)
         self._queue: dict[str, JournalEntry] = {}
         self._journal_offset = 0
@@ -300,7 +306,7 @@ class Uploader:
             report.errors[url] = state.last_error
             report.carried[url] = len(self._to_upload(url, report))
             return
-        self._index.pop(url, None)  # read again: another staging area may have committed meanwhile
+        self._forget_index(url)  # read again: another staging area may have committed meanwhile
         chunks = self.plan_commits(url, self._to_upload(url, report))
         waited_for_429 = False
         for index, chunk in enumerate(chunks):
@@ -331,7 +337,7 @@ class Uploader:
         return max(0.0, state.blocked_until - now), state.blocked_reason
 
     def _commit(self, target: RepoTarget, state: RepoState, chunk: list[_Work],
-                report: BatchReport) -> CommitOutcome:
+                report: BatchReport, moves_left: int = MAX_HEAD_MOVES) -> CommitOutcome:
         if not chunk:
             self._save_state(target, state)
             return CommitOutcome.COMMITTED
@@ -353,7 +359,22 @@ class Uploader:
         state.commit_times.append(time.time())
         self._save_state(target, state)
         try:
-            commit_id = target.commit(files, message)
+            parent = self._parent.get(url) if pending.shard is not None else None
+            commit_id = target.commit(files, message, parent=parent)
+        except HeadMoved as exc:
+            state.pending = None
+            _discard_uploads(pending)
+            self._forget_index(url)
+            self._save_state(target, state)
+            log.warning("%s: another uploader committed first; shard %s is built again (%d tries left): %s", url,
+                        marker, moves_left, exc)
+            if moves_left > 0:
+                return self._commit(target, state, chunk, report, moves_left - 1)
+            for work in chunk:
+                state.failures[work.episode_id] = f"commit failed: {exc}"
+            state.last_error = str(exc)
+            self._save_state(target, state)
+            return CommitOutcome.FAILED
         except RateLimited as exc:
             state.pending = None
             _discard_uploads(pending)
@@ -421,9 +442,16 @@ class Uploader:
             staged = self._staged_index.pop(target.url, None)
             if staged is not None and staged[1] == pending.shard + 1:
                 self._index[target.url] = staged
+                if self._parent.get(target.url) is not None:
+                    self._parent[target.url] = commit_id  # the head the staged index is at
             else:  # settled from an earlier run: read the index the repo now holds
-                self._index.pop(target.url, None)
+                self._forget_index(target.url)
             _discard_uploads(pending)
+
+    def _forget_index(self, url: str) -> None:
+        """Read the repo's index (and its head) again before the next shard."""
+        self._index.pop(url, None)
+        self._parent.pop(url, None)
 
     def _ensure_exists(self, target: RepoTarget, state: RepoState) -> bool:
         if target.url in self._ensured:
@@ -519,6 +547,7 @@ class Uploader:
     def _repo_index(self, target: RepoTarget) -> tuple[pa.Table, int]:
         """The repo's episode index (a pyarrow Table) and next free shard number, as last committed."""
         if target.url not in self._index:
+            self._parent[target.url] = target.head()  # before the index: a commit between moves the head on
             local = target.fetch(index_path(repo_kind(self.config, target.url)), self.run_root / HUB_CACHE_DIR)
             self._index[target.url] = episode_index.read_index(local) if local is not None else \
                 (episode_index.empty_table(), 0)

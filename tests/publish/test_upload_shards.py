@@ -72,10 +72,11 @@ def shard_episode_files(pipeline: str, seed: int, episode_id: str, rel: str) -> 
     return files
 
 
-def publish_many(root: Path, count: int) -> list[tuple[str, str, dict[str, bytes], str]]:
-    """``count`` episodes, every third a full one; (episode id, relative path, files, pipeline)."""
+def publish_many(root: Path, count: int, first: int = 0) -> list[tuple[str, str, dict[str, bytes], str]]:
+    """``count`` episodes (numbered from ``first``), every third a full one; (episode id, relative
+    path, files, pipeline)."""
     episodes = []
-    for index in range(count):
+    for index in range(first, first + count):
         pipeline = "full" if index % 3 == 0 else "metadata"
         episode_id = f"LAB+0000abcd+2023-08-18-12h-{index // 60:02d}m-{index % 60:02d}s"
         rel = f"LAB/success/2023-08-18/Fri_Aug_18_12:{index // 60:02d}:{index % 60:02d}_2023"
@@ -263,6 +264,39 @@ def test_a_shard_left_half_written_by_a_killed_uploader_is_removed_by_the_next(t
     assert_sharded_repo_complete(tmp_path, hub, META, "metadata", episodes)
     assert [list(folder.iterdir()) for folder in folders] == [[], []]
     assert "left by a killed uploader" in result.stderr
+
+
+def test_two_uploaders_of_two_run_roots_never_overwrite_each_other_s_shards(tmp_path, hub):
+    """B reads the index, A commits, then B's commit (built on the old head) arrives: the Hub
+    refuses it (412), B reads the index again and commits its episodes as the next shard."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    episodes = publish_many(first, 5) + publish_many(second, 5, first=100)
+    hub.inject("commit", action="hold", times=1)
+    late = subprocess.Popen(uploader_cmd(shard_config(second), "--once"), env=uploader_env(hub.endpoint, second),
+                            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: hub.held.is_set() or late.poll() is not None, "the second uploader's first commit")
+        early = run_uploader(shard_config(first), uploader_env(hub.endpoint, first), "--once")
+        assert early.returncode == 0, early.stderr + early.stdout
+    finally:
+        hub.release()
+        out, err = late.communicate(timeout=120)
+    assert late.returncode == 0, err + out
+    assert hub.moved_parents >= 1 and "another uploader committed first" in err
+    for url, kind in ((META, "metadata"), (FULL, "full")):
+        expected = {e[0]: e for e in episodes if kind == "metadata" or e[3] == "full"}
+        rows = read_index(hub, url, kind)
+        assert sorted(r["episode_id"] for r in rows) == sorted(expected)
+        writes = hub.writes_per_path(repo_id(url))
+        assert all(writes[path] == 1 for path in writes if path.startswith("shards/")), writes
+        for row in rows:
+            shard = hub.read(repo_id(url), row["shard"])
+            files = expected[row["episode_id"]][2]
+            for member in row["members"]:
+                if member["path"] in files:
+                    assert shard[member["offset"]:member["offset"] + member["size"]] == files[member["path"]]
+    for root, ids in ((first, [e[0] for e in episodes[:5]]), (second, [e[0] for e in episodes[5:]])):
+        assert all(Ledger(root / "run").has(episode_id, [META]) for episode_id in ids)
 
 
 def test_commit_quota_429s_are_waited_out_and_the_budget_holds(tmp_path):

@@ -45,6 +45,10 @@ _TYPES = {"datasets": "dataset", "models": "model", "spaces": "space"}
 _REPO = r"(?P<ns>[^/]+)/(?P<name>[^/]+?)"
 
 
+class ParentMoved(Exception):
+    """A commit's parentCommit is no longer the branch head."""
+
+
 def git_blob_sha1(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
@@ -160,6 +164,7 @@ class HubServer:
         self.clock = clock
         self.repos: dict[tuple[str, str], Repo] = {}
         self.requests: list[tuple[str, str]] = []
+        self.moved_parents = 0  # commits refused with 412: their parentCommit was not the head
         self.bytes_sent: Counter = Counter()  # (repo id, path) -> body bytes sent by resolve
         self.violations: list[str] = []  # limits broken by commits accepted with reject=False
         self.rate_limited = 0  # commits answered 429 by the commit quota
@@ -245,9 +250,14 @@ class HubServer:
         return recent[-self.limits.commits_per_hour] + 3600.0 - now
 
     def apply_commit(self, repo: Repo, lines: list[dict]) -> Commit:
-        """Apply an NDJSON commit; ValueError (answered 422) when it is malformed or breaks a limit."""
+        """Apply an NDJSON commit; ValueError (answered 422) when it is malformed or breaks a limit,
+        ParentMoved (answered 412, as the Hub does) when its ``parentCommit`` is not the head."""
         header = next(line["value"] for line in lines if line["key"] == "header")
         with self._lock:
+            parent = header.get("parentCommit")
+            if parent is not None and parent != repo.head:
+                self.moved_parents += 1
+                raise ParentMoved(f"A commit has happened since {parent}. Please refresh and try again.")
             changes: dict[str, StoredFile | None] = {}
             for line in lines:
                 key, value = line["key"], line["value"]
@@ -463,6 +473,8 @@ class _Handler(BaseHTTPRequestHandler):
                               {"Retry-After": str(int(wait) + 1)})
         try:
             commit = self.hub.apply_commit(repo, [json.loads(line) for line in body.splitlines() if line])
+        except ParentMoved as exc:
+            return self._error(412, str(exc))
         except (ValueError, KeyError, StopIteration) as exc:
             return self._error(422, f"invalid commit: {exc}")
         if fault is not None and fault.action == "apply_then_drop":
