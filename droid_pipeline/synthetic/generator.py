@@ -564,8 +564,11 @@ class _Mp4Writer:
         self._stream.width, self._stream.height = width, height
         self._stream.pix_fmt = "yuv420p"
         self._stream.time_base = Fraction(1, CONTROL_HZ)
-        self._stream.options = {"crf": str(VIDEO_CRF), "preset": "veryfast"}
-        # Frame-threaded x264 output varies from run to run here; one thread keeps it reproducible.
+        # x264's output varied from run to run on a loaded machine with frame threads, and with one
+        # thread still about one run in ten through its lookahead (rate-control lookahead and
+        # macroblock tree): one thread and neither keeps the videos byte-identical per seed.
+        self._stream.options = {"crf": str(VIDEO_CRF), "preset": "veryfast",
+                                "x264-params": "threads=1:rc-lookahead=0:mbtree=0"}
         self._stream.thread_count = 1
         self._frames = 0
 
