@@ -366,8 +366,8 @@ class Uploader:
             _discard_uploads(pending)
             self._forget_index(url)
             self._save_state(target, state)
-            log.warning("%s: another uploader committed first; shard %s is built again (%d tries left): %s", url,
-                        marker, moves_left, exc)
+            log.warning("%s: another uploader committed first; the shard of commit %s is built again (%d tries "
+                        "left): %s", url, marker, moves_left, exc)
             if moves_left > 0:
                 return self._commit(target, state, chunk, report, moves_left - 1)
             for work in chunk:
@@ -415,7 +415,7 @@ class Uploader:
                      pending.marker)
             state.pending = None
             _discard_uploads(pending)
-            self._staged_index.pop(target.url, None)
+            self._forget_index(target.url)
             self._save_state(target, state)
             return ReconcileOutcome.NOT_LANDED
         log.info("%s: commit %s landed as %s", target.url, pending.marker, commit_id)
@@ -449,9 +449,11 @@ class Uploader:
             _discard_uploads(pending)
 
     def _forget_index(self, url: str) -> None:
-        """Read the repo's index (and its head) again before the next shard."""
+        """Read the repo's index (and its head) again before the next shard; an index staged for
+        a commit that did not land goes too."""
         self._index.pop(url, None)
         self._parent.pop(url, None)
+        self._staged_index.pop(url, None)
 
     def _ensure_exists(self, target: RepoTarget, state: RepoState) -> bool:
         if target.url in self._ensured:
