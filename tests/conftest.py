@@ -5,13 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+from reference_data import REFERENCE_DATA
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """The reference files (URDFs, finger meshes) beside the checkout."""
-    assert SHARED_DATA.is_dir(), f"reference data missing: {SHARED_DATA}"
-    return SHARED_DATA
+def reference_data() -> Path:
+    """The original URDFs and meshes (tests/data/reference), the oracles for the robot model."""
+    return REFERENCE_DATA

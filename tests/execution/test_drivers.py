@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from fifo_episodes import episode_pid, wait_for_reader
+from pause_points import pause_env, release_one
 
 from droid_pipeline.core.schema import SCHEMA_VERSION
 from droid_pipeline.execution.timing import COLUMNS
@@ -91,15 +92,20 @@ def test_metadata_driver_sigint_then_rerun_does_every_episode_once(dataset, tmp_
     args = [*common_args(dataset, tmp_path), "--workers", "2", "--episodes-per-worker", "2",
             "--set", f"metadata_repo=file://{repo}"]
     ids = [e.episode_id for e in dataset.episodes]
+    # Every episode waits before its tracks step; one is let through, and once it is done the run
+    # is interrupted with the others still waiting: the interrupt cannot come too late.
+    gates = tmp_path / "gates"
+    env = pause_env(gates, "tracks", ids)
     with open(tmp_path / "first.out", "w") as out:
-        driver = subprocess.Popen([str(METADATA), *args], cwd=tmp_path, stdout=out,
+        driver = subprocess.Popen([str(METADATA), *args], cwd=tmp_path, stdout=out, env=env,
                                   stderr=subprocess.STDOUT, start_new_session=True)
         try:
+            released = release_one(gates)
             deadline = time.monotonic() + 300
             while driver.poll() is None and time.monotonic() < deadline:
-                found = run_dirs(tmp_path, "metadata")  # interrupt once an episode is finished
+                found = run_dirs(tmp_path, "metadata")
                 csv_path = found[0] / "timing.csv" if found else None
-                if csv_path and csv_path.exists() and "done" in csv_path.read_text():
+                if csv_path and csv_path.exists() and released in csv_path.read_text():
                     break
                 time.sleep(0.05)
             assert driver.poll() is None, (tmp_path / "first.out").read_text()
@@ -111,7 +117,7 @@ def test_metadata_driver_sigint_then_rerun_does_every_episode_once(dataset, tmp_
     first = run_dirs(tmp_path, "metadata")[0]
     summary = json.loads((first / "summary.json").read_text())
     assert summary["interrupted"] and summary["exit_code"] == 130
-    assert 1 <= summary["done"] < len(ids)
+    assert summary["done"] == 1
     # Nothing half-finished: every output folder is complete, no work folder survives.
     for episode in dataset.episodes:
         state, _ = finished_state(tmp_path / "out" / episode.relative_path)

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -145,22 +143,9 @@ def test_a_duplicate_id_is_a_problem_of_each_of_its_folders(root):
     assert {p["episode_id"] for p in duplicates} == {GOOD_ID}
 
 
-@pytest.fixture()
-def shared_tmp():
-    """A folder every user can read (pytest's own are private to their owner)."""
-    folder = Path(tempfile.mkdtemp(prefix="droid-discovery-"))
-    folder.chmod(0o755)
-    yield folder
-    for path in folder.rglob("*"):
-        if path.is_dir() and not path.is_symlink():
-            path.chmod(0o755)
-    shutil.rmtree(folder)
-
-
-def test_an_unreadable_folder_is_a_problem(shared_tmp):
-    # Run as an unprivileged user (root reads any folder): the raw tree readable by all but one
-    # date folder.
-    root = shared_tmp / "droid_raw"
+def test_an_unreadable_folder_is_a_problem(tmp_path):
+    # The raw tree readable by all but one date folder.
+    root = tmp_path / "droid_raw"
     make_episode(root, "AUTOLab/success/2023-07-07/Fri_Jul__7_09:42:23_2023", GOOD_ID)
     blocked = root / "AUTOLab" / "success" / "2023-07-08"
     blocked.mkdir(parents=True)
@@ -172,9 +157,16 @@ def test_an_unreadable_folder_is_a_problem(shared_tmp):
             "print(json.dumps([[e.episode_id for e in i.episodes], i.problems]))")
     command = [sys.executable, "-c", code, str(root)]
     if os.geteuid() == 0:
-        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        # Root reads any folder through its DAC capabilities: drop just those. It stays uid 0, so it
+        # still reads the checkout and the interpreter wherever they live (a folder only root may
+        # enter included), while the folder with mode 000 is closed to it as to any user.
+        dac = "-dac_override,-dac_read_search"
+        command = ["setpriv", f"--bounding-set={dac}", f"--inh-caps={dac}", *command]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                                env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    finally:
+        blocked.chmod(0o755)
     assert result.returncode == 0, result.stderr
     episodes, problems = json.loads(result.stdout)
     assert sorted(episodes) == sorted([GOOD_ID, "AUTOLab+84bd5053+2023-07-09-09h-42m-23s"])

@@ -72,9 +72,9 @@ def test_synthetic_episodes_lie_well_inside_the_envelope(dataset, limits):
         assert not any("timestamp" in w for w in trajectory.warnings)
 
 
-def test_the_panda_flange_never_reaches_beyond_max_reach(shared_data, limits):
+def test_the_panda_flange_never_reaches_beyond_max_reach(reference_data, limits):
     # Independent reference: yourdfpy's forward kinematics of the URDF over its joint ranges.
-    urdf = yourdfpy.URDF.load(str(shared_data / "panda_robotiq.urdf"), load_meshes=False,
+    urdf = yourdfpy.URDF.load(str(reference_data / "panda_robotiq.urdf"), load_meshes=False,
                               load_collision_meshes=False)
     arm = [f"panda_joint{i}" for i in range(1, 8)]
     low = np.array([urdf.joint_map[j].limit.lower for j in arm])

@@ -35,19 +35,19 @@ def model() -> GripperModel:
 
 
 @pytest.fixture(scope="module")
-def linkage(shared_data) -> yourdfpy.URDF:
-    return reference_urdf(shared_data / "robotiq_2f85" / "robotiq_arg85_description.urdf")
+def linkage(reference_data) -> yourdfpy.URDF:
+    return reference_urdf(reference_data / "robotiq_2f85" / "robotiq_arg85_description.urdf")
 
 
 @pytest.fixture(scope="module")
-def mount(shared_data) -> np.ndarray:
+def mount(reference_data) -> np.ndarray:
     """Flange -> gripper base, from yourdfpy on the combined Panda + gripper URDF."""
-    return reference_urdf(shared_data / "panda_robotiq.urdf").get_transform("robotiq_85_base_link", "panda_link8")
+    return reference_urdf(reference_data / "panda_robotiq.urdf").get_transform("robotiq_85_base_link", "panda_link8")
 
 
 @pytest.fixture(scope="module")
-def finger_mesh(shared_data) -> trimesh.Trimesh:
-    return trimesh.load(shared_data / "robotiq_2f85" / "inner_finger_fine.STL")
+def finger_mesh(reference_data) -> trimesh.Trimesh:
+    return trimesh.load(reference_data / "robotiq_2f85" / "inner_finger_fine.STL")
 
 
 def distance_to_mesh(mesh: trimesh.Trimesh, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -217,13 +217,13 @@ def test_pad_box_encloses_the_pad(model, finger_mesh):
 
 @pytest.mark.parametrize("name, reference", [("panda_robotiq.urdf", "panda_robotiq.urdf"),
                                              ("meshes/inner_finger_fine.STL", "robotiq_2f85/inner_finger_fine.STL")])
-def test_packaged_assets_are_the_reference_files(shared_data, name, reference):
-    assert read_asset(name) == (shared_data / reference).read_bytes()
+def test_packaged_assets_are_the_reference_files(reference_data, name, reference):
+    assert read_asset(name) == (reference_data / reference).read_bytes()
 
 
-def test_stl_reader_matches_trimesh_and_refuses_truncated_files(shared_data):
+def test_stl_reader_matches_trimesh_and_refuses_truncated_files(reference_data):
     data = read_asset("meshes/inner_finger_fine.STL")
-    unprocessed = trimesh.load(shared_data / "robotiq_2f85" / "inner_finger_fine.STL", process=False)
+    unprocessed = trimesh.load(reference_data / "robotiq_2f85" / "inner_finger_fine.STL", process=False)
     np.testing.assert_array_equal(read_binary_stl(data), unprocessed.triangles)
     with pytest.raises(ValueError, match="not a binary STL"):
         read_binary_stl(data[:-10])

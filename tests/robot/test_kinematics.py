@@ -22,8 +22,8 @@ def reference_urdf(path) -> yourdfpy.URDF:
 
 
 @pytest.fixture(scope="module")
-def panda_reference(shared_data) -> yourdfpy.URDF:
-    return reference_urdf(shared_data / "panda_robotiq.urdf")
+def panda_reference(reference_data) -> yourdfpy.URDF:
+    return reference_urdf(reference_data / "panda_robotiq.urdf")
 
 
 def random_arm_configurations(reference: yourdfpy.URDF, count: int, seed: int) -> np.ndarray:
@@ -124,10 +124,10 @@ def test_origin_rpy_is_fixed_axis_roll_pitch_yaw():
 
 
 @pytest.mark.parametrize("name", ["panda_robotiq.urdf", "robotiq_2f85/robotiq_arg85_description.urdf"])
-def test_parsed_tree_matches_yourdfpy(shared_data, name):
+def test_parsed_tree_matches_yourdfpy(reference_data, name):
     # The URDFs name mesh files that are not shipped; only the kinematic tree is read.
-    robot = load_urdf(shared_data / name)
-    reference = reference_urdf(shared_data / name)
+    robot = load_urdf(reference_data / name)
+    reference = reference_urdf(reference_data / name)
     assert set(robot.links) == set(reference.link_map)
     assert set(robot.joints) == set(reference.joint_map)
     for joint_name, expected in reference.joint_map.items():

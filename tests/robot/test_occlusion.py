@@ -141,7 +141,7 @@ def test_the_truth_is_the_episode_as_rendered(dataset, demo, occlusion):
             np.testing.assert_allclose(robot[front], truth[front], atol=0.5)
 
 
-def test_the_back_face_rule_alone_with_a_camera_behind_the_finger(gripper, shared_data):
+def test_the_back_face_rule_alone_with_a_camera_behind_the_finger(gripper, reference_data):
     """A camera on the far side of the left finger, looking at its pad through it: every left
     point faces away (and trimesh confirms the finger lies on each ray); every right point
     faces the camera. From between the fingers the left pad faces the camera."""
@@ -159,7 +159,7 @@ def test_the_back_face_rule_alone_with_a_camera_behind_the_finger(gripper, share
     facing_away = back_facing(points[None], normals[None], behind)[0]
     assert facing_away[:half].all() and not facing_away[half:].any()
     assert not back_facing(points[None], normals[None], between)[0][:half].any()
-    finger = read_binary_stl((shared_data / "robotiq_2f85" / "inner_finger_fine.STL").read_bytes())
+    finger = read_binary_stl((reference_data / "robotiq_2f85" / "inner_finger_fine.STL").read_bytes())
     posed = transform_points(left[0], finger.reshape(-1, 3)).reshape(-1, 3, 3)
     origin = np.broadcast_to(behind[:3, 3], (half, 3))
     direction = points[:half] - origin
@@ -171,14 +171,14 @@ def test_the_back_face_rule_alone_with_a_camera_behind_the_finger(gripper, share
 
 # ---------------------------------------------------------------- meshes and their poses
 
-def reference_robot(shared_data) -> yourdfpy.URDF:
-    return yourdfpy.URDF.load(str(shared_data / "panda_robotiq.urdf"), build_scene_graph=True, load_meshes=False,
+def reference_robot(reference_data) -> yourdfpy.URDF:
+    return yourdfpy.URDF.load(str(reference_data / "panda_robotiq.urdf"), build_scene_graph=True, load_meshes=False,
                               build_collision_scene_graph=False, load_collision_meshes=False)
 
 
-def test_every_link_is_posed_as_yourdfpy_poses_it(occlusion, shared_data):
+def test_every_link_is_posed_as_yourdfpy_poses_it(occlusion, reference_data):
     rng = np.random.default_rng(4)
-    reference = reference_robot(shared_data)
+    reference = reference_robot(reference_data)
     joints = np.array([0.0, -0.13, 0.0, -2.25, 0.0, 2.12, 0.785]) + rng.uniform(-0.5, 0.5, (6, 7))
     opening = rng.uniform(0.0, 1.0, 6)
     angle = GripperModel.load().finger_angle(opening)
@@ -206,27 +206,27 @@ def test_every_link_is_posed_as_yourdfpy_poses_it(occlusion, shared_data):
     assert set(occlusion.arm_links) == {f"panda_link{i}" for i in range(8)}
 
 
-def test_packaged_meshes_are_the_reference_files_closed_and_outward(occlusion, shared_data):
+def test_packaged_meshes_are_the_reference_files_closed_and_outward(occlusion, reference_data):
     robot = robot_model()
-    references = {"robotiq_arg85_description": shared_data / "robotiq_2f85" / "meshes",
-                  "franka_description": shared_data / "franka_collision"}
+    references = {"robotiq_arg85_description": reference_data / "robotiq_2f85" / "meshes",
+                  "franka_description": reference_data / "franka_collision"}
     for link in occlusion.links:
         meshes = robot.visual_meshes[link] if link in (LEFT_FINGER_LINK, RIGHT_FINGER_LINK) else \
             robot.collision_meshes[link]
         name = Path(meshes[0].filename).name
         reference = references[meshes[0].filename.split("/")[0]] / name
         if not reference.exists():
-            reference = shared_data / "robotiq_2f85" / name
+            reference = reference_data / "robotiq_2f85" / name
         assert read_asset(f"meshes/{name}") == reference.read_bytes(), link
         np.testing.assert_array_equal(occlusion.link_triangles[link], read_binary_stl(reference.read_bytes()))
         solid = mesh(occlusion.link_triangles[link])
         assert solid.is_watertight and solid.is_winding_consistent and solid.volume > 0, link
 
 
-def test_coarse_links_agree_with_their_fine_meshes(shared_data):
+def test_coarse_links_agree_with_their_fine_meshes(reference_data):
     """Each coarse Robotiq mesh is in its link's frame: it encloses the fine mesh of the same link
     (the coarse ones are hulls) and stays within a centimetre of it."""
-    folder = shared_data / "robotiq_2f85"
+    folder = reference_data / "robotiq_2f85"
     for coarse_path, fine_path in ((folder / "inner_finger_coarse.STL", folder / "inner_finger_fine.STL"),
                                    *((folder / "meshes" / f"{part}_coarse.STL", folder / "meshes" / f"{part}_fine.STL")
                                      for part in ("inner_knuckle", "outer_finger", "outer_knuckle"))):
@@ -256,8 +256,8 @@ def test_consecutive_arm_links_meet_at_their_joints_and_the_gripper_sits_on_the_
     np.testing.assert_allclose(0.5 * (base[:, :2].min(axis=0) + base[:, :2].max(axis=0)), 0.0, atol=1e-3)
 
 
-def test_contact_normals_are_the_pad_face_normals(gripper, shared_data):
-    finger = mesh(read_binary_stl((shared_data / "robotiq_2f85" / "inner_finger_fine.STL").read_bytes()))
+def test_contact_normals_are_the_pad_face_normals(gripper, reference_data):
+    finger = mesh(read_binary_stl((reference_data / "robotiq_2f85" / "inner_finger_fine.STL").read_bytes()))
     opening = np.array([0.0, 0.6])
     local = gripper.contact_normals_local(NUM_POINTS)
     points = gripper.contact_points_local(NUM_POINTS)

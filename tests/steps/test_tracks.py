@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 import pytest
 import yourdfpy
+from reference_data import REFERENCE_DATA
 from scipy.optimize import least_squares
 from scipy.spatial.transform import Rotation, Slerp
 
@@ -234,7 +235,7 @@ def episode(tmp_path_factory) -> Built:
 
 @pytest.fixture(scope="module")
 def urdf() -> yourdfpy.URDF:
-    return yourdfpy.URDF.load(str(REPO_ROOT.parent / "shared" / "data" / "panda_robotiq.urdf"),
+    return yourdfpy.URDF.load(str(REFERENCE_DATA / "panda_robotiq.urdf"),
                               load_meshes=False, load_collision_meshes=False)
 
 
@@ -768,7 +769,7 @@ def test_camera_types_that_do_not_fit_fail(tmp_path: Path, role: str, values: li
 
 def urdf_with_mount(tmp_path: Path, xyz: list[float], rpy: list[float]) -> yourdfpy.URDF:
     """The reference URDF with the flange-to-gripper joint's origin set to ``xyz`` / ``rpy``."""
-    tree = ET.parse(REPO_ROOT.parent / "shared" / "data" / "panda_robotiq.urdf")
+    tree = ET.parse(REFERENCE_DATA / "panda_robotiq.urdf")
     (joint,) = [j for j in tree.getroot().iter("joint") if j.find("child").get("link") == "robotiq_85_base_link"]
     joint.find("origin").set("xyz", " ".join(map(repr, xyz)))
     joint.find("origin").set("rpy", " ".join(map(repr, rpy)))

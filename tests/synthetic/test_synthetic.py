@@ -54,8 +54,8 @@ def dataset(tmp_path_factory) -> DatasetInfo:
 
 
 @pytest.fixture(scope="module")
-def panda_reference(shared_data) -> yourdfpy.URDF:
-    return yourdfpy.URDF.load(str(shared_data / "panda_robotiq.urdf"), build_scene_graph=True, load_meshes=False,
+def panda_reference(reference_data) -> yourdfpy.URDF:
+    return yourdfpy.URDF.load(str(reference_data / "panda_robotiq.urdf"), build_scene_graph=True, load_meshes=False,
                               build_collision_scene_graph=False, load_collision_meshes=False)
 
 
