@@ -177,6 +177,7 @@ for i in range(10_000):
     work = make_work(root / "work", random.choice(["full", "metadata"]), i)
     publish_episode(work, root / "out", f"LAB/success/2023-08-18/ep{i % 3}", f"LAB+x+{i % 3}",
                     "full" if (work / "recordings/111/depth.mkv").exists() else "metadata", root / "run")
+    print(i, flush=True)
 """
 
 
@@ -184,10 +185,12 @@ def test_kill_9_while_publishing_leaves_nothing_that_looks_finished_and_is_not(t
     rng = random.Random(3)
     for _ in range(3):
         proc = subprocess.Popen([sys.executable, "-c", PUBLISH_LOOP, str(tmp_path), str(Path(__file__).parent)],
-                                cwd=Path(__file__).resolve().parents[2])
-        time.sleep(rng.uniform(0.6, 1.2))
+                                cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline()  # one episode published, however slow the machine: then kill anywhere
+        time.sleep(rng.uniform(0.0, 0.6))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        proc.stdout.close()
     journal = {e["episode_dir"]: e for e in read_journal(tmp_path / "run")[0]}
     published = [d for d in (tmp_path / "out" / "LAB/success/2023-08-18").iterdir() if not d.name.startswith(".")]
     assert published
