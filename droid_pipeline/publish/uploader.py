@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING
 
 from droid_pipeline.core.atomic import remove_temporaries, sha256_file, write_json_atomic
 from droid_pipeline.core.config import Config
+from droid_pipeline.core.exit_codes import ExitCode
 from droid_pipeline.publish import index as episode_index
 from droid_pipeline.publish.card import render_card
 from droid_pipeline.publish.ledger import Ledger, repos_for
@@ -112,10 +113,6 @@ DEFAULT_REQUEST_TIMEOUT_S = 300.0
 
 BUDGET_REASON = "commit budget of max_commits_per_hour used up"
 
-EXIT_DONE = 0
-EXIT_FAILED = 1
-EXIT_CARRIED_OVER = 3
-
 
 class UploadError(RuntimeError):
     """The uploader cannot start: no repo configured, a bad repo URL, or no token."""
@@ -184,8 +181,8 @@ class BatchReport:
     @property
     def exit_code(self) -> int:
         if any(self.failed.values()) or self.errors:
-            return EXIT_FAILED
-        return EXIT_CARRIED_OVER if any(self.carried.values()) or self.waiting else EXIT_DONE
+            return ExitCode.FAILED
+        return ExitCode.CARRIED_OVER if any(self.carried.values()) or self.waiting else ExitCode.DONE
 
     def summary(self) -> str:
         parts = [f"{url}: {self.commits.get(url, 0)} commit(s), {self.episodes.get(url, 0)} episode(s) "
