@@ -11,15 +11,10 @@ from pathlib import Path
 
 from droid_pipeline.cli.common import add_config_args, config_from_args
 from droid_pipeline.core.exit_codes import ExitCode
+from droid_pipeline.publish.episode_queue import status_report
+from droid_pipeline.publish.repos import Redactor, UploadError, repo_urls, resolve_token
 from droid_pipeline.publish.targets import RepoUrlError
-from droid_pipeline.publish.uploader import (
-    Redactor,
-    Uploader,
-    UploadError,
-    repo_urls,
-    resolve_token,
-    status_report,
-)
+from droid_pipeline.publish.uploader import Uploader
 
 USAGE = """\
 Upload published episodes to the metadata and full repos in timed batches, with a ledger.
