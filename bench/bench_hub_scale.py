@@ -7,7 +7,7 @@ with T), and one of --depth-frames steps at --depth-size through stereo depth fo
 cameras (depth.mkv bytes per frame, scaled to --steps frames). Every simulated episode has
 those sizes (DROID's mean length is about 250 steps: 350 h over 76k successes at 15 Hz).
 
-The real uploader plans the commits (Uploader.plan_commits: files packed up to max_files_per_commit,
+The real uploader plans the commits (the repo layout's plan: files packed up to max_files_per_commit,
 or one shard per commit by shard_max_episodes / shard_max_bytes), batch by batch every
 upload_interval_s, with its rolling-hour budget (RepoState.budget_wait, max_commits_per_hour)
 on a simulated clock. Each planned commit goes to the loopback Hub server
@@ -45,10 +45,10 @@ from droid_pipeline.core.config import load_config  # noqa: E402
 from droid_pipeline.formats.depth_codec import DepthReader, DepthWriter  # noqa: E402
 from droid_pipeline.publish import index as episode_index  # noqa: E402
 from droid_pipeline.publish.card import render_card  # noqa: E402
-from droid_pipeline.publish.records import RepoState, UploadFile  # noqa: E402
+from droid_pipeline.publish.records import RepoState, UploadFile, Work  # noqa: E402
 from droid_pipeline.publish.shards import ShardMember, index_path, shard_path, tar_bytes  # noqa: E402
 from droid_pipeline.publish.staging import JournalEntry  # noqa: E402
-from droid_pipeline.publish.uploader import Uploader, _Work  # noqa: E402
+from droid_pipeline.publish.uploader import Uploader  # noqa: E402
 from droid_pipeline.raw.discovery import build_index  # noqa: E402
 from droid_pipeline.steps.depth import downscale_depth, extract_depth  # noqa: E402
 from droid_pipeline.steps.intrinsics import extract_intrinsics  # noqa: E402
@@ -160,7 +160,7 @@ def simulate(layout: str, kind: str, episodes: int, files: list[tuple[str, int]]
     for number in range(episodes):
         episode_id, rel = droid_like(number)
         entry = JournalEntry(episode_id, rel, "full" if kind == "full" else "metadata", Path("/nonexistent"), "", 0.0)
-        work.append(_Work(entry, [UploadFile(f"{rel}/{p}", Path("/nonexistent"), size, "") for p, size in files],
+        work.append(Work(entry, [UploadFile(f"{rel}/{p}", Path("/nonexistent"), size, "") for p, size in files],
                           len(files)))
     state = RepoState()
     repo_id = f"bench/{layout}-{kind}"
@@ -171,7 +171,7 @@ def simulate(layout: str, kind: str, episodes: int, files: list[tuple[str, int]]
         data_bytes = uploaded = indexed = 0
         pending = work
         while pending:
-            chunks = uploader.plan_commits(url, pending)  # one batch: the real uploader's plan of what is left
+            chunks = uploader.repos[url].layout.plan(pending)  # one batch: the real uploader's plan of what is left
             done = 0
             for chunk in chunks:
                 if state.budget_wait(config.max_commits_per_hour, now[0]) > 0:

@@ -11,10 +11,8 @@ from pathlib import Path
 
 from droid_pipeline.core.config import Config, ConfigError, load_config
 from droid_pipeline.core.errors import EpisodeError
+from droid_pipeline.core.exit_codes import ExitCode
 from droid_pipeline.raw.discovery import DiscoveryError, Episode, build_index
-
-EXIT_EPISODE_FAILED = 1
-EXIT_USAGE = 2
 
 
 def add_config_args(parser: argparse.ArgumentParser, *, episode: bool = False) -> None:
@@ -74,11 +72,11 @@ def run_main(main: Callable[[], int | None]) -> None:
         code = main()
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
+        sys.exit(ExitCode.USAGE)
     except EpisodeError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(EXIT_EPISODE_FAILED)
+        sys.exit(ExitCode.FAILED)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    sys.exit(code or 0)
+        sys.exit(ExitCode.INTERRUPTED)
+    sys.exit(code or ExitCode.DONE)

@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 from droid_pipeline.cli.common import (
-    EXIT_EPISODE_FAILED,
     add_config_args,
     config_from_args,
 )
+from droid_pipeline.core.exit_codes import ExitCode
 from droid_pipeline.formats.depth_codec import (
     DepthCodecError,
     convert_to_mkv,
@@ -53,5 +53,5 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.output}: {count} PNG frames")
     except DepthCodecError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_EPISODE_FAILED
-    return 0
+        return ExitCode.FAILED
+    return ExitCode.DONE

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from droid_pipeline.core.exit_codes import ExitCode
 from droid_pipeline.synthetic.generator import SyntheticError, generate_dataset
 
 
@@ -43,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 seed=args.seed)
     except SyntheticError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     elapsed = time.perf_counter() - started
     width, height = args.size
     print(f"{len(info.episodes)} episodes of {args.frames} steps at {width}x{height} in {elapsed:.1f} s")
@@ -58,5 +59,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"ZED factory files:   {info.zed_calibration_dir}")
     print(f"ground truth:        {info.ground_truth_dir}")
     print(f"pipeline config:     {info.config_path}  (use --config {info.config_path})")
-    return 0
+    return ExitCode.DONE
 

@@ -7,6 +7,7 @@ import json
 from collections.abc import Sequence
 
 from droid_pipeline.cli.common import add_config_args, add_step_args, step_request
+from droid_pipeline.core.exit_codes import ExitCode
 from droid_pipeline.steps.depth import BACKENDS, STEP, extract_depth
 
 
@@ -27,4 +28,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = extract_depth(request.config, request.episode, request.output_dir,
                             backend=args.depth_backend, cameras=request.cameras)
     print(json.dumps(summary.to_json(), indent=2))
-    return 0
+    return ExitCode.DONE

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from droid_pipeline.cli.common import add_config_args, config_from_args
+from droid_pipeline.core.exit_codes import ExitCode
 from droid_pipeline.raw.discovery import (
     OUTCOMES,
     DiscoveryError,
@@ -44,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               outcomes=outcomes, limit=args.limit)
     except DiscoveryError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     if args.json:
         for episode in chosen:
             print(json.dumps(episode.to_json()))
@@ -54,5 +55,5 @@ def main(argv: Sequence[str] | None = None) -> int:
               f" (index: {config.index_path})")
     for problem in index.problems:
         print(f"warning: {problem['path']}: {problem['problem']}", file=sys.stderr)
-    return 0
+    return ExitCode.DONE
 

@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Sequence
 
 from droid_pipeline.cli.common import add_config_args, add_step_args, step_request
+from droid_pipeline.core.exit_codes import ExitCode
 from droid_pipeline.formats.intrinsics import SOURCES
 from droid_pipeline.steps.intrinsics import STEP, extract_intrinsics
 
@@ -28,4 +29,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     for serial, record in records.items():
         print(f"{serial} ({record.camera}): {record.source} fx={record.fx:.3f} fy={record.fy:.3f} "
               f"cx={record.cx:.3f} cy={record.cy:.3f} {record.width}x{record.height}")
-    return 0
+    return ExitCode.DONE

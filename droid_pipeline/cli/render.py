@@ -9,6 +9,7 @@ from pathlib import Path
 
 from droid_pipeline.cli.common import add_config_args, config_from_args
 from droid_pipeline.core.errors import EpisodeError
+from droid_pipeline.core.exit_codes import ExitCode
 from droid_pipeline.formats.depth_codec import DepthCodecError
 from droid_pipeline.outputs.loader import LoadError, read_episode_dir
 from droid_pipeline.outputs.overlay import (
@@ -81,4 +82,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     for serial, path in result.videos.items():
         print(f"{serial}: {path}")
     print(f"contact sheet: {result.contact_sheet}")
-    return 0
+    return ExitCode.DONE

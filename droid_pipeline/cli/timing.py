@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from droid_pipeline.core.exit_codes import ExitCode
 from droid_pipeline.execution.timing import (
     format_review,
     plot_review,
@@ -31,7 +32,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     csv_path, planned = resolve_csv(args.target)
     if not csv_path.is_file():
         print(f"error: no timing CSV at {csv_path}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     rows = read_rows(csv_path)
     stats = review(rows, args.planned if args.planned is not None else planned)
     png = args.png or csv_path.with_name("timing.png")
@@ -42,5 +43,5 @@ def main(argv: Iterable[str] | None = None) -> int:
     else:
         print(format_review(stats, str(csv_path)))
         print(f"plot: {png}")
-    return 0
+    return ExitCode.DONE
 

@@ -7,6 +7,7 @@ import json
 from collections.abc import Sequence
 
 from droid_pipeline.cli.common import add_config_args, add_step_args, step_request
+from droid_pipeline.core.exit_codes import ExitCode
 from droid_pipeline.core.schema import EPISODE_LAYOUT, help_text
 from droid_pipeline.steps.tracks import OUTPUTS, STEP, generate_tracks
 
@@ -38,4 +39,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     request = step_request(args, STEP)
     summary = generate_tracks(request.config, request.episode, request.output_dir)
     print(json.dumps(summary))
-    return 0
+    return ExitCode.DONE

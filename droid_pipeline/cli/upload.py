@@ -9,16 +9,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from droid_pipeline.cli.common import EXIT_USAGE, add_config_args, config_from_args
+from droid_pipeline.cli.common import add_config_args, config_from_args
+from droid_pipeline.core.exit_codes import ExitCode
+from droid_pipeline.publish.episode_queue import status_report
+from droid_pipeline.publish.repos import Redactor, UploadError, repo_urls, resolve_token
 from droid_pipeline.publish.targets import RepoUrlError
-from droid_pipeline.publish.uploader import (
-    Redactor,
-    Uploader,
-    UploadError,
-    repo_urls,
-    resolve_token,
-    status_report,
-)
+from droid_pipeline.publish.uploader import Uploader
 
 USAGE = """\
 Upload published episodes to the metadata and full repos in timed batches, with a ledger.
@@ -52,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "status":
             print(status_report(config, run_root))
-            return 0
+            return ExitCode.DONE
         if not (args.once or args.daemon or args.dry_run):
             parser.error("choose --once, --daemon or --dry-run (or the status command)")
         urls = repo_urls(config)
@@ -63,13 +59,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         uploader = Uploader(config, run_root, token=token)
     except (UploadError, RepoUrlError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     if args.dry_run:
         for url, commits in uploader.plan().items():
             print(f"{url}: {len(commits)} commit(s), {sum(len(c) for c in commits)} episode(s)")
             for number, episodes in enumerate(commits, 1):
                 print(f"  commit {number}: {', '.join(episodes)}")
-        return 0
+        return ExitCode.DONE
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: uploader.stop())
     report = uploader.run_daemon() if args.daemon else uploader.run_batch()
@@ -81,5 +77,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(redactor.redact(f"failed {url} {episode_id}: {reason}"))
     for target in uploader.targets.values():
         print(f"repo {target.url}: {target.location}")
-    return 0 if args.daemon else report.exit_code
+    return ExitCode.DONE if args.daemon else report.exit_code
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from droid_pipeline.core.exit_codes import ExitCode
 from droid_pipeline.outputs.loader import HUB_PREFIX, LoadError, parse_hub_url
 from droid_pipeline.outputs.sharded import FolderSource, ShardSource, folder_index, hub_source
 from droid_pipeline.outputs.verify import (
@@ -47,20 +48,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                              file=sys.stderr))
         if not reports:
             print(f"error: no episode in the index of {args.path}", file=sys.stderr)
-            return 1
+            return ExitCode.FAILED
     else:
         path = Path(args.path)
         folders = find_episode_dirs(path)
         if not folders:
             print(f"error: no episode under {path} (no {', '.join(EPISODE_FILES)})", file=sys.stderr)
-            return 1
+            return ExitCode.FAILED
         reports = [verify_episode(folder, path, decode_depth=not args.no_depth_decode,
                                   tolerance_px=args.tolerance_px)
                    for folder in tqdm(folders, unit="episode", disable=args.no_progress, file=sys.stderr)]
     print(format_table(reports))
     failed = sum(not r.ok for r in reports)
     print(f"\n{len(reports) - failed} of {len(reports)} episodes pass" + (f", {failed} FAILED" if failed else ""))
-    return 1 if failed else 0
+    return ExitCode.FAILED if failed else ExitCode.DONE
 
 
 def _sharded_source(path: str, revision: str | None) -> ShardSource | None | int:
@@ -71,14 +72,14 @@ def _sharded_source(path: str, revision: str | None) -> ShardSource | None | int
             source = hub_source(repo_type, repo_id, revision, path)
         except (LoadError, OSError, ValueError) as exc:  # huggingface_hub's HTTP errors are OSErrors
             print(f"error: {path}: {exc}", file=sys.stderr)
-            return 2
+            return ExitCode.USAGE
         if source is None:
             print(f"error: {path} has no episode index (index/<kind>.parquet): download a files-layout "
                   "repo and verify the folder", file=sys.stderr)
-            return 2
+            return ExitCode.USAGE
         return source
     if not Path(path).is_dir():
         print(f"error: {path} is not a folder", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     index = folder_index(Path(path))
     return None if index is None else FolderSource(Path(path), index)

@@ -11,7 +11,8 @@
 # per worker process; --process-slot-var gives each worker its slot, which pins its GPU. xargs
 # runs in its own session, so Ctrl-C reaches only this script, which then stops the workers with
 # SIGTERM, waits for them (each holds a shared lock on the run folder's .workers.lock), writes
-# the summary and exits 130.
+# the summary and exits with the summary's code (interrupted). Exit codes come from the one table,
+# droid_pipeline.core.exit_codes, read into EXIT by load_exit_codes.
 set -euo pipefail
 
 # The folder holding the droid_pipeline package: a checkout's root, or site-packages.
@@ -26,6 +27,9 @@ PROGRESS_PID=""
 UPLOADER_PID=""
 INTERRUPTED=0
 declare -A PLAN=()
+declare -A EXIT=()
+# GNU xargs exits 123 when a command (a worker) exited 1-125.
+readonly XARGS_COMMAND_FAILED=123
 
 err() {
   echo "$(date -u +%FT%TZ) ${PROG}: $*" >&2
@@ -53,6 +57,15 @@ find_python() {
   if in_checkout; then
     export PYTHONPATH="${PACKAGE_ROOT}${PYTHONPATH:+:${PYTHONPATH}}"
   fi
+}
+
+# Fill EXIT (name -> code, e.g. EXIT[usage]) from the package's exit-code table.
+load_exit_codes() {
+  local table key value
+  table="$("${PY}" -m droid_pipeline.core.exit_codes)"
+  while IFS='=' read -r key value; do
+    EXIT["${key}"]="${value}"
+  done <<<"${table}"
 }
 
 cleanup() {
@@ -96,33 +109,33 @@ start_uploader() {
 
 # Stop the background uploader; after a complete run, give it a final flush.
 finish_uploader() {
-  local rc=0
+  local rc="${EXIT[done]}"
   if [[ -n "${UPLOADER_PID}" ]]; then
     kill -TERM "${UPLOADER_PID}" 2>/dev/null || true
     wait "${UPLOADER_PID}" || rc=$?
     UPLOADER_PID=""
-    if ((rc != 0 && rc != 143)); then
+    if ((rc != EXIT[done] && rc != EXIT[terminated])); then
       err "background uploader exited with ${rc} (see ${PLAN[run_dir]}/uploader.log)"
     fi
   fi
   if ((INTERRUPTED)); then
     info "no final upload flush after an interrupt: a rerun uploads what is published"
-    return 0
+    return "${EXIT[done]}"
   fi
   local log="${PLAN[run_dir]}/uploader.log"
   info "final upload flush (log ${log})"
-  rc=0
+  rc="${EXIT[done]}"
   local cmd=("${PY}" -m droid_pipeline.upload --once
     --config "${PLAN[run_dir]}/config.yaml" --run-root "${PLAN[run_root]}")
   "${cmd[@]}" >>"${log}" 2>&1 || rc=$?
-  case "${rc}" in
-    0) info "upload complete" ;;
-    3) info "some uploads carried over (rate limit or budget): python -m droid_pipeline.upload --once later" ;;
-    *)
-      err "final upload flush failed with ${rc} (see ${log}); a rerun retries it"
-      return 1
-      ;;
-  esac
+  if ((rc == EXIT[done])); then
+    info "upload complete"
+  elif ((rc == EXIT[carried_over])); then
+    info "some uploads carried over (rate limit or budget): python -m droid_pipeline.upload --once later"
+  else
+    err "final upload flush failed with ${rc} (see ${log}); a rerun retries it"
+    return "${EXIT[failed]}"
+  fi
 }
 
 start_progress() {
@@ -147,37 +160,38 @@ run_fanout() {
   local started="${SECONDS}"
   "${cmd[@]}" &
   FANOUT_PID=$!
-  local rc=0
+  local rc="${EXIT[done]}"
   while kill -0 "${FANOUT_PID}" 2>/dev/null; do
-    rc=0
+    rc="${EXIT[done]}"
     wait "${FANOUT_PID}" || rc=$?
   done
   FANOUT_PID=""
   # Workers outlive a killed xargs for a moment: wait until none holds the run's lock.
   flock "${PLAN[run_dir]}/.workers.lock" true
   info "fan-out ended after $((SECONDS - started)) s"
-  # xargs: 0 all done, 123 some episode failed (recorded), 124/125 stopped by a worker.
-  if ((rc != 0 && rc != 123 && !INTERRUPTED)); then
+  # xargs: done, a worker failed (its episodes recorded), or stopped or killed by a worker.
+  if ((rc != EXIT[done] && rc != XARGS_COMMAND_FAILED && !INTERRUPTED)); then
     err "fan-out stopped early (xargs exit ${rc}): see the episode logs in ${PLAN[run_dir]}/logs"
   fi
 }
 
 # main PIPELINE ARGS...: plan, fan out, summarize, upload; exits with the summary's code.
 main() {
+  find_python
+  load_exit_codes
   if [[ $# -lt 1 || ( "$1" != "metadata" && "$1" != "full" ) ]]; then
     err "usage: bash driver.sh metadata|full [OPTIONS...] (--help lists the options)"
-    return 2
+    return "${EXIT[usage]}"
   fi
   local pipeline="$1"
   shift
   PROG="droid-run-${pipeline}"
-  find_python
   trap cleanup EXIT
   PLAN_FILE="$(mktemp)"
   "${PY}" -m droid_pipeline.execution.runner plan --pipeline "${pipeline}" --plan-file "${PLAN_FILE}" "$@"
   read_plan
   if [[ "${PLAN[action]:-exit}" != "run" ]]; then
-    return "${PLAN[exit_code]:-0}"
+    return "${PLAN[exit_code]:-${EXIT[done]}}"
   fi
   trap on_signal INT TERM
   if ((PLAN[upload])); then
@@ -197,10 +211,10 @@ main() {
   if ((INTERRUPTED)); then
     summary+=(--interrupted)
   fi
-  local rc=0
+  local rc="${EXIT[done]}"
   "${summary[@]}" || rc=$?
   if ((PLAN[upload])); then
-    finish_uploader || rc=$((rc == 0 ? 1 : rc))
+    finish_uploader || rc=$((rc == EXIT[done] ? EXIT[failed] : rc))
   fi
   return "${rc}"
 }

@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, TypeVar
 
 from droid_pipeline.core.atomic import append_locked, write_json_atomic, write_text_atomic
 from droid_pipeline.core.config import Config, ConfigError, dump_config, load_config
+from droid_pipeline.core.exit_codes import ExitCode
 from droid_pipeline.core.schema import SCHEMA_VERSION
 from droid_pipeline.execution.records import (
-    EXIT_OK,
     FAILED_NAME,
     PIPELINES,
     PLAN_NAME,
@@ -239,7 +239,7 @@ def main(argv: Sequence[str]) -> int:
                    verbose=args.verbose, discovery_failures=tuple(discovery))
     _print_plan(plan, todo, args, config)
     if args.dry_run and not args.slurm:
-        return _hand_over(plan_file, DriverExit(EXIT_OK))
+        return _hand_over(plan_file, DriverExit(ExitCode.DONE))
     _remove_leftovers(config)
     if args.slurm:
         return _hand_over(plan_file, _submit_slurm(spec, config, plan, todo, args))
@@ -358,7 +358,7 @@ def _make_run_dir(config: Config, spec: PipelineSpec, plan: RunPlan, todo: list[
 def _hand_over(path: Path, plan: DriverPlan) -> int:
     """Write the plan file the driver reads next; the plan step itself succeeded."""
     path.write_text(plan.to_plan_file())
-    return EXIT_OK
+    return ExitCode.DONE
 
 
 def _submit_slurm(spec: PipelineSpec, config: Config, plan: RunPlan, todo: list[Episode],
@@ -366,19 +366,19 @@ def _submit_slurm(spec: PipelineSpec, config: Config, plan: RunPlan, todo: list[
     num_tasks = min(config.slurm.num_tasks, len(todo))
     if num_tasks == 0:
         print("nothing left to do: no SLURM job submitted")
-        return DriverExit(EXIT_OK)
+        return DriverExit(ExitCode.DONE)
     plan = dataclasses.replace(plan, slurm_tasks=num_tasks)
     if args.dry_run:
         run_dir = Path(config.run_root) / f"{spec.name}-<submit time>"
         print(sbatch_script(spec.name, run_dir, config.slurm, num_tasks))
-        return DriverExit(EXIT_OK)
+        return DriverExit(ExitCode.DONE)
     run_dir = _make_run_dir(config, spec, plan, todo)
     job_id = submit(spec.name, run_dir, config.slurm, num_tasks)
     print(f"submitted SLURM job {job_id}: {num_tasks} array task(s), at most "
           f"{config.slurm.max_parallel_tasks} at once")
     print(f"logs: {run_dir / 'slurm'}/{job_id}_<task>.out, episode logs in {run_dir / 'logs'}, "
           f"timing in {run_dir / TIMING_NAME}")
-    return DriverExit(EXIT_OK)
+    return DriverExit(ExitCode.DONE)
 
 
 def batch_size(todo: int, workers: int, requested: int | None) -> int:

@@ -18,6 +18,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from droid_pipeline.core.exit_codes import ExitCode
 from droid_pipeline.execution.records import read_todo
 from droid_pipeline.execution.timing import TIMING_NAME, read_rows
 
@@ -62,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             end = time.monotonic() + args.interval
             while not stop and time.monotonic() < end:
                 time.sleep(0.1)
-    return 0
+    return ExitCode.DONE
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 - :class:`RunOptions` (``run.json``): the plan and where the run writes; read by the workers, the
   SLURM array tasks and the summary.
 - :class:`DriverRun` / :class:`DriverExit`: what the bash driver does next, written as the
-  ``key=value`` plan file that ``scripts/driver_lib.sh`` (``read_plan``) reads.
+  ``key=value`` plan file that ``driver.sh`` (``read_plan``) reads.
 - ``todo.jsonl``: one :class:`~droid_pipeline.raw.discovery.Episode` record a line.
 
 The JSON layouts are those of earlier versions, so older run folders still read.
@@ -21,15 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 from droid_pipeline.core.atomic import write_text_atomic
 from droid_pipeline.core.config import ConfigError
+from droid_pipeline.core.exit_codes import ExitCode
 from droid_pipeline.raw.discovery import Episode
 
 if TYPE_CHECKING:
     from droid_pipeline.publish.staging import Pipeline
-
-# Exit codes of the driver (the summary's), of its plan step and of its workers.
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-# A worker exits 255 when interrupted: GNU xargs then starts no further episode.
-EXIT_WORKER_STOP = 255
 
 RUN_OPTIONS_NAME = "run.json"
 PLAN_NAME = "plan.json"
@@ -206,7 +202,7 @@ class DriverExit:
     """``action=exit``: the driver exits with ``exit_code`` (a dry run, nothing to submit, a
     submitted SLURM job)."""
 
-    exit_code: int = EXIT_OK
+    exit_code: int = ExitCode.DONE
 
     def to_plan_file(self) -> str:
         return _key_values({"action": "exit", "exit_code": self.exit_code})

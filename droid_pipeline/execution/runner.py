@@ -1,14 +1,15 @@
 """Driver back end: ``python -m droid_pipeline.execution.runner {plan,worker,summary}``.
 
-The bash drivers (``run_pipeline_metadata_only.sh``, ``run_pipeline_compressed_depth.sh``, through
-``scripts/driver_lib.sh``) call:
+The packaged bash driver (``driver.sh``, which ``run_pipeline_metadata_only.sh`` and
+``run_pipeline_compressed_depth.sh`` run) calls:
 
 - ``plan`` (:mod:`~droid_pipeline.execution.plan`): select the episodes, write the run folder and
   hand the driver its ``key=value`` plan file; or print the plan, or submit a SLURM array.
 - ``worker`` (:mod:`~droid_pipeline.execution.worker`): run a few episodes, each in a process
   forked from the warm worker, publish them and append their timing rows.
 - ``summary`` (:mod:`~droid_pipeline.execution.summary`): the run's counts; its exit code is the
-  driver's (0 all done, 1 anything failed or not run, 130 interrupted).
+  driver's (:class:`~droid_pipeline.core.exit_codes.ExitCode`: done, failed when anything failed
+  or was not run, interrupted).
 
 Run folder (``<run_root>/<pipeline>-<UTC time>-<pid>/``): ``config.yaml`` (effective config),
 ``run.json`` (options), ``plan.json`` (selection and why episodes were skipped or redone),
@@ -24,8 +25,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 from droid_pipeline.core.config import ConfigError
+from droid_pipeline.core.exit_codes import ExitCode
 from droid_pipeline.execution import plan, summary, worker
-from droid_pipeline.execution.records import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
 from droid_pipeline.execution.slurm import SlurmError
 from droid_pipeline.raw.discovery import DiscoveryError
 
@@ -37,18 +38,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
         print(f"usage: python -m droid_pipeline.execution.runner {{{','.join(COMMANDS)}}} ...", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     try:
         return COMMANDS[argv[0]](argv[1:])
     except (ConfigError, DiscoveryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     except SlurmError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return ExitCode.FAILED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return ExitCode.INTERRUPTED
 
 
 if __name__ == "__main__":

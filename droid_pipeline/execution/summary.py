@@ -16,10 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from droid_pipeline.core.atomic import write_json_atomic, write_text_atomic
+from droid_pipeline.core.exit_codes import ExitCode
 from droid_pipeline.execution.records import (
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
     FAILED_NAME,
     REDO_SHOWN,
     DiscoveryFailure,
@@ -70,8 +68,8 @@ class RunSummary:
     @property
     def exit_code(self) -> int:
         if self.interrupted:
-            return EXIT_INTERRUPTED
-        return EXIT_FAILED if self.failed or self.not_run or self.discovery_failures else EXIT_OK
+            return ExitCode.INTERRUPTED
+        return ExitCode.FAILED if self.failed or self.not_run or self.discovery_failures else ExitCode.DONE
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

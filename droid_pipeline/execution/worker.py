@@ -46,11 +46,8 @@ from typing import TextIO
 from droid_pipeline.core.atomic import append_locked
 from droid_pipeline.core.config import load_config
 from droid_pipeline.core.errors import EpisodeError
+from droid_pipeline.core.exit_codes import ExitCode
 from droid_pipeline.execution.records import (
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_WORKER_STOP,
     FAILED_NAME,
     WORKERS_LOCK,
     PipelineSpec,
@@ -84,10 +81,13 @@ STEP_FUNCTIONS = {
 # The libraries each step imports where it uses them (so a command's start stays light), imported
 # by the warm worker too: about 0.08 s that no episode process pays again.
 STEP_LIBRARIES = {"intrinsics": ("h5py", "av"), "depth": ("h5py", "av"), "tracks": ("h5py", "av")}
-# Exit codes of an episode process, read by its worker: its row written (0-2), or not (4-6).
-_EPISODE_EXIT = {0: AttemptStatus.DONE, 1: AttemptStatus.FAILED, 2: AttemptStatus.INTERRUPTED}
-_EXIT_OF_STATUS = {status: code for code, status in _EPISODE_EXIT.items()}
-_UNRECORDED_EXIT = {code + 4: status for code, status in _EPISODE_EXIT.items()}
+# Exit codes of an episode process, read by its worker: its row written, or not.
+_EPISODE_EXIT: dict[int, AttemptStatus] = {
+    ExitCode.EPISODE_DONE: AttemptStatus.DONE, ExitCode.EPISODE_FAILED: AttemptStatus.FAILED,
+    ExitCode.EPISODE_INTERRUPTED: AttemptStatus.INTERRUPTED}
+_UNRECORDED_EXIT: dict[int, AttemptStatus] = {
+    ExitCode.EPISODE_DONE_UNRECORDED: AttemptStatus.DONE, ExitCode.EPISODE_FAILED_UNRECORDED: AttemptStatus.FAILED,
+    ExitCode.EPISODE_INTERRUPTED_UNRECORDED: AttemptStatus.INTERRUPTED}
 # prctl(2) options.
 PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
 # A warm worker that dies with no episode in flight is replaced at most this many times in a row.
@@ -195,7 +195,7 @@ def main(argv: Sequence[str]) -> int:
 
 def _supervise(slot: WorkerSlot, episodes: list[Episode], signals: _Signals) -> int:
     """Fork warm workers until every episode of the batch had its attempt (see module docstring)."""
-    stop = EXIT_INTERRUPTED if slot.debug else EXIT_WORKER_STOP
+    stop = ExitCode.INTERRUPTED if slot.debug else ExitCode.WORKER_STOP
     remaining = list(range(len(episodes)))
     failed, idle_restarts = False, 0
     while remaining:
@@ -204,7 +204,7 @@ def _supervise(slot: WorkerSlot, episodes: list[Episode], signals: _Signals) -> 
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:
-            code = 3
+            code: int = ExitCode.CRASHED
             try:
                 os.close(read_fd)
                 code = _warm_worker(slot, [(i, episodes[i]) for i in remaining], signals, _Report(write_fd))
@@ -217,9 +217,9 @@ def _supervise(slot: WorkerSlot, episodes: list[Episode], signals: _Signals) -> 
             progress = _Progress.read(pipe)
         ended = _reap_all()
         status = ended.pop(pid)[0]
-        if os.WIFEXITED(status) and os.WEXITSTATUS(status) in (EXIT_OK, EXIT_FAILED):
-            return EXIT_FAILED if failed or os.WEXITSTATUS(status) == EXIT_FAILED else EXIT_OK
-        if os.WIFEXITED(status) and os.WEXITSTATUS(status) in (EXIT_WORKER_STOP, EXIT_INTERRUPTED):
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) in (ExitCode.DONE, ExitCode.FAILED):
+            return ExitCode.FAILED if failed or os.WEXITSTATUS(status) == ExitCode.FAILED else ExitCode.DONE
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) in (ExitCode.WORKER_STOP, ExitCode.INTERRUPTED):
             return os.WEXITSTATUS(status)
         how = _death(status)
         in_flight = progress.in_flight()
@@ -233,10 +233,10 @@ def _supervise(slot: WorkerSlot, episodes: list[Episode], signals: _Signals) -> 
             if idle_restarts > MAX_IDLE_RESTARTS:
                 print(f"warm worker {pid} of slot {slot.number} {how} before starting an episode, "
                       f"{idle_restarts} times: {len(remaining)} episode(s) of its batch not run", file=sys.stderr)
-                return EXIT_FAILED
+                return ExitCode.FAILED
         done = progress.ended | ({in_flight[0]} if in_flight is not None else set())
         remaining = [i for i in remaining if i not in done]
-    return EXIT_FAILED if failed else EXIT_OK
+    return ExitCode.FAILED if failed else ExitCode.DONE
 
 
 @dataclass
@@ -347,7 +347,7 @@ def _recorded_status(slot: WorkerSlot, row: TimingRow) -> AttemptStatus | None:
 
 def _warm_worker(slot: WorkerSlot, batch: list[tuple[int, Episode]], signals: _Signals, report: _Report) -> int:
     """Import the steps, then run the batch's episodes one after the other, each in a forked process."""
-    stop = EXIT_INTERRUPTED if slot.debug else EXIT_WORKER_STOP
+    stop = ExitCode.INTERRUPTED if slot.debug else ExitCode.WORKER_STOP
     _preload(slot)
     failed = False
     for index, episode in batch:
@@ -357,7 +357,7 @@ def _warm_worker(slot: WorkerSlot, batch: list[tuple[int, Episode]], signals: _S
         if status is AttemptStatus.INTERRUPTED or signals.pending:
             return stop
         failed = failed or status is AttemptStatus.FAILED
-    return EXIT_FAILED if failed else EXIT_OK
+    return ExitCode.FAILED if failed else ExitCode.DONE
 
 
 def _preload(slot: WorkerSlot) -> None:
@@ -397,7 +397,7 @@ def _attempt(slot: WorkerSlot, index: int, episode: Episode, signals: _Signals, 
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:
-        code = 3
+        code: int = ExitCode.CRASHED
         try:
             os.close(read_fd)
             report.close()
@@ -456,11 +456,11 @@ def _episode_process(slot: WorkerSlot, episode: Episode, start: float, notify_fd
     try:
         signals.install()
         if inherited.pending:  # a signal reached it before its own handlers were in place
-            return _EXIT_OF_STATUS[AttemptStatus.INTERRUPTED]
+            return ExitCode.EPISODE_INTERRUPTED
         terminal = os.fdopen(os.dup(2), "w", buffering=1)
         _setup_logging(slot.log_path(episode), terminal, slot.debug, slot.options.plan.verbose)
     except Interrupted:
-        return _EXIT_OF_STATUS[AttemptStatus.INTERRUPTED]
+        return ExitCode.EPISODE_INTERRUPTED
     except OSError as exc:  # no log (a full disk under run_root): record the cause at least
         row = slot.new_row(episode, start)
         row.status, row.failed_step, row.error = AttemptStatus.FAILED, "setup", f"cannot open the episode log: {exc}"
@@ -470,14 +470,20 @@ def _episode_process(slot: WorkerSlot, episode: Episode, start: float, notify_fd
     status, recorded = run_episode(slot, episode, start, signals, terminal, notify)
     logging.shutdown()
     terminal.flush()
-    return _EXIT_OF_STATUS[status] if recorded else _EXIT_OF_STATUS[status] + 4
+    return _episode_exit(status, recorded)
 
 
 def _finish(slot: WorkerSlot, episode: Episode, row: TimingRow, terminal: TextIO) -> int:
     """Record an attempt that ended before its steps; the exit code says whether the row is written."""
     row.peak_rss_mib = _own_peak_rss_mib()
     recorded = _record_or_report(slot, episode, row, terminal) == "written"
-    return _EXIT_OF_STATUS[row.status] + (0 if recorded else 4)
+    return _episode_exit(row.status, recorded)
+
+
+def _episode_exit(status: AttemptStatus, recorded: bool) -> int:
+    """The episode process's exit code: its attempt's status, and whether it wrote its row."""
+    codes = _EPISODE_EXIT if recorded else _UNRECORDED_EXIT
+    return next(code for code, of in codes.items() if of is status)
 
 
 def _own_peak_rss_mib() -> float:

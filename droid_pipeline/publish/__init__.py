@@ -1,1 +1,2 @@
-"""Publishing finished episodes: staging with manifests, the upload ledger, repo targets, the uploader."""
+"""Publishing finished episodes: staging with manifests, the upload ledger, repo targets and
+layouts, and the uploader."""

@@ -1,4 +1,5 @@
-"""The uploader's records: a file to commit, the commit in flight, a repo's state, commit outcomes.
+"""The uploader's records: an episode's work for a repo, a file to commit, the commit in flight, a
+repo's state, commit outcomes and a batch's report.
 
 ``<run_root>/upload_state/<repo>.json`` holds one :class:`RepoState`; its ``pending`` is the
 :class:`PendingCommit` in flight, kept until the commit is confirmed or found not to have
@@ -8,10 +9,15 @@ landed. The JSON layout is that of earlier versions, so older state files still 
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from droid_pipeline.core.atomic import write_json_atomic
+from droid_pipeline.core.exit_codes import ExitCode
+from droid_pipeline.publish.staging import JournalEntry
 
 HOUR_S = 3600.0
 
@@ -94,6 +100,25 @@ class PendingCommit:
                    shard=None if data.get("shard") is None else int(data["shard"]))
 
 
+@dataclass
+class Work:
+    """One episode's files still missing in one repo (``total``: all its files in that repo)."""
+
+    entry: JournalEntry
+    files: list[UploadFile]
+    total: int
+
+    @property
+    def episode_id(self) -> str:
+        return self.entry.episode_id
+
+    def as_pending_episode(self) -> PendingEpisode:
+        entry = self.entry
+        return PendingEpisode(episode_id=entry.episode_id, relative_path=entry.relative_path,
+                              manifest_sha256=entry.manifest_sha256, episode_files=self.total,
+                              files=tuple(self.files))
+
+
 class CommitOutcome(enum.Enum):
     """How an attempt to commit a chunk of episodes ended."""
 
@@ -143,3 +168,42 @@ class RepoState:
                    blocked_reason=data.get("blocked_reason", ""),
                    pending=None if pending is None else PendingCommit.from_json(pending),
                    failures=dict(data.get("failures", {})), last_error=data.get("last_error", ""))
+
+
+def load_state(path: Path) -> RepoState:
+    """The state a repo's state file holds; a fresh one when there is no file yet."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return RepoState()
+    return RepoState.from_json(data)
+
+
+def save_state(path: Path, state: RepoState) -> None:
+    write_json_atomic(path, state.to_json())
+
+
+@dataclass
+class BatchReport:
+    """What one batch did, per repo URL; its exit code is that of ``upload --once``."""
+
+    commits: dict[str, int] = field(default_factory=dict)
+    episodes: dict[str, int] = field(default_factory=dict)
+    carried: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, dict[str, str]] = field(default_factory=dict)
+    waiting: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    deleted: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        if any(self.failed.values()) or self.errors:
+            return ExitCode.FAILED
+        return ExitCode.CARRIED_OVER if any(self.carried.values()) or self.waiting else ExitCode.DONE
+
+    def summary(self) -> str:
+        parts = [f"{url}: {self.commits.get(url, 0)} commit(s), {self.episodes.get(url, 0)} episode(s) "
+                 f"uploaded, {self.carried.get(url, 0)} carried over, "
+                 f"{len(self.failed.get(url, {}))} failed" for url in self.commits]
+        parts.append(f"{len(self.waiting)} episode(s) waiting for their files, {self.deleted} deleted locally")
+        return "; ".join(parts)
