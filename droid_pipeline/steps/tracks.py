@@ -237,8 +237,6 @@ def generate_tracks(config: Config, episode: Episode, output_dir: os.PathLike | 
     except ValueError as exc:
         raise raw.fail(str(exc)) from exc
     warnings = list(trajectory.warnings)
-    if keep is None:
-        warnings.append(f"no {JOINT_VELOCITY_KEY}: idle steps not computed, keep is all true")
     videos = _check_video_frames(raw, trajectory.num_frames, config.video_frame_mismatch, warnings)
 
     gripper = GripperModel.load(configured_mount(config))

@@ -82,14 +82,14 @@ def test_returns_exactly_what_the_pipeline_wrote(converted):
             camera = data.cameras[str(serial)]
             assert (camera.role, camera.extrinsics_source) == (role, source)
             assert data.camera(str(role)) is camera
-            np.testing.assert_array_equal(camera.T_base_cam, extrinsics[f"T_base_cam_{serial}"])
+            np.testing.assert_array_equal(camera.T_base_cam, extrinsics[f"T_base_cam_{ROLE_OF[serial]}"])
             for key in ("tracks_2d", "visibility", "occlusion", "intrinsics", "distortion"):
                 np.testing.assert_array_equal(getattr(camera, key), tracks[f"{key}_{serial}"])
-            assert camera.image_size == tuple(tracks[f"image_size_{serial}"].tolist())
+            assert camera.image_size == tuple(tracks[f"image_size_{ROLE_OF[serial]}"].tolist())
             record = json.loads((folder / "recordings" / str(serial) / "intrinsics.json").read_text())
             assert camera.intrinsics_record == record
             step = SMALL_FRAMES - 1
-            expected_pose = extrinsics[f"T_base_cam_{serial}"]
+            expected_pose = extrinsics[f"T_base_cam_{ROLE_OF[serial]}"]
             np.testing.assert_array_equal(camera.pose(step), expected_pose[step] if role == "wrist" else expected_pose)
 
 

@@ -209,7 +209,7 @@ def test_invisible_points_are_not_drawn(converted, tmp_path):
     hidden[:, half:] = True      # all of the right finger, half of the left one at random
 
     def hide(arrays):
-        arrays[f"visibility_{serial}"] = arrays[f"visibility_{serial}"] & ~hidden
+        arrays[f"visibility_{ROLE_OF[serial]}"] = arrays[f"visibility_{ROLE_OF[serial]}"] & ~hidden
     rewrite_tracks(folder, hide)
     result = render_episode(read_episode_dir(folder), converted["mp4_dir"], tmp_path / "out",
                             cameras=["wrist"], trail=3, progress=False)
@@ -402,7 +402,7 @@ def test_video_size_differing_from_image_size_is_an_error_naming_both(converted,
     serial = read_episode_dir(folder).camera("ext2").serial
 
     def resize(arrays):
-        arrays[f"image_size_{serial}"] = np.array([640, 360], np.int32)
+        arrays[f"image_size_{ROLE_OF[serial]}"] = np.array([640, 360], np.int32)
     rewrite_tracks(folder, resize)
     with pytest.raises(RenderError, match=rf"{serial}.mp4 is 320x180 but the outputs' image_size is 640x360"):
         render_episode(read_episode_dir(folder), converted["mp4_dir"], tmp_path / "out", progress=False)

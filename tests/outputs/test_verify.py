@@ -74,7 +74,7 @@ def shift_2d(folder: Path) -> None:
     serial = serial_of(folder, "ext1")
 
     def change(arrays):
-        arrays[f"tracks_2d_{serial}"][5, 7, 0] += np.float32(0.5)
+        arrays[f"tracks_2d_{ROLE_OF[serial]}"][5, 7, 0] += np.float32(0.5)
     edit_npz(folder / "tracks.npz", change)
 
 
@@ -82,7 +82,7 @@ def move_camera(folder: Path) -> None:
     serial = serial_of(folder, "ext2")
 
     def change(arrays):
-        arrays[f"T_base_cam_{serial}"][0, 3] += 0.01
+        arrays[f"T_base_cam_{ROLE_OF[serial]}"][0, 3] += 0.01
     edit_npz(folder / "extrinsics.npz", change)
 
 
@@ -90,8 +90,8 @@ def visible_off_image(folder: Path) -> None:
     serial = serial_of(folder, "wrist")
 
     def change(arrays):
-        arrays[f"tracks_2d_{serial}"][3, 0] = (-20.0, -20.0)
-        arrays[f"visibility_{serial}"][3, 0] = True
+        arrays[f"tracks_2d_{ROLE_OF[serial]}"][3, 0] = (-20.0, -20.0)
+        arrays[f"visibility_{ROLE_OF[serial]}"][3, 0] = True
     edit_npz(folder / "tracks.npz", change)
 
 
@@ -109,7 +109,7 @@ def cut_visibility(folder: Path) -> None:
     serial = serial_of(folder, "ext1")
 
     def change(arrays):
-        arrays[f"visibility_{serial}"] = arrays[f"visibility_{serial}"][:, :-1]
+        arrays[f"visibility_{ROLE_OF[serial]}"] = arrays[f"visibility_{ROLE_OF[serial]}"][:, :-1]
     edit_npz(folder / "tracks.npz", change)
 
 
@@ -146,7 +146,7 @@ def change_intrinsics(folder: Path) -> None:
     serial = serial_of(folder, "ext1")
 
     def change(arrays):
-        arrays[f"intrinsics_{serial}"][0, 0] += 1.0
+        arrays[f"intrinsics_{ROLE_OF[serial]}"][0, 0] += 1.0
     edit_npz(folder / "tracks.npz", change)
 
 
@@ -168,7 +168,7 @@ def relabel(folder: Path, role: str, pick: Callable[[np.ndarray, np.ndarray], tu
     written = {}
 
     def change(arrays):
-        labels, seen = arrays[f"occlusion_{serial}"], arrays[f"visibility_{serial}"]
+        labels, seen = arrays[f"occlusion_{ROLE_OF[serial]}"], arrays[f"visibility_{ROLE_OF[serial]}"]
         labels[pick(labels, seen)] = value
         written["labels"], written["seen"] = labels, seen
     edit_npz(folder / "tracks.npz", change)
@@ -178,7 +178,7 @@ def relabel(folder: Path, role: str, pick: Callable[[np.ndarray, np.ndarray], tu
     for name, chosen in (("in_view", labels[seen]), ("all_points", labels)):
         camera[name] = {label: float(np.mean(chosen == number)) for number, label in enumerate(LABELS)}
     with np.load(folder / "tracks.npz", allow_pickle=False) as tracks:
-        pooled = np.concatenate([tracks[f"occlusion_{s}"][tracks[f"visibility_{s}"]]
+        pooled = np.concatenate([tracks[f"occlusion_{ROLE_OF[s]}"][tracks[f"visibility_{ROLE_OF[s]}"]]
                                  for s in tracks["cameras_with_2d_tracks"]])
     quality["occlusion"]["in_view"] = {label: float(np.mean(pooled == number)) for number, label in enumerate(LABELS)}
     (folder / "quality.json").write_text(json.dumps(quality))
