@@ -214,7 +214,7 @@ def load_episode(path_or_repo: os.PathLike | str, episode: str | None = None, *,
 
 
 def iter_episodes(path_or_repo: os.PathLike | str, filter: Callable[[Mapping[str, Any]], bool] | None = None, *,
-                  repo_type: str = "dataset", revision: str | None = None,
+                  part: tuple[int, int] | None = None, repo_type: str = "dataset", revision: str | None = None,
                   include_depth: bool = True) -> Iterator[EpisodeData]:
     """The episodes of a sharded repo (``hf://datasets/<user>/<name>`` or a local folder laid out
     like one) whose index row ``filter`` accepts (all without one), for training: whole shards are
@@ -223,10 +223,19 @@ def iter_episodes(path_or_repo: os.PathLike | str, filter: Callable[[Mapping[str
 
     ``filter`` gets the row as a dict of the index columns (docs/upload.md), e.g.
     ``lambda row: row["outcome"] == "success" and row["lab"] == "TRI"``.
+
+    ``part=(i, n)`` yields only the i-th of n disjoint parts that together cover the repo once:
+    whole shards when the repo has at least n shards (each reader then streams only its shards),
+    else single episodes. From a PyTorch DataLoader pass
+    ``(rank * num_workers + worker_id, world_size * num_workers)`` (docs/inspecting.md).
     """
     from droid_pipeline.outputs import sharded
 
     text = os.fspath(path_or_repo)
+    try:
+        sharded.part_rows([], part)
+    except ValueError as exc:
+        raise LoadError(str(exc)) from exc
     try:
         if text.startswith(HUB_PREFIX):
             repo_type, repo_id, _ = parse_hub_url(text, repo_type)
@@ -237,7 +246,7 @@ def iter_episodes(path_or_repo: os.PathLike | str, filter: Callable[[Mapping[str
         if source is None:
             raise LoadError(f"{text}: not a sharded repo (no index/<kind>.parquet); iter_episodes reads "
                             "the shards layout of docs/upload.md")
-        for folder in sharded.iter_sharded_folders(source, filter, include_depth):
+        for folder in sharded.iter_sharded_folders(source, filter, include_depth, part):
             yield read_episode_dir(folder)
     except (sharded.ShardedReadError, sharded.ShardError, OSError) as exc:
         raise LoadError(f"{text}: {exc}") from exc
