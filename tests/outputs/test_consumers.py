@@ -25,7 +25,7 @@ from droid_pipeline.core.config import IdleFilterConfig, load_config
 from droid_pipeline.core.schema import CAMERA_ROLES, SCHEMA_VERSION, TRACKS_NPZ
 from droid_pipeline.outputs.verify import verify_episode
 from droid_pipeline.publish.shards import episode_id_of
-from droid_pipeline.publish.staging import publish_episode
+from droid_pipeline.publish.staging import finished_state, publish_episode
 from droid_pipeline.raw.discovery import build_index
 from droid_pipeline.steps.intrinsics import extract_intrinsics
 from droid_pipeline.steps.tracks import droid_keep_mask, generate_tracks
@@ -295,4 +295,5 @@ def test_schema_4_episode_still_loads_and_verifies(tmp_path):
             assert data.camera(camera.role) is camera
     report = verify_episode(folder, root)
     assert report.ok, report.problems
-    assert SCHEMA_VERSION == 5
+    state, reason = finished_state(folder)     # what the drivers read: a schema-4 episode is redone
+    assert state == "stale-schema" and f"current is {SCHEMA_VERSION}" in reason
