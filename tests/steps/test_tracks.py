@@ -604,6 +604,29 @@ def test_missing_intrinsics_allowed_is_listed_not_dropped(tmp_path: Path) -> Non
     assert sum("no intrinsics" in w for w in quality["warnings"]) == 2
 
 
+def test_episode_without_a_camera_keeps_that_role_s_keys_filled(tmp_path: Path) -> None:
+    """An episode whose metadata names no ext2 camera: the ext2 keys are there, filled as the schema
+    documents, its serial is "" and its pose NaN; the loader and the verifier accept it."""
+    from droid_pipeline.outputs.loader import read_episode_dir
+    from droid_pipeline.outputs.verify import verify_episode
+
+    built = build_episode(tmp_path, EpisodeSpec(num_frames=10, metadata_extra={"ext2_cam_serial": None},
+                                                intrinsics_for=(SERIALS["wrist"], SERIALS["ext1"])))
+    built.run()
+    tracks, extrinsics, quality = built.tracks(), built.extrinsics(), built.quality()
+    assert tracks["camera_serials"].tolist() == [SERIALS["wrist"], SERIALS["ext1"], ""]
+    assert tracks["tracks_2d_status"].tolist() == ["ok", "ok", "no_camera"]
+    assert np.isnan(tracks["tracks_2d_ext2"]).all() and tracks["tracks_2d_ext2"].shape == (10, 480, 2)
+    assert not tracks["visibility_ext2"].any() and (tracks["occlusion_ext2"] == 3).all()
+    assert np.isnan(extrinsics["T_base_cam_ext2"]).all() and extrinsics["serials"].tolist()[2] == ""
+    assert quality["episode"]["serials"] == {"wrist": SERIALS["wrist"], "ext1": SERIALS["ext1"], "ext2": None}
+    assert quality["visible_fraction"]["ext2"] is None and quality["calibration"]["cameras"]["ext2"] is None
+    data = read_episode_dir(built.output_dir)
+    assert list(data.cameras) == [SERIALS["wrist"], SERIALS["ext1"]]
+    report = verify_episode(built.output_dir)
+    assert report.status["contract"] == report.status["values"] == report.status["2d"] == "ok", report.problems
+
+
 # ---------------------------------------------------------------- quality and command line
 
 def test_quality_json_reports_provenance_and_checks(episode: Built) -> None:
