@@ -80,7 +80,7 @@ IDLE_VELOCITY_CHANGE = 1e-3
 RLDS_ROOT = "gs://xembodiment_data/r2d2/r2d2-data-full"
 # DROID's metadata file, published in quality.json with this fixed key set (null where absent).
 METADATA_KEYS = ("uuid", "lab", "user", "user_id", "date", "timestamp", "hdf5_path", "building", "scene_id",
-                 "success", "robot_serial", "r2d2_version", "droid_version", "current_task", "trajectory_length",
+                 "success", "robot_serial", "droid_version", "current_task", "trajectory_length",
                  *(f"{role}_cam_{what}" for role in CAMERA_ROLES for what in ("serial", "extrinsics")),
                  *(f"{role}_{kind}_path" for role in CAMERA_ROLES for kind in ("svo", "mp4")),
                  "left_mp4_path", "right_mp4_path")
@@ -183,24 +183,29 @@ def rlds_keys(relative_path: str) -> dict[str, str]:
 
 
 def published_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
-    """DROID's metadata file with the fixed key set :data:`METADATA_KEYS` (null where absent); any
-    other keys, which vary between recorder versions, as one JSON string under ``other``."""
+    """DROID's metadata file with the fixed key set :data:`METADATA_KEYS` (null where absent). The
+    recorder's version is ``droid_version`` whichever key the file used (older recorders wrote
+    ``r2d2_version``; ``version_key`` says which), so that the same key holds it in every episode;
+    any other keys, which vary between recorder versions, are one JSON string under ``other``."""
     import json
 
-    other = {key: value for key, value in metadata.items() if key not in METADATA_KEYS}
+    version_key = next((key for key in ("droid_version", "r2d2_version") if key in metadata), None)
+    other = {key: value for key, value in metadata.items() if key not in (*METADATA_KEYS, "r2d2_version")}
     return {**{key: metadata.get(key) for key in METADATA_KEYS},
+            "droid_version": None if version_key is None else metadata[version_key], "version_key": version_key,
             "other": json.dumps(other, sort_keys=True) if other else None}
 
 
 def language_annotations(path: Path | None, episode_id: str) -> dict[str, str | None] | None:
     """``language_instruction_1..3`` of ``episode_id`` in DROID's droid_language_annotations.json
-    (None when no file is configured; null values when it lacks the episode). The file is read once
-    per process."""
+    (None when no file is configured). An instruction the file lacks is ``""``, not null: with a file
+    configured every episode has strings there, so readers that take value types from the first
+    episodes (``datasets``) never meet a string after nulls. The file is read once per process."""
     if path is None:
         return None
     entry = _annotations(str(path)).get(episode_id)
     entry = entry if isinstance(entry, dict) else {}
-    return {f"language_instruction_{i}": (str(entry[key]) if isinstance(entry.get(key), str) else None)
+    return {f"language_instruction_{i}": (str(entry[key]) if isinstance(entry.get(key), str) else "")
             for i, key in enumerate(LANGUAGE_KEYS, start=1)}
 
 

@@ -28,7 +28,7 @@ from droid_pipeline.publish.shards import episode_id_of
 from droid_pipeline.publish.staging import finished_state, publish_episode
 from droid_pipeline.raw.discovery import build_index
 from droid_pipeline.steps.intrinsics import extract_intrinsics
-from droid_pipeline.steps.tracks import droid_keep_mask, generate_tracks
+from droid_pipeline.steps.tracks import droid_keep_mask, generate_tracks, published_metadata
 from droid_pipeline.synthetic.generator import generate_dataset
 
 EPISODES = 12
@@ -37,8 +37,9 @@ FRAMES = 16
 # commanded velocities stay exactly those of the step before the run.
 IDLE_RUNS = {0: [(3, 8)], 4: [(1, 3), (9, 15)], 7: [(5, 11)], 10: [(2, 4), (6, 8), (12, 16)]}
 IDLE_RULE = {"min_idle_steps": 3, "min_kept_steps": 4, "cut_last_steps": 2}
-# DROID language annotations for some episodes (the first among them, so the first samples carry strings).
-ANNOTATED = (0, 2, 3, 8)
+# DROID language annotations for some episodes: none of the first six, so readers that take value
+# types from the first samples meet the unannotated ones first.
+ANNOTATED = (6, 8, 11)
 SCHEMA4 = Path(__file__).resolve().parents[1] / "data" / "schema4"
 PER_CAMERA = ("tracks_2d", "visibility", "occlusion", "intrinsics", "distortion", "image_size")
 
@@ -172,6 +173,10 @@ def test_datasets_webdataset_builder_reads_every_episode_whole(repo, hf_cache, s
             assert np.isfinite(np.asarray(sample["tracks.npz"][f"tracks_2d_{role}"], dtype=np.float32)).all()
         assert sample["quality.json"]["camera_serials"] == files["quality"]["camera_serials"]
         assert sample["quality.json"]["current_task"] == files["quality"]["current_task"]
+        for i in (1, 2, 3):
+            key = f"language_instruction_{i}"
+            assert sample["quality.json"][key] == files["quality"][key] == \
+                repo["annotations"].get(files["episode"].episode_id, {}).get(f"language_instruction{i}", "")
 
 
 def test_webdataset_package_reads_every_episode_whole(repo):
@@ -259,7 +264,7 @@ def test_index_has_language_join_and_keep_columns(repo, hf_cache):
         assert row["current_task"] == files["quality"]["metadata"]["current_task"] and row["current_task"]
         wanted = repo["annotations"].get(episode.episode_id)
         for i in (1, 2, 3):
-            assert row[f"language_instruction_{i}"] == (None if wanted is None else wanted[f"language_instruction{i}"])
+            assert row[f"language_instruction_{i}"] == ("" if wanted is None else wanted[f"language_instruction{i}"])
         prefix = f"gs://xembodiment_data/r2d2/r2d2-data-full/{episode.relative_path}"
         assert (row["file_path"], row["recording_folderpath"]) == (f"{prefix}/trajectory.h5",
                                                                    f"{prefix}/recordings/MP4")
@@ -280,6 +285,19 @@ def test_every_config_the_card_declares_loads_with_datasets(repo, hf_cache):
         assert len(loaded) == EPISODES, name
     default = datasets.load_dataset(str(folder), split="train", cache_dir=str(hf_cache))
     assert "episode_id" in default.column_names and len(default) == EPISODES
+
+
+def test_metadata_is_published_with_one_key_set_whatever_the_recorder_version():
+    older = {"uuid": "LAB+1+2023-01-01-00h-00m-00s", "r2d2_version": "1.1", "current_task": "stack the cups",
+             "wrist_svo_path": "x.svo"}
+    newer = {"uuid": "LAB+2+2024-01-01-00h-00m-00s", "droid_version": "1.3", "current_task": "open the drawer",
+             "wrist_svo_path": "y.svo", "wrist_mp4_path": "y.mp4", "left_mp4_path": "l.mp4", "new_field": [1, 2]}
+    first, second = published_metadata(older), published_metadata(newer)
+    assert list(first) == list(second)
+    assert (first["droid_version"], first["version_key"]) == ("1.1", "r2d2_version")
+    assert (second["droid_version"], second["version_key"]) == ("1.3", "droid_version")
+    assert first["wrist_mp4_path"] is None and second["wrist_mp4_path"] == "y.mp4"
+    assert first["other"] is None and json.loads(second["other"]) == {"new_field": [1, 2]}
 
 
 def test_schema_4_episode_still_loads_and_verifies(tmp_path):
