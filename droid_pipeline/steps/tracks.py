@@ -168,11 +168,16 @@ def _fill(length: int, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     return np.cumsum(marks[:-1]) > 0
 
 
-def _read_joint_velocity(h5: TrajectoryFile, num_frames: int) -> np.ndarray | None:
-    """(T, J) commanded joint velocities ``action/joint_velocity``; None when the h5 lacks them."""
+def _read_joint_velocity(h5: TrajectoryFile, num_frames: int, warnings: list[str]) -> np.ndarray | None:
+    """(T, J) commanded joint velocities ``action/joint_velocity``; None when the h5 lacks them, or
+    (with a warning: only the idle-step mask needs them) when they are not T rows of finite numbers."""
     if not h5.has(JOINT_VELOCITY_KEY):
         return None
-    return h5.array(JOINT_VELOCITY_KEY, (num_frames, None))
+    try:
+        return h5.array(JOINT_VELOCITY_KEY, (num_frames, None))
+    except EpisodeError as exc:
+        warnings.append(f"{exc.cause}: idle steps not computed, keep is all true")
+        return None
 
 
 def rlds_keys(relative_path: str) -> dict[str, str]:
@@ -236,12 +241,12 @@ def generate_tracks(config: Config, episode: Episode, output_dir: os.PathLike | 
     with raw.trajectory() as h5:
         trajectory = read_trajectory(h5, episode.serials, raw.metadata, config.fps, config.plausibility)
         joint_positions = read_joint_positions(h5, trajectory.num_frames) if config.occlusion.enabled else None
-        keep = droid_keep_mask(_read_joint_velocity(h5, trajectory.num_frames), config.idle_filter)
+        warnings = list(trajectory.warnings)
+        keep = droid_keep_mask(_read_joint_velocity(h5, trajectory.num_frames, warnings), config.idle_filter)
     try:
         language = language_annotations(config.language_annotations_file, episode_id)
     except ValueError as exc:
         raise raw.fail(str(exc)) from exc
-    warnings = list(trajectory.warnings)
     videos = _check_video_frames(raw, trajectory.num_frames, config.video_frame_mismatch, warnings)
 
     gripper = GripperModel.load(configured_mount(config))

@@ -604,6 +604,30 @@ def test_missing_intrinsics_allowed_is_listed_not_dropped(tmp_path: Path) -> Non
     assert sum("no intrinsics" in w for w in quality["warnings"]) == 2
 
 
+def test_idle_mask_without_usable_joint_velocities_is_all_true_and_flagged(tmp_path: Path) -> None:
+    """No action/joint_velocity (older recorders): keep all true, not computed, no warning. One that
+    is not finite: the same with a warning naming it; the rest of the episode is unaffected."""
+    built = build_episode(tmp_path, EpisodeSpec(num_frames=20))
+    built.run()
+    tracks, quality = built.tracks(), built.quality()
+    assert tracks["keep"].all() and not tracks["keep_computed"]
+    assert quality["kept_fraction"] == 1.0 and quality["keep_computed"] is False
+    assert not any("joint_velocity" in w for w in quality["warnings"])
+    velocity = np.zeros((20, 7))     # every step after the first idle: all dropped when computed
+    velocity[4, 2] = np.nan
+    with h5py.File(built.root / "droid_raw" / LAB / "success" / DATE / FOLDER / "trajectory.h5", "r+") as h5:
+        h5["action/joint_velocity"] = velocity
+    built.run()
+    assert built.tracks()["keep"].all() and not built.tracks()["keep_computed"]
+    assert any("action/joint_velocity" in w and "idle steps not computed" in w for w in built.quality()["warnings"])
+    velocity[4, 2] = 0.0
+    with h5py.File(built.root / "droid_raw" / LAB / "success" / DATE / FOLDER / "trajectory.h5", "r+") as h5:
+        h5["action/joint_velocity"][...] = velocity
+    built.run()
+    assert not built.tracks()["keep"].any() and built.tracks()["keep_computed"]
+    assert built.quality()["kept_fraction"] == 0.0
+
+
 def test_episode_without_a_camera_keeps_that_role_s_keys_filled(tmp_path: Path) -> None:
     """An episode whose metadata names no ext2 camera: the ext2 keys are there, filled as the schema
     documents, its serial is "" and its pose NaN; the loader and the verifier accept it."""
