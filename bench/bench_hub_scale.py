@@ -214,7 +214,15 @@ def index_size(episodes: int, files: list[tuple[str, int]], kind: str, scratch: 
     info = episode_index.EpisodeInfo("LAB", "success", "2023-08-18", {"wrist": "11111111", "ext1": "22222222",
                                                                       "ext2": "33333333"},
                                      {"num_frames": 250, "num_normalized_steps": 1500, "fps": 15.0,
-                                      "cameras_with_2d_tracks": ["11111111", "22222222", "33333333"],
+                                      "camera_serials": ["11111111", "22222222", "33333333"],
+                                      "cameras_with_2d_tracks": ["wrist", "ext1", "ext2"],
+                                      "current_task": "put the marker in the cup",
+                                      **{f"language_instruction_{i}": "put the marker in the cup" for i in (1, 2, 3)},
+                                      "file_path": "gs://xembodiment_data/r2d2/r2d2-data-full/LAB/success/2023-08-18/"
+                                                   "Fri_Aug_18_12:00:00_2023/trajectory.h5",
+                                      "recording_folderpath": "gs://xembodiment_data/r2d2/r2d2-data-full/LAB/success/"
+                                                              "2023-08-18/Fri_Aug_18_12:00:00_2023/recordings/MP4",
+                                      "kept_fraction": 0.74, "keep_computed": True,
                                       "visible_fraction_wrist": 0.4, "visible_fraction_ext1": 0.8,
                                       "visible_fraction_ext2": 0.7, "path_length_mm": 1500.0,
                                       "wrist_pose_deviation_mm": 0.8, "wrist_pose_within_tolerance": True,

@@ -149,6 +149,15 @@ class PlausibilityConfig:
 
 
 @dataclass(frozen=True)
+class IdleFilterConfig:
+    """DROID's idle-step rule (openpi's compute_droid_nonidle_ranges.py) as tracks.npz ``keep``."""
+
+    min_idle_steps: int = _field(min=1)
+    min_kept_steps: int = _field(min=1)
+    cut_last_steps: int = _field(min=0)
+
+
+@dataclass(frozen=True)
 class GripperConfig:
     """The fixed transform of the gripper base (robotiq_85_base_link) in the flange (panda_link8)."""
 
@@ -179,6 +188,8 @@ class Config:
     min_depth: PerRole = _field()
     normalized_step_size_mm: float = _field(min=1e-3)
     allow_missing_intrinsics: bool = _field()
+    idle_filter: IdleFilterConfig = _field()
+    language_annotations_file: Path | None = _field(path=True)
     wrist_pose_tolerance_mm: float = _field(min=0)
     video_frame_mismatch: VideoFrameMismatchConfig = _field()
     plausibility: PlausibilityConfig = _field()

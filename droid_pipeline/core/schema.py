@@ -6,8 +6,16 @@ read names, dtypes and shapes from here, and the tracks command's ``--help`` and
 of docs/outputs.md are generated from it (a test keeps the doc in step). An episode finished
 under an older schema is not finished for the current one.
 
+Schema 5 names every per-camera key by the camera's role (``tracks_2d_ext1``), never by its
+serial, and writes the keys of all three roles in every episode (a camera the episode lacks, or
+one without intrinsics, has its keys filled as documented and a status saying why): columnar and
+batched readers (``datasets``, Arrow, ``default_collate``) infer one set of keys from the first
+episodes and drop any other. Schema 4 (keys by serial) is still read and verified
+(:data:`READABLE_NPZ`).
+
 Layout of an output root: ``<LAB>/<success|failure>/<date>/<folder>/`` (the raw episode's
-relative path), per-camera files under ``recordings/<serial>/``.
+relative path), per-camera files under ``recordings/<serial>/`` (in a shard, members named by
+role: :mod:`droid_pipeline.publish.shards`).
 """
 
 from __future__ import annotations
@@ -21,7 +29,9 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     import numpy as np
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
+LEGACY_SCHEMA_VERSION = 4
+"""The older schema the loader and the verifier still read (keys by serial)."""
 
 # The values of ``occlusion_<serial>`` (docs/occlusion.md): what hides a point from a camera.
 VISIBLE, HIDDEN_BY_ROBOT, HIDDEN_BY_SCENE, UNKNOWN = 0, 1, 2, 3
@@ -31,7 +41,13 @@ OCCLUSION_LABELS = {VISIBLE: "visible", HIDDEN_BY_ROBOT: "hidden_by_robot", HIDD
 EPISODE_LAYOUT = "<LAB>/<success|failure>/<date>/<folder>"
 RECORDINGS = "recordings"
 SERIAL = "<serial>"
-"""Stands for a camera serial in per-camera file paths and array keys."""
+"""Stands for a camera serial in per-camera file paths (and in schema-4 array keys)."""
+ROLE = "<role>"
+"""Stands for a camera role in schema-5 array keys."""
+CAMERA_ROLES = ("wrist", "ext1", "ext2")
+"""The roles every schema-5 episode has keys for, in this order (DROID's metadata names)."""
+# tracks.npz ``tracks_2d_status`` values: why a role has (or lacks) 2D tracks.
+TRACKS_OK, NO_INTRINSICS, NO_CAMERA = "ok", "no_intrinsics", "no_camera"
 
 FileKind = Literal["metadata", "depth"]
 KIND_REPOS: dict[str, str] = {"metadata": "metadata and full repos", "depth": "full repo only"}
@@ -96,7 +112,7 @@ SHAPE_SYMBOLS = {"T": "control steps", "N": "track points (both pads)", "M": "no
 
 @dataclass(frozen=True)
 class ArrayKey:
-    """One array of an npz file. Per-camera keys carry ``<serial>`` in their name."""
+    """One array of an npz file. Per-camera keys carry ``<role>`` (schema 4: ``<serial>``) in their name."""
 
     name: str
     dtype: str                      # a NumPy dtype name; "str" is a unicode array of any width
@@ -108,10 +124,11 @@ class ArrayKey:
 
     @property
     def per_camera(self) -> bool:
-        return SERIAL in self.name
+        return SERIAL in self.name or ROLE in self.name
 
-    def key(self, serial: str) -> str:
-        return self.name.replace(SERIAL, serial)
+    def key(self, camera: str) -> str:
+        """The key for one camera (its role; in schema 4 its serial)."""
+        return self.name.replace(SERIAL, camera).replace(ROLE, camera)
 
     def shape_text(self) -> str:
         text = _shape_text(self.shape)
@@ -135,20 +152,23 @@ class KeyTable:
 
 @dataclass(frozen=True)
 class NpzSchema:
-    """The keys of one npz file. ``serials_key`` lists the cameras that have per-camera keys;
-    ``wrist_key`` (if any) names the one whose keys take ``wrist_shape``."""
+    """The keys of one npz file. Schema 5 (``serials_key`` None) has per-camera keys for every
+    role of :data:`CAMERA_ROLES`, the wrist's taking ``wrist_shape``. Schema 4 has them for the
+    serials listed in ``serials_key``, and ``wrist_key`` (if any) names the one taking ``wrist_shape``."""
 
     file: OutputFile
     tables: tuple[KeyTable, ...]
-    serials_key: str
+    version: int = SCHEMA_VERSION
+    serials_key: str | None = None
     wrist_key: str | None = None
 
     @property
     def keys(self) -> tuple[ArrayKey, ...]:
         return tuple(key for table in self.tables for key in table.keys)
 
-    def expected(self, serials: Iterable[str], wrist_serial: str | None = None) -> dict[str, Spec]:
-        """``{key: (dtype, shape)}`` of a file holding per-camera keys for ``serials``."""
+    def expected(self, serials: Iterable[str] = CAMERA_ROLES, wrist_serial: str | None = "wrist") -> dict[str, Spec]:
+        """``{key: (dtype, shape)}`` of a file holding per-camera keys for ``serials`` (schema 5:
+        the roles, the default)."""
         out = {key.name: (key.dtype, key.shape) for key in self.keys if not key.per_camera}
         for serial in serials:
             for key in self.keys:
@@ -157,14 +177,18 @@ class NpzSchema:
                     out[key.key(serial)] = (key.dtype, key.shape if wrist is None else wrist)
         return out
 
+    def _expected_for(self, values: Mapping[str, Any]) -> dict[str, Spec]:
+        if self.serials_key is None:
+            return self.expected()
+        wrist = str(values[self.wrist_key]) if self.wrist_key and self.wrist_key in values else None
+        return self.expected([str(s) for s in values.get(self.serials_key, [])], wrist)
+
     def problems(self, arrays: Mapping[str, Any], sizes: Mapping[str, int | None]) -> list[str]:
         """Every key missing, of another dtype or shape, or not in the schema. ``sizes`` binds shape
         symbols (T, M, N; None = unknown); other symbols bind to the first length seen."""
         import numpy as np
 
-        serials = [str(s) for s in arrays.get(self.serials_key, [])]
-        wrist = str(arrays[self.wrist_key]) if self.wrist_key and self.wrist_key in arrays else None
-        expected = self.expected(serials, wrist)
+        expected = self._expected_for(arrays)
         name = self.file.name
         problems = []
         symbols: dict[str, int] = {k: v for k, v in sizes.items() if v is not None}
@@ -196,10 +220,9 @@ class NpzSchema:
         is passed through, its declared dtype and shape checked like an array's."""
         import numpy as np
 
-        if self.serials_key not in values:
+        if self.serials_key is not None and self.serials_key not in values:
             raise SchemaError(f"{self.file.name}: schema key {self.serials_key!r} not written")
-        wrist = str(values[self.wrist_key]) if self.wrist_key and self.wrist_key in values else None
-        expected = self.expected([str(s) for s in values[self.serials_key]], wrist)
+        expected = self._expected_for(values)
         unknown = [key for key in values if key not in expected]
         missing = [key for key in expected if key not in values]
         if unknown or missing:
@@ -223,115 +246,178 @@ def _shape_text(shape: Sequence[Dim]) -> str:
 
 
 _POSE = (4, 4)
-TRACKS_NPZ = NpzSchema(TRACKS, serials_key="cameras_with_2d_tracks", tables=(
-    KeyTable("tracks-steps", (
-        ArrayKey("tracks_3d", "float32", ("T", "N", 3), "m", "base", "contact points on both pads"),
-        ArrayKey("contact_points_local", "float64", ("N", 3), "m", "own finger frame",
-                 "the tracked points in their finger link's frame (rows < N/2: left finger)"),
-        ArrayKey("contact_normals_local", "float64", ("N", 3), "unit vector", "own finger frame",
-                 "outward normal of the pad face at each point of `contact_points_local` (towards the other "
-                 "finger); in the base frame, the rotation of `left_contact_frames` (rows < N/2) or "
-                 "`right_contact_frames` times it. The occlusion labels' back-face rule uses it"),
-        ArrayKey("gripper_poses", "float32", ("T", *_POSE), "m", "base", "gripper frame = flange pose x mount"),
-        ArrayKey("cartesian_positions", "float64", ("T", 6), "m, rad", "base",
-                 'DROID flange pose `[x, y, z, rx, ry, rz]`, `Rotation.from_euler("xyz", ...)`, as in trajectory.h5'),
-        ArrayKey("gripper_positions", "float64", ("T",), "0 open .. 1 closed", "",
-                 "DROID `gripper_position` as in trajectory.h5 (the model clips to [0, 1])"),
-        ArrayKey("contact_centroids", "float64", ("T", 3), "m", "base", "mean of the N points"),
-        ArrayKey("contact_frames", "float32", ("T", *_POSE), "m", "base",
-                 "origin: contact centroid; axes: gripper frame"),
-        ArrayKey("left_contact_frames", "float32", ("T", *_POSE), "m", "base",
-                 "origin: mean of the left pad's points; axes: left finger frame"),
-        ArrayKey("right_contact_frames", "float32", ("T", *_POSE), "m", "base",
-                 "origin: mean of the right pad's points; axes: right finger frame"),
-        ArrayKey("cumulative_distance_mm", "float64", ("T",), "mm", "",
-                 "arc length of the contact-centroid path up to each step (0 at step 0)"),
-        ArrayKey("frame_to_normalized_idx", "int32", ("T",), "index", "",
-                 "nearest normalized sample of each step (ties to the earlier); non-decreasing, 0 first, M-1 last"),
-    )),
-    KeyTable("tracks-cameras", (
+
+
+def _tracks_npz(version: int) -> NpzSchema:
+    """tracks.npz of schema ``version`` (5: keys by role, with the idle-step mask; 4: keys by serial)."""
+    C = ROLE if version >= 5 else SERIAL
+    cameras: tuple[ArrayKey, ...] = (
+        ArrayKey("camera_serials", "str", (len(CAMERA_ROLES),), "", "",
+                 "serial of each role, in the order wrist, ext1, ext2; `\"\"` where the episode has no such camera"),
+        ArrayKey("tracks_2d_status", "str", (len(CAMERA_ROLES),), "", "",
+                 f"per role: `{TRACKS_OK}` (2D tracks computed), `{NO_INTRINSICS}` (the camera has no intrinsics, "
+                 f"config `allow_missing_intrinsics`) or `{NO_CAMERA}` (the episode has no such camera). Where it is "
+                 "not `ok` the role's keys are still there, filled: `tracks_2d` and `intrinsics` NaN, `distortion` "
+                 f"NaN, `image_size` (0, 0), `visibility` all false, `occlusion` all {UNKNOWN}"),
+    ) if version >= 5 else (
         ArrayKey("cameras_with_2d_tracks", "str", ("C",), "", "",
                  "serials with 2D tracks, in role order wrist, ext1, ext2"),
-        ArrayKey("tracks_2d_<serial>", "float32", ("T", "N", 2), "px", "rectified left image",
-                 "`(u, v)` of every point, as `cv2.projectPoints` gives them with `intrinsics_<serial>`, "
-                 "`distortion_<serial>` and `T_base_cam_<serial>` of extrinsics.npz. Values outside the image "
-                 "are kept; points behind the camera keep their (finite) projection — use the visibility mask"),
-        ArrayKey("visibility_<serial>", "bool", ("T", "N"), "", "",
-                 "depth along the optical axis > `min_depth` of the camera's role (config: exterior 0.10 m, "
-                 "wrist 0.01 m) **and** pixel inside the image **and** the camera's MP4 has a frame for the "
-                 "step (`video_frame_mismatch`). It ignores occlusion: see `occlusion_<serial>`"),
-        ArrayKey("occlusion_<serial>", "uint8", ("T", "N"), "label", "",
-                 f"what hides the point from the camera: **{VISIBLE}** visible (in view, not hidden by the robot, "
-                 "and the camera's depth at its pixel is valid and not nearer than the point by more than "
-                 "`occlusion.scene_tolerance_mm` + `occlusion.scene_tolerance_per_m2` x depth²); "
-                 f"**{HIDDEN_BY_ROBOT}** hidden by the robot (in view, and its pad faces away from the camera or "
-                 "the ray to it meets another robot link first: the arm posed from `joint_positions`, the "
-                 f"gripper from the flange pose); **{HIDDEN_BY_SCENE}** hidden by the scene (in view, not hidden "
-                 f"by the robot, the depth at its pixel nearer by more than the tolerance); **{UNKNOWN}** unknown "
-                 "(`visibility_<serial>` False, or not hidden by the robot but without valid depth at its "
-                 f"pixel or without depth for the camera). Metadata-only episodes have only {HIDDEN_BY_ROBOT} "
-                 f"and {UNKNOWN}; every value is {UNKNOWN} when `occlusion.enabled` is false (quality.json "
-                 "`occlusion`)"),
-        ArrayKey("intrinsics_<serial>", "float64", (3, 3), "px", "",
-                 "rectified camera matrix K (from `recordings/<serial>/intrinsics.json`)"),
-        ArrayKey("distortion_<serial>", "float64", (5,), "", "",
-                 "`k1, k2, p1, p2, k3` (OpenCV order) applied; zero for rectified intrinsics"),
-        ArrayKey("image_size_<serial>", "int32", (2,), "px", "", "`(width, height)`"),
-    )),
-    KeyTable("tracks-normalized", (
-        ArrayKey("normalized_centroids", "float64", ("M", 3), "m", "base",
-                 "sample k lies exactly `k * step` along the centroid path (the last at its end)"),
-        ArrayKey("normalized_frames", "float32", ("M", *_POSE), "m", "base",
-                 "origin: sample centroid; axes: gripper orientation by Slerp"),
-        ArrayKey("normalized_left_frames", "float32", ("M", *_POSE), "m", "base",
-                 "left pad centroid and left finger axes at the sample"),
-        ArrayKey("normalized_right_frames", "float32", ("M", *_POSE), "m", "base",
-                 "right pad centroid and right finger axes at the sample"),
-        ArrayKey("normalized_tracks_3d", "float32", ("M", "N", 3), "m", "base", "the N points at the sample"),
-        ArrayKey("normalized_gripper_positions", "float64", ("M",), "0 .. 1", "", "gripper opening at the sample"),
-        ArrayKey("normalized_step_size_mm", "float64", (), "mm", "",
-                 "the spacing (config `normalized_step_size_mm`, default 1.0)"),
-        ArrayKey("num_normalized_steps", "int32", (), "", "", "M"),
-    )),
-    KeyTable("tracks-scalars", (
-        ArrayKey("num_frames", "int32", (), "", "", "T"),
-        ArrayKey("num_points_per_finger", "int32", (), "", "", "N / 2"),
-        ArrayKey("fps", "float64", (), "Hz", "",
-                 "control rate: config `fps`, else measured from `observation/timestamp/control/step_start` "
-                 "(ms): 1000 / mean of the steps within 25 % of the median step"),
-        ArrayKey("schema_version", "int32", (), "", "", "version of this contract (`droid_pipeline.SCHEMA_VERSION`)"),
-    )),
-))
+    )
+    idle: tuple[KeyTable, ...] = (KeyTable("tracks-idle", (
+        ArrayKey("keep", "bool", ("T",), "", "",
+                 "DROID's idle-step filter on this episode's steps (docs/outputs.md, *Idle steps*): false for "
+                 "steps of long idle runs, of short kept runs and the last steps of each kept run; all true "
+                 "when `keep_computed` is false"),
+        ArrayKey("keep_computed", "bool", (), "", "",
+                 "false when the h5 has no `action/joint_velocity` (then `keep` is all true)"),
+    )),) if version >= 5 else ()
+    return NpzSchema(TRACKS, version=version, serials_key=None if version >= 5 else "cameras_with_2d_tracks",
+                     tables=(
+        KeyTable("tracks-steps", (
+            ArrayKey("tracks_3d", "float32", ("T", "N", 3), "m", "base", "contact points on both pads"),
+            ArrayKey("contact_points_local", "float64", ("N", 3), "m", "own finger frame",
+                     "the tracked points in their finger link's frame (rows < N/2: left finger)"),
+            ArrayKey("contact_normals_local", "float64", ("N", 3), "unit vector", "own finger frame",
+                     "outward normal of the pad face at each point of `contact_points_local` (towards the other "
+                     "finger); in the base frame, the rotation of `left_contact_frames` (rows < N/2) or "
+                     "`right_contact_frames` times it. The occlusion labels' back-face rule uses it"),
+            ArrayKey("gripper_poses", "float32", ("T", *_POSE), "m", "base", "gripper frame = flange pose x mount"),
+            ArrayKey("cartesian_positions", "float64", ("T", 6), "m, rad", "base",
+                     'DROID flange pose `[x, y, z, rx, ry, rz]`, `Rotation.from_euler("xyz", ...)`, as in '
+                     'trajectory.h5'),
+            ArrayKey("gripper_positions", "float64", ("T",), "0 open .. 1 closed", "",
+                     "DROID `gripper_position` as in trajectory.h5 (the model clips to [0, 1])"),
+            ArrayKey("contact_centroids", "float64", ("T", 3), "m", "base", "mean of the N points"),
+            ArrayKey("contact_frames", "float32", ("T", *_POSE), "m", "base",
+                     "origin: contact centroid; axes: gripper frame"),
+            ArrayKey("left_contact_frames", "float32", ("T", *_POSE), "m", "base",
+                     "origin: mean of the left pad's points; axes: left finger frame"),
+            ArrayKey("right_contact_frames", "float32", ("T", *_POSE), "m", "base",
+                     "origin: mean of the right pad's points; axes: right finger frame"),
+            ArrayKey("cumulative_distance_mm", "float64", ("T",), "mm", "",
+                     "arc length of the contact-centroid path up to each step (0 at step 0)"),
+            ArrayKey("frame_to_normalized_idx", "int32", ("T",), "index", "",
+                     "nearest normalized sample of each step (ties to the earlier); non-decreasing, 0 first, "
+                     "M-1 last"),
+        )),
+        *idle,
+        KeyTable("tracks-cameras", (
+            *cameras,
+            ArrayKey(f"tracks_2d_{C}", "float32", ("T", "N", 2), "px", "rectified left image",
+                     f"`(u, v)` of every point, as `cv2.projectPoints` gives them with `intrinsics_{C}`, "
+                     f"`distortion_{C}` and `T_base_cam_{C}` of extrinsics.npz. Values outside the image "
+                     "are kept; points behind the camera keep their (finite) projection — use the visibility mask"),
+            ArrayKey(f"visibility_{C}", "bool", ("T", "N"), "", "",
+                     "depth along the optical axis > `min_depth` of the camera's role (config: exterior 0.10 m, "
+                     "wrist 0.01 m) **and** pixel inside the image **and** the camera's MP4 has a frame for the "
+                     f"step (`video_frame_mismatch`). It ignores occlusion: see `occlusion_{C}`"),
+            ArrayKey(f"occlusion_{C}", "uint8", ("T", "N"), "label", "",
+                     f"what hides the point from the camera: **{VISIBLE}** visible (in view, not hidden by the "
+                     "robot, and the camera's depth at its pixel is valid and not nearer than the point by more than "
+                     "`occlusion.scene_tolerance_mm` + `occlusion.scene_tolerance_per_m2` x depth²); "
+                     f"**{HIDDEN_BY_ROBOT}** hidden by the robot (in view, and its pad faces away from the camera or "
+                     "the ray to it meets another robot link first: the arm posed from `joint_positions`, the "
+                     f"gripper from the flange pose); **{HIDDEN_BY_SCENE}** hidden by the scene (in view, not hidden "
+                     f"by the robot, the depth at its pixel nearer by more than the tolerance); **{UNKNOWN}** unknown "
+                     f"(`visibility_{C}` False, or not hidden by the robot but without valid depth at its "
+                     f"pixel or without depth for the camera). Metadata-only episodes have only {HIDDEN_BY_ROBOT} "
+                     f"and {UNKNOWN}; every value is {UNKNOWN} when `occlusion.enabled` is false (quality.json "
+                     "`occlusion`)"),
+            ArrayKey(f"intrinsics_{C}", "float64", (3, 3), "px", "",
+                     "rectified camera matrix K (from `recordings/<serial>/intrinsics.json`)"),
+            ArrayKey(f"distortion_{C}", "float64", (5,), "", "",
+                     "`k1, k2, p1, p2, k3` (OpenCV order) applied; zero for rectified intrinsics"),
+            ArrayKey(f"image_size_{C}", "int32", (2,), "px", "", "`(width, height)`"),
+        )),
+        KeyTable("tracks-normalized", (
+            ArrayKey("normalized_centroids", "float64", ("M", 3), "m", "base",
+                     "sample k lies exactly `k * step` along the centroid path (the last at its end)"),
+            ArrayKey("normalized_frames", "float32", ("M", *_POSE), "m", "base",
+                     "origin: sample centroid; axes: gripper orientation by Slerp"),
+            ArrayKey("normalized_left_frames", "float32", ("M", *_POSE), "m", "base",
+                     "left pad centroid and left finger axes at the sample"),
+            ArrayKey("normalized_right_frames", "float32", ("M", *_POSE), "m", "base",
+                     "right pad centroid and right finger axes at the sample"),
+            ArrayKey("normalized_tracks_3d", "float32", ("M", "N", 3), "m", "base", "the N points at the sample"),
+            ArrayKey("normalized_gripper_positions", "float64", ("M",), "0 .. 1", "",
+                     "gripper opening at the sample"),
+            ArrayKey("normalized_step_size_mm", "float64", (), "mm", "",
+                     "the spacing (config `normalized_step_size_mm`, default 1.0)"),
+            ArrayKey("num_normalized_steps", "int32", (), "", "", "M"),
+        )),
+        KeyTable("tracks-scalars", (
+            ArrayKey("num_frames", "int32", (), "", "", "T"),
+            ArrayKey("num_points_per_finger", "int32", (), "", "", "N / 2"),
+            ArrayKey("fps", "float64", (), "Hz", "",
+                     "control rate: config `fps`, else measured from `observation/timestamp/control/step_start` "
+                     "(ms): 1000 / mean of the steps within 25 % of the median step"),
+            ArrayKey("schema_version", "int32", (), "", "",
+                     "version of this contract (`droid_pipeline.SCHEMA_VERSION`)"),
+        )),
+    ))
 
-EXTRINSICS_NPZ = NpzSchema(EXTRINSICS, serials_key="serials", wrist_key="wrist_serial", tables=(
-    KeyTable("extrinsics", (
-        ArrayKey("T_base_cam_<serial>", "float64", _POSE, "m", "base",
-                 "left-lens pose, camera axes in the OpenCV optical frame", wrist_shape=("T", *_POSE)),
-        ArrayKey("serials", "str", ("K",), "", "", "the episode's cameras, role order wrist, ext1, ext2"),
-        ArrayKey("roles", "str", ("K",), "", "", "`wrist`, `ext1`, `ext2`, aligned with `serials`"),
-        ArrayKey("sources", "str", ("K",), "", "",
-                 "where each pose came from (`cam2base:<file>`, `metadata:<key>` or `h5:<dataset>`), "
-                 "aligned with `serials`"),
-        ArrayKey("calibration_fallback", "bool", ("K",), "", "",
-                 "true for an exterior camera that kept the metadata's pose because no configured cam2base "
-                 "file has it"),
-        ArrayKey("calibration_quality", "float64", ("K",), "as published", "",
-                 "the `<serial>_quality_metric` published beside the pose; 0 where "
-                 "`calibration_metric_types` is empty (no metric)"),
-        ArrayKey("calibration_metric_types", "str", ("K",), "", "",
-                 "its `<serial>_metric_type` (`unspecified` when published without one); `\"\"` where the "
-                 "pose has no metric (metadata, h5, a file without metrics)"),
-        ArrayKey("wrist_serial", "str", (), "", "", "the wrist camera's serial (`\"\"` if the episode has none)"),
-        ArrayKey("schema_version", "int32", (), "", "", "as in tracks.npz"),
-    )),
-))
+
+def _extrinsics_npz(version: int) -> NpzSchema:
+    """extrinsics.npz of schema ``version`` (5: every role, keys by role; 4: the episode's cameras by serial)."""
+    C = ROLE if version >= 5 else SERIAL
+    K: Dim = len(CAMERA_ROLES) if version >= 5 else "K"
+    missing = "; `\"\"` for a role the episode lacks" if version >= 5 else ""
+    return NpzSchema(EXTRINSICS, version=version, serials_key=None if version >= 5 else "serials",
+                     wrist_key=None if version >= 5 else "wrist_serial", tables=(
+        KeyTable("extrinsics", (
+            ArrayKey(f"T_base_cam_{C}", "float64", _POSE, "m", "base",
+                     "left-lens pose, camera axes in the OpenCV optical frame"
+                     + ("; NaN for a role the episode lacks" if version >= 5 else ""), wrist_shape=("T", *_POSE)),
+            ArrayKey("serials", "str", (K,), "", "", "the episode's cameras, role order wrist, ext1, ext2" + missing),
+            ArrayKey("roles", "str", (K,), "", "", "`wrist`, `ext1`, `ext2`, aligned with `serials`"),
+            ArrayKey("sources", "str", (K,), "", "",
+                     "where each pose came from (`cam2base:<file>`, `metadata:<key>` or `h5:<dataset>`), "
+                     "aligned with `serials`" + missing),
+            ArrayKey("calibration_fallback", "bool", (K,), "", "",
+                     "true for an exterior camera that kept the metadata's pose because no configured cam2base "
+                     "file has it"),
+            ArrayKey("calibration_quality", "float64", (K,), "as published", "",
+                     "the `<serial>_quality_metric` published beside the pose; 0 where "
+                     "`calibration_metric_types` is empty (no metric)"),
+            ArrayKey("calibration_metric_types", "str", (K,), "", "",
+                     "its `<serial>_metric_type` (`unspecified` when published without one); `\"\"` where the "
+                     "pose has no metric (metadata, h5, a file without metrics)"),
+            ArrayKey("wrist_serial", "str", (), "", "", "the wrist camera's serial (`\"\"` if the episode has none)"),
+            ArrayKey("schema_version", "int32", (), "", "", "as in tracks.npz"),
+        )),
+    ))
+
+
+TRACKS_NPZ = _tracks_npz(SCHEMA_VERSION)
+EXTRINSICS_NPZ = _extrinsics_npz(SCHEMA_VERSION)
 NPZ_FILES = (TRACKS_NPZ, EXTRINSICS_NPZ)
+READABLE_NPZ: dict[int, tuple[NpzSchema, NpzSchema]] = {
+    SCHEMA_VERSION: NPZ_FILES,
+    LEGACY_SCHEMA_VERSION: (_tracks_npz(LEGACY_SCHEMA_VERSION), _extrinsics_npz(LEGACY_SCHEMA_VERSION)),
+}
+"""(tracks.npz, extrinsics.npz) schemas of every output schema version the loader and verifier read."""
 
 
 def int_scalar(arrays: Mapping[str, np.ndarray], key: str) -> int | None:
     """The integer scalar ``arrays[key]``; None when it is absent or not an integer scalar."""
     value = arrays.get(key)
     return int(value) if value is not None and value.shape == () and value.dtype.kind in "iu" else None
+
+
+def cameras_with_2d_tracks(tracks: Mapping[str, np.ndarray]) -> list[tuple[str, str]]:
+    """``(key suffix, serial)`` of every camera with 2D tracks in a tracks.npz of any readable schema,
+    in role order: the role in schema 5 (``tracks_2d_status`` ok), the serial in schema 4."""
+    if int_scalar(tracks, "schema_version") == LEGACY_SCHEMA_VERSION:
+        return [(str(s), str(s)) for s in tracks.get("cameras_with_2d_tracks", [])]
+    serials, status = tracks.get("camera_serials"), tracks.get("tracks_2d_status")
+    if serials is None or status is None or len(serials) != len(CAMERA_ROLES) or len(status) != len(CAMERA_ROLES):
+        return []
+    return [(role, str(serial)) for role, serial, state in zip(CAMERA_ROLES, serials, status) if state == TRACKS_OK]
+
+
+def npz_schemas(version: int | None) -> tuple[NpzSchema, NpzSchema] | None:
+    """(tracks.npz, extrinsics.npz) schemas of output schema ``version``; None when it is not readable."""
+    return READABLE_NPZ.get(version) if version is not None else None
 
 
 def shape_sizes(tracks: Mapping[str, np.ndarray]) -> dict[str, int | None]:

@@ -42,14 +42,15 @@ from droid_pipeline.core.schema import (
     DEPTH,
     DEPTH_META,
     EXTRINSICS,
-    EXTRINSICS_NPZ,
     INTRINSICS,
     MANIFEST,
-    NPZ_FILES,
     QUALITY,
+    READABLE_NPZ,
     SCHEMA_VERSION,
     TRACKS,
-    TRACKS_NPZ,
+    cameras_with_2d_tracks,
+    int_scalar,
+    npz_schemas,
     shape_sizes,
 )
 from droid_pipeline.formats.depth_codec import DepthMeta, DepthReader
@@ -213,7 +214,7 @@ def load_episode(path_or_repo: os.PathLike | str, episode: str | None = None, *,
 
 
 def iter_episodes(path_or_repo: os.PathLike | str, filter: Callable[[Mapping[str, Any]], bool] | None = None, *,
-                  repo_type: str = "dataset", revision: str | None = None,
+                  part: tuple[int, int] | None = None, repo_type: str = "dataset", revision: str | None = None,
                   include_depth: bool = True) -> Iterator[EpisodeData]:
     """The episodes of a sharded repo (``hf://datasets/<user>/<name>`` or a local folder laid out
     like one) whose index row ``filter`` accepts (all without one), for training: whole shards are
@@ -222,10 +223,19 @@ def iter_episodes(path_or_repo: os.PathLike | str, filter: Callable[[Mapping[str
 
     ``filter`` gets the row as a dict of the index columns (docs/upload.md), e.g.
     ``lambda row: row["outcome"] == "success" and row["lab"] == "TRI"``.
+
+    ``part=(i, n)`` yields only the i-th of n disjoint parts that together cover the repo once:
+    whole shards when the repo has at least n shards (each reader then streams only its shards),
+    else single episodes. From a PyTorch DataLoader pass
+    ``(rank * num_workers + worker_id, world_size * num_workers)`` (docs/inspecting.md).
     """
     from droid_pipeline.outputs import sharded
 
     text = os.fspath(path_or_repo)
+    try:
+        sharded.part_rows([], part)
+    except ValueError as exc:
+        raise LoadError(str(exc)) from exc
     try:
         if text.startswith(HUB_PREFIX):
             repo_type, repo_id, _ = parse_hub_url(text, repo_type)
@@ -236,7 +246,7 @@ def iter_episodes(path_or_repo: os.PathLike | str, filter: Callable[[Mapping[str
         if source is None:
             raise LoadError(f"{text}: not a sharded repo (no index/<kind>.parquet); iter_episodes reads "
                             "the shards layout of docs/upload.md")
-        for folder in sharded.iter_sharded_folders(source, filter, include_depth):
+        for folder in sharded.iter_sharded_folders(source, filter, include_depth, part):
             yield read_episode_dir(folder)
     except (sharded.ShardedReadError, sharded.ShardError, OSError) as exc:
         raise LoadError(f"{text}: {exc}") from exc
@@ -253,11 +263,12 @@ def read_episode_dir(episode_dir: os.PathLike | str) -> EpisodeData:
     quality = _read_json(episode_dir / QUALITY.path)
     manifest = _read_json(episode_dir / MANIFEST.path) if (episode_dir / MANIFEST.path).is_file() else None
     where = str(episode_dir)
-    for schema, arrays in zip(NPZ_FILES, (tracks, extrinsics)):
-        version = int(_key(arrays, "schema_version", f"{where}/{schema.file.path}"))
-        if version != SCHEMA_VERSION:
-            raise LoadError(f"{where}/{schema.file.path}: written under output schema {version}; this package "
-                            f"reads schema {SCHEMA_VERSION} (re-convert the episode)")
+    versions = [int_scalar(arrays, "schema_version") for arrays in (tracks, extrinsics)]
+    schemas = npz_schemas(versions[0])
+    if schemas is None or versions[1] != versions[0]:
+        raise LoadError(f"{where}: written under output schema {versions[0]} ({TRACKS.path}) / {versions[1]} "
+                        f"({EXTRINSICS.path}); this package reads schemas {sorted(READABLE_NPZ)} (re-convert "
+                        "the episode)")
     info = quality.get("episode")
     if not isinstance(info, dict) or not isinstance(info.get("episode_id"), str) \
             or not isinstance(info.get("relative_path"), str):
@@ -288,7 +299,7 @@ def read_episode_dir(episode_dir: os.PathLike | str) -> EpisodeData:
         manifest=None if manifest is None else MappingProxyType(manifest),
         tracks_npz=MappingProxyType(tracks), extrinsics_npz=MappingProxyType(extrinsics))
     sizes = shape_sizes(tracks)
-    problems = TRACKS_NPZ.problems(tracks, sizes) + EXTRINSICS_NPZ.problems(extrinsics, sizes)
+    problems = schemas[0].problems(tracks, sizes) + schemas[1].problems(extrinsics, sizes)
     if problems:
         raise LoadError(f"{where}: does not follow the output contract: {'; '.join(problems)}")
     return data
@@ -296,30 +307,37 @@ def read_episode_dir(episode_dir: os.PathLike | str) -> EpisodeData:
 
 def _cameras(episode_dir: Path, tracks: dict[str, np.ndarray],
              extrinsics: dict[str, np.ndarray]) -> dict[str, CameraData]:
+    """The episode's cameras by serial, in role order. Keys name a camera by role (schema 5, where a
+    role the episode lacks has an empty serial) or by serial (schema 4)."""
     where_x, where_t = f"{episode_dir}/{EXTRINSICS.path}", f"{episode_dir}/{TRACKS.path}"
+    by_role = int_scalar(tracks, "schema_version") == SCHEMA_VERSION
     serials = [str(s) for s in _key(extrinsics, "serials", where_x)]
     roles = [str(r) for r in _key(extrinsics, "roles", where_x)]
     sources = [str(s) for s in _key(extrinsics, "sources", where_x)]
     if not len(serials) == len(roles) == len(sources):
         raise LoadError(f"{where_x}: serials, roles and sources differ in length")
-    with_2d = [str(s) for s in _key(tracks, "cameras_with_2d_tracks", where_t)]
+    with_2d = {serial: key for key, serial in cameras_with_2d_tracks(tracks)}
     unknown = sorted(set(with_2d) - set(serials))
     if unknown:
         raise LoadError(f"{where_t}: cameras {unknown} have 2D tracks but no pose in {EXTRINSICS.path}")
     cameras = {}
     for serial, role, source in zip(serials, roles, sources):
+        if not serial:
+            continue   # schema 5: the episode has no camera of this role
         fields: dict[str, Any] = {}
         if serial in with_2d:
-            size = _key(tracks, f"image_size_{serial}", where_t)
-            fields = {"tracks_2d": _key(tracks, f"tracks_2d_{serial}", where_t),
-                      "visibility": _key(tracks, f"visibility_{serial}", where_t),
-                      "occlusion": _key(tracks, f"occlusion_{serial}", where_t),
-                      "intrinsics": _key(tracks, f"intrinsics_{serial}", where_t),
-                      "distortion": _key(tracks, f"distortion_{serial}", where_t),
+            key = with_2d[serial]
+            size = _key(tracks, f"image_size_{key}", where_t)
+            fields = {"tracks_2d": _key(tracks, f"tracks_2d_{key}", where_t),
+                      "visibility": _key(tracks, f"visibility_{key}", where_t),
+                      "occlusion": _key(tracks, f"occlusion_{key}", where_t),
+                      "intrinsics": _key(tracks, f"intrinsics_{key}", where_t),
+                      "distortion": _key(tracks, f"distortion_{key}", where_t),
                       "image_size": (int(size[0]), int(size[1])),
                       "intrinsics_record": MappingProxyType(_read_json(episode_dir / INTRINSICS.for_camera(serial)))}
+        pose_key = f"T_base_cam_{role if by_role else serial}"
         cameras[serial] = CameraData(serial=serial, role=role, extrinsics_source=source,
-                                     T_base_cam=_key(extrinsics, f"T_base_cam_{serial}", where_x), **fields)
+                                     T_base_cam=_key(extrinsics, pose_key, where_x), **fields)
     return cameras
 
 

@@ -198,11 +198,30 @@ def _by_shard(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]
     return shards
 
 
+def part_rows(rows: list[dict[str, Any]], part: tuple[int, int] | None) -> list[dict[str, Any]]:
+    """The rows of part ``(i, n)`` of a repo: the shards whose rank (in shard order) is i modulo n
+    when the repo has at least n shards, else the episodes whose rank (in shard and member order)
+    is i modulo n. The n parts are disjoint and together hold every row; every reader of the same
+    index computes the same parts."""
+    if part is None:
+        return rows
+    index, count = part
+    if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
+        raise ValueError(f"part={part!r}: expected (i, n) with 0 <= i < n")
+    shards = sorted({r["shard"] for r in rows})
+    if len(shards) >= count:
+        mine = {shard for rank, shard in enumerate(shards) if rank % count == index}
+        return [r for r in rows if r["shard"] in mine]
+    ordered = [row for by_key in _by_shard(rows).values() for row in by_key.values()]
+    return [row for rank, row in enumerate(ordered) if rank % count == index]
+
+
 def iter_sharded_folders(source: ShardSource, keep: Callable[[Mapping[str, Any]], bool] | None,
-                         include_depth: bool) -> Iterator[Path]:
-    """The folders of the episodes whose index row ``keep`` accepts, streaming whole shards in
-    order; each folder is removed when the next is asked for."""
-    rows = [r for r in read_index_rows(source) if keep is None or keep(r)]
+                         include_depth: bool, part: tuple[int, int] | None = None) -> Iterator[Path]:
+    """The folders of the episodes of ``part`` (:func:`part_rows`; all without one) whose index row
+    ``keep`` accepts, streaming whole shards in order; each folder is removed when the next is
+    asked for."""
+    rows = [r for r in part_rows(read_index_rows(source), part) if keep is None or keep(r)]
     for shard, wanted in _by_shard(rows).items():
         with _scratch() as scratch, source.open(shard, stream=True) as stream:
             def make_folder(key: str, wanted: Mapping[str, Any] = wanted, scratch: Path = scratch) -> Path | None:

@@ -41,23 +41,26 @@ import numpy as np
 
 from droid_pipeline.core.atomic import sha256_file
 from droid_pipeline.core.schema import (
+    CAMERA_ROLES,
     DEPTH,
     DEPTH_META,
     EXTRINSICS,
-    EXTRINSICS_NPZ,
     HIDDEN_BY_ROBOT,
     HIDDEN_BY_SCENE,
     INTRINSICS,
     MANIFEST,
     OCCLUSION_LABELS,
     QUALITY,
+    READABLE_NPZ,
     RECORDINGS,
     SCHEMA_VERSION,
     TRACKS,
-    TRACKS_NPZ,
+    TRACKS_OK,
     UNKNOWN,
     VISIBLE,
+    cameras_with_2d_tracks,
     int_scalar,
+    npz_schemas,
     output_file,
     shape_sizes,
 )
@@ -76,7 +79,7 @@ CENTROID_TOLERANCE_M = 1e-5
 # is below minus this: far beyond the float32 storage's error, far below any angle that matters.
 BACK_FACE_TOLERANCE = 1e-4
 FRACTION_TOLERANCE = 1e-9
-ROLES = ("wrist", "ext1", "ext2")
+ROLES = CAMERA_ROLES
 FRAME_KEYS = ("gripper_poses", "contact_frames", "left_contact_frames", "right_contact_frames",
               "normalized_frames", "normalized_left_frames", "normalized_right_frames")
 
@@ -170,7 +173,7 @@ def _check_files(episode_dir: Path, root: Path | None, state: dict[str, Any], re
     state["tracks"] = _read_npz(episode_dir / TRACKS.path)
     state["extrinsics"] = _read_npz(episode_dir / EXTRINSICS.path)
     state["quality"] = quality = _read_json(episode_dir / QUALITY.path)
-    for serial in state["tracks"].get("cameras_with_2d_tracks", []):
+    for _, serial in cameras_with_2d_tracks(state["tracks"]):
         if not (episode_dir / INTRINSICS.for_camera(str(serial))).is_file():
             problems.append(f"{INTRINSICS.for_camera(str(serial))} missing (camera has 2D tracks)")
     relative_path = (quality.get("episode") or {}).get("relative_path")
@@ -198,8 +201,9 @@ def _read_json(path: Path) -> dict[str, Any]:
 def _manifest_problems(episode_dir: Path, manifest: Any, report: EpisodeReport) -> list[str]:
     problems = []
     entries = manifest.get("files") or []
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        problems.append(f"manifest schema_version {manifest.get('schema_version')} is not {SCHEMA_VERSION}")
+    if manifest.get("schema_version") not in READABLE_NPZ:
+        problems.append(f"manifest schema_version {manifest.get('schema_version')} is not one of "
+                        f"{sorted(READABLE_NPZ)}")
     absent = {e["path"] for e in entries if not (episode_dir / e["path"]).is_file()}
     files = {e["path"]: output_file(e["path"]) for e in entries}
     problems += [f"{path} listed in {MANIFEST.path} is not a file of the output contract"
@@ -221,26 +225,42 @@ def _manifest_problems(episode_dir: Path, manifest: Any, report: EpisodeReport) 
 
 
 def _check_contract(episode_dir: Path, state: dict[str, Any]) -> None:
+    """Every key against the schema the files name (the current one, or schema 4 written before it),
+    both files of one version, the same as the manifest's."""
     tracks, extrinsics = state["tracks"], state["extrinsics"]
+    version = int_scalar(tracks, "schema_version")
+    schemas = npz_schemas(version)
+    if schemas is None:
+        raise CheckFailed([f"{TRACKS.path}: schema_version {version}, readable are {sorted(READABLE_NPZ)} "
+                           f"(current {SCHEMA_VERSION})"])
     sizes = shape_sizes(tracks)
-    problems = TRACKS_NPZ.problems(tracks, sizes) + EXTRINSICS_NPZ.problems(extrinsics, sizes)
-    for name, arrays in ((TRACKS.path, tracks), (EXTRINSICS.path, extrinsics)):
-        version = int_scalar(arrays, "schema_version")
-        if version is not None and version != SCHEMA_VERSION:
-            problems.append(f"{name}: schema_version {version}, current is {SCHEMA_VERSION}")
+    problems = schemas[0].problems(tracks, sizes) + schemas[1].problems(extrinsics, sizes)
+    other = int_scalar(extrinsics, "schema_version")
+    if other is not None and other != version:
+        problems.append(f"{EXTRINSICS.path}: schema_version {other}, {TRACKS.path} has {version}")
+    state["version"] = version
     if problems:
         raise CheckFailed(problems)
 
 
 def _check_values(episode_dir: Path, state: dict[str, Any]) -> None:
     tracks, extrinsics, quality = state["tracks"], state["extrinsics"], state["quality"]
+    current = state["version"] == SCHEMA_VERSION
+    with_2d = cameras_with_2d_tracks(tracks)
+    # Schema 5: roles without 2D tracks are filled with NaN (and a role without a camera has NaN poses).
+    filled = {f"{key}_{role}" for role in ROLES if current and role not in dict(with_2d)
+              for key in ("tracks_2d", "intrinsics", "distortion")}
+    absent = {f"T_base_cam_{role}" for role, serial in zip(ROLES, extrinsics["serials"]) if current and not serial}
     problems = [f"{name}: {key} has NaN or inf values"
                 for name, arrays in ((TRACKS.path, tracks), (EXTRINSICS.path, extrinsics))
-                for key, array in arrays.items() if array.dtype.kind == "f" and not np.isfinite(array).all()]
+                for key, array in arrays.items()
+                if array.dtype.kind == "f" and key not in filled | absent and not np.isfinite(array).all()]
     if problems:
         raise CheckFailed(problems)
+    if current:
+        problems += _schema5_problems(tracks, extrinsics, quality, with_2d)
     frames = {key: tracks[key] for key in FRAME_KEYS}
-    frames.update({key: extrinsics[key] for key in extrinsics if key.startswith("T_base_cam_")})
+    frames.update({key: extrinsics[key] for key in extrinsics if key.startswith("T_base_cam_") and key not in absent})
     for key, matrices in frames.items():
         worst = _rigid_error(matrices)
         if worst > RIGID_TOLERANCE:
@@ -263,29 +283,59 @@ def _check_values(episode_dir: Path, state: dict[str, Any]) -> None:
         problems.append("cumulative_distance_mm does not start at 0 and never decrease")
     serials = [str(s) for s in extrinsics["serials"]]
     roles = [str(r) for r in extrinsics["roles"]]
-    if any(role not in ROLES for role in roles) or len(set(serials)) != len(serials):
+    present = [s for s in serials if s]
+    if any(role not in ROLES for role in roles) or len(set(present)) != len(present) \
+            or (current and roles != list(ROLES)):
         problems.append(f"extrinsics serials {serials} / roles {roles} are not unique cameras of roles {ROLES}")
     wrist = str(extrinsics["wrist_serial"])
     if wrist and (wrist not in serials or roles[serials.index(wrist)] != "wrist"):
         problems.append(f"wrist_serial {wrist} is not the camera with role wrist")
-    with_2d = [str(s) for s in tracks["cameras_with_2d_tracks"]]
-    problems += [f"camera {s} has 2D tracks but no pose in {EXTRINSICS.path}" for s in with_2d if s not in serials]
-    for serial in with_2d:
+    problems += [f"camera {s} has 2D tracks but no pose in {EXTRINSICS.path}" for _, s in with_2d if s not in serials]
+    for key, serial in with_2d:
         record = IntrinsicsRecord.load(episode_dir / INTRINSICS.for_camera(serial))
-        if not np.allclose(record.K, tracks[f"intrinsics_{serial}"], rtol=0, atol=1e-9):
-            problems.append(f"intrinsics_{serial} differs from {INTRINSICS.for_camera(serial)}")
-        if tuple(int(v) for v in tracks[f"image_size_{serial}"]) != record.size:
-            problems.append(f"image_size_{serial} {tracks[f'image_size_{serial}'].tolist()} differs from "
+        if not np.allclose(record.K, tracks[f"intrinsics_{key}"], rtol=0, atol=1e-9):
+            problems.append(f"intrinsics_{key} differs from {INTRINSICS.for_camera(serial)}")
+        if tuple(int(v) for v in tracks[f"image_size_{key}"]) != record.size:
+            problems.append(f"image_size_{key} {tracks[f'image_size_{key}'].tolist()} differs from "
                             f"{INTRINSICS.name}'s {record.width}x{record.height}")
-    if list(quality.get("cameras_with_2d_tracks", [])) != with_2d:
+    if list(quality.get("cameras_with_2d_tracks", [])) != [key for key, _ in with_2d]:
         problems.append(f"quality.json cameras_with_2d_tracks {quality.get('cameras_with_2d_tracks')} "
-                        f"differs from {TRACKS.path}'s {with_2d}")
+                        f"differs from {TRACKS.path}'s {[key for key, _ in with_2d]}")
     if quality.get("num_frames") != int(tracks["num_frames"]):
         problems.append(f"quality.json num_frames {quality.get('num_frames')} differs from "
                         f"{TRACKS.path}'s {int(tracks['num_frames'])}")
-    problems += _occlusion_problems(tracks, quality, with_2d)
+    problems += _occlusion_problems(tracks, quality, [key for key, _ in with_2d])
     if problems:
         raise CheckFailed(problems)
+
+
+def _schema5_problems(tracks: dict[str, np.ndarray], extrinsics: dict[str, np.ndarray], quality: dict[str, Any],
+                      with_2d: list[tuple[str, str]]) -> list[str]:
+    """Schema 5's own agreements: the serials in tracks.npz, extrinsics.npz and quality.json; every
+    role without 2D tracks filled as documented; ``keep`` all true where it was not computed and its
+    kept fraction the one quality.json reports."""
+    problems = []
+    serials = [str(s) for s in tracks["camera_serials"]]
+    if serials != [str(s) for s in extrinsics["serials"]]:
+        problems.append(f"camera_serials {serials} differ from {EXTRINSICS.path} serials")
+    if quality.get("camera_serials") != serials:
+        problems.append(f"{QUALITY.path} camera_serials {quality.get('camera_serials')} differ from {serials}")
+    status = [str(s) for s in tracks["tracks_2d_status"]]
+    if any((state == "no_camera") != (not serial) for state, serial in zip(status, serials)):
+        problems.append(f"tracks_2d_status {status} disagrees with camera_serials {serials}")
+    for role, state in zip(ROLES, status):
+        if state == TRACKS_OK:
+            continue
+        if not (np.isnan(tracks[f"tracks_2d_{role}"]).all() and not tracks[f"visibility_{role}"].any()
+                and (tracks[f"occlusion_{role}"] == UNKNOWN).all() and not tracks[f"image_size_{role}"].any()):
+            problems.append(f"{role} has no 2D tracks ({state}) but its keys are not filled as documented")
+    keep = tracks["keep"]
+    if not bool(tracks["keep_computed"]) and not keep.all():
+        problems.append("keep is not all true although keep_computed is false")
+    fraction = quality.get("kept_fraction")
+    if not isinstance(fraction, (int, float)) or abs(fraction - float(keep.mean())) > FRACTION_TOLERANCE:
+        problems.append(f"{QUALITY.path} kept_fraction {fraction} differs from keep's {float(keep.mean())}")
+    return problems
 
 
 def _occlusion_problems(tracks: dict[str, np.ndarray], quality: dict[str, Any], serials: list[str]) -> list[str]:
@@ -295,7 +345,7 @@ def _occlusion_problems(tracks: dict[str, np.ndarray], quality: dict[str, Any], 
         return [f"{QUALITY.path} has no occlusion report"]
     problems = []
     pooled = []
-    for serial in serials:
+    for serial in serials:   # key suffixes: roles (schema 5) or serials (schema 4), as quality.json keys them
         key = f"occlusion_{serial}"
         labels, seen = tracks[key], tracks[f"visibility_{serial}"]
         camera = report["cameras"].get(serial)
@@ -367,6 +417,7 @@ def _check_2d(episode: EpisodeData, tolerance_px: float) -> None:
     points = episode.tracks_3d.astype(np.float64)
     for serial in episode.cameras_with_2d_tracks:
         camera = episode.cameras[serial]
+        key = camera.role if episode.schema_version == SCHEMA_VERSION else serial
         tracks_2d, seen, size = camera.tracks_2d, camera.visibility, camera.image_size
         if tracks_2d is None or seen is None or size is None or camera.intrinsics is None or camera.distortion is None:
             continue  # not a camera with 2D tracks
@@ -401,7 +452,7 @@ def _check_2d(episode: EpisodeData, tolerance_px: float) -> None:
             wrong = seen & _facing_away(episode, points, poses) & (camera.occlusion != HIDDEN_BY_ROBOT)
             if wrong.any():
                 problems.append(f"{name}: {int(wrong.sum())} visible points whose pad faces away from the camera "
-                                f"are not labelled {HIDDEN_BY_ROBOT} (hidden by the robot) in occlusion_{serial} "
+                                f"are not labelled {HIDDEN_BY_ROBOT} (hidden by the robot) in occlusion_{key} "
                                 f"(first: {_first(wrong)})")
     if problems:
         raise CheckFailed(problems)

@@ -85,14 +85,20 @@ def render_card(kind: str, repo_id: str, index: pa.Table, shards: int) -> str:
              f"- {shards} shard(s), {total / 1e9:.3f} GB of episode files",
              f"- output schema version {SCHEMA_VERSION}", "",
              "## Layout", "",
-             f"- `{index_path(kind)}`: the episode index, one row per episode (config `index`): id, lab, outcome, "
-             "date, raw relative path, schema version, T, M, cameras, quality flags, and for each file its "
-             "shard, byte offset, size and SHA-256.",
+             f"- `{index_path(kind)}`: the episode index, one row per episode (config `index`, the default): id, "
+             "lab, outcome, date, raw relative path, schema version, T, M, cameras and their serials in role "
+             "order, the task text (`current_task`, `language_instruction_1..3`), DROID RLDS's `file_path` and "
+             "`recording_folderpath` (to join RLDS-based ports), the fraction of steps DROID's idle filter keeps, "
+             "quality flags, and for each file its shard, byte offset, size and SHA-256.",
              f"- `{SHARDS_DIR}/{kind}/<NNN>/<NNNNNN>.tar`: WebDataset tar shards, at most "
              f"{SHARDS_PER_FOLDER} per folder. An episode's files are contiguous members `<key>.<file>`; `<key>` "
              "is the episode id with any character outside `A-Z a-z 0-9 + _ -` percent-encoded; per-camera "
              "files are named by the camera's role (`wrist`, `ext1`, `ext2`), its serial is in `quality.json` "
-             "(`episode.serials`) and in the index. Members are the files byte for byte.", "",
+             "(`episode.serials`) and in the index. Members are the files byte for byte.",
+             f"- Every episode has the same member names, npz keys and JSON keys (output schema {SCHEMA_VERSION}): "
+             "per-camera arrays and fields are named by role, serials are values, and a camera without 2D tracks "
+             "keeps its keys, filled, with `tracks_2d_status` saying why. So `datasets` and batched readers, "
+             "which take one set of keys from the first episodes, read every episode whole.", "",
              "| file in the episode folder | member | repo | what |", "|---|---|---|---|"]
     for file in OUTPUT_FILES:
         if kind == "metadata" and file.kind == "depth":
@@ -109,12 +115,17 @@ def render_card(kind: str, repo_id: str, index: pa.Table, shards: int) -> str:
               f'episode = load_episode("hf://datasets/{repo_id}", "{example}")  # ranged reads of its members only',
               "print(episode.tracks_3d.shape, episode.camera(\"ext1\").tracks_2d.shape)",
               f'for episode in iter_episodes("hf://datasets/{repo_id}", filter=lambda row: row["outcome"] == '
-              '"success"):',
-              "    ...  # whole shards streamed in order",
+              '"success", part=(worker, num_workers)):',
+              "    ...  # whole shards streamed in order; the parts are disjoint and cover the repo once",
               "", "import datasets",
-              f'index = datasets.load_dataset("{repo_id}", "index", split="train")',
+              f'index = datasets.load_dataset("{repo_id}", split="train")   # the index',
               f'samples = datasets.load_dataset("webdataset", data_files="hf://datasets/{repo_id}/'
               f'{shards_pattern(kind)}", split="train", streaming=True)',
+              'for sample in samples:   # sample["tracks.npz"]["tracks_2d_ext1"], sample["quality.json"], ...',
+              "    ...",
+              "", "import webdataset   # or the webdataset package: members as bytes",
+              'for sample in webdataset.WebDataset("<local or https shard URLs>", shardshuffle=False):',
+              '    ...  # sample["__key__"], sample["tracks.npz"] (bytes: np.load(io.BytesIO(...)))',
               "```", "",
               "Without the package: read the episode's row of the index, then fetch each member's bytes "
               "`offset .. offset + size - 1` of its shard with an HTTP range request (or `tarfile`).", "",

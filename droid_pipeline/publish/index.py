@@ -1,9 +1,12 @@
 """The episode index of a sharded repo: one Parquet table, one row per published episode.
 
 ``index/<repo kind>.parquet`` holds, per episode, what it is (id, lab, outcome, date, relative
-path of the raw episode, pipeline, schema version, T, M, cameras), quality flags from its
-quality.json (visible fraction per camera role, wrist-pose deviation, warnings, calibration
-sources) and where its files are: the shard and, for each member, its name, contract path, byte
+path of the raw episode, pipeline, schema version, T, M, cameras and their serials in role
+order), its task text (``current_task``, DROID's ``language_instruction_1..3`` when configured),
+the strings that join it to DROID's RLDS release (``file_path``, ``recording_folderpath``), the
+fraction of steps DROID's idle filter keeps, quality flags from its quality.json (visible
+fraction per camera role, wrist-pose deviation, warnings, calibration sources) and where its
+files are: the shard and, for each member, its name, contract path, byte
 offset of its data in the shard, size and SHA-256. Reading one episode is then one ranged read
 per member.
 
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from droid_pipeline.core.atomic import atomic_path
+from droid_pipeline.core.schema import LEGACY_SCHEMA_VERSION
 from droid_pipeline.publish.shards import ROLES, ShardMember, episode_key
 
 if TYPE_CHECKING:
@@ -50,7 +54,12 @@ def schema() -> pa.Schema:
         ("date", pa.string()), ("relative_path", pa.string()), ("pipeline", pa.string()),
         ("schema_version", pa.int32()), ("manifest_sha256", pa.string()), ("published", pa.float64()),
         ("num_frames", pa.int32()), ("num_normalized_steps", pa.int32()), ("fps", pa.float64()),
-        ("cameras", pa.list_(camera)), ("cameras_with_2d_tracks", pa.list_(pa.string())),
+        ("cameras", pa.list_(camera)), ("camera_serials", pa.list_(pa.string())),
+        ("cameras_with_2d_tracks", pa.list_(pa.string())),
+        ("current_task", pa.string()),
+        *[(f"language_instruction_{i}", pa.string()) for i in (1, 2, 3)],
+        ("file_path", pa.string()), ("recording_folderpath", pa.string()),
+        ("kept_fraction", pa.float64()), ("keep_computed", pa.bool_()),
         *[(f"visible_fraction_{role}", pa.float64()) for role in ROLES],
         ("path_length_mm", pa.float64()), ("wrist_pose_deviation_mm", pa.float64()),
         ("wrist_pose_within_tolerance", pa.bool_()), ("warnings", pa.list_(pa.string())),
@@ -81,13 +90,15 @@ def episode_info(quality: Mapping[str, Any], episode_id: str) -> EpisodeInfo:
         episode = quality["episode"]
         if episode["episode_id"] != episode_id:
             raise EpisodeIndexError(f"quality.json is for episode {episode['episode_id']}, not {episode_id}")
-        serials = {str(role): str(serial) for role, serial in episode["serials"].items()}
+        serials = {str(role): str(serial) for role, serial in episode["serials"].items() if serial is not None}
         lab, outcome, date = str(episode["lab"]), str(episode["outcome"]), str(episode["date"])
         num_frames = int(quality["num_frames"])
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise EpisodeIndexError(f"quality.json lacks the episode's identity or length ({type(exc).__name__}: {exc})") \
             from exc
+    by_role = _int_or_none(quality.get("schema_version")) not in (None, LEGACY_SCHEMA_VERSION)
     visible = quality.get("visible_fraction") or {}
+    rlds = quality.get("rlds") or {}
     wrist = quality.get("wrist_pose_deviation") or {}
     cameras = (quality.get("calibration") or {}).get("cameras") or {}
     intrinsics = quality.get("intrinsics") or {}
@@ -98,8 +109,16 @@ def episode_info(quality: Mapping[str, Any], episode_id: str) -> EpisodeInfo:
         "num_frames": num_frames,
         "num_normalized_steps": _int_or_none(quality.get("num_normalized_steps")),
         "fps": _float_or_none(quality.get("fps")),
+        "camera_serials": [serials.get(role, "") for role in ROLES],
         "cameras_with_2d_tracks": [str(s) for s in quality.get("cameras_with_2d_tracks") or []],
-        **{f"visible_fraction_{role}": _float_or_none(visible.get(serials.get(role, ""))) for role in ROLES},
+        "current_task": _str_or_none(quality.get("current_task")),
+        **{f"language_instruction_{i}": _str_or_none(quality.get(f"language_instruction_{i}")) for i in (1, 2, 3)},
+        "file_path": _str_or_none(rlds.get("file_path")),
+        "recording_folderpath": _str_or_none(rlds.get("recording_folderpath")),
+        "kept_fraction": _float_or_none(quality.get("kept_fraction")),
+        "keep_computed": quality.get("keep_computed") if isinstance(quality.get("keep_computed"), bool) else None,
+        **{f"visible_fraction_{role}": _float_or_none(visible.get(role if by_role else serials.get(role, "")))
+           for role in ROLES},
         "path_length_mm": _float_or_none(quality.get("path_length_mm")),
         "wrist_pose_deviation_mm": _float_or_none(wrist.get("max_translation_mm")),
         "wrist_pose_within_tolerance": wrist.get("within_tolerance") if isinstance(
@@ -112,6 +131,10 @@ def episode_info(quality: Mapping[str, Any], episode_id: str) -> EpisodeInfo:
 
 def _int_or_none(value: Any) -> int | None:
     return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -157,7 +180,7 @@ def merge(old: pa.Table, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
     import pyarrow.compute as pc
 
     new = pa.Table.from_pylist(list(rows), schema=schema())
-    old = old.select(schema().names).cast(schema())
+    old = _with_columns(old)
     previous = {r["episode_id"]: (r["schema_version"], r["published"])
                 for r in old.filter(pc.is_in(old["episode_id"], new["episode_id"])).select(
                     ["episode_id", "schema_version", "published"]).to_pylist()}
@@ -166,6 +189,15 @@ def merge(old: pa.Table, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
     new = new.filter(pa.array(keep_new, pa.bool_()))
     kept_old = old.filter(pc.invert(pc.is_in(old["episode_id"], new["episode_id"])))
     return pa.concat_tables([kept_old, new]).sort_by("episode_id")
+
+
+def _with_columns(table: pa.Table) -> pa.Table:
+    """``table`` with the current columns, in order: a column an older index lacks is null."""
+    import pyarrow as pa
+
+    columns = [table[field.name] if field.name in table.column_names else pa.nulls(table.num_rows, field.type)
+               for field in schema()]
+    return pa.Table.from_arrays(columns, schema=schema()).cast(schema())
 
 
 def write_index(path: Path, table: pa.Table, *, next_shard: int, kind: str) -> None:

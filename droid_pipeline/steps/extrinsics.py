@@ -32,6 +32,7 @@ from scipy.spatial.transform import Rotation
 
 from droid_pipeline.core.config import CalibrationQualityConfig, Config
 from droid_pipeline.core.errors import EpisodeError
+from droid_pipeline.core.schema import CAMERA_ROLES
 from droid_pipeline.formats.calibration_files import (
     INDEX_DIR_NAME,
     CalibrationFileError,
@@ -108,31 +109,82 @@ class EpisodeExtrinsics:
         """That file's entry for this episode."""
         return self.cam2base_entries[0][1] if self.cam2base_entries else None
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        """Contents of extrinsics.npz (strings as unicode arrays: loads with allow_pickle=False)."""
-        cameras = list(self.cameras.values())
+    def arrays(self, num_frames: int) -> dict[str, np.ndarray]:
+        """Contents of extrinsics.npz (strings as unicode arrays: loads with allow_pickle=False):
+        every role of CAMERA_ROLES, keyed by role; a role the episode lacks has NaN poses and empty
+        strings."""
+        by_role = {c.role: c for c in self.cameras.values()}
+        cameras = [by_role.get(role) for role in CAMERA_ROLES]
         out: dict[str, np.ndarray] = {
-            "serials": np.array(list(self.cameras), dtype=str),
-            "roles": np.array([c.role for c in cameras], dtype=str),
-            "sources": np.array([c.source for c in cameras], dtype=str),
-            "calibration_fallback": np.array([c.fallback for c in cameras], dtype=bool),
-            "calibration_quality": np.array([_metric(c)[0] for c in cameras], dtype=np.float64),
-            "calibration_metric_types": np.array([_metric(c)[1] for c in cameras], dtype=str),
+            "serials": np.array(["" if c is None else c.serial for c in cameras], dtype=str),
+            "roles": np.array(CAMERA_ROLES, dtype=str),
+            "sources": np.array(["" if c is None else c.source for c in cameras], dtype=str),
+            "calibration_fallback": np.array([c is not None and c.fallback for c in cameras], dtype=bool),
+            "calibration_quality": np.array([0.0 if c is None else _metric(c)[0] for c in cameras], dtype=np.float64),
+            "calibration_metric_types": np.array(["" if c is None else _metric(c)[1] for c in cameras], dtype=str),
             "wrist_serial": np.array(self.wrist_serial or "", dtype=str),
         }
-        for serial, camera in self.cameras.items():
-            out[f"T_base_cam_{serial}"] = camera.base_from_camera.astype(np.float64)
+        for role, camera in zip(CAMERA_ROLES, cameras):
+            shape = (num_frames, 4, 4) if role == "wrist" else (4, 4)
+            out[f"T_base_cam_{role}"] = np.full(shape, np.nan) if camera is None \
+                else camera.base_from_camera.astype(np.float64)
         return out
 
     def quality(self) -> dict[str, Any]:
-        """Provenance for quality.json: the files, the exact entries, each camera's source, the cam2cam check."""
+        """Provenance for quality.json: the files, the exact entries, each camera's source, the cam2cam
+        check. Keyed by role, never by serial: DROID's entries (keyed ``<serial>``,
+        ``<serial>_quality_metric``, ...) are given as ``{role: {serial, pose, quality_metric,
+        metric_type}}`` for every role (null where the entry lacks the camera)."""
+        by_role = {c.role: c for c in self.cameras.values()}
         return {
             "cam2base_file": self.calibration_file,
-            "cam2base_entry": self.calibration_entry,
-            "cam2base_files": [{"file": name, "entry": entry} for name, entry in self.cam2base_entries],
-            "cameras": {s: c.quality() for s, c in self.cameras.items()},
-            "cam2cam": self.cam2cam,
+            "cam2base_entry": self._entry_by_role(self.calibration_entry),
+            "cam2base_files": [{"file": name, "entry": self._entry_by_role(entry)}
+                               for name, entry in self.cam2base_entries],
+            "cameras": {role: None if role not in by_role else by_role[role].quality() for role in CAMERA_ROLES},
+            "cam2cam": None if self.cam2cam is None else _role_keyed(self.cam2cam, self._roles()),
         }
+
+    def _roles(self) -> dict[str, str]:
+        return {serial: camera.role for serial, camera in self.cameras.items()}
+
+    def _entry_by_role(self, entry: dict[str, Any] | None) -> dict[str, Any] | None:
+        """A cam2base entry ``{<serial>: pose, <serial>_quality_metric: x, <serial>_metric_type: t}``
+        as ``{role: {"serial", "pose", "quality_metric", "metric_type"} | None}``; keys of the entry
+        that name none of the episode's cameras are kept under ``other`` as a JSON string."""
+        if entry is None:
+            return None
+        import json
+
+        roles = self._roles()
+        out: dict[str, Any] = {}
+        used: set[str] = set()
+        for role in CAMERA_ROLES:
+            serial = next((s for s, r in roles.items() if r == role), None)
+            if serial is None or serial not in entry:
+                out[role] = None
+                continue
+            fields = {"pose": serial, "quality_metric": f"{serial}_quality_metric",
+                      "metric_type": f"{serial}_metric_type"}
+            used.update(fields.values())
+            out[role] = {"serial": serial, **{name: entry.get(key) for name, key in fields.items()}}
+        other = {key: value for key, value in entry.items() if key not in used}
+        out["other"] = json.dumps(other, sort_keys=True) if other else None
+        return out
+
+
+def _role_keyed(value: Any, roles: dict[str, str]) -> Any:
+    """``value`` with every dict key that names a camera serial renamed with the camera's role."""
+    if isinstance(value, dict):
+        renamed = {}
+        for key, item in value.items():
+            for serial, role in roles.items():
+                key = key.replace(serial, role)
+            renamed[key] = _role_keyed(item, roles)
+        return renamed
+    if isinstance(value, list):
+        return [_role_keyed(item, roles) for item in value]
+    return value
 
 
 def _metric(camera: CameraPose) -> tuple[float, str]:

@@ -18,6 +18,7 @@ and a sample that falls on a frame reproduces that frame's tracks.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Iterator
@@ -29,9 +30,22 @@ import numpy as np
 
 from droid_pipeline.core import schema
 from droid_pipeline.core.atomic import write_json_atomic
-from droid_pipeline.core.config import Config, VideoFrameMismatchConfig
+from droid_pipeline.core.config import Config, IdleFilterConfig, VideoFrameMismatchConfig
 from droid_pipeline.core.errors import EpisodeError
-from droid_pipeline.core.schema import DEPTH, DEPTH_META, EXTRINSICS, INTRINSICS, QUALITY, SCHEMA_VERSION, TRACKS
+from droid_pipeline.core.schema import (
+    CAMERA_ROLES,
+    DEPTH,
+    DEPTH_META,
+    EXTRINSICS,
+    INTRINSICS,
+    NO_CAMERA,
+    NO_INTRINSICS,
+    QUALITY,
+    SCHEMA_VERSION,
+    TRACKS,
+    TRACKS_OK,
+    UNKNOWN,
+)
 from droid_pipeline.formats.depth_codec import DepthCodecError, DepthMeta
 from droid_pipeline.formats.intrinsics import IntrinsicsError, IntrinsicsRecord
 from droid_pipeline.formats.npz import Deflate, StreamedArray, save_npz_atomic
@@ -45,7 +59,7 @@ from droid_pipeline.geometry.poses import pose6_to_matrix
 from droid_pipeline.geometry.projection import points_in_camera, project, visible
 from droid_pipeline.raw.discovery import Episode
 from droid_pipeline.raw.episode import RawEpisode
-from droid_pipeline.raw.trajectory import Trajectory, read_joint_positions, read_trajectory
+from droid_pipeline.raw.trajectory import Trajectory, TrajectoryFile, read_joint_positions, read_trajectory
 from droid_pipeline.raw.video import VideoError, frame_indices
 from droid_pipeline.robot.gripper import GripperModel
 from droid_pipeline.robot.kinematics import GripperMount
@@ -58,6 +72,19 @@ OUTPUTS = (TRACKS, EXTRINSICS, QUALITY)
 # Points computed at once (steps or normalized samples times N): bounds the float64 temporaries
 # (a few tens of MB) whatever the episode's length; T=300 episodes are one block.
 BLOCK_POINTS = 1 << 18
+JOINT_VELOCITY_KEY = "action/joint_velocity"
+# A step is idle when no joint's commanded velocity changed by this much since the previous step.
+IDLE_VELOCITY_CHANGE = 1e-3
+# DROID's RLDS release names an episode by these strings (episode_metadata.file_path and
+# recording_folderpath): the raw episode under the bucket it was converted from.
+RLDS_ROOT = "gs://xembodiment_data/r2d2/r2d2-data-full"
+# DROID's metadata file, published in quality.json with this fixed key set (null where absent).
+METADATA_KEYS = ("uuid", "lab", "user", "user_id", "date", "timestamp", "hdf5_path", "building", "scene_id",
+                 "success", "robot_serial", "droid_version", "current_task", "trajectory_length",
+                 *(f"{role}_cam_{what}" for role in CAMERA_ROLES for what in ("serial", "extrinsics")),
+                 *(f"{role}_{kind}_path" for role in CAMERA_ROLES for kind in ("svo", "mp4")),
+                 "left_mp4_path", "right_mp4_path")
+LANGUAGE_KEYS = ("language_instruction1", "language_instruction2", "language_instruction3")
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +118,113 @@ class CameraProjection:
     intrinsics: IntrinsicsRecord
 
     def arrays(self) -> dict[str, Any]:
-        """This camera's values of tracks.npz (stored as core.schema.TRACKS_NPZ says)."""
-        serial = self.serial
-        return {f"tracks_2d_{serial}": self.pixels, f"visibility_{serial}": self.visibility,
-                f"intrinsics_{serial}": self.intrinsics.K, f"distortion_{serial}": self.intrinsics.distortion,
-                f"image_size_{serial}": self.intrinsics.size}
+        """This camera's values of tracks.npz (stored as core.schema.TRACKS_NPZ says), keyed by role."""
+        role = self.role
+        return {f"tracks_2d_{role}": self.pixels, f"visibility_{role}": self.visibility,
+                f"intrinsics_{role}": self.intrinsics.K, f"distortion_{role}": self.intrinsics.distortion,
+                f"image_size_{role}": self.intrinsics.size}
+
+
+def filled_camera_arrays(role: str, num_steps: int, num_points: int) -> dict[str, np.ndarray]:
+    """The tracks.npz values of a role without 2D tracks (no such camera, or no intrinsics), filled
+    as core.schema documents: NaN pixels and matrices, size (0, 0), nothing visible, all unknown."""
+    return {f"tracks_2d_{role}": np.full((num_steps, num_points, 2), np.nan, np.float32),
+            f"visibility_{role}": np.zeros((num_steps, num_points), bool),
+            f"occlusion_{role}": np.full((num_steps, num_points), UNKNOWN, np.uint8),
+            f"intrinsics_{role}": np.full((3, 3), np.nan), f"distortion_{role}": np.full(5, np.nan),
+            f"image_size_{role}": np.zeros(2, np.int32)}
+
+
+def droid_keep_mask(joint_velocity: np.ndarray | None, rule: IdleFilterConfig) -> np.ndarray | None:
+    """DROID's idle-step filter over T steps (openpi's compute_droid_nonidle_ranges.py): a step is
+    idle when every joint's commanded velocity changed by less than 1e-3 since the previous step
+    (step 0 never is); idle runs of at least ``rule.min_idle_steps`` are dropped, then kept runs
+    shorter than ``rule.min_kept_steps``, then the last ``rule.cut_last_steps`` of each kept run.
+    None without ``joint_velocity`` (T, J)."""
+    if joint_velocity is None:
+        return None
+    idle = np.zeros(len(joint_velocity), bool)
+    idle[1:] = np.all(np.abs(np.diff(joint_velocity, axis=0)) < IDLE_VELOCITY_CHANGE, axis=1)
+    starts, ends = _runs(idle)
+    long_idle = (ends - starts) >= rule.min_idle_steps
+    kept = ~_fill(len(idle), starts[long_idle], ends[long_idle])
+    starts, ends = _runs(kept)
+    long_kept = (ends - starts) >= rule.min_kept_steps
+    starts, ends = starts[long_kept], ends[long_kept]
+    return _fill(len(idle), starts, np.maximum(starts, ends - rule.cut_last_steps))
+
+
+def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``[start, end)`` of every run of True in ``mask``."""
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+
+
+def _fill(length: int, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """A (length,) mask true exactly in the ``[start, end)`` ranges (disjoint, sorted)."""
+    marks = np.zeros(length + 1, np.int32)
+    np.add.at(marks, starts, 1)
+    np.add.at(marks, ends, -1)
+    return np.cumsum(marks[:-1]) > 0
+
+
+def _read_joint_velocity(h5: TrajectoryFile, num_frames: int, warnings: list[str]) -> np.ndarray | None:
+    """(T, J) commanded joint velocities ``action/joint_velocity``; None when the h5 lacks them, or
+    (with a warning: only the idle-step mask needs them) when they are not T rows of finite numbers."""
+    if not h5.has(JOINT_VELOCITY_KEY):
+        return None
+    try:
+        return h5.array(JOINT_VELOCITY_KEY, (num_frames, None))
+    except EpisodeError as exc:
+        warnings.append(f"{exc.cause}: idle steps not computed, keep is all true")
+        return None
+
+
+def rlds_keys(relative_path: str) -> dict[str, str]:
+    """DROID RLDS's ``episode_metadata`` strings for a raw episode (how keep_ranges_1_0_1.json and the
+    RLDS-based ports name it): ``file_path`` (its trajectory.h5) and ``recording_folderpath``."""
+    base = f"{RLDS_ROOT}/{relative_path}"
+    return {"file_path": f"{base}/trajectory.h5", "recording_folderpath": f"{base}/recordings/MP4"}
+
+
+def published_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """DROID's metadata file with the fixed key set :data:`METADATA_KEYS` (null where absent). The
+    recorder's version is ``droid_version`` whichever key the file used (older recorders wrote
+    ``r2d2_version``; ``version_key`` says which), so that the same key holds it in every episode;
+    any other keys, which vary between recorder versions, are one JSON string under ``other``."""
+    import json
+
+    version_key = next((key for key in ("droid_version", "r2d2_version") if key in metadata), None)
+    other = {key: value for key, value in metadata.items() if key not in (*METADATA_KEYS, "r2d2_version")}
+    return {**{key: metadata.get(key) for key in METADATA_KEYS},
+            "droid_version": None if version_key is None else metadata[version_key], "version_key": version_key,
+            "other": json.dumps(other, sort_keys=True) if other else None}
+
+
+def language_annotations(path: Path | None, episode_id: str) -> dict[str, str | None] | None:
+    """``language_instruction_1..3`` of ``episode_id`` in DROID's droid_language_annotations.json
+    (None when no file is configured). An instruction the file lacks is ``""``, not null: with a file
+    configured every episode has strings there, so readers that take value types from the first
+    episodes (``datasets``) never meet a string after nulls. The file is read once per process."""
+    if path is None:
+        return None
+    entry = _annotations(str(path)).get(episode_id)
+    entry = entry if isinstance(entry, dict) else {}
+    return {f"language_instruction_{i}": (str(entry[key]) if isinstance(entry.get(key), str) else "")
+            for i, key in enumerate(LANGUAGE_KEYS, start=1)}
+
+
+@functools.lru_cache(maxsize=2)
+def _annotations(path: str) -> dict[str, Any]:
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"language_annotations_file {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"language_annotations_file {path}: expected a JSON object keyed by episode id")
+    return data
 
 
 def generate_tracks(config: Config, episode: Episode, output_dir: os.PathLike | str) -> dict[str, Any]:
@@ -112,7 +241,12 @@ def generate_tracks(config: Config, episode: Episode, output_dir: os.PathLike | 
     with raw.trajectory() as h5:
         trajectory = read_trajectory(h5, episode.serials, raw.metadata, config.fps, config.plausibility)
         joint_positions = read_joint_positions(h5, trajectory.num_frames) if config.occlusion.enabled else None
-    warnings = list(trajectory.warnings)
+        warnings = list(trajectory.warnings)
+        keep = droid_keep_mask(_read_joint_velocity(h5, trajectory.num_frames, warnings), config.idle_filter)
+    try:
+        language = language_annotations(config.language_annotations_file, episode_id)
+    except ValueError as exc:
+        raise raw.fail(str(exc)) from exc
     videos = _check_video_frames(raw, trajectory.num_frames, config.video_frame_mismatch, warnings)
 
     gripper = GripperModel.load(configured_mount(config))
@@ -129,12 +263,17 @@ def generate_tracks(config: Config, episode: Episode, output_dir: os.PathLike | 
     normalized = _normalized_flow(gripper, steps, trajectory.gripper_positions, sampling, num_points, episode_id)
 
     sizes = {"T": trajectory.num_frames, "M": sampling.num_samples, "N": num_points}
+    keep_mask = np.ones(trajectory.num_frames, bool) if keep is None else keep
     tracks = schema.TRACKS_NPZ.build(_tracks_values(trajectory, gripper, steps, normalized, sampling, num_points,
-                                                    config.normalized_step_size_mm), sizes)
-    _require_finite(episode_id, tracks, streamed=NormalizedFlow.STREAMED)
-    extrinsics_arrays = schema.EXTRINSICS_NPZ.build({"schema_version": SCHEMA_VERSION, **extrinsics.arrays()},
-                                                    sizes)
-    quality = _quality(config, raw, trajectory, gripper, extrinsics, steps, sampling, videos, depth, warnings)
+                                                    config.normalized_step_size_mm, raw.episode.serials,
+                                                    keep_mask, keep is not None), sizes)
+    filled = tuple(key for role in CAMERA_ROLES if _tracks_status(role, raw.episode.serials, steps) != TRACKS_OK
+                   for key in filled_camera_arrays(role, 0, 0))
+    _require_finite(episode_id, tracks, streamed=NormalizedFlow.STREAMED + filled)
+    extrinsics_arrays = schema.EXTRINSICS_NPZ.build({"schema_version": SCHEMA_VERSION,
+                                                     **extrinsics.arrays(trajectory.num_frames)}, sizes)
+    quality = _quality(config, raw, trajectory, gripper, extrinsics, steps, sampling, videos, depth, warnings,
+                       keep_mask, keep is not None, language)
     deflate = Deflate(config.npz.level, engine=config.npz.engine)
     save_npz_atomic(output_dir / TRACKS.path, tracks, deflate=deflate)
     save_npz_atomic(output_dir / EXTRINSICS.path, extrinsics_arrays, deflate=deflate)
@@ -145,7 +284,8 @@ def generate_tracks(config: Config, episode: Episode, output_dir: os.PathLike | 
     return {"episode_id": episode_id, "output_dir": str(output_dir),
             "num_frames": trajectory.num_frames, "num_points": num_points,
             "num_normalized_steps": sampling.num_samples, "path_length_mm": sampling.path_length_mm,
-            "cameras_with_2d_tracks": list(steps.cameras), "files": files, "warnings": warnings}
+            "cameras_with_2d_tracks": [c.role for c in steps.cameras.values()], "files": files,
+            "warnings": warnings}
 
 
 def warm_up(config: Config) -> None:
@@ -410,11 +550,21 @@ def _normalized_flow(gripper: GripperModel, steps: StepArrays, gripper_positions
     return NormalizedFlow(centroids, opening, _frames(rotations, centroids), streamed, left_frames, right_frames)
 
 
+def _tracks_status(role: str, serials: dict[str, str], steps: StepArrays) -> str:
+    """tracks.npz ``tracks_2d_status`` of ``role``."""
+    if role not in serials:
+        return NO_CAMERA
+    return TRACKS_OK if serials[role] in steps.cameras else NO_INTRINSICS
+
+
 def _tracks_values(trajectory: Trajectory, gripper: GripperModel, steps: StepArrays, normalized: NormalizedFlow,
-                   sampling: ArcLengthSampling, num_points: int, step_mm: float) -> dict[str, Any]:
+                   sampling: ArcLengthSampling, num_points: int, step_mm: float, serials: dict[str, str],
+                   keep: np.ndarray, keep_computed: bool) -> dict[str, Any]:
     """The values of tracks.npz, in the order written; core.schema.TRACKS_NPZ gives their storage
-    dtypes (docs/outputs.md). The streamed normalized points come last but for the finger frames
-    filled while they stream."""
+    dtypes (docs/outputs.md). Every role has its camera keys (filled where it has no 2D tracks). The
+    streamed normalized points come last but for the finger frames filled while they stream."""
+    occlusion = steps.occlusion.arrays()
+    by_serial = {c.serial: c for c in steps.cameras.values()}
     values: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "num_frames": trajectory.num_frames,
@@ -430,15 +580,22 @@ def _tracks_values(trajectory: Trajectory, gripper: GripperModel, steps: StepArr
         "contact_frames": steps.contact_frames,
         "left_contact_frames": steps.left_contact_frames,
         "right_contact_frames": steps.right_contact_frames,
-        "cameras_with_2d_tracks": list(steps.cameras),
+        "keep": keep,
+        "keep_computed": keep_computed,
+        "camera_serials": [serials.get(role, "") for role in CAMERA_ROLES],
+        "tracks_2d_status": [_tracks_status(role, serials, steps) for role in CAMERA_ROLES],
         "normalized_step_size_mm": step_mm,
         "num_normalized_steps": sampling.num_samples,
         "cumulative_distance_mm": sampling.cumulative_distance_mm,
         "frame_to_normalized_idx": sampling.frame_to_sample,
     }
-    for camera in steps.cameras.values():
-        values.update(camera.arrays())
-    values.update(steps.occlusion.arrays())
+    for role in CAMERA_ROLES:
+        camera = by_serial.get(serials.get(role, ""))
+        if camera is None:
+            values.update(filled_camera_arrays(role, trajectory.num_frames, num_points))
+        else:
+            values.update(camera.arrays())
+            values[f"occlusion_{role}"] = occlusion[f"occlusion_{camera.serial}"]
     values.update({"normalized_centroids": normalized.centroids,
                    "normalized_gripper_positions": normalized.gripper_positions,
                    "normalized_frames": normalized.frames,
@@ -461,28 +618,50 @@ def _require_finite(episode_id: str, arrays: dict[str, Any], streamed: tuple[str
 
 def _quality(config: Config, raw: RawEpisode, trajectory: Trajectory, gripper: GripperModel,
              extrinsics: EpisodeExtrinsics, steps: StepArrays, sampling: ArcLengthSampling,
-             videos: dict[str, VideoFrames | None], depth: dict[str, DepthMeta], warnings: list[str]) -> dict[str, Any]:
-    """quality.json: provenance of every input and the measured checks."""
+             videos: dict[str, VideoFrames | None], depth: dict[str, DepthMeta], warnings: list[str],
+             keep: np.ndarray, keep_computed: bool, language: dict[str, str | None] | None) -> dict[str, Any]:
+    """quality.json: provenance of every input and the measured checks. Every per-camera dict is
+    keyed by role (wrist, ext1, ext2: all three, null where there is nothing), so that no key
+    varies between episodes; serials are values (``camera_serials``, ``episode.serials``)."""
     cameras, occlusion = steps.cameras, steps.occlusion
     episode = raw.episode
+    serials = episode.serials
+    by_role = {role: serials.get(role) for role in CAMERA_ROLES}
+
+    def per_role(values: dict[str, Any]) -> dict[str, Any]:
+        """A dict keyed by serial, keyed by role (null for a role without a value)."""
+        return {role: None if serial is None else values.get(serial) for role, serial in by_role.items()}
+
     gripper_positions = trajectory.gripper_positions
     separation_mm = 1000.0 * gripper.pad_separation(gripper_positions)
     mount = configured_mount(config)
+    metadata = published_metadata(raw.metadata)
+    occlusion_quality = occlusion.quality({s: c.visibility for s, c in cameras.items()})
+    occlusion_quality["cameras"] = per_role(occlusion_quality["cameras"])
     return {
         "schema_version": SCHEMA_VERSION,
         "step": STEP,
         "episode": {"episode_id": episode.episode_id, "relative_path": episode.relative_path,
                     "lab": episode.lab, "outcome": episode.outcome, "date": episode.date,
-                    "folder": episode.folder, "serials": dict(episode.serials)},
-        "metadata": raw.metadata,
+                    "folder": episode.folder, "serials": by_role},
+        "camera_serials": [serials.get(role, "") for role in CAMERA_ROLES],
+        "current_task": metadata["current_task"],
+        **(language or {f"language_instruction_{i}": None for i in range(1, len(LANGUAGE_KEYS) + 1)}),
+        "rlds": rlds_keys(episode.relative_path),
+        "kept_fraction": float(keep.mean()),
+        "keep_computed": keep_computed,
+        "idle_filter": {"min_idle_steps": config.idle_filter.min_idle_steps,
+                        "min_kept_steps": config.idle_filter.min_kept_steps,
+                        "cut_last_steps": config.idle_filter.cut_last_steps},
+        "metadata": metadata,
         "num_frames": trajectory.num_frames,
         "fps": trajectory.fps,
         "fps_source": trajectory.fps_source,
         "plausibility": trajectory.plausibility,
         "control_timestamps": trajectory.control_timestamps,
-        "video_frames": {s: None if v is None else v.frame_count for s, v in videos.items()},
-        "video_alignment": {s: None if v is None else v.quality() for s, v in videos.items()},
-        "camera_types": dict(trajectory.camera_types),
+        "video_frames": per_role({s: None if v is None else v.frame_count for s, v in videos.items()}),
+        "video_alignment": per_role({s: None if v is None else v.quality() for s, v in videos.items()}),
+        "camera_types": per_role(dict(trajectory.camera_types)),
         "num_track_points": config.num_track_points,
         "num_points_per_finger": config.num_track_points // 2,
         "normalized_step_size_mm": config.normalized_step_size_mm,
@@ -492,14 +671,16 @@ def _quality(config: Config, raw: RawEpisode, trajectory: Trajectory, gripper: G
         "pad_separation_range_mm": [float(separation_mm.min()), float(separation_mm.max())],
         "gripper_mount": {"xyz_m": list(mount.xyz_m), "rpy": list(mount.rpy)},
         "calibration": extrinsics.quality(),
-        "intrinsics": {s: {"role": c.role, "source": c.intrinsics.source, "rectified": c.intrinsics.rectified,
-                           "width": c.intrinsics.width, "height": c.intrinsics.height} for s, c in cameras.items()},
-        "cameras_with_2d_tracks": list(cameras),
-        "cameras_without_intrinsics": [s for s in extrinsics.cameras if s not in cameras],
-        "visible_fraction": {s: float(c.visibility.mean()) for s, c in cameras.items()},
-        "occlusion": occlusion.quality({s: c.visibility for s, c in cameras.items()}),
+        "intrinsics": per_role({s: {"source": c.intrinsics.source, "rectified": c.intrinsics.rectified,
+                                    "width": c.intrinsics.width, "height": c.intrinsics.height}
+                                for s, c in cameras.items()}),
+        "cameras_with_2d_tracks": [c.role for c in cameras.values()],
+        "tracks_2d_status": {role: _tracks_status(role, serials, steps) for role in CAMERA_ROLES},
+        "cameras_without_intrinsics": [c.role for s, c in extrinsics.cameras.items() if s not in cameras],
+        "visible_fraction": per_role({s: float(c.visibility.mean()) for s, c in cameras.items()}),
+        "occlusion": occlusion_quality,
         "wrist_pose_deviation": extrinsics.wrist_check,
-        "depth": {s: _depth_quality(meta) for s, meta in depth.items()},
+        "depth": per_role({s: _depth_quality(meta) for s, meta in depth.items()}),
         "warnings": warnings,
     }
 

@@ -62,9 +62,9 @@ def test_writer_writes_exactly_the_schema(episode_setup, tmp_path):
     assert sizes == {"T": 40, "M": int(tracks["num_normalized_steps"]), "N": 480}
     assert schema.TRACKS_NPZ.problems(tracks, sizes) == []
     assert schema.EXTRINSICS_NPZ.problems(extrinsics, sizes) == []
-    serials = list(episode_setup["episode"].serials.values())
-    assert set(tracks) == set(schema.TRACKS_NPZ.expected(serials))
-    assert extrinsics[f"T_base_cam_{episode_setup['episode'].serials['wrist']}"].shape == (40, 4, 4)
+    assert set(tracks) == set(schema.TRACKS_NPZ.expected())
+    assert extrinsics["T_base_cam_wrist"].shape == (40, 4, 4)
+    assert tracks["camera_serials"].tolist() == [episode_setup["episode"].serials[r] for r in schema.CAMERA_ROLES]
 
 
 def test_schema_key_not_written_fails_the_write(episode_setup, tmp_path, monkeypatch):
@@ -95,36 +95,62 @@ def test_storage_dtype_comes_from_the_schema(episode_setup, tmp_path, monkeypatc
         assert data["tracks_3d"].dtype == np.float64 and data["normalized_tracks_3d"].dtype == np.float32
 
 
+def extrinsics_values(**changes: object) -> dict:
+    """Schema-5 extrinsics.npz values of an episode whose wrist and ext1 cameras are 1 and 2 (no ext2)."""
+    values = {"schema_version": 5, "serials": ["1", "2", ""], "roles": ["wrist", "ext1", "ext2"],
+              "sources": ["a", "b", ""], "calibration_fallback": [False, True, False],
+              "calibration_quality": [0.0, 0.0, 0.0], "calibration_metric_types": ["", "", ""],
+              "wrist_serial": "1", "T_base_cam_wrist": np.tile(np.eye(4), (5, 1, 1)), "T_base_cam_ext1": np.eye(4),
+              "T_base_cam_ext2": np.full((4, 4), np.nan)}
+    return {**values, **changes}
+
+
 def test_build_casts_and_checks_shapes():
     npz = schema.EXTRINSICS_NPZ
-    values = {"schema_version": 2, "serials": ["1", "2"], "roles": ["wrist", "ext1"], "sources": ["a", "b"],
-              "calibration_fallback": [False, True], "calibration_quality": [0.0, 0.0],
-              "calibration_metric_types": ["", ""],
-              "wrist_serial": "1", "T_base_cam_1": np.tile(np.eye(4), (5, 1, 1)), "T_base_cam_2": np.eye(4)}
+    values = extrinsics_values()
     arrays = npz.build(values, {"T": 5})
     assert arrays["schema_version"].dtype == np.int32 and arrays["serials"].dtype.kind == "U"
     assert list(arrays) == list(values)
-    with pytest.raises(SchemaError, match=r"T_base_cam_1 has shape \(5, 4, 4\), expected \(T, 4, 4\) with T=6"):
+    with pytest.raises(SchemaError, match=r"T_base_cam_wrist has shape \(5, 4, 4\), expected \(T, 4, 4\) with T=6"):
         npz.build(values, {"T": 6})
-    with pytest.raises(SchemaError, match=r"T_base_cam_2 has shape \(5, 4, 4\), expected \(4, 4\)"):
-        npz.build({**values, "T_base_cam_2": np.tile(np.eye(4), (5, 1, 1))}, {"T": 5})
-    with pytest.raises(SchemaError, match=r"written keys not in the schema \['T_base_cam_3'\], "
-                                          r"schema keys not written \['T_base_cam_2'\]"):
-        npz.build({**{k: v for k, v in values.items() if k != "T_base_cam_2"}, "T_base_cam_3": np.eye(4)}, {"T": 5})
+    with pytest.raises(SchemaError, match=r"T_base_cam_ext1 has shape \(5, 4, 4\), expected \(4, 4\)"):
+        npz.build({**values, "T_base_cam_ext1": np.tile(np.eye(4), (5, 1, 1))}, {"T": 5})
+    with pytest.raises(SchemaError, match=r"serials has shape \(2,\), expected \(3,\)"):
+        npz.build({**values, "serials": ["1", "2"]}, {"T": 5})
+    with pytest.raises(SchemaError, match=r"written keys not in the schema \['T_base_cam_2'\], "
+                                          r"schema keys not written \['T_base_cam_ext1'\]"):
+        npz.build({**{k: v for k, v in values.items() if k != "T_base_cam_ext1"}, "T_base_cam_2": np.eye(4)}, {"T": 5})
+
+
+def test_every_role_has_its_keys_whatever_the_serials():
+    """Schema 5's key set is the same for every episode: no key names a serial."""
+    expected = set(schema.TRACKS_NPZ.expected())
+    assert {f"{key}_{role}" for key in ("tracks_2d", "visibility", "occlusion", "intrinsics", "distortion",
+                                        "image_size") for role in schema.CAMERA_ROLES} <= expected
+    per_camera = [key for npz in schema.NPZ_FILES for key in npz.keys if key.per_camera]
+    assert per_camera and all(key.name.endswith(schema.ROLE) for key in per_camera)
 
 
 def test_problems_name_dtype_shape_missing_and_unexpected_keys():
-    arrays = schema.EXTRINSICS_NPZ.build(
-        {"schema_version": 2, "serials": ["7"], "roles": ["ext1"], "sources": ["metadata:ext1_cam_extrinsics"],
-         "calibration_fallback": [True], "calibration_quality": [0.0], "calibration_metric_types": [""],
-         "wrist_serial": "", "T_base_cam_7": np.eye(4)}, {})
-    arrays["T_base_cam_7"] = arrays["T_base_cam_7"].astype(np.float32)
+    arrays = schema.EXTRINSICS_NPZ.build(extrinsics_values(), {"T": 5})
+    arrays["T_base_cam_ext1"] = arrays["T_base_cam_ext1"].astype(np.float32)
     arrays["stray"] = np.zeros(1)
     del arrays["roles"]
     assert schema.EXTRINSICS_NPZ.problems(arrays, {}) == [
         "extrinsics.npz: key 'roles' missing",
-        "extrinsics.npz: T_base_cam_7 has dtype float32, expected float64",
+        "extrinsics.npz: T_base_cam_ext1 has dtype float32, expected float64",
         "extrinsics.npz: unexpected key 'stray'"]
+
+
+def test_schema_4_keys_by_serial_are_still_checked():
+    legacy = schema.READABLE_NPZ[4][1]
+    arrays = legacy.build(
+        {"schema_version": 4, "serials": ["7"], "roles": ["ext1"], "sources": ["metadata:ext1_cam_extrinsics"],
+         "calibration_fallback": [True], "calibration_quality": [0.0], "calibration_metric_types": [""],
+         "wrist_serial": "", "T_base_cam_7": np.eye(4)}, {})
+    assert legacy.problems(arrays, {}) == []
+    arrays["T_base_cam_7"] = arrays["T_base_cam_7"].astype(np.float32)
+    assert legacy.problems(arrays, {}) == ["extrinsics.npz: T_base_cam_7 has dtype float32, expected float64"]
 
 
 def test_doc_key_tables_are_generated_from_the_schema():

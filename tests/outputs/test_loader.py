@@ -77,19 +77,20 @@ def test_returns_exactly_what_the_pipeline_wrote(converted):
         assert data.normalized.step_size_mm == float(tracks["normalized_step_size_mm"])
         assert data.normalized.num_steps == int(tracks["num_normalized_steps"])
         assert list(data.cameras) == extrinsics["serials"].tolist()
-        assert data.cameras_with_2d_tracks == tuple(tracks["cameras_with_2d_tracks"].tolist())
+        with_2d = zip(tracks["camera_serials"].tolist(), tracks["tracks_2d_status"])
+        assert data.cameras_with_2d_tracks == tuple(s for s, status in with_2d if status == "ok")
         for serial, role, source in zip(extrinsics["serials"], extrinsics["roles"], extrinsics["sources"]):
             camera = data.cameras[str(serial)]
             assert (camera.role, camera.extrinsics_source) == (role, source)
             assert data.camera(str(role)) is camera
-            np.testing.assert_array_equal(camera.T_base_cam, extrinsics[f"T_base_cam_{serial}"])
+            np.testing.assert_array_equal(camera.T_base_cam, extrinsics[f"T_base_cam_{role}"])
             for key in ("tracks_2d", "visibility", "occlusion", "intrinsics", "distortion"):
-                np.testing.assert_array_equal(getattr(camera, key), tracks[f"{key}_{serial}"])
-            assert camera.image_size == tuple(tracks[f"image_size_{serial}"].tolist())
+                np.testing.assert_array_equal(getattr(camera, key), tracks[f"{key}_{role}"])
+            assert camera.image_size == tuple(tracks[f"image_size_{role}"].tolist())
             record = json.loads((folder / "recordings" / str(serial) / "intrinsics.json").read_text())
             assert camera.intrinsics_record == record
             step = SMALL_FRAMES - 1
-            expected_pose = extrinsics[f"T_base_cam_{serial}"]
+            expected_pose = extrinsics[f"T_base_cam_{role}"]
             np.testing.assert_array_equal(camera.pose(step), expected_pose[step] if role == "wrist" else expected_pose)
 
 
@@ -169,7 +170,8 @@ def test_broken_or_missing_episodes_are_clear_errors(converted, tmp_path):
         load_episode(folder).camera("ext3")
     tracks = npz(folder / "tracks.npz")
     np.savez_compressed(folder / "tracks.npz", **{**tracks, "schema_version": np.int32(1)})
-    with pytest.raises(LoadError, match=f"written under output schema 1; this package reads schema {SCHEMA_VERSION}"):
+    with pytest.raises(LoadError, match=rf"written under output schema 1 \(tracks.npz\) / {SCHEMA_VERSION} "
+                                        rf"\(extrinsics.npz\); this package reads schemas \[4, {SCHEMA_VERSION}\]"):
         load_episode(folder)
     np.savez_compressed(folder / "tracks.npz", **{**tracks, "tracks_3d": tracks["tracks_3d"].astype(np.float64)})
     with pytest.raises(LoadError, match="does not follow the output contract: tracks.npz: tracks_3d has dtype "

@@ -121,17 +121,18 @@ def test_exterior_cameras_take_their_pose_from_the_file_that_has_them(dataset: D
     serials, truth = data["episode"].serials, data["truth"]
     ext1, ext2 = serials["ext1"], serials["ext2"]
     extrinsics, quality = result["extrinsics"], result["quality"]
-    for serial in (ext1, ext2):
-        np.testing.assert_allclose(extrinsics[f"T_base_cam_{serial}"], truth[serial]["T_base_cam"], atol=1e-9)
-        np.testing.assert_allclose(result["tracks"][f"tracks_2d_{serial}"], reprojected(result, serial, truth),
+    for role, serial in (("ext1", ext1), ("ext2", ext2)):
+        np.testing.assert_allclose(extrinsics[f"T_base_cam_{role}"], truth[serial]["T_base_cam"], atol=1e-9)
+        np.testing.assert_allclose(result["tracks"][f"tracks_2d_{role}"], reprojected(result, serial, truth),
                                    atol=1e-3)
     cameras = quality["calibration"]["cameras"]
-    assert (cameras[ext1]["source"], cameras[ext1]["file"]) == (f"cam2base:{SUPERSET}", SUPERSET)
-    assert (cameras[ext1]["quality_metric"], cameras[ext1]["metric_type"]) == (0.31, "Reprojection_error")
-    assert (cameras[ext2]["source"], cameras[ext2]["file"]) == (f"cam2base:{PLAIN}", PLAIN)
-    assert cameras[ext2]["quality_metric"] is None and not cameras[ext1]["fallback"] and not cameras[ext2]["fallback"]
+    assert (cameras["ext1"]["source"], cameras["ext1"]["file"]) == (f"cam2base:{SUPERSET}", SUPERSET)
+    assert (cameras["ext1"]["quality_metric"], cameras["ext1"]["metric_type"]) == (0.31, "Reprojection_error")
+    assert (cameras["ext2"]["source"], cameras["ext2"]["file"]) == (f"cam2base:{PLAIN}", PLAIN)
+    assert cameras["ext2"]["quality_metric"] is None
+    assert not cameras["ext1"]["fallback"] and not cameras["ext2"]["fallback"]
     order = extrinsics["serials"].tolist()
-    assert extrinsics["sources"].tolist() == [cameras[s]["source"] for s in order]
+    assert extrinsics["sources"].tolist() == [cameras[r]["source"] for r in extrinsics["roles"].tolist()]
     assert extrinsics["calibration_quality"][order.index(ext1)] == 0.31
     assert extrinsics["calibration_metric_types"].tolist()[order.index(ext1)] == "Reprojection_error"
     assert extrinsics["calibration_metric_types"].tolist()[order.index(ext2)] == ""
@@ -147,11 +148,11 @@ def test_a_camera_in_neither_file_keeps_the_noisy_metadata_pose(dataset: Dataset
     result = run(data, write_config(data, split_files(data, ext2_in_plain=False)), "neither")
     serials, truth = data["episode"].serials, data["truth"]
     ext1, ext2 = serials["ext1"], serials["ext2"]
-    np.testing.assert_allclose(result["extrinsics"][f"T_base_cam_{ext1}"], truth[ext1]["T_base_cam"], atol=1e-9)
-    np.testing.assert_allclose(result["extrinsics"][f"T_base_cam_{ext2}"],
+    np.testing.assert_allclose(result["extrinsics"]["T_base_cam_ext1"], truth[ext1]["T_base_cam"], atol=1e-9)
+    np.testing.assert_allclose(result["extrinsics"]["T_base_cam_ext2"],
                                matrix(data["metadata"]["ext2_cam_extrinsics"]), atol=1e-12)
     quality = result["quality"]
-    camera = quality["calibration"]["cameras"][ext2]
+    camera = quality["calibration"]["cameras"]["ext2"]
     assert camera["fallback"] and camera["source"] == "metadata:ext2_cam_extrinsics" and camera["file"] is None
     order = result["extrinsics"]["serials"].tolist()
     assert result["extrinsics"]["calibration_fallback"].tolist() == [s == ext2 for s in order]
@@ -172,12 +173,12 @@ def test_fixed_camera_gets_the_same_2d_tracks_as_an_exterior_one(dataset: Datase
     with h5py.File(data["folder"] / "trajectory.h5", "r+") as h5:
         h5[f"observation/camera_type/{ext2}"][...] = 2
     after = run(data, config, "fixed")
-    assert ext2 in after["tracks"]["cameras_with_2d_tracks"].tolist()
-    np.testing.assert_array_equal(after["tracks"][f"tracks_2d_{ext2}"], before["tracks"][f"tracks_2d_{ext2}"])
-    np.testing.assert_array_equal(after["tracks"][f"visibility_{ext2}"], before["tracks"][f"visibility_{ext2}"])
-    assert after["tracks"][f"visibility_{ext2}"].mean() > 0.3
-    assert after["quality"]["camera_types"][ext2] == "fixed"
-    assert before["quality"]["camera_types"][ext2] == "exterior"
+    assert after["tracks"]["tracks_2d_status"][2] == "ok" and after["tracks"]["camera_serials"][2] == ext2
+    np.testing.assert_array_equal(after["tracks"]["tracks_2d_ext2"], before["tracks"]["tracks_2d_ext2"])
+    np.testing.assert_array_equal(after["tracks"]["visibility_ext2"], before["tracks"]["visibility_ext2"])
+    assert after["tracks"]["visibility_ext2"].mean() > 0.3
+    assert after["quality"]["camera_types"]["ext2"] == "fixed"
+    assert before["quality"]["camera_types"]["ext2"] == "exterior"
 
 
 def drop_last_frames(path: Path, keep: int) -> None:
@@ -196,19 +197,19 @@ def test_mp4_one_frame_short_completes_with_the_last_step_invisible(dataset: Dat
     for name in (f"{ext1}.mp4", f"{ext1}-stereo.mp4"):
         drop_last_frames(data["folder"] / "recordings" / "MP4" / name, FRAMES - 1)
     short = run(data, config, "short", depth=("ext1",))
-    seen, full_seen = short["tracks"][f"visibility_{ext1}"], full["tracks"][f"visibility_{ext1}"]
+    seen, full_seen = short["tracks"]["visibility_ext1"], full["tracks"]["visibility_ext1"]
     assert full_seen[-1].any() and not seen[-1].any()
     np.testing.assert_array_equal(seen[:-1], full_seen[:-1])
     np.testing.assert_array_equal(short["tracks"]["tracks_3d"], full["tracks"]["tracks_3d"])
     quality = short["quality"]
-    assert quality["video_alignment"][ext1] == {"file": f"{ext1}.mp4", "frame_count": FRAMES - 1,
+    assert quality["video_alignment"]["ext1"] == {"file": f"{ext1}.mp4", "frame_count": FRAMES - 1,
                                                 "steps_without_frame": [FRAMES - 1], "extra_frames": 0,
                                                 "frames_aligned": False}
     # the depth step pads the same step: frame i is step i in both
     meta = DepthMeta.load(short["out"] / "recordings" / ext1 / "depth_meta.json")
     assert meta.num_frames == FRAMES and meta.missing_frames == [FRAMES - 1]
-    assert quality["depth"][ext1]["missing_frames"] == quality["video_alignment"][ext1]["steps_without_frame"]
-    assert quality["depth"][ext1]["frame_count_mismatch"] == -1
+    assert quality["depth"]["ext1"]["missing_frames"] == quality["video_alignment"]["ext1"]["steps_without_frame"]
+    assert quality["depth"]["ext1"]["frame_count_mismatch"] == -1
 
 
 def test_mp4_three_frames_short_fails(dataset: DatasetInfo, tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 LAB, DATE, FOLDER = "TESTLab", "2023-08-18", "Fri_Aug_18_12:01:10_2023"
 EPISODE_ID = "TESTLab+84bd5053+2023-08-18-12h-01m-10s"
 SERIALS = {"wrist": "13062452", "ext1": "24259877", "ext2": "26405488"}
+ROLE_OF = {serial: role for role, serial in SERIALS.items()}
 WIDTH, HEIGHT = 1280, 720
 K = np.array([[522.0, 0.0, 639.2], [0.0, 522.0, 357.8], [0.0, 0.0, 1.0]])
 # Wrist camera (left lens) on the flange: beside the gripper, looking along the fingers.
@@ -265,22 +266,23 @@ def test_outputs_load_without_pickle_with_documented_shapes(episode: Built) -> N
               "normalized_centroids": (M, 3), "normalized_frames": (M, 4, 4),
               "normalized_left_frames": (M, 4, 4), "normalized_right_frames": (M, 4, 4),
               "cumulative_distance_mm": (T,), "frame_to_normalized_idx": (T,),
-              "cameras_with_2d_tracks": (3,)}
+              "camera_serials": (3,), "tracks_2d_status": (3,), "keep": (T,)}
     for serial in SERIALS.values():
-        shapes.update({f"tracks_2d_{serial}": (T, N, 2), f"visibility_{serial}": (T, N),
-                       f"intrinsics_{serial}": (3, 3), f"image_size_{serial}": (2,)})
+        shapes.update({f"tracks_2d_{ROLE_OF[serial]}": (T, N, 2), f"visibility_{ROLE_OF[serial]}": (T, N),
+                       f"intrinsics_{ROLE_OF[serial]}": (3, 3), f"image_size_{ROLE_OF[serial]}": (2,)})
     for key, shape in shapes.items():
         assert tracks[key].shape == shape, key
         if tracks[key].dtype.kind == "f":
             assert np.isfinite(tracks[key]).all(), key
     assert tracks["tracks_3d"].dtype == np.float32
-    assert tracks[f"visibility_{SERIALS['ext1']}"].dtype == bool
-    assert tracks["cameras_with_2d_tracks"].tolist() == list(SERIALS.values())
+    assert tracks["visibility_ext1"].dtype == bool
+    assert tracks["camera_serials"].tolist() == list(SERIALS.values())
+    assert tracks["tracks_2d_status"].tolist() == ["ok"] * 3
     assert int(tracks["num_frames"]) == T and int(tracks["num_points_per_finger"]) == N // 2
     assert int(tracks["schema_version"]) == SCHEMA_VERSION
     assert float(tracks["normalized_step_size_mm"]) == STEP_MM
-    assert tracks[f"image_size_{SERIALS['wrist']}"].tolist() == [WIDTH, HEIGHT]
-    np.testing.assert_array_equal(tracks[f"intrinsics_{SERIALS['ext2']}"], K)
+    assert tracks["image_size_wrist"].tolist() == [WIDTH, HEIGHT]
+    np.testing.assert_array_equal(tracks["intrinsics_ext2"], K)
     np.testing.assert_array_equal(tracks["cartesian_positions"],
                                   episode.h5("observation/robot_state/cartesian_position"))
 
@@ -375,16 +377,16 @@ def test_local_points_identical_across_episodes(episode: Built, tmp_path: Path) 
 def test_2d_tracks_equal_cv2_project_points(episode: Built) -> None:
     tracks, extrinsics = episode.tracks(), episode.extrinsics()
     points = tracks["tracks_3d"].astype(np.float64)
-    for serial in tracks["cameras_with_2d_tracks"]:
-        poses = extrinsics[f"T_base_cam_{serial}"]
+    for serial in tracks["camera_serials"]:
+        poses = extrinsics[f"T_base_cam_{ROLE_OF[serial]}"]
         poses = np.broadcast_to(poses, (45, 4, 4))
-        K_saved = tracks[f"intrinsics_{serial}"]
+        K_saved = tracks[f"intrinsics_{ROLE_OF[serial]}"]
         for t in range(45):
             camera_from_base = np.linalg.inv(poses[t])
             rvec, _ = cv2.Rodrigues(camera_from_base[:3, :3])
             expected, _ = cv2.projectPoints(points[t], rvec, camera_from_base[:3, 3], K_saved,
-                                            tracks[f"distortion_{serial}"])
-            np.testing.assert_allclose(tracks[f"tracks_2d_{serial}"][t], expected[:, 0], atol=1e-3)
+                                            tracks[f"distortion_{ROLE_OF[serial]}"])
+            np.testing.assert_allclose(tracks[f"tracks_2d_{ROLE_OF[serial]}"][t], expected[:, 0], atol=1e-3)
 
 
 def test_visibility_is_in_front_beyond_min_depth_and_inside_the_image(episode: Built) -> None:
@@ -392,14 +394,14 @@ def test_visibility_is_in_front_beyond_min_depth_and_inside_the_image(episode: B
     points = tracks["tracks_3d"].astype(np.float64)
     min_depth = {"wrist": 0.01, "ext1": 0.10, "ext2": 0.10}
     for role, serial in SERIALS.items():
-        poses = np.broadcast_to(extrinsics[f"T_base_cam_{serial}"], (45, 4, 4))
+        poses = np.broadcast_to(extrinsics[f"T_base_cam_{ROLE_OF[serial]}"], (45, 4, 4))
         depth = np.einsum("tj,tnj->tn", np.linalg.inv(poses)[:, 2, :3], points) + np.linalg.inv(poses)[:, None, 2, 3]
-        uv = tracks[f"tracks_2d_{serial}"]
+        uv = tracks[f"tracks_2d_{ROLE_OF[serial]}"]
         expected = ((depth > min_depth[role]) & (uv[..., 0] >= -0.5) & (uv[..., 0] < WIDTH - 0.5)
                     & (uv[..., 1] >= -0.5) & (uv[..., 1] < HEIGHT - 0.5))
-        np.testing.assert_array_equal(tracks[f"visibility_{serial}"], expected)
+        np.testing.assert_array_equal(tracks[f"visibility_{ROLE_OF[serial]}"], expected)
         assert expected.mean() > 0.5, role       # the fixture's cameras all see the gripper
-        assert episode.quality()["visible_fraction"][serial] == pytest.approx(expected.mean())
+        assert episode.quality()["visible_fraction"][ROLE_OF[serial]] == pytest.approx(expected.mean())
 
 
 def test_camera_behind_or_beside_the_gripper_sees_nothing(tmp_path: Path) -> None:
@@ -409,30 +411,34 @@ def test_camera_behind_or_beside_the_gripper_sees_nothing(tmp_path: Path) -> Non
     built = build_episode(tmp_path, spec)
     built.run()
     tracks = built.tracks()
-    assert not tracks[f"visibility_{SERIALS['ext1']}"].any()
-    assert not tracks[f"visibility_{SERIALS['ext2']}"].any()
-    assert np.isfinite(tracks[f"tracks_2d_{SERIALS['ext1']}"]).all()
+    assert not tracks["visibility_ext1"].any()
+    assert not tracks["visibility_ext2"].any()
+    assert np.isfinite(tracks["tracks_2d_ext1"]).all()
     assert any("no contact point visible" in w for w in built.quality()["warnings"])
 
 
 def test_wrist_pose_is_the_h5_extrinsics_and_exterior_poses_their_source(episode: Built) -> None:
     extrinsics, quality = episode.extrinsics(), episode.quality()
     wrist = SERIALS["wrist"]
-    np.testing.assert_allclose(extrinsics[f"T_base_cam_{wrist}"],
+    np.testing.assert_allclose(extrinsics[f"T_base_cam_{ROLE_OF[wrist]}"],
                                pose6_reference(episode.h5(f"observation/camera_extrinsics/{wrist}_left")),
                                atol=1e-12)
     assert str(extrinsics["wrist_serial"]) == wrist
     # ext1 from the cam2base entry of this exact id, ext2 (absent there) from the metadata
-    np.testing.assert_allclose(extrinsics[f"T_base_cam_{SERIALS['ext1']}"],
+    np.testing.assert_allclose(extrinsics["T_base_cam_ext1"],
                                pose6_reference(np.array([EXT_POSES["ext1"]]))[0], atol=1e-12)
-    np.testing.assert_allclose(extrinsics[f"T_base_cam_{SERIALS['ext2']}"],
+    np.testing.assert_allclose(extrinsics["T_base_cam_ext2"],
                                pose6_reference(np.array([EXT_POSES["ext2"]]))[0], atol=1e-12)
     sources = quality["calibration"]["cameras"]
-    assert sources[SERIALS["ext1"]]["source"] == "cam2base:cam2base.json"
-    assert sources[SERIALS["ext2"]]["source"] == "metadata:ext2_cam_extrinsics"
-    assert sources[wrist]["source"] == f"h5:observation/camera_extrinsics/{wrist}_left"
-    assert quality["calibration"]["cam2base_entry"] == {SERIALS["ext1"]: EXT_POSES["ext1"], "quality": 0.93}
-    assert dict(zip(extrinsics["serials"].tolist(), extrinsics["sources"].tolist())) == {
+    assert sources["ext1"]["source"] == "cam2base:cam2base.json"
+    assert sources["ext2"]["source"] == "metadata:ext2_cam_extrinsics"
+    assert sources["wrist"]["source"] == f"h5:observation/camera_extrinsics/{wrist}_left"
+    # DROID's entry ({<serial>: pose, ...}) by role, its other keys kept as JSON text
+    assert quality["calibration"]["cam2base_entry"] == {
+        "wrist": None, "ext1": {"serial": SERIALS["ext1"], "pose": EXT_POSES["ext1"], "quality_metric": None,
+                                "metric_type": None},
+        "ext2": None, "other": json.dumps({"quality": 0.93})}
+    assert dict(zip(extrinsics["roles"].tolist(), extrinsics["sources"].tolist())) == {
         s: v["source"] for s, v in sources.items()}
     check = quality["wrist_pose_deviation"]
     assert check["max_translation_mm"] < 1e-6 and check["within_tolerance"] is True
@@ -583,8 +589,8 @@ def test_partial_id_match_is_never_used(tmp_path: Path) -> None:
     built.run()
     quality = built.quality()
     assert quality["calibration"]["cam2base_entry"] is None
-    assert quality["calibration"]["cameras"][SERIALS["ext1"]]["source"] == "metadata:ext1_cam_extrinsics"
-    np.testing.assert_allclose(built.extrinsics()[f"T_base_cam_{SERIALS['ext1']}"],
+    assert quality["calibration"]["cameras"]["ext1"]["source"] == "metadata:ext1_cam_extrinsics"
+    np.testing.assert_allclose(built.extrinsics()["T_base_cam_ext1"],
                                pose6_reference(np.array([[0.0, -0.8, 0.6, -2.0, 0.0, 0.0]]))[0], atol=1e-12)
 
 
@@ -592,10 +598,58 @@ def test_missing_intrinsics_allowed_is_listed_not_dropped(tmp_path: Path) -> Non
     built = build_episode(tmp_path, EpisodeSpec(num_frames=10, intrinsics_for=(SERIALS["ext1"],)))
     built.run("allow_missing_intrinsics=true")
     tracks, quality = built.tracks(), built.quality()
-    assert tracks["cameras_with_2d_tracks"].tolist() == [SERIALS["ext1"]]
-    assert f"tracks_2d_{SERIALS['ext2']}" not in tracks
-    assert quality["cameras_without_intrinsics"] == [SERIALS["wrist"], SERIALS["ext2"]]
+    assert tracks["tracks_2d_status"].tolist() == ["no_intrinsics", "ok", "no_intrinsics"]
+    assert np.isnan(tracks["tracks_2d_ext2"]).all() and not tracks["visibility_ext2"].any()
+    assert (tracks["occlusion_ext2"] == 3).all() and tracks["image_size_ext2"].tolist() == [0, 0]
+    assert quality["cameras_without_intrinsics"] == ["wrist", "ext2"]
     assert sum("no intrinsics" in w for w in quality["warnings"]) == 2
+
+
+def test_idle_mask_without_usable_joint_velocities_is_all_true_and_flagged(tmp_path: Path) -> None:
+    """No action/joint_velocity (older recorders): keep all true, not computed, no warning. One that
+    is not finite: the same with a warning naming it; the rest of the episode is unaffected."""
+    built = build_episode(tmp_path, EpisodeSpec(num_frames=20))
+    built.run()
+    tracks, quality = built.tracks(), built.quality()
+    assert tracks["keep"].all() and not tracks["keep_computed"]
+    assert quality["kept_fraction"] == 1.0 and quality["keep_computed"] is False
+    assert not any("joint_velocity" in w for w in quality["warnings"])
+    velocity = np.zeros((20, 7))     # every step after the first idle: all dropped when computed
+    velocity[4, 2] = np.nan
+    with h5py.File(built.root / "droid_raw" / LAB / "success" / DATE / FOLDER / "trajectory.h5", "r+") as h5:
+        h5["action/joint_velocity"] = velocity
+    built.run()
+    assert built.tracks()["keep"].all() and not built.tracks()["keep_computed"]
+    assert any("action/joint_velocity" in w and "idle steps not computed" in w for w in built.quality()["warnings"])
+    velocity[4, 2] = 0.0
+    with h5py.File(built.root / "droid_raw" / LAB / "success" / DATE / FOLDER / "trajectory.h5", "r+") as h5:
+        h5["action/joint_velocity"][...] = velocity
+    built.run()
+    assert not built.tracks()["keep"].any() and built.tracks()["keep_computed"]
+    assert built.quality()["kept_fraction"] == 0.0
+
+
+def test_episode_without_a_camera_keeps_that_role_s_keys_filled(tmp_path: Path) -> None:
+    """An episode whose metadata names no ext2 camera: the ext2 keys are there, filled as the schema
+    documents, its serial is "" and its pose NaN; the loader and the verifier accept it."""
+    from droid_pipeline.outputs.loader import read_episode_dir
+    from droid_pipeline.outputs.verify import verify_episode
+
+    built = build_episode(tmp_path, EpisodeSpec(num_frames=10, metadata_extra={"ext2_cam_serial": None},
+                                                intrinsics_for=(SERIALS["wrist"], SERIALS["ext1"])))
+    built.run()
+    tracks, extrinsics, quality = built.tracks(), built.extrinsics(), built.quality()
+    assert tracks["camera_serials"].tolist() == [SERIALS["wrist"], SERIALS["ext1"], ""]
+    assert tracks["tracks_2d_status"].tolist() == ["ok", "ok", "no_camera"]
+    assert np.isnan(tracks["tracks_2d_ext2"]).all() and tracks["tracks_2d_ext2"].shape == (10, 480, 2)
+    assert not tracks["visibility_ext2"].any() and (tracks["occlusion_ext2"] == 3).all()
+    assert np.isnan(extrinsics["T_base_cam_ext2"]).all() and extrinsics["serials"].tolist()[2] == ""
+    assert quality["episode"]["serials"] == {"wrist": SERIALS["wrist"], "ext1": SERIALS["ext1"], "ext2": None}
+    assert quality["visible_fraction"]["ext2"] is None and quality["calibration"]["cameras"]["ext2"] is None
+    data = read_episode_dir(built.output_dir)
+    assert list(data.cameras) == [SERIALS["wrist"], SERIALS["ext1"]]
+    report = verify_episode(built.output_dir)
+    assert report.status["contract"] == report.status["values"] == report.status["2d"] == "ok", report.problems
 
 
 # ---------------------------------------------------------------- quality and command line
@@ -607,10 +661,10 @@ def test_quality_json_reports_provenance_and_checks(episode: Built) -> None:
     assert quality["episode"]["episode_id"] == EPISODE_ID
     assert quality["episode"]["relative_path"] == f"{LAB}/success/{DATE}/{FOLDER}"
     assert quality["metadata"]["current_task"] == "put the cup in the sink"
-    assert quality["cameras_with_2d_tracks"] == list(SERIALS.values())
+    assert quality["cameras_with_2d_tracks"] == list(SERIALS)
     assert quality["cameras_without_intrinsics"] == []
-    assert quality["video_frames"] == dict.fromkeys(SERIALS.values(), 45)
-    assert {s: v["source"] for s, v in quality["intrinsics"].items()} == dict.fromkeys(SERIALS.values(), "zed_conf")
+    assert quality["video_frames"] == dict.fromkeys(SERIALS, 45)
+    assert {s: v["source"] for s, v in quality["intrinsics"].items()} == dict.fromkeys(SERIALS, "zed_conf")
     assert quality["gripper_position_range"] == [0.0, 0.8]
     assert quality["num_normalized_steps"] == int(episode.tracks()["num_normalized_steps"])
     assert quality["warnings"] == [f"cam2base entry lacks ext2 camera {SERIALS['ext2']}: "
@@ -647,10 +701,10 @@ def test_command_line_writes_outputs_and_help_names_every_key(episode: Built, tm
                                check=True).stdout
     for key in keys:
         generic = key
-        for serial in SERIALS.values():
-            generic = generic.replace(serial, "<serial>")
+        for role in SERIALS:
+            generic = generic.replace(f"_{role}", "_<role>")
         assert generic in help_text, generic
-    for name in ("extrinsics.npz", "quality.json", "T_base_cam_<serial>", "allow_pickle=False"):
+    for name in ("extrinsics.npz", "quality.json", "T_base_cam_<role>", "allow_pickle=False"):
         assert name in help_text
     failed = subprocess.run([sys.executable, str(script), "--config", str(episode.config_path),
                              "--episode_id", EPISODE_ID + "x"], capture_output=True, text=True, check=False)
@@ -665,9 +719,9 @@ def expected_visibility(built: Built, serial: str, role: str) -> np.ndarray:
     tracks, extrinsics = built.tracks(), built.extrinsics()
     points = tracks["tracks_3d"].astype(np.float64)
     T = points.shape[0]
-    inverse = np.linalg.inv(np.broadcast_to(extrinsics[f"T_base_cam_{serial}"], (T, 4, 4)))
+    inverse = np.linalg.inv(np.broadcast_to(extrinsics[f"T_base_cam_{ROLE_OF[serial]}"], (T, 4, 4)))
     depth = np.einsum("tj,tnj->tn", inverse[:, 2, :3], points) + inverse[:, None, 2, 3]
-    uv = tracks[f"tracks_2d_{serial}"]
+    uv = tracks[f"tracks_2d_{ROLE_OF[serial]}"]
     return ((depth > (0.01 if role == "wrist" else 0.10)) & (uv[..., 0] >= -0.5) & (uv[..., 0] < WIDTH - 0.5)
             & (uv[..., 1] >= -0.5) & (uv[..., 1] < HEIGHT - 0.5))
 
@@ -682,16 +736,16 @@ def test_mp4_one_frame_short_completes_with_the_missing_step_invisible(tmp_path:
     built = build_episode(tmp_path, EpisodeSpec(num_frames=10, video_frames={ext1: 9}))
     built.run()
     tracks, quality = built.tracks(), built.quality()
-    seen = tracks[f"visibility_{ext1}"]
+    seen = tracks[f"visibility_{ROLE_OF[ext1]}"]
     expected = expected_visibility(built, ext1, "ext1")
     assert expected[9].any() and not seen[9].any()
     np.testing.assert_array_equal(seen[:9], expected[:9])
-    np.testing.assert_array_equal(tracks[f"visibility_{SERIALS['ext2']}"],
+    np.testing.assert_array_equal(tracks["visibility_ext2"],
                                   expected_visibility(built, SERIALS["ext2"], "ext2"))
-    assert quality["video_frames"][ext1] == 9
-    assert quality["video_alignment"][ext1] == alignment(f"{ext1}.mp4", 9, [9], 0)
-    assert quality["video_alignment"][SERIALS["wrist"]] == alignment(f"{SERIALS['wrist']}.mp4", 10, [], 0)
-    assert quality["visible_fraction"][ext1] == pytest.approx(seen.mean())
+    assert quality["video_frames"]["ext1"] == 9
+    assert quality["video_alignment"]["ext1"] == alignment(f"{ext1}.mp4", 9, [9], 0)
+    assert quality["video_alignment"]["wrist"] == alignment(f"{SERIALS['wrist']}.mp4", 10, [], 0)
+    assert quality["visible_fraction"]["ext1"] == pytest.approx(seen.mean())
     assert f"ext1 camera {ext1}: {ext1}.mp4 has 9 frames but trajectory.h5 has 10 steps: no frame for step(s) 9, " \
            "invisible there" in quality["warnings"]
 
@@ -700,8 +754,8 @@ def test_mp4_one_frame_long_completes_with_the_extra_frame_ignored(tmp_path: Pat
     ext2 = SERIALS["ext2"]
     built = build_episode(tmp_path, EpisodeSpec(num_frames=10, video_frames={ext2: 11}))
     built.run()
-    np.testing.assert_array_equal(built.tracks()[f"visibility_{ext2}"], expected_visibility(built, ext2, "ext2"))
-    assert built.quality()["video_alignment"][ext2] == alignment(f"{ext2}.mp4", 11, [], 1)
+    np.testing.assert_array_equal(built.tracks()["visibility_ext2"], expected_visibility(built, ext2, "ext2"))
+    assert built.quality()["video_alignment"]["ext2"] == alignment(f"{ext2}.mp4", 11, [], 1)
     assert any("1 frame(s) beyond the last step ignored" in w for w in built.quality()["warnings"])
 
 
@@ -710,10 +764,10 @@ def test_frame_lost_mid_stream_is_that_step_by_the_timestamps(tmp_path: Path) ->
     built = build_episode(tmp_path, EpisodeSpec(num_frames=10))
     write_video(built.folder / "recordings" / "MP4" / f"{wrist}.mp4", 9, pts=[0, 1, 2, 3, 5, 6, 7, 8, 9])
     built.run()
-    seen, expected = built.tracks()[f"visibility_{wrist}"], expected_visibility(built, wrist, "wrist")
+    seen, expected = built.tracks()[f"visibility_{ROLE_OF[wrist]}"], expected_visibility(built, wrist, "wrist")
     assert expected[4].any() and not seen[4].any()
     np.testing.assert_array_equal(np.delete(seen, 4, axis=0), np.delete(expected, 4, axis=0))
-    assert built.quality()["video_alignment"][wrist] == alignment(f"{wrist}.mp4", 9, [4], 0)
+    assert built.quality()["video_alignment"]["wrist"] == alignment(f"{wrist}.mp4", 9, [4], 0)
 
 
 def test_frame_count_beyond_tolerance_or_with_action_fail_fails(tmp_path: Path) -> None:
@@ -741,14 +795,14 @@ def test_fixed_camera_type_2_is_an_exterior_camera_with_2d_tracks(tmp_path: Path
     built.set_h5(f"observation/camera_type/{ext2}", np.full(10, 2, np.int64))
     built.run()
     tracks, quality = built.tracks(), built.quality()
-    assert ext2 in tracks["cameras_with_2d_tracks"].tolist()
-    poses, points = built.extrinsics()[f"T_base_cam_{ext2}"], tracks["tracks_3d"].astype(np.float64)
+    assert tracks["tracks_2d_status"].tolist()[2] == "ok" and tracks["camera_serials"][2] == ext2
+    poses, points = built.extrinsics()[f"T_base_cam_{ROLE_OF[ext2]}"], tracks["tracks_3d"].astype(np.float64)
     camera_from_base = np.linalg.inv(poses)
     rvec, _ = cv2.Rodrigues(camera_from_base[:3, :3])
     expected, _ = cv2.projectPoints(points[5], rvec, camera_from_base[:3, 3], K, np.zeros(5))
-    np.testing.assert_allclose(tracks[f"tracks_2d_{ext2}"][5], expected[:, 0], atol=1e-3)
-    assert tracks[f"visibility_{ext2}"].mean() > 0.5
-    assert quality["camera_types"] == {SERIALS["wrist"]: "wrist", SERIALS["ext1"]: "exterior", ext2: "fixed"}
+    np.testing.assert_allclose(tracks[f"tracks_2d_{ROLE_OF[ext2]}"][5], expected[:, 0], atol=1e-3)
+    assert tracks[f"visibility_{ROLE_OF[ext2]}"].mean() > 0.5
+    assert quality["camera_types"] == {"wrist": "wrist", "ext1": "exterior", "ext2": "fixed"}
 
 
 @pytest.mark.parametrize("role, values, phrase", [

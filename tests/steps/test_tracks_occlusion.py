@@ -59,9 +59,15 @@ def fractions(labels: np.ndarray) -> dict[str, float]:
 
 def labelled(view, tracks: dict) -> tuple[np.ndarray, np.ndarray]:
     """(P,) labels of the view's tested points and where the tracks step has them in view too."""
-    serial = view.camera.serial
-    labels = tracks[f"occlusion_{serial}"][view.steps, view.columns]
-    return labels, tracks[f"visibility_{serial}"][view.steps, view.columns]
+    role = view.camera.role
+    labels = tracks[f"occlusion_{role}"][view.steps, view.columns]
+    return labels, tracks[f"visibility_{role}"][view.steps, view.columns]
+
+
+def cameras_2d(tracks) -> list[tuple[str, str]]:
+    """(serial, role) of each camera with 2D tracks in a tracks.npz."""
+    return [(str(serial), role) for serial, role, status in
+            zip(tracks["camera_serials"], ("wrist", "ext1", "ext2"), tracks["tracks_2d_status"]) if status == "ok"]
 
 
 def test_metadata_only_labels_agree_with_the_rendered_truth(dataset, metadata_only):
@@ -71,8 +77,8 @@ def test_metadata_only_labels_agree_with_the_rendered_truth(dataset, metadata_on
     agree = total = 0
     for view in rendered_views(dataset):
         tracks = metadata_only["outputs"][view.episode.episode_id]["tracks"]
-        serial = view.camera.serial
-        labels, visibility = tracks[f"occlusion_{serial}"], tracks[f"visibility_{serial}"]
+        role = view.camera.role
+        labels, visibility = tracks[f"occlusion_{role}"], tracks[f"visibility_{role}"]
         assert labels.dtype == np.uint8 and labels.shape == visibility.shape
         assert set(np.unique(labels)) <= {HIDDEN_BY_ROBOT, UNKNOWN}
         assert (labels[~visibility] == UNKNOWN).all()
@@ -95,9 +101,9 @@ def test_quality_reports_the_label_fractions_and_the_flange_agreement(metadata_o
         # The synthetic h5's cartesian_position is the forward kinematics of its joint_positions.
         assert report["flange_mismatch_mm"] < 1e-6 and report["flange_mismatch_deg"] < 1e-6
         pooled = []
-        for serial in tracks["cameras_with_2d_tracks"]:
-            labels, visibility = tracks[f"occlusion_{serial}"], tracks[f"visibility_{serial}"]
-            camera = report["cameras"][serial]
+        for _, role in cameras_2d(tracks):
+            labels, visibility = tracks[f"occlusion_{role}"], tracks[f"visibility_{role}"]
+            camera = report["cameras"][role]
             assert camera["scene_from_depth"] is False and camera["in_view_points"] == visibility.sum()
             assert camera["in_view"] == pytest.approx(fractions(labels[visibility]))
             assert camera["all_points"] == pytest.approx(fractions(labels))
@@ -126,9 +132,9 @@ def test_occlusion_off_writes_every_label_unknown_without_reading_joint_position
     config = load_config([dataset.config_path], [*metadata_only["overrides"], "occlusion.enabled=false"])
     generate_tracks(config, outputs["episode"], folder)
     written = read_outputs(folder)
-    for serial in written["tracks"]["cameras_with_2d_tracks"]:
-        assert (written["tracks"][f"occlusion_{serial}"] == UNKNOWN).all()
-        assert written["quality"]["occlusion"]["cameras"][serial]["scene_from_depth"] is False
+    for _, role in cameras_2d(written["tracks"]):
+        assert (written["tracks"][f"occlusion_{role}"] == UNKNOWN).all()
+        assert written["quality"]["occlusion"]["cameras"][role]["scene_from_depth"] is False
     report = written["quality"]["occlusion"]
     assert report["enabled"] is False and report["flange_mismatch_mm"] is None
     np.testing.assert_array_equal(written["tracks"]["tracks_3d"], outputs["tracks"]["tracks_3d"])
@@ -189,10 +195,10 @@ def test_scene_labels_from_ground_truth_depth_with_a_near_surface_and_a_hole(dat
     written = read_outputs(folder)
     tracks, report = written["tracks"], written["quality"]["occlusion"]
 
-    before = outputs["tracks"][f"occlusion_{camera.serial}"]
-    labels = tracks[f"occlusion_{camera.serial}"]
+    before = outputs["tracks"][f"occlusion_{camera.role}"]
+    labels = tracks[f"occlusion_{camera.role}"]
     np.testing.assert_array_equal(labels == HIDDEN_BY_ROBOT, before == HIDDEN_BY_ROBOT)
-    np.testing.assert_array_equal(labels[~tracks[f"visibility_{camera.serial}"]], UNKNOWN)
+    np.testing.assert_array_equal(labels[~tracks[f"visibility_{camera.role}"]], UNKNOWN)
     tested, in_view = labelled(view, tracks)
     free = in_view & (tested != HIDDEN_BY_ROBOT)
     u = view.pixels[view.steps, view.columns, 0]
@@ -208,11 +214,11 @@ def test_scene_labels_from_ground_truth_depth_with_a_near_surface_and_a_hole(dat
     assert (tested[free & in_near] == HIDDEN_BY_SCENE).all()
     assert (tested[free & in_hole] == UNKNOWN).all()
     assert (tested[free & elsewhere & view.truly_visible] == VISIBLE).mean() > 0.97
-    assert report["cameras"][camera.serial]["scene_from_depth"] is True
-    for serial in tracks["cameras_with_2d_tracks"]:
-        if serial != camera.serial:
-            assert report["cameras"][serial]["scene_from_depth"] is False
-            np.testing.assert_array_equal(tracks[f"occlusion_{serial}"], outputs["tracks"][f"occlusion_{serial}"])
+    assert report["cameras"][camera.role]["scene_from_depth"] is True
+    for _, role in cameras_2d(tracks):
+        if role != camera.role:
+            assert report["cameras"][role]["scene_from_depth"] is False
+            np.testing.assert_array_equal(tracks[f"occlusion_{role}"], outputs["tracks"][f"occlusion_{role}"])
 
 
 def test_depth_that_does_not_fit_the_image_fails_the_episode(dataset, metadata_only, tmp_path):
@@ -242,8 +248,8 @@ def test_depth_without_its_metadata_is_not_used_and_said_so(dataset, metadata_on
     assert f"camera {serial}: recordings/{serial}/depth.mkv without depth_meta.json: not used for the occlusion " \
            "labels" in summary["warnings"]
     written = read_outputs(folder)
-    assert written["quality"]["occlusion"]["cameras"][serial]["scene_from_depth"] is False
-    np.testing.assert_array_equal(written["tracks"][f"occlusion_{serial}"], outputs["tracks"][f"occlusion_{serial}"])
+    assert written["quality"]["occlusion"]["cameras"]["wrist"]["scene_from_depth"] is False
+    np.testing.assert_array_equal(written["tracks"]["occlusion_wrist"], outputs["tracks"]["occlusion_wrist"])
 
 
 def test_full_pipeline_episode_gets_scene_labels_from_its_stereo_depth(dataset, tmp_path_factory):
@@ -258,10 +264,10 @@ def test_full_pipeline_episode_gets_scene_labels_from_its_stereo_depth(dataset, 
     for number, episode in enumerate(converted["episodes"]):
         written = read_outputs(converted["root"] / episode.relative_path)
         tracks, quality = written["tracks"], written["quality"]
-        for serial in tracks["cameras_with_2d_tracks"]:
-            labels = tracks[f"occlusion_{serial}"]
+        for serial, role in cameras_2d(tracks):
+            labels = tracks[f"occlusion_{role}"]
             with_depth = number == 0 and serial == episode.serials["ext1"]
-            assert quality["occlusion"]["cameras"][serial]["scene_from_depth"] is with_depth
+            assert quality["occlusion"]["cameras"][role]["scene_from_depth"] is with_depth
             if not with_depth:
                 assert set(np.unique(labels)) <= {HIDDEN_BY_ROBOT, UNKNOWN}
     episode = converted["episodes"][0]
@@ -306,21 +312,21 @@ def test_downscaled_depth_gives_scene_labels_at_the_scaled_pixels(dataset, metad
     written = read_outputs(folder)
     tracks, quality = written["tracks"], written["quality"]
     with np.load(folder / "extrinsics.npz", allow_pickle=False) as extrinsics:
-        poses = {str(s): extrinsics[f"T_base_cam_{s}"] for s in extrinsics["serials"]}
+        poses = {str(s): extrinsics[f"T_base_cam_{r}"] for s, r in zip(extrinsics["serials"], extrinsics["roles"])}
     tolerance_mm, per_m2 = config.occlusion.scene_tolerance_mm, config.occlusion.scene_tolerance_per_m2
     checked_total = visible_total = 0
-    for serial in (str(s) for s in tracks["cameras_with_2d_tracks"]):
-        assert quality["occlusion"]["cameras"][serial]["scene_from_depth"] is True
+    for serial, role in cameras_2d(tracks):
+        assert quality["occlusion"]["cameras"][role]["scene_from_depth"] is True
         with DepthReader(folder / "recordings" / serial / "depth.mkv") as reader:
             depth = reader.read_all()
         assert depth.shape[1:] == (90, 160)
-        labels, seen = tracks[f"occlusion_{serial}"], tracks[f"visibility_{serial}"]
+        labels, seen = tracks[f"occlusion_{role}"], tracks[f"visibility_{role}"]
         pose = poses[serial] if poses[serial].ndim == 3 else np.broadcast_to(poses[serial], (len(labels), 4, 4))
         camera_from_base = np.linalg.inv(pose)
         points = tracks["tracks_3d"].astype(np.float64)
         z_mm = 1000.0 * (np.einsum("tij,tnj->tni", camera_from_base[:, :3, :3], points)
                          + camera_from_base[:, None, :3, 3])[..., 2]
-        scaled = (tracks[f"tracks_2d_{serial}"].astype(np.float64) + 0.5) / 2 - 0.5
+        scaled = (tracks[f"tracks_2d_{role}"].astype(np.float64) + 0.5) / 2 - 0.5
         free = seen & (labels != HIDDEN_BY_ROBOT) & clear_of(scaled[..., 0], -10.0) & clear_of(scaled[..., 1], -10.0)
         steps, points_index = np.nonzero(free)
         column = np.rint(scaled[steps, points_index, 0]).astype(int)

@@ -66,10 +66,10 @@ def test_fps_measured_from_whole_millisecond_stamps(run: dict) -> None:
 
 def test_camera_poses_and_intrinsics_equal_the_ground_truth(run: dict) -> None:
     for serial, camera in run["truth"].items():
-        np.testing.assert_allclose(np.broadcast_to(run["extrinsics"][f"T_base_cam_{serial}"], (FRAMES, 4, 4)),
+        np.testing.assert_allclose(np.broadcast_to(run["extrinsics"][f"T_base_cam_{camera['role']}"], (FRAMES, 4, 4)),
                                    true_poses(run, serial), atol=1e-9)
-        np.testing.assert_allclose(run["tracks"][f"intrinsics_{serial}"], camera["K"], atol=1e-6)
-        assert run["tracks"][f"image_size_{serial}"].tolist() == [camera["width"], camera["height"]]
+        np.testing.assert_allclose(run["tracks"][f"intrinsics_{camera['role']}"], camera["K"], atol=1e-6)
+        assert run["tracks"][f"image_size_{camera['role']}"].tolist() == [camera["width"], camera["height"]]
     assert run["quality"]["wrist_pose_deviation"]["max_translation_mm"] < 1e-6
 
 
@@ -82,7 +82,7 @@ def test_2d_tracks_equal_cv2_projection_with_true_cameras(run: dict) -> None:
             rvec, _ = cv2.Rodrigues(camera_from_base[:3, :3])
             expected, _ = cv2.projectPoints(points[t], rvec, camera_from_base[:3, 3],
                                             np.array(camera["K"]), np.zeros(5))
-            np.testing.assert_allclose(run["tracks"][f"tracks_2d_{serial}"][t], expected[:, 0], atol=1e-3)
+            np.testing.assert_allclose(run["tracks"][f"tracks_2d_{camera['role']}"][t], expected[:, 0], atol=1e-3)
 
 
 def test_wrist_tracks_land_on_the_rendered_pads(run: dict) -> None:
@@ -93,9 +93,9 @@ def test_wrist_tracks_land_on_the_rendered_pads(run: dict) -> None:
     camera_from_base = np.linalg.inv(true_poses(run, serial))
     points = run["tracks"]["tracks_3d"].astype(np.float64)
     z_mm = 1000.0 * (np.einsum("tj,tnj->tn", camera_from_base[:, 2, :3], points) + camera_from_base[:, None, 2, 3])
-    t, n = np.nonzero(run["tracks"][f"visibility_{serial}"])
+    t, n = np.nonzero(run["tracks"][f"visibility_{camera['role']}"])
     assert t.size > 0.5 * points.shape[0] * points.shape[1]
-    pixels = np.rint(run["tracks"][f"tracks_2d_{serial}"][t, n]).astype(int)
+    pixels = np.rint(run["tracks"][f"tracks_2d_{camera['role']}"][t, n]).astype(int)
     rendered = depth_mm[t, pixels[:, 1], pixels[:, 0]].astype(np.float64)
     difference = np.abs(rendered - z_mm[t, n])
     assert np.median(difference) < 1.0
@@ -127,8 +127,8 @@ def test_missing_depth_frames_are_counted_in_quality_and_depth_of_another_length
     _write_depth(output_dir, serial, size, FRAMES, missing={0, 7})
     summary = generate_tracks(config, episode, output_dir)
     quality = json.loads((output_dir / "quality.json").read_text())
-    assert quality["depth"][serial]["missing_frames"] == [0, 7]
-    assert quality["depth"][serial]["num_frames"] == FRAMES
+    assert quality["depth"]["ext1"]["missing_frames"] == [0, 7]
+    assert quality["depth"]["ext1"]["num_frames"] == FRAMES
     assert any(serial in w and "2 depth frame(s)" in w for w in summary["warnings"])
 
     _write_depth(output_dir, serial, size, FRAMES - 1, missing=set())
