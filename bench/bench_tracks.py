@@ -19,7 +19,6 @@ import argparse
 import importlib.util
 import io
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -55,16 +54,28 @@ def timed(function, repeats: int) -> list[float]:
     return seconds
 
 
+# Runs COMMAND... with its output discarded; prints its wall seconds, CPU seconds, peak RSS (KiB) and
+# exit code. A small process of its own, so the peak is the command's (a child forked from the
+# benchmark would start with the benchmark's memory).
+LAUNCHER = """\
+import json, resource, subprocess, sys, time
+start = time.perf_counter()
+code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
+wall = time.perf_counter() - start
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps([wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss, code]))
+"""
+
+
 def whole_process(command: list[str], cwd: Path) -> tuple[float, float, float]:
-    """Run ``command`` (output discarded): its wall seconds, CPU seconds and peak RSS (MiB), from
-    the kernel's accounting of the finished child."""
-    start = time.perf_counter()
-    child = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} exited {child.returncode}")
-    return time.perf_counter() - start, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024.0
+    """Run ``command``: its wall seconds, CPU seconds and peak RSS (MiB), from the kernel's
+    accounting of the finished process."""
+    result = subprocess.run([sys.executable, "-c", LAUNCHER, *command], cwd=cwd, capture_output=True, text=True,
+                            check=True)
+    wall, cpu, peak_kib, code = json.loads(result.stdout)
+    if code != 0:
+        raise SystemExit(f"{' '.join(command)} exited {code}")
+    return wall, cpu, peak_kib / 1024.0
 
 
 def describe(seconds: list[float]) -> str:
@@ -223,8 +234,8 @@ def main() -> int:
             print(f"command line, npz.engine isal 3: {describe(isal_cli)}")
         if args.before:
             print(f"command line, whole process, in turn, medians of {len(pairs['now'])}: wall s, CPU s, peak MiB")
-            for version, runs in pairs.items():
-                wall, cpu, peak = (statistics.median(run[k] for run in runs) for k in range(3))
+            for version, measured in pairs.items():
+                wall, cpu, peak = (statistics.median(run[k] for run in measured) for k in range(3))
                 print(f"  {version:6s} {wall:6.3f} {cpu:6.3f} {peak:6.0f}")
             ratio = statistics.median(b[1] / n[1] for b, n in zip(pairs["before"], pairs["now"]))
             print(f"  before / now, CPU s, pair by pair: median {ratio:.2f}x")
