@@ -394,7 +394,7 @@ def batch_size(todo: int, workers: int, requested: int | None) -> int:
             raise ConfigError(f"--episodes-per-worker must be >= 1, got {requested}")
         return requested
     per_worker = 1 if workers <= 1 else min(4, max(1, round(math.sqrt(todo / (2 * workers)))))
-    return max(1, min(MAX_BATCH, math.ceil(todo / (workers * per_worker))))
+    return max(1, min(MAX_BATCH, todo // (workers * per_worker)))
 
 
 def shard(items: Sequence[T], index: int, count: int) -> list[T]:
