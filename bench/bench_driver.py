@@ -1,17 +1,25 @@
 """Throughput of the metadata-only driver (intrinsics + tracks + publish, forked warm workers) on
-full-size synthetic episodes (T=300, N=480, 3 cameras), with 1 and with 2 workers.
+full-size synthetic episodes (T=300, N=480, 3 cameras), with 1 and with 2 workers, with the npz
+writer's default deflate and with isal (when the package is installed), and optionally the same
+runs of another checkout (``--before DIR``, e.g. ``git worktree add /tmp/before <commit>``) taken
+in turn with these, so both sides see the same load of a shared machine.
 
 One 300-step episode is rendered (or reused with --keep DIR) and cloned K times under new ids and
 folders (its files hard-linked; its metadata and the calibration files' entries rewritten), so
-every episode costs the same. Each worker count runs the whole set a few times through the real
-driver; the figures are medians.
+every episode costs the same. Each combination runs the whole set a few times through the real
+driver, all combinations in turn per round; the figures are medians.
 
     .venv/bin/python bench/bench_driver.py [--episodes 24] [--repeats 3] [--keep DIR] [--set KEY=VALUE]
+                                           [--engines default,isal] [--before DIR] [--json FILE]
 
-Prints per worker count the wall time, episodes per hour, seconds per episode per worker
-(= wall x workers / episodes), CPU seconds per episode (all the run's processes, start-up and
-the npz writer's threads included) and the median of each step's seconds from timing.csv, then
-the scaling ratio of 2 workers to 1 (1.0 is linear). Extra --set options go to every run.
+Prints per checkout, engine and worker count the wall time, episodes per hour, seconds per
+episode per worker (= wall x workers / episodes), CPU seconds per episode (all the run's
+processes, start-up and the npz writer's threads included; on a shared machine the CPU seconds,
+not the wall time, are what compares) and the median of each step's seconds from timing.csv,
+then the scaling ratio of 2 workers to 1 (1.0 is linear). ``--json FILE`` writes the same rows
+as a list of objects (``version``, ``workers``, ``engine``, ``wall_s``, ``cpu_s_per_episode``,
+``episodes``, ``s_per_episode_per_worker`` and the step medians). Extra --set options go to
+every run.
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import importlib.util
+import itertools
 import json
 import os
 import resource
@@ -35,8 +45,9 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from droid_pipeline.synthetic.generator import generate_dataset, load_dataset_info  # noqa: E402
 
-DRIVER = REPO_ROOT / "run_pipeline_metadata_only.sh"
+DRIVER_NAME = "run_pipeline_metadata_only.sh"
 STEPS = ("intrinsics_s", "tracks_s", "publish_s", "total_s")
+ENGINES = {"default": [], "isal": ["npz.engine=isal", "npz.level=3"]}
 RunFigures = tuple[float, float, list[dict[str, str]]]
 
 
@@ -67,14 +78,18 @@ def cloned_dataset(root: Path, count: int) -> Path:
     return info.config_path
 
 
-def run(config: Path, work: Path, workers: int, count: int, settings: list[str]) -> RunFigures:
-    """One driver run: its wall seconds, the CPU seconds of all its processes, its timing rows."""
+def run(checkout: Path, config: Path, work: Path, workers: int, count: int, settings: list[str]) -> RunFigures:
+    """One run of ``checkout``'s driver (its package first on PYTHONPATH, this interpreter): its
+    wall seconds, the CPU seconds of all its processes, its timing rows."""
     shutil.rmtree(work, ignore_errors=True)
-    command = [str(DRIVER), "--config", str(config), "--out", str(work / "out"), "--set", f"run_root={work / 'runs'}",
-               "--set", f"episode_index_path={work / 'index.json'}", "--workers", str(workers), "--no-upload",
+    environment = {**os.environ, "DROID_PYTHON": sys.executable,
+                   "PYTHONPATH": os.pathsep.join([str(checkout), os.environ.get("PYTHONPATH", "")])}
+    command = [str(checkout / DRIVER_NAME), "--config", str(config), "--out", str(work / "out"),
+               "--set", f"run_root={work / 'runs'}", "--set", f"episode_index_path={work / 'index.json'}",
+               "--workers", str(workers), "--no-upload",
                *(item for setting in settings for item in ("--set", setting)), str(count)]
     start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True, env=environment, cwd=checkout)
     wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     if result.returncode != 0:
@@ -92,10 +107,22 @@ def main() -> int:
     parser.add_argument("--episodes", type=int, default=24)
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", default="1,2", help="worker counts, comma separated (default 1,2)")
+    parser.add_argument("--engines", default="default,isal",
+                        help="npz deflate engines, comma separated: default (zlib level 1), isal (level 3)")
+    parser.add_argument("--before", type=Path, help="another checkout whose driver runs in turn with this one")
+    parser.add_argument("--json", type=Path, help="also write the rows to this file as JSON")
     parser.add_argument("--keep", type=Path, help="render the episode here (or reuse it) and keep it")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
-                        help="a config override for every run, e.g. --set npz.engine=isal")
+                        help="a config override for every run, e.g. --set occlusion.enabled=false")
     args = parser.parse_args()
+    engines = [e for e in args.engines.split(",") if e]
+    if "isal" in engines and importlib.util.find_spec("isal") is None:
+        print("the package isal is not installed: the isal runs are left out")
+        engines.remove("isal")
+    worker_counts = [int(w) for w in args.workers.split(",")]
+    checkouts = {"now": REPO_ROOT} | ({"before": args.before.resolve()} if args.before else {})
+    combinations = list(itertools.product(checkouts, engines, worker_counts))
     with tempfile.TemporaryDirectory() as scratch:
         root = args.keep or Path(scratch) / "data"
         if not (root / "ground_truth" / "dataset.json").is_file():
@@ -103,25 +130,37 @@ def main() -> int:
             generate_dataset(root, episodes=1, frames=args.frames, size=(320, 180))
             print(f"setup: one {args.frames}-step episode rendered in {time.perf_counter() - started:.1f} s")
         config = cloned_dataset(root, args.episodes)
-        per_episode = {}
+        figures: dict[tuple[str, str, int], list[RunFigures]] = {key: [] for key in combinations}
+        for _ in range(args.repeats):  # every combination once per round, so all see the same load
+            for version, engine, workers in combinations:
+                figures[version, engine, workers].append(
+                    run(checkouts[version], config, Path(scratch) / "work", workers, args.episodes,
+                        [*ENGINES[engine], *args.settings]))
         print(f"{args.episodes} episodes of {args.frames} steps, N=480, 3 cameras; medians of {args.repeats} runs"
-              + (f"; {' '.join(args.settings)}" if args.settings else ""))
-        print(f"{'workers':>7s} {'wall s':>8s} {'ep/h':>8s} {'s/ep/worker':>12s} {'cpu s/ep':>9s}  " +
-              "  ".join(f"{s:>12s}" for s in STEPS))
-        for workers in (1, 2):
-            walls, cpus, rows = [], [], []
-            for _ in range(args.repeats):
-                wall, cpu, timing = run(config, Path(scratch) / "work", workers, args.episodes, args.settings)
-                walls.append(wall)
-                cpus.append(cpu)
-                rows += timing
-            wall = statistics.median(walls)
-            per_episode[workers] = wall * workers / args.episodes
-            steps = "  ".join(f"{statistics.median(float(r[s]) for r in rows):12.3f}" for s in STEPS)
-            print(f"{workers:7d} {wall:8.2f} {args.episodes / wall * 3600:8.0f} {per_episode[workers]:12.3f} "
-                  f"{statistics.median(cpus) / args.episodes:9.3f}  {steps}")
-        print(f"scaling, 2 workers against 1: throughput x{per_episode[1] * 2 / per_episode[2] / 2:.2f} of linear "
-              f"({os.cpu_count()} CPUs here)")
+              + (f"; {' '.join(args.settings)}" if args.settings else "") + f"; {os.cpu_count()} CPUs here")
+        print(f"{'version':>7s} {'engine':>7s} {'workers':>7s} {'wall s':>8s} {'ep/h':>8s} {'s/ep/worker':>12s} "
+              f"{'cpu s/ep':>9s}  " + "  ".join(f"{s:>12s}" for s in STEPS))
+        rows = []
+        for version, engine, workers in combinations:
+            runs = figures[version, engine, workers]
+            wall = statistics.median(r[0] for r in runs)
+            timing = [row for r in runs for row in r[2]]
+            steps = {s: statistics.median(float(r[s]) for r in timing) for s in STEPS}
+            rows.append({"version": version, "engine": engine, "workers": workers, "episodes": args.episodes,
+                         "wall_s": wall, "cpu_s_per_episode": statistics.median(r[1] for r in runs) / args.episodes,
+                         "s_per_episode_per_worker": wall * workers / args.episodes, **steps})
+            row = rows[-1]
+            print(f"{version:>7s} {engine:>7s} {workers:7d} {wall:8.2f} {args.episodes / wall * 3600:8.0f} "
+                  f"{row['s_per_episode_per_worker']:12.3f} {row['cpu_s_per_episode']:9.3f}  "
+                  + "  ".join(f"{steps[s]:12.3f}" for s in STEPS))
+        for version, engine in itertools.product(checkouts, engines):
+            per = {r["workers"]: r["s_per_episode_per_worker"] for r in rows
+                   if r["version"] == version and r["engine"] == engine}
+            if 1 in per and 2 in per:
+                print(f"scaling {version} {engine}, 2 workers against 1: throughput x{per[1] / per[2]:.2f} of linear")
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=1) + "\n")
+            print(f"rows written to {args.json}")
     return 0
 
 

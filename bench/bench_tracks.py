@@ -5,10 +5,12 @@ the step again with every camera's true depth written as its depth.mkv (the scen
 it) and the decoding of those files alone; the same with the npz writer's isal engine when the
 package isal is installed; the step through its command line; and prints the bytes written per
 file and per array. ``--keep DIR --reuse`` takes the episode an earlier run
-kept there (rendering a 720p one takes minutes).
+kept there (rendering a 720p one takes minutes). ``--before DIR`` (another checkout, e.g.
+``git worktree add /tmp/before <commit>``) also runs that checkout's command on the same
+episode, in turn with this one's: wall, CPU seconds and peak RSS of each whole process, medians.
 
     .venv/bin/python bench/bench_tracks.py [--frames 300] [--size 320x180] [--repeats 5] [--depth]
-                                           [--keep DIR [--reuse]]
+                                           [--keep DIR [--reuse]] [--before DIR]
 """
 
 from __future__ import annotations
@@ -50,6 +52,30 @@ def timed(function, repeats: int) -> list[float]:
         function()
         seconds.append(time.perf_counter() - start)
     return seconds
+
+
+# Runs COMMAND... with its output discarded; prints its wall seconds, CPU seconds, peak RSS (KiB) and
+# exit code. A small process of its own, so the peak is the command's (a child forked from the
+# benchmark would start with the benchmark's memory).
+LAUNCHER = """\
+import json, resource, subprocess, sys, time
+start = time.perf_counter()
+code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
+wall = time.perf_counter() - start
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps([wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss, code]))
+"""
+
+
+def whole_process(command: list[str], cwd: Path) -> tuple[float, float, float]:
+    """Run ``command``: its wall seconds, CPU seconds and peak RSS (MiB), from the kernel's
+    accounting of the finished process."""
+    result = subprocess.run([sys.executable, "-c", LAUNCHER, *command], cwd=cwd, capture_output=True, text=True,
+                            check=True)
+    wall, cpu, peak_kib, code = json.loads(result.stdout)
+    if code != 0:
+        raise SystemExit(f"{' '.join(command)} exited {code}")
+    return wall, cpu, peak_kib / 1024.0
 
 
 def describe(seconds: list[float]) -> str:
@@ -114,6 +140,7 @@ def main() -> int:
     parser.add_argument("--depth", action="store_true", help="also time the step with every camera's true depth")
     parser.add_argument("--keep", type=Path, help="generate the episode here and keep it")
     parser.add_argument("--reuse", action="store_true", help="with --keep: use the episode already there")
+    parser.add_argument("--before", type=Path, help="another checkout whose command runs in turn with this one's")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
     with tempfile.TemporaryDirectory() as scratch:
@@ -172,6 +199,13 @@ def main() -> int:
         command = [sys.executable, str(REPO_ROOT / "generate_tracks_and_metadata.py"), "--config",
                    str(info.config_path), "--episode_id", episode.episode_id]
         cli = timed(lambda: subprocess.run(command, check=True, capture_output=True), max(2, args.repeats // 2))
+        if args.before:
+            before_command = [sys.executable, str(args.before.resolve() / "generate_tracks_and_metadata.py"),
+                              *command[2:]]
+            pairs = {"before": [], "now": []}
+            for _ in range(max(3, args.repeats)):
+                pairs["before"].append(whole_process(before_command, args.before.resolve()))
+                pairs["now"].append(whole_process(command, REPO_ROOT))
         isal_command = [*command, *(item for setting in ISAL for item in ("--set", setting))]
         isal_cli = timed(lambda: subprocess.run(isal_command, check=True, capture_output=True),
                          max(2, args.repeats // 2)) if fast else []
@@ -198,6 +232,13 @@ def main() -> int:
         print(f"command line, whole step:        {describe(cli)} (interpreter start and imports included)")
         if fast:
             print(f"command line, npz.engine isal 3: {describe(isal_cli)}")
+        if args.before:
+            print(f"command line, whole process, in turn, medians of {len(pairs['now'])}: wall s, CPU s, peak MiB")
+            for version, measured in pairs.items():
+                wall, cpu, peak = (statistics.median(run[k] for run in measured) for k in range(3))
+                print(f"  {version:6s} {wall:6.3f} {cpu:6.3f} {peak:6.0f}")
+            ratio = statistics.median(b[1] / n[1] for b, n in zip(pairs["before"], pairs["now"]))
+            print(f"  before / now, CPU s, pair by pair: median {ratio:.2f}x")
         total_bytes = sum(summary["files"].values())
         for name, size in summary["files"].items():
             print(f"bytes {name:15s} {size:>11,d}")

@@ -198,7 +198,8 @@ main() {
     start_uploader
   fi
   if ((PLAN[todo] > 0 && !INTERRUPTED)); then
-    if ((!PLAN[debug])); then
+    # The progress line is drawn on a terminal only: elsewhere its process would cost CPU for nothing.
+    if ((!PLAN[debug])) && [[ -t 2 ]]; then
       start_progress
     fi
     run_fanout

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import shutil
 import socket
@@ -57,7 +58,7 @@ from droid_pipeline.raw.discovery import OUTCOMES, Episode, EpisodeIndex, build_
 if TYPE_CHECKING:
     from droid_pipeline.publish.ledger import Ledger
 
-# Episodes per worker process at most: its start-up (about 0.6 s) then costs 0.01 s per episode.
+# Episodes per worker process at most: its start-up (about 0.8 CPU s) then costs 0.01 s per episode.
 MAX_BATCH = 64
 # The config key naming each kind of published file, for errors.
 PUBLISHED_FILE_KEYS = {"cam2base": "cam2base_extrinsics_paths", "cam2cam": "cam2cam_extrinsics_path",
@@ -382,13 +383,18 @@ def _submit_slurm(spec: PipelineSpec, config: Config, plan: RunPlan, todo: list[
 
 
 def batch_size(todo: int, workers: int, requested: int | None) -> int:
-    """Episodes per worker process: amortizes interpreter and import start-up (about 0.6 s) while
-    leaving each worker about four batches, so the last ones end close together."""
+    """Episodes per worker process. A worker process costs about as much CPU to start as an
+    episode (interpreter, imports, warm-up: 0.8 CPU s on a 2-core machine), and more batches per
+    worker let the last ones end closer together (xargs hands the next batch to whichever worker
+    is free). A single worker takes the whole run in one batch; K workers take about
+    sqrt(todo / 2K) batches each, at most four, which balances start-ups against the last
+    batches' uneven end (todo = 24, K = 2: two batches of 6 each). At most MAX_BATCH episodes."""
     if requested is not None:
         if requested < 1:
             raise ConfigError(f"--episodes-per-worker must be >= 1, got {requested}")
         return requested
-    return max(1, min(MAX_BATCH, todo // (workers * 4)))
+    per_worker = 1 if workers <= 1 else min(4, max(1, round(math.sqrt(todo / (2 * workers)))))
+    return max(1, min(MAX_BATCH, todo // (workers * per_worker)))
 
 
 def shard(items: Sequence[T], index: int, count: int) -> list[T]:

@@ -16,7 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.spatial.transform import Rotation
+
+from droid_pipeline.geometry.rotations import slerp_matrices
 
 # A remainder shorter than this (mm) after the last whole step is rounding, not another sample.
 END_TOLERANCE_MM = 1e-9
@@ -104,6 +105,4 @@ def interpolate_rotations(rotations: np.ndarray, sampling: ArcLengthSampling) ->
     """
     rotations = np.asarray(rotations, dtype=np.float64)
     start = rotations[sampling.lower]
-    relative = Rotation.from_matrix(np.swapaxes(start, -1, -2) @ rotations[sampling.upper])
-    partial = Rotation.from_rotvec(relative.as_rotvec() * sampling.fraction[:, None]).as_matrix()
-    return start @ partial
+    return slerp_matrices(start, rotations[sampling.upper], sampling.fraction)

@@ -1,13 +1,15 @@
 """DROID's pose convention: ``[x, y, z, rx, ry, rz]`` with ``Rotation.from_euler("xyz", ...)``.
 
-Lower-case "xyz" is extrinsic x-y-z, R = Rz @ Ry @ Rx. Every function is vectorized over leading
-axes; Euler angles are only converted, never interpolated (roll sits near +-pi at home).
+Lower-case "xyz" is extrinsic x-y-z, R = Rz @ Ry @ Rx (in NumPy: :mod:`.rotations`). Every
+function is vectorized over leading axes; Euler angles are only converted, never interpolated
+(roll sits near +-pi at home).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.spatial.transform import Rotation
+
+from droid_pipeline.geometry.rotations import euler_xyz_to_matrix
 
 EULER_ORDER = "xyz"
 
@@ -20,14 +22,17 @@ def pose6_to_matrix(pose: np.ndarray) -> np.ndarray:
     lead = pose.shape[:-1]
     flat = pose.reshape(-1, 6)
     out = np.zeros((flat.shape[0], 4, 4))
-    out[:, :3, :3] = Rotation.from_euler(EULER_ORDER, flat[:, 3:]).as_matrix()
+    out[:, :3, :3] = euler_xyz_to_matrix(flat[:, 3:])
     out[:, :3, 3] = flat[:, :3]
     out[:, 3, 3] = 1.0
     return out.reshape(*lead, 4, 4)
 
 
 def matrix_to_pose6(matrix: np.ndarray) -> np.ndarray:
-    """(..., 4, 4) homogeneous transforms -> (..., 6) DROID poses."""
+    """(..., 4, 4) homogeneous transforms -> (..., 6) DROID poses. Only the synthetic data writes
+    poses, and it needs SciPy anyway: its Euler angles come from SciPy's ``Rotation``."""
+    from scipy.spatial.transform import Rotation
+
     matrix = np.asarray(matrix, dtype=np.float64)
     lead = matrix.shape[:-2]
     flat = matrix.reshape(-1, 4, 4)

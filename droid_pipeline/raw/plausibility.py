@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from droid_pipeline.core.config import PlausibilityConfig
+from droid_pipeline.geometry.rotations import euler_xyz_to_quat, quat_angle, quat_multiply
 
 CARTESIAN = "cartesian_position"
 GRIPPER = "gripper_position"
@@ -27,6 +28,8 @@ DEGREES_LIMIT = 360.0
 # is named, top of the scale, name).
 GRIPPER_SCALES = ((10.0, 100.0, "a 0..100 (percent) scale"), (100.0, 255.0, "Robotiq's raw 0..255 register scale"))
 MAX_LISTED_STEPS = 10
+# Multiplying a unit quaternion by this gives its inverse (the conjugate).
+INVERSE = np.array([-1.0, -1.0, -1.0, 1.0])
 
 
 class ImplausibleTrajectory(ValueError):
@@ -44,8 +47,6 @@ def check_num_steps(num_steps: int, limits: PlausibilityConfig) -> None:
 def check_motion(cartesian: np.ndarray, gripper: np.ndarray, limits: PlausibilityConfig) -> dict[str, Any]:
     """Reach, step-to-step translation and rotation of the flange poses (T, 6) and the range of
     gripper_position (T,); returns the measured figures for quality.json."""
-    from scipy.spatial.transform import Rotation
-
     reach = np.linalg.norm(cartesian[:, :3], axis=1)
     worst = int(np.argmax(reach))
     if reach[worst] > limits.max_reach_m:
@@ -57,8 +58,8 @@ def check_motion(cartesian: np.ndarray, gripper: np.ndarray, limits: Plausibilit
             f"flange position {reach[worst]:.4g} m from the robot base at step {worst}, beyond "
             f"plausibility.max_reach_m = {limits.max_reach_m:g} m{hint}")
     moves = np.linalg.norm(np.diff(cartesian[:, :3], axis=0), axis=1)
-    rotations = Rotation.from_euler("xyz", cartesian[:, 3:])
-    turns = (rotations[:-1].inv() * rotations[1:]).magnitude() if len(cartesian) > 1 else np.zeros(0)
+    rotations = euler_xyz_to_quat(cartesian[:, 3:])
+    turns = quat_angle(quat_multiply(rotations[:-1] * INVERSE, rotations[1:]))
     _check_steps(moves, limits.max_step_m, "plausibility.max_step_m", "m", "moves", "")
     largest_angle = float(np.abs(cartesian[:, 3:]).max())
     degrees = (f"; {CARTESIAN}[:, 3:] reaches {largest_angle:.4g}, beyond pi: the angles look like degrees, "

@@ -22,9 +22,9 @@ import copy
 import functools
 
 import numpy as np
-from scipy.optimize import brentq
 
 from droid_pipeline.geometry.poses import transform_points
+from droid_pipeline.geometry.roots import brentq
 from droid_pipeline.robot.kinematics import (
     GRIPPER_BASE_LINK,
     GripperMount,

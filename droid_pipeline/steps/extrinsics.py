@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 from droid_pipeline.core.config import CalibrationQualityConfig, Config
 from droid_pipeline.core.errors import EpisodeError
@@ -43,6 +42,7 @@ from droid_pipeline.formats.calibration_files import (
     read_cam2cam_entry,
 )
 from droid_pipeline.geometry.poses import invert, pose6_to_matrix
+from droid_pipeline.geometry.rotations import rotation_angle
 from droid_pipeline.raw.trajectory import CAMERA_EXTRINSICS_GROUP, Trajectory
 
 STEP = "tracks"   # camera poses are resolved within the tracks step
@@ -336,6 +336,6 @@ def pose_deviation(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray
     """Per-pose translation distance (mm) and rotation angle (degrees) between (..., 4, 4) poses."""
     translation_mm = 1000.0 * np.linalg.norm(a[..., :3, 3] - b[..., :3, 3], axis=-1)
     relative = np.swapaxes(a[..., :3, :3], -1, -2) @ b[..., :3, :3]
-    angle = Rotation.from_matrix(relative.reshape(-1, 3, 3)).magnitude().reshape(relative.shape[:-2])
+    angle = rotation_angle(relative)
     return translation_mm, np.degrees(angle)
 
