@@ -146,6 +146,13 @@ class PlausibilityConfig:
     max_step_rotation_rad: float = _field(min=0)
     gripper_tolerance: float = _field(min=0)
     max_bad_timestamp_fraction: float = _field(min=0, max=1)
+    min_control_hz: float = _field(min=0)
+    max_control_hz: float = _field(min=0)
+    max_principal_point_offset: float = _field(min=0, max=0.5)
+    rescale_intrinsics: bool = _field()
+    joint_limit_tolerance_rad: float = _field(min=0)
+    min_depth_valid_fraction: float = _field(min=0, max=1)
+    depth_check_action: Literal["warn", "fail"] = _field()
 
 
 @dataclass(frozen=True)

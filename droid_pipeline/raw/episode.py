@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from droid_pipeline.core.errors import EpisodeError
+from droid_pipeline.core.files import MAX_METADATA_BYTES, read_text_capped
 from droid_pipeline.raw.discovery import Episode
 from droid_pipeline.raw.trajectory import TrajectoryFile, open_trajectory
 from droid_pipeline.raw.video import VideoError, VideoInfo, probe
@@ -93,7 +94,7 @@ class RawEpisode:
         folder = episode.path(droid_root)
         path = folder / episode.metadata_file
         try:
-            metadata = json.loads(path.read_text())
+            metadata = json.loads(read_text_capped(path, MAX_METADATA_BYTES))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise EpisodeError(episode.episode_id, step, f"cannot read metadata {path}: {exc}") from exc
         if not isinstance(metadata, dict):
@@ -148,6 +149,10 @@ class RawEpisode:
     @property
     def mp4_dir(self) -> Path:
         return self.folder / MP4_DIR
+
+    def mp4_names(self) -> list[str]:
+        """Names of the files in recordings/MP4 (none when there is no such folder)."""
+        return sorted(os.listdir(self.mp4_dir)) if self.mp4_dir.is_dir() else []
 
     def svo_path(self, serial: str) -> Path:
         return self.folder / SVO_DIR / f"{serial}.svo"

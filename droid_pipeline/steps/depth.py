@@ -197,7 +197,7 @@ def extract_depth(config: Config, episode: Episode, output_dir: os.PathLike | st
     with raw.trajectory() as h5:
         num_steps = h5.num_steps(config.plausibility)
         try:
-            control_rate: tuple[float, str] | None = h5.control_rate(num_steps)
+            control_rate: tuple[float, str] | None = h5.control_rate(num_steps, config.plausibility)
         except EpisodeError:
             control_rate = None  # no usable control timestamps: the rate comes from the config or the source
     # What fails one camera, and so the episode, with its cause.

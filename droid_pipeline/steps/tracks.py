@@ -110,9 +110,11 @@ def generate_tracks(config: Config, episode: Episode, output_dir: os.PathLike | 
     episode_id = episode.episode_id
     raw = RawEpisode.load(episode, config.droid_root, STEP)
     with raw.trajectory() as h5:
-        trajectory = read_trajectory(h5, episode.serials, raw.metadata, config.fps, config.plausibility)
-        joint_positions = read_joint_positions(h5, trajectory.num_frames) if config.occlusion.enabled else None
-    warnings = list(trajectory.warnings)
+        trajectory = read_trajectory(h5, episode.serials, raw.metadata, config.fps, config.plausibility,
+                                     raw.mp4_names())
+        joint_positions = read_joint_positions(h5, trajectory.num_frames, config.plausibility, trajectory) \
+            if config.occlusion.enabled else None
+    warnings = [*episode.warnings, *trajectory.warnings]
     videos = _check_video_frames(raw, trajectory.num_frames, config.video_frame_mismatch, warnings)
 
     gripper = GripperModel.load(configured_mount(config))
@@ -273,6 +275,7 @@ def _camera_intrinsics(config: Config, raw: RawEpisode, output_dir: Path, extrin
             records[serial] = IntrinsicsRecord.load(path)
         except IntrinsicsError as exc:
             raise raw.fail(str(exc)) from exc
+        warnings.extend(f"{pose.role} camera {serial}: {note}" for note in records[serial].warnings or ())
         if not records[serial].rectified:
             warnings.append(f"{pose.role} camera {serial}: intrinsics are not rectified; projected "
                             "with their distortion")
