@@ -149,6 +149,7 @@ class PlausibilityConfig:
     min_control_hz: float = _field(min=0)
     max_control_hz: float = _field(min=0)
     max_principal_point_offset: float = _field(min=0, max=0.5)
+    max_focal_spread: float = _field(min=0)
     rescale_intrinsics: bool = _field()
     joint_limit_tolerance_rad: float = _field(min=0)
     min_depth_valid_fraction: float = _field(min=0, max=1)

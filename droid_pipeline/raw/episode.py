@@ -53,9 +53,9 @@ def find_camera_video(mp4_dir: Path, serial: str) -> CameraVideo | None:
     twice a ZED width, see module docstring), else ``<serial>-stereo.mp4``; None if neither
     exists. An unreadable file or an odd-width side-by-side one raises VideoError."""
     for path, side_by_side in ((mp4_dir / f"{serial}.mp4", False), (mp4_dir / f"{serial}-stereo.mp4", True)):
-        if not path.is_file():
+        if not path.exists():
             continue
-        info = probe(path)
+        info = probe(path)  # a path that is not a regular file fails here, never skipped
         if not side_by_side and match_resolution(info.width, info.height) is None \
                 and info.width % 2 == 0 and match_resolution(info.width // 2, info.height) is not None:
             side_by_side = True
@@ -70,7 +70,7 @@ def find_stereo_video(mp4_dir: Path, serial: str, width: int, height: int) -> Ca
     or ``<serial>.mp4`` when that one is the ``2*width x height`` left|right file."""
     seen = []
     for path in (mp4_dir / f"{serial}-stereo.mp4", mp4_dir / f"{serial}.mp4"):
-        if path.is_file():
+        if path.exists():
             info = probe(path)
             if (info.width, info.height) == (2 * width, height):
                 return CameraVideo(path, info, side_by_side=True)

@@ -153,7 +153,8 @@ def check_joint_positions(joints: np.ndarray, lower: np.ndarray, upper: np.ndarr
     over = int(np.count_nonzero((excess > 0).any(axis=1)))
     radians = np.radians(joints)
     degrees = ("; the angles look like degrees, not radians (in radians they lie within the limits)"
-               if bool(((radians >= lower - tolerance) & (radians <= upper + tolerance)).all()) else "")
+               if float(np.abs(joints).max()) > 2 * np.pi
+               and bool(((radians >= lower - tolerance) & (radians <= upper + tolerance)).all()) else "")
     raise ImplausibleTrajectory(
         f"joint {joint + 1} is {joints[step, joint]:.4g} rad at step {step}, beyond the Panda's limits "
         f"[{lower[joint]:.4g}, {upper[joint]:.4g}] by more than plausibility.joint_limit_tolerance_rad = "

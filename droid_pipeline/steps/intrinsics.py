@@ -216,21 +216,27 @@ def _record(context: CameraContext, source: str, detail: str, fx: float, fy: flo
             published_order: bool = False, **extra: Any) -> IntrinsicsRecord:
     """A rectified pinhole record of this camera (IntrinsicsError when its values are not sane).
 
-    Its principal point must lie near the image's centre (``plausibility.max_principal_point_offset``).
+    Its principal point must lie near the image's centre (``plausibility.max_principal_point_offset``)
+    and fx and fy be alike (``max_focal_spread``).
     For values whose size was only assumed (``sized`` false: a bare published list, the h5 matrix)
     an off-centre point at the centre of another ZED image size is intrinsics for that size
     (OtherSize), and a published list (``published_order``) whose numbers fit [fx, fy, cx, cy] is
     named as such (WrongAboutItself)."""
-    limit = context.config.plausibility.max_principal_point_offset
-    offset = _centre_offset(cx, cy, width, height) if math.isfinite(cx + cy) and width > 0 < height else 0.0
-    if offset > limit:  # (non-finite values and bad sizes: the record names them)
+    limits = context.config.plausibility
+    limit, spread = limits.max_principal_point_offset, limits.max_focal_spread
+    finite = math.isfinite(fx + fy + cx + cy) and fx > 0 and width > 0 < height
+    offset = _centre_offset(cx, cy, width, height) if finite else 0.0  # (else the record names the values)
+    if finite and (offset > limit or abs(fy - fx) > spread * fx):
         outside = "outside the" if not (0 <= cx < width and 0 <= cy < height) else "in the"
-        where = (f"principal point ({cx:.6g}, {cy:.6g}) lies {outside} {width}x{height} image, {offset:.0%} of it "
-                 f"from its centre, beyond plausibility.max_principal_point_offset = {limit:g}")
-        if published_order and _centre_offset(fy, cy, width, height) <= limit:
+        where = (f"principal point ({cx:.6g}, {cy:.6g}) lies {outside} {width}x{height} image, {offset:.1%} of it "
+                 f"from its centre (plausibility.max_principal_point_offset = {limit:g})" if offset > limit else
+                 f"fx {fx:.6g} and fy {fy:.6g} differ by {abs(fy - fx) / fx:.1%} (plausibility.max_focal_spread = "
+                 f"{spread:g})")
+        # Written [fx, fy, cx, cy], read [fx, cx, fy, cy]: the read cx is fy (close to fx) and the read fy is cx.
+        if published_order and _centre_offset(fy, cy, width, height) <= limit and abs(cx - fx) <= spread * fx:
             raise WrongAboutItself(f"{detail}: {where}; the entry looks like [fx, fy, cx, cy], not DROID's "
                                    f"[fx, cx, fy, cy] (read so, the principal point is ({fy:.6g}, {cy:.6g}))")
-        other = None if sized else _size_centred_on(cx, cy, limit)
+        other = None if sized or offset <= limit else _size_centred_on(cx, cy, limit)
         if other is not None and other != (width, height):
             record = _record(context, source, detail, fx, fy, cx, cy, *other, distortion, **extra)
             raise OtherSize(f"its principal point ({cx:.6g}, {cy:.6g}) is the centre of a {other[0]}x{other[1]} "

@@ -231,6 +231,8 @@ def _depth_metas(raw: RawEpisode, output_dir: Path, num_frames: int, warnings: l
         if meta.missing_frames:
             warnings.append(f"camera {serial}: {len(meta.missing_frames)} depth frame(s) could not be "
                             "produced and are all-invalid (0)")
+        noted = meta.source.get("warnings") if isinstance(meta.source, dict) else None
+        warnings.extend(f"camera {serial}: depth: {note}" for note in noted or () if isinstance(note, str))
         metas[serial] = meta
     return metas
 
