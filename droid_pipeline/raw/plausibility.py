@@ -130,8 +130,8 @@ def check_control_rate(rate_hz: float, key: str, limits: PlausibilityConfig) -> 
     if limits.min_control_hz <= rate_hz <= limits.max_control_hz:
         return
     fitting = next((f"; the timestamps look like {name}, not milliseconds (read so, the rate is "
-                    f"{rate_hz * per_unit:.4g} Hz)" for name, per_unit in TIMESTAMP_UNITS
-                    if limits.min_control_hz <= rate_hz * per_unit <= limits.max_control_hz), "")
+                    f"{rate_hz / per_unit:.4g} Hz)" for name, per_unit in TIMESTAMP_UNITS
+                    if limits.min_control_hz <= rate_hz / per_unit <= limits.max_control_hz), "")
     raise ImplausibleTrajectory(
         f"{key} gives a control rate of {rate_hz:.4g} Hz (read as milliseconds), outside "
         f"plausibility.min_control_hz .. max_control_hz = {limits.min_control_hz:g} .. "
