@@ -1,6 +1,6 @@
 """The fault suite: both drivers over a corpus of damaged episodes mixed with good ones, workers
 and the uploader killed at random moments (seeded), disks filled; after each run the invariants
-of :mod:`checks` hold. ``make test-faults`` runs all of it (about 12 minutes on two
+of :mod:`checks` hold. ``make test-faults`` runs all of it (about 15 minutes on two
 cores, as root for the tmpfs); ``make test`` runs the tests without the ``faults`` mark, a short
 subset of the same checks (about a minute).
 
