@@ -295,10 +295,12 @@ def dump_config(config: Config, path: Path) -> None:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    from droid_pipeline.core.files import MAX_METADATA_BYTES, read_text_capped
+
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from exc
+        text = read_text_capped(path, MAX_METADATA_BYTES)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file: {getattr(exc, 'strerror', None) or exc}") from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -71,3 +71,12 @@ def _raised(function) -> BaseException | None:
     except BaseException as exc:  # noqa: BLE001 - the test inspects what was raised
         return exc
     return None
+
+
+def test_a_config_file_that_is_a_fifo_is_a_config_error(tmp_path):
+    from droid_pipeline.core.config import ConfigError, load_config
+
+    fifo = tmp_path / "site.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="cannot read config file: .*is a FIFO"):
+        load_config([fifo])

@@ -59,7 +59,8 @@ QUICK_KINDS = ("uuid_dot_dot", "folder_is_a_symlink_loop", "duplicate_uuid", "me
                "mp4_of_random_bytes", "trajectory_of_random_bytes", "too_many_steps", "positions_in_millimetres",
                "gripper_on_a_0_255_scale", "control_timestamps_scrambled", "mp4_cut_short_behind_its_index",
                "mp4_loses_its_last_frame_behind_its_index", "trajectory_is_a_fifo",
-               "metadata_links_to_an_endless_device", "control_timestamps_in_seconds")
+               "metadata_links_to_an_endless_device", "control_timestamps_in_seconds",
+               "camera_missing_from_the_metadata", "intrinsics_in_fx_fy_cx_cy_order")
 # Input that says something else than it is and that the pipeline corrects: published with the
 # corrected data (checked against the synthetic ground truth) and a warning.
 CORRECTED_KINDS = ("wrist_mp4_at_half_size", "ext1_mp4_at_a_size_no_source_has", "intrinsics_in_fx_fy_cx_cy_order",
@@ -170,6 +171,7 @@ def check_projections_against_the_truth(folder: Path, truth: dict[str, dict]) ->
     return sizes
 
 
+@faults
 def test_input_wrong_about_itself_is_published_corrected_with_a_warning(dataset, tmp_path):
     corpus = build(dataset, tmp_path / "corpus", CORRECTED_KINDS, seed=6)
     out, runs, args = roots(tmp_path, "corrected")
