@@ -63,7 +63,7 @@ from droid_pipeline.raw.discovery import Episode
 from droid_pipeline.raw.episode import RawEpisode
 from droid_pipeline.raw.trajectory import CONTROL_TIMESTAMP_GROUP
 from droid_pipeline.raw.video import VideoError, iter_frames
-from droid_pipeline.raw.zed_conf import ZedConfError, parse_conf, rectify
+from droid_pipeline.raw.zed_conf import RESOLUTIONS, ZedConf, ZedConfError, parse_conf, rectify
 from droid_pipeline.steps.intrinsics import extract_intrinsics
 from droid_pipeline.steps.stereo import StereoMatcher, split_side_by_side, to_gray
 
@@ -462,11 +462,28 @@ def _stereo_calibration(config: Config, raw: RawEpisode, output_dir: Path, seria
                                   "zed_calibration_dir is not set: the stereo backend needs the baseline")
         conf = Path(config.zed_calibration_dir) / f"SN{serial}.conf"
         try:
-            baseline_m = rectify(parse_conf(conf), width, height).baseline_m
+            baseline_m, provenance["baseline_source"] = _conf_baseline(parse_conf(conf), width, height, conf.name)
         except ZedConfError as exc:
             raise IntrinsicsError(f"{path} has no baseline_m and {exc}") from exc
-        provenance["baseline_source"] = conf.name
     return width, height, record.fx, baseline_m, provenance
+
+
+def _conf_baseline(conf: ZedConf, width: int, height: int, name: str) -> tuple[float, str]:
+    """The rectified baseline (m) of a ZED conf for a ``width x height`` image, and where it came
+    from. A size that is no ZED mode nor an integer downscale of one (a video re-encoded to
+    another size, its intrinsics rescaled) takes the first mode the conf calibrates: the baseline
+    is a length, not a pixel measure."""
+    try:
+        return rectify(conf, width, height).baseline_m, name
+    except ZedConfError as exc:
+        for key, (native_w, native_h) in RESOLUTIONS.items():
+            try:
+                baseline_m = rectify(conf, native_w, native_h).baseline_m
+            except ZedConfError:
+                continue
+            return baseline_m, f"{name} ({key} section: no section for {width}x{height}, the baseline does not " \
+                               "depend on the image size)"
+        raise exc
 
 
 class _NoRgb:

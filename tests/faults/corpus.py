@@ -375,12 +375,13 @@ def wrist_mp4_at_half_size(v: Victim) -> None:
         [resized(160, 90)(half) for half in np.split(image, 2, axis=1)], axis=1))
 
 
-@kind(DONE, "video size 240x134 is neither a native ZED resolution", full="depth",
-      warning="for 320x180 scaled per axis")
+@kind(DONE, warning="for 320x180 scaled per axis")
 def ext1_mp4_at_a_size_no_source_has(v: Victim) -> None:
-    # Re-encoded to 240x134, no ZED size: the published intrinsics are scaled to it per axis; the
-    # stereo backend needs a baseline for that size, which no source has.
+    # Re-encoded to 240x134 (mono and stereo), no ZED size: the published intrinsics are scaled
+    # to it per axis; the stereo backend takes the baseline, a length, from the ZED file's HD section.
     reencode(v.mp4("ext1"), resized(240, 134))
+    reencode(v.mp4("ext1", stereo=True), lambda image: np.concatenate(
+        [resized(240, 134)(half) for half in np.split(image, 2, axis=1)], axis=1))
 
 
 @kind(DONE, warning="looks like [fx, fy, cx, cy]")

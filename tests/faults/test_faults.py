@@ -206,21 +206,23 @@ def test_input_wrong_about_itself_through_the_depth_driver(dataset, tmp_path):
     folder = published(out)[corpus.victims["wrist_mp4_at_half_size"].episode_id]
     truth = truth_cameras(dataset, corpus)
     assert check_projections_against_the_truth(folder, truth)["wrist"] == (160, 90)
-    # The wrist's depth at 160x90, against the true depth (its 2x2 blocks' median): the scale is right.
-    data = read_episode_dir(folder)
-    wrist = data.camera("wrist")
-    true_mm = np.load(dataset.ground_truth_path(next(e for e in dataset.episodes if e.outcome == "success"))
-                      / truth["wrist"]["depth_file"]).astype(np.float64)
-    with data.depth("wrist") as frames:
-        depth = frames.read_all().astype(np.float64)
-    T, H, W = depth.shape
-    blocks = true_mm[:T].reshape(T, H, true_mm.shape[1] // H, W, true_mm.shape[2] // W)
-    reference = np.median(blocks, axis=(2, 4))
-    both = (depth > 0) & (reference > 0)
-    ratio = float(np.median(depth[both] / reference[both]))
-    assert abs(ratio - 1.0) < 0.05, ratio
-    print(f"\nwrist depth at 160x90: median ratio to the truth {ratio:.3f} over {both.mean():.0%} of the pixels")
-    assert wrist.image_size == (160, 90)
+    # The depth of the cameras at another size, against the true depth resized by OpenCV as the
+    # video was (INTER_AREA): a wrong scale of fx would show as a wrong ratio.
+    import cv2
+
+    template = next(e for e in dataset.episodes if e.outcome == "success")
+    for name, role in (("wrist_mp4_at_half_size", "wrist"), ("ext1_mp4_at_a_size_no_source_has", "ext1")):
+        data = read_episode_dir(published(out)[corpus.victims[name].episode_id])
+        true_mm = np.load(dataset.ground_truth_path(template) / truth[role]["depth_file"]).astype(np.float32)
+        with data.depth(role) as frames:
+            depth = frames.read_all().astype(np.float64)
+        size = data.camera(role).image_size
+        reference = np.stack([cv2.resize(frame, size, interpolation=cv2.INTER_AREA) for frame in true_mm[:len(depth)]])
+        both = (depth > 0) & (reference > 0)
+        ratio = float(np.median(depth[both] / reference[both]))
+        assert abs(ratio - 1.0) < 0.05, (name, ratio)
+        print(f"\n{role} depth at {size[0]}x{size[1]}: median ratio to the truth {ratio:.3f} over {both.mean():.0%} of "
+              "the pixels")
 
 
 # ---------------------------------------------------------------- killing workers
