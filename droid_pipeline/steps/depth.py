@@ -146,6 +146,8 @@ class FrameSource:
     # The valid fraction of the first frame matched with its views swapped (stereo only, None
     # before a frame was read): what names swapped halves when the depth is near-empty.
     swapped_valid_fraction: Callable[[], float | None] | None = None
+    # Of the pixels matched so far, the fraction the left-right check kept (stereo with lr_check).
+    lr_consistent_fraction: Callable[[], float | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -292,6 +294,8 @@ def _write_camera(config: Config, path: Path, source: FrameSource, role: str, nu
                                  f"({source.details})")
         valid_fraction = valid_pixels / (num_steps * writer.width * writer.height)
         warnings = _frame_count_check(config.video_frame_mismatch, source, num_steps, num_steps - produced)
+        if source.lr_consistent_fraction is not None:
+            source.details["lr_consistent_fraction"] = source.lr_consistent_fraction()
         warnings += _valid_fraction_check(config.plausibility, source, valid_fraction)
         writer.source.update(source.details)
         writer.source.update(
@@ -344,8 +348,10 @@ def _valid_fraction_check(limits: PlausibilityConfig, source: FrameSource, valid
         if swapped >= limits.min_depth_valid_fraction and swapped > 2 * valid_fraction:
             hint = (f"; matched with its halves swapped, the first frame is {swapped:.0%} valid: the left and right "
                     "views look swapped (right|left)")
-    cause = (f"depth valid over {valid_fraction:.1%} of the pixels, below plausibility.min_depth_valid_fraction = "
-             f"{limits.min_depth_valid_fraction:g}{hint}")
+    consistency = source.details.get("lr_consistent_fraction")
+    kept = f" (the left-right check kept {consistency:.0%} of the matches)" if consistency is not None else ""
+    cause = (f"depth valid over {valid_fraction:.1%} of the pixels{kept}, below "
+             f"plausibility.min_depth_valid_fraction = {limits.min_depth_valid_fraction:g}{hint}")
     if limits.depth_check_action == "fail":
         raise ValueError(cause)
     return [cause]
@@ -408,7 +414,7 @@ def _stereo_source(config: Config, raw: RawEpisode, output_dir: Path, serial: st
 
     with contextlib.closing(frames):
         yield FrameSource(width, height, video.info.num_frames, video.info.fps, frames, details,
-                          swapped_valid_fraction)
+                          swapped_valid_fraction, lambda: matcher.lr_consistent_fraction)
 
 
 def _stereo_frames(path: Path, matcher: StereoMatcher, fx: float, baseline_m: float, with_rgb: bool,

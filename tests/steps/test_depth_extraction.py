@@ -347,9 +347,12 @@ def test_swapped_stereo_halves_are_named_by_their_near_empty_depth(dataset, epis
                                                                           depth_check_action="fail"))
     with pytest.raises(EpisodeError, match=rf"camera {serial} \(ext2\): depth valid over .* look swapped"):
         extract_depth(strict, episode, tmp_path / "strict", cameras=["ext2"])
-    # The good camera passes the check: no warning.
+    # The good camera passes the check: no warning, and its left-right check keeps more of its matches.
     good = extract_depth(config, episode, tmp_path / "good", cameras=["ext1"])
-    assert "warnings" not in good.cameras[episode.serials["ext1"]].meta.source
+    good_source = good.cameras[episode.serials["ext1"]].meta.source
+    assert "warnings" not in good_source
+    assert good_source["lr_consistent_fraction"] > source["lr_consistent_fraction"]
+    assert "the left-right check kept" in source["warnings"][0]
 
 
 # ---------------------------------------------------------------- verification beside the next camera
