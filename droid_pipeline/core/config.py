@@ -146,6 +146,14 @@ class PlausibilityConfig:
     max_step_rotation_rad: float = _field(min=0)
     gripper_tolerance: float = _field(min=0)
     max_bad_timestamp_fraction: float = _field(min=0, max=1)
+    min_control_hz: float = _field(min=0)
+    max_control_hz: float = _field(min=0)
+    max_principal_point_offset: float = _field(min=0, max=0.5)
+    max_focal_spread: float = _field(min=0)
+    rescale_intrinsics: bool = _field()
+    joint_limit_tolerance_rad: float = _field(min=0)
+    min_depth_valid_fraction: float = _field(min=0, max=1)
+    depth_check_action: Literal["warn", "fail"] = _field()
 
 
 @dataclass(frozen=True)
@@ -298,10 +306,12 @@ def dump_config(config: Config, path: Path) -> None:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    from droid_pipeline.core.files import MAX_METADATA_BYTES, read_text_capped
+
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from exc
+        text = read_text_capped(path, MAX_METADATA_BYTES)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file: {getattr(exc, 'strerror', None) or exc}") from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from droid_pipeline.core.files import MAX_TEXT_BYTES, read_bytes_capped
 from droid_pipeline.geometry.poses import pose6_to_matrix
 
 # Keys of an entry that, when present, must name the episode the entry is filed under.
@@ -180,8 +181,9 @@ def _check_serials(file: str, entry: dict[str, Any], serials: Collection[str]) -
     foreign = sorted(named - set(serials))
     if foreign:
         raise CalibrationFileError(f"{file}: the entry for this episode lists camera(s) {', '.join(foreign)} that "
-                                   f"the episode does not have ({', '.join(serials)}): it is another episode's "
-                                   "calibration")
+                                   f"the episode's metadata does not name (it names {', '.join(serials)}): the "
+                                   "entry is another episode's calibration, or the metadata's *_cam_serial fields "
+                                   "miss a camera")
 
 
 def _episode_object(path: Path, episode_id: str, index_dir: os.PathLike | str, kind: str) -> dict[str, Any] | None:
@@ -246,8 +248,7 @@ def _ensure_index(path: Path, index_dir: Path, kind: str) -> Path:
 def _build_index(path: Path, index: Path, kind: str) -> None:
     """Parse the whole file once and write id -> entry rows under a temporary name, then rename."""
     try:
-        with open(path, "rb") as fh:
-            data = json.load(fh)
+        data = json.loads(read_bytes_capped(path, MAX_TEXT_BYTES))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise CalibrationFileError(f"cannot read {kind} file {path}: {exc}") from exc
     if not isinstance(data, dict):

@@ -13,12 +13,12 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from droid_pipeline.core.atomic import write_json_atomic
+from droid_pipeline.core.files import MAX_METADATA_BYTES, read_text_capped
 
 SOURCES = ("published", "h5", "zed_conf", "zed_sdk")
 DISTORTION_KEYS = ("k1", "k2", "p1", "p2", "k3")   # OpenCV's order
@@ -26,7 +26,7 @@ MATRIX_SHAPES = {"K": (3, 3), "R1": (3, 3), "R2": (3, 3), "P1": (3, 4), "P2": (3
 # Keys in the order the file lists them; those after "k3" are present only when known.
 JSON_KEYS = ("episode_id", "serial", "camera", "source", "source_detail", "rectified", "width", "height",
              "fx", "fy", "cx", "cy", "K", *DISTORTION_KEYS, "baseline_m", "R1", "R2", "P1", "P2",
-             "zed_resolution", "zed_scale", "attempts")
+             "zed_resolution", "zed_scale", "attempts", "warnings")
 _REQUIRED = ("source", "rectified", "width", "height", "fx", "fy", "cx", "cy", "K", *DISTORTION_KEYS)
 
 
@@ -73,6 +73,9 @@ class IntrinsicsRecord:
     zed_resolution: str | None = None
     zed_scale: int | None = None
     attempts: tuple[SourceAttempt, ...] | None = None
+    # What the source said about itself that was wrong and how it was dealt with (intrinsics for
+    # another image size rescaled, a source skipped for values in another order), for quality.json.
+    warnings: tuple[str, ...] | None = None
 
     @classmethod
     def pinhole(cls, fx: float, fy: float, cx: float, cy: float, **fields: Any) -> IntrinsicsRecord:
@@ -112,6 +115,10 @@ class IntrinsicsRecord:
         for key in ("episode_id", "serial", "camera", "source_detail", "zed_resolution"):
             if getattr(self, key) is not None and not isinstance(getattr(self, key), str):
                 raise IntrinsicsError(f"{key} must be a string, got {getattr(self, key)!r}")
+        if self.warnings is not None:
+            if not isinstance(self.warnings, (list, tuple)) or not all(isinstance(w, str) for w in self.warnings):
+                raise IntrinsicsError(f"warnings must be a list of strings, got {self.warnings!r}")
+            object.__setattr__(self, "warnings", tuple(self.warnings))
         if self.zed_scale is not None and (not isinstance(self.zed_scale, int) or self.zed_scale <= 0):
             raise IntrinsicsError(f"zed_scale must be a positive integer, got {self.zed_scale!r}")
         if self.fx <= 0 or self.fy <= 0:
@@ -147,6 +154,8 @@ class IntrinsicsRecord:
                 value = value.tolist()
             elif key == "attempts":
                 value = [dataclasses.asdict(attempt) for attempt in value]
+            elif key == "warnings":
+                value = list(value)
             data[key] = value
         return data
 
@@ -168,7 +177,7 @@ class IntrinsicsRecord:
     def load(cls, path: os.PathLike | str) -> IntrinsicsRecord:
         """Read one intrinsics.json back, checked; errors name the file."""
         try:
-            data = json.loads(Path(path).read_text())
+            data = json.loads(read_text_capped(path, MAX_METADATA_BYTES))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise IntrinsicsError(f"{path}: cannot read intrinsics file: {exc}") from exc
         try:

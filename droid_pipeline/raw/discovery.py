@@ -29,11 +29,19 @@ from pathlib import Path
 from typing import Any
 
 from droid_pipeline.core.atomic import write_json_atomic
+from droid_pipeline.core.files import (
+    MAX_METADATA_BYTES,
+    MAX_TEXT_BYTES,
+    check_input_file,
+    file_kind,
+    read_text_capped,
+)
 
 OUTCOMES = ("success", "failure")
 CAMERA_ROLES = ("wrist", "ext1", "ext2")
-# 2: ids and folder names validated, problems carry the episode id.
-INDEX_VERSION = 2
+# 2: ids and folder names validated, problems carry the episode id; 3: cameras missing from the
+# metadata recovered from trajectory.h5 (with warnings), special files refused.
+INDEX_VERSION = 3
 # time.asctime() with "_" for spaces (double "_" before one-digit days), ":" or "_" in the time.
 FOLDER_PATTERN = re.compile(r"^[A-Z][a-z]{2}_[A-Z][a-z]{2}_{1,2}\d{1,2}_\d{2}[:_]\d{2}[:_]\d{2}_\d{4}$")
 # Any metadata_<uuid>.json, whatever its uuid holds (checked later).
@@ -96,6 +104,8 @@ class Episode:
     svo: tuple[str, ...] = ()
     mp4: tuple[str, ...] = ()
     stereo_mp4: tuple[str, ...] = ()
+    # What discovery corrected about the episode (a camera recovered from trajectory.h5), for quality.json.
+    warnings: tuple[str, ...] = ()
 
     def path(self, droid_root: os.PathLike | str) -> Path:
         return Path(droid_root) / self.relative_path
@@ -106,7 +116,7 @@ class Episode:
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        for key in ("svo", "mp4", "stereo_mp4"):
+        for key in ("svo", "mp4", "stereo_mp4", "warnings"):
             data[key] = list(data[key])
         return data
 
@@ -115,7 +125,7 @@ class Episode:
         """The record, validated again (it comes from a file): DiscoveryError when its id or path
         could not have come from discovery."""
         data = dict(data)
-        for key in ("svo", "mp4", "stereo_mp4"):
+        for key in ("svo", "mp4", "stereo_mp4", "warnings"):
             data[key] = tuple(data.get(key, ()))
         episode = cls(**data)
         parts = (episode.lab, episode.outcome, episode.date, episode.folder)
@@ -180,7 +190,7 @@ class EpisodeIndex:
 def read_id_file(path: os.PathLike | str) -> list[str]:
     """Episode ids from a file: one per line; blank lines and ``#`` comments ignored."""
     try:
-        lines = Path(path).read_text().splitlines()
+        lines = read_text_capped(path, MAX_TEXT_BYTES).splitlines()
     except OSError as exc:
         raise DiscoveryError(f"cannot read episode list {path}: {exc.strerror}") from exc
     return [s for s in (line.split("#", 1)[0].strip() for line in lines) if s]
@@ -329,7 +339,7 @@ def _read_episode(root: Path, folder: Path) -> Episode:
     meta_name = printable(metadata[0])
     meta_path = folder / metadata[0]
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(read_text_capped(meta_path, MAX_METADATA_BYTES))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DiscoveryError(f"{rel}/{meta_name}: unreadable metadata file: {exc}") from exc
     if not isinstance(meta, dict):
@@ -341,18 +351,14 @@ def _read_episode(root: Path, folder: Path) -> Episode:
     invalid = episode_id_problem(episode_id)
     if invalid is not None:
         raise DiscoveryError(f"{rel}/{meta_name}: {invalid}")
-    broken = _broken_links(folder)
+    broken = _unusable_entries(folder)
     if broken:
         raise _EpisodeProblem(f"{rel}: {'; '.join(broken)}", episode_id)
-    serials = {}
-    for role in CAMERA_ROLES:
-        value = meta.get(f"{role}_cam_serial")
-        if value is not None and str(value).strip():
-            serials[role] = str(value).strip()
     mp4_dir = folder / "recordings" / "MP4"
     svo_dir = folder / "recordings" / "SVO"
     mp4_names = set(os.listdir(mp4_dir)) if mp4_dir.is_dir() else set()
     svo_names = set(os.listdir(svo_dir)) if svo_dir.is_dir() else set()
+    serials, warnings = _cameras(rel, meta_name, meta, folder / "trajectory.h5", mp4_names, episode_id)
     cams = list(serials.values())
     return Episode(
         episode_id=episode_id, relative_path=rel.as_posix(), lab=lab, outcome=outcome, date=date,
@@ -361,25 +367,108 @@ def _read_episode(root: Path, folder: Path) -> Episode:
         svo=tuple(s for s in cams if f"{s}.svo" in svo_names),
         mp4=tuple(s for s in cams if f"{s}.mp4" in mp4_names),
         stereo_mp4=tuple(s for s in cams if f"{s}-stereo.mp4" in mp4_names),
+        warnings=tuple(warnings),
     )
 
 
-def _broken_links(folder: Path) -> list[str]:
-    """Symbolic links in the episode folder and its recordings that lead nowhere (dangling or looping)."""
-    broken = []
+def _cameras(rel: Path, meta_name: str, meta: dict[str, Any], trajectory: Path, mp4_names: set[str],
+             episode_id: str) -> tuple[dict[str, str], list[str]]:
+    """Role -> serial from the metadata's ``<role>_cam_serial`` fields, checked (a serial is text or
+    a whole number, named for one role only), and the warnings of what was corrected. A role the
+    metadata leaves out (or gives another role's serial) is recovered from trajectory.h5 when the
+    file has exactly one camera of that kind (observation/camera_type) the metadata does not name
+    and an MP4 of it; a camera the file and recordings have that cannot be given a role is a
+    problem naming it. A camera is never dropped silently."""
+    serials: dict[str, str] = {}
+    missing: dict[str, str] = {}
+    for role in CAMERA_ROLES:
+        key = f"{role}_cam_serial"
+        value = meta.get(key)
+        if isinstance(value, bool) or not (value is None or isinstance(value, (str, int))):
+            raise _EpisodeProblem(f"{rel}/{meta_name}: {key} is {type(value).__name__} {value!r}, not a camera "
+                                  "serial (text or a whole number)", episode_id)
+        serial = "" if value is None else str(value).strip()
+        twin = next((other for other, named in serials.items() if named == serial), None)
+        if not serial:
+            missing[role] = f"the metadata names no {key}"
+        elif twin is not None:
+            missing[role] = f"the metadata's {key} repeats {twin}_cam_serial {serial}"
+        else:
+            serials[role] = serial
+    if not missing:
+        return serials, []
+    unnamed = _unnamed_h5_cameras(trajectory, set(serials.values()), mp4_names)
+    warnings = []
+    for role, why in missing.items():
+        kind = "wrist" if role == "wrist" else "exterior"
+        fitting = [serial for serial, type_name in unnamed.items() if type_name == kind]
+        wanted = [r for r in missing if ("wrist" if r == "wrist" else "exterior") == kind]
+        if len(fitting) == 1 and len(wanted) == 1:
+            serial = fitting[0]
+            del unnamed[serial]
+            serials[role] = serial
+            warnings.append(f"{why}: camera {serial} recovered as {role} from trajectory.h5 (camera_type "
+                            f"{kind}, camera_extrinsics) and its MP4")
+        elif why.startswith("the metadata's") and not fitting:
+            raise _EpisodeProblem(f"{rel}/{meta_name}: {why}, and trajectory.h5 has no other {kind} camera to "
+                                  "recover it from", episode_id)
+    if unnamed:
+        listed = ", ".join(f"{serial} ({type_name or 'no camera_type'})" for serial, type_name in unnamed.items())
+        raise _EpisodeProblem(f"{rel}/{meta_name}: trajectory.h5 and recordings/MP4 have camera(s) {listed} that "
+                              f"the metadata does not name ({'; '.join(missing.values())}), and which role each "
+                              "has cannot be told", episode_id)
+    for role, why in missing.items():
+        if role not in serials:
+            warnings.append(f"{why}, and trajectory.h5 has no camera of that role: the episode has "
+                            f"{len(serials)} camera(s)")
+    return {role: serials[role] for role in CAMERA_ROLES if role in serials}, warnings
+
+
+def _unnamed_h5_cameras(trajectory: Path, named: set[str], mp4_names: set[str]) -> dict[str, str | None]:
+    """Cameras trajectory.h5 has data of and an MP4 exists for but that are not ``named``: serial ->
+    "wrist", "exterior" or None (no usable camera_type). Empty when the file cannot be read (the
+    steps then fail on it)."""
+    import h5py
+    import numpy as np
+
+    from droid_pipeline.raw.trajectory import CAMERA_TYPE_GROUP, CAMERA_TYPE_WRIST, h5_camera_serials
+
+    found: dict[str, str | None] = {}
+    try:
+        check_input_file(trajectory)
+        with h5py.File(trajectory, "r") as h5:
+            for serial in sorted(h5_camera_serials(h5) - named):
+                if not ({f"{serial}.mp4", f"{serial}-stereo.mp4"} & mp4_names):
+                    continue
+                values = np.unique(np.asarray(h5[f"{CAMERA_TYPE_GROUP}/{serial}"][()]).ravel()) \
+                    if f"{CAMERA_TYPE_GROUP}/{serial}" in h5 else np.empty(0)
+                found[serial] = None if values.size != 1 else \
+                    "wrist" if values[0] == CAMERA_TYPE_WRIST else "exterior"
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return found
+
+
+def _unusable_entries(folder: Path) -> list[str]:
+    """Entries of the episode folder and its recordings that cannot be used as files: symbolic
+    links that lead nowhere (dangling or looping) and special files (FIFOs, devices, sockets),
+    which would block or never end when a step opens them. Only stat, never opened."""
+    unusable = []
     for sub in ("", "recordings", "recordings/MP4", "recordings/SVO"):
         where = folder / sub
         if not where.is_dir():
             continue
         for entry in sorted(os.scandir(where), key=lambda e: e.name):
-            if not entry.is_symlink():
-                continue
+            name = printable(f"{sub}/{entry.name}" if sub else entry.name)
             try:
-                os.stat(entry.path)
+                mode = os.stat(entry.path).st_mode
             except OSError as exc:
-                name = printable(f"{sub}/{entry.name}" if sub else entry.name)
-                broken.append(f"{name} is a broken symbolic link ({_os_cause(exc)})")
-    return broken
+                if entry.is_symlink():
+                    unusable.append(f"{name} is a broken symbolic link ({_os_cause(exc)})")
+                continue
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                unusable.append(f"{name} is {file_kind(mode)}, not a regular file")
+    return unusable
 
 
 def _load_cache(path: Path, root: Path) -> dict[str, Any]:

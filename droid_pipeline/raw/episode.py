@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from droid_pipeline.core.errors import EpisodeError
+from droid_pipeline.core.files import MAX_METADATA_BYTES, read_text_capped
 from droid_pipeline.raw.discovery import Episode
 from droid_pipeline.raw.trajectory import TrajectoryFile, open_trajectory
 from droid_pipeline.raw.video import VideoError, VideoInfo, probe
@@ -52,9 +53,9 @@ def find_camera_video(mp4_dir: Path, serial: str) -> CameraVideo | None:
     twice a ZED width, see module docstring), else ``<serial>-stereo.mp4``; None if neither
     exists. An unreadable file or an odd-width side-by-side one raises VideoError."""
     for path, side_by_side in ((mp4_dir / f"{serial}.mp4", False), (mp4_dir / f"{serial}-stereo.mp4", True)):
-        if not path.is_file():
+        if not path.exists():
             continue
-        info = probe(path)
+        info = probe(path)  # a path that is not a regular file fails here, never skipped
         if not side_by_side and match_resolution(info.width, info.height) is None \
                 and info.width % 2 == 0 and match_resolution(info.width // 2, info.height) is not None:
             side_by_side = True
@@ -69,7 +70,7 @@ def find_stereo_video(mp4_dir: Path, serial: str, width: int, height: int) -> Ca
     or ``<serial>.mp4`` when that one is the ``2*width x height`` left|right file."""
     seen = []
     for path in (mp4_dir / f"{serial}-stereo.mp4", mp4_dir / f"{serial}.mp4"):
-        if path.is_file():
+        if path.exists():
             info = probe(path)
             if (info.width, info.height) == (2 * width, height):
                 return CameraVideo(path, info, side_by_side=True)
@@ -93,7 +94,7 @@ class RawEpisode:
         folder = episode.path(droid_root)
         path = folder / episode.metadata_file
         try:
-            metadata = json.loads(path.read_text())
+            metadata = json.loads(read_text_capped(path, MAX_METADATA_BYTES))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise EpisodeError(episode.episode_id, step, f"cannot read metadata {path}: {exc}") from exc
         if not isinstance(metadata, dict):
@@ -148,6 +149,10 @@ class RawEpisode:
     @property
     def mp4_dir(self) -> Path:
         return self.folder / MP4_DIR
+
+    def mp4_names(self) -> list[str]:
+        """Names of the files in recordings/MP4 (none when there is no such folder)."""
+        return sorted(os.listdir(self.mp4_dir)) if self.mp4_dir.is_dir() else []
 
     def svo_path(self, serial: str) -> Path:
         return self.folder / SVO_DIR / f"{serial}.svo"

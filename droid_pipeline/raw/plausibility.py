@@ -119,3 +119,44 @@ def timestamp_warning(report: dict[str, Any]) -> str | None:
     return (f"{report['key']}: {report['repeated']} repeated and {report['backwards']} backward control "
             f"timestamp(s) (steps {', '.join(map(str, report['bad_steps']))}), within "
             f"plausibility.max_bad_timestamp_fraction = {report['max_bad_fraction']:g}")
+
+
+# Units control timestamps have been seen in instead of milliseconds: (name, milliseconds per unit).
+TIMESTAMP_UNITS = (("seconds", 1e3), ("microseconds", 1e-3), ("nanoseconds", 1e-6))
+
+
+def check_control_rate(rate_hz: float, key: str, limits: PlausibilityConfig) -> None:
+    """The control rate measured from ``key`` (read as milliseconds) within
+    ``plausibility.min_control_hz`` .. ``max_control_hz``; beyond, the unit that fits is named."""
+    if limits.min_control_hz <= rate_hz <= limits.max_control_hz:
+        return
+    fitting = next((f"; the timestamps look like {name}, not milliseconds (read so, the rate is "
+                    f"{rate_hz / per_unit:.4g} Hz)" for name, per_unit in TIMESTAMP_UNITS
+                    if limits.min_control_hz <= rate_hz / per_unit <= limits.max_control_hz), "")
+    raise ImplausibleTrajectory(
+        f"{key} gives a control rate of {rate_hz:.4g} Hz (read as milliseconds), outside "
+        f"plausibility.min_control_hz .. max_control_hz = {limits.min_control_hz:g} .. "
+        f"{limits.max_control_hz:g} Hz around DROID's {NOMINAL_HZ:g} Hz{fitting}")
+
+
+def check_joint_positions(joints: np.ndarray, lower: np.ndarray, upper: np.ndarray,
+                          limits: PlausibilityConfig) -> dict[str, Any]:
+    """Arm joint angles (T, J) within the joint limits ``lower`` .. ``upper`` (J,) by
+    ``plausibility.joint_limit_tolerance_rad``; raises naming the first joint beyond (and degrees
+    when the angles fit them). Returns the largest excess for quality.json."""
+    tolerance = limits.joint_limit_tolerance_rad
+    excess = np.maximum(lower - tolerance - joints, joints - upper - tolerance)
+    worst = float(excess.max(initial=-np.inf))
+    report = {"max_excess_rad": max(worst + tolerance, 0.0), "tolerance_rad": tolerance}
+    if worst <= 0:
+        return report
+    step, joint = np.unravel_index(int(np.argmax(excess)), excess.shape)
+    over = int(np.count_nonzero((excess > 0).any(axis=1)))
+    radians = np.radians(joints)
+    degrees = ("; the angles look like degrees, not radians (in radians they lie within the limits)"
+               if float(np.abs(joints).max()) > 2 * np.pi
+               and bool(((radians >= lower - tolerance) & (radians <= upper + tolerance)).all()) else "")
+    raise ImplausibleTrajectory(
+        f"joint {joint + 1} is {joints[step, joint]:.4g} rad at step {step}, beyond the Panda's limits "
+        f"[{lower[joint]:.4g}, {upper[joint]:.4g}] by more than plausibility.joint_limit_tolerance_rad = "
+        f"{tolerance:g} ({over} of {len(joints)} steps beyond){degrees}")

@@ -10,7 +10,7 @@ naming the dataset and the offending steps, so a bad episode never yields a sile
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,9 +19,12 @@ import numpy as np
 
 from droid_pipeline.core.config import PlausibilityConfig
 from droid_pipeline.core.errors import EpisodeError
+from droid_pipeline.core.files import check_input_file
 from droid_pipeline.raw.plausibility import (
     ImplausibleTrajectory,
+    check_control_rate,
     check_control_timestamps,
+    check_joint_positions,
     check_motion,
     check_num_steps,
     timestamp_warning,
@@ -77,6 +80,7 @@ def open_trajectory(path: Path, episode_id: str, step: str) -> Iterator[Trajecto
     import h5py
 
     try:
+        check_input_file(path)
         h5 = h5py.File(path, "r")
     except (OSError, ValueError) as exc:
         raise EpisodeError(episode_id, step, f"cannot open {path}: {exc}") from exc
@@ -154,15 +158,39 @@ class TrajectoryFile:
         name = PREFERRED_CONTROL_TIMESTAMP if PREFERRED_CONTROL_TIMESTAMP in names else names[0]
         return f"{CONTROL_TIMESTAMP_GROUP}/{name}"
 
-    def control_rate(self, num_steps: int) -> tuple[float, str]:
-        """Control rate (Hz) and the timestamp key it was measured from (step_start preferred)."""
+    def control_rate(self, num_steps: int, limits: PlausibilityConfig) -> tuple[float, str]:
+        """Control rate (Hz) and the timestamp key it was measured from (step_start preferred),
+        within ``plausibility.min_control_hz .. max_control_hz`` (the unit that fits is named)."""
         key = self.control_timestamp_key()
         if key is None:
             raise self.fail(f"no control timestamps under {CONTROL_TIMESTAMP_GROUP} and config fps is null")
         try:
-            return control_rate_hz(self.array(key, (num_steps,), squeeze_last=True)), key
+            rate = control_rate_hz(self.array(key, (num_steps,), squeeze_last=True))
         except ValueError as exc:
             raise self.fail(f"{key}: {exc}; set fps in the config") from exc
+        try:
+            check_control_rate(rate, key, limits)
+        except ImplausibleTrajectory as exc:
+            raise self.fail(str(exc)) from exc
+        return rate, key
+
+    def camera_serials(self) -> set[str]:
+        """Serials of the cameras the file has data of: the names under ``observation/camera_type``
+        and the ``<serial>_left`` / ``<serial>_right`` poses under ``observation/camera_extrinsics``."""
+        return h5_camera_serials(self.h5)
+
+    def check_cameras_named(self, serials: Mapping[str, str], recordings: Collection[str]) -> None:
+        """Fail when the file has a camera that has an MP4 among ``recordings`` (file names) but
+        that the metadata (``serials``, role -> serial) does not name: its tracks would be silently
+        left out. (DROID's files also list stale cameras' poses, without an MP4: not a camera of
+        the episode.)"""
+        unnamed = sorted(serial for serial in self.camera_serials() - set(serials.values())
+                         if {f"{serial}.mp4", f"{serial}-stereo.mp4"} & set(recordings))
+        if unnamed:
+            named = ", ".join(f"{role}={serial}" for role, serial in serials.items()) or "none"
+            raise self.fail(f"camera(s) {', '.join(unnamed)} in {CAMERA_TYPE_GROUP} / {CAMERA_EXTRINSICS_GROUP} "
+                            f"but not in the metadata's *_cam_serial fields ({named}), and discovery could not "
+                            "tell which role each has")
 
     def check_camera_roles(self, serials: Mapping[str, str]) -> dict[str, str | None]:
         """Each camera's ``observation/camera_type`` (name, None where absent), checked against the
@@ -197,14 +225,16 @@ class TrajectoryFile:
 
 
 def read_trajectory(h5: TrajectoryFile, serials: Mapping[str, str], metadata: Mapping[str, Any],
-                    fps: float | None, limits: PlausibilityConfig) -> Trajectory:
+                    fps: float | None, limits: PlausibilityConfig, recordings: Collection[str] = ()) -> Trajectory:
     """Flange poses, gripper, the wrist camera's poses and the control rate, validated and
     checked against the plausibility envelope ``limits`` (T first, from the shape alone).
 
     ``serials`` maps roles to serials (the metadata's); ``fps`` from the config wins, None
-    measures it from the control timestamps.
+    measures it from the control timestamps; ``recordings`` are the episode's MP4 file names (a
+    camera with one and data in the file must be among ``serials``).
     """
     num_frames = h5.num_steps(limits)
+    h5.check_cameras_named(serials, recordings)
     cartesian = h5.array(CARTESIAN_KEY, (None, 6))
     gripper = h5.array(GRIPPER_KEY, (num_frames,), squeeze_last=True)
     try:
@@ -228,13 +258,17 @@ def read_trajectory(h5: TrajectoryFile, serials: Mapping[str, str], metadata: Ma
     if fps is not None:
         rate, rate_source = float(fps), "config"
     else:
-        rate, rate_source = h5.control_rate(num_frames)
+        rate, rate_source = h5.control_rate(num_frames, limits)
     control_timestamps = _check_control_timestamps(h5, num_frames, limits, warnings)
     low, high = float(gripper.min()), float(gripper.max())
     if low < -GRIPPER_RANGE_SLACK or high > 1.0 + GRIPPER_RANGE_SLACK:
         warnings.append(f"gripper_position spans [{low:.4f}, {high:.4f}] beyond [0, 1]; clipped by the "
                         "gripper model")
     expected = metadata.get("trajectory_length")
+    if expected is not None and (not isinstance(expected, int) or isinstance(expected, bool)):
+        kind = "text" if isinstance(expected, str) else f"a {type(expected).__name__}"
+        raise EpisodeError(h5.episode_id, h5.step, f"metadata trajectory_length is {kind} ({expected!r}), not a "
+                           f"whole number ({h5.name} has {num_frames} steps)")
     if expected is not None and expected != num_frames:
         raise EpisodeError(h5.episode_id, h5.step, f"metadata trajectory_length {expected} differs from "
                            f"{num_frames} steps in {h5.name}")
@@ -265,13 +299,46 @@ def _check_control_timestamps(h5: TrajectoryFile, num_frames: int, limits: Plaus
     return report
 
 
-def read_joint_positions(h5: TrajectoryFile, num_frames: int) -> np.ndarray:
+def read_joint_positions(h5: TrajectoryFile, num_frames: int, limits: PlausibilityConfig,
+                         trajectory: Trajectory) -> np.ndarray | None:
     """(T, 7) arm joint angles (radians) of every step, validated like the rest: the arm's pose
-    for the occlusion labels."""
+    for the occlusion labels. Angles beyond the Panda's joint limits
+    (``plausibility.joint_limit_tolerance_rad``) are an impossible arm: None, so no label is
+    computed from it, with a warning in ``trajectory.warnings`` and the figures in
+    ``trajectory.plausibility['joint_positions']``."""
+    from droid_pipeline.robot.kinematics import arm_joint_names, robot_model
+
     if not h5.has(JOINT_KEY):
         raise h5.fail(f"missing dataset {JOINT_KEY} (the arm's joint angles, which pose the arm for the "
                       "occlusion labels; with occlusion.enabled: false they are not read)")
-    return h5.array(JOINT_KEY, (num_frames, NUM_ARM_JOINTS))
+    joints = h5.array(JOINT_KEY, (num_frames, NUM_ARM_JOINTS))
+    bounds = [robot_model().joint(name).limit for name in arm_joint_names()]
+    lower = np.array([-np.inf if b is None else b.lower for b in bounds])
+    upper = np.array([np.inf if b is None else b.upper for b in bounds])
+    try:
+        report = check_joint_positions(joints, lower, upper, limits)
+    except ImplausibleTrajectory as exc:
+        trajectory.plausibility["joint_positions"] = {"passed": False, "occlusion_labels": "withheld",
+                                                      "cause": str(exc)}
+        trajectory.warnings.append(f"{JOINT_KEY}: {exc}: occlusion labels withheld (unknown), not computed from "
+                                   "an impossible arm")
+        return None
+    trajectory.plausibility["joint_positions"] = {"passed": True, **report}
+    return joints
+
+
+def h5_camera_serials(h5: Any) -> set[str]:
+    """Serials of the cameras an open trajectory.h5 has data of (:meth:`TrajectoryFile.camera_serials`)."""
+    import h5py
+
+    serials: set[str] = set()
+    types = h5.get(CAMERA_TYPE_GROUP)
+    if isinstance(types, h5py.Group):
+        serials.update(types.keys())
+    poses = h5.get(CAMERA_EXTRINSICS_GROUP)
+    if isinstance(poses, h5py.Group):
+        serials.update(name.rsplit("_", 1)[0] for name in poses if name.endswith(("_left", "_right")))
+    return serials
 
 
 def control_rate_hz(stamps_ms: np.ndarray) -> float:

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from droid_pipeline.core.files import check_input_file
+
 if TYPE_CHECKING:
     import av
 
@@ -131,6 +133,7 @@ def _open(path: os.PathLike | str) -> av.container.InputContainer:
     import av
 
     try:
+        check_input_file(path)
         return av.open(os.fspath(path))
     except FileNotFoundError as exc:
         raise VideoError(f"{path}: video file not found") from exc

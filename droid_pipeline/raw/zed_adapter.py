@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from droid_pipeline.core.files import check_input_file
+
 CPU_ALTERNATIVES = ("intrinsics sources published, h5 and zed_conf (intrinsics_sources), "
                     "and depth_backend: stereo")
 
@@ -110,8 +112,12 @@ def open_svo(svo_path: os.PathLike | str, depth_mode: str = "NONE") -> Iterator[
     """Open an SVO for reading, frames in recording order, units millimetres; yields (sl, camera)."""
     sl = import_sl()
     path = Path(svo_path)
-    if not path.is_file():
-        raise ZedSdkError(f"{path}: SVO file not found")
+    try:
+        check_input_file(path)
+    except FileNotFoundError as exc:
+        raise ZedSdkError(f"{path}: SVO file not found") from exc
+    except OSError as exc:
+        raise ZedSdkError(f"{path}: SVO file not usable: {exc}") from exc
     if not hasattr(sl.DEPTH_MODE, depth_mode):
         raise ZedSdkError(f"unknown ZED depth mode {depth_mode!r}")
     init = sl.InitParameters()

@@ -37,6 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
+from droid_pipeline.core.files import MAX_METADATA_BYTES as MAX_CONF_BYTES
+from droid_pipeline.core.files import read_text_capped
+
 RESOLUTIONS: dict[str, tuple[int, int]] = {
     "2K": (2208, 1242), "FHD": (1920, 1080), "HD": (1280, 720), "VGA": (672, 376)}
 CAMERA_KEYS = ("fx", "fy", "cx", "cy", "k1", "k2", "p1", "p2", "k3")
@@ -132,9 +135,9 @@ def parse_conf(path: os.PathLike | str) -> ZedConf:
     path = Path(path)
     parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"))
     try:
-        parser.read_string(path.read_text(encoding="utf-8-sig"), source=str(path))
+        parser.read_string(read_text_capped(path, MAX_CONF_BYTES, encoding="utf-8-sig"), source=str(path))
     except OSError as exc:
-        raise ZedConfError(f"{path}: cannot read ZED calibration file: {exc.strerror}") from exc
+        raise ZedConfError(f"{path}: cannot read ZED calibration file: {exc.strerror or exc}") from exc
     except (configparser.Error, UnicodeDecodeError) as exc:
         raise ZedConfError(f"{path}: not a valid ZED calibration file: {exc}") from exc
     sections: dict[str, configparser.SectionProxy] = {}

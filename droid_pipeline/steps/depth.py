@@ -18,8 +18,13 @@ returns only when every file is verified and published, and a failed check fails
 Frame i is control step i, with T steps = rows of ``observation/robot_state/cartesian_position``.
 A frame the source cannot produce (a failed SDK grab, video that ends or breaks early) is
 written all-invalid and its index recorded (``missing_frames`` in depth_meta.json); a source
-longer than T is cut to T and the difference recorded. Values are rounded to whole millimetres;
-NaN, +-inf and values outside ``[depth_min_mm, depth_max_mm]`` of the camera's role become 0.
+longer than T is cut to T and the difference recorded. The counts follow the one frame-count
+policy of every video, ``video_frame_mismatch``: the frames the source lists and the steps it
+gives no frame for each within ``tolerance_frames`` (a warning), else the camera fails. Depth
+valid over less than ``plausibility.min_depth_valid_fraction`` of the pixels is named (swapped
+stereo halves show so), a warning or, with ``depth_check_action: fail``, a failure. Values are
+rounded to whole millimetres; NaN, +-inf and values outside ``[depth_min_mm, depth_max_mm]`` of
+the camera's role become 0.
 With ``export_rgb`` the left images of the same frames go to ``recordings/<serial>/rgb.mp4``.
 
 ``depth_size`` stores the frames at an exact integer downscale of the camera's size (e.g.
@@ -38,7 +43,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -48,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from droid_pipeline.core.atomic import atomic_path
-from droid_pipeline.core.config import Config
+from droid_pipeline.core.config import Config, PlausibilityConfig, VideoFrameMismatchConfig
 from droid_pipeline.core.errors import EpisodeError
 from droid_pipeline.core.schema import DEPTH, INTRINSICS, RGB
 from droid_pipeline.formats.depth_codec import DepthCodecError, DepthMeta, DepthWriter
@@ -58,9 +63,9 @@ from droid_pipeline.raw.discovery import Episode
 from droid_pipeline.raw.episode import RawEpisode
 from droid_pipeline.raw.trajectory import CONTROL_TIMESTAMP_GROUP
 from droid_pipeline.raw.video import VideoError, iter_frames
-from droid_pipeline.raw.zed_conf import ZedConfError, parse_conf, rectify
+from droid_pipeline.raw.zed_conf import RESOLUTIONS, ZedConf, ZedConfError, parse_conf, rectify
 from droid_pipeline.steps.intrinsics import extract_intrinsics
-from droid_pipeline.steps.stereo import StereoMatcher, split_side_by_side
+from droid_pipeline.steps.stereo import StereoMatcher, split_side_by_side, to_gray
 
 STEP = "depth"
 BACKENDS = ("zed", "stereo")
@@ -138,6 +143,11 @@ class FrameSource:
     fps: float
     frames: Iterator[tuple[np.ndarray | None, np.ndarray | None]]
     details: dict[str, Any] = field(default_factory=dict)
+    # The valid fraction of the first frame matched with its views swapped (stereo only, None
+    # before a frame was read): what names swapped halves when the depth is near-empty.
+    swapped_valid_fraction: Callable[[], float | None] | None = None
+    # Of the pixels matched so far, the fraction the left-right check kept (stereo with lr_check).
+    lr_consistent_fraction: Callable[[], float | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -197,7 +207,7 @@ def extract_depth(config: Config, episode: Episode, output_dir: os.PathLike | st
     with raw.trajectory() as h5:
         num_steps = h5.num_steps(config.plausibility)
         try:
-            control_rate: tuple[float, str] | None = h5.control_rate(num_steps)
+            control_rate: tuple[float, str] | None = h5.control_rate(num_steps, config.plausibility)
         except EpisodeError:
             control_rate = None  # no usable control timestamps: the rate comes from the config or the source
     # What fails one camera, and so the episode, with its cause.
@@ -282,13 +292,19 @@ def _write_camera(config: Config, path: Path, source: FrameSource, role: str, nu
             if produced == 0:
                 raise ValueError(f"the source produced no depth frame for any of the {num_steps} steps "
                                  f"({source.details})")
+        valid_fraction = valid_pixels / (num_steps * writer.width * writer.height)
+        warnings = _frame_count_check(config.video_frame_mismatch, source, num_steps, num_steps - produced)
+        if source.lr_consistent_fraction is not None:
+            source.details["lr_consistent_fraction"] = source.lr_consistent_fraction()
+        warnings += _valid_fraction_check(config.plausibility, source, valid_fraction)
         writer.source.update(source.details)
         writer.source.update(
             role=role, num_steps=num_steps, source_frames=source.num_frames,
             frame_count_mismatch=source.num_frames - num_steps, num_missing=num_steps - produced,
-            valid_fraction=valid_pixels / (num_steps * writer.width * writer.height),
-            depth_range_mm=[min_mm, max_mm], fps=fps, fps_source=fps_source,
+            valid_fraction=valid_fraction, depth_range_mm=[min_mm, max_mm], fps=fps, fps_source=fps_source,
             rgb_export=RGB.name if config.export_rgb else None)
+        if warnings:
+            writer.source["warnings"] = warnings
         if size_record is not None:
             writer.source["depth_size"] = size_record
         writer.finish()
@@ -296,6 +312,49 @@ def _write_camera(config: Config, path: Path, source: FrameSource, role: str, nu
         writer.abort(exc)
         raise
     return writer
+
+
+def _frame_count_check(policy: VideoFrameMismatchConfig, source: FrameSource, num_steps: int,
+                       num_missing: int) -> list[str]:
+    """The source's frames against the T steps under ``video_frame_mismatch``, the one policy of
+    the camera MP4s (tracks step), the stereo MP4s and the SVOs: the frames it lists and the steps
+    it gave no frame for (not decodable, or beyond its end) each within ``tolerance_frames`` (and
+    none with action fail), else ValueError; within, the warnings for depth_meta.json."""
+    listed = source.num_frames
+    what = source.details.get("video") or source.details.get("svo") or "the depth source"
+    counts = (f"{what} lists {listed} frames and gives none for {num_missing} of the {num_steps} steps of "
+              "trajectory.h5")
+    if listed == num_steps and num_missing == 0:
+        return []
+    if policy.action == "fail":
+        raise ValueError(f"{counts} (video_frame_mismatch.action is fail)")
+    if max(abs(listed - num_steps), num_missing) > policy.tolerance_frames:
+        raise ValueError(f"{counts}, more than video_frame_mismatch.tolerance_frames = {policy.tolerance_frames}")
+    effects = ([f"{num_missing} step(s) all-invalid"] if num_missing else []) + \
+        ([f"{listed - num_steps} frame(s) beyond the last step ignored"] if listed > num_steps else [])
+    return [f"{counts}: {'; '.join(effects) or 'aligned'}"]
+
+
+def _valid_fraction_check(limits: PlausibilityConfig, source: FrameSource, valid_fraction: float) -> list[str]:
+    """Depth valid over less than ``plausibility.min_depth_valid_fraction`` of its pixels is named
+    (with a hint when the stereo views matched the other way round give much more): a warning,
+    or ValueError with ``depth_check_action: fail``."""
+    if valid_fraction >= limits.min_depth_valid_fraction:
+        return []
+    swapped = source.swapped_valid_fraction() if source.swapped_valid_fraction is not None else None
+    hint = ""
+    if swapped is not None:
+        source.details["swapped_valid_fraction"] = swapped
+        if swapped >= limits.min_depth_valid_fraction and swapped > 2 * valid_fraction:
+            hint = (f"; matched with its halves swapped, the first frame is {swapped:.0%} valid: the left and right "
+                    "views look swapped (right|left)")
+    consistency = source.details.get("lr_consistent_fraction")
+    kept = f" (the left-right check kept {consistency:.0%} of the matches)" if consistency is not None else ""
+    cause = (f"depth valid over {valid_fraction:.1%} of the pixels{kept}, below "
+             f"plausibility.min_depth_valid_fraction = {limits.min_depth_valid_fraction:g}{hint}")
+    if limits.depth_check_action == "fail":
+        raise ValueError(cause)
+    return [cause]
 
 
 def _size_record(intrinsics_path: Path, source: FrameSource, factor: int) -> dict[str, Any] | None:
@@ -342,15 +401,28 @@ def _stereo_source(config: Config, raw: RawEpisode, output_dir: Path, serial: st
     details = {"backend": "stereo", "video": video.path.relative_to(raw.folder).as_posix(), "fx": fx,
                "baseline_m": baseline_m, **provenance,
                "stereo": {**vars(config.stereo), "num_disparities": matcher.num_disparities}}
-    frames = _stereo_frames(video.path, matcher, fx, baseline_m, config.export_rgb, details)
+    first: list[tuple[np.ndarray, np.ndarray]] = []
+    frames = _stereo_frames(video.path, matcher, fx, baseline_m, config.export_rgb, details, first)
+
+    def swapped_valid_fraction() -> float | None:
+        """The first pair matched the other way round: its right half as the left view."""
+        if not first:
+            return None
+        left, right = first[0]
+        depth = matcher.depth_mm(right, left, fx, baseline_m)
+        return float(np.count_nonzero(np.isfinite(depth))) / depth.size
+
     with contextlib.closing(frames):
-        yield FrameSource(width, height, video.info.num_frames, video.info.fps, frames, details)
+        yield FrameSource(width, height, video.info.num_frames, video.info.fps, frames, details,
+                          swapped_valid_fraction, lambda: matcher.lr_consistent_fraction)
 
 
 def _stereo_frames(path: Path, matcher: StereoMatcher, fx: float, baseline_m: float, with_rgb: bool,
-                   details: dict[str, Any]) -> Generator[tuple[np.ndarray | None, np.ndarray | None], None, None]:
+                   details: dict[str, Any], first: list[tuple[np.ndarray, np.ndarray]]
+                   ) -> Generator[tuple[np.ndarray | None, np.ndarray | None], None, None]:
     """Depth (and left image) of each recorded frame, ``(None, None)`` for a frame the decoder
-    could not give (so frame i stays step i); a decode error ends the stream, recorded."""
+    could not give (so frame i stays step i); a decode error ends the stream, recorded. The first
+    pair is kept in ``first`` (gray) for the swapped-views check."""
     frames = iter_frames(path, "rgb24" if with_rgb else "gray")
     expected = 0
     with contextlib.closing(frames):
@@ -368,6 +440,8 @@ def _stereo_frames(path: Path, matcher: StereoMatcher, fx: float, baseline_m: fl
                 yield None, None
             expected = index + 1
             left, right = split_side_by_side(frame)
+            if not first:
+                first.append((to_gray(left), to_gray(right)))
             yield (matcher.depth_mm(left, right, fx, baseline_m),
                    np.ascontiguousarray(left) if with_rgb else None)
 
@@ -394,11 +468,28 @@ def _stereo_calibration(config: Config, raw: RawEpisode, output_dir: Path, seria
                                   "zed_calibration_dir is not set: the stereo backend needs the baseline")
         conf = Path(config.zed_calibration_dir) / f"SN{serial}.conf"
         try:
-            baseline_m = rectify(parse_conf(conf), width, height).baseline_m
+            baseline_m, provenance["baseline_source"] = _conf_baseline(parse_conf(conf), width, height, conf.name)
         except ZedConfError as exc:
             raise IntrinsicsError(f"{path} has no baseline_m and {exc}") from exc
-        provenance["baseline_source"] = conf.name
     return width, height, record.fx, baseline_m, provenance
+
+
+def _conf_baseline(conf: ZedConf, width: int, height: int, name: str) -> tuple[float, str]:
+    """The rectified baseline (m) of a ZED conf for a ``width x height`` image, and where it came
+    from. A size that is no ZED mode nor an integer downscale of one (a video re-encoded to
+    another size, its intrinsics rescaled) takes the first mode the conf calibrates: the baseline
+    is a length, not a pixel measure."""
+    try:
+        return rectify(conf, width, height).baseline_m, name
+    except ZedConfError as exc:
+        for key, (native_w, native_h) in RESOLUTIONS.items():
+            try:
+                baseline_m = rectify(conf, native_w, native_h).baseline_m
+            except ZedConfError:
+                continue
+            return baseline_m, f"{name} ({key} section: no section for {width}x{height}, the baseline does not " \
+                               "depend on the image size)"
+        raise exc
 
 
 class _NoRgb:

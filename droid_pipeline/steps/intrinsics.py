@@ -18,14 +18,25 @@ sane result is written to ``recordings/<serial>/intrinsics.json`` with its name 
 
 The image size is the camera's MP4 (``recordings/MP4/<serial>.mp4``), else half the width of its
 side-by-side stereo MP4; only ``zed_sdk`` can do without a video (it reads the SVO's size). Every
-result must have finite fx, fy > 0, its principal point inside the image and the video's size;
-a source that fails, or gives values that fail these checks, is recorded with the reason and the
-next one is tried.
+result must have finite fx, fy > 0 and its principal point near the centre of the image
+(``plausibility.max_principal_point_offset``); a source that fails, or gives values that fail
+these checks, is recorded with the reason and the next one is tried. Values that say something
+else than they are (docs/reliability.md, "Inputs checked against their data"):
+
+- a published entry whose numbers fit another order ([fx, fy, cx, cy]) is named as such and
+  skipped, with a warning;
+- intrinsics for another image size than the video's (a source that gives its size, or a
+  principal point at the centre of another ZED image size) are set aside: a later source with the
+  video's own size is used (the ZED factory file has a section per resolution), else, with
+  ``plausibility.rescale_intrinsics``, the first set aside is scaled per axis to the video's size
+  (pixel-centre convention); either way with a warning, else the camera fails naming both sizes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,17 +54,31 @@ from droid_pipeline.raw import zed_adapter
 from droid_pipeline.raw.discovery import Episode
 from droid_pipeline.raw.episode import CameraVideo, RawEpisode
 from droid_pipeline.raw.video import VideoError
-from droid_pipeline.raw.zed_conf import ZedConfError, parse_conf, rectify
+from droid_pipeline.raw.zed_conf import RESOLUTIONS, ZedConfError, parse_conf, rectify
 
 STEP = "intrinsics"
 # Largest change (pixels) of the h5 camera matrix over an episode still taken as one calibration.
 H5_CONSTANT_TOLERANCE_PX = 1e-3
+# Image sizes intrinsics may be for: the ZED modes and their integer downscales up to this factor.
+MAX_DOWNSCALE = 16
 
 log = logging.getLogger(__name__)
 
 
 class SourceFailed(Exception):
     """One source gave no usable intrinsics for a camera; the message says why."""
+
+
+class WrongAboutItself(SourceFailed):
+    """A source's values say something else than they are (another order, off-centre); a warning."""
+
+
+class OtherSize(SourceFailed):
+    """A source's intrinsics are for another image size than the video's; ``record`` holds them."""
+
+    def __init__(self, message: str, record: IntrinsicsRecord):
+        super().__init__(message)
+        self.record = record
 
 
 class NoIntrinsics(EpisodeError):
@@ -113,32 +138,110 @@ def _camera_video(raw: RawEpisode, serial: str) -> CameraVideo | None:
 
 def _first_working_source(context: CameraContext, order: Sequence[str]) -> IntrinsicsRecord:
     attempts: list[SourceAttempt] = []
+    warnings: list[str] = []
+    other_size: list[tuple[str, IntrinsicsRecord, str]] = []  # source, its record, why set aside
     for source in order:
         try:
             record = _READERS[source](context)
             _check_size(record, context.video)
+        except OtherSize as exc:
+            other_size.append((source, exc.record, str(exc)))
+            attempts.append(SourceAttempt(source, str(exc)))
+            continue
+        except WrongAboutItself as exc:
+            warnings.append(f"intrinsics source {source} not used: {exc}")
+            attempts.append(SourceAttempt(source, str(exc)))
+            continue
         except (SourceFailed, IntrinsicsError) as exc:
             attempts.append(SourceAttempt(source, str(exc)))
             continue
         for attempt in attempts:
             log.warning("episode %s camera %s: source %s skipped: %s", context.raw.episode_id,
                         context.serial, attempt.source, attempt.error)
-        return record.with_attempts(attempts)
+        warnings += [f"intrinsics source {name} not used: {why}; {source} gives them for the video's own size "
+                     f"{record.width}x{record.height}" for name, _, why in other_size]
+        return dataclasses.replace(record.with_attempts(attempts), warnings=tuple(warnings) or None)
+    if other_size and context.video is not None and context.config.plausibility.rescale_intrinsics:
+        source, record, _ = other_size[0]
+        rescaled = _rescaled(record, context.video.left_size)
+        warnings.append(f"no intrinsics source gives the video's size {rescaled.width}x{rescaled.height} "
+                        f"({context.video.path.name}): {source}'s for {record.width}x{record.height} scaled per "
+                        f"axis by ({rescaled.width / record.width:.4g}, {rescaled.height / record.height:.4g}) "
+                        "(plausibility.rescale_intrinsics)")
+        return dataclasses.replace(rescaled.with_attempts(attempts), warnings=tuple(warnings))
     tried = "; ".join(f"{a.source}: {a.error}" for a in attempts)
+    rescale = " (plausibility.rescale_intrinsics is false)" if other_size else ""
     raise NoIntrinsics(context.raw.episode_id, context.raw.step,
-                       f"camera {context.serial} ({context.role}): no intrinsics source worked ({tried})")
+                       f"camera {context.serial} ({context.role}): no intrinsics source worked ({tried}){rescale}")
 
 
 def _check_size(record: IntrinsicsRecord, video: CameraVideo | None) -> None:
     if video is not None and record.size != video.left_size:
         width, height = video.left_size
-        raise IntrinsicsError(f"image size {record.width}x{record.height} differs from the video's "
-                              f"{width}x{height} ({video.path.name})")
+        raise OtherSize(f"its intrinsics are for {record.width}x{record.height}, the video {video.path.name} is "
+                        f"{width}x{height}", record)
+
+
+def _rescaled(record: IntrinsicsRecord, size: tuple[int, int]) -> IntrinsicsRecord:
+    """``record`` for an image of ``size``, scaled per axis with the pixel-centre convention
+    (f * s, (c + 0.5) * s - 0.5); distortion, given in normalized coordinates, is unchanged. A
+    rectification (R1, P1, ...) is for the other size and is left out."""
+    sx, sy = size[0] / record.width, size[1] / record.height
+    detail = (f"{record.source_detail}; rescaled from {record.width}x{record.height} to {size[0]}x{size[1]} "
+              "per axis (pixel-centre convention)")
+    return IntrinsicsRecord.pinhole(
+        record.fx * sx, record.fy * sy, (record.cx + 0.5) * sx - 0.5, (record.cy + 0.5) * sy - 0.5,
+        episode_id=record.episode_id, serial=record.serial, camera=record.camera, source=record.source,
+        source_detail=detail, rectified=record.rectified, width=size[0], height=size[1], k1=record.k1,
+        k2=record.k2, p1=record.p1, p2=record.p2, k3=record.k3, baseline_m=record.baseline_m)
+
+
+def _centre_offset(cx: float, cy: float, width: int, height: int) -> float:
+    """How far (cx, cy) lies from the centre of a width x height image, as the larger fraction of
+    the width or height (pixel centres at integers: the centre is ((w - 1) / 2, (h - 1) / 2))."""
+    return max(abs(cx - (width - 1) / 2) / width, abs(cy - (height - 1) / 2) / height)
+
+
+def _size_centred_on(cx: float, cy: float, limit: float) -> tuple[int, int] | None:
+    """The ZED image size (a mode or an integer downscale of one) whose centre (cx, cy) is nearest,
+    when within ``limit``; None otherwise."""
+    sizes = {(w // s, h // s) for w, h in RESOLUTIONS.values() for s in range(1, MAX_DOWNSCALE + 1)
+             if w % s == 0 and h % s == 0}
+    best = min(sizes, key=lambda size: _centre_offset(cx, cy, *size))
+    return best if _centre_offset(cx, cy, *best) <= limit else None
 
 
 def _record(context: CameraContext, source: str, detail: str, fx: float, fy: float, cx: float, cy: float,
-            width: int, height: int, distortion: Sequence[float] = (0.0,) * 5, **extra: Any) -> IntrinsicsRecord:
-    """A rectified pinhole record of this camera (IntrinsicsError when its values are not sane)."""
+            width: int, height: int, distortion: Sequence[float] = (0.0,) * 5, *, sized: bool = True,
+            published_order: bool = False, **extra: Any) -> IntrinsicsRecord:
+    """A rectified pinhole record of this camera (IntrinsicsError when its values are not sane).
+
+    Its principal point must lie near the image's centre (``plausibility.max_principal_point_offset``)
+    and fx and fy be alike (``max_focal_spread``).
+    For values whose size was only assumed (``sized`` false: a bare published list, the h5 matrix)
+    an off-centre point at the centre of another ZED image size is intrinsics for that size
+    (OtherSize), and a published list (``published_order``) whose numbers fit [fx, fy, cx, cy] is
+    named as such (WrongAboutItself)."""
+    limits = context.config.plausibility
+    limit, spread = limits.max_principal_point_offset, limits.max_focal_spread
+    finite = math.isfinite(fx + fy + cx + cy) and fx > 0 and width > 0 < height
+    offset = _centre_offset(cx, cy, width, height) if finite else 0.0  # (else the record names the values)
+    if finite and (offset > limit or abs(fy - fx) > spread * fx):
+        outside = "outside the" if not (0 <= cx < width and 0 <= cy < height) else "in the"
+        where = (f"principal point ({cx:.6g}, {cy:.6g}) lies {outside} {width}x{height} image, {offset:.1%} of it "
+                 f"from its centre (plausibility.max_principal_point_offset = {limit:g})" if offset > limit else
+                 f"fx {fx:.6g} and fy {fy:.6g} differ by {abs(fy - fx) / fx:.1%} (plausibility.max_focal_spread = "
+                 f"{spread:g})")
+        # Written [fx, fy, cx, cy], read [fx, cx, fy, cy]: the read cx is fy (close to fx) and the read fy is cx.
+        if published_order and _centre_offset(fy, cy, width, height) <= limit and abs(cx - fx) <= spread * fx:
+            raise WrongAboutItself(f"{detail}: {where}; the entry looks like [fx, fy, cx, cy], not DROID's "
+                                   f"[fx, cx, fy, cy] (read so, the principal point is ({fy:.6g}, {cy:.6g}))")
+        other = None if sized or offset <= limit else _size_centred_on(cx, cy, limit)
+        if other is not None and other != (width, height):
+            record = _record(context, source, detail, fx, fy, cx, cy, *other, distortion, **extra)
+            raise OtherSize(f"its principal point ({cx:.6g}, {cy:.6g}) is the centre of a {other[0]}x{other[1]} "
+                            f"image: intrinsics for {other[0]}x{other[1]}, the video is {width}x{height}", record)
+        raise WrongAboutItself(f"{detail}: {where}")
     k1, k2, p1, p2, k3 = distortion
     return IntrinsicsRecord.pinhole(
         fx, fy, cx, cy, episode_id=context.raw.episode_id, serial=context.serial, camera=context.role,
@@ -158,7 +261,7 @@ def _from_published(context: CameraContext) -> IntrinsicsRecord:
     path = context.config.intrinsics_path
     if path is None:
         raise SourceFailed("intrinsics_path is not set")
-    size = _require_video(context)
+    size, sized = _require_video(context), False
     try:
         entry = lookup(path, context.raw.episode_id, context.config.output_root / INDEX_DIR_NAME, "intrinsics")
     except CalibrationFileError as exc:
@@ -178,11 +281,13 @@ def _from_published(context: CameraContext) -> IntrinsicsRecord:
             raise SourceFailed(f"{path}: entry of serial {context.serial} gives only one of width, height")
         if "width" in value:
             size = (_positive_int(value["width"], "width", path), _positive_int(value["height"], "height", path))
+            sized = True
         value = value["cameraMatrix"]
     if not (isinstance(value, list) and len(value) == 4 and all(_is_number(v) for v in value)):
         raise SourceFailed(f"{path}: serial {context.serial}: expected [fx, cx, fy, cy], got {value!r}")
     fx, cx, fy, cy = (float(v) for v in value)
-    return _record(context, "published", str(path), fx, fy, cx, cy, *size)
+    return _record(context, "published", str(path), fx, fy, cx, cy, *size, sized=sized,
+                   published_order=True)
 
 
 def _from_h5(context: CameraContext) -> IntrinsicsRecord:
@@ -207,7 +312,7 @@ def _from_h5(context: CameraContext) -> IntrinsicsRecord:
     if abs(K[0, 1]) > 1e-9 or abs(K[1, 0]) > 1e-9 or not np.allclose(K[2], [0.0, 0.0, 1.0], atol=1e-9):
         raise SourceFailed(f"trajectory.h5: {name} is not a zero-skew pinhole matrix: {K.tolist()}")
     return _record(context, "h5", f"trajectory.h5:{name}", K[0, 0], K[1, 1], K[0, 2], K[1, 2],
-                   *_require_video(context))
+                   *_require_video(context), sized=False)
 
 
 def _from_zed_conf(context: CameraContext) -> IntrinsicsRecord:

@@ -69,6 +69,8 @@ class EpisodeOcclusion:
     cameras: dict[str, CameraOcclusion]
     flange_mismatch_mm: float | None
     flange_mismatch_deg: float | None
+    # Why labels that were to be computed are all unknown (an impossible arm), None when they were not withheld.
+    withheld: str | None = None
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The ``occlusion_<serial>`` values of tracks.npz."""
@@ -78,7 +80,8 @@ class EpisodeOcclusion:
         """quality.json ``occlusion``: settings, flange mismatch, per camera and pooled label fractions."""
         settings = self.settings
         pooled = [camera.labels[visibility[serial]] for serial, camera in self.cameras.items()]
-        return {"enabled": settings.enabled, "surface_margin_mm": settings.surface_margin_mm,
+        return {"enabled": settings.enabled and self.withheld is None, "withheld": self.withheld,
+                "surface_margin_mm": settings.surface_margin_mm,
                 "scene_tolerance_mm": settings.scene_tolerance_mm,
                 "scene_tolerance_per_m2": settings.scene_tolerance_per_m2,
                 "flange_mismatch_mm": self.flange_mismatch_mm, "flange_mismatch_deg": self.flange_mismatch_deg,
@@ -93,6 +96,10 @@ def label_fractions(labels: np.ndarray) -> dict[str, float | None]:
     total = int(counts.sum())
     return {name: float(counts[value]) / total if total else None for value, name in OCCLUSION_LABELS.items()}
 
+# quality.json occlusion.withheld when the arm's joint positions failed their gate.
+WITHHELD = ("observation/robot_state/joint_positions beyond the Panda's joint limits "
+            "(plausibility.joint_limit_tolerance_rad): labels unknown, not computed from an impossible arm")
+
 
 class OcclusionLabeller:
     """Occlusion labels of every camera with 2D tracks, computed block of steps by block of steps
@@ -100,10 +107,11 @@ class OcclusionLabeller:
     the blocks, one frame at a time. Use it in a ``with`` block; :meth:`result` after the last
     block.
 
-    ``joint_positions`` (T, 7) from trajectory.h5 (None when ``settings.enabled`` is false: every
-    label is UNKNOWN), ``gripper`` the tracks' gripper model (its mount), ``depth`` the
-    depth_meta.json of each camera with depth. Depth that does not fit the camera's image (at its
-    ``depth_size`` downscale), or that cannot be decoded, fails the episode.
+    ``joint_positions`` (T, 7) from trajectory.h5 (None when ``settings.enabled`` is false, or
+    when the joints failed their plausibility gate: withheld; either way every label is UNKNOWN),
+    ``gripper`` the tracks' gripper model (its mount), ``depth`` the depth_meta.json of each
+    camera with depth. Depth that does not fit the camera's image (at its ``depth_size``
+    downscale), or that cannot be decoded, fails the episode.
     """
 
     def __init__(self, settings: OcclusionConfig, raw: RawEpisode, output_dir: Path,
@@ -182,8 +190,9 @@ class OcclusionLabeller:
         and the tracks' flange disagree beyond ``occlusion.flange_tolerance_mm``."""
         settings = self.settings
         if not self.enabled:
+            withheld = WITHHELD if settings.enabled else None
             return EpisodeOcclusion(settings, {s: CameraOcclusion(labels, False) for s, labels in self.labels.items()},
-                                    None, None)
+                                    None, None, withheld)
         if self._mismatch_mm > settings.flange_tolerance_mm:
             warnings.append(f"the arm's forward kinematics of joint_positions puts the flange up to "
                             f"{self._mismatch_mm:.1f} mm / {self._mismatch_deg:.2f} deg from "

@@ -56,6 +56,8 @@ class StereoMatcher:
 
     def __init__(self, settings: StereoConfig):
         self.settings = settings
+        # Pixels SGBM matched, and of those the ones the left-right check kept, over every pair so far.
+        self.matched_pixels = self.consistent_pixels = 0
         block = settings.block_size | 1  # SGBM needs an odd block size
         self.num_disparities = -(-settings.num_disparities // 16) * 16
         self._sgbm = cv2.StereoSGBM.create(
@@ -74,8 +76,16 @@ class StereoMatcher:
         if self.settings.lr_check:
             mirrored = self._match(np.ascontiguousarray(right[:, ::-1]),
                                    np.ascontiguousarray(left[:, ::-1]))
+            self.matched_pixels += int(np.count_nonzero(np.isfinite(disparity)))
             disparity = consistent(disparity, mirrored[:, ::-1], self.settings.lr_max_diff_px)
+            self.consistent_pixels += int(np.count_nonzero(np.isfinite(disparity)))
         return disparity
+
+    @property
+    def lr_consistent_fraction(self) -> float | None:
+        """Of the pixels SGBM matched so far, the fraction the left-right check kept (None without
+        the check or a match): low when the views do not form a rectified left|right pair."""
+        return self.consistent_pixels / self.matched_pixels if self.matched_pixels else None
 
     def depth_mm(self, left: np.ndarray, right: np.ndarray, fx: float, baseline_m: float) -> np.ndarray:
         """Left-view depth in millimetres (float32, NaN = invalid) of a rectified pair."""

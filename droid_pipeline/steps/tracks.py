@@ -239,9 +239,11 @@ def generate_tracks(config: Config, episode: Episode, output_dir: os.PathLike | 
     episode_id = episode.episode_id
     raw = RawEpisode.load(episode, config.droid_root, STEP)
     with raw.trajectory() as h5:
-        trajectory = read_trajectory(h5, episode.serials, raw.metadata, config.fps, config.plausibility)
-        joint_positions = read_joint_positions(h5, trajectory.num_frames) if config.occlusion.enabled else None
-        warnings = list(trajectory.warnings)
+        trajectory = read_trajectory(h5, episode.serials, raw.metadata, config.fps, config.plausibility,
+                                     raw.mp4_names())
+        joint_positions = read_joint_positions(h5, trajectory.num_frames, config.plausibility, trajectory) \
+            if config.occlusion.enabled else None
+        warnings = [*episode.warnings, *trajectory.warnings]
         keep = droid_keep_mask(_read_joint_velocity(h5, trajectory.num_frames, warnings), config.idle_filter)
     try:
         language = language_annotations(config.language_annotations_file, episode_id)
@@ -369,6 +371,8 @@ def _depth_metas(raw: RawEpisode, output_dir: Path, num_frames: int, warnings: l
         if meta.missing_frames:
             warnings.append(f"camera {serial}: {len(meta.missing_frames)} depth frame(s) could not be "
                             "produced and are all-invalid (0)")
+        noted = meta.source.get("warnings") if isinstance(meta.source, dict) else None
+        warnings.extend(f"camera {serial}: depth: {note}" for note in noted or () if isinstance(note, str))
         metas[serial] = meta
     return metas
 
@@ -413,6 +417,7 @@ def _camera_intrinsics(config: Config, raw: RawEpisode, output_dir: Path, extrin
             records[serial] = IntrinsicsRecord.load(path)
         except IntrinsicsError as exc:
             raise raw.fail(str(exc)) from exc
+        warnings.extend(f"{pose.role} camera {serial}: {note}" for note in records[serial].warnings or ())
         if not records[serial].rectified:
             warnings.append(f"{pose.role} camera {serial}: intrinsics are not rectified; projected "
                             "with their distortion")

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fifo_episodes import episode_pid, wait_for_reader
+from fifo_episodes import episode_pid, pausing_env, wait_for_reader
 from pause_points import pause_env, release_one
 
 from droid_pipeline.core.schema import SCHEMA_VERSION
@@ -258,20 +258,19 @@ def test_single_episode_debug_run(dataset, tmp_path):
 
 
 def test_killed_episode_process_fails_alone(dataset, tmp_path):
-    # One episode's trajectory.h5 is a FIFO: its episode process blocks reading it (in the tracks
-    # step: intrinsics come from the published file), and this test, the FIFO's writer, knows
-    # exactly when, then kills that process as the out-of-memory killer would.
+    # One episode's process blocks as it is about to open its trajectory.h5 (in the tracks step:
+    # intrinsics come from the published file), and this test, the writer of the FIFO it blocks
+    # on, knows exactly when, then kills that process as the out-of-memory killer would.
     droid_root = tmp_path / "droid_raw"
     shutil.copytree(dataset.droid_root, droid_root)
     episodes = sorted(dataset.episodes, key=lambda e: e.relative_path)[:3]
     stuck = episodes[1]
-    fifo = droid_root / stuck.relative_path / "trajectory.h5"
-    fifo.unlink()
-    os.mkfifo(fifo)
+    fifo = tmp_path / "pause.fifo"
+    env = pausing_env(droid_root / stuck.relative_path / "trajectory.h5", fifo)
     args = [*common_args(dataset, tmp_path), "--droid-root", str(droid_root), "--workers", "2",
             "--episodes-per-worker", "3", "3"]
     driver = subprocess.Popen([str(METADATA), *args], cwd=tmp_path, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+                              stderr=subprocess.STDOUT, text=True, env=env)
     try:
         writer = wait_for_reader(fifo)
         pid = episode_pid(run_dirs(tmp_path, "metadata")[0] / "logs" / f"{stuck.episode_id}.log")

@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from fifo_episodes import episode_pid, wait_for_reader
+from fifo_episodes import episode_pid, pausing_env, wait_for_reader
 
 from droid_pipeline.publish.staging import finished_state
 from droid_pipeline.synthetic.generator import generate_dataset
@@ -52,18 +52,14 @@ def parent_pid(pid: int) -> int:
     return int(re.search(r"^PPid:\s+(\d+)", status, re.M).group(1))
 
 
-def blocking_metadata(dataset, tmp_path: Path, args: list[str], episode) -> Path:
-    """Make ``episode``'s metadata file a FIFO behind the cached index (discovery does not read it
-    again), so its episode process blocks reading it in its first step until the test, the FIFO's
-    writer, says otherwise."""
+def blocking_metadata(dataset, tmp_path: Path, args: list[str], episode) -> tuple[Path, dict[str, str]]:
+    """A FIFO and the environment of a driver whose process reading ``episode``'s metadata blocks
+    on it (fifo_episodes.pausing_env): with the index cached first, that is its episode process in
+    its first step, until the test, the FIFO's writer, says otherwise."""
     assert run_driver(*args, "--dry-run", cwd=tmp_path).returncode == 0  # caches the index
-    folder = tmp_path / "droid_raw" / episode.relative_path
-    (metadata,) = folder.glob("metadata_*.json")
-    times = os.stat(folder)
-    metadata.unlink()
-    os.mkfifo(metadata)
-    os.utime(folder, ns=(times.st_atime_ns, times.st_mtime_ns))
-    return metadata
+    (metadata,) = (tmp_path / "droid_raw" / episode.relative_path).glob("metadata_*.json")
+    fifo = tmp_path / "pause.fifo"
+    return fifo, pausing_env(metadata, fifo)
 
 
 def test_a_killed_warm_worker_records_its_episode_with_the_signal_and_the_batch_goes_on(dataset, tmp_path):
@@ -71,9 +67,9 @@ def test_a_killed_warm_worker_records_its_episode_with_the_signal_and_the_batch_
     episodes = sorted(dataset.episodes, key=lambda e: e.relative_path)
     stuck = episodes[1]
     args = [*common_args(dataset, tmp_path, tmp_path / "droid_raw"), "--workers", "1", "--episodes-per-worker", "4"]
-    fifo = blocking_metadata(dataset, tmp_path, args, stuck)
+    fifo, env = blocking_metadata(dataset, tmp_path, args, stuck)
     driver = subprocess.Popen([str(METADATA), *args], cwd=tmp_path, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+                              stderr=subprocess.STDOUT, text=True, env=env)
     try:
         writer = wait_for_reader(fifo)
         stuck_pid = episode_pid(run_dir_of(tmp_path) / "logs" / f"{stuck.episode_id}.log")

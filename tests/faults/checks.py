@@ -142,7 +142,8 @@ def check_corpus_run(corpus: Corpus, pipeline: str, run_dir: Path, output_root: 
     summary = json.loads((run_dir / "summary.json").read_text())
     plan = json.loads((run_dir / "plan.json").read_text())
     discovery = {f["path"]: f for f in plan.get("discovery_failures", [])}
-    failed_lines = [line.split("\t") for line in (run_dir / "failed.txt").read_text().splitlines()]
+    failed_text = (run_dir / "failed.txt").read_text() if (run_dir / "failed.txt").exists() else ""
+    failed_lines = [line.split("\t") for line in failed_text.splitlines()]
     folders = published(output_root)
     expected_done = set(corpus.good)
     problems = []
@@ -160,10 +161,11 @@ def check_corpus_run(corpus: Corpus, pipeline: str, run_dir: Path, output_root: 
                 problems.append(f"{name}: a discovery failure was run or published")
         elif step is None:
             expected_done.add(victim.episode_id)
-            if kind.warning is not None and victim.episode_id in folders:
+            warning = kind.warning(pipeline)
+            if warning is not None and victim.episode_id in folders:
                 quality = json.loads((folders[victim.episode_id] / "quality.json").read_text())
-                if not any(kind.warning in w for w in quality["warnings"]):
-                    problems.append(f"{name}: no warning {kind.warning!r} in quality.json: {quality['warnings']}")
+                if not any(warning in w for w in quality["warnings"]):
+                    problems.append(f"{name}: no warning {warning!r} in quality.json: {quality['warnings']}")
         else:
             row = rows.get(victim.episode_id)
             outcome = None if row is None else (row["status"], row["failed_step"])

@@ -23,7 +23,7 @@ from typing import Any
 
 import h5py
 import numpy as np
-from video_damage import faststart_cut, keep_first_packets
+from video_damage import faststart_cut, keep_first_packets, reencode, resized, swap_halves
 
 from droid_pipeline.synthetic.generator import DatasetInfo
 
@@ -46,6 +46,8 @@ class Victim:
     num_frames: int
     rng: random.Random
     discovery_paths: list[str] = field(default_factory=list)
+    # The corpus's calibration tables (file name -> episode id -> entry), written after every kind ran.
+    calibration: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def rel(self) -> str:
@@ -86,22 +88,27 @@ class Kind:
     damage: Callable[[Victim], None]
     steps: dict[str, str | None]
     phrase: str
-    warning: str | None = None
+    warnings: dict[str, str | None] = field(default_factory=dict)
 
     def step(self, pipeline: str) -> str | None:
         return self.steps[pipeline]
+
+    def warning(self, pipeline: str) -> str | None:
+        """The phrase of the warning quality.json must hold when the pipeline completes the episode."""
+        return self.warnings.get(pipeline)
 
 
 KINDS: dict[str, Kind] = {}
 
 
-def kind(step: str | None, phrase: str = "", *, full: str | None | bool = True,
-         warning: str | None = None) -> Callable[[Callable[[Victim], None]], Callable[[Victim], None]]:
+def kind(step: str | None, phrase: str = "", *, full: str | None | bool = True, warning: str | None = None,
+         full_warning: str | None | bool = True) -> Callable[[Callable[[Victim], None]], Callable[[Victim], None]]:
     """Register the decorated function as a kind named after it; ``full`` is the full pipeline's
-    step when it differs (True: the same)."""
+    step and ``full_warning`` its warning when they differ (True: the same)."""
     def register(function: Callable[[Victim], None]) -> Callable[[Victim], None]:
         steps = {"metadata": step, "full": step if full is True else full}  # type: ignore[dict-item]
-        KINDS[function.__name__] = Kind(function.__name__, function, steps, phrase, warning)
+        warnings = {"metadata": warning, "full": warning if full_warning is True else full_warning}
+        KINDS[function.__name__] = Kind(function.__name__, function, steps, phrase, warnings)  # type: ignore[arg-type]
         return function
     return register
 
@@ -345,6 +352,174 @@ def stereo_mp4_of_random_bytes(v: Victim) -> None:
     v.mp4("ext2", stereo=True).write_bytes(bytes(v.rng.randrange(256) for _ in range(20_000)))
 
 
+# ---------------------------------------------------------------- input that is wrong about itself
+# Readable files whose contents say something else than they are: each checked against the data
+# it describes (docs/reliability.md, "Inputs checked against their data").
+
+JOINTS = "observation/robot_state/joint_positions"
+
+
+def _published_intrinsics(v: Victim, change: Callable[[list[float]], list[float]], role: str) -> None:
+    """Change this episode's published intrinsics entry of ``role``'s camera (the corpus's
+    calibration files are written from ``v.calibration`` once every kind has run)."""
+    entry = v.calibration["intrinsics.json"][v.episode_id] = dict(v.calibration["intrinsics.json"][v.episode_id])
+    entry[v.serials[role]] = change(list(entry[v.serials[role]]))
+
+
+@kind(DONE, warning="gives them for the video's own size 160x90")
+def wrist_mp4_at_half_size(v: Victim) -> None:
+    # DROID's wrist MP4s at another size than the published intrinsics (HD/8 instead of HD/4):
+    # the ZED factory file has intrinsics for this size.
+    reencode(v.mp4("wrist"), resized(160, 90))
+    reencode(v.mp4("wrist", stereo=True), lambda image: np.concatenate(
+        [resized(160, 90)(half) for half in np.split(image, 2, axis=1)], axis=1))
+
+
+@kind(DONE, warning="for 320x180 scaled per axis")
+def ext1_mp4_at_a_size_no_source_has(v: Victim) -> None:
+    # Re-encoded to 240x134 (mono and stereo), no ZED size: the published intrinsics are scaled
+    # to it per axis; the stereo backend takes the baseline, a length, from the ZED file's HD section.
+    reencode(v.mp4("ext1"), resized(240, 134))
+    reencode(v.mp4("ext1", stereo=True), lambda image: np.concatenate(
+        [resized(240, 134)(half) for half in np.split(image, 2, axis=1)], axis=1))
+
+
+@kind(DONE, warning="looks like [fx, fy, cx, cy]")
+def intrinsics_in_fx_fy_cx_cy_order(v: Victim) -> None:
+    _published_intrinsics(v, lambda value: [value[0], value[2], value[1], value[3]], "ext2")
+
+
+@kind("tracks", "look like seconds, not milliseconds")
+def control_timestamps_in_seconds(v: Victim) -> None:
+    v.change_h5(STAMPS, lambda stamps: stamps / 1000.0)
+
+
+@kind("tracks", "look like nanoseconds, not milliseconds")
+def control_timestamps_in_nanoseconds(v: Victim) -> None:
+    v.change_h5(STAMPS, lambda stamps: stamps.astype(np.int64) * 1_000_000)
+
+
+@kind(DONE, warning="recovered as ext2 from trajectory.h5")
+def camera_missing_from_the_metadata(v: Victim) -> None:
+    data = v.metadata()
+    del data["ext2_cam_serial"]
+    v.metadata_path.write_text(json.dumps(data))
+
+
+@kind(DONE, warning="repeats ext1_cam_serial")
+def metadata_ext2_serial_repeats_ext1(v: Victim) -> None:
+    v.set_metadata(ext2_cam_serial=v.serials["ext1"])
+
+
+@kind(DONE, warning="occlusion labels withheld (unknown)")
+def joints_in_degrees(v: Victim) -> None:
+    v.change_h5(JOINTS, np.degrees)
+
+
+@kind(DONE, full_warning="the left and right views look swapped")
+def stereo_halves_swapped(v: Victim) -> None:
+    # The metadata pipeline reads no stereo video: nothing to warn of there.
+    reencode(v.mp4("ext1", stereo=True), swap_halves)
+
+
+@kind(DISCOVERY, "trajectory.h5 is a FIFO (named pipe), not a regular file")
+def trajectory_is_a_fifo(v: Victim) -> None:
+    v.trajectory.unlink()
+    os.mkfifo(v.trajectory)
+
+
+@kind(DISCOVERY, "is a FIFO (named pipe), not a regular file")
+def metadata_is_a_fifo(v: Victim) -> None:
+    v.metadata_path.unlink()
+    os.mkfifo(v.metadata_path)
+
+
+@kind(DISCOVERY, "is a character device, not a regular file")
+def metadata_links_to_an_endless_device(v: Victim) -> None:
+    v.metadata_path.unlink()
+    v.metadata_path.symlink_to("/dev/zero")
+
+
+@kind("tracks", "trajectory_length is text ('20'), not a whole number")
+def trajectory_length_is_text(v: Victim) -> None:
+    v.set_metadata(trajectory_length=str(v.num_frames))
+
+
+@kind(DONE, "more than video_frame_mismatch.tolerance_frames", full="depth")
+def stereo_mp4_five_frames_longer(v: Victim) -> None:
+    reencode(v.mp4("ext2", stereo=True), lambda image: image, frames=v.num_frames + 5)
+
+
+# ---- more of the same class
+
+@kind(DISCOVERY, ".mp4 is a FIFO (named pipe), not a regular file")
+def mp4_is_a_fifo(v: Victim) -> None:
+    path = v.mp4("ext1")
+    path.unlink()
+    os.mkfifo(path)
+
+
+@kind(DISCOVERY, "more than the 1048576 bytes")
+def metadata_over_its_size_cap(v: Victim) -> None:
+    v.set_metadata(notes=" " * (1 << 20))
+
+
+@kind(DISCOVERY, "ext1_cam_serial is list")
+def metadata_serial_is_a_list(v: Victim) -> None:
+    v.set_metadata(ext1_cam_serial=[v.serials["ext1"]])
+
+
+@kind("tracks", "trajectory_length is a float (20.0), not a whole number")
+def trajectory_length_is_a_float(v: Victim) -> None:
+    v.set_metadata(trajectory_length=float(v.num_frames))
+
+
+@kind("tracks", "look like microseconds, not milliseconds")
+def control_timestamps_in_microseconds(v: Victim) -> None:
+    v.change_h5(STAMPS, lambda stamps: stamps.astype(np.int64) * 1000)
+
+
+@kind(DONE, warning="from its centre (plausibility.max_principal_point_offset")
+def published_principal_point_off_centre(v: Victim) -> None:
+    _published_intrinsics(v, lambda value: [value[0], value[1] * 1.5, value[2], value[3]], "wrist")
+
+
+@kind(DONE, warning="joint 4 is")
+def one_joint_beyond_its_limit(v: Victim) -> None:
+    def bend(joints: np.ndarray) -> np.ndarray:
+        joints = joints.copy()
+        joints[len(joints) // 2:, 3] = 0.8  # the Panda's elbow (joint 4) stays within [-3.07, -0.07]
+        return joints
+    v.change_h5(JOINTS, bend)
+
+
+@kind("tracks", "is a directory, not a regular file", full="depth")
+def trajectory_is_a_directory(v: Victim) -> None:
+    v.trajectory.unlink()
+    v.trajectory.mkdir()
+
+
+@kind("intrinsics", "is a directory, not a regular file")
+def mp4_is_a_directory(v: Victim) -> None:
+    v.mp4("wrist").unlink()
+    v.mp4("wrist").mkdir()
+
+
+@kind("tracks", "but not in the metadata's *_cam_serial fields")
+def a_fourth_camera_in_the_h5_and_recordings(v: Victim) -> None:
+    extra = "39999999"
+    with h5py.File(v.trajectory, "r+") as h5:
+        h5[f"observation/camera_type/{extra}"] = h5[f"observation/camera_type/{v.serials['ext1']}"][()]
+        h5[f"observation/camera_extrinsics/{extra}_left"] = \
+            h5[f"observation/camera_extrinsics/{v.serials['ext1']}_left"][()]
+    shutil.copy(v.mp4("ext1"), v.mp4("ext1").with_name(f"{extra}.mp4"))
+
+
+@kind(DONE, "no side-by-side stereo video", full="depth")
+def stereo_mp4_at_another_size_than_its_camera(v: Victim) -> None:
+    reencode(v.mp4("wrist", stereo=True), resized(480, 134))
+
+
 # ---------------------------------------------------------------- building a corpus
 
 @dataclass
@@ -384,6 +559,7 @@ def build(dataset: DatasetInfo, root: Path, kinds: Sequence[str], seed: int = 0,
         victim = _clone(dataset, template, droid_root, number, rng)
         for table in calibration.values():
             table[victim.episode_id] = table[template.episode_id]
+        victim.calibration = calibration
         KINDS[name].damage(victim)
         victim.discovery_paths = victim.discovery_paths or [victim.rel]
         corpus.victims[name] = victim

@@ -1,6 +1,6 @@
 """The fault suite: both drivers over a corpus of damaged episodes mixed with good ones, workers
 and the uploader killed at random moments (seeded), disks filled; after each run the invariants
-of :mod:`checks` hold. ``make test-faults`` runs all of it (about 12 minutes on two
+of :mod:`checks` hold. ``make test-faults`` runs all of it (about 15 minutes on two
 cores, as root for the tmpfs); ``make test`` runs the tests without the ``faults`` mark, a short
 subset of the same checks (about a minute).
 
@@ -47,6 +47,8 @@ from checks import (
 from corpus import DISCOVERY, KINDS, Corpus, build
 from hub_server import HubServer
 
+from droid_pipeline.core.schema import UNKNOWN
+from droid_pipeline.outputs.loader import read_episode_dir
 from droid_pipeline.publish.ledger import Ledger
 from droid_pipeline.synthetic.generator import generate_dataset
 
@@ -56,7 +58,17 @@ FRAMES = 20
 QUICK_KINDS = ("uuid_dot_dot", "folder_is_a_symlink_loop", "duplicate_uuid", "metadata_not_an_object",
                "mp4_of_random_bytes", "trajectory_of_random_bytes", "too_many_steps", "positions_in_millimetres",
                "gripper_on_a_0_255_scale", "control_timestamps_scrambled", "mp4_cut_short_behind_its_index",
-               "mp4_loses_its_last_frame_behind_its_index")
+               "mp4_loses_its_last_frame_behind_its_index", "trajectory_is_a_fifo",
+               "metadata_links_to_an_endless_device", "control_timestamps_in_seconds",
+               "camera_missing_from_the_metadata", "intrinsics_in_fx_fy_cx_cy_order")
+# Input that says something else than it is and that the pipeline corrects: published with the
+# corrected data (checked against the synthetic ground truth) and a warning.
+CORRECTED_KINDS = ("wrist_mp4_at_half_size", "ext1_mp4_at_a_size_no_source_has", "intrinsics_in_fx_fy_cx_cy_order",
+                   "published_principal_point_off_centre", "camera_missing_from_the_metadata",
+                   "metadata_ext2_serial_repeats_ext1", "joints_in_degrees", "one_joint_beyond_its_limit")
+# The kinds of that class the depth step sees, through the full driver.
+DEPTH_KINDS = ("wrist_mp4_at_half_size", "stereo_halves_swapped", "stereo_mp4_five_frames_longer",
+               "ext1_mp4_at_a_size_no_source_has", "stereo_mp4_at_another_size_than_its_camera")
 # Damaged episodes mixed into the kill and disk trials.
 MIXED_KINDS = ("positions_in_millimetres", "uuid_dot_dot")
 TOKEN = "hf_faultsuite0123456789"
@@ -116,6 +128,101 @@ def test_the_whole_corpus_through_each_driver(dataset, tmp_path, pipeline):
     rerun = json.loads((run_dirs(runs, pipeline)[-1] / "summary.json").read_text())
     assert rerun["done"] == 0 and rerun["failed"] == summary["failed"]
     assert leftovers(out) == []
+
+
+# ---------------------------------------------------------------- input wrong about itself
+
+def truth_cameras(dataset, corpus: Corpus) -> dict[str, dict]:
+    """role -> the synthetic ground truth of the template episode's camera (every victim's cameras)."""
+    template = next(e for e in dataset.episodes if e.outcome == "success")
+    cameras = json.loads((dataset.ground_truth_path(template) / "cameras.json").read_text())
+    return {camera["role"]: camera for camera in cameras.values()}
+
+
+def check_projections_against_the_truth(folder: Path, truth: dict[str, dict]) -> dict[str, tuple[int, int]]:
+    """Every camera's 2D tracks against OpenCV's projectPoints of the 3D tracks with the true
+    intrinsics, scaled per axis to the camera's published image size (pixel centres kept); returns
+    each role's image size."""
+    import cv2
+    import numpy as np
+
+    data = read_episode_dir(folder)
+    sizes = {}
+    for role, camera in truth.items():
+        published = data.camera(role)
+        assert published.has_2d_tracks, f"{folder.name}: {role} camera has no 2D tracks"
+        width, height = published.image_size
+        sx, sy = width / camera["width"], height / camera["height"]
+        K = np.array(camera["K"], dtype=np.float64)
+        K_true = np.array([[K[0, 0] * sx, 0, (K[0, 2] + 0.5) * sx - 0.5],
+                           [0, K[1, 1] * sy, (K[1, 2] + 0.5) * sy - 0.5], [0, 0, 1]])
+        worst = 0.0
+        for step in range(data.num_frames):
+            base_from_camera = published.pose(step)
+            points = (data.tracks_3d[step] - base_from_camera[:3, 3]) @ base_from_camera[:3, :3]
+            pixels, _ = cv2.projectPoints(points, np.zeros(3), np.zeros(3), K_true, np.zeros(5))
+            seen = published.visibility[step]
+            if seen.any():
+                worst = max(worst, float(np.abs(pixels[:, 0][seen] - published.tracks_2d[step][seen]).max()))
+        # zed_conf's intrinsics of another ZED size are its own rectification, within 0.05 px of the
+        # true ones scaled; everything else agrees to float32 rounding.
+        assert worst < 0.1, f"{folder.name}: {role} camera projects {worst:.3f} px off the truth"
+        sizes[role] = (width, height)
+    return sizes
+
+
+@faults
+def test_input_wrong_about_itself_is_published_corrected_with_a_warning(dataset, tmp_path):
+    corpus = build(dataset, tmp_path / "corpus", CORRECTED_KINDS, seed=6)
+    out, runs, args = roots(tmp_path, "corrected")
+    result = run_driver("metadata", corpus, "--workers", "2", *args)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    check_corpus_run(corpus, "metadata", run_dirs(runs, "metadata")[-1], out)
+    folders = published(out)
+    truth = truth_cameras(dataset, corpus)
+    sizes = {name: check_projections_against_the_truth(folders[victim.episode_id], truth)
+             for name, victim in corpus.victims.items()}
+    assert sizes["wrist_mp4_at_half_size"]["wrist"] == (160, 90)
+    assert sizes["ext1_mp4_at_a_size_no_source_has"]["ext1"] == (240, 134)
+    for name in ("joints_in_degrees", "one_joint_beyond_its_limit"):
+        data = read_episode_dir(folders[corpus.victims[name].episode_id])
+        assert all((camera.occlusion == UNKNOWN).all() for camera in data.cameras.values()), name
+        assert data.quality["plausibility"]["joint_positions"]["occlusion_labels"] == "withheld"
+        assert "joint_positions" in data.quality["occlusion"]["withheld"] and not data.quality["occlusion"]["enabled"]
+    good = read_episode_dir(folders[corpus.good[0]])
+    assert any((camera.occlusion != UNKNOWN).any() for camera in good.cameras.values())
+    print(f"\ncorrected kinds: {len(CORRECTED_KINDS)} published with their warnings and true projections")
+
+
+@faults
+def test_input_wrong_about_itself_through_the_depth_driver(dataset, tmp_path):
+    import numpy as np
+
+    corpus = build(dataset, tmp_path / "corpus", DEPTH_KINDS, seed=8)
+    out, runs, args = roots(tmp_path, "depth-kinds")
+    result = run_driver("full", corpus, "--workers", "2", *args)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    check_corpus_run(corpus, "full", run_dirs(runs, "full")[-1], out)
+    folder = published(out)[corpus.victims["wrist_mp4_at_half_size"].episode_id]
+    truth = truth_cameras(dataset, corpus)
+    assert check_projections_against_the_truth(folder, truth)["wrist"] == (160, 90)
+    # The depth of the cameras at another size, against the true depth resized by OpenCV as the
+    # video was (INTER_AREA): a wrong scale of fx would show as a wrong ratio.
+    import cv2
+
+    template = next(e for e in dataset.episodes if e.outcome == "success")
+    for name, role in (("wrist_mp4_at_half_size", "wrist"), ("ext1_mp4_at_a_size_no_source_has", "ext1")):
+        data = read_episode_dir(published(out)[corpus.victims[name].episode_id])
+        true_mm = np.load(dataset.ground_truth_path(template) / truth[role]["depth_file"]).astype(np.float32)
+        with data.depth(role) as frames:
+            depth = frames.read_all().astype(np.float64)
+        size = data.camera(role).image_size
+        reference = np.stack([cv2.resize(frame, size, interpolation=cv2.INTER_AREA) for frame in true_mm[:len(depth)]])
+        both = (depth > 0) & (reference > 0)
+        ratio = float(np.median(depth[both] / reference[both]))
+        assert abs(ratio - 1.0) < 0.05, (name, ratio)
+        print(f"\n{role} depth at {size[0]}x{size[1]}: median ratio to the truth {ratio:.3f} over {both.mean():.0%} of "
+              "the pixels")
 
 
 # ---------------------------------------------------------------- killing workers

@@ -74,7 +74,7 @@ def test_only_the_exact_id_is_found(tmp_path: Path) -> None:
 @pytest.mark.parametrize("entry, phrase", [
     ([1, 2], "entry for this episode is not an object"),
     ({"uuid": EPISODE + "x", SERIALS[1]: EXT1}, "has uuid='" + EPISODE + "x': it is another episode's calibration"),
-    ({"11111111": EXT1}, "lists camera(s) 11111111 that the episode does not have"),
+    ({"11111111": EXT1}, "lists camera(s) 11111111 that the episode's metadata does not name"),
     ({SERIALS[1]: EXT1, "11111111_quality_metric": 0.3}, "lists camera(s) 11111111"),
     ({SERIALS[1]: EXT1[:5]}, f"cam2base entry {SERIALS[1]} is not six finite numbers"),
     ({SERIALS[1]: [0, 0, 0, 0, None, 0]}, f"cam2base entry {SERIALS[1]} is not six finite numbers"),

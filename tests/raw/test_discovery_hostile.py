@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,108 @@ def test_episode_records_from_files_are_validated_again():
                    {"outcome": "maybe"}, {"lab": "a/b"}):
         with pytest.raises(DiscoveryError, match="invalid episode record"):
             Episode.from_json({**good, **change})
+
+
+# ---------------------------------------------------------------- special files and lying metadata
+
+OTHER_ID = "AUTOLab+84bd5053+2023-07-07-10h-00m-00s"
+OTHER_REL = "AUTOLab/success/2023-07-07/Fri_Jul__7_10:00:00_2023"
+
+
+def scan_in_a_child(root: Path) -> dict[str, str]:
+    """problems_of(root) in a child process that must end within a minute: a FIFO or a device
+    read by mistake would block it or take its memory without end."""
+    code = ("import json, sys; from droid_pipeline.raw.discovery import build_index; "
+            "index = build_index(sys.argv[1]); "
+            "print(json.dumps([[e.episode_id for e in index.episodes], index.problems]))")
+    result = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    episodes, problems = json.loads(result.stdout)
+    assert episodes == [GOOD_ID]
+    return {p["path"]: p["problem"] for p in problems}
+
+
+@pytest.mark.parametrize("make, phrase", [
+    (lambda path: os.mkfifo(path), "is a FIFO (named pipe), not a regular file"),
+    (lambda path: path.symlink_to("/dev/zero"), "is a character device, not a regular file"),
+    (lambda path: path.write_text(json.dumps({"uuid": OTHER_ID, "notes": " " * (1 << 20)})),
+     "more than the 1048576 bytes"),
+])
+def test_metadata_that_is_a_special_file_or_too_big_is_a_problem_never_a_hang(root, make, phrase):
+    folder = make_episode(root, OTHER_REL, OTHER_ID)
+    metadata = folder / f"metadata_{OTHER_ID}.json"
+    metadata.unlink()
+    make(metadata)
+    problems = scan_in_a_child(root)
+    assert phrase in problems[OTHER_REL], problems
+
+
+@pytest.mark.parametrize("name", ["trajectory.h5", "recordings/MP4/24259877.mp4", "recordings/MP4/x-stereo.mp4"])
+def test_an_episode_file_that_is_a_fifo_or_socket_is_a_problem_with_the_episode_id(root, name):
+    import socket
+
+    folder = make_episode(root, OTHER_REL, OTHER_ID)
+    (folder / name).unlink(missing_ok=True)
+    os.mkfifo(folder / name)
+    problems = scan_in_a_child(root)
+    assert f"{name} is a FIFO (named pipe), not a regular file" in problems[OTHER_REL]
+    assert build_index(root).problems[0]["episode_id"] == OTHER_ID
+    (folder / name).unlink()
+    with tempfile.TemporaryDirectory() as short, socket.socket(socket.AF_UNIX) as server:
+        server.bind(f"{short}/s")  # (a socket's own path is limited to 108 bytes: linked from there)
+        (folder / name).symlink_to(f"{short}/s")
+        assert f"{name} is a socket, not a regular file" in scan_in_a_child(root)[OTHER_REL]
+
+
+def h5_with_cameras(path: Path, types: dict[str, int]) -> None:
+    """A trajectory.h5 with observation/camera_type and camera_extrinsics of each camera."""
+    import h5py
+    import numpy as np
+
+    path.unlink(missing_ok=True)
+    with h5py.File(path, "w") as h5:
+        for serial, camera_type in types.items():
+            h5[f"observation/camera_type/{serial}"] = np.full(5, camera_type)
+            h5[f"observation/camera_extrinsics/{serial}_left"] = np.zeros((5, 6))
+
+
+def lying_episode(root: Path, metadata: dict, mp4s: list[str]) -> Path:
+    folder = make_episode(root, OTHER_REL, OTHER_ID, {"uuid": OTHER_ID, **metadata})
+    h5_with_cameras(folder / "trajectory.h5", {"13062452": 0, "24259877": 1, "26405488": 1})
+    for serial in mp4s:
+        (folder / "recordings" / "MP4" / f"{serial}.mp4").write_bytes(b"")
+    return folder
+
+
+def test_a_camera_the_metadata_lacks_is_recovered_from_the_h5_with_a_warning(root):
+    metadata = {"wrist_cam_serial": "13062452", "ext1_cam_serial": "24259877"}
+    lying_episode(root, metadata, ["13062452", "24259877", "26405488"])
+    episode = build_index(root).get(OTHER_ID)
+    assert episode.serials == {"wrist": "13062452", "ext1": "24259877", "ext2": "26405488"}
+    assert episode.mp4 == ("13062452", "24259877", "26405488")
+    assert "the metadata names no ext2_cam_serial: camera 26405488 recovered as ext2" in episode.warnings[0]
+    assert Episode.from_json(json.loads(json.dumps(episode.to_json()))) == episode
+
+
+def test_a_serial_named_twice_is_recovered_or_a_problem_naming_the_metadata(root):
+    metadata = {"wrist_cam_serial": "13062452", "ext1_cam_serial": "24259877", "ext2_cam_serial": "24259877"}
+    lying_episode(root, metadata, ["13062452", "24259877", "26405488"])
+    episode = build_index(root).get(OTHER_ID)
+    assert episode.serials["ext2"] == "26405488"
+    assert "ext2_cam_serial repeats ext1_cam_serial 24259877" in episode.warnings[0]
+    # Without the third camera's MP4 nothing can be recovered: the metadata is named, not the calibration.
+    (root / OTHER_REL / "recordings" / "MP4" / "26405488.mp4").unlink()
+    os.utime(root / OTHER_REL)
+    problems = problems_of(root)
+    assert "the metadata's ext2_cam_serial repeats ext1_cam_serial 24259877" in problems[OTHER_REL]
+
+
+def test_two_unnamed_exterior_cameras_cannot_be_told_apart(root):
+    lying_episode(root, {"wrist_cam_serial": "13062452"}, ["13062452", "24259877", "26405488"])
+    problem = problems_of(root)[OTHER_REL]
+    assert "have camera(s) 24259877 (exterior), 26405488 (exterior) that the metadata does not name" in problem
+
+
+def test_a_serial_of_another_type_is_a_problem(root):
+    make_episode(root, OTHER_REL, OTHER_ID, {"uuid": OTHER_ID, **SERIALS, "ext1_cam_serial": ["24259877"]})
+    assert "ext1_cam_serial is list ['24259877'], not a camera serial" in problems_of(root)[OTHER_REL]

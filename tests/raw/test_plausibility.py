@@ -190,3 +190,74 @@ def test_swapped_and_repeated_timestamps_are_counted_and_too_many_fail(dataset, 
     cause = failure(path, strict)
     assert "2 of 39 control steps repeat or go back in time (1 repeated, 1 backwards, at steps 11, 30)" in cause
     assert "plausibility.max_bad_timestamp_fraction = 0.01" in cause
+
+
+# ---------------------------------------------------------------- control rate and joint positions
+
+@pytest.mark.parametrize("per_millisecond, unit", [(1e-3, "seconds"), (1e3, "microseconds"), (1e6, "nanoseconds")])
+def test_control_timestamps_in_another_unit_fail_naming_it(dataset, tmp_path, limits, per_millisecond, unit):
+    path = trajectory_copy(dataset, tmp_path)
+    replace(path, STAMPS_KEY, lambda stamps: stamps * per_millisecond)
+    with pytest.raises(EpisodeError, match=rf"control rate of .* Hz \(read as milliseconds\), outside "
+                       rf"plausibility.min_control_hz .. max_control_hz = 5 .. 45 Hz .*look like {unit}, not "
+                       rf"milliseconds \(read so, the rate is 1[45]\.\d+ Hz\)"):
+        read(path, limits)
+
+
+def test_a_rate_no_unit_explains_fails_without_a_guess(dataset, tmp_path, limits):
+    path = trajectory_copy(dataset, tmp_path)
+    replace(path, STAMPS_KEY, lambda stamps: stamps[0] + (stamps - stamps[0]) * 10.0)  # 1.5 Hz
+    with pytest.raises(EpisodeError, match=r"control rate of 1.[45]\d* Hz .* around DROID's 15 Hz$"):
+        read(path, limits)
+
+
+@pytest.fixture(scope="module")
+def joint_limits(shared_data):
+    # Independent reference: the URDF's limits as yourdfpy reads them.
+    urdf = yourdfpy.URDF.load(str(shared_data / "panda_robotiq.urdf"), load_meshes=False,
+                              load_collision_meshes=False)
+    arm = [f"panda_joint{i}" for i in range(1, 8)]
+    return (np.array([urdf.joint_map[j].limit.lower for j in arm]),
+            np.array([urdf.joint_map[j].limit.upper for j in arm]))
+
+
+def joints_of(dataset, tmp_path, limits, change=None):
+    from droid_pipeline.raw.trajectory import JOINT_KEY, read_joint_positions
+
+    path = trajectory_copy(dataset, tmp_path)
+    if change is not None:
+        replace(path, JOINT_KEY, change)
+    with open_trajectory(path, "EP", "tracks") as h5:
+        trajectory = read_trajectory(h5, {}, {}, None, limits)
+        return read_joint_positions(h5, trajectory.num_frames, limits, trajectory), trajectory
+
+
+def test_synthetic_joints_lie_within_the_urdf_limits_and_pass(dataset, tmp_path, limits, joint_limits):
+    joints, trajectory = joints_of(dataset, tmp_path, limits)
+    lower, upper = joint_limits
+    assert ((joints >= lower) & (joints <= upper)).all()
+    assert trajectory.plausibility["joint_positions"]["passed"] and not trajectory.warnings
+
+
+def test_joints_in_degrees_withhold_the_occlusion_labels_naming_the_unit(dataset, tmp_path, limits, joint_limits):
+    joints, trajectory = joints_of(dataset, tmp_path, limits, np.degrees)
+    assert joints is None
+    report = trajectory.plausibility["joint_positions"]
+    assert not report["passed"] and report["occlusion_labels"] == "withheld"
+    (warning,) = trajectory.warnings
+    assert "the angles look like degrees, not radians" in warning and "occlusion labels withheld" in warning
+    assert "plausibility.joint_limit_tolerance_rad = 0.1" in warning
+
+
+def test_one_joint_beyond_its_limit_is_named_without_a_unit(dataset, tmp_path, limits, joint_limits):
+    lower, upper = joint_limits
+
+    def bend(joints):
+        joints = joints.copy()
+        joints[7:, 3] = upper[3] + 0.3  # the elbow straightened beyond its stop
+        return joints
+    joints, trajectory = joints_of(dataset, tmp_path, limits, bend)
+    assert joints is None
+    (warning,) = trajectory.warnings
+    assert f"joint 4 is {upper[3] + 0.3:.4g} rad at step 7, beyond the Panda's limits" in warning
+    assert "degrees" not in warning

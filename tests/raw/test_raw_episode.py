@@ -13,6 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
+from droid_pipeline.core.config import load_config
 from droid_pipeline.core.errors import EpisodeError
 from droid_pipeline.raw.discovery import build_index
 from droid_pipeline.raw.episode import RawEpisode, find_camera_video, find_stereo_video
@@ -132,7 +133,7 @@ def test_trajectory_is_read_through_one_reader(tmp_path):
         assert h5.num_steps() == FRAMES
         cartesian = h5.array("observation/robot_state/cartesian_position", (None, 6))
         np.testing.assert_array_equal(cartesian[:, 0], np.arange(FRAMES))
-        rate, key = h5.control_rate(FRAMES)
+        rate, key = h5.control_rate(FRAMES, load_config().plausibility)
         assert key == "observation/timestamp/control/step_start" and rate == pytest.approx(15.0)
         assert h5.has("observation/robot_state/bad") and not h5.has("observation/nothing")
         with pytest.raises(EpisodeError, match=r"step intrinsics: trajectory.h5: missing dataset observation/no"):

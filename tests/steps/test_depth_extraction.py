@@ -33,6 +33,8 @@ from droid_pipeline.synthetic.generator import CONTROL_HZ, generate_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 FRAMES = 12
+# The tests of how frames are filled and cut run within a tolerance that admits their mismatch.
+WIDE_TOLERANCE = "video_frame_mismatch.tolerance_frames=100"
 SIZE = (320, 180)
 # Median absolute error of stereo depth on pixels valid in both, per role, on the synthetic
 # 320x180 episode (measured: wrist ~3 mm at 0.1-0.55 m, exterior ~35-41 mm at 0.8-4.6 m, i.e.
@@ -81,7 +83,7 @@ def decoded_depth(output: Path, serial: str) -> np.ndarray:
     return ffmpeg_frames(output / "recordings" / serial / "depth.mkv", "gray16le", *SIZE)
 
 
-def copy_episode(dataset, episode, tmp: Path, num_steps: int):
+def copy_episode(dataset, episode, tmp: Path, num_steps: int, *overrides: str):
     """A copy of the raw episode whose trajectory has ``num_steps`` steps; same videos."""
     root = tmp / "droid_raw"
     shutil.copytree(dataset.droid_root / episode.relative_path, root / episode.relative_path)
@@ -89,7 +91,7 @@ def copy_episode(dataset, episode, tmp: Path, num_steps: int):
         poses = h5[CARTESIAN_KEY][()]
         del h5[CARTESIAN_KEY]
         h5[CARTESIAN_KEY] = np.resize(poses, (num_steps, poses.shape[1]))
-    return config_for(dataset, tmp, f"droid_root={root}")
+    return config_for(dataset, tmp, f"droid_root={root}", *overrides)
 
 
 # ---------------------------------------------------------------- millimetre conversion
@@ -159,7 +161,7 @@ def test_summary_and_meta_report_counts(episode, full_run):
 
 
 def test_video_shorter_than_trajectory_gets_invalid_tail_frames(dataset, episode, full_run, tmp_path):
-    config = copy_episode(dataset, episode, tmp_path, FRAMES + 3)
+    config = copy_episode(dataset, episode, tmp_path, FRAMES + 3, WIDE_TOLERANCE)
     summary = extract_depth(config, episode, tmp_path / "out", cameras=["wrist"])
     serial = episode.serials["wrist"]
     camera = summary.cameras[serial]
@@ -173,7 +175,7 @@ def test_video_shorter_than_trajectory_gets_invalid_tail_frames(dataset, episode
 
 
 def test_video_longer_than_trajectory_is_cut_to_steps(dataset, episode, full_run, tmp_path):
-    config = copy_episode(dataset, episode, tmp_path, FRAMES - 4)
+    config = copy_episode(dataset, episode, tmp_path, FRAMES - 4, WIDE_TOLERANCE)
     summary = extract_depth(config, episode, tmp_path / "out", cameras=["ext1"])
     serial = episode.serials["ext1"]
     camera = summary.cameras[serial]
@@ -186,7 +188,7 @@ def test_video_cut_off_mid_file_gets_invalid_frames_from_the_break(dataset, epis
     """A partly copied file (index at the front, frame data cut off after a whole packet)."""
     import av
 
-    config = copy_episode(dataset, episode, tmp_path, FRAMES)
+    config = copy_episode(dataset, episode, tmp_path, FRAMES, WIDE_TOLERANCE)
     serial = episode.serials["ext2"]
     video = config.droid_root / episode.relative_path / "recordings" / "MP4" / f"{serial}-stereo.mp4"
     front = tmp_path / "front.mp4"
@@ -317,6 +319,40 @@ def test_missing_trajectory_and_unknown_names_fail_clearly(dataset, episode, tmp
     (config.droid_root / episode.relative_path / "trajectory.h5").unlink()
     with pytest.raises(EpisodeError, match="step depth: cannot open .*trajectory.h5"):
         extract_depth(config, episode, tmp_path / "out")
+
+
+def test_a_stereo_video_off_by_more_than_the_tolerance_fails_as_a_camera_mp4_does(dataset, episode, tmp_path):
+    """One frame-count policy for every video: video_frame_mismatch.tolerance_frames (2)."""
+    config = copy_episode(dataset, episode, tmp_path, FRAMES - 5)
+    serial = episode.serials["ext1"]
+    with pytest.raises(EpisodeError, match=rf"step depth: camera {serial} \(ext1\): .*-stereo.mp4 lists {FRAMES} "
+                       rf"frames .* of the {FRAMES - 5} steps .*more than video_frame_mismatch.tolerance_frames = 2"):
+        extract_depth(config, episode, tmp_path / "out", cameras=["ext1"])
+    within = copy_episode(dataset, episode, tmp_path / "within", FRAMES - 2)
+    summary = extract_depth(within, episode, tmp_path / "within" / "out", cameras=["ext1"])
+    assert "2 frame(s) beyond the last step ignored" in summary.cameras[serial].meta.source["warnings"][0]
+
+
+def test_swapped_stereo_halves_are_named_by_their_near_empty_depth(dataset, episode, tmp_path):
+    from video_damage import reencode, swap_halves
+
+    config = copy_episode(dataset, episode, tmp_path, FRAMES)
+    serial = episode.serials["ext2"]
+    reencode(config.droid_root / episode.relative_path / "recordings" / "MP4" / f"{serial}-stereo.mp4", swap_halves)
+    summary = extract_depth(config, episode, tmp_path / "out", cameras=["ext2"])
+    source = summary.cameras[serial].meta.source
+    assert source["valid_fraction"] < 0.3 <= source["swapped_valid_fraction"]
+    assert "the left and right views look swapped" in source["warnings"][0]
+    strict = dataclasses.replace(config, plausibility=dataclasses.replace(config.plausibility,
+                                                                          depth_check_action="fail"))
+    with pytest.raises(EpisodeError, match=rf"camera {serial} \(ext2\): depth valid over .* look swapped"):
+        extract_depth(strict, episode, tmp_path / "strict", cameras=["ext2"])
+    # The good camera passes the check: no warning, and its left-right check keeps more of its matches.
+    good = extract_depth(config, episode, tmp_path / "good", cameras=["ext1"])
+    good_source = good.cameras[episode.serials["ext1"]].meta.source
+    assert "warnings" not in good_source
+    assert good_source["lr_consistent_fraction"] > source["lr_consistent_fraction"]
+    assert "the left-right check kept" in source["warnings"][0]
 
 
 # ---------------------------------------------------------------- verification beside the next camera
@@ -458,7 +494,8 @@ print(int(status[0]) * 1024)
 def peak_rss_bytes(dataset, episode, config, out: Path) -> int:
     result = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(dataset.config_path),
                              json.dumps(episode.to_json()), str(out), f"droid_root={config.droid_root}",
-                             f"episode_index_path={out / 'index.json'}", "stereo.num_disparities=32"],
+                             f"episode_index_path={out / 'index.json'}", "stereo.num_disparities=32",
+                             "video_frame_mismatch.tolerance_frames=1000"],
                             capture_output=True, text=True, check=True, cwd=REPO)
     return int(result.stdout.split()[-1])
 
@@ -550,7 +587,7 @@ def expected_uint16(depth: np.ndarray, low: float, high: float) -> np.ndarray:
 def test_zed_backend_streams_sdk_depth_with_missing_frames_and_ranges(
         fake_sl, dataset, episode, tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
-    config = copy_episode(dataset, episode, tmp_path, FRAMES)
+    config = copy_episode(dataset, episode, tmp_path, FRAMES, WIDE_TOLERANCE)
     episode_dir = config.droid_root / episode.relative_path
     wrist, ext1 = episode.serials["wrist"], episode.serials["ext1"]
     short = sdk_depth_frames(FRAMES - 2, seed=0)

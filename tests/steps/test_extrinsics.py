@@ -102,7 +102,7 @@ def test_pose_deviation_matches_scipy() -> None:
 
 
 @pytest.mark.parametrize("cam2base, metadata, phrase", [
-    ({EPISODE: {"11111111": EXT1}}, None, "lists camera(s) 11111111 that the episode does not have"),
+    ({EPISODE: {"11111111": EXT1}}, None, "lists camera(s) 11111111 that the episode's metadata does not name"),
     ({EPISODE: {"episode_id": EPISODE + "x", SERIALS["ext1"]: EXT1}}, None, "another episode's calibration"),
     ({EPISODE: [1, 2, 3]}, None, "entry for this episode is not an object"),
     ({EPISODE: {SERIALS["ext1"]: [0, 0, 0, 0, np.nan, 0]}}, None, "is not six finite numbers"),

@@ -217,13 +217,22 @@ def test_published_object_layout_and_size_check(tmp_path, videos):
     make_episode(root, videos, sizes={wrist: (672, 376)})
     published = write_published(tmp_path / "intrinsics.json", {
         wrist: {"cameraMatrix": [260.0, 335.5, 261.0, 187.5], "width": 672, "height": 376},
-        SERIALS["ext1"]: {"cameraMatrix": [520.0, 640.0, 520.0, 360.0], "width": 1920, "height": 1080}})
+        SERIALS["ext1"]: {"cameraMatrix": [1560.0, 959.5, 1560.0, 539.5], "width": 1920, "height": 1080}})
     config = config_for(root, tmp_path, f"intrinsics_path={published}")
     records = extract_intrinsics(config, episode_of(config), tmp_path / "w", cameras=["wrist"])
     assert (records[wrist].fx, records[wrist].cx, records[wrist].width) == (260.0, 335.5, 672)
+    assert records[wrist].warnings is None
+    # For 1920x1080 with a 1280x720 video and no other source: scaled per axis by 2/3, pixel centres kept.
+    ext1 = SERIALS["ext1"]
+    record = extract_intrinsics(config, episode_of(config), tmp_path / "w", cameras=["ext1"],
+                                sources=["published"])[ext1]
+    assert (record.width, record.height) == (1280, 720)
+    np.testing.assert_allclose([record.fx, record.fy, record.cx, record.cy], [1040.0, 1040.0, 639.5, 359.5])
+    assert "1920x1080 scaled per axis" in record.warnings[0] and "1280x720" in record.warnings[0]
+    strict = config_for(root, tmp_path, f"intrinsics_path={published}", "plausibility.rescale_intrinsics=false")
     with pytest.raises(EpisodeError) as error:
-        extract_intrinsics(config, episode_of(config), tmp_path / "w", cameras=["ext1"], sources=["published"])
-    assert "1920x1080 differs from the video's 1280x720" in str(error.value)
+        extract_intrinsics(strict, episode_of(strict), tmp_path / "w", cameras=["ext1"], sources=["published"])
+    assert "intrinsics are for 1920x1080, the video" in str(error.value) and "is 1280x720" in str(error.value)
 
 
 @pytest.mark.parametrize("entry, reason", [
@@ -460,9 +469,16 @@ def test_zed_sdk_size_must_match_video(tmp_path, videos, fake_sl):
     recording = {"resolution": [672, 376], "baseline_mm": 120.0,
                  "left_cam": {"fx": 262.5, "fy": 262.5, "cx": 333.0, "cy": 190.5, "disto": [0.0] * 12}}
     (folder / "recordings" / "SVO" / f"{ext1}.svo").write_text(json.dumps(recording))
+    strict = config_for(root, tmp_path, "plausibility.rescale_intrinsics=false")
+    with pytest.raises(EpisodeError, match=r"intrinsics are for 672x376, the video .* is 1280x720"):
+        extract_intrinsics(strict, episode_of(strict), tmp_path / "w", cameras=[ext1], sources=["zed_sdk"])
+    # Rescaled per axis instead (1280/672 and 720/376), pixel centres kept, with a warning.
     config = config_for(root, tmp_path)
-    with pytest.raises(EpisodeError, match="672x376 differs from the video's 1280x720"):
-        extract_intrinsics(config, episode_of(config), tmp_path / "w", cameras=[ext1], sources=["zed_sdk"])
+    record = extract_intrinsics(config, episode_of(config), tmp_path / "w", cameras=[ext1], sources=["zed_sdk"])[ext1]
+    sx, sy = 1280 / 672, 720 / 376
+    np.testing.assert_allclose([record.fx, record.fy, record.cx, record.cy],
+                               [262.5 * sx, 262.5 * sy, 333.5 * sx - 0.5, 191.0 * sy - 0.5])
+    assert record.size == (1280, 720) and "672x376 scaled per axis" in record.warnings[0]
 
 
 # ------------------------------------------------------------------ reading back

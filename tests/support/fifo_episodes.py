@@ -1,12 +1,27 @@
-"""Catch an episode process in the act: it blocks reading a FIFO put where one of its input files
-was, until the test (the FIFO's writer) has done what it wanted with it, e.g. killed it."""
+"""Catch an episode process in the act: about to open one of its input files, it blocks reading a
+FIFO (the hook in pause_site/sitecustomize.py, put on the driver's PYTHONPATH by
+:func:`pausing_env`) until the test, the FIFO's writer, has done what it wanted with it, e.g.
+killed it."""
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from pathlib import Path
 from typing import BinaryIO
+
+PAUSE_SITE = Path(__file__).with_name("pause_site")
+
+
+def pausing_env(target: Path, fifo: Path) -> dict[str, str]:
+    """The environment of a driver whose processes, about to open the input file ``target``, first
+    block reading the FIFO made at ``fifo``."""
+    os.mkfifo(fifo)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PAUSE_SITE), env.get("PYTHONPATH")]))
+    env.update(DROID_TEST_PAUSE_FILE=os.path.abspath(target), DROID_TEST_PAUSE_FIFO=str(fifo))
+    return env
 
 
 def wait_for_reader(fifo: Path, timeout_s: float = 120) -> BinaryIO:

@@ -22,7 +22,7 @@ def pause_env(fifo_dir: Path, step: str, episode_ids: Iterable[str]) -> dict[str
     for episode_id in episode_ids:
         os.mkfifo(fifo_dir / episode_id)
     path = os.pathsep.join(p for p in (str(PAUSE_SITE), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "PYTHONPATH": path, "DROID_TEST_PAUSE_AT": STEP_RUNS[step],
+    return {**os.environ, "PYTHONPATH": path, "DROID_TEST_PAUSE_STEP": STEP_RUNS[step],
             "DROID_TEST_PAUSE_DIR": str(fifo_dir)}
 
 

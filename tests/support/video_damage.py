@@ -60,3 +60,40 @@ def keep_first_packets(path: Path, keep: int) -> None:
             dst.mux(packet)
             kept += 1
     os.replace(tmp, path)
+
+
+def reencode(path: Path, change, frames: int | None = None) -> None:
+    """Rewrite the MP4 at ``path`` losslessly enough (x264, CRF 12) with every frame passed through
+    ``change`` (an RGB array -> RGB array, its size free), and with ``frames`` frames (the last one
+    repeated, or the first ``frames``) when given."""
+    import numpy as np
+
+    with av.open(str(path)) as src:
+        images = [change(frame.to_ndarray(format="rgb24")) for frame in src.decode(video=0)]
+    if frames is not None:
+        images = (images + [images[-1]] * frames)[:frames]
+    tmp = path.with_name(path.stem + ".reencoded.mp4")
+    with av.open(str(tmp), "w") as dst:
+        stream = dst.add_stream("libx264", rate=15)
+        stream.height, stream.width = images[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "12", "preset": "ultrafast", "x264-params": "rc-lookahead=0:mbtree=0"}
+        for image in images:
+            dst.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")))
+        dst.mux(stream.encode(None))
+    os.replace(tmp, path)
+
+
+def swap_halves(image):
+    """A side-by-side left|right frame as right|left."""
+    import numpy as np
+
+    half = image.shape[1] // 2
+    return np.concatenate([image[:, half:], image[:, :half]], axis=1)
+
+
+def resized(width: int, height: int):
+    """A frame change to ``width x height`` by area averaging (OpenCV's INTER_AREA)."""
+    import cv2
+
+    return lambda image: cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
