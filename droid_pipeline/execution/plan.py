@@ -52,7 +52,7 @@ from droid_pipeline.execution.records import (
 )
 from droid_pipeline.execution.slurm import sbatch_script, submit
 from droid_pipeline.execution.timing import EPISODE_LIST_NAME, TIMING_NAME, create_csv, utc_timestamp
-from droid_pipeline.raw.discovery import OUTCOMES, Episode, EpisodeIndex, build_index, read_id_file
+from droid_pipeline.raw.discovery import OUTCOMES, Episode, EpisodeIndex, discover, read_id_file
 
 if TYPE_CHECKING:
     from droid_pipeline.publish.ledger import Ledger
@@ -67,7 +67,8 @@ T = TypeVar("T")
 
 
 def _driver_parser(spec: PipelineSpec) -> argparse.ArgumentParser:
-    steps = " -> ".join("depth + FFV1" if s == "depth" else s for s in spec.steps)
+    steps = " -> ".join("depth + FFV1" if s == "depth" else "fetch (gs:// roots)" if s == "fetch" else s
+                        for s in spec.steps)
     parser = argparse.ArgumentParser(
         prog=spec.driver,
         description=f"Run the {spec.name} pipeline ({steps}) over DROID episodes with parallel "
@@ -88,7 +89,8 @@ def _driver_parser(spec: PipelineSpec) -> argparse.ArgumentParser:
                         help="YAML file overriding configs/default.yaml (repeatable)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override one config key, e.g. --set slurm.partition=cpu (repeatable)")
-    parser.add_argument("--droid-root", metavar="DIR", help="raw DROID root (config 'droid_root')")
+    parser.add_argument("--droid-root", metavar="DIR|URL",
+                        help="raw DROID root, a folder or gs://bucket/prefix (config 'droid_root')")
     parser.add_argument("--out", metavar="DIR", help="output root (config 'output_root')")
     parser.add_argument("--episodes-per-worker", type=int, metavar="B",
                         help="episodes each worker process runs in turn (default: up to "
@@ -198,13 +200,13 @@ def main(argv: Sequence[str]) -> int:
     config = load_config(args.config, _overrides(args))
     if not args.dry_run:
         check_published_files(config)
-    index = build_index(config.droid_root, config.index_path)
     if args.episode_id:
         ids: list[str] | None = [args.episode_id]
     elif args.episodes:
         ids = read_id_file(args.episodes)
     else:
         ids = None
+    index = discover(config, ids=ids, labs=config.labs, outcomes=config.outcomes, limit=args.limit)
     selected, discovery = select_with_failures(index, ids, config.labs, config.outcomes, args.limit)
     in_scope = {f.path for f in discovery}
     for problem in index.problems:
@@ -326,6 +328,10 @@ def _print_plan(plan: RunPlan, todo: list[Episode], args: argparse.Namespace, co
             print(f"  {failure.cause}")
         if len(failures) > REDO_SHOWN:
             print(f"  ... and {len(failures) - REDO_SHOWN} more")
+    if config.remote_root:
+        print(f"raw episodes from {config.droid_root}"
+              + (f" (folders from {config.episode_paths_file})" if config.episode_paths_file else " (listed)")
+              + f", fetched into {config.scratch_root}, {config.prefetch_episodes} ahead per worker")
     if not plan.upload:
         why = ("--no-upload" if args.no_upload else "no metadata_repo/full_repo in the config"
                if not plan.repos else "debug run without --upload")

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from droid_pipeline.core.atomic import write_json_atomic
+from droid_pipeline.core.config import Config
 
 OUTCOMES = ("success", "failure")
 CAMERA_ROLES = ("wrist", "ext1", "ext2")
@@ -353,7 +354,8 @@ def _metadata_id(rel: str, meta_name: str, meta: Any) -> str:
     file_id = meta_name[len("metadata_"):-len(".json")]
     episode_id = str(meta.get("uuid") or file_id)
     if episode_id != file_id:
-        raise DiscoveryError(f"{rel}/{printable(meta_name)}: uuid {printable(episode_id)!r} disagrees with the file name")
+        raise DiscoveryError(f"{rel}/{printable(meta_name)}: uuid {printable(episode_id)!r} "
+                             "disagrees with the file name")
     invalid = episode_id_problem(episode_id)
     if invalid is not None:
         raise DiscoveryError(f"{rel}/{printable(meta_name)}: {invalid}")
@@ -425,6 +427,17 @@ def _save_cache(path: Path, droid_root: str, episodes: Sequence[Episode], proble
         if parent in per_dir:
             per_dir[parent]["problems"].append(problem)
     write_json_atomic(path, {"version": INDEX_VERSION, "droid_root": droid_root, "date_dirs": per_dir})
+
+
+def discover(config: Config, *, ids: Sequence[str] | None = None, labs: Sequence[str] = (),
+             outcomes: Sequence[str] = OUTCOMES, limit: int | None = None, rescan: bool = False) -> EpisodeIndex:
+    """The index of config's droid_root: scanned (a local folder) or listed or mapped (a remote
+    root, see :func:`build_remote_index`, which the selection arguments narrow)."""
+    if isinstance(config.droid_root, str):
+        return build_remote_index(config.droid_root, config.index_path, token=config.storage_token,
+                                  paths_file=config.episode_paths_file, rescan=rescan, ids=ids, labs=labs,
+                                  outcomes=outcomes, limit=limit)
+    return build_index(config.droid_root, config.index_path, rescan=rescan)
 
 
 # A remote root's cached listing: 1: date folder listings and episode records by folder.
@@ -557,7 +570,8 @@ def _listed_folders(remote: Any, listings: dict[str, list[str]], labs: Sequence[
             return None
         unsafe = [n for n in names if name_problem(n)]
         for name in unsafe:
-            problems.append(_problem(f"{rel}/{name}".lstrip("/"), f"{printable(f'{rel}/{name}')}: {name_problem(name)}"))
+            child = f"{rel}/{name}".lstrip("/")
+            problems.append(_problem(child, f"{printable(child)}: {name_problem(name)}"))
         return [n for n in names if n not in unsafe]
 
     top = listing("")
@@ -567,7 +581,7 @@ def _listed_folders(remote: Any, listings: dict[str, list[str]], labs: Sequence[
     with ThreadPoolExecutor(REMOTE_THREADS) as pool:
         for _ in range(2):  # outcome -> date folders, date -> episode folders
             found = list(pool.map(listing, level))
-            next_level = []
+            next_level: list[str] = []
             for rel, names in zip(level, found):
                 if names is not None:
                     if rel.count("/") == 2:

@@ -133,7 +133,7 @@ class RemoteRoot:
                 if exc.errno in _FULL:
                     raise FetchError(f"{name}: scratch full: {exc}") from exc
                 cause: Exception = exc
-            except Exception as exc:  # noqa: BLE001 - the client's errors: HTTP, connection, checks
+            except Exception as exc:  # the client's errors: HTTP, connection, checks
                 if _http_code(exc) in range(400, 500) and _http_code(exc) not in (408, 429):
                     raise FetchError(f"{name}: {type(exc).__name__}: {exc}") from exc
                 cause = exc
@@ -152,6 +152,7 @@ def _check(name: str, info: ObjectInfo, dest: Path) -> None:
     size = dest.stat().st_size
     if size != info.size:
         raise ChecksumMismatch(f"{name}: copied {size} bytes, the object has {info.size}")
+    digest: Any
     if info.md5:
         digest = hashlib.md5(usedforsecurity=False)
         expected, kind = info.md5, "MD5"

@@ -75,9 +75,10 @@ def start_emulator(raw_root: Path, work: Path, extra: dict[str, Path] | None = N
         try:
             with urllib.request.urlopen(f"{url}/storage/v1/b", timeout=2):
                 break
-        except OSError:
+        except OSError as exc:
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"fake-gcs-server did not start: {(work / 'fake-gcs-server.log').read_text()}")
+                raise RuntimeError(f"fake-gcs-server did not start: {(work / 'fake-gcs-server.log').read_text()}") \
+                    from exc
             time.sleep(0.1)
     return Emulator(process, url, data)
 
@@ -131,6 +132,9 @@ class FaultProxy:
 
         class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
             daemon_threads = True
+
+            def handle_error(self, request: object, client_address: object) -> None:
+                pass  # a client that hung up (a cut or held body, a killed worker)
 
         self.server = Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
