@@ -84,14 +84,15 @@ def remove_dead_scratch(base: Path) -> list[Path]:
 
 
 def fetch_step(config: Config, pipeline: str, episode: Episode, dest: Path, remote: RemoteRoot,
-               reserve: _Budget | None = None) -> Fetched:
-    """Copy the episode's files that ``pipeline`` reads into ``dest`` (see module docstring)."""
+               reserve: _Reservation | None = None) -> Fetched:
+    """Copy the episode's files that ``pipeline`` reads into ``dest`` (see module docstring);
+    ``reserve`` takes the bytes from the scratch budget before anything is written."""
     t0 = time.perf_counter()
     names = files_to_fetch(pipeline, episode, config)
     infos: dict[str, ObjectInfo] = {name: remote.info(f"{episode.relative_path}/{name}") for name in names}
     total = sum(info.size for info in infos.values())
     if reserve is not None:
-        reserve.take(total, episode)
+        reserve.take(total)
     partial = dest.with_name(dest.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     folder = partial / episode.relative_path
@@ -103,36 +104,37 @@ def fetch_step(config: Config, pipeline: str, episode: Episode, dest: Path, remo
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         if reserve is not None:
-            reserve.give_back(total)
+            reserve.budget.give_back(total)
         raise
     return Fetched(dest, total, len(infos), time.perf_counter() - t0)
 
 
 class _Budget:
-    """Scratch bytes reserved in episode order, never more than ``limit`` at once."""
+    """Scratch bytes, reserved in episode order (position ``turn`` reserves next, once every
+    earlier one reserved or failed), never more than ``limit`` at once."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
         self.turn = 0
+        self.passed: set[int] = set()
         self.closed = False
         self.cond = threading.Condition()
 
-    def wait_turn(self, position: int) -> None:
-        with self.cond:
-            self.cond.wait_for(lambda: self.turn >= position or self.closed)
-
-    def take(self, size: int, episode: Episode) -> None:
+    def reserve(self, position: int, size: int, episode: Episode) -> None:
         with self.cond:
             if size > self.limit:
                 raise FetchError(f"episode {episode.episode_id} needs {size} bytes of scratch, more than "
                                  f"scratch_max_bytes={self.limit}")
-            self.cond.wait_for(lambda: self.used + size <= self.limit or self.closed)
+            self.cond.wait_for(lambda: (self.turn == position and self.used + size <= self.limit) or self.closed)
             self.used += size
 
-    def next_turn(self) -> None:
+    def pass_turn(self, position: int) -> None:
+        """Position ``position`` reserved, or never will: the next one may."""
         with self.cond:
-            self.turn += 1
+            self.passed.add(position)
+            while self.turn in self.passed:
+                self.turn += 1
             self.cond.notify_all()
 
     def give_back(self, size: int) -> None:
@@ -146,6 +148,21 @@ class _Budget:
             self.cond.notify_all()
 
 
+@dataclass
+class _Reservation:
+    """An episode's claim on the budget, at its position in the batch."""
+
+    budget: _Budget
+    position: int
+    episode: Episode
+
+    def take(self, size: int) -> None:
+        try:
+            self.budget.reserve(self.position, size, self.episode)
+        finally:
+            self.budget.pass_turn(self.position)
+
+
 class Prefetcher:
     """Fetch a worker's batch in order, up to ``config.prefetch_episodes`` ahead of the episode
     taken (see module docstring)."""
@@ -156,18 +173,17 @@ class Prefetcher:
         self.remote = RemoteRoot(config.droid_root, config.storage_token)
         self.ahead = config.prefetch_episodes
         self.budget = _Budget(config.scratch_max_bytes)
-        self.pool = ThreadPoolExecutor(max(1, self.ahead), thread_name_prefix="prefetch")
+        self.pool = ThreadPoolExecutor(self.ahead + 1, thread_name_prefix="prefetch")
         self.futures: dict[int, Future[Fetched]] = {}
         self.sizes: dict[int, int] = {}
 
     def _fetch(self, position: int) -> Fetched:
         episode = self.episodes[position]
-        self.budget.wait_turn(position)
         try:
             fetched = fetch_step(self.config, self.pipeline, episode, self.scratch / episode.episode_id,
-                                 self.remote, self.budget)
+                                 self.remote, _Reservation(self.budget, position, episode))
         finally:
-            self.budget.next_turn()
+            self.budget.pass_turn(position)  # when it failed before reserving
         self.sizes[position] = fetched.bytes
         return fetched
 
