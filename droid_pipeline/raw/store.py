@@ -7,10 +7,13 @@ synchronous; gcsfs is maintained under the fsspec project, speaks the JSON API, 
 ``fsspec.filesystem``. Reads are anonymous unless ``storage_token`` names credentials.
 
 :meth:`RemoteRoot.download` copies one object into a local file and checks it against the size
-and the MD5 (else CRC32C) the store reports; copies that fail their check, broken connections,
-429 and 5xx answers are retried with exponential backoff (gcsfs retries HTTP errors itself too).
-A missing object, a full local disk, or an object still failing after the retries raises
-:class:`FetchError` naming the object and the cause.
+and the MD5 (else CRC32C) the store reports; copies that fail their check and broken connections
+are retried here with exponential backoff (:data:`ATTEMPTS`). A missing object, a full local
+disk, or an object still failing after the retries raises :class:`FetchError` naming the object
+and the cause. HTTP errors come out of gcsfs after its own
+retries (429, 5xx and timeouts, six tries with exponential backoff, about 30 s) and are not
+retried again; other 4xx answers (gcsfs raises 403, no access, as an OSError without errno) fail
+at once.
 """
 
 from __future__ import annotations
@@ -132,10 +135,14 @@ class RemoteRoot:
             except OSError as exc:
                 if exc.errno in _FULL:
                     raise FetchError(f"{name}: scratch full: {exc}") from exc
+                if exc.errno is None and not isinstance(exc, ConnectionError):  # the store refused
+                    raise FetchError(f"{name}: {' '.join(str(exc).split())}") from exc
                 cause: Exception = exc
             except Exception as exc:  # the client's errors: HTTP, connection, checks
-                if _http_code(exc) in range(400, 500) and _http_code(exc) not in (408, 429):
-                    raise FetchError(f"{name}: {type(exc).__name__}: {exc}") from exc
+                code = _http_code(exc)
+                if code is not None:  # gcsfs retried 429, 5xx and timeouts already, with backoff
+                    again = " (after the client's retries)" if code in (408, 429) or code >= 500 else ""
+                    raise FetchError(f"{name}: HTTP {code}: {exc}{again}") from exc
                 cause = exc
             if attempt + 1 == ATTEMPTS:
                 raise FetchError(f"{name}: failed after {ATTEMPTS} attempts: {type(cause).__name__}: {cause}") \

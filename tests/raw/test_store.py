@@ -139,13 +139,17 @@ def test_a_map_entry_whose_metadata_names_another_episode_is_a_problem(local, pr
 
 
 def test_listing_errors_become_problems_of_the_folder_and_the_rest_is_found(local, proxy, tmp_path):
+    # 403 (no access to one date folder) fails at once; a 503 on a lab's listing is retried.
     broken = local.episodes[0].relative_path.rsplit("/", 1)[0]
-    proxy.add(Fault(f"prefix={PREFIX}/{broken}/", "status", status=500, times=99, media_only=False))
+    proxy.add(Fault(f"prefix={PREFIX}/{broken}/", "status", status=403, times=99, media_only=False))
+    transient = proxy.add(Fault(f"prefix={PREFIX}/{local.episodes[1].lab}/", "status", status=503,
+                                media_only=False))
     index = build_remote_index(ROOT_URL, tmp_path / "index.json")
     assert [e.episode_id for e in index.episodes] == [e.episode_id for e in local.episodes[1:]]
     assert [p["path"] for p in index.problems] == [broken]
-    assert "cannot list folder" in index.problems[0]["problem"]
-    proxy.add(Fault(f"prefix={PREFIX}/&", "status", status=500, times=99, media_only=False))
+    assert "cannot list folder" in index.problems[0]["problem"] and "Forbidden" in index.problems[0]["problem"]
+    assert transient.seen == 1
+    proxy.add(Fault(f"prefix={PREFIX}/&", "status", status=403, times=99, media_only=False))
     with pytest.raises(DiscoveryError, match=f"droid_root {ROOT_URL}: cannot list it"):
         build_remote_index(ROOT_URL, None)
 
