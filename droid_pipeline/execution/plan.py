@@ -233,7 +233,7 @@ def main(argv: Sequence[str]) -> int:
         if state not in ("missing", "forced"):
             redo.append(Redo(episode.episode_id, state, reason))
     upload = bool(repos) and not args.no_upload and (args.upload or not debug)
-    batch = batch_size(len(todo), workers, args.episodes_per_worker)
+    batch = batch_size(len(todo), workers, args.episodes_per_worker, prefetched_batch(config))
     plan = RunPlan(pipeline=spec.name, schema_version=SCHEMA_VERSION, selected=len(selected),
                    skipped=Skipped(**skipped), redo=tuple(redo), todo=len(todo), workers=workers,
                    gpus=tuple(gpus), workers_per_gpu=config.workers_per_gpu, upload=upload,
@@ -387,14 +387,21 @@ def _submit_slurm(spec: PipelineSpec, config: Config, plan: RunPlan, todo: list[
     return DriverExit(EXIT_OK)
 
 
-def batch_size(todo: int, workers: int, requested: int | None) -> int:
+def batch_size(todo: int, workers: int, requested: int | None, minimum: int = 1) -> int:
     """Episodes per worker process: amortizes interpreter and import start-up (about 0.6 s) while
-    leaving each worker about four batches, so the last ones end close together."""
+    leaving each worker about four batches, so the last ones end close together; at least
+    ``minimum`` (see :func:`prefetched_batch`)."""
     if requested is not None:
         if requested < 1:
             raise ConfigError(f"--episodes-per-worker must be >= 1, got {requested}")
         return requested
-    return max(1, min(MAX_BATCH, todo // (workers * 4)))
+    return max(1, minimum, min(MAX_BATCH, todo // (workers * 4)))
+
+
+def prefetched_batch(config: Config) -> int:
+    """The smallest batch that lets a worker prefetch (it fetches ahead within its batch): the
+    episode it runs plus ``prefetch_episodes``, for remote roots."""
+    return config.prefetch_episodes + 1 if config.remote_root else 1
 
 
 def shard(items: Sequence[T], index: int, count: int) -> list[T]:
@@ -429,5 +436,6 @@ def _plan_slurm_task(spec: PipelineSpec, run_dir: Path) -> DriverRun:
     if not todo:
         print("nothing left to do in this shard")
     return DriverRun(run_dir=run_dir, run_root=config.run_root, todo_file=todo_file, todo=len(todo),
-                     workers=workers, batch=batch_size(len(todo), workers, plan.episodes_per_worker),
+                     workers=workers,
+                     batch=batch_size(len(todo), workers, plan.episodes_per_worker, prefetched_batch(config)),
                      gpus=tuple(gpus), upload=plan.upload, debug=False, summary_task=task)
