@@ -344,7 +344,7 @@ def _warm_worker(slot: WorkerSlot, batch: list[tuple[int, Episode]], signals: _S
     stop = EXIT_INTERRUPTED if slot.debug else EXIT_WORKER_STOP
     config = _run_config(slot)
     _preload(slot, config)
-    prefetcher = None
+    prefetcher, scratch = None, None
     if config is not None and config.remote_root:
         scratch, _lock_fd = claim_scratch(config)  # the lock lives as long as this process
         prefetcher = Prefetcher(config, slot.spec.name, [episode for _, episode in batch], scratch)
@@ -365,6 +365,8 @@ def _warm_worker(slot: WorkerSlot, batch: list[tuple[int, Episode]], signals: _S
     finally:
         if prefetcher is not None:
             prefetcher.close()
+        if scratch is not None and not slot.debug:
+            shutil.rmtree(scratch, ignore_errors=True)  # what fetches in flight leave, the next worker removes
     return EXIT_FAILED if failed else EXIT_OK
 
 

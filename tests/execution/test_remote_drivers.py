@@ -13,7 +13,8 @@ from remote_runs import FULL, MAP_URL, METADATA, REPO, assert_same_outputs, run,
 
 from droid_pipeline.cli.episodes import main as episodes_main
 from droid_pipeline.execution.steps import STEPS, markdown_table
-from droid_pipeline.execution.timing import COLUMNS
+from droid_pipeline.execution.timing import COLUMNS, format_review, read_rows
+from droid_pipeline.execution.timing import review as timing_review
 from droid_pipeline.raw.discovery import build_index
 from droid_pipeline.synthetic.generator import generate_dataset
 
@@ -53,6 +54,8 @@ def test_metadata_driver_from_gs_by_listing_equals_a_local_run(dataset, proxy, t
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["fetch"]["bytes"] == sum(int(r["fetch_bytes"]) for r in rows)
     assert "fetched: " in result.stdout
+    review = format_review(timing_review(read_rows(run_dir / "timing.csv")), "timing.csv")
+    assert f"fetched: {summary['fetch']['bytes'] / 1e6:.1f} MB for 3 episodes" in review and " MB/s" in review
     # Exactly the files the pipeline reads: never trajectory_im128.h5, SVOs or stereo MP4s
     # (every camera here has its left-image MP4).
     media = [r for r in proxy.requests if "alt=media" in r]

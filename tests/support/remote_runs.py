@@ -58,7 +58,8 @@ def timing_rows(work: Path) -> list[dict[str, str]]:
 
 
 def scratch_files(work: Path) -> list[Path]:
-    return [p for p in (work / "node-tmp").rglob("*") if p.is_file() and p.name != ".lock"]
+    """What the run left in its node-local scratch ($TMPDIR): files and worker folders alike."""
+    return sorted((work / "node-tmp" / "droid-fetch").rglob("*"))
 
 
 def assert_same_outputs(local: Path, remote: Path, episodes) -> None:
