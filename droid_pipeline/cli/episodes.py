@@ -12,7 +12,7 @@ from droid_pipeline.core.exit_codes import ExitCode
 from droid_pipeline.raw.discovery import (
     OUTCOMES,
     DiscoveryError,
-    build_index,
+    discover,
     format_table,
     read_id_file,
 )
@@ -21,7 +21,8 @@ from droid_pipeline.raw.discovery import (
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m droid_pipeline.episodes",
-        description="Scan droid_root, refresh the cached episode index and print the selection.")
+        description="Scan droid_root (a folder, or list a gs:// root / read its episode_paths_file), refresh "
+                    "the cached episode index and print the selection.")
     add_config_args(parser)
     parser.add_argument("--episode_id", "--episode-id", action="append", metavar="ID",
                         help="select this id (repeatable)")
@@ -34,13 +35,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the selection as JSON lines")
     args = parser.parse_args(argv)
     config = config_from_args(args)
-    index = build_index(config.droid_root, config.index_path, rescan=args.rescan)
     ids = list(args.episode_id or [])
     if args.episodes:
         ids.extend(read_id_file(args.episodes))
     outcomes = config.outcomes if not args.outcome else (
         list(OUTCOMES) if "all" in args.outcome else args.outcome)
     try:
+        index = discover(config, ids=ids or None, labs=args.lab or config.labs, outcomes=outcomes,
+                         limit=args.limit, rescan=args.rescan)
         chosen = index.select(episode_ids=ids or None, labs=args.lab or config.labs,
                               outcomes=outcomes, limit=args.limit)
     except DiscoveryError as exc:

@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             mp4_dir = episode.path(config.droid_root) / "recordings" / "MP4"
         else:
             data = read_episode_dir(args.episode_dir)
-            mp4_dir = (args.droid_root or config.droid_root) / data.relative_path / "recordings" / "MP4"
+            mp4_dir = Path(args.droid_root or config.droid_root) / data.relative_path / "recordings" / "MP4"
         label = data.episode_id
         cameras = [c for item in args.camera or [] for c in item.split(",") if c]
         if "all" in cameras:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -31,9 +32,18 @@ class ConfigError(ValueError):
     """A configuration value is unknown, missing, mistyped or out of range."""
 
 
-def _spec(*, min: float | None = None, max: float | None = None, path: bool = False,
+def _spec(*, min: float | None = None, max: float | None = None, path: bool = False, url: bool = False,
           even: bool = False, length: int | None = None) -> dict[str, Any]:
-    return {"min": min, "max": max, "path": path, "even": even, "length": length}
+    return {"min": min, "max": max, "path": path, "url": url, "even": even, "length": length}
+
+
+# An object-store URL (gs://bucket/prefix, s3://..., https://...), kept as text: never a local path.
+URL_PATTERN = re.compile(r"[a-z][a-z0-9+.-]*://\S+")
+
+
+def is_url(value: object) -> bool:
+    """Whether a path-or-URL config value is a URL (``scheme://...``)."""
+    return isinstance(value, str) and URL_PATTERN.fullmatch(value) is not None
 
 
 def _field(**kwargs: Any) -> Any:
@@ -175,7 +185,12 @@ class GripperConfig:
 
 @dataclass(frozen=True)
 class Config:
-    droid_root: Path = _field(path=True)
+    droid_root: Path | str = _field(path=True, url=True)
+    episode_paths_file: Path | str | None = _field(path=True, url=True)
+    storage_token: str | None = _field()
+    scratch_dir: Path | None = _field(path=True)
+    prefetch_episodes: int = _field(min=0, max=64)
+    scratch_max_bytes: int = _field(min=1)
     output_root: Path = _field(path=True)
     run_root: Path = _field(path=True)
     episode_index_path: Path | None = _field(path=True)
@@ -235,6 +250,18 @@ class Config:
     def index_path(self) -> Path:
         """Where the cached episode index lives."""
         return self.episode_index_path or self.output_root / "episode_index.json"
+
+    @property
+    def remote_root(self) -> bool:
+        """Whether droid_root is an object-store URL, whose episodes the fetch step copies first."""
+        return isinstance(self.droid_root, str)
+
+    @property
+    def scratch_root(self) -> Path:
+        """Where fetched episodes go: scratch_dir, else $TMPDIR or the system temporary folder."""
+        import tempfile
+
+        return self.scratch_dir or Path(tempfile.gettempdir())
 
     @property
     def cam2base_paths(self) -> list[Path]:
@@ -364,6 +391,8 @@ def _resolve_paths(data: Any, cls: type, base: Path, source: str, prefix: str) -
         sub = _dataclass_of(hints[key])
         if sub is not None:
             out[key] = _resolve_paths(value, sub, base, source, f"{prefix}{key}.")
+        elif field.metadata.get("url") and is_url(value):
+            out[key] = value
         elif field.metadata.get("path") and isinstance(value, str) and value:
             out[key] = _resolve_path(value, base)
         elif field.metadata.get("path") and isinstance(value, list):
@@ -413,6 +442,8 @@ def _convert(value: Any, hint: Any, meta: Any, key: str, source: str, origin: di
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        if meta.get("url") and is_url(value):
+            return value
         inner = [a for a in args if a is not type(None)]
         return _convert(value, inner[0], meta, key, source, origin)
     sub = _dataclass_of(hint)

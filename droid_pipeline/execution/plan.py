@@ -53,7 +53,7 @@ from droid_pipeline.execution.records import (
 )
 from droid_pipeline.execution.slurm import sbatch_script, submit
 from droid_pipeline.execution.timing import EPISODE_LIST_NAME, TIMING_NAME, create_csv, utc_timestamp
-from droid_pipeline.raw.discovery import OUTCOMES, Episode, EpisodeIndex, build_index, read_id_file
+from droid_pipeline.raw.discovery import OUTCOMES, Episode, EpisodeIndex, discover, read_id_file
 
 if TYPE_CHECKING:
     from droid_pipeline.publish.ledger import Ledger
@@ -68,7 +68,8 @@ T = TypeVar("T")
 
 
 def _driver_parser(spec: PipelineSpec) -> argparse.ArgumentParser:
-    steps = " -> ".join("depth + FFV1" if s == "depth" else s for s in spec.steps)
+    steps = " -> ".join("depth + FFV1" if s == "depth" else "fetch (gs:// roots)" if s == "fetch" else s
+                        for s in spec.steps)
     parser = argparse.ArgumentParser(
         prog=spec.driver,
         description=f"Run the {spec.name} pipeline ({steps}) over DROID episodes with parallel "
@@ -89,7 +90,8 @@ def _driver_parser(spec: PipelineSpec) -> argparse.ArgumentParser:
                         help="YAML file overriding configs/default.yaml (repeatable)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override one config key, e.g. --set slurm.partition=cpu (repeatable)")
-    parser.add_argument("--droid-root", metavar="DIR", help="raw DROID root (config 'droid_root')")
+    parser.add_argument("--droid-root", metavar="DIR|URL",
+                        help="raw DROID root, a folder or gs://bucket/prefix (config 'droid_root')")
     parser.add_argument("--out", metavar="DIR", help="output root (config 'output_root')")
     parser.add_argument("--episodes-per-worker", type=int, metavar="B",
                         help="episodes each worker process runs in turn (default: up to "
@@ -199,13 +201,13 @@ def main(argv: Sequence[str]) -> int:
     config = load_config(args.config, _overrides(args))
     if not args.dry_run:
         check_published_files(config)
-    index = build_index(config.droid_root, config.index_path)
     if args.episode_id:
         ids: list[str] | None = [args.episode_id]
     elif args.episodes:
         ids = read_id_file(args.episodes)
     else:
         ids = None
+    index = discover(config, ids=ids, labs=config.labs, outcomes=config.outcomes, limit=args.limit)
     selected, discovery = select_with_failures(index, ids, config.labs, config.outcomes, args.limit)
     in_scope = {f.path for f in discovery}
     for problem in index.problems:
@@ -232,7 +234,7 @@ def main(argv: Sequence[str]) -> int:
         if state not in ("missing", "forced"):
             redo.append(Redo(episode.episode_id, state, reason))
     upload = bool(repos) and not args.no_upload and (args.upload or not debug)
-    batch = batch_size(len(todo), workers, args.episodes_per_worker)
+    batch = batch_size(len(todo), workers, args.episodes_per_worker, prefetched_batch(config))
     plan = RunPlan(pipeline=spec.name, schema_version=SCHEMA_VERSION, selected=len(selected),
                    skipped=Skipped(**skipped), redo=tuple(redo), todo=len(todo), workers=workers,
                    gpus=tuple(gpus), workers_per_gpu=config.workers_per_gpu, upload=upload,
@@ -327,6 +329,10 @@ def _print_plan(plan: RunPlan, todo: list[Episode], args: argparse.Namespace, co
             print(f"  {failure.cause}")
         if len(failures) > REDO_SHOWN:
             print(f"  ... and {len(failures) - REDO_SHOWN} more")
+    if config.remote_root:
+        print(f"raw episodes from {config.droid_root}"
+              + (f" (folders from {config.episode_paths_file})" if config.episode_paths_file else " (listed)")
+              + f", fetched into {config.scratch_root}, {config.prefetch_episodes} ahead per worker")
     if not plan.upload:
         why = ("--no-upload" if args.no_upload else "no metadata_repo/full_repo in the config"
                if not plan.repos else "debug run without --upload")
@@ -382,19 +388,26 @@ def _submit_slurm(spec: PipelineSpec, config: Config, plan: RunPlan, todo: list[
     return DriverExit(ExitCode.DONE)
 
 
-def batch_size(todo: int, workers: int, requested: int | None) -> int:
+def batch_size(todo: int, workers: int, requested: int | None, minimum: int = 1) -> int:
     """Episodes per worker process. A worker process costs about as much CPU to start as an
     episode (interpreter, imports, warm-up: 0.8 CPU s on a 2-core machine), and more batches per
     worker let the last ones end closer together (xargs hands the next batch to whichever worker
     is free). A single worker takes the whole run in one batch; K workers take about
     sqrt(todo / 2K) batches each, at most four, which balances start-ups against the last
-    batches' uneven end (todo = 24, K = 2: two batches of 6 each). At most MAX_BATCH episodes."""
+    batches' uneven end (todo = 24, K = 2: two batches of 6 each). At most MAX_BATCH episodes, at
+    least ``minimum`` (see :func:`prefetched_batch`)."""
     if requested is not None:
         if requested < 1:
             raise ConfigError(f"--episodes-per-worker must be >= 1, got {requested}")
         return requested
     per_worker = 1 if workers <= 1 else min(4, max(1, round(math.sqrt(todo / (2 * workers)))))
-    return max(1, min(MAX_BATCH, todo // (workers * per_worker)))
+    return max(1, minimum, min(MAX_BATCH, todo // (workers * per_worker)))
+
+
+def prefetched_batch(config: Config) -> int:
+    """The smallest batch that lets a worker prefetch (it fetches ahead within its batch): the
+    episode it runs plus ``prefetch_episodes``, for remote roots."""
+    return config.prefetch_episodes + 1 if config.remote_root else 1
 
 
 def shard(items: Sequence[T], index: int, count: int) -> list[T]:
@@ -429,5 +442,6 @@ def _plan_slurm_task(spec: PipelineSpec, run_dir: Path) -> DriverRun:
     if not todo:
         print("nothing left to do in this shard")
     return DriverRun(run_dir=run_dir, run_root=config.run_root, todo_file=todo_file, todo=len(todo),
-                     workers=workers, batch=batch_size(len(todo), workers, plan.episodes_per_worker),
+                     workers=workers,
+                     batch=batch_size(len(todo), workers, plan.episodes_per_worker, prefetched_batch(config)),
                      gpus=tuple(gpus), upload=plan.upload, debug=False, summary_task=task)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from droid_pipeline.core.atomic import write_text_atomic
 from droid_pipeline.core.config import ConfigError
 from droid_pipeline.core.exit_codes import ExitCode
+from droid_pipeline.execution.steps import pipeline_steps
 from droid_pipeline.raw.discovery import Episode
 
 if TYPE_CHECKING:
@@ -42,9 +43,10 @@ class PipelineSpec:
     steps: tuple[str, ...]
 
 
+# Each pipeline's steps, in order, as execution/steps.py declares them (fetch runs for remote roots only).
 PIPELINES: dict[str, PipelineSpec] = {
-    "metadata": PipelineSpec("metadata", "run_pipeline_metadata_only.sh", ("intrinsics", "tracks")),
-    "full": PipelineSpec("full", "run_pipeline_compressed_depth.sh", ("intrinsics", "depth", "tracks")),
+    "metadata": PipelineSpec("metadata", "run_pipeline_metadata_only.sh", pipeline_steps("metadata")),
+    "full": PipelineSpec("full", "run_pipeline_compressed_depth.sh", pipeline_steps("full")),
 }
 
 

@@ -31,6 +31,8 @@ from droid_pipeline.execution.timing import (
     PEAK_RSS_NAME,
     TIMING_NAME,
     AttemptStatus,
+    fetch_totals,
+    format_fetch,
     parse_timestamp,
     read_peak_rss,
     read_rows,
@@ -64,6 +66,7 @@ class RunSummary:
     failed_episodes: tuple[FailedEpisode, ...] = ()
     discovery_failures: tuple[DiscoveryFailure, ...] = ()
     peak_rss_mib: dict[str, Any] | None = None
+    fetch: dict[str, float] | None = None
 
     @property
     def exit_code(self) -> int:
@@ -73,7 +76,7 @@ class RunSummary:
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        del data["discovery_failures"], data["peak_rss_mib"]
+        del data["discovery_failures"], data["peak_rss_mib"], data["fetch"]
         data.update(skipped={} if self.skipped is None else dataclasses.asdict(self.skipped),
                     failed_episodes=[dataclasses.asdict(f) for f in self.failed_episodes])
         if self.discovery_failures:
@@ -81,6 +84,8 @@ class RunSummary:
                         discovery_failures=[dataclasses.asdict(f) for f in self.discovery_failures])
         if self.peak_rss_mib is not None:
             data["peak_rss_mib"] = self.peak_rss_mib
+        if self.fetch is not None:
+            data["fetch"] = self.fetch
         data["exit_code"] = self.exit_code
         return data
 
@@ -118,7 +123,8 @@ def summarize(run_dir: Path, task: str, interrupted: bool) -> RunSummary:
                       failed_episodes=tuple(FailedEpisode(r["episode_id"], r["failed_step"], r["error"])
                                             for r in failed),
                       discovery_failures=plan.discovery_failures if task in ("", "0") else (),
-                      peak_rss_mib=peak_rss)
+                      peak_rss_mib=peak_rss,
+                      fetch=fetch_totals([r for r in read_rows(run_dir / TIMING_NAME) if r["episode_id"] in wanted]))
 
 
 def format_summary(summary: RunSummary, run_dir: Path) -> str:
@@ -137,6 +143,9 @@ def format_summary(summary: RunSummary, run_dir: Path) -> str:
     if peak is not None:
         lines.append(f"peak RSS of an episode process: {peak['max']:.1f} MiB at most ({peak['episode_id']}), "
                      f"median {peak['median']:.1f} MiB over {peak['attempts']} attempt(s)")
+    fetch_line = format_fetch(summary.fetch)
+    if fetch_line:
+        lines.append(fetch_line)
     failures = summary.discovery_failures
     if failures:
         lines.append(f"discovery: {len(failures)} folder(s) of the selection cannot be run (all in "

@@ -23,12 +23,14 @@ from typing import Any
 import numpy as np
 
 from droid_pipeline.core.atomic import append_locked
+from droid_pipeline.execution.steps import STEP_NAMES
 
 TIMING_NAME = "timing.csv"
 EPISODE_LIST_NAME = "episodes.txt"
-STEPS = ("intrinsics", "depth", "tracks", "publish")
+# The timed steps (execution/steps.py) and publish; fetch_bytes: what the fetch step copied.
+STEPS = STEP_NAMES
 COLUMNS = ("episode_id", "pipeline", "host", "slot", "gpu", "start_time",
-           *(f"{step}_s" for step in STEPS), "total_s", "status", "failed_step", "error")
+           *(f"{step}_s" for step in STEPS), "fetch_bytes", "total_s", "status", "failed_step", "error")
 _HEADER = ",".join(COLUMNS) + "\n"
 MAX_ERROR_CHARS = 500
 # Beside timing.csv, one row per attempt too: the peak resident memory of the episode process
@@ -69,6 +71,7 @@ class TimingRow:
     start_time: str
     status: AttemptStatus = AttemptStatus.DONE
     step_seconds: dict[str, float] = field(default_factory=dict)  # steps of STEPS that ran
+    fetch_bytes: int | None = None  # bytes the fetch step copied (remote roots)
     total_s: float | None = None
     failed_step: str = ""
     error: str = ""
@@ -82,8 +85,8 @@ class TimingRow:
         return {"episode_id": self.episode_id, "pipeline": self.pipeline, "host": self.host, "slot": self.slot,
                 "gpu": self.gpu, "start_time": self.start_time,
                 **{f"{step}_s": seconds for step, seconds in self.step_seconds.items()},
-                "total_s": self.total_s, "status": self.status.value, "failed_step": self.failed_step,
-                "error": self.error}
+                "fetch_bytes": self.fetch_bytes, "total_s": self.total_s, "status": self.status.value,
+                "failed_step": self.failed_step, "error": self.error}
 
 
 def format_row(row: Mapping[str, Any]) -> str:
@@ -161,7 +164,7 @@ def review(rows: Sequence[dict[str, str]], planned: int | None = None,
     finished = [r for r in rows if r["status"] in ("done", "failed")]
     steps: dict[str, dict[str, float]] = {}
     for step in (*STEPS, "total"):
-        seconds = [_seconds(r[f"{step}_s"]) for r in finished
+        seconds = [_seconds(r.get(f"{step}_s")) for r in finished
                    if not (r["status"] == "failed" and r["failed_step"] == step)
                    and (step != "total" or r["status"] == "done")]
         values = np.array([v for v in seconds if v is not None])
@@ -189,8 +192,28 @@ def review(rows: Sequence[dict[str, str]], planned: int | None = None,
     return {"rows": len(rows), "done": sum(r["status"] == "done" for r in rows),
             "failed": sum(r["status"] == "failed" for r in rows),
             "interrupted": sum(r["status"] == "interrupted" for r in rows),
-            "steps": steps, "failures": failures, "episodes_per_hour": overall,
+            "steps": steps, "failures": failures, "fetch": fetch_totals(rows), "episodes_per_hour": overall,
             "per_worker": per_worker, "planned": planned, "remaining": remaining, "eta_s": eta}
+
+
+def fetch_totals(rows: Sequence[Mapping[str, str]]) -> dict[str, float] | None:
+    """Bytes the fetch step copied over the rows, its seconds and MB/s (None: nothing fetched)."""
+    fetched = [r for r in rows if r.get("fetch_bytes")]
+    if not fetched:
+        return None
+    total = sum(int(r["fetch_bytes"]) for r in fetched)
+    seconds = sum(float(r.get("fetch_s") or 0.0) for r in fetched)
+    return {"episodes": len(fetched), "bytes": total, "seconds": seconds,
+            "mb_per_episode": total / len(fetched) / 1e6, "mb_per_s": total / seconds / 1e6 if seconds else 0.0}
+
+
+def format_fetch(totals: dict[str, float] | None) -> str | None:
+    """One line on the fetched bytes, as the review and the summary print it."""
+    if totals is None:
+        return None
+    return (f"fetched: {totals['bytes'] / 1e6:.1f} MB for {int(totals['episodes'])} episodes "
+            f"({totals['mb_per_episode']:.2f} MB each) in {totals['seconds']:.1f} s of fetching, "
+            f"{totals['mb_per_s']:.1f} MB/s")
 
 
 def _rate(rows: Sequence[dict[str, str]]) -> float | None:
@@ -221,6 +244,9 @@ def format_review(stats: dict[str, Any], source: str) -> str:
     else:
         lines.append("failures by step: none")
     lines.append("")
+    fetch_line = format_fetch(stats.get("fetch"))
+    if fetch_line:
+        lines.append(fetch_line)
     lines.append(f"episodes per hour: {_fmt_rate(stats['episodes_per_hour'])}")
     for worker, entry in stats["per_worker"].items():
         lines.append(f"  worker {worker}: {entry['episodes']} episodes, "
@@ -256,7 +282,7 @@ def plot_review(rows: Sequence[dict[str, str]], path: os.PathLike | str) -> None
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
     data, labels = [], []
     for step in STEPS:
-        values = [_seconds(r[f"{step}_s"]) for r in finished
+        values = [_seconds(r.get(f"{step}_s")) for r in finished
                   if not (r["status"] == "failed" and r["failed_step"] == step)]
         values = [v for v in values if v is not None]
         if values:

@@ -48,6 +48,7 @@ from droid_pipeline.core.atomic import append_locked
 from droid_pipeline.core.config import Config, load_config
 from droid_pipeline.core.errors import EpisodeError
 from droid_pipeline.core.exit_codes import ExitCode
+from droid_pipeline.execution.fetch import Fetched, Prefetcher, claim_scratch
 from droid_pipeline.execution.records import (
     FAILED_NAME,
     WORKERS_LOCK,
@@ -55,6 +56,7 @@ from droid_pipeline.execution.records import (
     RunOptions,
     read_run_options,
 )
+from droid_pipeline.execution.steps import BY_NAME, PUBLISH
 from droid_pipeline.execution.timing import (
     PEAK_RSS_NAME,
     TIMING_NAME,
@@ -67,21 +69,12 @@ from droid_pipeline.execution.timing import (
 )
 from droid_pipeline.publish.staging import WORK_DIR_NAME, hold_work_root
 from droid_pipeline.raw.discovery import Episode
+from droid_pipeline.raw.store import FetchError
 
 # The name episode logs have always shown for the runner's own lines.
 log = logging.getLogger("droid_pipeline.execution.runner")
 
 SLOT_VAR = "DROID_WORKER_SLOT"
-# Step name -> (module, function(config, episode, output_dir)); imported only when run. A step
-# module may also define warm_up(config), which the warm worker calls once before forking.
-STEP_FUNCTIONS = {
-    "intrinsics": ("droid_pipeline.steps.intrinsics", "extract_intrinsics"),
-    "depth": ("droid_pipeline.steps.depth", "extract_depth"),
-    "tracks": ("droid_pipeline.steps.tracks", "generate_tracks"),
-}
-# The libraries each step imports where it uses them (so a command's start stays light), imported
-# by the warm worker too: about 0.08 s that no episode process pays again.
-STEP_LIBRARIES = {"intrinsics": ("h5py", "av"), "depth": ("h5py", "av"), "tracks": ("h5py", "av")}
 # Exit codes of an episode process, read by its worker: its row written, or not.
 _EPISODE_EXIT: dict[int, AttemptStatus] = {
     ExitCode.EPISODE_DONE: AttemptStatus.DONE, ExitCode.EPISODE_FAILED: AttemptStatus.FAILED,
@@ -347,36 +340,61 @@ def _recorded_status(slot: WorkerSlot, row: TimingRow) -> AttemptStatus | None:
 
 
 def _warm_worker(slot: WorkerSlot, batch: list[tuple[int, Episode]], signals: _Signals, report: _Report) -> int:
-    """Import the steps, then run the batch's episodes one after the other, each in a forked process."""
+    """Import the steps, then run the batch's episodes one after the other, each in a forked
+    process; with a remote droid_root, fetch them ahead into this worker's scratch folder."""
     stop = ExitCode.INTERRUPTED if slot.debug else ExitCode.WORKER_STOP
-    _preload(slot)
+    config = _readable_config(slot)
+    _preload(slot, config)
+    prefetcher, scratch = None, None
+    if config is not None and config.remote_root:
+        scratch, _lock_fd = claim_scratch(config)  # the lock lives as long as this process
+        prefetcher = Prefetcher(config, slot.spec.name, [episode for _, episode in batch], scratch)
     failed = False
-    for index, episode in batch:
-        if signals.pending:
-            return stop
-        status = _attempt(slot, index, episode, signals, report)
-        if status is AttemptStatus.INTERRUPTED or signals.pending:
-            return stop
-        failed = failed or status is AttemptStatus.FAILED
+    try:
+        for position, (index, episode) in enumerate(batch):
+            if signals.pending:
+                return stop
+            fetched = prefetcher.take(position) if prefetcher is not None else None
+            try:
+                status = _attempt(slot, index, episode, signals, report, fetched)
+            finally:
+                if prefetcher is not None and not slot.debug:
+                    prefetcher.release(position)
+            if status is AttemptStatus.INTERRUPTED or signals.pending:
+                return stop
+            failed = failed or status is AttemptStatus.FAILED
+    finally:
+        if prefetcher is not None:
+            prefetcher.close()
+        if scratch is not None and not slot.debug:
+            shutil.rmtree(scratch, ignore_errors=True)  # what fetches in flight leave, the next worker removes
     return ExitCode.FAILED if failed else ExitCode.DONE
 
 
-def _preload(slot: WorkerSlot) -> None:
+def _readable_config(slot: WorkerSlot) -> Config | None:
+    """The run's config; None when it cannot be read (each episode then records why)."""
+    try:
+        return _run_config(slot.run_dir)
+    except Exception:  # noqa: BLE001 - reported per episode
+        return None
+
+
+def _preload(slot: WorkerSlot, config: Config | None) -> None:
     """Import the step modules and their libraries once and warm each step up with the run's
     config, so every forked episode process starts warm.
 
     What fails here is left alone: the episode process imports (or builds) it again and records
     the error as that step's failure.
     """
-    try:
-        config = _run_config(slot.run_dir)
-    except Exception:  # noqa: BLE001 - reported per episode, see docstring
-        config = None
-    for step in slot.spec.steps:
+    for name in slot.spec.steps:
+        step = BY_NAME[name]
+        if config is not None and not step.applies(config):
+            continue
         try:
-            for library in STEP_LIBRARIES[step]:
+            for library in step.libraries:
                 importlib.import_module(library)
-            warm_up = getattr(importlib.import_module(STEP_FUNCTIONS[step][0]), "warm_up", None)
+            importlib.import_module(step.module)
+            warm_up = step.warm_up_function()
             if config is not None and warm_up is not None:
                 warm_up(config)
         except Exception:  # noqa: BLE001 - reported per episode, see docstring
@@ -397,9 +415,10 @@ def _prctl(option: int, value: int) -> None:
         raise OSError(errno, f"prctl({option}, {value}): {os.strerror(errno)}")
 
 
-def _attempt(slot: WorkerSlot, index: int, episode: Episode, signals: _Signals, report: _Report) -> AttemptStatus:
+def _attempt(slot: WorkerSlot, index: int, episode: Episode, signals: _Signals, report: _Report,
+             fetched: Fetched | FetchError | None = None) -> AttemptStatus:
     """Run one episode in a forked process; record it here if that process dies (OOM, crash)
-    without having written its row."""
+    without having written its row. ``fetched``: its scratch copy (remote roots), or why none."""
     start = time.time()
     worker_pid = os.getpid()
     read_fd, write_fd = os.pipe()
@@ -412,7 +431,7 @@ def _attempt(slot: WorkerSlot, index: int, episode: Episode, signals: _Signals, 
             _prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
             if os.getppid() != worker_pid:  # the warm worker died before the line above
                 os.kill(os.getpid(), signal.SIGKILL)
-            code = _episode_process(slot, episode, start, write_fd, signals)
+            code = _episode_process(slot, episode, start, write_fd, signals, fetched)
         finally:
             os._exit(code)
     os.close(write_fd)
@@ -450,7 +469,7 @@ def _attempt(slot: WorkerSlot, index: int, episode: Episode, signals: _Signals, 
 
 
 def _episode_process(slot: WorkerSlot, episode: Episode, start: float, notify_fd: int,
-                     inherited: _Signals) -> int:
+                     inherited: _Signals, fetched: Fetched | FetchError | None) -> int:
     """Body of the forked episode process; returns its exit code (see ``_EPISODE_EXIT``)."""
     signals = _Signals(deferred=False)
 
@@ -475,7 +494,7 @@ def _episode_process(slot: WorkerSlot, episode: Episode, start: float, notify_fd
         row.total_s = time.time() - start
         return _finish(slot, episode, row, terminal)
 
-    status, recorded = run_episode(slot, episode, start, signals, terminal, notify)
+    status, recorded = run_episode(slot, episode, start, signals, terminal, notify, fetched)
     logging.shutdown()
     terminal.flush()
     return _episode_exit(status, recorded)
@@ -499,9 +518,11 @@ def _own_peak_rss_mib() -> float:
 
 
 def run_episode(slot: WorkerSlot, episode: Episode, start: float, signals: _Signals, terminal: TextIO,
-                notify: Callable[[str], None]) -> tuple[AttemptStatus, bool]:
+                notify: Callable[[str], None], fetched: Fetched | FetchError | None = None
+                ) -> tuple[AttemptStatus, bool]:
     """Run the steps in a work folder, publish, record the attempt; return its status and
-    whether its row could be written."""
+    whether its row could be written. The fetch step (remote roots) takes the worker's
+    ``fetched`` copy, and the steps after it read that copy as their droid_root."""
     spec, debug = slot.spec, slot.debug
     row = slot.new_row(episode, start)
     work_dir = slot.work_dir(episode)
@@ -517,17 +538,21 @@ def run_episode(slot: WorkerSlot, episode: Episode, start: float, signals: _Sign
         work_dir.mkdir(parents=True)
         config = _run_config(slot.run_dir)
         for step in spec.steps:
+            if not BY_NAME[step].applies(config):
+                continue
             notify(step)
             t0 = time.perf_counter()
-            module, function = STEP_FUNCTIONS[step]
-            getattr(importlib.import_module(module), function)(config, episode, work_dir)
+            if step == "fetch":
+                config = _use_fetched(config, episode, fetched, row)
+                continue
+            BY_NAME[step].function()(config, episode, work_dir)
             row.step_seconds[step] = time.perf_counter() - t0
             log.info("step %s: %.3f s", step, row.step_seconds[step])
-        step = "publish"
+        step = PUBLISH
         notify(step)
         t0 = time.perf_counter()
         _publish(slot, episode, work_dir, signals)
-        row.step_seconds["publish"] = time.perf_counter() - t0
+        row.step_seconds[PUBLISH] = time.perf_counter() - t0
         log.info("published to %s", slot.options.output_root / episode.relative_path)
     except Interrupted as exc:
         row.status, row.failed_step, row.error = AttemptStatus.INTERRUPTED, step, f"interrupted by {exc}"
@@ -546,9 +571,24 @@ def run_episode(slot: WorkerSlot, episode: Episode, start: float, signals: _Sign
     log.info("peak RSS of the episode process: %.1f MiB", row.peak_rss_mib)
     recorded = _record_or_report(slot, episode, row, terminal) == "written"
     if debug:
+        kept = f"; scratch copy kept: {fetched.root}" if isinstance(fetched, Fetched) else ""
         print(f"{row.status.value}: episode {episode.episode_id} in {row.total_s:.3f} s; "
-              f"work folder kept: {work_dir}", file=terminal)
+              f"work folder kept: {work_dir}{kept}", file=terminal)
     return row.status, recorded
+
+
+def _use_fetched(config: Config, episode: Episode, fetched: Fetched | FetchError | None, row: TimingRow) -> Config:
+    """The fetch step in the episode process: record the copy the worker made and point the
+    following steps at it, or fail with the cause (naming the object)."""
+    if fetched is None:
+        raise EpisodeError(episode.episode_id, "fetch",
+                           "no scratch copy was made (the worker could not read the config)")
+    if isinstance(fetched, FetchError):
+        raise EpisodeError(episode.episode_id, "fetch", str(fetched))
+    row.step_seconds["fetch"], row.fetch_bytes = fetched.seconds, fetched.bytes
+    log.info("step fetch: %d objects, %d bytes in %.3f s, into %s", fetched.objects, fetched.bytes,
+             fetched.seconds, fetched.root)
+    return dataclasses.replace(config, droid_root=fetched.root)
 
 
 def _record_or_report(slot: WorkerSlot, episode: Episode, row: TimingRow, terminal: TextIO, *,

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from droid_pipeline.core.atomic import write_json_atomic
+from droid_pipeline.core.config import Config
 from droid_pipeline.core.files import (
     MAX_METADATA_BYTES,
     MAX_TEXT_BYTES,
@@ -329,28 +330,13 @@ class _EpisodeProblem(DiscoveryError):
 
 def _read_episode(root: Path, folder: Path) -> Episode:
     rel = folder.relative_to(root)
-    lab, outcome, date, name = rel.parts
     names = set(os.listdir(folder))
-    metadata = sorted(n for n in names if METADATA_PATTERN.fullmatch(n))
-    if not metadata:
-        raise DiscoveryError(f"{rel}: no metadata_<uuid>.json in episode folder")
-    if len(metadata) > 1:
-        raise DiscoveryError(f"{rel}: several metadata files: {', '.join(map(printable, metadata))}")
-    meta_name = printable(metadata[0])
-    meta_path = folder / metadata[0]
+    meta_name = _metadata_name(rel.as_posix(), names)
     try:
-        meta = json.loads(read_text_capped(meta_path, MAX_METADATA_BYTES))
+        meta = json.loads(read_text_capped(folder / meta_name, MAX_METADATA_BYTES))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DiscoveryError(f"{rel}/{meta_name}: unreadable metadata file: {exc}") from exc
-    if not isinstance(meta, dict):
-        raise DiscoveryError(f"{rel}/{meta_name}: metadata is not a JSON object")
-    file_id = metadata[0][len("metadata_"):-len(".json")]
-    episode_id = str(meta.get("uuid") or file_id)
-    if episode_id != file_id:
-        raise DiscoveryError(f"{rel}/{meta_name}: uuid {printable(episode_id)!r} disagrees with the file name")
-    invalid = episode_id_problem(episode_id)
-    if invalid is not None:
-        raise DiscoveryError(f"{rel}/{meta_name}: {invalid}")
+        raise DiscoveryError(f"{rel}/{printable(meta_name)}: unreadable metadata file: {exc}") from exc
+    episode_id = _metadata_id(rel.as_posix(), meta_name, meta)
     broken = _unusable_entries(folder)
     if broken:
         raise _EpisodeProblem(f"{rel}: {'; '.join(broken)}", episode_id)
@@ -358,11 +344,45 @@ def _read_episode(root: Path, folder: Path) -> Episode:
     svo_dir = folder / "recordings" / "SVO"
     mp4_names = set(os.listdir(mp4_dir)) if mp4_dir.is_dir() else set()
     svo_names = set(os.listdir(svo_dir)) if svo_dir.is_dir() else set()
-    serials, warnings = _cameras(rel, meta_name, meta, folder / "trajectory.h5", mp4_names, episode_id)
+    return _episode(rel.as_posix(), episode_id, meta_name, meta, names, mp4_names, svo_names,
+                    folder / "trajectory.h5")
+
+
+def _metadata_name(rel: str, names: set[str]) -> str:
+    """The episode folder's one metadata_<uuid>.json."""
+    metadata = sorted(n for n in names if METADATA_PATTERN.fullmatch(n))
+    if not metadata:
+        raise DiscoveryError(f"{rel}: no metadata_<uuid>.json in episode folder")
+    if len(metadata) > 1:
+        raise DiscoveryError(f"{rel}: several metadata files: {', '.join(map(printable, metadata))}")
+    return metadata[0]
+
+
+def _metadata_id(rel: str, meta_name: str, meta: Any) -> str:
+    """The episode id its metadata file holds, checked against the file name and DROID's grammar."""
+    if not isinstance(meta, dict):
+        raise DiscoveryError(f"{rel}/{printable(meta_name)}: metadata is not a JSON object")
+    file_id = meta_name[len("metadata_"):-len(".json")]
+    episode_id = str(meta.get("uuid") or file_id)
+    if episode_id != file_id:
+        raise DiscoveryError(f"{rel}/{printable(meta_name)}: uuid {printable(episode_id)!r} "
+                             "disagrees with the file name")
+    invalid = episode_id_problem(episode_id)
+    if invalid is not None:
+        raise DiscoveryError(f"{rel}/{printable(meta_name)}: {invalid}")
+    return episode_id
+
+
+def _episode(rel: str, episode_id: str, meta_name: str, meta: dict[str, Any], names: set[str],
+             mp4_names: set[str], svo_names: set[str], trajectory: Path | None) -> Episode:
+    """The record of an episode folder from its metadata and the names of its files; cameras the
+    metadata lacks are recovered from ``trajectory`` (None: not at hand, a remote root)."""
+    lab, outcome, date, name = rel.split("/")
+    serials, warnings = _cameras(rel, meta_name, meta, trajectory, mp4_names, episode_id)
     cams = list(serials.values())
     return Episode(
-        episode_id=episode_id, relative_path=rel.as_posix(), lab=lab, outcome=outcome, date=date,
-        folder=name, metadata_file=metadata[0], serials=serials,
+        episode_id=episode_id, relative_path=rel, lab=lab, outcome=outcome, date=date,
+        folder=name, metadata_file=meta_name, serials=serials,
         has_h5="trajectory.h5" in names,
         svo=tuple(s for s in cams if f"{s}.svo" in svo_names),
         mp4=tuple(s for s in cams if f"{s}.mp4" in mp4_names),
@@ -371,7 +391,7 @@ def _read_episode(root: Path, folder: Path) -> Episode:
     )
 
 
-def _cameras(rel: Path, meta_name: str, meta: dict[str, Any], trajectory: Path, mp4_names: set[str],
+def _cameras(rel: str, meta_name: str, meta: dict[str, Any], trajectory: Path | None, mp4_names: set[str],
              episode_id: str) -> tuple[dict[str, str], list[str]]:
     """Role -> serial from the metadata's ``<role>_cam_serial`` fields, checked (a serial is text or
     a whole number, named for one role only), and the warnings of what was corrected. A role the
@@ -397,7 +417,7 @@ def _cameras(rel: Path, meta_name: str, meta: dict[str, Any], trajectory: Path, 
             serials[role] = serial
     if not missing:
         return serials, []
-    unnamed = _unnamed_h5_cameras(trajectory, set(serials.values()), mp4_names)
+    unnamed = {} if trajectory is None else _unnamed_h5_cameras(trajectory, set(serials.values()), mp4_names)
     warnings = []
     for role, why in missing.items():
         kind = "wrist" if role == "wrist" else "exterior"
@@ -498,6 +518,181 @@ def _save_cache(path: Path, droid_root: str, episodes: Sequence[Episode], proble
         if parent in per_dir:
             per_dir[parent]["problems"].append(problem)
     write_json_atomic(path, {"version": INDEX_VERSION, "droid_root": droid_root, "date_dirs": per_dir})
+
+
+def discover(config: Config, *, ids: Sequence[str] | None = None, labs: Sequence[str] = (),
+             outcomes: Sequence[str] = OUTCOMES, limit: int | None = None, rescan: bool = False) -> EpisodeIndex:
+    """The index of config's droid_root: scanned (a local folder) or listed or mapped (a remote
+    root, see :func:`build_remote_index`, which the selection arguments narrow)."""
+    if isinstance(config.droid_root, str):
+        return build_remote_index(config.droid_root, config.index_path, token=config.storage_token,
+                                  paths_file=config.episode_paths_file, rescan=rescan, ids=ids, labs=labs,
+                                  outcomes=outcomes, limit=limit)
+    return build_index(config.droid_root, config.index_path, rescan=rescan)
+
+
+# A remote root's cached listing: 1: date folder listings and episode records by folder.
+REMOTE_INDEX_VERSION = 1
+# Listings and metadata reads in flight at once against a remote root.
+REMOTE_THREADS = 16
+
+
+def build_remote_index(url: str, cache_path: os.PathLike | str | None = None, *, token: str | None = None,
+                       paths_file: os.PathLike | str | None = None, rescan: bool = False,
+                       ids: Sequence[str] | None = None, labs: Sequence[str] = (),
+                       outcomes: Sequence[str] = OUTCOMES, limit: int | None = None) -> EpisodeIndex:
+    """The index of a remote root (``gs://...``), holding at least the episodes of the selection.
+
+    With ``paths_file`` (DROID's ``episode_id_to_path.json``) the selected ids map to folders
+    without any listing; otherwise the lab, outcome and date folders are listed in parallel
+    (listings cached in ``cache_path``). Each folder is then listed and its metadata file read,
+    which confirms the id (a map entry whose metadata names another id is a problem). Folder
+    names are never rebuilt from ids, so episodes under another date folder and folders with
+    ``_`` for ``:`` are found like any other.
+    """
+    from droid_pipeline.raw.store import FetchError, RemoteRoot
+
+    remote = RemoteRoot(url, token)
+    cache = {} if rescan or cache_path is None else _load_remote_cache(Path(cache_path), remote.url)
+    listings: dict[str, list[str]] = cache.get("listings", {})
+    records: dict[str, dict[str, Any]] = cache.get("folders", {})
+    problems: list[dict[str, str]] = []
+    expected: dict[str, str] = {}  # folder -> the id the map gives it
+    if paths_file is not None:
+        folders = _mapped_folders(_read_paths_file(paths_file, token), ids, labs, outcomes, limit, expected, problems)
+    else:
+        folders = _listed_folders(remote, listings, labs if ids is None else (),
+                                  outcomes if ids is None else OUTCOMES, problems)
+        if ids is None and limit is not None:
+            folders = folders[:limit]
+
+    def probe(rel: str) -> Episode | dict[str, str]:
+        if rel in records:
+            return Episode.from_json(records[rel])
+        try:
+            objects = remote.objects(rel)
+            names = {n for n in objects if "/" not in n}
+            meta_name = _metadata_name(rel, names)
+            meta = json.loads(remote.read_bytes(f"{rel}/{meta_name}"))
+            episode_id = _metadata_id(rel, meta_name, meta)
+            return _episode(rel, episode_id, meta_name, meta, names,
+                            {n.split("/", 2)[2] for n in objects if n.startswith("recordings/MP4/")},
+                            {n.split("/", 2)[2] for n in objects if n.startswith("recordings/SVO/")}, None)
+        except (DiscoveryError, FetchError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return _problem(rel, f"{rel}: {exc}" if not str(exc).startswith(rel) else str(exc), expected.get(rel, ""))
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    episodes = []
+    with ThreadPoolExecutor(REMOTE_THREADS) as pool:
+        for rel, found in zip(folders, pool.map(probe, folders)):
+            if isinstance(found, dict):
+                problems.append(found)
+            elif expected.get(rel, found.episode_id) != found.episode_id:
+                problems.append(_problem(rel, f"{rel}: episode_paths_file maps episode {expected[rel]} here, but "
+                                              f"its metadata names {found.episode_id}", expected[rel]))
+            else:
+                records[rel] = found.to_json()
+                episodes.append(found)
+    if cache_path is not None:
+        write_json_atomic(Path(cache_path), {"version": REMOTE_INDEX_VERSION, "droid_root": remote.url,
+                                             "listings": listings, "folders": records})
+    index = EpisodeIndex(remote.url, sorted(episodes, key=lambda e: e.relative_path), problems)
+    index.problems.extend(_duplicates(index.episodes))
+    return index
+
+
+def _read_paths_file(paths_file: os.PathLike | str, token: str | None) -> dict[str, Any]:
+    """DROID's episode_id_to_path.json, local or remote, as a mapping."""
+    from droid_pipeline.raw.store import FetchError, RemoteRoot, is_remote
+
+    try:
+        if is_remote(paths_file):
+            parent, _, name = str(paths_file).rpartition("/")
+            text = RemoteRoot(parent, token).read_bytes(name).decode()
+        else:
+            text = Path(paths_file).read_text()
+        data = json.loads(text)
+    except (OSError, FetchError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DiscoveryError(f"episode_paths_file {paths_file}: cannot be read: {exc}") from exc
+    if not isinstance(data, dict):
+        raise DiscoveryError(f"episode_paths_file {paths_file}: not a JSON object of id -> folder")
+    return data
+
+
+def _mapped_folders(mapping: dict[str, Any], ids: Sequence[str] | None, labs: Sequence[str],
+                    outcomes: Sequence[str], limit: int | None, expected: dict[str, str],
+                    problems: list[dict[str, str]]) -> list[str]:
+    """The folders of the selection by the map; entries that are no valid folder are problems."""
+    chosen = []
+    for episode_id in (ids if ids is not None else sorted(mapping, key=lambda i: str(mapping[i]))):
+        rel = mapping.get(episode_id)
+        if rel is None:
+            continue  # unknown: the selection names it
+        parts = str(rel).strip("/").split("/")
+        problem = episode_id_problem(episode_id) or (
+            f"maps to {printable(str(rel))!r}, not <LAB>/<outcome>/<date>/<folder>"
+            if len(parts) != 4 or parts[1] not in OUTCOMES else
+            next((p for p in map(name_problem, parts) if p), None))
+        if problem is not None:
+            problems.append(_problem(str(rel), f"episode_paths_file: {episode_id}: {problem}", ""))
+            continue
+        if ids is None and ((labs and parts[0] not in labs) or parts[1] not in outcomes):
+            continue
+        expected["/".join(parts)] = episode_id
+        chosen.append("/".join(parts))
+    return chosen[:limit] if ids is None and limit is not None else chosen
+
+
+def _listed_folders(remote: Any, listings: dict[str, list[str]], labs: Sequence[str], outcomes: Sequence[str],
+                    problems: list[dict[str, str]]) -> list[str]:
+    """Every episode folder under the wanted labs and outcomes, by parallel prefix listings."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from droid_pipeline.raw.store import FetchError
+
+    def listing(rel: str) -> list[str] | None:
+        if rel in listings:
+            return listings[rel]
+        try:
+            names = remote.subfolders(rel)
+        except FetchError as exc:
+            problems.append(_problem(rel or ".", f"{rel or remote.url}: cannot list folder: {exc}"))
+            return None
+        unsafe = [n for n in names if name_problem(n)]
+        for name in unsafe:
+            child = f"{rel}/{name}".lstrip("/")
+            problems.append(_problem(child, f"{printable(child)}: {name_problem(name)}"))
+        return [n for n in names if n not in unsafe]
+
+    top = listing("")
+    if top is None:
+        raise DiscoveryError(f"droid_root {remote.url}: cannot list it ({problems[-1]['problem']})")
+    level = [f"{lab}/{outcome}" for lab in top if not labs or lab in labs for outcome in outcomes]
+    with ThreadPoolExecutor(REMOTE_THREADS) as pool:
+        for _ in range(2):  # outcome -> date folders, date -> episode folders
+            found = list(pool.map(listing, level))
+            next_level: list[str] = []
+            for rel, names in zip(level, found):
+                if names is not None:
+                    if rel.count("/") == 2:
+                        listings[rel] = names  # date folders' listings: the cache
+                    next_level.extend(f"{rel}/{n}" for n in names)
+            level = next_level
+    return sorted(level)
+
+
+def _load_remote_cache(path: Path, url: str) -> dict[str, Any]:
+    """The cached listings and records of this root; anything unreadable or invalid is ignored."""
+    try:
+        data = json.loads(path.read_text())
+        if data.get("version") != REMOTE_INDEX_VERSION or data.get("droid_root") != url:
+            return {}
+        for record in data["folders"].values():
+            Episode.from_json(record)
+        return {"listings": dict(data["listings"]), "folders": dict(data["folders"])}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
 
 
 def format_table(episodes: Sequence[Episode]) -> str:

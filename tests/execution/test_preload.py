@@ -1,7 +1,7 @@
 """What the warm worker prepares before it forks episode processes.
 
 Each step runs in a fresh interpreter that has imported only the step's module; the third-party
-packages it imports while it runs must all be in ``STEP_LIBRARIES`` (else every forked episode
+packages it imports while it runs must all be in its declared ``libraries`` (else every forked episode
 process pays for the import again). After the tracks step's ``warm_up`` an episode reads no
 packaged asset (URDF, meshes): the models are built once per worker.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from droid_pipeline.execution.worker import STEP_FUNCTIONS, STEP_LIBRARIES
+from droid_pipeline.execution.steps import BY_NAME, STEPS
 from droid_pipeline.synthetic.generator import generate_dataset
 
 # Runs the step named by argv[1] on the dataset's first episode; prints the packages it imported.
@@ -42,21 +42,21 @@ def dataset(tmp_path_factory):
 
 def imported_while_running(dataset, tmp_path: Path, step: str) -> set[str]:
     """The top-level packages a fresh interpreter imports while it runs ``step``."""
-    module, function = STEP_FUNCTIONS[step]
+    module, _, function = BY_NAME[step].run.partition(":")
     result = subprocess.run([sys.executable, "-c", RUN_STEP, step, module, function, str(dataset.config_path),
                              dataset.episodes[0].episode_id, str(tmp_path)],
                             capture_output=True, text=True, timeout=300, check=True)
     return set(json.loads(result.stdout.splitlines()[-1]))
 
 
-@pytest.mark.parametrize("step", sorted(STEP_FUNCTIONS))
+@pytest.mark.parametrize("step", sorted(s.name for s in STEPS if not s.remote_only))
 def test_the_warm_worker_preloads_what_each_step_imports(dataset, tmp_path, step):
     if step == "tracks":  # its input, written by another process
         imported_while_running(dataset, tmp_path, "intrinsics")
     imported = imported_while_running(dataset, tmp_path, step)
     third_party = {name for name in imported if not name.startswith("_") and name not in sys.stdlib_module_names
                    and name != "droid_pipeline"}
-    assert third_party <= set(STEP_LIBRARIES[step]), f"{step} imports {sorted(third_party)} while it runs"
+    assert third_party <= set(BY_NAME[step].libraries), f"{step} imports {sorted(third_party)} while it runs"
     if step == "tracks":  # it always reads trajectory.h5 and counts the MP4s' frames
         assert {"h5py", "av"} <= imported
 

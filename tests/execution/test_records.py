@@ -120,7 +120,8 @@ def test_timing_row_writes_the_csv_columns(tmp_path):
     with open(tmp_path / "timing.csv", newline="") as fh:
         (written,) = list(csv.DictReader(fh))
     assert written == {"episode_id": "E1", "pipeline": "full", "host": "node", "slot": "3", "gpu": "-",
-                       "start_time": "2026-01-01T00:00:00.000+00:00", "intrinsics_s": "0.250",
+                       "start_time": "2026-01-01T00:00:00.000+00:00", "fetch_s": "", "fetch_bytes": "",
+                       "intrinsics_s": "0.250",
                        "depth_s": "1.500", "tracks_s": "", "publish_s": "", "total_s": "2.000",
                        "status": "failed", "failed_step": "depth", "error": "RuntimeError: no ZED"}
     with pytest.raises(ValueError, match="render"):
