@@ -212,9 +212,9 @@ def test_a_rate_no_unit_explains_fails_without_a_guess(dataset, tmp_path, limits
 
 
 @pytest.fixture(scope="module")
-def joint_limits(shared_data):
+def joint_limits(reference_data):
     # Independent reference: the URDF's limits as yourdfpy reads them.
-    urdf = yourdfpy.URDF.load(str(shared_data / "panda_robotiq.urdf"), load_meshes=False,
+    urdf = yourdfpy.URDF.load(str(reference_data / "panda_robotiq.urdf"), load_meshes=False,
                               load_collision_meshes=False)
     arm = [f"panda_joint{i}" for i in range(1, 8)]
     return (np.array([urdf.joint_map[j].limit.lower for j in arm]),

@@ -630,13 +630,16 @@ def test_idle_mask_without_usable_joint_velocities_is_all_true_and_flagged(tmp_p
 
 
 def test_episode_without_a_camera_keeps_that_role_s_keys_filled(tmp_path: Path) -> None:
-    """An episode whose metadata names no ext2 camera: the ext2 keys are there, filled as the schema
-    documents, its serial is "" and its pose NaN; the loader and the verifier accept it."""
+    """An episode whose metadata names no ext2 camera and that has no recording of one (so none can
+    be recovered from trajectory.h5): the ext2 keys are there, filled as the schema documents, its
+    serial is "" and its pose NaN; the loader and the verifier accept it."""
     from droid_pipeline.outputs.loader import read_episode_dir
     from droid_pipeline.outputs.verify import verify_episode
 
     built = build_episode(tmp_path, EpisodeSpec(num_frames=10, metadata_extra={"ext2_cam_serial": None},
                                                 intrinsics_for=(SERIALS["wrist"], SERIALS["ext1"])))
+    for video in (built.folder / "recordings" / "MP4").glob(f"{SERIALS['ext2']}*.mp4"):
+        video.unlink()
     built.run()
     tracks, extrinsics, quality = built.tracks(), built.extrinsics(), built.quality()
     assert tracks["camera_serials"].tolist() == [SERIALS["wrist"], SERIALS["ext1"], ""]
