@@ -139,10 +139,10 @@ class RemoteRoot:
                     raise FetchError(f"{name}: {' '.join(str(exc).split())}") from exc
                 cause: Exception = exc
             except Exception as exc:  # the client's errors: HTTP, connection, checks
-                code = _http_code(exc)
-                if code is not None:  # gcsfs retried 429, 5xx and timeouts already, with backoff
-                    again = " (after the client's retries)" if code in (408, 429) or code >= 500 else ""
-                    raise FetchError(f"{name}: HTTP {code}: {exc}{again}") from exc
+                http_status = _http_code(exc)
+                if http_status is not None:  # gcsfs retried 429, 5xx and timeouts already, with backoff
+                    again = " (after the client's retries)" if http_status in (408, 429) or http_status >= 500 else ""
+                    raise FetchError(f"{name}: HTTP {http_status}: {exc}{again}") from exc
                 cause = exc
             if attempt + 1 == ATTEMPTS:
                 raise FetchError(f"{name}: failed after {ATTEMPTS} attempts: {type(cause).__name__}: {cause}") \

@@ -81,9 +81,12 @@ def test_wrist_pose_per_step_from_h5_and_cross_check(tmp_path: Path) -> None:
                                atol=1e-12)
     assert result.wrist_check["max_translation_mm"] < 1e-9
     assert result.wrist_check["max_rotation_deg"] < 1e-6
-    arrays = result.arrays()
+    arrays = result.arrays(8)
     assert str(arrays["wrist_serial"]) == SERIALS["wrist"]
     assert arrays["roles"].tolist() == ["wrist", "ext1", "ext2"]
+    assert arrays["serials"].tolist() == [SERIALS["wrist"], SERIALS["ext1"], SERIALS["ext2"]]
+    np.testing.assert_allclose(arrays["T_base_cam_wrist"], np.stack([matrix(p) for p in traj.wrist_extrinsics]),
+                               atol=1e-12)
 
 
 def test_wrist_without_offset_is_not_cross_checked(tmp_path: Path) -> None:
@@ -161,15 +164,22 @@ def test_each_camera_takes_the_first_file_that_has_it(tmp_path: Path) -> None:
     np.testing.assert_allclose(ext1.base_from_camera, matrix(EXT1), atol=1e-12)
     np.testing.assert_allclose(ext2.base_from_camera, matrix(EXT2), atol=1e-12)
     assert (ext1.source, ext2.source) == (f"cam2base:{SUPERSET}", f"cam2base:{PLAIN}")
-    quality = result.quality()
-    assert quality["cameras"][SERIALS["ext1"]] == {
+    quality = result.quality()  # keyed by role: DROID's serial-keyed entries given per role
+    assert quality["cameras"]["ext1"] == {
         "role": "ext1", "source": f"cam2base:{SUPERSET}", "file": SUPERSET, "fallback": False,
         "quality_metric": 0.8, "metric_type": "iou", "quality_check": None}
-    assert quality["cameras"][SERIALS["ext2"]]["quality_metric"] is None
-    assert quality["cam2base_files"] == [{"file": SUPERSET, "entry": {SERIALS["ext1"]: EXT1, **EXT1_METRIC}},
-                                         {"file": PLAIN, "entry": {SERIALS["ext1"]: other, SERIALS["ext2"]: EXT2}}]
+    assert quality["cameras"]["ext2"]["quality_metric"] is None
+    assert quality["cam2base_files"] == [
+        {"file": SUPERSET, "entry": {
+            "wrist": None, "other": None,
+            "ext1": {"serial": SERIALS["ext1"], "pose": EXT1, "quality_metric": 0.8, "metric_type": "iou"},
+            "ext2": None}},
+        {"file": PLAIN, "entry": {
+            "wrist": None, "other": None,
+            "ext1": {"serial": SERIALS["ext1"], "pose": other, "quality_metric": None, "metric_type": None},
+            "ext2": {"serial": SERIALS["ext2"], "pose": EXT2, "quality_metric": None, "metric_type": None}}}]
     assert quality["cam2base_file"] == SUPERSET and result.warnings == []
-    arrays = result.arrays()
+    arrays = result.arrays(8)
     assert arrays["calibration_fallback"].tolist() == [False, False, False]
     assert arrays["calibration_quality"].tolist() == [0.0, 0.8, 0.0]
     assert arrays["calibration_metric_types"].tolist() == ["", "iou", ""]
@@ -182,7 +192,7 @@ def test_a_camera_in_no_file_falls_back_to_the_metadata_with_a_warning(tmp_path:
     np.testing.assert_allclose(ext2.base_from_camera, matrix([0, 0, 2, 0, 0, 0]), atol=1e-12)
     assert result.warnings == [f"cam2base entry lacks ext2 camera {SERIALS['ext2']}: used metadata "
                                f"ext2_cam_extrinsics (tried {SUPERSET}, {PLAIN})"]
-    assert result.arrays()["calibration_fallback"].tolist() == [False, False, True]
+    assert result.arrays(8)["calibration_fallback"].tolist() == [False, False, True]
     none = resolve_files(tmp_path, {PLAIN: {}})
     assert none.warnings == [f"no cam2base entry for this episode in {PLAIN}: {role} camera {SERIALS[role]} "
                              f"used metadata {role}_cam_extrinsics" for role in ("ext1", "ext2")]
@@ -223,7 +233,7 @@ def test_unspecified_metric_type_can_be_bounded(tmp_path: Path) -> None:
                                   f"{SERIALS['ext2']}_quality_metric": 4.0}}}
     result = resolve_files(tmp_path, files, at_most={"unspecified": 2.0})
     assert result.cameras[SERIALS["ext2"]].quality_check["passed"] is False
-    assert result.arrays()["calibration_metric_types"].tolist() == ["", "", "unspecified"]
+    assert result.arrays(8)["calibration_metric_types"].tolist() == ["", "", "unspecified"]
 
 
 def perturbed(pose: np.ndarray, shift_m: np.ndarray, rotvec: np.ndarray) -> np.ndarray:
