@@ -1,7 +1,8 @@
 # Quick start: `make demo` runs the pipeline end to end on generated sample episodes;
-# `make test` installs everything and runs the tests. Both create .venv when missing.
-# `make test-compat` runs the tests again in .venv-compat, with the versions a LeRobot install
-# pins (constraints/lerobot.txt). `make test-faults` runs the long fault suite.
+# `make test` installs everything and runs lint and the tests (all but the end-to-end ones marked
+# slow, which `make test-slow` runs). Both create .venv when missing. `make test-compat` runs the
+# tests again in .venv-compat, with the versions a LeRobot install pins (constraints/lerobot.txt).
+# `make test-faults` runs the long fault suite. CI (.ci/run) runs test, test-slow and test-compat.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -15,8 +16,11 @@ SHOW_VERSIONS = -c "from importlib.metadata import version as v; \
 print(' '.join(f'{p}=={v(p)}' for p in ('numpy', 'opencv-python-headless', 'huggingface_hub', 'av', \
 'scipy', 'h5py', 'matplotlib')))"
 DEMO_DIR ?= demo
+# The default suite, and the end-to-end tests behind their own target (pyproject's markers).
+FAST_TESTS := -m 'not faults and not slow'
+SLOW_TESTS := -m 'slow and not faults'
 
-.PHONY: all install demo lint test test-faults test-compat bench clean
+.PHONY: all install demo lint test test-slow test-faults test-compat bench clean
 
 all: test
 
@@ -62,7 +66,13 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	bash tests/setup_system.sh
 	$(PY) $(SHOW_VERSIONS)
-	$(PY) -m pytest
+	$(PY) -m pytest $(FAST_TESTS)
+
+# The end-to-end tests that take tens of seconds each (drivers interrupted and killed, the fault
+# suite's short subset, gs:// runs, consumers reading a published repo, SLURM, the wheel).
+test-slow: $(STAMP)
+	bash tests/setup_system.sh
+	$(PY) -m pytest $(SLOW_TESTS)
 
 # The fault suite (tests/faults, docs/reliability.md): the whole corpus of damaged episodes through
 # both drivers, 50 worker and 20 uploader kills, full disks (a tmpfs: run as root). About a
@@ -75,7 +85,7 @@ test-faults: $(STAMP)
 test-compat: $(COMPAT_STAMP)
 	bash tests/setup_system.sh
 	$(COMPAT_PY) $(SHOW_VERSIONS)
-	DROID_PYTHON=$(abspath $(COMPAT_PY)) $(COMPAT_PY) -m pytest
+	DROID_PYTHON=$(abspath $(COMPAT_PY)) $(COMPAT_PY) -m pytest $(FAST_TESTS)
 
 bench: $(STAMP)
 	for b in bench/bench_*.py; do $(PY) "$$b" || exit 1; done

@@ -87,6 +87,7 @@ def test_drivers_are_shellcheck_clean():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_metadata_driver_sigint_then_rerun_does_every_episode_once(dataset, tmp_path):
     repo = tmp_path / "hub"
     args = [*common_args(dataset, tmp_path), "--workers", "2", "--episodes-per-worker", "2",

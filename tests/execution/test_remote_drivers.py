@@ -18,6 +18,8 @@ from droid_pipeline.execution.timing import review as timing_review
 from droid_pipeline.raw.discovery import build_index
 from droid_pipeline.synthetic.generator import generate_dataset
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):

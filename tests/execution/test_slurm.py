@@ -58,6 +58,7 @@ def test_slurm_dry_run_prints_the_sbatch_script(dataset, tmp_path):
     assert not (tmp_path / "runs").exists()  # nothing written, nothing submitted
 
 
+@pytest.mark.slow
 def test_slurm_array_runs_every_shard_on_a_real_cluster(cluster, dataset, tmp_path):
     result = subprocess.run([str(METADATA), *slurm_args(dataset, tmp_path)], cwd=tmp_path,
                             env=cluster.env, capture_output=True, text=True, timeout=120)

@@ -53,6 +53,8 @@ from droid_pipeline.publish.ledger import Ledger
 from droid_pipeline.synthetic.generator import generate_dataset
 
 faults = pytest.mark.faults
+# The short subset (unmarked faults) is long too: make test-slow runs it, make test-faults the whole.
+pytestmark = pytest.mark.slow
 FRAMES = 20
 # The make-test subset of the corpus: one or two kinds of each layer.
 QUICK_KINDS = ("uuid_dot_dot", "folder_is_a_symlink_loop", "duplicate_uuid", "metadata_not_an_object",

@@ -315,6 +315,7 @@ MEMORY_PROBE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["default", "remap"])
 def test_memory_stays_flat_as_the_episode_grows(tmp_path, mode):
     def peak_rss_kib(count: int) -> int:

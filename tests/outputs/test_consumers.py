@@ -31,6 +31,8 @@ from droid_pipeline.steps.intrinsics import extract_intrinsics
 from droid_pipeline.steps.tracks import droid_keep_mask, generate_tracks, published_metadata
 from droid_pipeline.synthetic.generator import generate_dataset
 
+pytestmark = pytest.mark.slow
+
 EPISODES = 12
 FRAMES = 16
 # Idle stretches written into action/joint_velocity: episode number -> [start, end) runs where the

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.packaging
+pytestmark = [pytest.mark.packaging, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 ASSETS = sorted(p.relative_to(REPO / "droid_pipeline" / "robot" / "assets").as_posix()

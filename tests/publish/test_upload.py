@@ -299,6 +299,7 @@ def test_kill_9_while_a_commit_is_in_flight_then_rerun(tmp_path, hub, hold):
     assert_repo_complete(tmp_path, hub, META, episodes, full=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["hub", "folder"])
 def test_kill_9_at_random_points_then_rerun_loses_and_duplicates_nothing(tmp_path, hub, target):
     episodes = publish_mix(tmp_path, 8)

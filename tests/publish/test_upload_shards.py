@@ -223,6 +223,7 @@ def test_a_republished_episode_supersedes_its_row_without_rewriting_old_shards(t
     assert new_shard[tracks["offset"]:tracks["offset"] + tracks["size"]] == files["tracks.npz"]
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_points_and_429_storms_lose_and_duplicate_nothing(tmp_path, hub):
     episodes = publish_many(tmp_path, 30)
     config = shard_config(tmp_path, delete_after_upload=True)

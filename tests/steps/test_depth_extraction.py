@@ -500,6 +500,7 @@ def peak_rss_bytes(dataset, episode, config, out: Path) -> int:
     return int(result.stdout.split()[-1])
 
 
+@pytest.mark.slow
 def test_memory_stays_flat_as_the_episode_grows(dataset, episode, tmp_path):
     """Peak RSS of a 20-step and a 240-step episode (same video, looped) in fresh processes
     (a narrower disparity search keeps it quick; memory does not depend on it)."""
