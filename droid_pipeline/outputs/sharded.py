@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from droid_pipeline.core.schema import DEPTH, DEPTH_META, MANIFEST
 from droid_pipeline.publish import index as episode_index
@@ -43,6 +43,9 @@ from droid_pipeline.publish.shards import (
     index_path,
     iter_shard,
 )
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 # Members read at once from the Hub (one range request each).
 RANGE_CHUNK = 16 << 20
@@ -140,6 +143,23 @@ def read_index_rows(source: ShardSource) -> list[dict[str, Any]]:
 
     with source.open(source.index_file) as fh:
         return pq.ParquetFile(fh).read().to_pylist()
+
+
+def read_shard_types(source: ShardSource) -> pa.Schema:
+    """The Arrow types of the shards' members kept in the index (``publish.index``); ShardedReadError
+    when the index has none (rows published before they were kept: publish those episodes again)."""
+    import pyarrow.parquet as pq
+
+    with source.open(source.index_file) as fh:
+        metadata = pq.ParquetFile(fh).schema_arrow.metadata or {}
+    try:
+        types = episode_index.shard_types(metadata)
+    except episode_index.EpisodeIndexError as exc:
+        raise ShardedReadError(f"{source.index_file}: {exc}") from exc
+    if types is None:
+        raise ShardedReadError(f"{source.index_file} keeps no member types: it has episodes published before "
+                               "they were kept; publish those again")
+    return types
 
 
 def default_cache_dir() -> Path:

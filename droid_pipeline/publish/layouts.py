@@ -7,8 +7,8 @@ has one per target kind: each plans a batch's commits, prepares each commit and 
 - :class:`ShardsLayout` (:mod:`droid_pipeline.publish.shards`): one commit per tar shard of whole
   episodes (``shard_max_episodes``, ``shard_max_bytes``), built and verified in
   ``<run_root>/upload_shards/<repo>/`` with the rewritten episode index and dataset card. It keeps
-  one :class:`RepoIndex` per repo: the index and next shard number as of the repo's head, and the
-  index staged for the commit in flight, adopted once that commit lands.
+  one :class:`RepoIndex` per repo: the index, next shard number and shard member types as of the
+  repo's head, and those staged for the commit in flight, adopted once that commit lands.
 """
 
 from __future__ import annotations
@@ -33,8 +33,10 @@ from droid_pipeline.publish.shards import (
     ShardEpisode,
     ShardError,
     SourceFile,
+    episode_types,
     index_path,
     member_bytes,
+    merge_types,
     plan_shards,
     shard_path,
     verify_shard,
@@ -140,14 +142,16 @@ class FilesLayout(Layout):
 
 @dataclass(frozen=True)
 class RepoIndex:
-    """A sharded repo's episode index and next free shard number as of its commit ``head``, and the
-    index staged for the commit in flight. A shard commit lands only on ``head``, so two uploaders
+    """A sharded repo's episode index, next free shard number and shard member types (None: unknown,
+    the index has rows published before they were kept) as of its commit ``head``, and those staged
+    for the commit in flight. A shard commit lands only on ``head``, so two uploaders
     (two run roots) never write the same shard number or lose each other's rows."""
 
     table: pa.Table
     next_shard: int
     head: str | None  # None: the target does not version its files
-    staged: tuple[pa.Table, int] | None = None
+    types: pa.Schema | None
+    staged: tuple[pa.Table, int, pa.Schema | None] | None = None
 
 
 class ShardsLayout(Layout):
@@ -181,8 +185,8 @@ class ShardsLayout(Layout):
             return  # a files-layout commit an earlier run left in flight
         index = self.index
         if index is not None and index.staged is not None and index.staged[1] == pending.shard + 1:
-            table, next_shard = index.staged
-            self.index = RepoIndex(table, next_shard, None if index.head is None else commit_id)
+            table, next_shard, types = index.staged
+            self.index = RepoIndex(table, next_shard, None if index.head is None else commit_id, types)
         else:  # settled from an earlier run: read the index the repo now holds
             self.index = None
         self.discard(pending)
@@ -194,11 +198,15 @@ class ShardsLayout(Layout):
     def _repo_index(self) -> RepoIndex:
         """The repo's index as last committed (read from the repo when forgotten)."""
         if self.index is None:
+            import pyarrow as pa
+
             head = self.target.head()  # before the index: a commit between moves the head on
             local = self.target.fetch(index_path(self.kind), self.run_root / HUB_CACHE_DIR)
-            table, next_shard = episode_index.read_index(local) if local is not None else \
-                (episode_index.empty_table(), 0)
-            self.index = RepoIndex(table, next_shard, head)
+            table, next_shard, types = episode_index.read_index(local) if local is not None else \
+                (episode_index.empty_table(), 0, None)
+            if types is None and table.num_rows == 0:
+                types = pa.schema([])  # nothing published yet: every type is known
+            self.index = RepoIndex(table, next_shard, head, types)
         return self.index
 
     def prepare(self, chunk: list[Work], state: RepoState) -> PreparedCommit | None:
@@ -207,9 +215,13 @@ class ShardsLayout(Layout):
         number = repo_index.next_shard
         path = shard_path(self.kind, number)
         episodes = {}
+        types = repo_index.types
         for work in chunk:
             try:
-                episodes[work.episode_id] = (work, *_shard_episode(work))
+                shard_episode, described = _shard_episode(work)
+                if types is not None:
+                    types = merge_types(types, episode_types(shard_episode), work.episode_id)
+                episodes[work.episode_id] = (work, shard_episode, described)
             except (ShardError, episode_index.EpisodeIndexError, OSError, ValueError) as exc:
                 _fail(state, work.episode_id, f"cannot go into a shard: {exc}")
         while episodes:
@@ -244,10 +256,10 @@ class ShardsLayout(Layout):
             for work, _, (manifest, info) in episodes.values()]
         new_table = episode_index.merge(repo_index.table, rows)
         index_file = self.folder / f"{number:06d}.index.parquet"
-        episode_index.write_index(index_file, new_table, next_shard=number + 1, kind=self.kind)
+        episode_index.write_index(index_file, new_table, next_shard=number + 1, kind=self.kind, types=types)
         card_file = self.folder / f"{number:06d}.{CARD_NAME}"
         card_file.write_text(render_card(self.kind, repo_name(self.target.url), new_table, shards=number + 1))
-        self.index = dataclasses.replace(repo_index, staged=(new_table, number + 1))
+        self.index = dataclasses.replace(repo_index, staged=(new_table, number + 1, types))
         uploads = tuple(UploadFile(in_repo, file, file.stat().st_size, sha256_file(file))
                         for in_repo, file in ((path, local), (CARD_NAME, card_file),
                                               (index_path(self.kind), index_file)))

@@ -19,6 +19,13 @@ A shard is a plain tar file ``shards/<repo kind>/<NNN>/<NNNNNN>.tar`` (at most
   fields, and serials differ from lab to lab. The serial of each role is in quality.json
   (``episode.serials``), extrinsics.npz and the episode index.
 
+:func:`episode_types` gives the Arrow type of every member of an episode as ``datasets``' webdataset
+builder decodes it (JSON values, ``.npz`` as a struct of nested lists, videos as bytes), and
+:func:`merge_types` unifies them across episodes (null and a type give the type, int and float give
+float, structs take the union of their fields). The uploader keeps the merged types of every
+episode it published with the index, so readers can declare them instead of letting ``datasets``
+guess from the first samples, where a field still null there, or an int later a float, fails the load.
+
 Shards are byte-for-byte deterministic (members in a fixed order, ``mtime`` from the manifest,
 no owner names), so rebuilding a shard after a killed upload gives the same file, which the Hub
 then does not upload again.
@@ -27,12 +34,14 @@ then does not upload again.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tarfile
+import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
 from droid_pipeline.core.atomic import atomic_path
@@ -48,6 +57,9 @@ from droid_pipeline.core.schema import (
     OutputFile,
     output_file,
 )
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 SHARDS_DIR = "shards"
 INDEX_DIR = "index"
@@ -354,3 +366,78 @@ def copy_range(source: IO[bytes], offset: int, size: int, dest: Path, chunk_byte
             out.write(chunk)
             left -= len(chunk)
     return digest.hexdigest()
+
+
+def member_type(name: str, path: Path) -> pa.DataType:
+    """The Arrow type of the member ``<key>.<name>`` (the file at ``path``) as ``datasets``' webdataset
+    builder decodes it: a JSON value's type, an ``.npz`` as a struct of its arrays (an n-d array as
+    n nested lists, a 0-d one as a scalar; only the headers are read), anything else as bytes.
+    ValueError when the JSON cannot be one Arrow value (a list mixing types)."""
+    import pyarrow as pa
+
+    extension = name.rsplit(".", 1)[-1]
+    if extension == "json":
+        try:
+            return pa.array([json.loads(path.read_bytes())]).type
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise ValueError(f"{name}: no single Arrow type ({exc})") from exc
+    if extension == "npz":
+        return pa.struct([(key, array_type(dtype, ndim)) for key, dtype, ndim in npz_headers(path)])
+    return pa.binary()
+
+
+def npz_headers(path: Path) -> list[tuple[str, Any, int]]:
+    """(key, dtype, ndim) of every array of an ``.npz``, from the array headers alone."""
+    import numpy as np
+
+    headers = []
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            with archive.open(info) as fh:
+                version = np.lib.format.read_magic(fh)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(fh)
+            headers.append((info.filename.removesuffix(".npy"), dtype, len(shape)))
+    return headers
+
+
+def array_type(dtype: Any, ndim: int) -> pa.DataType:
+    """Arrow type of an ``ndim``-d NumPy array of ``dtype`` read as nested lists (0-d: the scalar)."""
+    import pyarrow as pa
+
+    kind = dtype.kind
+    value = pa.string() if kind == "U" else pa.binary() if kind == "S" else pa.from_numpy_dtype(dtype)
+    for _ in range(ndim):
+        value = pa.list_(value)
+    return value
+
+
+def episode_types(episode: ShardEpisode) -> pa.Schema:
+    """One field per member of ``episode`` (named by its ``<file>`` part) with its :func:`member_type`;
+    ShardError naming the episode when a member cannot be typed."""
+    import pyarrow as pa
+
+    fields = []
+    for file in episode.ordered():
+        name = member_suffix(file.path, episode.roles)
+        try:
+            fields.append(pa.field(name, member_type(name, file.local_path)))
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
+            raise ShardError(f"episode {episode.episode_id}: {file.path}: cannot be typed: {exc}",
+                             episode.episode_id) from exc
+    return pa.schema(fields)
+
+
+def merge_types(known: pa.Schema | None, new: pa.Schema, episode_id: str) -> pa.Schema:
+    """``known`` and ``new`` unified (see module docstring); ShardError naming the episode when a
+    field has types that cannot be one (a string here, a struct before)."""
+    import pyarrow as pa
+
+    if known is None:
+        return new
+    try:
+        return pa.unify_schemas([known, new], promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise ShardError(f"episode {episode_id}: its members' types differ from those already published: {exc}",
+                         episode_id) from exc

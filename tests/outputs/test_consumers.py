@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import tarfile
 from pathlib import Path
 
 import h5py
@@ -20,7 +21,7 @@ import pytest
 import yaml
 from uploads import run_uploader, uploader_env, write_config
 
-from droid_pipeline import iter_episodes, load_episode
+from droid_pipeline import iter_episodes, load_episode, shard_features
 from droid_pipeline.core.config import IdleFilterConfig, load_config
 from droid_pipeline.core.schema import CAMERA_ROLES, SCHEMA_VERSION, TRACKS_NPZ
 from droid_pipeline.outputs.verify import verify_episode
@@ -40,6 +41,10 @@ IDLE_RULE = {"min_idle_steps": 3, "min_kept_steps": 4, "cut_last_steps": 2}
 # DROID language annotations for some episodes: none of the first six, so readers that take value
 # types from the first samples meet the unannotated ones first.
 ANNOTATED = (6, 8, 11)
+# Metadata paths older recorders did not write: absent from the raw metadata of every episode but
+# the last published, so quality.json has null there in the first samples of a shard and a string
+# in the last (and only the last has a recorder key outside the fixed set, so ``other`` too).
+LATE_METADATA = ("left_mp4_path", "right_mp4_path")
 SCHEMA4 = Path(__file__).resolve().parents[1] / "data" / "schema4"
 PER_CAMERA = ("tracks_2d", "visibility", "occlusion", "intrinsics", "distortion", "image_size")
 
@@ -77,6 +82,15 @@ def repo(tmp_path_factory) -> dict:
             for start, end in runs:
                 velocity[start:end] = velocity[max(start - 1, 0)]
             h5["action/joint_velocity"][...] = velocity
+    for number, planned in enumerate(info.episodes):
+        (path,) = (info.droid_root / planned.relative_path).glob("metadata_*.json")
+        metadata = json.loads(path.read_text())
+        if number < EPISODES - 1:
+            for key in LATE_METADATA:
+                del metadata[key]
+        else:
+            metadata["newer_recorder_field"] = 0.5
+        path.write_text(json.dumps(metadata))
     annotations = {info.episodes[n].episode_id: {f"language_instruction{i}": f"task {n} wording {i}"
                                                  for i in (1, 2, 3)} for n in ANNOTATED}
     (root / "droid_language_annotations.json").write_text(json.dumps(annotations))
@@ -155,13 +169,30 @@ def test_the_episodes_differ_in_serials_but_not_in_keys(repo):
                        for key in (*files["tracks"], *json_keys(files["quality"]))), episode.episode_id
 
 
-@pytest.mark.parametrize("streaming", [False, True], ids=["normal", "streaming"])
-def test_datasets_webdataset_builder_reads_every_episode_whole(repo, hf_cache, streaming):
+def test_the_first_samples_of_a_shard_have_nulls_a_later_one_fills(repo):
+    """What makes ``datasets``' inference from the first five samples fail: the published files
+    have null where the last episode of the shard has a value."""
+    (shard,) = shards(repo["repos"]["one"])
+    with tarfile.open(shard) as tar:
+        metadata = [json.loads(tar.extractfile(m).read())["metadata"] for m in tar.getmembers()   # type: ignore[union-attr]
+                    if m.name.endswith(".quality.json")]
+    assert len(metadata) == EPISODES
+    assert all(m[key] is None for m in metadata[:-1] for key in (*LATE_METADATA, "other"))
+    assert all(isinstance(metadata[-1][key], str) for key in (*LATE_METADATA, "other"))
+
+
+@pytest.mark.parametrize("repo_name, streaming", [("one", False), ("one", True), ("three", False)],
+                         ids=["one-shard", "one-shard-streaming", "three-shards"])
+def test_datasets_webdataset_builder_reads_every_episode_whole(repo, hf_cache, repo_name, streaming):
+    """With the features the package declares from the index, every episode reads whole, the fields
+    null in the first samples included; over three shards only the last of which has those values,
+    so their types come from the index, kept across the uploader's commits."""
     import datasets
 
-    (shard,) = shards(repo["repos"]["one"])
-    loaded = datasets.load_dataset("webdataset", data_files=[shard], split="train", streaming=streaming,
-                                   cache_dir=str(hf_cache))
+    features = shard_features(repo["repos"][repo_name])
+    assert features == shard_features(repo["repos"]["one"])
+    loaded = datasets.load_dataset("webdataset", data_files=shards(repo["repos"][repo_name]), split="train",
+                                   streaming=streaming, features=features, cache_dir=str(hf_cache))
     samples = list(loaded)
     assert sorted(episode_id_of(s["__key__"]) for s in samples) == sorted(e.episode_id for e in repo["episodes"])
     assert len({frozenset(s) for s in samples}) == 1
@@ -171,12 +202,13 @@ def test_datasets_webdataset_builder_reads_every_episode_whole(repo, hf_cache, s
         assert_tracks_equal(sample["tracks.npz"], files)
         for role in CAMERA_ROLES:
             assert np.isfinite(np.asarray(sample["tracks.npz"][f"tracks_2d_{role}"], dtype=np.float32)).all()
-        assert sample["quality.json"]["camera_serials"] == files["quality"]["camera_serials"]
-        assert sample["quality.json"]["current_task"] == files["quality"]["current_task"]
+        assert sample["quality.json"] == files["quality"]
         for i in (1, 2, 3):
             key = f"language_instruction_{i}"
-            assert sample["quality.json"][key] == files["quality"][key] == \
+            assert sample["quality.json"][key] == \
                 repo["annotations"].get(files["episode"].episode_id, {}).get(f"language_instruction{i}", "")
+    late = [s["quality.json"]["metadata"] for s in samples if s["quality.json"]["metadata"]["other"] is not None]
+    assert len(late) == 1 and all(isinstance(late[0][key], str) for key in LATE_METADATA)
 
 
 def test_webdataset_package_reads_every_episode_whole(repo):
