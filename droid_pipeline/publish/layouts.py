@@ -215,13 +215,9 @@ class ShardsLayout(Layout):
         number = repo_index.next_shard
         path = shard_path(self.kind, number)
         episodes = {}
-        types = repo_index.types
         for work in chunk:
             try:
-                shard_episode, described = _shard_episode(work)
-                if types is not None:
-                    types = merge_types(types, episode_types(shard_episode), work.episode_id)
-                episodes[work.episode_id] = (work, shard_episode, described)
+                episodes[work.episode_id] = (work, *_shard_episode(work))
             except (ShardError, episode_index.EpisodeIndexError, OSError, ValueError) as exc:
                 _fail(state, work.episode_id, f"cannot go into a shard: {exc}")
         while episodes:
@@ -232,6 +228,14 @@ class ShardsLayout(Layout):
                 if exc.episode_id not in episodes:
                     raise
                 _fail(state, exc.episode_id, f"checksum or file differs from the manifest: {exc}")
+                del episodes[exc.episode_id]
+                continue
+            try:  # typed once their checksums are checked
+                types = _merged_types(repo_index.types, [shard_episode for _, shard_episode, _ in episodes.values()])
+            except ShardError as exc:
+                if exc.episode_id not in episodes:
+                    raise
+                _fail(state, exc.episode_id, f"cannot go into a shard: {exc}")
                 del episodes[exc.episode_id]
                 continue
             problems = verify_shard(local, members)
@@ -296,6 +300,14 @@ def pack(work: list[Work], max_files: int) -> list[list[Work]]:
     if current:
         chunks.append(current)
     return chunks
+
+
+def _merged_types(known: pa.Schema | None, episodes: list[ShardEpisode]) -> pa.Schema | None:
+    """``known`` merged with the member types of ``episodes`` (None stays None: unknown)."""
+    for episode in episodes:
+        if known is not None:
+            known = merge_types(known, episode_types(episode), episode.episode_id)
+    return known
 
 
 def _shard_episode(work: Work) -> tuple[ShardEpisode, tuple[Manifest, episode_index.EpisodeInfo]]:
