@@ -30,8 +30,10 @@ from droid_pipeline.publish.repos import UploadError, repo_kind, repo_layout, re
 from droid_pipeline.publish.shards import (
     CARD_NAME,
     HUB_MAX_FILE_BYTES,
+    STUB_PATH,
     ShardEpisode,
     ShardError,
+    ShardMember,
     SourceFile,
     episode_types,
     index_path,
@@ -39,6 +41,7 @@ from droid_pipeline.publish.shards import (
     merge_types,
     plan_shards,
     shard_path,
+    stub_members,
     verify_shard,
     write_shard,
 )
@@ -217,7 +220,7 @@ class ShardsLayout(Layout):
         episodes = {}
         for work in chunk:
             try:
-                episodes[work.episode_id] = (work, *_shard_episode(work))
+                episodes[work.episode_id] = (work, *_shard_episode(work, self.kind))
             except (ShardError, episode_index.EpisodeIndexError, OSError, ValueError) as exc:
                 _fail(state, work.episode_id, f"cannot go into a shard: {exc}")
         while episodes:
@@ -269,10 +272,9 @@ class ShardsLayout(Layout):
                                               (index_path(self.kind), index_file)))
         pending_episodes = tuple(
             PendingEpisode(episode_id=work.episode_id, relative_path=work.entry.relative_path,
-                           manifest_sha256=work.entry.manifest_sha256, episode_files=len(members[work.episode_id]),
-                           files=tuple(UploadFile(f"{path}/{m.name}", work.entry.episode_dir / m.path, m.size,
-                                                  m.sha256) for m in members[work.episode_id]))
-            for work, _, _ in episodes.values())
+                           manifest_sha256=work.entry.manifest_sha256, episode_files=len(files), files=files)
+            for work, files in ((work, _episode_uploads(path, work, members[work.episode_id]))
+                                for work, _, _ in episodes.values()))
         return PreparedCommit([work for work, _, _ in episodes.values()], pending_episodes, uploads, shard=number)
 
 
@@ -310,8 +312,9 @@ def _merged_types(known: pa.Schema | None, episodes: list[ShardEpisode]) -> pa.S
     return known
 
 
-def _shard_episode(work: Work) -> tuple[ShardEpisode, tuple[Manifest, episode_index.EpisodeInfo]]:
-    """The episode as it goes into a shard, with its manifest and what the index says of it."""
+def _shard_episode(work: Work, kind: str) -> tuple[ShardEpisode, tuple[Manifest, episode_index.EpisodeInfo]]:
+    """The episode as it goes into a shard of a repo of ``kind`` (with the stubs that give it every
+    member), with its manifest and what the index says of it."""
     entry = work.entry
     manifest = read_manifest(entry.episode_dir)
     quality = json.loads((entry.episode_dir / "quality.json").read_text())
@@ -319,7 +322,14 @@ def _shard_episode(work: Work) -> tuple[ShardEpisode, tuple[Manifest, episode_in
     prefix = f"{entry.relative_path}/"
     files = tuple(SourceFile(f.path_in_repo.removeprefix(prefix), f.local_path, f.size, f.sha256)
                   for f in work.files)
-    return ShardEpisode(entry.episode_id, info.roles, files, int(manifest.created)), (manifest, info)
+    stubs = stub_members(kind, info.roles, [f.path for f in files])
+    return ShardEpisode(entry.episode_id, info.roles, files, int(manifest.created), stubs), (manifest, info)
+
+
+def _episode_uploads(shard: str, work: Work, members: list[ShardMember]) -> tuple[UploadFile, ...]:
+    """The episode's files as members of ``shard`` (its stubs are no files of the episode)."""
+    return tuple(UploadFile(f"{shard}/{m.name}", work.entry.episode_dir / m.path, m.size, m.sha256)
+                 for m in members if m.path != STUB_PATH)
 
 
 def _intact(item: UploadFile) -> bool:

@@ -144,7 +144,12 @@ def assert_sharded_repo_complete(root: Path, hub: HubServer, url: str, kind: str
                 listed = {f["path"]: f for f in manifest["files"]}
                 members = {n.partition(".")[2] for n in names if n.partition(".")[0] == key}
                 wanted = {member_role_name(p) for p in files if kind == "full" or "depth" not in p}
-                assert members == wanted | {"manifest.json"}
+                camera_files = ("intrinsics.json",) if kind == "metadata" else \
+                    ("intrinsics.json", "depth_meta.json", "depth.mkv")
+                stubs = {f"{role}.{name}" for role in ("wrist", "ext1", "ext2") for name in camera_files} - wanted
+                assert stubs and members == wanted | {"manifest.json"} | stubs
+                for stub in stubs:   # a camera file the episode lacks: null JSON, empty otherwise
+                    assert tar.extractfile(f"{key}.{stub}").read() == (b"null" if stub.endswith(".json") else b"")
                 for name, data in files.items():
                     if kind == "metadata" and "depth" in name:
                         continue
