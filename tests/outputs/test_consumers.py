@@ -45,6 +45,9 @@ ANNOTATED = (6, 8, 11)
 # the last published, so quality.json has null there in the first samples of a shard and a string
 # in the last (and only the last has a recorder key outside the fixed set, so ``other`` too).
 LATE_METADATA = ("left_mp4_path", "right_mp4_path")
+# The first episode published: its ext2 camera left without intrinsics (allow_missing_intrinsics),
+# so its shard holds a stub ext2.intrinsics.json where every other episode has the file.
+NO_INTRINSICS = (0, "ext2")
 SCHEMA4 = Path(__file__).resolve().parents[1] / "data" / "schema4"
 PER_CAMERA = ("tracks_2d", "visibility", "occlusion", "intrinsics", "distortion", "image_size")
 
@@ -96,13 +99,15 @@ def repo(tmp_path_factory) -> dict:
     (root / "droid_language_annotations.json").write_text(json.dumps(annotations))
     config = load_config([info.config_path], [
         f"output_root={root / 'output'}", f"run_root={root / 'run'}", f"episode_index_path={root / 'index.json'}",
-        f"language_annotations_file={root / 'droid_language_annotations.json'}",
+        f"language_annotations_file={root / 'droid_language_annotations.json'}", "allow_missing_intrinsics=true",
         *(f"idle_filter.{key}={value}" for key, value in IDLE_RULE.items())])
     index = build_index(config.droid_root, config.index_path)
     episodes = [index.get(e.episode_id) for e in info.episodes]
     for number, episode in enumerate(episodes):
         work = root / "work" / str(number)
         extract_intrinsics(config, episode, work)
+        if number == NO_INTRINSICS[0]:   # as the intrinsics step leaves out a camera no source covers
+            (work / "recordings" / episode.serials[NO_INTRINSICS[1]] / "intrinsics.json").unlink()
         generate_tracks(config, episode, work)
         publish_episode(work, config.output_root, episode.relative_path, episode.episode_id, "metadata",
                         config.run_root)
@@ -134,7 +139,10 @@ def episode_files(repo: dict, episode_id: str) -> dict:
     folder = repo["output"] / episode.relative_path
     with np.load(folder / "tracks.npz", allow_pickle=False) as data:
         tracks = {key: data[key] for key in data.files}
-    return {"tracks": tracks, "quality": json.loads((folder / "quality.json").read_text()), "episode": episode}
+    intrinsics = {role: json.loads(path.read_text()) if (path := folder / "recordings" / serial / "intrinsics.json")
+                  .is_file() else None for role, serial in episode.serials.items()}
+    return {"tracks": tracks, "quality": json.loads((folder / "quality.json").read_text()), "episode": episode,
+            "intrinsics": intrinsics}
 
 
 def json_keys(value: object, prefix: str = "") -> set[str]:
@@ -160,8 +168,17 @@ def test_the_episodes_differ_in_serials_but_not_in_keys(repo):
     assert len(serial_sets) >= 5
     keys = {frozenset(episode_files(repo, e.episode_id)["tracks"]) for e in repo["episodes"]}
     assert keys == {frozenset(TRACKS_NPZ.expected())}
-    quality_keys = {frozenset(json_keys(episode_files(repo, e.episode_id)["quality"])) for e in repo["episodes"]}
+    lacking = repo["episodes"][NO_INTRINSICS[0]]
+    quality_keys = {frozenset(json_keys(episode_files(repo, e.episode_id)["quality"])) for e in repo["episodes"]
+                    if e is not lacking}
     assert len(quality_keys) == 1
+    # a camera without intrinsics has null where the others have its intrinsics and occlusion counts
+    (every_key,) = quality_keys
+    quality = episode_files(repo, lacking.episode_id)["quality"]
+    role = NO_INTRINSICS[1]
+    assert quality["intrinsics"][role] is None and quality["occlusion"]["cameras"][role] is None
+    assert every_key - json_keys(quality) == {key for key in every_key if key.startswith(
+        (f"/intrinsics/{role}/", f"/occlusion/cameras/{role}/"))}
     for episode in repo["episodes"]:
         files = episode_files(repo, episode.episode_id)
         assert files["tracks"]["camera_serials"].tolist() == [episode.serials[r] for r in CAMERA_ROLES]
@@ -198,10 +215,11 @@ def test_datasets_webdataset_builder_reads_every_episode_whole(repo, hf_cache, r
     assert len({frozenset(s) for s in samples}) == 1
     for sample in samples:
         files = episode_files(repo, episode_id_of(sample["__key__"]))
-        assert {f"{role}.intrinsics.json" for role in CAMERA_ROLES} <= set(sample)
         assert_tracks_equal(sample["tracks.npz"], files)
-        for role in CAMERA_ROLES:
-            assert np.isfinite(np.asarray(sample["tracks.npz"][f"tracks_2d_{role}"], dtype=np.float32)).all()
+        for role in CAMERA_ROLES:   # a camera without intrinsics: its member None, its tracks NaN
+            assert sample[f"{role}.intrinsics.json"] == files["intrinsics"][role]
+            tracks_2d = np.asarray(sample["tracks.npz"][f"tracks_2d_{role}"], dtype=np.float32)
+            assert np.isfinite(tracks_2d).all() if files["intrinsics"][role] else np.isnan(tracks_2d).all()
         assert sample["quality.json"] == files["quality"]
         for i in (1, 2, 3):
             key = f"language_instruction_{i}"
@@ -209,6 +227,9 @@ def test_datasets_webdataset_builder_reads_every_episode_whole(repo, hf_cache, r
                 repo["annotations"].get(files["episode"].episode_id, {}).get(f"language_instruction{i}", "")
     late = [s["quality.json"]["metadata"] for s in samples if s["quality.json"]["metadata"]["other"] is not None]
     assert len(late) == 1 and all(isinstance(late[0][key], str) for key in LATE_METADATA)
+    missing = [(episode_id_of(s["__key__"]), role) for s in samples for role in CAMERA_ROLES
+               if s[f"{role}.intrinsics.json"] is None]
+    assert missing == [(repo["episodes"][NO_INTRINSICS[0]].episode_id, NO_INTRINSICS[1])]
 
 
 def test_webdataset_package_reads_every_episode_whole(repo):
@@ -222,6 +243,8 @@ def test_webdataset_package_reads_every_episode_whole(repo):
         with np.load(io.BytesIO(sample["tracks.npz"]), allow_pickle=False) as tracks:
             assert_tracks_equal({key: tracks[key] for key in tracks.files}, files)
         assert json.loads(sample["quality.json"]) == files["quality"]
+        for role in CAMERA_ROLES:   # the stub of a camera without intrinsics is JSON null
+            assert json.loads(sample[f"{role}.intrinsics.json"]) == files["intrinsics"][role]
 
 
 def test_dataloader_parts_see_every_episode_exactly_once(repo):
@@ -235,8 +258,12 @@ def test_dataloader_parts_see_every_episode_exactly_once(repo):
         for rank in range(world_size):
             for worker in range(workers):
                 part = (rank * workers + worker, world_size * workers)
-                got = [episode.episode_id for episode in iter_episodes(folder, part=part)]
+                loaded = list(iter_episodes(folder, part=part))
+                got = [episode.episode_id for episode in loaded]
                 assert got, part
+                for episode in loaded:   # the stub is no file: the camera reads as one without intrinsics
+                    lacking = episode.episode_id == repo["episodes"][NO_INTRINSICS[0]].episode_id
+                    assert (episode.camera(NO_INTRINSICS[1]).tracks_2d is None) == lacking
                 seen += got
         assert sorted(seen) == everyone, (world_size, workers)
     successes = [e.episode_id for e in repo["episodes"] if e.outcome == "success"]
