@@ -96,11 +96,14 @@ def render_card(kind: str, repo_id: str, index: pa.Table, shards: int) -> str:
              f"{SHARDS_PER_FOLDER} per folder. An episode's files are contiguous members `<key>.<file>`; `<key>` "
              "is the episode id with any character outside `A-Z a-z 0-9 + _ -` percent-encoded; per-camera "
              "files are named by the camera's role (`wrist`, `ext1`, `ext2`), its serial is in `quality.json` "
-             "(`episode.serials`) and in the index. Members are the files byte for byte.",
+             "(`episode.serials`) and in the index. Members are the files byte for byte; a camera file an "
+             "episode lacks (a role without a camera, a camera without intrinsics or depth) is a stub member, "
+             "`null` for JSON and empty otherwise, listed in the index with an empty path.",
              f"- Every episode has the same member names, npz keys and JSON keys (output schema {SCHEMA_VERSION}): "
              "per-camera arrays and fields are named by role, serials are values, and a camera without 2D tracks "
-             "keeps its keys, filled, with `tracks_2d_status` saying why. So `datasets` and batched readers, "
-             "which take one set of keys from the first episodes, read every episode whole.", "",
+             "keeps its keys, filled, with `tracks_2d_status` saying why. JSON fields may be null in some episodes "
+             "and set in others: declare the member types kept in the index (`shard_features`, below) and "
+             "`datasets` and batched readers read every episode whole.", "",
              "| file in the episode folder | member | repo | what |", "|---|---|---|---|"]
     for file in OUTPUT_FILES:
         if kind == "metadata" and file.kind == "depth":
