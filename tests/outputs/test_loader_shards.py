@@ -175,3 +175,20 @@ def test_verify_checks_every_member_of_a_shard_folder_and_a_hub_repo(converted, 
     assert "member extrinsics.npz: sha256 differs from the index" in bad.stdout
     assert "member extrinsics.npz (extrinsics.npz) differs from manifest.json" in bad.stdout
     assert "2 of 3 episodes pass, 1 FAILED" in bad.stdout
+    # the full repo's stubs (camera files the episode lacks) pass; one changed is caught
+    full = tmp_path / "full"
+    for path in hub.repo(FULL).files:
+        (full / path).parent.mkdir(parents=True, exist_ok=True)
+        (full / path).write_bytes(hub.read(FULL, path))
+    (row,) = index_rows(hub, FULL, "full").values()
+    stub = next(m for m in row["members"] if m["path"] == "" and m["name"].endswith(".json"))
+    shard = full / row["shard"]
+    data = bytearray(shard.read_bytes())
+    assert data[stub["offset"]:stub["offset"] + stub["size"]] == b"null"
+    data[stub["offset"]] = ord("N")
+    shard.write_bytes(bytes(data))
+    bad = subprocess.run([sys.executable, "-m", "droid_pipeline.verify", str(full), "--no-progress"],
+                         capture_output=True, text=True, cwd=REPO_ROOT)
+    assert bad.returncode == 1
+    suffix = stub["name"].partition(".")[2]
+    assert f"member {suffix} is listed as a stub but is not one" in bad.stdout

@@ -399,3 +399,35 @@ def test_an_episode_whose_file_differs_from_its_manifest_stays_out_of_the_shard(
     assert sorted(r["episode_id"] for r in rows) == sorted(e[0] for e in episodes)
     with tarfile.open(folder / rows[0]["shard"]) as tar:
         assert not any(name.startswith(episode_key(bad_id)) for name in tar.getnames())
+
+
+def test_an_episode_whose_types_conflict_with_the_published_ones_stays_out(tmp_path):
+    """The types the index keeps must hold every published episode: one whose quality.json has a
+    dict where the others have a number fails, named, and the others publish with their types."""
+    from droid_pipeline import shard_features
+
+    episodes = []
+    for index in range(3):
+        episode_id = f"LAB+0000abcd+2023-08-18-12h-00m-{index:02d}s"
+        rel = f"LAB/success/2023-08-18/Fri_Aug_18_12:00:{index:02d}_2023"
+        files = shard_episode_files("metadata", index, episode_id, rel)
+        if index == 1:
+            quality = json.loads(files["quality.json"])
+            files["quality.json"] = json.dumps({**quality, "path_length_mm": {"value": 12.5}}).encode()
+        work = tmp_path / "work" / str(index)
+        for name, data in files.items():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            (work / name).write_bytes(data)
+        publish_episode(work, tmp_path / "output", rel, episode_id, "metadata", tmp_path / "run")
+        episodes.append(episode_id)
+    folder = tmp_path / "repo" / "meta"
+    config = write_config(tmp_path, metadata_repo=f"file://{folder}", hub_layout="shards")
+    result = run_uploader(config, uploader_env(None, tmp_path, token=None), "--once")
+    assert result.returncode == 1
+    assert f"failed file://{folder} {episodes[1]}: cannot go into a shard: episode {episodes[1]}: its members' " \
+           "types differ from those already published" in result.stdout
+    rows = pq.read_table(folder / "index" / "metadata.parquet").to_pylist()
+    assert sorted(r["episode_id"] for r in rows) == [episodes[0], episodes[2]]
+    with tarfile.open(folder / rows[0]["shard"]) as tar:
+        assert not any(name.startswith(episode_key(episodes[1])) for name in tar.getnames())
+    assert shard_features(folder)["quality.json"]["path_length_mm"].dtype == "float64"
