@@ -20,7 +20,7 @@ from uploads import REPO_ROOT
 
 from droid_pipeline.cli.verify import main as verify_main
 from droid_pipeline.core.config import load_config
-from droid_pipeline.outputs.loader import LoadError, iter_episodes, load_episode
+from droid_pipeline.outputs.loader import LoadError, iter_episodes, load_episode, shard_features
 from droid_pipeline.publish.staging import publish_episode
 from droid_pipeline.publish.uploader import Uploader
 
@@ -126,6 +126,9 @@ def test_iter_episodes_streams_whole_shards_and_keeps_what_the_filter_accepts(co
     assert sorted(e.episode_id for e in got) == sorted(e.episode_id for e in wanted)
     shard = next(iter(index_rows(hub, META, "metadata").values()))["shard"]
     assert shard_bytes_sent(hub, META) == {shard: len(hub.read(META, shard))}  # the whole shard, once
+    features = shard_features(f"hf://datasets/{META}")   # the member types, from the index's footer
+    assert {"__key__", "__url__", "quality.json", "tracks.npz", "ext1.intrinsics.json"} <= set(features)
+    assert features["tracks.npz"]["tracks_3d"].feature.feature.feature.dtype == "float32"
 
 
 def test_a_local_shard_folder_reads_like_the_hub(converted, tmp_path):
