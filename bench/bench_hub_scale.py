@@ -241,7 +241,7 @@ def index_size(episodes: int, files: list[tuple[str, int]], kind: str, scratch: 
             info=info, shard=shard_path(kind, number // 200), members=members))
     table = episode_index.merge(episode_index.empty_table(), rows)
     path = scratch / f"index-{kind}.parquet"
-    episode_index.write_index(path, table, next_shard=episodes // 200 + 1, kind=kind)
+    episode_index.write_index(path, table, next_shard=episodes // 200 + 1, kind=kind, types=None)
     card = render_card(kind, f"user/droid-{kind}", table, shards=episodes // 200 + 1)
     return path.stat().st_size, len(card.encode())
 

@@ -7,9 +7,10 @@ from typing import Any
 from droid_pipeline.core.schema import SCHEMA_VERSION
 
 __version__ = "0.1.0"
-__all__ = ["SCHEMA_VERSION", "__version__", "EpisodeData", "LoadError", "iter_episodes", "load_episode"]
+__all__ = ["SCHEMA_VERSION", "__version__", "EpisodeData", "LoadError", "iter_episodes", "load_episode",
+           "shard_features"]
 
-_LOADER_NAMES = ("EpisodeData", "LoadError", "iter_episodes", "load_episode")
+_LOADER_NAMES = ("EpisodeData", "LoadError", "iter_episodes", "load_episode", "shard_features")
 
 
 def __getattr__(name: str) -> Any:

@@ -237,19 +237,49 @@ def iter_episodes(path_or_repo: os.PathLike | str, filter: Callable[[Mapping[str
     except ValueError as exc:
         raise LoadError(str(exc)) from exc
     try:
-        if text.startswith(HUB_PREFIX):
-            repo_type, repo_id, _ = parse_hub_url(text, repo_type)
-            source: sharded.ShardSource | None = sharded.hub_source(repo_type, repo_id, revision, text)
-        else:
-            index = sharded.folder_index(Path(text))
-            source = None if index is None else sharded.FolderSource(Path(text), index)
-        if source is None:
-            raise LoadError(f"{text}: not a sharded repo (no index/<kind>.parquet); iter_episodes reads "
-                            "the shards layout of docs/upload.md")
+        source = _sharded_source(text, repo_type, revision, "iter_episodes")
         for folder in sharded.iter_sharded_folders(source, filter, include_depth, part):
             yield read_episode_dir(folder)
     except (sharded.ShardedReadError, sharded.ShardError, OSError) as exc:
         raise LoadError(f"{text}: {exc}") from exc
+
+
+def shard_features(path_or_repo: os.PathLike | str, *, repo_type: str = "dataset",
+                   revision: str | None = None) -> Any:
+    """The ``datasets.Features`` of a sharded repo's shards (``hf://datasets/<user>/<name>`` or a
+    local folder laid out like one), for ``datasets.load_dataset("webdataset", data_files=<its shards>,
+    features=...)``: ``__key__``, ``__url__`` and every member any of its episodes has, typed as the
+    uploader found them in every episode it published (docs/inspecting.md). Declared, they replace
+    what ``datasets`` would infer from the first five samples of the first shard, which fails the load
+    when a field null in those is set in a later episode. A member an episode lacks reads as None."""
+    import datasets
+    import pyarrow as pa
+
+    from droid_pipeline.outputs import sharded
+
+    text = os.fspath(path_or_repo)
+    try:
+        types = sharded.read_shard_types(_sharded_source(text, repo_type, revision, "shard_features"))
+    except (sharded.ShardedReadError, OSError) as exc:
+        raise LoadError(f"{text}: {exc}") from exc
+    return datasets.Features.from_arrow_schema(
+        pa.schema([pa.field("__key__", pa.string()), *types, pa.field("__url__", pa.string())]))
+
+
+def _sharded_source(text: str, repo_type: str, revision: str | None, caller: str) -> Any:
+    """The sharded repo at ``text`` (a Hub URL or a folder) as a ``sharded.ShardSource``."""
+    from droid_pipeline.outputs import sharded
+
+    if text.startswith(HUB_PREFIX):
+        repo_type, repo_id, _ = parse_hub_url(text, repo_type)
+        source: sharded.ShardSource | None = sharded.hub_source(repo_type, repo_id, revision, text)
+    else:
+        index = sharded.folder_index(Path(text))
+        source = None if index is None else sharded.FolderSource(Path(text), index)
+    if source is None:
+        raise LoadError(f"{text}: not a sharded repo (no index/<kind>.parquet); {caller} reads "
+                        "the shards layout of docs/upload.md")
+    return source
 
 
 def read_episode_dir(episode_dir: os.PathLike | str) -> EpisodeData:

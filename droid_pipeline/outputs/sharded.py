@@ -21,6 +21,7 @@ its manifest, so the loader and the verifier build on it, not it on them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -30,19 +31,25 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from droid_pipeline.core.schema import DEPTH, DEPTH_META, MANIFEST
 from droid_pipeline.publish import index as episode_index
 from droid_pipeline.publish.shards import (
     REPO_KINDS,
+    STUB_PATH,
     ShardError,
     arrange_episode,
     copy_range,
     episode_key,
     index_path,
+    is_camera_member,
     iter_shard,
+    stub_bytes,
 )
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 # Members read at once from the Hub (one range request each).
 RANGE_CHUNK = 16 << 20
@@ -142,6 +149,23 @@ def read_index_rows(source: ShardSource) -> list[dict[str, Any]]:
         return pq.ParquetFile(fh).read().to_pylist()
 
 
+def read_shard_types(source: ShardSource) -> pa.Schema:
+    """The Arrow types of the shards' members kept in the index (``publish.index``); ShardedReadError
+    when the index has none (rows published before they were kept: publish those episodes again)."""
+    import pyarrow.parquet as pq
+
+    with source.open(source.index_file) as fh:
+        metadata = pq.ParquetFile(fh).schema_arrow.metadata or {}
+    try:
+        types = episode_index.shard_types(metadata)
+    except episode_index.EpisodeIndexError as exc:
+        raise ShardedReadError(f"{source.index_file}: {exc}") from exc
+    if types is None:
+        raise ShardedReadError(f"{source.index_file} keeps no member types: it has episodes published before "
+                               "they were kept; publish those again")
+    return types
+
+
 def default_cache_dir() -> Path:
     """``$DROID_PIPELINE_CACHE``, else ``$XDG_CACHE_HOME/droid_pipeline`` (``~/.cache``)."""
     if os.environ.get(CACHE_ENV):
@@ -158,7 +182,7 @@ def fetch_episode(source: ShardSource, episode: str, cache_dir: os.PathLike | st
     """The cache folder holding one episode of a sharded repo, its members fetched by range (see
     module docstring)."""
     row = find_episode(source, episode)
-    members = [m for m in row["members"] if include_depth or not _is_depth(m["path"])]
+    members = [m for m in row["members"] if m["path"] != STUB_PATH and (include_depth or not _is_depth(m["path"]))]
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     folder = root / "episodes" / f"{row['key']}-{row['manifest_sha256'][:16]}{'' if include_depth else '-nodepth'}"
     if not folder.is_dir():
@@ -237,7 +261,7 @@ def iter_sharded_folders(source: ShardSource, keep: Callable[[Mapping[str, Any]]
                 if problems:
                     raise ShardedReadError(f"{source.name}/{shard}: {'; '.join(problems)}")
                 dest = scratch / "episode" / streamed.key
-                arrange_episode(streamed.folder, {s: h for s, h in streamed.suffixes.items()
+                arrange_episode(streamed.folder, {s: h for s, h in _files_of(row, streamed.suffixes).items()
                                                   if include_depth or not _is_depth(_path_of(row, s))},
                                 episode_index.row_serials(row), dest)
                 yield dest
@@ -248,6 +272,11 @@ def iter_sharded_folders(source: ShardSource, keep: Callable[[Mapping[str, Any]]
 def _path_of(row: Mapping[str, Any], suffix: str) -> str:
     name = f"{row['key']}.{suffix}"
     return next((m["path"] for m in row["members"] if m["name"] == name), suffix)
+
+
+def _files_of(row: Mapping[str, Any], suffixes: Mapping[str, str]) -> dict[str, str]:
+    """The members of ``suffixes`` that are files of the episode (its stubs left out)."""
+    return {suffix: sha for suffix, sha in suffixes.items() if _path_of(row, suffix) != STUB_PATH}
 
 
 def _member_problems(row: Mapping[str, Any], suffixes: Mapping[str, str]) -> list[str]:
@@ -277,6 +306,10 @@ def _manifest_problems(folder: Path, row: Mapping[str, Any], suffixes: Mapping[s
         if suffix == manifest_suffix:
             continue
         path = _path_of(row, suffix)
+        if path == STUB_PATH:
+            if not is_camera_member(suffix) or sha != hashlib.sha256(stub_bytes(suffix)).hexdigest():
+                problems.append(f"member {suffix} is listed as a stub but is not one")
+            continue
         entry = listed.get(path)
         if entry is None:
             problems.append(f"member {suffix} ({path}) is not listed in {MANIFEST.path}")
@@ -340,7 +373,7 @@ def _check_one(row: Mapping[str, Any], members: Path, suffixes: Mapping[str, str
     root = scratch / "episodes"
     folder = root / relative
     try:
-        arrange_episode(members, suffixes, episode_index.row_serials(row), folder)
+        arrange_episode(members, _files_of(row, suffixes), episode_index.row_serials(row), folder)
     except ShardError as exc:
         yield ShardedEpisodeCheck(row, None, None, [str(exc)])
         return

@@ -5,7 +5,9 @@ derived data keeps), task categories, tags, size category and the ``configs`` en
 ``datasets.load_dataset(<repo>, "index")`` read the episode index (and the Hub's viewer show it).
 The shards are not a second config: ``datasets`` picks one builder for all the configs of a repo,
 from the files of the first, so a webdataset config beside the Parquet one would fail; the card
-shows ``load_dataset("webdataset", data_files=...)`` for them instead. The body has the
+shows ``load_dataset("webdataset", data_files=..., features=shard_features(<repo>))`` for them
+instead (the member types kept in the index, so that ``datasets`` does not guess them from the
+first samples). The body has the
 counts, the file and key tables of the output contract (from :mod:`droid_pipeline.core.schema`),
 how to load one episode and where the data came from (pipeline version, calibration sources).
 """
@@ -94,11 +96,14 @@ def render_card(kind: str, repo_id: str, index: pa.Table, shards: int) -> str:
              f"{SHARDS_PER_FOLDER} per folder. An episode's files are contiguous members `<key>.<file>`; `<key>` "
              "is the episode id with any character outside `A-Z a-z 0-9 + _ -` percent-encoded; per-camera "
              "files are named by the camera's role (`wrist`, `ext1`, `ext2`), its serial is in `quality.json` "
-             "(`episode.serials`) and in the index. Members are the files byte for byte.",
+             "(`episode.serials`) and in the index. Members are the files byte for byte; a camera file an "
+             "episode lacks (a role without a camera, a camera without intrinsics or depth) is a stub member, "
+             "`null` for JSON and empty otherwise, listed in the index with an empty path.",
              f"- Every episode has the same member names, npz keys and JSON keys (output schema {SCHEMA_VERSION}): "
              "per-camera arrays and fields are named by role, serials are values, and a camera without 2D tracks "
-             "keeps its keys, filled, with `tracks_2d_status` saying why. So `datasets` and batched readers, "
-             "which take one set of keys from the first episodes, read every episode whole.", "",
+             "keeps its keys, filled, with `tracks_2d_status` saying why. JSON fields may be null in some episodes "
+             "and set in others: declare the member types kept in the index (`shard_features`, below) and "
+             "`datasets` and batched readers read every episode whole.", "",
              "| file in the episode folder | member | repo | what |", "|---|---|---|---|"]
     for file in OUTPUT_FILES:
         if kind == "metadata" and file.kind == "depth":
@@ -111,7 +116,7 @@ def render_card(kind: str, repo_id: str, index: pa.Table, shards: int) -> str:
         for table in npz.tables:
             lines += [f"`{npz.file.path}` ({table.id}):", "", markdown_table(table), ""]
     lines += ["## Loading", "", "```python",
-              "from droid_pipeline import load_episode, iter_episodes",
+              "from droid_pipeline import load_episode, iter_episodes, shard_features",
               f'episode = load_episode("hf://datasets/{repo_id}", "{example}")  # ranged reads of its members only',
               "print(episode.tracks_3d.shape, episode.camera(\"ext1\").tracks_2d.shape)",
               f'for episode in iter_episodes("hf://datasets/{repo_id}", filter=lambda row: row["outcome"] == '
@@ -119,14 +124,22 @@ def render_card(kind: str, repo_id: str, index: pa.Table, shards: int) -> str:
               "    ...  # whole shards streamed in order; the parts are disjoint and cover the repo once",
               "", "import datasets",
               f'index = datasets.load_dataset("{repo_id}", split="train")   # the index',
+              f'features = shard_features("hf://datasets/{repo_id}")   # every member\'s type, kept in the index',
               f'samples = datasets.load_dataset("webdataset", data_files="hf://datasets/{repo_id}/'
-              f'{shards_pattern(kind)}", split="train", streaming=True)',
+              f'{shards_pattern(kind)}", split="train", features=features)   # or streaming=True',
               'for sample in samples:   # sample["tracks.npz"]["tracks_2d_ext1"], sample["quality.json"], ...',
               "    ...",
               "", "import webdataset   # or the webdataset package: members as bytes",
               'for sample in webdataset.WebDataset("<local or https shard URLs>", shardshuffle=False):',
               '    ...  # sample["__key__"], sample["tracks.npz"] (bytes: np.load(io.BytesIO(...)))',
               "```", "",
+              "Pass `features` to `datasets`: without them it guesses every field's type from the first five "
+              "episodes of the first shard, and a field null in all of those (a metadata path older recorders "
+              "did not write, a camera's depth or calibration entry) but set in a later episode fails the whole "
+              "load. The types are kept in the index file's metadata (`droid_pipeline.shard_types`, an Arrow "
+              "schema); without the package: `datasets.Features.from_arrow_schema(pa.schema([('__key__', "
+              "pa.string()), *pa.ipc.read_schema(pa.py_buffer(pq.read_schema(<index file>).metadata["
+              "b'droid_pipeline.shard_types'])), ('__url__', pa.string())]))`.", "",
               "Without the package: read the episode's row of the index, then fetch each member's bytes "
               "`offset .. offset + size - 1` of its shard with an HTTP range request (or `tarfile`).", "",
               "## Provenance", "",

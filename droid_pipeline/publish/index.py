@@ -13,7 +13,11 @@ per member.
 Rows are sorted by episode id and written in row groups of :data:`ROW_GROUP_ROWS`, so a reader
 looking for one id reads the footer and one row group (row-group statistics); the file's
 key-value metadata holds the next free shard number (``droid_pipeline.next_shard``), which only
-grows, so a shard whose episodes were all re-published is never overwritten. Re-publishing an
+grows, so a shard whose episodes were all re-published is never overwritten, and
+``droid_pipeline.shard_types``: the Arrow types of the shards' members, merged over every episode
+published (:func:`droid_pipeline.publish.shards.merge_types`; an Arrow IPC schema), from which
+readers declare the features of ``datasets``' webdataset builder. It is absent when the index has
+rows published before the types were kept (their types are unknown). Re-publishing an
 episode replaces its row (the newer schema version, then the newer manifest, wins); the old
 shard stays as it was. The whole file is rewritten by each shard commit, in the same commit as
 the shard, so the index never names a shard the repo lacks.
@@ -36,6 +40,7 @@ if TYPE_CHECKING:
 ROW_GROUP_ROWS = 1024
 NEXT_SHARD_KEY = b"droid_pipeline.next_shard"
 KIND_KEY = b"droid_pipeline.repo_kind"
+TYPES_KEY = b"droid_pipeline.shard_types"
 
 
 class EpisodeIndexError(ValueError):
@@ -160,8 +165,9 @@ def empty_table() -> pa.Table:
     return schema().empty_table()
 
 
-def read_index(path: Path) -> tuple[pa.Table, int]:
-    """The index table at ``path`` and its next free shard number."""
+def read_index(path: Path) -> tuple[pa.Table, int, pa.Schema | None]:
+    """The index table at ``path``, its next free shard number and its shards' member types (None
+    when unknown)."""
     import pyarrow.parquet as pq
 
     try:
@@ -170,7 +176,20 @@ def read_index(path: Path) -> tuple[pa.Table, int]:
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
         raise EpisodeIndexError(f"{path}: not a readable episode index: {exc}") from exc
     metadata = file.schema_arrow.metadata or {}
-    return table, int(metadata.get(NEXT_SHARD_KEY, b"0"))
+    return table, int(metadata.get(NEXT_SHARD_KEY, b"0")), shard_types(metadata)
+
+
+def shard_types(metadata: Mapping[bytes, bytes]) -> pa.Schema | None:
+    """The shards' member types kept in an index file's key-value metadata, None when absent."""
+    import pyarrow as pa
+
+    data = metadata.get(TYPES_KEY)
+    if data is None:
+        return None
+    try:
+        return pa.ipc.read_schema(pa.py_buffer(data))
+    except (OSError, ValueError) as exc:
+        raise EpisodeIndexError(f"the index's {TYPES_KEY.decode()} is not an Arrow schema: {exc}") from exc
 
 
 def merge(old: pa.Table, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
@@ -200,11 +219,15 @@ def _with_columns(table: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema()).cast(schema())
 
 
-def write_index(path: Path, table: pa.Table, *, next_shard: int, kind: str) -> None:
-    """Write the index atomically (sorted rows, row groups of :data:`ROW_GROUP_ROWS`, zstd)."""
+def write_index(path: Path, table: pa.Table, *, next_shard: int, kind: str, types: pa.Schema | None) -> None:
+    """Write the index atomically (sorted rows, row groups of :data:`ROW_GROUP_ROWS`, zstd), with
+    the shards' member ``types`` when they are known."""
     import pyarrow.parquet as pq
 
-    table = table.replace_schema_metadata({NEXT_SHARD_KEY: str(next_shard).encode(), KIND_KEY: kind.encode()})
+    metadata = {NEXT_SHARD_KEY: str(next_shard).encode(), KIND_KEY: kind.encode()}
+    if types is not None:
+        metadata[TYPES_KEY] = types.serialize().to_pybytes()
+    table = table.replace_schema_metadata(metadata)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS, compression="zstd")
 

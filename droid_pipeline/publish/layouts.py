@@ -7,8 +7,8 @@ has one per target kind: each plans a batch's commits, prepares each commit and 
 - :class:`ShardsLayout` (:mod:`droid_pipeline.publish.shards`): one commit per tar shard of whole
   episodes (``shard_max_episodes``, ``shard_max_bytes``), built and verified in
   ``<run_root>/upload_shards/<repo>/`` with the rewritten episode index and dataset card. It keeps
-  one :class:`RepoIndex` per repo: the index and next shard number as of the repo's head, and the
-  index staged for the commit in flight, adopted once that commit lands.
+  one :class:`RepoIndex` per repo: the index, next shard number and shard member types as of the
+  repo's head, and those staged for the commit in flight, adopted once that commit lands.
 """
 
 from __future__ import annotations
@@ -30,13 +30,18 @@ from droid_pipeline.publish.repos import UploadError, repo_kind, repo_layout, re
 from droid_pipeline.publish.shards import (
     CARD_NAME,
     HUB_MAX_FILE_BYTES,
+    STUB_PATH,
     ShardEpisode,
     ShardError,
+    ShardMember,
     SourceFile,
+    episode_types,
     index_path,
     member_bytes,
+    merge_types,
     plan_shards,
     shard_path,
+    stub_members,
     verify_shard,
     write_shard,
 )
@@ -140,14 +145,16 @@ class FilesLayout(Layout):
 
 @dataclass(frozen=True)
 class RepoIndex:
-    """A sharded repo's episode index and next free shard number as of its commit ``head``, and the
-    index staged for the commit in flight. A shard commit lands only on ``head``, so two uploaders
+    """A sharded repo's episode index, next free shard number and shard member types (None: unknown,
+    the index has rows published before they were kept) as of its commit ``head``, and those staged
+    for the commit in flight. A shard commit lands only on ``head``, so two uploaders
     (two run roots) never write the same shard number or lose each other's rows."""
 
     table: pa.Table
     next_shard: int
     head: str | None  # None: the target does not version its files
-    staged: tuple[pa.Table, int] | None = None
+    types: pa.Schema | None
+    staged: tuple[pa.Table, int, pa.Schema | None] | None = None
 
 
 class ShardsLayout(Layout):
@@ -181,8 +188,8 @@ class ShardsLayout(Layout):
             return  # a files-layout commit an earlier run left in flight
         index = self.index
         if index is not None and index.staged is not None and index.staged[1] == pending.shard + 1:
-            table, next_shard = index.staged
-            self.index = RepoIndex(table, next_shard, None if index.head is None else commit_id)
+            table, next_shard, types = index.staged
+            self.index = RepoIndex(table, next_shard, None if index.head is None else commit_id, types)
         else:  # settled from an earlier run: read the index the repo now holds
             self.index = None
         self.discard(pending)
@@ -194,11 +201,15 @@ class ShardsLayout(Layout):
     def _repo_index(self) -> RepoIndex:
         """The repo's index as last committed (read from the repo when forgotten)."""
         if self.index is None:
+            import pyarrow as pa
+
             head = self.target.head()  # before the index: a commit between moves the head on
             local = self.target.fetch(index_path(self.kind), self.run_root / HUB_CACHE_DIR)
-            table, next_shard = episode_index.read_index(local) if local is not None else \
-                (episode_index.empty_table(), 0)
-            self.index = RepoIndex(table, next_shard, head)
+            table, next_shard, types = episode_index.read_index(local) if local is not None else \
+                (episode_index.empty_table(), 0, None)
+            if types is None and table.num_rows == 0:
+                types = pa.schema([])  # nothing published yet: every type is known
+            self.index = RepoIndex(table, next_shard, head, types)
         return self.index
 
     def prepare(self, chunk: list[Work], state: RepoState) -> PreparedCommit | None:
@@ -209,7 +220,7 @@ class ShardsLayout(Layout):
         episodes = {}
         for work in chunk:
             try:
-                episodes[work.episode_id] = (work, *_shard_episode(work))
+                episodes[work.episode_id] = (work, *_shard_episode(work, self.kind))
             except (ShardError, episode_index.EpisodeIndexError, OSError, ValueError) as exc:
                 _fail(state, work.episode_id, f"cannot go into a shard: {exc}")
         while episodes:
@@ -220,6 +231,14 @@ class ShardsLayout(Layout):
                 if exc.episode_id not in episodes:
                     raise
                 _fail(state, exc.episode_id, f"checksum or file differs from the manifest: {exc}")
+                del episodes[exc.episode_id]
+                continue
+            try:  # typed once their checksums are checked
+                types = _merged_types(repo_index.types, [shard_episode for _, shard_episode, _ in episodes.values()])
+            except ShardError as exc:
+                if exc.episode_id not in episodes:
+                    raise
+                _fail(state, exc.episode_id, f"cannot go into a shard: {exc}")
                 del episodes[exc.episode_id]
                 continue
             problems = verify_shard(local, members)
@@ -244,19 +263,18 @@ class ShardsLayout(Layout):
             for work, _, (manifest, info) in episodes.values()]
         new_table = episode_index.merge(repo_index.table, rows)
         index_file = self.folder / f"{number:06d}.index.parquet"
-        episode_index.write_index(index_file, new_table, next_shard=number + 1, kind=self.kind)
+        episode_index.write_index(index_file, new_table, next_shard=number + 1, kind=self.kind, types=types)
         card_file = self.folder / f"{number:06d}.{CARD_NAME}"
         card_file.write_text(render_card(self.kind, repo_name(self.target.url), new_table, shards=number + 1))
-        self.index = dataclasses.replace(repo_index, staged=(new_table, number + 1))
+        self.index = dataclasses.replace(repo_index, staged=(new_table, number + 1, types))
         uploads = tuple(UploadFile(in_repo, file, file.stat().st_size, sha256_file(file))
                         for in_repo, file in ((path, local), (CARD_NAME, card_file),
                                               (index_path(self.kind), index_file)))
         pending_episodes = tuple(
             PendingEpisode(episode_id=work.episode_id, relative_path=work.entry.relative_path,
-                           manifest_sha256=work.entry.manifest_sha256, episode_files=len(members[work.episode_id]),
-                           files=tuple(UploadFile(f"{path}/{m.name}", work.entry.episode_dir / m.path, m.size,
-                                                  m.sha256) for m in members[work.episode_id]))
-            for work, _, _ in episodes.values())
+                           manifest_sha256=work.entry.manifest_sha256, episode_files=len(files), files=files)
+            for work, files in ((work, _episode_uploads(path, work, members[work.episode_id]))
+                                for work, _, _ in episodes.values()))
         return PreparedCommit([work for work, _, _ in episodes.values()], pending_episodes, uploads, shard=number)
 
 
@@ -286,8 +304,17 @@ def pack(work: list[Work], max_files: int) -> list[list[Work]]:
     return chunks
 
 
-def _shard_episode(work: Work) -> tuple[ShardEpisode, tuple[Manifest, episode_index.EpisodeInfo]]:
-    """The episode as it goes into a shard, with its manifest and what the index says of it."""
+def _merged_types(known: pa.Schema | None, episodes: list[ShardEpisode]) -> pa.Schema | None:
+    """``known`` merged with the member types of ``episodes`` (None stays None: unknown)."""
+    for episode in episodes:
+        if known is not None:
+            known = merge_types(known, episode_types(episode), episode.episode_id)
+    return known
+
+
+def _shard_episode(work: Work, kind: str) -> tuple[ShardEpisode, tuple[Manifest, episode_index.EpisodeInfo]]:
+    """The episode as it goes into a shard of a repo of ``kind`` (with the stubs that give it every
+    member), with its manifest and what the index says of it."""
     entry = work.entry
     manifest = read_manifest(entry.episode_dir)
     quality = json.loads((entry.episode_dir / "quality.json").read_text())
@@ -295,7 +322,14 @@ def _shard_episode(work: Work) -> tuple[ShardEpisode, tuple[Manifest, episode_in
     prefix = f"{entry.relative_path}/"
     files = tuple(SourceFile(f.path_in_repo.removeprefix(prefix), f.local_path, f.size, f.sha256)
                   for f in work.files)
-    return ShardEpisode(entry.episode_id, info.roles, files, int(manifest.created)), (manifest, info)
+    stubs = stub_members(kind, info.roles, [f.path for f in files])
+    return ShardEpisode(entry.episode_id, info.roles, files, int(manifest.created), stubs), (manifest, info)
+
+
+def _episode_uploads(shard: str, work: Work, members: list[ShardMember]) -> tuple[UploadFile, ...]:
+    """The episode's files as members of ``shard`` (its stubs are no files of the episode)."""
+    return tuple(UploadFile(f"{shard}/{m.name}", work.entry.episode_dir / m.path, m.size, m.sha256)
+                 for m in members if m.path != STUB_PATH)
 
 
 def _intact(item: UploadFile) -> bool:

@@ -14,10 +14,21 @@ A shard is a plain tar file ``shards/<repo kind>/<NNN>/<NNNNNN>.tar`` (at most
   ``quality.json``, ``tracks.npz``, ``extrinsics.npz``, and for each camera
   ``<role>.intrinsics.json`` (and in the full repo ``<role>.depth_meta.json``,
   ``<role>.depth.mkv``, optionally ``<role>.rgb.mp4``), where ``<role>`` is ``wrist``, ``ext1`` or
-  ``ext2``. Per-camera members carry the camera's role, not its serial, so that every sample has
+  ``ext2``. Every episode of a repo has the same members: a camera file the episode lacks (a
+  camera without intrinsics, a role without a camera, a camera without depth) is a *stub* member,
+  ``null`` for a JSON file and empty otherwise (:func:`stub_members`), listed in the index with an
+  empty contract path (:data:`STUB_PATH`) and never laid out as a file when an episode is read.
+  Per-camera members carry the camera's role, not its serial, so that every sample has
   the same fields: ``datasets``' WebDataset loader refuses shards whose samples differ in their
   fields, and serials differ from lab to lab. The serial of each role is in quality.json
   (``episode.serials``), extrinsics.npz and the episode index.
+
+:func:`episode_types` gives the Arrow type of every member of an episode as ``datasets``' webdataset
+builder decodes it (JSON values, ``.npz`` as a struct of nested lists, videos as bytes), and
+:func:`merge_types` unifies them across episodes (null and a type give the type, int and float give
+float, structs take the union of their fields). The uploader keeps the merged types of every
+episode it published with the index, so readers can declare them instead of letting ``datasets``
+guess from the first samples, where a field still null there, or an int later a float, fails the load.
 
 Shards are byte-for-byte deterministic (members in a fixed order, ``mtime`` from the manifest,
 no owner names), so rebuilding a shard after a killed upload gives the same file, which the Hub
@@ -27,12 +38,15 @@ then does not upload again.
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import os
 import tarfile
+import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
 from droid_pipeline.core.atomic import atomic_path
@@ -49,6 +63,9 @@ from droid_pipeline.core.schema import (
     output_file,
 )
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 SHARDS_DIR = "shards"
 INDEX_DIR = "index"
 CARD_NAME = "README.md"
@@ -64,6 +81,8 @@ _BLOCK = tarfile.BLOCKSIZE
 _RECORD = tarfile.RECORDSIZE
 _KEY_SAFE = "+_-"
 _COPY_CHUNK = 1 << 20
+# The contract path of a stub member (a camera file the episode lacks).
+STUB_PATH = ""
 
 
 class ShardError(ValueError):
@@ -134,6 +153,34 @@ def member_order(path: str, roles: Mapping[str, str]) -> tuple[int, int, int]:
     return (1, rank, CAMERA_FILES_ORDER.index(file) if file in CAMERA_FILES_ORDER else len(CAMERA_FILES_ORDER))
 
 
+def is_camera_member(suffix: str) -> bool:
+    """Whether ``suffix`` is a ``<role>.<camera file>`` member name (what a stub can be)."""
+    role, _, name = suffix.partition(".")
+    return role in ROLES and any(file.name == name for file in CAMERA_FILES_ORDER)
+
+
+def stub_bytes(suffix: str) -> bytes:
+    """What a stub member ``<role>.<file>`` holds: ``null`` for a JSON file, nothing for others."""
+    return b"null" if suffix.endswith(".json") else b""
+
+
+def repo_camera_files(kind: str, paths: Sequence[str]) -> tuple[OutputFile, ...]:
+    """The camera files every episode of a repo of ``kind`` has a member for, per role: intrinsics,
+    in the full repo also depth and its metadata, and RGB when the episode (``paths``) has any."""
+    if kind == "metadata":
+        return (INTRINSICS,)
+    return (INTRINSICS, DEPTH_META, DEPTH) + ((RGB,) if any(RGB.matches(p) for p in paths) else ())
+
+
+def stub_members(kind: str, roles: Mapping[str, str], paths: Sequence[str]) -> tuple[str, ...]:
+    """The ``<role>.<file>`` stubs an episode with the camera roles ``roles`` (serial -> role) and the
+    contract paths ``paths`` needs in a repo of ``kind`` so that it has every member."""
+    present = {member_suffix(path, roles) for path in paths
+               if output_file(path) in CAMERA_FILES_ORDER and path.split("/")[-2] in roles}
+    return tuple(f"{role}.{file.name}" for role in ROLES for file in repo_camera_files(kind, paths)
+                 if f"{role}.{file.name}" not in present)
+
+
 @dataclass(frozen=True)
 class SourceFile:
     """One episode file to put into a shard: its contract path, the local file, its size and SHA-256."""
@@ -152,6 +199,7 @@ class ShardEpisode:
     roles: Mapping[str, str]  # serial -> role
     files: tuple[SourceFile, ...]
     mtime: int  # the manifest's creation time, for deterministic headers
+    stubs: tuple[str, ...] = ()  # <role>.<file> members written as stubs, after the files
 
     @property
     def key(self) -> str:
@@ -243,6 +291,15 @@ def write_shard(dest: Path, episodes: Sequence[ShardEpisode]) -> dict[str, list[
                                      episode.episode_id)
                 offset = tar.offset - -(-file.size // _BLOCK) * _BLOCK  # the data ends, padded, at tar.offset
                 listed.append(ShardMember(info.name, file.path, offset, file.size, file.sha256))
+            for suffix in episode.stubs:
+                data = stub_bytes(suffix)
+                info = tarfile.TarInfo(f"{episode.key}.{suffix}")
+                info.size, info.mtime, info.mode = len(data), episode.mtime, 0o644
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                tar.addfile(info, io.BytesIO(data))
+                offset = tar.offset - -(-len(data) // _BLOCK) * _BLOCK
+                listed.append(ShardMember(info.name, STUB_PATH, offset, len(data), hashlib.sha256(data).hexdigest()))
     return members
 
 
@@ -331,7 +388,8 @@ def iter_shard(fileobj: IO[bytes], make_folder: Callable[[str], Path | None]) ->
 
 def arrange_episode(folder: Path, suffixes: Mapping[str, str], serials: Mapping[str, str], dest: Path) -> None:
     """Move members written under their ``<file>`` names in ``folder`` to their contract paths
-    under ``dest`` (``serials``: role -> serial, from the episode's quality.json)."""
+    under ``dest`` (``serials``: role -> serial, from the episode's quality.json); ``suffixes``
+    holds no stubs."""
     for suffix in suffixes:
         target = dest / contract_path(suffix, serials)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -354,3 +412,79 @@ def copy_range(source: IO[bytes], offset: int, size: int, dest: Path, chunk_byte
             out.write(chunk)
             left -= len(chunk)
     return digest.hexdigest()
+
+
+def member_type(name: str, path: Path) -> pa.DataType:
+    """The Arrow type of the member ``<key>.<name>`` (the file at ``path``) as ``datasets``' webdataset
+    builder decodes it: a JSON value's type, an ``.npz`` as a struct of its arrays (an n-d array as
+    n nested lists, a 0-d one as a scalar; only the headers are read), anything else as bytes.
+    ValueError when the JSON cannot be one Arrow value (a list mixing types)."""
+    import pyarrow as pa
+
+    extension = name.rsplit(".", 1)[-1]
+    if extension == "json":
+        try:
+            return pa.array([json.loads(path.read_bytes())]).type
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise ValueError(f"{name}: no single Arrow type ({exc})") from exc
+    if extension == "npz":
+        return pa.struct([(key, array_type(dtype, ndim)) for key, dtype, ndim in npz_headers(path)])
+    return pa.binary()
+
+
+def npz_headers(path: Path) -> list[tuple[str, Any, int]]:
+    """(key, dtype, ndim) of every array of an ``.npz``, from the array headers alone."""
+    import numpy as np
+
+    headers = []
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            with archive.open(info) as fh:
+                version = np.lib.format.read_magic(fh)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(fh)
+            headers.append((info.filename.removesuffix(".npy"), dtype, len(shape)))
+    return headers
+
+
+def array_type(dtype: Any, ndim: int) -> pa.DataType:
+    """Arrow type of an ``ndim``-d NumPy array of ``dtype`` read as nested lists (0-d: the scalar)."""
+    import pyarrow as pa
+
+    kind = dtype.kind
+    value = pa.string() if kind == "U" else pa.binary() if kind == "S" else pa.from_numpy_dtype(dtype)
+    for _ in range(ndim):
+        value = pa.list_(value)
+    return value
+
+
+def episode_types(episode: ShardEpisode) -> pa.Schema:
+    """One field per member of ``episode`` (named by its ``<file>`` part) with its :func:`member_type`;
+    ShardError naming the episode when a member cannot be typed."""
+    import pyarrow as pa
+
+    fields = []
+    for file in episode.ordered():
+        name = member_suffix(file.path, episode.roles)
+        try:
+            fields.append(pa.field(name, member_type(name, file.local_path)))
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
+            raise ShardError(f"episode {episode.episode_id}: {file.path}: cannot be typed: {exc}",
+                             episode.episode_id) from exc
+    fields += [pa.field(suffix, pa.null() if suffix.endswith(".json") else pa.binary()) for suffix in episode.stubs]
+    return pa.schema(fields)
+
+
+def merge_types(known: pa.Schema | None, new: pa.Schema, episode_id: str) -> pa.Schema:
+    """``known`` and ``new`` unified (see module docstring); ShardError naming the episode when a
+    field has types that cannot be one (a string here, a struct before)."""
+    import pyarrow as pa
+
+    if known is None:
+        return new
+    try:
+        return pa.unify_schemas([known, new], promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise ShardError(f"episode {episode_id}: its members' types differ from those already published: {exc}",
+                         episode_id) from exc

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import tarfile
 from pathlib import Path
 
 import h5py
@@ -20,7 +21,7 @@ import pytest
 import yaml
 from uploads import run_uploader, uploader_env, write_config
 
-from droid_pipeline import iter_episodes, load_episode
+from droid_pipeline import iter_episodes, load_episode, shard_features
 from droid_pipeline.core.config import IdleFilterConfig, load_config
 from droid_pipeline.core.schema import CAMERA_ROLES, SCHEMA_VERSION, TRACKS_NPZ
 from droid_pipeline.outputs.verify import verify_episode
@@ -42,6 +43,13 @@ IDLE_RULE = {"min_idle_steps": 3, "min_kept_steps": 4, "cut_last_steps": 2}
 # DROID language annotations for some episodes: none of the first six, so readers that take value
 # types from the first samples meet the unannotated ones first.
 ANNOTATED = (6, 8, 11)
+# Metadata paths older recorders did not write: absent from the raw metadata of every episode but
+# the last published, so quality.json has null there in the first samples of a shard and a string
+# in the last (and only the last has a recorder key outside the fixed set, so ``other`` too).
+LATE_METADATA = ("left_mp4_path", "right_mp4_path")
+# The first episode published: its ext2 camera left without intrinsics (allow_missing_intrinsics),
+# so its shard holds a stub ext2.intrinsics.json where every other episode has the file.
+NO_INTRINSICS = (0, "ext2")
 SCHEMA4 = Path(__file__).resolve().parents[1] / "data" / "schema4"
 PER_CAMERA = ("tracks_2d", "visibility", "occlusion", "intrinsics", "distortion", "image_size")
 
@@ -79,18 +87,29 @@ def repo(tmp_path_factory) -> dict:
             for start, end in runs:
                 velocity[start:end] = velocity[max(start - 1, 0)]
             h5["action/joint_velocity"][...] = velocity
+    for number, planned in enumerate(info.episodes):
+        (path,) = (info.droid_root / planned.relative_path).glob("metadata_*.json")
+        metadata = json.loads(path.read_text())
+        if number < EPISODES - 1:
+            for key in LATE_METADATA:
+                del metadata[key]
+        else:
+            metadata["newer_recorder_field"] = 0.5
+        path.write_text(json.dumps(metadata))
     annotations = {info.episodes[n].episode_id: {f"language_instruction{i}": f"task {n} wording {i}"
                                                  for i in (1, 2, 3)} for n in ANNOTATED}
     (root / "droid_language_annotations.json").write_text(json.dumps(annotations))
     config = load_config([info.config_path], [
         f"output_root={root / 'output'}", f"run_root={root / 'run'}", f"episode_index_path={root / 'index.json'}",
-        f"language_annotations_file={root / 'droid_language_annotations.json'}",
+        f"language_annotations_file={root / 'droid_language_annotations.json'}", "allow_missing_intrinsics=true",
         *(f"idle_filter.{key}={value}" for key, value in IDLE_RULE.items())])
     index = build_index(config.droid_root, config.index_path)
     episodes = [index.get(e.episode_id) for e in info.episodes]
     for number, episode in enumerate(episodes):
         work = root / "work" / str(number)
         extract_intrinsics(config, episode, work)
+        if number == NO_INTRINSICS[0]:   # as the intrinsics step leaves out a camera no source covers
+            (work / "recordings" / episode.serials[NO_INTRINSICS[1]] / "intrinsics.json").unlink()
         generate_tracks(config, episode, work)
         publish_episode(work, config.output_root, episode.relative_path, episode.episode_id, "metadata",
                         config.run_root)
@@ -122,7 +141,10 @@ def episode_files(repo: dict, episode_id: str) -> dict:
     folder = repo["output"] / episode.relative_path
     with np.load(folder / "tracks.npz", allow_pickle=False) as data:
         tracks = {key: data[key] for key in data.files}
-    return {"tracks": tracks, "quality": json.loads((folder / "quality.json").read_text()), "episode": episode}
+    intrinsics = {role: json.loads(path.read_text()) if (path := folder / "recordings" / serial / "intrinsics.json")
+                  .is_file() else None for role, serial in episode.serials.items()}
+    return {"tracks": tracks, "quality": json.loads((folder / "quality.json").read_text()), "episode": episode,
+            "intrinsics": intrinsics}
 
 
 def json_keys(value: object, prefix: str = "") -> set[str]:
@@ -148,8 +170,17 @@ def test_the_episodes_differ_in_serials_but_not_in_keys(repo):
     assert len(serial_sets) >= 5
     keys = {frozenset(episode_files(repo, e.episode_id)["tracks"]) for e in repo["episodes"]}
     assert keys == {frozenset(TRACKS_NPZ.expected())}
-    quality_keys = {frozenset(json_keys(episode_files(repo, e.episode_id)["quality"])) for e in repo["episodes"]}
+    lacking = repo["episodes"][NO_INTRINSICS[0]]
+    quality_keys = {frozenset(json_keys(episode_files(repo, e.episode_id)["quality"])) for e in repo["episodes"]
+                    if e is not lacking}
     assert len(quality_keys) == 1
+    # a camera without intrinsics has null where the others have its intrinsics and occlusion counts
+    (every_key,) = quality_keys
+    quality = episode_files(repo, lacking.episode_id)["quality"]
+    role = NO_INTRINSICS[1]
+    assert quality["intrinsics"][role] is None and quality["occlusion"]["cameras"][role] is None
+    assert every_key - json_keys(quality) == {key for key in every_key if key.startswith(
+        (f"/intrinsics/{role}/", f"/occlusion/cameras/{role}/"))}
     for episode in repo["episodes"]:
         files = episode_files(repo, episode.episode_id)
         assert files["tracks"]["camera_serials"].tolist() == [episode.serials[r] for r in CAMERA_ROLES]
@@ -157,28 +188,50 @@ def test_the_episodes_differ_in_serials_but_not_in_keys(repo):
                        for key in (*files["tracks"], *json_keys(files["quality"]))), episode.episode_id
 
 
-@pytest.mark.parametrize("streaming", [False, True], ids=["normal", "streaming"])
-def test_datasets_webdataset_builder_reads_every_episode_whole(repo, hf_cache, streaming):
+def test_the_first_samples_of_a_shard_have_nulls_a_later_one_fills(repo):
+    """What makes ``datasets``' inference from the first five samples fail: the published files
+    have null where the last episode of the shard has a value."""
+    (shard,) = shards(repo["repos"]["one"])
+    with tarfile.open(shard) as tar:
+        metadata = [json.loads(tar.extractfile(m).read())["metadata"] for m in tar.getmembers()   # type: ignore[union-attr]
+                    if m.name.endswith(".quality.json")]
+    assert len(metadata) == EPISODES
+    assert all(m[key] is None for m in metadata[:-1] for key in (*LATE_METADATA, "other"))
+    assert all(isinstance(metadata[-1][key], str) for key in (*LATE_METADATA, "other"))
+
+
+@pytest.mark.parametrize("repo_name, streaming", [("one", False), ("one", True), ("three", False)],
+                         ids=["one-shard", "one-shard-streaming", "three-shards"])
+def test_datasets_webdataset_builder_reads_every_episode_whole(repo, hf_cache, repo_name, streaming):
+    """With the features the package declares from the index, every episode reads whole, the fields
+    null in the first samples included; over three shards only the last of which has those values,
+    so their types come from the index, kept across the uploader's commits."""
     import datasets
 
-    (shard,) = shards(repo["repos"]["one"])
-    loaded = datasets.load_dataset("webdataset", data_files=[shard], split="train", streaming=streaming,
-                                   cache_dir=str(hf_cache))
+    features = shard_features(repo["repos"][repo_name])
+    assert features == shard_features(repo["repos"]["one"])
+    loaded = datasets.load_dataset("webdataset", data_files=shards(repo["repos"][repo_name]), split="train",
+                                   streaming=streaming, features=features, cache_dir=str(hf_cache))
     samples = list(loaded)
     assert sorted(episode_id_of(s["__key__"]) for s in samples) == sorted(e.episode_id for e in repo["episodes"])
     assert len({frozenset(s) for s in samples}) == 1
     for sample in samples:
         files = episode_files(repo, episode_id_of(sample["__key__"]))
-        assert {f"{role}.intrinsics.json" for role in CAMERA_ROLES} <= set(sample)
         assert_tracks_equal(sample["tracks.npz"], files)
-        for role in CAMERA_ROLES:
-            assert np.isfinite(np.asarray(sample["tracks.npz"][f"tracks_2d_{role}"], dtype=np.float32)).all()
-        assert sample["quality.json"]["camera_serials"] == files["quality"]["camera_serials"]
-        assert sample["quality.json"]["current_task"] == files["quality"]["current_task"]
+        for role in CAMERA_ROLES:   # a camera without intrinsics: its member None, its tracks NaN
+            assert sample[f"{role}.intrinsics.json"] == files["intrinsics"][role]
+            tracks_2d = np.asarray(sample["tracks.npz"][f"tracks_2d_{role}"], dtype=np.float32)
+            assert np.isfinite(tracks_2d).all() if files["intrinsics"][role] else np.isnan(tracks_2d).all()
+        assert sample["quality.json"] == files["quality"]
         for i in (1, 2, 3):
             key = f"language_instruction_{i}"
-            assert sample["quality.json"][key] == files["quality"][key] == \
+            assert sample["quality.json"][key] == \
                 repo["annotations"].get(files["episode"].episode_id, {}).get(f"language_instruction{i}", "")
+    late = [s["quality.json"]["metadata"] for s in samples if s["quality.json"]["metadata"]["other"] is not None]
+    assert len(late) == 1 and all(isinstance(late[0][key], str) for key in LATE_METADATA)
+    missing = [(episode_id_of(s["__key__"]), role) for s in samples for role in CAMERA_ROLES
+               if s[f"{role}.intrinsics.json"] is None]
+    assert missing == [(repo["episodes"][NO_INTRINSICS[0]].episode_id, NO_INTRINSICS[1])]
 
 
 def test_webdataset_package_reads_every_episode_whole(repo):
@@ -192,6 +245,8 @@ def test_webdataset_package_reads_every_episode_whole(repo):
         with np.load(io.BytesIO(sample["tracks.npz"]), allow_pickle=False) as tracks:
             assert_tracks_equal({key: tracks[key] for key in tracks.files}, files)
         assert json.loads(sample["quality.json"]) == files["quality"]
+        for role in CAMERA_ROLES:   # the stub of a camera without intrinsics is JSON null
+            assert json.loads(sample[f"{role}.intrinsics.json"]) == files["intrinsics"][role]
 
 
 def test_dataloader_parts_see_every_episode_exactly_once(repo):
@@ -205,8 +260,12 @@ def test_dataloader_parts_see_every_episode_exactly_once(repo):
         for rank in range(world_size):
             for worker in range(workers):
                 part = (rank * workers + worker, world_size * workers)
-                got = [episode.episode_id for episode in iter_episodes(folder, part=part)]
+                loaded = list(iter_episodes(folder, part=part))
+                got = [episode.episode_id for episode in loaded]
                 assert got, part
+                for episode in loaded:   # the stub is no file: the camera reads as one without intrinsics
+                    lacking = episode.episode_id == repo["episodes"][NO_INTRINSICS[0]].episode_id
+                    assert (episode.camera(NO_INTRINSICS[1]).tracks_2d is None) == lacking
                 seen += got
         assert sorted(seen) == everyone, (world_size, workers)
     successes = [e.episode_id for e in repo["episodes"] if e.outcome == "success"]

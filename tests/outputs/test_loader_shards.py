@@ -20,7 +20,7 @@ from uploads import REPO_ROOT
 
 from droid_pipeline.cli.verify import main as verify_main
 from droid_pipeline.core.config import load_config
-from droid_pipeline.outputs.loader import LoadError, iter_episodes, load_episode
+from droid_pipeline.outputs.loader import LoadError, iter_episodes, load_episode, shard_features
 from droid_pipeline.publish.staging import publish_episode
 from droid_pipeline.publish.uploader import Uploader
 
@@ -105,13 +105,15 @@ def test_a_full_episode_from_the_hub_with_and_without_depth(converted, hub, tmp_
     with data.depth("ext1") as reader:
         np.testing.assert_array_equal(reader.read_all(), ffmpeg_depth(folder / "recordings" / serial / "depth.mkv"))
     row = index_rows(hub, FULL, "full")[episode.episode_id]
-    assert shard_bytes_sent(hub, FULL) == {row["shard"]: sum(m["size"] for m in row["members"])}
+    files = [m for m in row["members"] if m["path"]]   # stubs (no path) hold no file and are not fetched
+    assert len(files) < len(row["members"])
+    assert shard_bytes_sent(hub, FULL) == {row["shard"]: sum(m["size"] for m in files)}
     hub.bytes_sent.clear()
     light = load_episode(f"hf://datasets/{FULL}", episode.episode_id, cache_dir=tmp_path / "cache",
                          include_depth=False)
     assert light.depth_cameras == ()
     depth = sum(m["size"] for m in row["members"] if m["path"].endswith(("depth.mkv", "depth_meta.json")))
-    assert shard_bytes_sent(hub, FULL) == {row["shard"]: sum(m["size"] for m in row["members"]) - depth}
+    assert shard_bytes_sent(hub, FULL) == {row["shard"]: sum(m["size"] for m in files) - depth}
     with pytest.raises(LoadError, match="is not in index/full.parquet"):
         load_episode(f"hf://datasets/{FULL}", converted["episodes"][1].episode_id, cache_dir=tmp_path / "cache")
 
@@ -124,6 +126,9 @@ def test_iter_episodes_streams_whole_shards_and_keeps_what_the_filter_accepts(co
     assert sorted(e.episode_id for e in got) == sorted(e.episode_id for e in wanted)
     shard = next(iter(index_rows(hub, META, "metadata").values()))["shard"]
     assert shard_bytes_sent(hub, META) == {shard: len(hub.read(META, shard))}  # the whole shard, once
+    features = shard_features(f"hf://datasets/{META}")   # the member types, from the index's footer
+    assert {"__key__", "__url__", "quality.json", "tracks.npz", "ext1.intrinsics.json"} <= set(features)
+    assert features["tracks.npz"]["tracks_3d"].feature.feature.feature.dtype == "float32"
 
 
 def test_a_local_shard_folder_reads_like_the_hub(converted, tmp_path):
@@ -173,3 +178,20 @@ def test_verify_checks_every_member_of_a_shard_folder_and_a_hub_repo(converted, 
     assert "member extrinsics.npz: sha256 differs from the index" in bad.stdout
     assert "member extrinsics.npz (extrinsics.npz) differs from manifest.json" in bad.stdout
     assert "2 of 3 episodes pass, 1 FAILED" in bad.stdout
+    # the full repo's stubs (camera files the episode lacks) pass; one changed is caught
+    full = tmp_path / "full"
+    for path in hub.repo(FULL).files:
+        (full / path).parent.mkdir(parents=True, exist_ok=True)
+        (full / path).write_bytes(hub.read(FULL, path))
+    (row,) = index_rows(hub, FULL, "full").values()
+    stub = next(m for m in row["members"] if m["path"] == "" and m["name"].endswith(".json"))
+    shard = full / row["shard"]
+    data = bytearray(shard.read_bytes())
+    assert data[stub["offset"]:stub["offset"] + stub["size"]] == b"null"
+    data[stub["offset"]] = ord("N")
+    shard.write_bytes(bytes(data))
+    bad = subprocess.run([sys.executable, "-m", "droid_pipeline.verify", str(full), "--no-progress"],
+                         capture_output=True, text=True, cwd=REPO_ROOT)
+    assert bad.returncode == 1
+    suffix = stub["name"].partition(".")[2]
+    assert f"member {suffix} is listed as a stub but is not one" in bad.stdout

@@ -144,7 +144,12 @@ def assert_sharded_repo_complete(root: Path, hub: HubServer, url: str, kind: str
                 listed = {f["path"]: f for f in manifest["files"]}
                 members = {n.partition(".")[2] for n in names if n.partition(".")[0] == key}
                 wanted = {member_role_name(p) for p in files if kind == "full" or "depth" not in p}
-                assert members == wanted | {"manifest.json"}
+                camera_files = ("intrinsics.json",) if kind == "metadata" else \
+                    ("intrinsics.json", "depth_meta.json", "depth.mkv")
+                stubs = {f"{role}.{name}" for role in ("wrist", "ext1", "ext2") for name in camera_files} - wanted
+                assert stubs and members == wanted | {"manifest.json"} | stubs
+                for stub in stubs:   # a camera file the episode lacks: null JSON, empty otherwise
+                    assert tar.extractfile(f"{key}.{stub}").read() == (b"null" if stub.endswith(".json") else b"")
                 for name, data in files.items():
                     if kind == "metadata" and "depth" in name:
                         continue
@@ -395,3 +400,35 @@ def test_an_episode_whose_file_differs_from_its_manifest_stays_out_of_the_shard(
     assert sorted(r["episode_id"] for r in rows) == sorted(e[0] for e in episodes)
     with tarfile.open(folder / rows[0]["shard"]) as tar:
         assert not any(name.startswith(episode_key(bad_id)) for name in tar.getnames())
+
+
+def test_an_episode_whose_types_conflict_with_the_published_ones_stays_out(tmp_path):
+    """The types the index keeps must hold every published episode: one whose quality.json has a
+    dict where the others have a number fails, named, and the others publish with their types."""
+    from droid_pipeline import shard_features
+
+    episodes = []
+    for index in range(3):
+        episode_id = f"LAB+0000abcd+2023-08-18-12h-00m-{index:02d}s"
+        rel = f"LAB/success/2023-08-18/Fri_Aug_18_12:00:{index:02d}_2023"
+        files = shard_episode_files("metadata", index, episode_id, rel)
+        if index == 1:
+            quality = json.loads(files["quality.json"])
+            files["quality.json"] = json.dumps({**quality, "path_length_mm": {"value": 12.5}}).encode()
+        work = tmp_path / "work" / str(index)
+        for name, data in files.items():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            (work / name).write_bytes(data)
+        publish_episode(work, tmp_path / "output", rel, episode_id, "metadata", tmp_path / "run")
+        episodes.append(episode_id)
+    folder = tmp_path / "repo" / "meta"
+    config = write_config(tmp_path, metadata_repo=f"file://{folder}", hub_layout="shards")
+    result = run_uploader(config, uploader_env(None, tmp_path, token=None), "--once")
+    assert result.returncode == 1
+    assert f"failed file://{folder} {episodes[1]}: cannot go into a shard: episode {episodes[1]}: its members' " \
+           "types differ from those already published" in result.stdout
+    rows = pq.read_table(folder / "index" / "metadata.parquet").to_pylist()
+    assert sorted(r["episode_id"] for r in rows) == [episodes[0], episodes[2]]
+    with tarfile.open(folder / rows[0]["shard"]) as tar:
+        assert not any(name.startswith(episode_key(episodes[1])) for name in tar.getnames())
+    assert shard_features(folder)["quality.json"]["path_length_mm"].dtype == "float64"
