@@ -14,6 +14,8 @@ import pytest
 from isolation import changes, home_snapshot, isolate
 from reference_data import REFERENCE_DATA
 
+# The gs:// emulator and fault proxy fixtures of the tests that read a remote root.
+pytest_plugins = ["remote_runs"]
 HOME = Path(os.path.expanduser("~"))
 SESSION_CACHES = Path(tempfile.mkdtemp(prefix="droid-test-caches-"))
 HOME_BEFORE = home_snapshot(HOME)

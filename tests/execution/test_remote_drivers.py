@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from gcs_emulator import PREFIX, ROOT_URL, FaultProxy
-from remote_runs import FULL, MAP_URL, METADATA, REPO, assert_same_outputs, run, scratch_files, serve, timing_rows
+from gcs_emulator import PREFIX, ROOT_URL
+from remote_runs import FULL, MAP_URL, METADATA, REPO, assert_same_outputs, run, scratch_files, timing_rows
 
 from droid_pipeline.cli.episodes import main as episodes_main
 from droid_pipeline.execution.steps import STEPS, markdown_table
@@ -25,20 +25,6 @@ pytestmark = pytest.mark.slow
 def dataset(tmp_path_factory):
     # 0: success; 1: failure, "_" for ":"; 2: under the date folder before its timestamp's.
     return generate_dataset(tmp_path_factory.mktemp("synthetic"), episodes=3, frames=10)
-
-
-@pytest.fixture(scope="module")
-def emulator(dataset, tmp_path_factory):
-    server = serve(dataset, tmp_path_factory.mktemp("gcs"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def proxy(emulator):
-    proxy = FaultProxy(emulator.url)
-    yield proxy
-    proxy.close()
 
 
 def test_metadata_driver_from_gs_by_listing_equals_a_local_run(dataset, proxy, tmp_path):

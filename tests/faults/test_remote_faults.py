@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from gcs_emulator import PREFIX, ROOT_URL, Fault, FaultProxy
-from remote_runs import METADATA, assert_same_outputs, run, scratch_files, serve, timing_rows
+from gcs_emulator import PREFIX, ROOT_URL, Fault
+from remote_runs import METADATA, assert_same_outputs, run, scratch_files, timing_rows
 
 from droid_pipeline.synthetic.generator import generate_dataset
 
@@ -24,20 +24,6 @@ pytestmark = pytest.mark.faults
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     return generate_dataset(tmp_path_factory.mktemp("synthetic"), episodes=4, frames=10)
-
-
-@pytest.fixture(scope="module")
-def emulator(dataset, tmp_path_factory):
-    server = serve(dataset, tmp_path_factory.mktemp("gcs"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def proxy(emulator):
-    proxy = FaultProxy(emulator.url)
-    yield proxy
-    proxy.close()
 
 
 @pytest.fixture(scope="module")

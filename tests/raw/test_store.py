@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from gcs_emulator import PREFIX, ROOT_URL, Fault, FaultProxy
-from remote_runs import MAP_URL, serve
+from remote_runs import MAP_URL
 
 from droid_pipeline.core.config import load_config
 from droid_pipeline.execution import fetch
@@ -27,13 +27,6 @@ from droid_pipeline.synthetic.generator import generate_dataset
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     return generate_dataset(tmp_path_factory.mktemp("synthetic"), episodes=3, frames=6)
-
-
-@pytest.fixture(scope="module")
-def emulator(dataset, tmp_path_factory):
-    server = serve(dataset, tmp_path_factory.mktemp("gcs"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture

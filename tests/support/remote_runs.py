@@ -1,5 +1,6 @@
 """Driver runs against a gs:// root served by fake-gcs-server (tests/support/gcs_emulator.py), and
-the checks that compare their outputs with a local run's."""
+the checks that compare their outputs with a local run's. Its fixtures (a plugin of the root
+conftest): ``emulator`` serves the requesting module's ``dataset``, ``proxy`` stands in front of it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-from gcs_emulator import PREFIX, ROOT_URL, start_emulator
+import pytest
+from gcs_emulator import PREFIX, ROOT_URL, FaultProxy, start_emulator
 
 from droid_pipeline.execution.timing import COLUMNS
 from droid_pipeline.raw.discovery import build_index
@@ -27,6 +29,22 @@ def serve(dataset, work: Path):
     paths = work / "episode_id_to_path.json"
     paths.write_text(json.dumps({e.episode_id: e.relative_path for e in index.episodes}))
     return start_emulator(dataset.droid_root, work, {f"{PREFIX}/episode_id_to_path.json": paths})
+
+
+@pytest.fixture(scope="module")
+def emulator(dataset, tmp_path_factory):
+    """The module's dataset served as a gs:// root, for the module's tests."""
+    server = serve(dataset, tmp_path_factory.mktemp("gcs"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def proxy(emulator):
+    """A fault-injecting proxy in front of the emulator, for one test."""
+    proxy = FaultProxy(emulator.url)
+    yield proxy
+    proxy.close()
 
 
 def run(script: Path, dataset, work: Path, endpoint: str | None, *extra: str,
