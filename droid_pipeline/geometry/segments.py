@@ -38,8 +38,12 @@ from droid_pipeline.geometry.poses import invert
 GRID_CELLS = 16
 # Largest number of faces in one culling cluster.
 CLUSTER_FACES = 24
+# Largest number of faces in one leaf of a cluster (each cluster is split again, as finely).
+LEAF_FACES = 6
 # Targets and vertices nearer the camera plane than this (metres) count as on or behind it.
 MIN_DEPTH_M = 1e-6
+# Slack (metres) of the pyramid tests against rounding: a sphere or face this close to a plane counts as reaching it.
+PLANE_SLACK_M = 1e-9
 # Upper bound on (face, target) pairs evaluated at once, which bounds memory.
 PAIR_CHUNK = 1 << 19
 
@@ -51,8 +55,10 @@ class MeshSet:
 
     def __init__(self, meshes: Sequence[np.ndarray]):
         """``meshes``: one (F, 3, 3) triangle array per mesh (metres, outward winding)."""
-        vertices, faces, centres, radii = [], [], [], []
+        vertices, faces, centres, radii, leaf_centres, leaf_radii = [], [], [], [], [], []
         cluster_sizes: list[int] = []
+        leaf_sizes: list[int] = []
+        leaf_counts: list[int] = []
         counts = np.zeros((len(meshes), 3), dtype=np.int64)  # vertices, faces, clusters per mesh
         for index, triangles in enumerate(meshes):
             triangles = np.asarray(triangles, dtype=np.float64)
@@ -60,14 +66,22 @@ class MeshSet:
                 raise ValueError(f"mesh {index}: need (F>=1, 3, 3) triangles, got shape {triangles.shape}")
             shared, inverse = np.unique(triangles.reshape(-1, 3), axis=0, return_inverse=True)
             indexed = inverse.reshape(-1, 3)
-            clusters = _clusters(shared[indexed].mean(axis=1))
+            centroids = shared[indexed].mean(axis=1)
+            clusters = _clusters(centroids, CLUSTER_FACES)
+            leaves = [[cluster[leaf] for leaf in _clusters(centroids[cluster], LEAF_FACES)] for cluster in clusters]
             vertices.append(shared)
-            faces.append(indexed[np.concatenate(clusters)])
+            faces.append(indexed[np.concatenate([leaf for parts in leaves for leaf in parts])])
             cluster_sizes.extend(len(c) for c in clusters)
-            for cluster in clusters:
+            for cluster, parts in zip(clusters, leaves):
                 centre, radius = _bounding_sphere(shared[indexed[cluster]].reshape(-1, 3))
                 centres.append(centre)
                 radii.append(radius)
+                leaf_counts.append(len(parts))
+                for leaf in parts:
+                    centre, radius = _bounding_sphere(shared[indexed[leaf]].reshape(-1, 3))
+                    leaf_centres.append(centre)
+                    leaf_radii.append(radius)
+                    leaf_sizes.append(len(leaf))
             counts[index] = len(shared), len(indexed), len(clusters)
         self.num_meshes = len(meshes)
         start = np.concatenate([np.zeros((1, 3), dtype=np.int64), np.cumsum(counts, axis=0)])
@@ -79,6 +93,12 @@ class MeshSet:
         self.cluster_faces = np.stack([np.cumsum(sizes) - sizes, np.cumsum(sizes)], axis=1)  # (C, 2) face range
         self.cluster_centres = np.array(centres)          # (C, 3)
         self.cluster_radii = np.array(radii)              # (C,)
+        sizes, counts_of_leaves = np.array(leaf_sizes), np.array(leaf_counts)
+        self.leaf_faces = np.stack([np.cumsum(sizes) - sizes, np.cumsum(sizes)], axis=1)   # (C', 2) face range
+        self.cluster_leaves = np.stack([np.cumsum(counts_of_leaves) - counts_of_leaves, np.cumsum(counts_of_leaves)],
+                                       axis=1)          # (C, 2) each cluster's leaf range
+        self.leaf_centres = np.array(leaf_centres)        # (C', 3)
+        self.leaf_radii = np.array(leaf_radii)            # (C',)
         mesh_of_face = np.repeat(np.arange(self.num_meshes), counts[:, 1])
         corners = self.vertices[self.faces + self.vertex_start[mesh_of_face, None]]
         self.face_normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])  # outward
@@ -95,12 +115,12 @@ def _bounding_sphere(points: np.ndarray) -> tuple[np.ndarray, float]:
     return centre, float(np.linalg.norm(points - centre, axis=1).max())
 
 
-def _clusters(centroids: np.ndarray) -> list[np.ndarray]:
-    """Face indices split by recursive median cuts along the longest extent, at most CLUSTER_FACES each."""
+def _clusters(centroids: np.ndarray, limit: int) -> list[np.ndarray]:
+    """Face indices split by recursive median cuts along the longest extent, at most ``limit`` each."""
     pending, done = [np.arange(len(centroids))], []
     while pending:
         faces = pending.pop()
-        if len(faces) <= CLUSTER_FACES:
+        if len(faces) <= limit:
             done.append(faces)
             continue
         points = centroids[faces]
@@ -122,6 +142,8 @@ class _Grid:
     cell: np.ndarray         # (T, 2) cell width and height
     farthest: np.ndarray     # (T,) largest target depth (-inf: nothing tested)
     groups: int              # K, the number of target groups
+    frusta: np.ndarray       # (T, K, 6, 4) unit planes (n, d), n . p + d <= 0 inside, of each group's pyramid
+    live: np.ndarray         # (T, K) whether the group has a tested target at the step
     sorted_keys: np.ndarray  # tested targets' cell keys ((t * K + group) * G + row) * G + column, ascending
     order: np.ndarray        # flat target index of each sorted key
     row_columns: np.ndarray  # (T * K * G, 2) first and last occupied column of each group's row (G, -1: none)
@@ -153,6 +175,7 @@ class _Candidates:
 
     step: np.ndarray      # (M,)
     mesh: np.ndarray      # (M,)
+    groups: np.ndarray    # (M, K) the target groups the face may hide
     columns: np.ndarray   # (M, 2) first and last cell column covered
     rows: np.ndarray      # (M, 2)
     edges: np.ndarray     # (M, 3, 3) A x B, B x C, C x A of the vertices in camera coordinates
@@ -194,7 +217,7 @@ def blocked_segments(meshes: MeshSet, mesh_poses: np.ndarray, camera_poses: np.n
     if mask.any():
         grid = _bin_targets(local, mask, group, len(skip))
         candidates = _candidate_faces(meshes, ~skip, cam_from_base[:, None] @ mesh_poses, grid)
-        for face, target in _pairs(candidates, grid, ~skip):
+        for face, target in _pairs(candidates, grid):
             blocked[target[_crosses_before(candidates, face, grid, target, margin_m)]] = True
     return blocked.reshape(num_steps, num_targets)
 
@@ -203,8 +226,16 @@ def _bin_targets(local: np.ndarray, mask: np.ndarray, group: np.ndarray, num_gro
     num_steps, num_targets = mask.shape
     depth = np.where(mask, local[..., 2], 1.0)
     plane = [local[..., axis] / depth for axis in range(2)]  # per axis: reductions over N stay contiguous
-    lower = np.stack([np.where(mask, p, np.inf).min(axis=1) for p in plane], axis=1)
-    upper = np.stack([np.where(mask, p, -np.inf).max(axis=1) for p in plane], axis=1)
+    group_lower, group_upper = np.empty((num_steps, num_groups, 2)), np.empty((num_steps, num_groups, 2))
+    deepest = np.empty((num_steps, num_groups))
+    for index in range(num_groups):
+        members = _members(group, index)
+        tested = mask[:, members]
+        for axis, p in enumerate(plane):
+            group_lower[:, index, axis] = np.where(tested, p[:, members], np.inf).min(axis=1, initial=np.inf)
+            group_upper[:, index, axis] = np.where(tested, p[:, members], -np.inf).max(axis=1, initial=-np.inf)
+        deepest[:, index] = np.where(tested, local[:, members, 2], -np.inf).max(axis=1, initial=-np.inf)
+    lower, upper = group_lower.min(axis=1), group_upper.max(axis=1)
     empty = ~mask.any(axis=1)
     lower[empty], upper[empty] = 0.0, 0.0
     cell = np.maximum(upper - lower, 1e-12) / GRID_CELLS
@@ -222,57 +253,109 @@ def _bin_targets(local: np.ndarray, mask: np.ndarray, group: np.ndarray, num_gro
     summed = np.zeros((num_steps, num_groups, GRID_CELLS + 1, GRID_CELLS + 1), dtype=np.int32)
     summed[:, :, 1:, 1:] = np.bincount(keys, minlength=num_steps * num_groups * GRID_CELLS * GRID_CELLS).reshape(
         num_steps, num_groups, GRID_CELLS, GRID_CELLS).cumsum(axis=2).cumsum(axis=3)
-    farthest = np.where(mask, local[..., 2], -np.inf).max(axis=1)
+    farthest = deepest.max(axis=1)
     distance = np.sqrt(np.einsum("tni,tni->tn", local, local)).ravel()
-    return _Grid(local.reshape(-1, 3), distance, lower, upper, cell, farthest, num_groups, keys[sort], flat[sort],
-                 row_columns, summed)
+    live = np.isfinite(deepest)
+    return _Grid(local.reshape(-1, 3), distance, lower, upper, cell, farthest, num_groups,
+                 _pyramids(np.where(live[..., None], group_lower, 0.0), np.where(live[..., None], group_upper, 0.0),
+                           np.where(live, deepest, 0.0)),
+                 live, keys[sort], flat[sort], row_columns, summed)
+
+
+def _members(group: np.ndarray, index: int) -> slice | np.ndarray:
+    """The targets of one group: a slice when they are contiguous (the usual case), else their indices."""
+    members = np.flatnonzero(group == index)
+    if members.size and members[-1] - members[0] + 1 == members.size:
+        return slice(int(members[0]), int(members[-1]) + 1)
+    return members
+
+
+def _pyramids(lower: np.ndarray, upper: np.ndarray, deepest: np.ndarray) -> np.ndarray:
+    """(..., 6, 4) unit planes (n, d) bounding the pyramids from the camera over z = 1 plane boxes
+    [lower, upper] (..., 2) up to depth ``deepest`` (...): every segment from the camera to a
+    target in the box at most that deep lies inside (n . p + d <= 0 for all six)."""
+    planes = np.zeros((*deepest.shape, 6, 4))
+    for axis in range(2):
+        planes[..., 2 * axis, axis], planes[..., 2 * axis, 2] = 1.0, -upper[..., axis]        # x <= upper z
+        planes[..., 2 * axis + 1, axis], planes[..., 2 * axis + 1, 2] = -1.0, lower[..., axis]  # x >= lower z
+    planes[..., 4, 2], planes[..., 4, 3] = 1.0, -deepest     # z <= deepest
+    planes[..., 5, 2] = -1.0                                 # z >= 0
+    planes[..., :4, :3] /= np.linalg.norm(planes[..., :4, :3], axis=-1, keepdims=True)
+    return planes
 
 
 def _candidate_faces(meshes: MeshSet, allowed: np.ndarray, cam_from_mesh: np.ndarray, grid: _Grid) -> _Candidates:
     """Front faces, per step, of the clusters whose bounding spheres can reach targets of the
-    groups the mesh may hide (``allowed`` (K, L))."""
+    groups the mesh may hide (``allowed`` (K, L)), and which groups each face may hide."""
     rotation, translation = cam_from_mesh[..., :3, :3], cam_from_mesh[..., :3, 3]   # (T, L, ...)
     camera = invert(cam_from_mesh)[..., :3, 3]  # the camera in each mesh's frame
-    every_step = np.arange(len(rotation))
-    found = [(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3, 3)))]
-    for index in range(meshes.num_meshes):
-        if not allowed[:, index].any():
-            continue
-        centre = rotation[:, index] @ meshes.mesh_centres[index] + translation[:, index]
-        steps = every_step[_sphere_reaches(grid, every_step, centre, np.full(len(centre), meshes.mesh_radii[index]),
-                                           allowed[:, index])]
-        if steps.size == 0:
-            continue
+    centre = np.einsum("tlij,lj->tli", rotation, meshes.mesh_centres) + translation
+    reach = (_within(np.einsum("tli,tkpi->tlkp", centre, grid.frusta[..., :3]) + grid.frusta[:, None, :, :, 3],
+                     meshes.mesh_radii[:, None]) & allowed.T & grid.live[:, None])   # (T, L, K)
+    step, mesh = np.nonzero(reach.any(axis=2))
+    near = _sphere_reaches(grid, step, centre[step, mesh], meshes.mesh_radii[mesh], reach[step, mesh])
+    reach[step[~near], mesh[~near]] = False
+    found = [(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3, 3)), np.zeros((0, grid.groups), bool))]
+    for index in np.flatnonzero(reach.any(axis=(0, 2))):
+        steps = np.flatnonzero(reach[:, index].any(axis=1))
         first_cluster, stop_cluster = meshes.mesh_clusters[index]
         turn = np.swapaxes(rotation[steps, index], -1, -2)
-        centre = meshes.cluster_centres[first_cluster:stop_cluster] @ turn + translation[steps, index][:, None]
-        radius = np.broadcast_to(meshes.cluster_radii[first_cluster:stop_cluster], centre.shape[:2])
-        which, cluster = np.nonzero(_sphere_reaches(grid, np.repeat(steps, centre.shape[1]), centre.reshape(-1, 3),
-                                                    radius.ravel(), allowed[:, index]).reshape(centre.shape[:2]))
-        # Faces of the clusters kept that face the camera (it lies on the outer side of their plane).
+        shift = translation[steps, index]
+        # Each group's pyramid in the mesh's frame (n . (R p + t) + d = (n R) . p + n . t + d) against
+        # the cluster spheres, all clusters at once; then the projected spheres of those inside one.
+        normals = grid.frusta[steps, :, :, :3].reshape(len(steps), -1, 3)
+        offsets = np.einsum("spi,si->sp", normals, shift) + grid.frusta[steps, :, :, 3].reshape(len(steps), -1)
+        posed_normals = normals @ rotation[steps, index]
+        distance = (posed_normals.reshape(-1, 3)
+                    @ meshes.cluster_centres[first_cluster:stop_cluster].T).reshape(len(steps), -1, stop_cluster
+                                                                                     - first_cluster)
+        inside = _within((distance + offsets[..., None]).reshape(len(steps), grid.groups, 6, -1).swapaxes(2, 3),
+                         meshes.cluster_radii[first_cluster:stop_cluster]) & reach[steps, index][..., None]
+        which, cluster = np.nonzero(inside.any(axis=1))
+        marks = inside[which, :, cluster]
         cluster += first_cluster
-        size = meshes.cluster_faces[cluster, 1] - meshes.cluster_faces[cluster, 0]
-        which = np.repeat(which, size)
-        face = np.repeat(meshes.cluster_faces[cluster, 0], size) + _ramp(size)
+        centre = np.einsum("mj,mji->mi", meshes.cluster_centres[cluster], turn[which]) + shift[which]
+        near = _sphere_reaches(grid, steps[which], centre, meshes.cluster_radii[cluster], marks)
+        which, cluster, marks = which[near], cluster[near], marks[near]
+        # Their leaves inside a pyramid, then the faces of those that face the camera (it lies on
+        # the outer side of their plane).
+        count = meshes.cluster_leaves[cluster, 1] - meshes.cluster_leaves[cluster, 0]
+        which, marks = np.repeat(which, count), np.repeat(marks, count, axis=0)
+        leaf = np.repeat(meshes.cluster_leaves[cluster, 0], count) + _ramp(count)
+        distance = np.einsum("mpi,mi->mp", posed_normals[which], meshes.leaf_centres[leaf]) + offsets[which]
+        marks &= _within(distance.reshape(len(leaf), grid.groups, 6), meshes.leaf_radii[leaf, None])
+        inside = marks.any(axis=1)
+        which, leaf, marks = which[inside], leaf[inside], marks[inside]
+        size = meshes.leaf_faces[leaf, 1] - meshes.leaf_faces[leaf, 0]
+        which, marks = np.repeat(which, size), np.repeat(marks, size, axis=0)
+        face = np.repeat(meshes.leaf_faces[leaf, 0], size) + _ramp(size)
         front = (np.einsum("pi,pi->p", camera[steps[which], index], meshes.face_normals[face])
                  > meshes.face_offsets[face])
-        which, face = which[front], face[front]
+        which, face, marks = which[front], face[front], marks[front]
         corners = _posed_corners(meshes.vertices[meshes.vertex_start[index]:meshes.vertex_start[index + 1]],
-                                 meshes.faces[face], which, turn, translation[steps, index])
-        found.append((steps[which], np.full(len(face), index), corners))
-    step, owner, corners = (np.concatenate([part[k] for part in found]) for k in range(3))
+                                 meshes.faces[face], which, turn, shift)
+        found.append((steps[which], np.full(len(face), index), corners, marks))
+    step, owner, corners, marks = (np.concatenate([part[k] for part in found]) for k in range(4))
     depth = corners[..., 2]
     nearest = np.minimum(np.minimum(depth[:, 0], depth[:, 1]), depth[:, 2])
     farthest = np.maximum(np.maximum(depth[:, 0], depth[:, 1]), depth[:, 2])
-    keep = (farthest > MIN_DEPTH_M) & (nearest < grid.farthest[step])
-    step, owner, corners, nearest = step[keep], owner[keep], corners[keep], nearest[keep]
+    marks &= nearest[:, None] < -grid.frusta[step, :, 4, 3]   # before the group's farthest target
+    keep = (farthest > MIN_DEPTH_M) & marks.any(axis=1)
+    step, owner, corners, nearest, marks = step[keep], owner[keep], corners[keep], nearest[keep], marks[keep]
     low, high = _projected_bounds(corners, nearest > MIN_DEPTH_M)
-    first, last, occupied = grid.cells(step, low, high, allowed[:, owner].T)
+    first, last, occupied = grid.cells(step, low, high, marks)
     a, b, c = (corners[occupied, k] for k in range(3))
     opposite = np.cross(b, c)
-    return _Candidates(step[occupied], owner[occupied], np.stack([first[occupied, 0], last[occupied, 0]], axis=1),
+    return _Candidates(step[occupied], owner[occupied], marks[occupied],
+                       np.stack([first[occupied, 0], last[occupied, 0]], axis=1),
                        np.stack([first[occupied, 1], last[occupied, 1]], axis=1),
                        np.stack([np.cross(a, b), opposite, np.cross(c, a)], axis=1), np.einsum("pi,pi->p", a, opposite))
+
+
+def _within(distance: np.ndarray, radius: np.ndarray) -> np.ndarray:
+    """Whether spheres lie within reach of every plane of a pyramid: ``distance`` (..., 6) from
+    their centres to the six planes, ``radius`` broadcasting to (...,)."""
+    return np.all(distance <= np.asarray(radius)[..., None] + PLANE_SLACK_M, axis=-1)
 
 
 def _posed_corners(vertices: np.ndarray, faces: np.ndarray, which: np.ndarray, turn: np.ndarray,
@@ -344,10 +427,10 @@ def _projected_bounds(corners: np.ndarray, ahead: np.ndarray) -> tuple[np.ndarra
     return low, high
 
 
-def _pairs(candidates: _Candidates, grid: _Grid, allowed: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _pairs(candidates: _Candidates, grid: _Grid) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (face index, flat target index) arrays: every tested target in a face's cells whose
-    group may be hidden by the face's mesh (``allowed`` (K, L))."""
-    face, group = np.nonzero(allowed[:, candidates.mesh].T)
+    group the face may hide."""
+    face, group = np.nonzero(candidates.groups)
     rows = candidates.rows[face]
     count = rows[:, 1] - rows[:, 0] + 1
     item = np.repeat(np.arange(len(face)), count)
