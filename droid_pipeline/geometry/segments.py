@@ -142,6 +142,8 @@ class _Grid:
     cell: np.ndarray         # (T, 2) cell width and height
     farthest: np.ndarray     # (T,) largest target depth (-inf: nothing tested)
     groups: int              # K, the number of target groups
+    boxes: np.ndarray        # (T, K, 4) each group's bounding box on the z = 1 plane: lower x, y, upper x, y
+    deepest: np.ndarray      # (T, K) each group's largest target depth
     frusta: np.ndarray       # (T, K, 6, 4) unit planes (n, d), n . p + d <= 0 inside, of each group's pyramid
     live: np.ndarray         # (T, K) whether the group has a tested target at the step
     sorted_keys: np.ndarray  # tested targets' cell keys ((t * K + group) * G + row) * G + column, ascending
@@ -257,6 +259,7 @@ def _bin_targets(local: np.ndarray, mask: np.ndarray, group: np.ndarray, num_gro
     distance = np.sqrt(np.einsum("tni,tni->tn", local, local)).ravel()
     live = np.isfinite(deepest)
     return _Grid(local.reshape(-1, 3), distance, lower, upper, cell, farthest, num_groups,
+                 np.concatenate([group_lower, group_upper], axis=2), deepest,
                  _pyramids(np.where(live[..., None], group_lower, 0.0), np.where(live[..., None], group_upper, 0.0),
                            np.where(live, deepest, 0.0)),
                  live, keys[sort], flat[sort], row_columns, summed)
@@ -295,7 +298,8 @@ def _candidate_faces(meshes: MeshSet, allowed: np.ndarray, cam_from_mesh: np.nda
     step, mesh = np.nonzero(reach.any(axis=2))
     near = _sphere_reaches(grid, step, centre[step, mesh], meshes.mesh_radii[mesh], reach[step, mesh])
     reach[step[~near], mesh[~near]] = False
-    found = [(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3, 3)), np.zeros((0, grid.groups), bool))]
+    found = [(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3, 3)), np.zeros((0, grid.groups), bool),
+              np.zeros((0, 2)), np.zeros((0, 2)))]
     for index in np.flatnonzero(reach.any(axis=(0, 2))):
         steps = np.flatnonzero(reach[:, index].any(axis=1))
         first_cluster, stop_cluster = meshes.mesh_clusters[index]
@@ -314,9 +318,6 @@ def _candidate_faces(meshes: MeshSet, allowed: np.ndarray, cam_from_mesh: np.nda
         which, cluster = np.nonzero(inside.any(axis=1))
         marks = inside[which, :, cluster]
         cluster += first_cluster
-        centre = np.einsum("mj,mji->mi", meshes.cluster_centres[cluster], turn[which]) + shift[which]
-        near = _sphere_reaches(grid, steps[which], centre, meshes.cluster_radii[cluster], marks)
-        which, cluster, marks = which[near], cluster[near], marks[near]
         # Their leaves inside a pyramid, then the faces of those that face the camera (it lies on
         # the outer side of their plane).
         count = meshes.cluster_leaves[cluster, 1] - meshes.cluster_leaves[cluster, 0]
@@ -334,15 +335,21 @@ def _candidate_faces(meshes: MeshSet, allowed: np.ndarray, cam_from_mesh: np.nda
         which, face, marks = which[front], face[front], marks[front]
         corners = _posed_corners(meshes.vertices[meshes.vertex_start[index]:meshes.vertex_start[index + 1]],
                                  meshes.faces[face], which, turn, shift)
-        found.append((steps[which], np.full(len(face), index), corners, marks))
-    step, owner, corners, marks = (np.concatenate([part[k] for part in found]) for k in range(4))
-    depth = corners[..., 2]
-    nearest = np.minimum(np.minimum(depth[:, 0], depth[:, 1]), depth[:, 2])
-    farthest = np.maximum(np.maximum(depth[:, 0], depth[:, 1]), depth[:, 2])
-    marks &= nearest[:, None] < -grid.frusta[step, :, 4, 3]   # before the group's farthest target
-    keep = (farthest > MIN_DEPTH_M) & marks.any(axis=1)
-    step, owner, corners, nearest, marks = step[keep], owner[keep], corners[keep], nearest[keep], marks[keep]
-    low, high = _projected_bounds(corners, nearest > MIN_DEPTH_M)
+        # Faces before the group's farthest target whose projection overlaps the group's box.
+        depth = corners[..., 2]
+        nearest = np.minimum(np.minimum(depth[:, 0], depth[:, 1]), depth[:, 2])
+        farthest = np.maximum(np.maximum(depth[:, 0], depth[:, 1]), depth[:, 2])
+        keep = farthest > MIN_DEPTH_M
+        which, corners, nearest, marks = which[keep], corners[keep], nearest[keep], marks[keep]
+        low, high = _projected_bounds(corners, nearest > MIN_DEPTH_M)
+        box = grid.boxes[steps[which]]
+        marks &= ((nearest[:, None] < grid.deepest[steps[which]])
+                  & np.all(low[:, None] <= box[..., 2:] + PLANE_SLACK_M, axis=2)
+                  & np.all(high[:, None] >= box[..., :2] - PLANE_SLACK_M, axis=2))
+        keep = marks.any(axis=1)
+        found.append((steps[which[keep]], np.full(int(keep.sum()), index), corners[keep], marks[keep], low[keep],
+                      high[keep]))
+    step, owner, corners, marks, low, high = (np.concatenate([part[k] for part in found]) for k in range(6))
     first, last, occupied = grid.cells(step, low, high, marks)
     a, b, c = (corners[occupied, k] for k in range(3))
     opposite = np.cross(b, c)
