@@ -135,14 +135,14 @@ def _clusters(centroids: np.ndarray, limit: int) -> list[np.ndarray]:
 class _Grid:
     """Each step's tested targets in camera coordinates, binned on the z = 1 plane."""
 
-    local: np.ndarray        # (3, T*N) targets in camera coordinates, axis by axis
+    local: np.ndarray        # (T*N, 3) targets in camera coordinates
     distance: np.ndarray     # (T*N,) |target - camera|
     lower: np.ndarray        # (T, 2) lower corner of the targets' bounding box on the z = 1 plane
     upper: np.ndarray        # (T, 2) upper corner
     cell: np.ndarray         # (T, 2) cell width and height
     farthest: np.ndarray     # (T,) largest target depth (-inf: nothing tested)
     groups: int              # K, the number of target groups
-    boxes: np.ndarray        # (T, K, 4) each group's bounding box on the z = 1 plane: lower x, y, upper x, y
+    boxes: np.ndarray        # (T, K, 4) each group's z = 1 plane box (lower x, y, upper x, y) widened by the slack
     deepest: np.ndarray      # (T, K) each group's largest target depth
     frusta: np.ndarray       # (T, K, 6, 4) unit planes (n, d), n . p + d <= 0 inside, of each group's pyramid
     live: np.ndarray         # (T, K) whether the group has a tested target at the step
@@ -258,8 +258,8 @@ def _bin_targets(local: np.ndarray, mask: np.ndarray, group: np.ndarray, num_gro
     farthest = deepest.max(axis=1)
     distance = np.sqrt(np.einsum("tni,tni->tn", local, local)).ravel()
     live = np.isfinite(deepest)
-    return _Grid(np.ascontiguousarray(local.reshape(-1, 3).T), distance, lower, upper, cell, farthest, num_groups,
-                 np.concatenate([group_lower, group_upper], axis=2), deepest,
+    return _Grid(local.reshape(-1, 3), distance, lower, upper, cell, farthest, num_groups,
+                 np.concatenate([group_lower - PLANE_SLACK_M, group_upper + PLANE_SLACK_M], axis=2), deepest,
                  _pyramids(np.where(live[..., None], group_lower, 0.0), np.where(live[..., None], group_upper, 0.0),
                            np.where(live, deepest, 0.0)),
                  live, keys[sort], flat[sort], row_columns, summed)
@@ -344,8 +344,8 @@ def _candidate_faces(meshes: MeshSet, allowed: np.ndarray, cam_from_mesh: np.nda
         low, high = _projected_bounds(corners, nearest > MIN_DEPTH_M)
         box = grid.boxes[steps[which]]
         marks &= ((nearest[:, None] < grid.deepest[steps[which]])
-                  & np.all(low[:, None] <= box[..., 2:] + PLANE_SLACK_M, axis=2)
-                  & np.all(high[:, None] >= box[..., :2] - PLANE_SLACK_M, axis=2))
+                  & (low[:, 0, None] <= box[..., 2]) & (low[:, 1, None] <= box[..., 3])
+                  & (high[:, 0, None] >= box[..., 0]) & (high[:, 1, None] >= box[..., 1]))
         keep = marks.any(axis=1)
         found.append((steps[which[keep]], np.full(int(keep.sum()), index), corners[keep], marks[keep], low[keep],
                       high[keep]))
@@ -471,7 +471,7 @@ def _ramp(count: np.ndarray) -> np.ndarray:
 def _crosses_before(candidates: _Candidates, face: np.ndarray, grid: _Grid, target: np.ndarray,
                     margin_m: float) -> np.ndarray:
     """Whether the segment from the camera to each target crosses its face before it, beyond the margin."""
-    x, y, z = (grid.local[axis, target] for axis in range(3))
+    x, y, z = (grid.local[target, axis] for axis in range(3))
     edges = candidates.edges
     sides = [x * edges[3 * k, face] + y * edges[3 * k + 1, face] + z * edges[3 * k + 2, face] for k in range(3)]
     toward = sides[0] + sides[1] + sides[2]
