@@ -309,13 +309,11 @@ def _candidate_faces(meshes: MeshSet, allowed: np.ndarray, cam_from_mesh: np.nda
         turn = np.swapaxes(rotation[steps, index], -1, -2)
         shift = translation[steps, index]
         # Each group's pyramid in the mesh's frame (n . (R p + t) + d = (n R) . p + n . t + d) against
-        # the cluster spheres, all clusters at once; then the projected spheres of those inside one.
+        # the cluster spheres, all clusters at once (einsum, not BLAS: its threads cost more than they save).
         normals = grid.frusta[steps, :, :, :3].reshape(len(steps), -1, 3)
         offsets = np.einsum("spi,si->sp", normals, shift) + grid.frusta[steps, :, :, 3].reshape(len(steps), -1)
-        posed_normals = normals @ rotation[steps, index]
-        distance = (posed_normals.reshape(-1, 3)
-                    @ meshes.cluster_centres[first_cluster:stop_cluster].T).reshape(len(steps), -1, stop_cluster
-                                                                                     - first_cluster)
+        posed_normals = np.einsum("spi,sij->spj", normals, rotation[steps, index])
+        distance = np.einsum("spi,ci->spc", posed_normals, meshes.cluster_centres[first_cluster:stop_cluster])
         inside = _within((distance + offsets[..., None]).reshape(len(steps), grid.groups, 6, -1).swapaxes(2, 3),
                          meshes.cluster_radii[first_cluster:stop_cluster]) & reach[steps, index][..., None]
         which, cluster = np.nonzero(inside.any(axis=1))
