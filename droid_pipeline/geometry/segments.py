@@ -3,20 +3,27 @@
 The query behind occlusion labels: per step t, a camera at the origin of ``camera_poses[t]`` and
 N targets; a target is blocked when the segment from the camera to it crosses a mesh triangle
 closer to the camera than the target by more than ``margin_m`` (so the surface the target lies
-on does not hide it). Vectorized over steps, targets and triangles (no loop over any of them),
-with culling at three levels:
+on does not hide it). Targets fall into groups (e.g. the two pads, which different meshes may
+hide). Vectorized over steps, targets and triangles (no loop over any of them), with culling at
+four levels, each dropping only what cannot cross a segment of a group it may hide:
 
-1. **Clusters**: each mesh's faces are split into spatial clusters of at most ``CLUSTER_FACES``
-   with a bounding sphere each; a cluster is skipped at a step when its sphere lies behind the
-   camera, beyond the farthest target, or outside the targets' bounding box on the camera's
-   z = 1 plane (normalized image coordinates).
-2. **Faces**: only front faces (facing the camera) are kept. The meshes are closed with outward
+1. **Pyramids**: per step, each group's targets span a box on the camera's z = 1 plane
+   (normalized image coordinates); every segment to them lies in the pyramid from the camera
+   over that box, up to the group's farthest target (six planes).
+2. **Meshes, clusters, leaves**: each mesh's faces are split into spatial clusters of at most
+   ``CLUSTER_FACES``, each cluster into leaves of at most ``LEAF_FACES``, with a bounding
+   sphere each. A mesh is kept at a step when its sphere reaches a pyramid of a group it may
+   hide and its exact projection covers a grid cell (below) holding such targets; its clusters
+   and then their leaves when their spheres reach one of those pyramids, tested in the mesh's
+   own frame (the pyramids' planes turned into it), all of a mesh's clusters at once.
+3. **Faces**: only front faces (facing the camera) are kept. The meshes are closed with outward
    winding, so a segment starting outside a mesh enters it through a front face first; a camera
-   inside a mesh is not hidden by that mesh. Faces behind the camera or beyond the farthest
-   target are dropped.
-3. **Image-space bins**: per step the targets' bounding box on the z = 1 plane is split into
-   ``GRID_CELLS`` x ``GRID_CELLS`` cells; a face is tested only against the targets in the cells
-   covered by the bounding box of its projection (of its part in front of the camera).
+   inside a mesh is not hidden by that mesh. Faces behind the camera, beyond the group's
+   farthest target, or whose projection's box misses the group's box are dropped.
+4. **Image-space bins**: per step the targets' bounding box on the z = 1 plane is split into
+   ``GRID_CELLS`` x ``GRID_CELLS`` cells; a face is tested only against the targets of its
+   groups in the cells covered by the bounding box of its projection (of its part in front of
+   the camera).
 
 The exact test per (face, target) pair is in camera coordinates, camera at 0, face A, B, C,
 target D: the ray through D crosses the face when D lies on the inner side of the three planes
@@ -50,8 +57,9 @@ PAIR_CHUNK = 1 << 19
 
 class MeshSet:
     """Closed, outward-wound triangle meshes, each in its own frame, prepared for segment queries:
-    shared vertices, face planes, and each mesh's faces grouped into spatial clusters; bounding
-    spheres of every mesh and cluster. Arrays of all meshes are concatenated, mesh by mesh."""
+    shared vertices, face planes, and each mesh's faces grouped into spatial clusters, each split
+    into leaves; bounding spheres of every mesh, cluster and leaf. Arrays of all meshes are
+    concatenated, mesh by mesh (faces leaf by leaf, leaves cluster by cluster)."""
 
     def __init__(self, meshes: Sequence[np.ndarray]):
         """``meshes``: one (F, 3, 3) triangle array per mesh (metres, outward winding)."""
@@ -291,8 +299,10 @@ def _pyramids(lower: np.ndarray, upper: np.ndarray, deepest: np.ndarray) -> np.n
 
 
 def _candidate_faces(meshes: MeshSet, allowed: np.ndarray, cam_from_mesh: np.ndarray, grid: _Grid) -> _Candidates:
-    """Front faces, per step, of the clusters whose bounding spheres can reach targets of the
-    groups the mesh may hide (``allowed`` (K, L)), and which groups each face may hide."""
+    """Front faces, per step, of the leaves (of clusters, of meshes) whose bounding spheres reach
+    the pyramid of a group the mesh may hide (``allowed`` (K, L)), in front of the camera, before
+    that group's farthest target and over its box; which groups each face may hide; and the cells
+    its projection covers."""
     rotation, translation = cam_from_mesh[..., :3, :3], cam_from_mesh[..., :3, 3]   # (T, L, ...)
     camera = invert(cam_from_mesh)[..., :3, 3]  # the camera in each mesh's frame
     centre = np.einsum("tlij,lj->tli", rotation, meshes.mesh_centres) + translation
@@ -300,7 +310,7 @@ def _candidate_faces(meshes: MeshSet, allowed: np.ndarray, cam_from_mesh: np.nda
                      meshes.mesh_radii[:, None]) & allowed.T & grid.live[:, None])   # (T, L, K)
     step, mesh = np.nonzero(reach.any(axis=2))
     near = _sphere_reaches(grid, step, centre[step, mesh], meshes.mesh_radii[mesh], reach[step, mesh])
-    reach[step[~near], mesh[~near]] = False
+    reach[step[~near], mesh[~near]] = False   # (the exact projections over the grid's occupied cells)
     found = [(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3, 3)), np.zeros((0, grid.groups), bool),
               np.zeros((0, 2)), np.zeros((0, 2)))]
     for index in np.flatnonzero(reach.any(axis=(0, 2))):
