@@ -4,9 +4,11 @@
 Times, on one core (BLAS pinned to one thread before NumPy loads), the robot posing, the
 self-occlusion test per camera (back faces and the ray test) and the scene test from one
 camera's depth, and the tracks step itself; prints the median and spread of several runs and
-the labels' fractions.
+the labels' fractions. ``--before DIR`` (another checkout) also times that checkout's segment
+query (``geometry/segments.py``, loaded beside this one's) on the same calls, in turn with this
+one's: CPU seconds of the three cameras' queries, medians, and how many labels differ.
 
-    .venv/bin/python bench/bench_occlusion.py [--frames 300] [--repeats 7] [--keep DIR]
+    .venv/bin/python bench/bench_occlusion.py [--frames 300] [--repeats 7] [--keep DIR] [--before DIR]
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_variable] = "1"
 
 import argparse  # noqa: E402
+import importlib.util  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -31,11 +34,22 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from droid_pipeline.core.config import load_config  # noqa: E402
+from droid_pipeline.geometry import segments  # noqa: E402
 from droid_pipeline.geometry.poses import pose6_to_matrix, transform_points  # noqa: E402
 from droid_pipeline.geometry.projection import points_in_camera, project, visible  # noqa: E402
 from droid_pipeline.raw.discovery import build_index  # noqa: E402
-from droid_pipeline.robot.gripper import GripperModel  # noqa: E402
-from droid_pipeline.robot.occlusion import LABEL_NAMES, RobotOcclusion, combine_labels, scene_occlusion  # noqa: E402
+from droid_pipeline.robot.gripper import (  # noqa: E402
+    LEFT_FINGER_LINK,
+    RIGHT_FINGER_LINK,
+    GripperModel,
+)
+from droid_pipeline.robot.occlusion import (  # noqa: E402
+    LABEL_NAMES,
+    RobotOcclusion,
+    back_facing,
+    combine_labels,
+    scene_occlusion,
+)
 from droid_pipeline.steps.intrinsics import extract_intrinsics  # noqa: E402
 from droid_pipeline.steps.tracks import generate_tracks  # noqa: E402
 from droid_pipeline.synthetic.generator import generate_dataset  # noqa: E402
@@ -55,11 +69,50 @@ def describe(seconds: list[float]) -> str:
             f"max {1000 * max(seconds):7.1f}, {len(seconds)} runs)")
 
 
+def compare_queries(before: Path, occlusion: RobotOcclusion, pose, points, normals, cameras: dict, margin_m: float,
+                    repeats: int) -> None:
+    """The segment query of ``before`` and of this checkout on the same calls (the points each
+    camera tests, as ``RobotOcclusion.blocked`` groups and excludes them), in turn: CPU medians."""
+    spec = importlib.util.spec_from_file_location("before_segments", before / "droid_pipeline/geometry/segments.py")
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"no droid_pipeline/geometry/segments.py in {before}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    meshes = [occlusion.link_triangles[link] for link in occlusion.links]
+    versions = {"before": (module.MeshSet(meshes), module.blocked_segments),
+                "now": (segments.MeshSet(meshes), segments.blocked_segments)}
+    half = points.shape[1] // 2
+    groups = np.repeat([0, 1], [half, points.shape[1] - half])
+    excluded = np.zeros((2, len(occlusion.links)), dtype=bool)
+    excluded[0, occlusion.links.index(LEFT_FINGER_LINK)] = excluded[1, occlusion.links.index(RIGHT_FINGER_LINK)] = True
+    tested = {serial: camera["seen"] & ~back_facing(points, normals, camera["poses"])
+              for serial, camera in cameras.items()}
+
+    def query(version: str) -> list[np.ndarray]:
+        mesh_set, function = versions[version]
+        return [function(mesh_set, pose.poses, camera["poses"], points, margin_m=margin_m, tested=tested[serial],
+                         groups=groups, excluded=excluded) for serial, camera in cameras.items()]
+
+    cpu: dict[str, list[float]] = {version: [] for version in versions}
+    for _ in range(repeats + 1):
+        for version in versions:
+            start = time.process_time()
+            query(version)
+            cpu[version].append(time.process_time() - start)
+    differ = sum(int((a != b).sum()) for a, b in zip(query("before"), query("now")))
+    before_s, now_s = cpu["before"][1:], cpu["now"][1:]  # the first round warms up
+    print(f"segment query, 3 cameras, in turn, CPU medians of {repeats}: before {statistics.median(before_s):.3f} s, "
+          f"now {statistics.median(now_s):.3f} s; now / before pair by pair "
+          f"{statistics.median(n / b for n, b in zip(now_s, before_s)):.2f}; labels that differ: {differ}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--keep", type=Path, help="generate the episode here and keep it")
+    parser.add_argument("--before", type=Path, help="another checkout whose segment query runs in turn with this one's")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         root = args.keep or Path(scratch)
@@ -126,6 +179,9 @@ def main() -> int:
               "(frames from the ground-truth .npy; decoding depth.mkv not included)")
         print(f"ratio robot occlusion / tracks step:    "
               f"{statistics.median(everything) / statistics.median(steps):.2f}")
+        if args.before:
+            compare_queries(args.before.resolve(), occlusion, pose, points, normals, cameras, margin_m,
+                            3 * args.repeats)
         robot = robot_labels()
         for s, camera in cameras.items():
             labels = combine_labels(camera["seen"], robot[s], scene_labels() if s == serial else None)

@@ -7,7 +7,9 @@ package isal is installed; the step through its command line; and prints the byt
 file and per array. ``--keep DIR --reuse`` takes the episode an earlier run
 kept there (rendering a 720p one takes minutes). ``--before DIR`` (another checkout, e.g.
 ``git worktree add /tmp/before <commit>``) also runs that checkout's command on the same
-episode, in turn with this one's: wall, CPU seconds and peak RSS of each whole process, medians.
+episode, in turn with this one's: wall, CPU seconds and peak RSS of each whole process, medians;
+and each checkout's tracks step in a process of its own, in turn, timing the occlusion labels
+inside the step (wall and CPU seconds, medians, and the ratio pair by pair).
 
     .venv/bin/python bench/bench_tracks.py [--frames 300] [--size 320x180] [--repeats 5] [--depth]
                                            [--keep DIR [--reuse]] [--before DIR]
@@ -87,18 +89,20 @@ class OcclusionTimer:
 
     def __init__(self) -> None:
         self.seconds: list[float] = []
+        self.cpu_seconds: list[float] = []
         self._label = OcclusionLabeller.label
         timer = self
 
         def label(labeller, *args, **kwargs):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             try:
                 return timer._label(labeller, *args, **kwargs)
             finally:
                 timer.running += time.perf_counter() - start
+                timer.running_cpu += time.process_time() - cpu
 
         self._wrapped = label
-        self.running = 0.0
+        self.running = self.running_cpu = 0.0
 
     def __enter__(self) -> OcclusionTimer:
         OcclusionLabeller.label = self._wrapped
@@ -108,9 +112,44 @@ class OcclusionTimer:
         OcclusionLabeller.label = self._label
 
     def lap(self) -> None:
-        """End one tracks step: record the time it spent labelling."""
+        """End one tracks step: record the time (wall and CPU) it spent labelling."""
         self.seconds.append(self.running)
-        self.running = 0.0
+        self.cpu_seconds.append(self.running_cpu)
+        self.running = self.running_cpu = 0.0
+
+
+# Runs a checkout's tracks step in-process (ARGV: checkout, config, episode id, repeats) after one
+# warm-up run, and prints per run the wall and CPU seconds spent in the occlusion labeller.
+LABELS = """\
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+from droid_pipeline.core.config import load_config
+from droid_pipeline.raw.discovery import build_index
+from droid_pipeline.steps.occlusion_labels import OcclusionLabeller
+from droid_pipeline.steps.tracks import generate_tracks
+config = load_config([sys.argv[2]])
+episode = build_index(config.droid_root, config.index_path).get(sys.argv[3])
+label, spent = OcclusionLabeller.label, []
+def timed(labeller, *args, **kwargs):
+    wall, cpu = time.perf_counter(), time.process_time()
+    try:
+        return label(labeller, *args, **kwargs)
+    finally:
+        spent[-1][0] += time.perf_counter() - wall
+        spent[-1][1] += time.process_time() - cpu
+OcclusionLabeller.label = timed
+for _ in range(int(sys.argv[4]) + 1):
+    spent.append([0.0, 0.0])
+    generate_tracks(config, episode, config.output_root / episode.relative_path)
+print(json.dumps(spent[1:]))
+"""
+
+
+def labels_in_step(checkout: Path, config_path: Path, episode_id: str, repeats: int) -> list[list[float]]:
+    """[wall, CPU] seconds of the occlusion labels in each of ``repeats`` tracks steps of a checkout."""
+    result = subprocess.run([sys.executable, "-c", LABELS, str(checkout), str(config_path), episode_id, str(repeats)],
+                            cwd=checkout, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.splitlines()[-1])
 
 
 def write_true_depth(info, output_dir: Path, fps: float) -> None:
@@ -177,7 +216,7 @@ def main() -> int:
             print(f"setup: true depth of every camera encoded in {time.perf_counter() - start:.1f} s")
         runs: dict[str, list[float]] = {"with": [], "without": [], "depth": [], "decoding": [], "savez": [],
                                         "write_npz": [], "isal with": [], "isal without": []}
-        labels: dict[str, list[float]] = {"with": [], "depth": []}
+        labels: dict[str, list[float]] = {"with": [], "with, CPU": [], "depth": []}
         with OcclusionTimer() as timer:
             for _ in range(args.repeats):  # interleaved, so all see the same machine load
                 runs["without"] += timed(lambda: generate_tracks(without, episode, output_dir), 1)
@@ -185,6 +224,7 @@ def main() -> int:
                 runs["with"] += timed(lambda: generate_tracks(config, episode, output_dir), 1)
                 timer.lap()
                 labels["with"].append(timer.seconds[-1])
+                labels["with, CPU"].append(timer.cpu_seconds[-1])
                 if args.depth:
                     runs["depth"] += timed(lambda: generate_tracks(config, episode, depth_dir), 1)
                     timer.lap()
@@ -206,6 +246,10 @@ def main() -> int:
             for _ in range(max(3, args.repeats)):
                 pairs["before"].append(whole_process(before_command, args.before.resolve()))
                 pairs["now"].append(whole_process(command, REPO_ROOT))
+            in_step: dict[str, list[list[float]]] = {"before": [], "now": []}
+            for _ in range(max(3, args.repeats)):   # in turn, 3 steps each time
+                for version, checkout in (("before", args.before.resolve()), ("now", REPO_ROOT)):
+                    in_step[version] += labels_in_step(checkout, info.config_path, episode.episode_id, 3)
         isal_command = [*command, *(item for setting in ISAL for item in ("--set", setting))]
         isal_cli = timed(lambda: subprocess.run(isal_command, check=True, capture_output=True),
                          max(2, args.repeats // 2)) if fast else []
@@ -213,7 +257,8 @@ def main() -> int:
         rest = statistics.median(runs["with"]) - statistics.median(labels["with"])
         print(f"in-process, whole step, occlusion off:      {describe(runs['without'])}")
         print(f"in-process, whole step, occlusion on:       {describe(runs['with'])}")
-        print(f"  of which the occlusion labels (no depth): {describe(labels['with'])}")
+        print(f"  of which the occlusion labels (no depth): {describe(labels['with'])}; "
+              f"CPU {describe(labels['with, CPU'])}")
         print(f"  the rest of the step:                     median {rest:.3f} s")
         print(f"  occlusion labels / rest of the step:      {statistics.median(labels['with']) / rest:.2f}")
         if args.depth:
@@ -238,6 +283,13 @@ def main() -> int:
                 wall, cpu, peak = (statistics.median(run[k] for run in measured) for k in range(3))
                 print(f"  {version:6s} {wall:6.3f} {cpu:6.3f} {peak:6.0f}")
             ratio = statistics.median(b[1] / n[1] for b, n in zip(pairs["before"], pairs["now"]))
+            print(f"  before / now, CPU s, pair by pair: median {ratio:.2f}x")
+            print(f"occlusion labels inside the step, each checkout's own process in turn, medians of "
+                  f"{len(in_step['now'])}: wall s, CPU s")
+            for version, measured in in_step.items():
+                print(f"  {version:6s} {statistics.median(run[0] for run in measured):6.3f} "
+                      f"{statistics.median(run[1] for run in measured):6.3f}")
+            ratio = statistics.median(b[1] / n[1] for b, n in zip(in_step["before"], in_step["now"]))
             print(f"  before / now, CPU s, pair by pair: median {ratio:.2f}x")
         total_bytes = sum(summary["files"].values())
         for name, size in summary["files"].items():

@@ -3,20 +3,27 @@
 The query behind occlusion labels: per step t, a camera at the origin of ``camera_poses[t]`` and
 N targets; a target is blocked when the segment from the camera to it crosses a mesh triangle
 closer to the camera than the target by more than ``margin_m`` (so the surface the target lies
-on does not hide it). Vectorized over steps, targets and triangles (no loop over any of them),
-with culling at three levels:
+on does not hide it). Targets fall into groups (e.g. the two pads, which different meshes may
+hide). Vectorized over steps, targets and triangles (no loop over any of them), with culling at
+four levels, each dropping only what cannot cross a segment of a group it may hide:
 
-1. **Clusters**: each mesh's faces are split into spatial clusters of at most ``CLUSTER_FACES``
-   with a bounding sphere each; a cluster is skipped at a step when its sphere lies behind the
-   camera, beyond the farthest target, or outside the targets' bounding box on the camera's
-   z = 1 plane (normalized image coordinates).
-2. **Faces**: only front faces (facing the camera) are kept. The meshes are closed with outward
+1. **Pyramids**: per step, each group's targets span a box on the camera's z = 1 plane
+   (normalized image coordinates); every segment to them lies in the pyramid from the camera
+   over that box, up to the group's farthest target (six planes).
+2. **Meshes, clusters, leaves**: each mesh's faces are split into spatial clusters of at most
+   ``CLUSTER_FACES``, each cluster into leaves of at most ``LEAF_FACES``, with a bounding
+   sphere each. A mesh is kept at a step when its sphere reaches a pyramid of a group it may
+   hide and its exact projection covers a grid cell (below) holding such targets; its clusters
+   and then their leaves when their spheres reach one of those pyramids, tested in the mesh's
+   own frame (the pyramids' planes turned into it), all of a mesh's clusters at once.
+3. **Faces**: only front faces (facing the camera) are kept. The meshes are closed with outward
    winding, so a segment starting outside a mesh enters it through a front face first; a camera
-   inside a mesh is not hidden by that mesh. Faces behind the camera or beyond the farthest
-   target are dropped.
-3. **Image-space bins**: per step the targets' bounding box on the z = 1 plane is split into
-   ``GRID_CELLS`` x ``GRID_CELLS`` cells; a face is tested only against the targets in the cells
-   covered by the bounding box of its projection (of its part in front of the camera).
+   inside a mesh is not hidden by that mesh. Faces behind the camera, beyond the group's
+   farthest target, or whose projection's box misses the group's box are dropped.
+4. **Image-space bins**: per step the targets' bounding box on the z = 1 plane is split into
+   ``GRID_CELLS`` x ``GRID_CELLS`` cells; a face is tested only against the targets of its
+   groups in the cells covered by the bounding box of its projection (of its part in front of
+   the camera).
 
 The exact test per (face, target) pair is in camera coordinates, camera at 0, face A, B, C,
 target D: the ray through D crosses the face when D lies on the inner side of the three planes
@@ -38,21 +45,28 @@ from droid_pipeline.geometry.poses import invert
 GRID_CELLS = 16
 # Largest number of faces in one culling cluster.
 CLUSTER_FACES = 24
+# Largest number of faces in one leaf of a cluster (each cluster is split again, as finely).
+LEAF_FACES = 6
 # Targets and vertices nearer the camera plane than this (metres) count as on or behind it.
 MIN_DEPTH_M = 1e-6
+# Slack (metres) of the pyramid tests against rounding: a sphere or face this close to a plane counts as reaching it.
+PLANE_SLACK_M = 1e-9
 # Upper bound on (face, target) pairs evaluated at once, which bounds memory.
 PAIR_CHUNK = 1 << 19
 
 
 class MeshSet:
     """Closed, outward-wound triangle meshes, each in its own frame, prepared for segment queries:
-    shared vertices, face planes, and each mesh's faces grouped into spatial clusters; bounding
-    spheres of every mesh and cluster. Arrays of all meshes are concatenated, mesh by mesh."""
+    shared vertices, face planes, and each mesh's faces grouped into spatial clusters, each split
+    into leaves; bounding spheres of every mesh, cluster and leaf. Arrays of all meshes are
+    concatenated, mesh by mesh (faces leaf by leaf, leaves cluster by cluster)."""
 
     def __init__(self, meshes: Sequence[np.ndarray]):
         """``meshes``: one (F, 3, 3) triangle array per mesh (metres, outward winding)."""
-        vertices, faces, centres, radii = [], [], [], []
+        vertices, faces, centres, radii, leaf_centres, leaf_radii = [], [], [], [], [], []
         cluster_sizes: list[int] = []
+        leaf_sizes: list[int] = []
+        leaf_counts: list[int] = []
         counts = np.zeros((len(meshes), 3), dtype=np.int64)  # vertices, faces, clusters per mesh
         for index, triangles in enumerate(meshes):
             triangles = np.asarray(triangles, dtype=np.float64)
@@ -60,14 +74,22 @@ class MeshSet:
                 raise ValueError(f"mesh {index}: need (F>=1, 3, 3) triangles, got shape {triangles.shape}")
             shared, inverse = np.unique(triangles.reshape(-1, 3), axis=0, return_inverse=True)
             indexed = inverse.reshape(-1, 3)
-            clusters = _clusters(shared[indexed].mean(axis=1))
+            centroids = shared[indexed].mean(axis=1)
+            clusters = _clusters(centroids, CLUSTER_FACES)
+            leaves = [[cluster[leaf] for leaf in _clusters(centroids[cluster], LEAF_FACES)] for cluster in clusters]
             vertices.append(shared)
-            faces.append(indexed[np.concatenate(clusters)])
+            faces.append(indexed[np.concatenate([leaf for parts in leaves for leaf in parts])])
             cluster_sizes.extend(len(c) for c in clusters)
-            for cluster in clusters:
+            for cluster, parts in zip(clusters, leaves):
                 centre, radius = _bounding_sphere(shared[indexed[cluster]].reshape(-1, 3))
                 centres.append(centre)
                 radii.append(radius)
+                leaf_counts.append(len(parts))
+                for leaf in parts:
+                    centre, radius = _bounding_sphere(shared[indexed[leaf]].reshape(-1, 3))
+                    leaf_centres.append(centre)
+                    leaf_radii.append(radius)
+                    leaf_sizes.append(len(leaf))
             counts[index] = len(shared), len(indexed), len(clusters)
         self.num_meshes = len(meshes)
         start = np.concatenate([np.zeros((1, 3), dtype=np.int64), np.cumsum(counts, axis=0)])
@@ -79,6 +101,12 @@ class MeshSet:
         self.cluster_faces = np.stack([np.cumsum(sizes) - sizes, np.cumsum(sizes)], axis=1)  # (C, 2) face range
         self.cluster_centres = np.array(centres)          # (C, 3)
         self.cluster_radii = np.array(radii)              # (C,)
+        sizes, counts_of_leaves = np.array(leaf_sizes), np.array(leaf_counts)
+        self.leaf_faces = np.stack([np.cumsum(sizes) - sizes, np.cumsum(sizes)], axis=1)   # (C', 2) face range
+        self.cluster_leaves = np.stack([np.cumsum(counts_of_leaves) - counts_of_leaves, np.cumsum(counts_of_leaves)],
+                                       axis=1)          # (C, 2) each cluster's leaf range
+        self.leaf_centres = np.array(leaf_centres)        # (C', 3)
+        self.leaf_radii = np.array(leaf_radii)            # (C',)
         mesh_of_face = np.repeat(np.arange(self.num_meshes), counts[:, 1])
         corners = self.vertices[self.faces + self.vertex_start[mesh_of_face, None]]
         self.face_normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])  # outward
@@ -95,12 +123,12 @@ def _bounding_sphere(points: np.ndarray) -> tuple[np.ndarray, float]:
     return centre, float(np.linalg.norm(points - centre, axis=1).max())
 
 
-def _clusters(centroids: np.ndarray) -> list[np.ndarray]:
-    """Face indices split by recursive median cuts along the longest extent, at most CLUSTER_FACES each."""
+def _clusters(centroids: np.ndarray, limit: int) -> list[np.ndarray]:
+    """Face indices split by recursive median cuts along the longest extent, at most ``limit`` each."""
     pending, done = [np.arange(len(centroids))], []
     while pending:
         faces = pending.pop()
-        if len(faces) <= CLUSTER_FACES:
+        if len(faces) <= limit:
             done.append(faces)
             continue
         points = centroids[faces]
@@ -122,6 +150,10 @@ class _Grid:
     cell: np.ndarray         # (T, 2) cell width and height
     farthest: np.ndarray     # (T,) largest target depth (-inf: nothing tested)
     groups: int              # K, the number of target groups
+    boxes: np.ndarray        # (T, K, 4) each group's z = 1 plane box (lower x, y, upper x, y) widened by the slack
+    deepest: np.ndarray      # (T, K) each group's largest target depth
+    frusta: np.ndarray       # (T, K, 6, 4) unit planes (n, d), n . p + d <= 0 inside, of each group's pyramid
+    live: np.ndarray         # (T, K) whether the group has a tested target at the step
     sorted_keys: np.ndarray  # tested targets' cell keys ((t * K + group) * G + row) * G + column, ascending
     order: np.ndarray        # flat target index of each sorted key
     row_columns: np.ndarray  # (T * K * G, 2) first and last occupied column of each group's row (G, -1: none)
@@ -153,9 +185,10 @@ class _Candidates:
 
     step: np.ndarray      # (M,)
     mesh: np.ndarray      # (M,)
+    groups: np.ndarray    # (M, K) the target groups the face may hide
     columns: np.ndarray   # (M, 2) first and last cell column covered
     rows: np.ndarray      # (M, 2)
-    edges: np.ndarray     # (M, 3, 3) A x B, B x C, C x A of the vertices in camera coordinates
+    edges: np.ndarray     # (9, M) A x B, B x C, C x A of the vertices in camera coordinates, component by component
     volume: np.ndarray    # (M,) A . (B x C), negative (front faces)
 
 
@@ -194,7 +227,7 @@ def blocked_segments(meshes: MeshSet, mesh_poses: np.ndarray, camera_poses: np.n
     if mask.any():
         grid = _bin_targets(local, mask, group, len(skip))
         candidates = _candidate_faces(meshes, ~skip, cam_from_base[:, None] @ mesh_poses, grid)
-        for face, target in _pairs(candidates, grid, ~skip):
+        for face, target in _pairs(candidates, grid):
             blocked[target[_crosses_before(candidates, face, grid, target, margin_m)]] = True
     return blocked.reshape(num_steps, num_targets)
 
@@ -203,8 +236,16 @@ def _bin_targets(local: np.ndarray, mask: np.ndarray, group: np.ndarray, num_gro
     num_steps, num_targets = mask.shape
     depth = np.where(mask, local[..., 2], 1.0)
     plane = [local[..., axis] / depth for axis in range(2)]  # per axis: reductions over N stay contiguous
-    lower = np.stack([np.where(mask, p, np.inf).min(axis=1) for p in plane], axis=1)
-    upper = np.stack([np.where(mask, p, -np.inf).max(axis=1) for p in plane], axis=1)
+    group_lower, group_upper = np.empty((num_steps, num_groups, 2)), np.empty((num_steps, num_groups, 2))
+    deepest = np.empty((num_steps, num_groups))
+    for index in range(num_groups):
+        members = _members(group, index)
+        tested = mask[:, members]
+        for axis, p in enumerate(plane):
+            group_lower[:, index, axis] = np.where(tested, p[:, members], np.inf).min(axis=1, initial=np.inf)
+            group_upper[:, index, axis] = np.where(tested, p[:, members], -np.inf).max(axis=1, initial=-np.inf)
+        deepest[:, index] = np.where(tested, local[:, members, 2], -np.inf).max(axis=1, initial=-np.inf)
+    lower, upper = group_lower.min(axis=1), group_upper.max(axis=1)
     empty = ~mask.any(axis=1)
     lower[empty], upper[empty] = 0.0, 0.0
     cell = np.maximum(upper - lower, 1e-12) / GRID_CELLS
@@ -221,68 +262,132 @@ def _bin_targets(local: np.ndarray, mask: np.ndarray, group: np.ndarray, num_gro
     np.maximum.at(row_columns[:, 1], row_key, column)
     summed = np.zeros((num_steps, num_groups, GRID_CELLS + 1, GRID_CELLS + 1), dtype=np.int32)
     summed[:, :, 1:, 1:] = np.bincount(keys, minlength=num_steps * num_groups * GRID_CELLS * GRID_CELLS).reshape(
-        num_steps, num_groups, GRID_CELLS, GRID_CELLS).cumsum(axis=2).cumsum(axis=3)
-    farthest = np.where(mask, local[..., 2], -np.inf).max(axis=1)
+        num_steps, num_groups, GRID_CELLS, GRID_CELLS)
+    np.cumsum(summed, axis=2, out=summed)
+    for right in range(2, GRID_CELLS + 1):  # along the short last axis a column at a time: faster than cumsum
+        summed[..., right] += summed[..., right - 1]
+    farthest = deepest.max(axis=1)
     distance = np.sqrt(np.einsum("tni,tni->tn", local, local)).ravel()
-    return _Grid(local.reshape(-1, 3), distance, lower, upper, cell, farthest, num_groups, keys[sort], flat[sort],
-                 row_columns, summed)
+    live = np.isfinite(deepest)
+    return _Grid(local.reshape(-1, 3), distance, lower, upper, cell, farthest, num_groups,
+                 np.concatenate([group_lower - PLANE_SLACK_M, group_upper + PLANE_SLACK_M], axis=2), deepest,
+                 _pyramids(np.where(live[..., None], group_lower, 0.0), np.where(live[..., None], group_upper, 0.0),
+                           np.where(live, deepest, 0.0)),
+                 live, keys[sort], flat[sort], row_columns, summed)
+
+
+def _members(group: np.ndarray, index: int) -> slice | np.ndarray:
+    """The targets of one group: a slice when they are contiguous (the usual case), else their indices."""
+    members = np.flatnonzero(group == index)
+    if members.size and members[-1] - members[0] + 1 == members.size:
+        return slice(int(members[0]), int(members[-1]) + 1)
+    return members
+
+
+def _pyramids(lower: np.ndarray, upper: np.ndarray, deepest: np.ndarray) -> np.ndarray:
+    """(..., 6, 4) unit planes (n, d) bounding the pyramids from the camera over z = 1 plane boxes
+    [lower, upper] (..., 2) up to depth ``deepest`` (...): every segment from the camera to a
+    target in the box at most that deep lies inside (n . p + d <= 0 for all six)."""
+    planes = np.zeros((*deepest.shape, 6, 4))
+    for axis in range(2):
+        planes[..., 2 * axis, axis], planes[..., 2 * axis, 2] = 1.0, -upper[..., axis]        # x <= upper z
+        planes[..., 2 * axis + 1, axis], planes[..., 2 * axis + 1, 2] = -1.0, lower[..., axis]  # x >= lower z
+    planes[..., 4, 2], planes[..., 4, 3] = 1.0, -deepest     # z <= deepest
+    planes[..., 5, 2] = -1.0                                 # z >= 0
+    planes[..., :4, :3] /= np.linalg.norm(planes[..., :4, :3], axis=-1, keepdims=True)
+    return planes
 
 
 def _candidate_faces(meshes: MeshSet, allowed: np.ndarray, cam_from_mesh: np.ndarray, grid: _Grid) -> _Candidates:
-    """Front faces, per step, of the clusters whose bounding spheres can reach targets of the
-    groups the mesh may hide (``allowed`` (K, L))."""
+    """Front faces, per step, of the leaves (of clusters, of meshes) whose bounding spheres reach
+    the pyramid of a group the mesh may hide (``allowed`` (K, L)), in front of the camera, before
+    that group's farthest target and over its box; which groups each face may hide; and the cells
+    its projection covers."""
     rotation, translation = cam_from_mesh[..., :3, :3], cam_from_mesh[..., :3, 3]   # (T, L, ...)
     camera = invert(cam_from_mesh)[..., :3, 3]  # the camera in each mesh's frame
-    every_step = np.arange(len(rotation))
-    found = [(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3, 3)))]
-    for index in range(meshes.num_meshes):
-        if not allowed[:, index].any():
-            continue
-        centre = rotation[:, index] @ meshes.mesh_centres[index] + translation[:, index]
-        steps = every_step[_sphere_reaches(grid, every_step, centre, np.full(len(centre), meshes.mesh_radii[index]),
-                                           allowed[:, index])]
-        if steps.size == 0:
-            continue
+    centre = np.einsum("tlij,lj->tli", rotation, meshes.mesh_centres) + translation
+    reach = (_within(np.einsum("tli,tkpi->tlkp", centre, grid.frusta[..., :3]) + grid.frusta[:, None, :, :, 3],
+                     meshes.mesh_radii[:, None]) & allowed.T & grid.live[:, None])   # (T, L, K)
+    step, mesh = np.nonzero(reach.any(axis=2))
+    near = _sphere_reaches(grid, step, centre[step, mesh], meshes.mesh_radii[mesh], reach[step, mesh])
+    reach[step[~near], mesh[~near]] = False   # (the exact projections over the grid's occupied cells)
+    found = [(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3, 3)), np.zeros((0, grid.groups), bool),
+              np.zeros((0, 2)), np.zeros((0, 2)))]
+    for index in np.flatnonzero(reach.any(axis=(0, 2))):
+        steps = np.flatnonzero(reach[:, index].any(axis=1))
         first_cluster, stop_cluster = meshes.mesh_clusters[index]
         turn = np.swapaxes(rotation[steps, index], -1, -2)
-        centre = meshes.cluster_centres[first_cluster:stop_cluster] @ turn + translation[steps, index][:, None]
-        radius = np.broadcast_to(meshes.cluster_radii[first_cluster:stop_cluster], centre.shape[:2])
-        which, cluster = np.nonzero(_sphere_reaches(grid, np.repeat(steps, centre.shape[1]), centre.reshape(-1, 3),
-                                                    radius.ravel(), allowed[:, index]).reshape(centre.shape[:2]))
-        # Faces of the clusters kept that face the camera (it lies on the outer side of their plane).
+        shift = translation[steps, index]
+        # Each group's pyramid in the mesh's frame (n . (R p + t) + d = (n R) . p + n . t + d) against
+        # the cluster spheres, all clusters at once (einsum, not BLAS: its threads cost more than they save).
+        normals = grid.frusta[steps, :, :, :3].reshape(len(steps), -1, 3)
+        offsets = np.einsum("spi,si->sp", normals, shift) + grid.frusta[steps, :, :, 3].reshape(len(steps), -1)
+        posed_normals = np.einsum("spi,sij->spj", normals, rotation[steps, index])
+        distance = np.einsum("spi,ci->spc", posed_normals, meshes.cluster_centres[first_cluster:stop_cluster])
+        inside = _within((distance + offsets[..., None]).reshape(len(steps), grid.groups, 6, -1).swapaxes(2, 3),
+                         meshes.cluster_radii[first_cluster:stop_cluster]) & reach[steps, index][..., None]
+        which, cluster = np.nonzero(inside.any(axis=1))
+        marks = inside[which, :, cluster]
         cluster += first_cluster
-        size = meshes.cluster_faces[cluster, 1] - meshes.cluster_faces[cluster, 0]
-        which = np.repeat(which, size)
-        face = np.repeat(meshes.cluster_faces[cluster, 0], size) + _ramp(size)
+        # Their leaves inside a pyramid, then the faces of those that face the camera (it lies on
+        # the outer side of their plane).
+        count = meshes.cluster_leaves[cluster, 1] - meshes.cluster_leaves[cluster, 0]
+        which, marks = np.repeat(which, count), np.repeat(marks, count, axis=0)
+        leaf = np.repeat(meshes.cluster_leaves[cluster, 0], count) + _ramp(count)
+        distance = np.einsum("mpi,mi->mp", posed_normals[which], meshes.leaf_centres[leaf]) + offsets[which]
+        marks &= _within(distance.reshape(len(leaf), grid.groups, 6), meshes.leaf_radii[leaf, None])
+        inside = marks.any(axis=1)
+        which, leaf, marks = which[inside], leaf[inside], marks[inside]
+        size = meshes.leaf_faces[leaf, 1] - meshes.leaf_faces[leaf, 0]
+        which, marks = np.repeat(which, size), np.repeat(marks, size, axis=0)
+        face = np.repeat(meshes.leaf_faces[leaf, 0], size) + _ramp(size)
         front = (np.einsum("pi,pi->p", camera[steps[which], index], meshes.face_normals[face])
                  > meshes.face_offsets[face])
-        which, face = which[front], face[front]
+        which, face, marks = which[front], face[front], marks[front]
         corners = _posed_corners(meshes.vertices[meshes.vertex_start[index]:meshes.vertex_start[index + 1]],
-                                 meshes.faces[face], which, turn, translation[steps, index])
-        found.append((steps[which], np.full(len(face), index), corners))
-    step, owner, corners = (np.concatenate([part[k] for part in found]) for k in range(3))
-    depth = corners[..., 2]
-    nearest = np.minimum(np.minimum(depth[:, 0], depth[:, 1]), depth[:, 2])
-    farthest = np.maximum(np.maximum(depth[:, 0], depth[:, 1]), depth[:, 2])
-    keep = (farthest > MIN_DEPTH_M) & (nearest < grid.farthest[step])
-    step, owner, corners, nearest = step[keep], owner[keep], corners[keep], nearest[keep]
-    low, high = _projected_bounds(corners, nearest > MIN_DEPTH_M)
-    first, last, occupied = grid.cells(step, low, high, allowed[:, owner].T)
+                                 meshes.faces[face], which, turn, shift)
+        # Faces before the group's farthest target whose projection overlaps the group's box.
+        depth = corners[..., 2]
+        nearest = np.minimum(np.minimum(depth[:, 0], depth[:, 1]), depth[:, 2])
+        farthest = np.maximum(np.maximum(depth[:, 0], depth[:, 1]), depth[:, 2])
+        keep = farthest > MIN_DEPTH_M
+        which, corners, nearest, marks = which[keep], corners[keep], nearest[keep], marks[keep]
+        low, high = _projected_bounds(corners, nearest > MIN_DEPTH_M)
+        box = grid.boxes[steps[which]]
+        marks &= ((nearest[:, None] < grid.deepest[steps[which]])
+                  & (low[:, 0, None] <= box[..., 2]) & (low[:, 1, None] <= box[..., 3])
+                  & (high[:, 0, None] >= box[..., 0]) & (high[:, 1, None] >= box[..., 1]))
+        keep = marks.any(axis=1)
+        found.append((steps[which[keep]], np.full(int(keep.sum()), index), corners[keep], marks[keep], low[keep],
+                      high[keep]))
+    step, owner, corners, marks, low, high = (np.concatenate([part[k] for part in found]) for k in range(6))
+    first, last, occupied = grid.cells(step, low, high, marks)
     a, b, c = (corners[occupied, k] for k in range(3))
     opposite = np.cross(b, c)
-    return _Candidates(step[occupied], owner[occupied], np.stack([first[occupied, 0], last[occupied, 0]], axis=1),
+    return _Candidates(step[occupied], owner[occupied], marks[occupied],
+                       np.stack([first[occupied, 0], last[occupied, 0]], axis=1),
                        np.stack([first[occupied, 1], last[occupied, 1]], axis=1),
-                       np.stack([np.cross(a, b), opposite, np.cross(c, a)], axis=1), np.einsum("pi,pi->p", a, opposite))
+                       np.concatenate([np.cross(a, b), opposite, np.cross(c, a)], axis=1).T.copy(),
+                       np.einsum("pi,pi->p", a, opposite))
+
+
+def _within(distance: np.ndarray, radius: np.ndarray) -> np.ndarray:
+    """Whether spheres lie within reach of every plane of a pyramid: ``distance`` (..., 6) from
+    their centres to the six planes, ``radius`` broadcasting to (...,)."""
+    return np.all(distance <= np.asarray(radius)[..., None] + PLANE_SLACK_M, axis=-1)
 
 
 def _posed_corners(vertices: np.ndarray, faces: np.ndarray, which: np.ndarray, turn: np.ndarray,
                    shift: np.ndarray) -> np.ndarray:
     """(P, 3, 3) camera coordinates of faces (vertex rows ``faces`` (P, 3) of ``vertices`` (V, 3))
     at steps ``which`` of the transforms ``x @ turn[k] + shift[k]``: all vertices at every step
-    by batched matrix products when the faces use most of them, else each face's own three."""
+    by batched matrix products when the faces use most of them, else each face's own three
+    (summed term by term in the order of einsum's, which gives the same bits, at half its time)."""
     if 3 * len(faces) >= len(turn) * len(vertices):
         return (vertices @ turn + shift[:, None])[which[:, None], faces]
-    return np.einsum("pkj,pji->pki", vertices[faces], turn[which]) + shift[which][:, None]
+    corners, rows = vertices[faces], turn[which]
+    return (corners[..., 0, None] * rows[:, None, 0] + corners[..., 1, None] * rows[:, None, 1]
+            + corners[..., 2, None] * rows[:, None, 2] + shift[which][:, None])
 
 
 def _sphere_reaches(grid: _Grid, step: np.ndarray, centre: np.ndarray, radius: np.ndarray,
@@ -344,10 +449,10 @@ def _projected_bounds(corners: np.ndarray, ahead: np.ndarray) -> tuple[np.ndarra
     return low, high
 
 
-def _pairs(candidates: _Candidates, grid: _Grid, allowed: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _pairs(candidates: _Candidates, grid: _Grid) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (face index, flat target index) arrays: every tested target in a face's cells whose
-    group may be hidden by the face's mesh (``allowed`` (K, L))."""
-    face, group = np.nonzero(allowed[:, candidates.mesh].T)
+    group the face may hide."""
+    face, group = np.nonzero(candidates.groups)
     rows = candidates.rows[face]
     count = rows[:, 1] - rows[:, 0] + 1
     item = np.repeat(np.arange(len(face)), count)
@@ -378,8 +483,8 @@ def _crosses_before(candidates: _Candidates, face: np.ndarray, grid: _Grid, targ
                     margin_m: float) -> np.ndarray:
     """Whether the segment from the camera to each target crosses its face before it, beyond the margin."""
     x, y, z = (grid.local[target, axis] for axis in range(3))
-    edges = candidates.edges[face]
-    sides = [x * edges[:, k, 0] + y * edges[:, k, 1] + z * edges[:, k, 2] for k in range(3)]
+    edges = candidates.edges
+    sides = [x * edges[3 * k, face] + y * edges[3 * k + 1, face] + z * edges[3 * k + 2, face] for k in range(3)]
     toward = sides[0] + sides[1] + sides[2]
     inside = (sides[0] <= 0.0) & (sides[1] <= 0.0) & (sides[2] <= 0.0) & (toward < 0.0)
     return inside & (candidates.volume[face] > (1.0 - margin_m / grid.distance[target]) * toward)
