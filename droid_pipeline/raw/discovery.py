@@ -415,6 +415,8 @@ def _cameras(rel: str, meta_name: str, meta: dict[str, Any], trajectory: Path | 
             missing[role] = f"the metadata's {key} repeats {twin}_cam_serial {serial}"
         else:
             serials[role] = serial
+    if trajectory is None:  # a remote root: only the files' names are at hand before the fetch
+        _refuse_unnamed_videos(rel, meta_name, serials, missing, mp4_names, episode_id)
     if not missing:
         return serials, []
     unnamed = {} if trajectory is None else _unnamed_h5_cameras(trajectory, set(serials.values()), mp4_names)
@@ -439,9 +441,24 @@ def _cameras(rel: str, meta_name: str, meta: dict[str, Any], trajectory: Path | 
                               "has cannot be told", episode_id)
     for role, why in missing.items():
         if role not in serials:
-            warnings.append(f"{why}, and trajectory.h5 has no camera of that role: the episode has "
-                            f"{len(serials)} camera(s)")
+            where = "recordings/MP4 has no other camera" if trajectory is None else \
+                "trajectory.h5 has no camera of that role"
+            warnings.append(f"{why}, and {where}: the episode has {len(serials)} camera(s)")
     return {role: serials[role] for role in CAMERA_ROLES if role in serials}, warnings
+
+
+def _refuse_unnamed_videos(rel: str, meta_name: str, serials: dict[str, str], missing: dict[str, str],
+                           mp4_names: set[str], episode_id: str) -> None:
+    """On a remote root the fetch copies the named cameras' videos only, so a camera recorded but
+    not named by the metadata would be dropped: a problem naming it (trajectory.h5, which could
+    give it a role, is not at hand before the fetch)."""
+    videos = {name.removesuffix(".mp4").removesuffix("-stereo") for name in mp4_names if name.endswith(".mp4")}
+    unnamed = sorted(videos - set(serials.values()))
+    if unnamed:
+        why = f" ({'; '.join(missing.values())})" if missing else ""
+        raise _EpisodeProblem(f"{rel}/{meta_name}: recordings/MP4 has camera(s) {', '.join(map(printable, unnamed))} "
+                              f"that the metadata does not name{why}; on a remote root a camera cannot be "
+                              "recovered from trajectory.h5 before the fetch", episode_id)
 
 
 def _unnamed_h5_cameras(trajectory: Path, named: set[str], mp4_names: set[str]) -> dict[str, str | None]:

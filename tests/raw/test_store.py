@@ -7,12 +7,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from gcs_emulator import PREFIX, ROOT_URL, Fault, FaultProxy
+from gcs_emulator import PREFIX, ROOT_URL, Fault, FaultProxy, start_emulator
 from remote_runs import MAP_URL
 
 from droid_pipeline.core.config import load_config
@@ -115,6 +116,32 @@ def test_remote_discovery_by_listing_and_by_the_map_equals_the_local_scan(local,
     assert [e.episode_id for e in mapped.select(episode_ids=wanted)] == wanted
     assert [e.to_json() for e in mapped.episodes] == [e.to_json() for e in local.episodes if e.episode_id in wanted]
     assert not any(f"prefix={PREFIX}/&" in r for r in proxy.requests)
+
+
+def test_a_recorded_camera_the_metadata_does_not_name_is_never_dropped_on_a_remote_root(dataset, tmp_path,
+                                                                                       monkeypatch):
+    # Locally it is recovered from trajectory.h5 with a warning; on a remote root, where only the
+    # names of the files are at hand before the fetch (which copies the named cameras' videos), it
+    # is a problem naming the camera.
+    raw = tmp_path / "droid_raw"
+    shutil.copytree(dataset.droid_root, raw)
+    episode = build_index(raw).episodes[0]
+    meta_path = raw / episode.relative_path / episode.metadata_file
+    meta = json.loads(meta_path.read_text())
+    meta["ext2_cam_serial"] = None
+    meta_path.write_text(json.dumps(meta))
+    recovered = build_index(raw).get(episode.episode_id)
+    assert recovered.serials == episode.serials and "recovered as ext2" in recovered.warnings[0]
+    server = start_emulator(raw, tmp_path)
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", server.url)
+        index = build_remote_index(ROOT_URL, None)
+    finally:
+        server.stop()
+    assert episode.episode_id not in [e.episode_id for e in index.episodes]
+    (problem,) = [p for p in index.problems if p["path"] == episode.relative_path]
+    assert f"recordings/MP4 has camera(s) {episode.serials['ext2']} that the metadata does not name " \
+           "(the metadata names no ext2_cam_serial)" in problem["problem"]
 
 
 def test_a_map_entry_whose_metadata_names_another_episode_is_a_problem(local, proxy, tmp_path):
