@@ -1,6 +1,7 @@
 """Write files under a temporary name and rename on success, so nothing half-written looks done;
 checksum files in chunks. An OS error while writing (a full disk, a lost mount) names the file
-it was writing, even where the failing call (``write``, ``fsync``) knows no path."""
+it was writing, even where the failing call (``write``, ``fsync``) knows no path. Folders held
+by their live processes (:func:`hold_folder`): what dead ones leave is removed, nothing else."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -131,3 +133,58 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def hold_folder(folder: os.PathLike | str, lock_name: str = ".lock") -> int:
+    """Create ``folder`` and hold a shared lock on its ``lock_name`` until the returned descriptor
+    is closed (children inherit it): while any process holds it, :func:`remove_unheld_folder`
+    leaves the folder alone. A folder removed meanwhile as unheld is made again."""
+    lock = Path(folder) / lock_name
+    while True:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            continue  # removed meanwhile as unheld: make it again
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        try:
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def remove_unheld_folder(folder: os.PathLike | str, lock_name: str = ".lock") -> bool:
+    """Remove ``folder`` if no process holds its lock (its holders are gone); True if removed."""
+    folder = Path(folder)
+    lock = folder / lock_name
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        try:
+            if os.stat(lock).st_ino != os.fstat(fd).st_ino:
+                return False
+        except FileNotFoundError:
+            return False
+        shutil.rmtree(folder, ignore_errors=True)
+        return True
+    finally:
+        os.close(fd)
+
+
+def remove_unheld_folders(parent: os.PathLike | str, lock_name: str = ".lock") -> list[Path]:
+    """Remove every folder in ``parent`` that no process holds; return them."""
+    try:
+        with os.scandir(os.fspath(parent)) as it:
+            entries = list(it)
+    except OSError:
+        return []
+    return [Path(e.path) for e in entries
+            if e.is_dir(follow_symlinks=False) and remove_unheld_folder(e.path, lock_name)]

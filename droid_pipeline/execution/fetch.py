@@ -16,7 +16,6 @@ fails. The scratch copy is removed when its episode ends (kept in a debug run).
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import socket
@@ -26,6 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from droid_pipeline.core.atomic import hold_folder, remove_unheld_folders
 from droid_pipeline.core.config import Config
 from droid_pipeline.execution.steps import files_to_fetch
 from droid_pipeline.raw.discovery import Episode
@@ -50,37 +50,13 @@ def scratch_base(config: Config) -> Path:
 
 
 def claim_scratch(config: Config) -> tuple[Path, int]:
-    """This worker's scratch folder, locked (the descriptor stays open for the worker's life),
+    """This worker's scratch folder, held (the descriptor stays open for the worker's life),
     after removing the folders of workers that are gone."""
     base = scratch_base(config)
-    base.mkdir(parents=True, exist_ok=True)
-    remove_dead_scratch(base)
+    remove_unheld_folders(base, LOCK_NAME)
     own = base / f"{socket.gethostname()}-{os.getpid()}"
-    shutil.rmtree(own, ignore_errors=True)
-    own.mkdir()
-    fd = os.open(own / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    return own, fd
-
-
-def remove_dead_scratch(base: Path) -> list[Path]:
-    """Remove the worker folders under ``base`` whose lock no live process holds."""
-    removed = []
-    for folder in sorted(base.iterdir()) if base.is_dir() else []:
-        lock = folder / LOCK_NAME
-        try:
-            fd = os.open(lock, os.O_RDWR)
-        except OSError:
-            continue  # not a worker folder, or one being made
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            continue
-        finally:
-            os.close(fd)
-        shutil.rmtree(folder, ignore_errors=True)
-        removed.append(folder)
-    return removed
+    shutil.rmtree(own, ignore_errors=True)  # a gone process's of the same id
+    return own, hold_folder(own, LOCK_NAME)
 
 
 def fetch_step(config: Config, pipeline: str, episode: Episode, dest: Path, remote: RemoteRoot,

@@ -172,10 +172,11 @@ def main(argv: Sequence[str]) -> int:
     text = format_summary(summary, args.run_dir)
     print(text, flush=True)
     if not args.task:  # array tasks share the work root; no process of this run is left now
-        from droid_pipeline.publish.staging import WORK_DIR_NAME, remove_work_root
+        from droid_pipeline.core.atomic import remove_unheld_folder
+        from droid_pipeline.publish.staging import WORK_DIR_NAME, WORK_LOCK_NAME
 
         work = read_run_options(args.run_dir).output_root / WORK_DIR_NAME
-        remove_work_root(work / args.run_dir.name)
+        remove_unheld_folder(work / args.run_dir.name, WORK_LOCK_NAME)
         try:
             work.rmdir()
         except OSError:

@@ -44,7 +44,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
-from droid_pipeline.core.atomic import append_locked
+from droid_pipeline.core.atomic import append_locked, hold_folder
 from droid_pipeline.core.config import Config, load_config
 from droid_pipeline.core.errors import EpisodeError
 from droid_pipeline.core.exit_codes import ExitCode
@@ -67,7 +67,7 @@ from droid_pipeline.execution.timing import (
     read_rows,
     utc_timestamp,
 )
-from droid_pipeline.publish.staging import WORK_DIR_NAME, hold_work_root
+from droid_pipeline.publish.staging import WORK_DIR_NAME, WORK_LOCK_NAME
 from droid_pipeline.raw.discovery import Episode
 from droid_pipeline.raw.store import FetchError
 
@@ -181,7 +181,7 @@ def main(argv: Sequence[str]) -> int:
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     slot = WorkerSlot(args.run_dir, options, slot_number, gpu)
-    hold_work_root(slot.work_root)  # inherited by every process below, held until the last exits
+    hold_folder(slot.work_root, WORK_LOCK_NAME)  # inherited by every process below, held until the last exits
     episodes = [Episode.from_json(json.loads(line)) for line in args.episodes]
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     return _supervise(slot, episodes, signals)

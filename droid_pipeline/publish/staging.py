@@ -19,8 +19,8 @@ is removed by :func:`remove_leftovers` (every driver run starts with it), under 
 so a publish in progress is never touched.
 
 Work folders live in ``<output_root>/.work/<run>/``; every process of a run holds a shared lock
-on that folder's ``.lock`` (:func:`hold_work_root`), so :func:`remove_work_root` removes the
-folders of runs no process is left of, and nothing else.
+on that folder's ``.lock`` (:func:`~droid_pipeline.core.atomic.hold_folder`), so
+:func:`remove_dead_work_roots` removes the folders of runs no process is left of, and nothing else.
 
 The journal and the uploader's ledger are append-only JSON Lines files shared by several
 processes: :func:`append_record` holds an exclusive ``flock`` while it writes one line and
@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from droid_pipeline.core.atomic import append_locked, sha256_file, write_json_atomic
+from droid_pipeline.core.atomic import append_locked, remove_unheld_folders, sha256_file, write_json_atomic
 from droid_pipeline.core.schema import MANIFEST_NAME, SCHEMA_VERSION, FileKind, output_file
 
 log = logging.getLogger(__name__)
@@ -375,55 +375,10 @@ def _names(folder: Path) -> list[str]:
     return [e.name for e in _entries(folder)]
 
 
-def hold_work_root(work_root: os.PathLike | str) -> int:
-    """Create ``work_root`` (a run's ``<output_root>/.work/<run>``) and hold a shared lock on its
-    ``.lock`` until the returned descriptor is closed (children inherit it): while any process
-    holds it, :func:`remove_work_root` leaves the folder alone."""
-    lock = Path(work_root) / WORK_LOCK_NAME
-    while True:
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        except FileNotFoundError:
-            continue  # removed meanwhile as a dead run's: make it again
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        try:
-            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
-                return fd
-        except FileNotFoundError:
-            pass
-        os.close(fd)
-
-
-def remove_work_root(work_root: os.PathLike | str) -> bool:
-    """Remove a run's work folder if no process of that run holds its lock; True if removed."""
-    work_root = Path(work_root)
-    lock = work_root / WORK_LOCK_NAME
-    try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        try:
-            if os.stat(lock).st_ino != os.fstat(fd).st_ino:
-                return False
-        except FileNotFoundError:
-            return False
-        shutil.rmtree(work_root, ignore_errors=True)
-        return True
-    finally:
-        os.close(fd)
-
-
 def remove_dead_work_roots(output_root: os.PathLike | str) -> list[Path]:
     """Remove the work folders of every run no process is left of (killed runs'); return them."""
     work = Path(output_root) / WORK_DIR_NAME
-    removed = [Path(e.path) for e in _entries(work)
-               if e.is_dir(follow_symlinks=False) and remove_work_root(e.path)]
+    removed = remove_unheld_folders(work, WORK_LOCK_NAME)
     try:
         work.rmdir()
     except OSError:

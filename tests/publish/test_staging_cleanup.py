@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from droid_pipeline.core.atomic import hold_folder
 from droid_pipeline.publish.staging import (
+    WORK_LOCK_NAME,
     StagingError,
-    hold_work_root,
     publish_episode,
     remove_dead_work_roots,
     remove_leftovers,
@@ -118,8 +119,8 @@ def test_a_publish_in_progress_is_never_removed(tmp_path):
 
 RUN = """
 import os, sys, time
-from droid_pipeline.publish.staging import hold_work_root
-hold_work_root(sys.argv[1])
+from droid_pipeline.core.atomic import hold_folder
+hold_folder(sys.argv[1], ".lock")
 pid = os.fork()
 if pid == 0:  # a child inherits the lock, as episode processes do
     sys.stdin.readline()
@@ -135,7 +136,7 @@ def test_work_folders_of_dead_runs_go_and_those_of_live_runs_stay(tmp_path):
     (dead / EPISODE_ID / "tracks.npz").write_bytes(b"x")
     old_layout = out / ".work" / "metadata-20250101-000000-2"  # no lock file at all
     (old_layout / EPISODE_ID).mkdir(parents=True)
-    fd = hold_work_root(dead)
+    fd = hold_folder(dead, WORK_LOCK_NAME)
     os.close(fd)  # its last process is gone
     live = out / ".work" / "metadata-20260101-000000-3"
     run = subprocess.Popen([sys.executable, "-c", RUN, str(live)], stdin=subprocess.PIPE, text=True)

@@ -16,6 +16,7 @@ import pytest
 from gcs_emulator import PREFIX, ROOT_URL, Fault, FaultProxy, start_emulator
 from remote_runs import MAP_URL
 
+from droid_pipeline.core.atomic import remove_unheld_folders
 from droid_pipeline.core.config import load_config
 from droid_pipeline.execution import fetch
 from droid_pipeline.execution.steps import files_to_fetch
@@ -207,7 +208,7 @@ def test_the_prefetcher_stays_within_its_episode_and_byte_bounds(dataset, local,
     prefetcher.close()
     # A worker gone (its lock free) leaves a folder the next worker removes.
     os.close(lock_fd)
-    assert fetch.remove_dead_scratch(scratch.parent) == [scratch]
+    assert remove_unheld_folders(scratch.parent, fetch.LOCK_NAME) == [scratch]
 
 
 def test_an_episode_larger_than_the_scratch_budget_fails_naming_the_budget(dataset, local, proxy, tmp_path):
