@@ -225,20 +225,16 @@ class ShardsLayout(Layout):
                 _fail(state, work.episode_id, f"cannot go into a shard: {exc}")
         while episodes:
             local = self.folder / f"{number:06d}.tar"
+            shard_episodes = [shard_episode for _, shard_episode, _ in episodes.values()]
+            cause = "checksum or file differs from the manifest"
             try:
-                members = write_shard(local, [shard_episode for _, shard_episode, _ in episodes.values()])
+                members = write_shard(local, shard_episodes)
+                cause = "cannot go into a shard"  # typed once their checksums are checked
+                types = _merged_types(repo_index.types, shard_episodes)
             except ShardError as exc:
                 if exc.episode_id not in episodes:
                     raise
-                _fail(state, exc.episode_id, f"checksum or file differs from the manifest: {exc}")
-                del episodes[exc.episode_id]
-                continue
-            try:  # typed once their checksums are checked
-                types = _merged_types(repo_index.types, [shard_episode for _, shard_episode, _ in episodes.values()])
-            except ShardError as exc:
-                if exc.episode_id not in episodes:
-                    raise
-                _fail(state, exc.episode_id, f"cannot go into a shard: {exc}")
+                _fail(state, exc.episode_id, f"{cause}: {exc}")
                 del episodes[exc.episode_id]
                 continue
             problems = verify_shard(local, members)
