@@ -46,6 +46,16 @@ def run_driver(script: Path, *args: str, cwd: Path, check_rc: int | None = None,
     return result
 
 
+def interruptible() -> None:
+    """Give the child SIGINT's default disposition, as a shell in a terminal does.
+
+    A runner that starts the suite in the background (a CI job, `cmd &` in a script) hands it SIGINT
+    ignored; ignored signals are inherited through exec and bash cannot trap them, so Ctrl-C would
+    never reach the driver under test.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def common_args(dataset, work: Path) -> list[str]:
     return ["--config", str(dataset.config_path), "--out", str(work / "out"),
             "--set", f"run_root={work / 'runs'}"]
@@ -99,7 +109,8 @@ def test_metadata_driver_sigint_then_rerun_does_every_episode_once(dataset, tmp_
     env = pause_env(gates, "tracks", ids)
     with open(tmp_path / "first.out", "w") as out:
         driver = subprocess.Popen([str(METADATA), *args], cwd=tmp_path, stdout=out, env=env,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
+                                  stderr=subprocess.STDOUT, start_new_session=True,
+                                  preexec_fn=interruptible)
         try:
             released = release_one(gates)
             deadline = time.monotonic() + 300
