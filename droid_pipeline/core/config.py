@@ -322,7 +322,7 @@ def _check_npz(npz: NpzConfig, origin: dict[str, str]) -> None:
                           f"isal, got {npz.level}")
     if importlib.util.find_spec("isal") is None:
         raise ConfigError(f"{origin.get('npz.engine', 'config')}: npz.engine is isal but the package isal is "
-                          "not installed (pip install isal, or the extra droid-pipeline[fast])")
+                          "not installed (pip install isal; droid-pipeline depends on it)")
 
 
 def dump_config(config: Config, path: Path) -> None:
