@@ -536,20 +536,31 @@ def _normalized_flow(gripper: GripperModel, steps: StepArrays, gripper_positions
         mount_rotation = gripper.gripper_frame_in_flange()[:3, :3]
         to_finger = mount_rotation.T  # contact (gripper) axes -> flange axes, then the finger's own
         local = steps.contact_points_local
+        parts = (local[:half], local[half:])
         for block in step_blocks(sampling.num_samples, num_points):
             left_finger, right_finger = gripper.finger_poses(opening[block])
-            in_flange = _pad_points(left_finger, right_finger, local)
-            # Points in the contact frame: gripper-frame axes, origin at the points' centroid.
-            in_contact = (in_flange - in_flange.mean(axis=1, keepdims=True)) @ mount_rotation
-            tracks = centroids[block, None, :] + in_contact @ np.swapaxes(rotations[block], -1, -2)
-            left_frames[block] = _frames(rotations[block] @ to_finger @ left_finger[:, :3, :3],
-                                         tracks[:, :half].mean(axis=1))
-            right_frames[block] = _frames(rotations[block] @ to_finger @ right_finger[:, :3, :3],
-                                          tracks[:, half:].mean(axis=1))
+            # A point p (finger frame) lies at q = p R_f^T + t_f in the flange; in the contact frame
+            # (gripper-frame axes, origin at the points' centroid c) at (q - c) M, posed at the
+            # sample by R: centroid + (q - c) M R^T. Fused per finger into one product of the
+            # finger's points, p (R_f^T M R^T) + (t_f - c) M R^T + centroid, with c from the
+            # points' sums: one pass over the block's points instead of five.
+            turn = mount_rotation @ np.swapaxes(rotations[block], -1, -2)
+            fingers = [(part, np.swapaxes(pose[:, :3, :3], -1, -2), pose[:, :3, 3])
+                       for part, pose in zip(parts, (left_finger, right_finger))]
+            centre = sum(part.sum(axis=0) @ turned + len(part) * shift for part, turned, shift in fingers) / num_points
+            tracks = np.empty((len(opening[block]), num_points, 3), np.float32)
+            pad_centres = []
+            for (part, turned, shift), where in zip(fingers, (slice(0, half), slice(half, num_points))):
+                offset = centroids[block] + ((shift - centre)[:, None, :] @ turn)[:, 0]
+                finger_points = part @ (turned @ turn) + offset[:, None, :]
+                tracks[:, where] = finger_points
+                pad_centres.append(finger_points.mean(axis=1))
+            left_frames[block] = _frames(rotations[block] @ to_finger @ left_finger[:, :3, :3], pad_centres[0])
+            right_frames[block] = _frames(rotations[block] @ to_finger @ right_finger[:, :3, :3], pad_centres[1])
             if not (np.isfinite(tracks).all() and np.isfinite(left_frames[block]).all()
                     and np.isfinite(right_frames[block]).all()):
                 raise EpisodeError(episode_id, STEP, "computed normalized tracks or finger frames contain NaN or inf")
-            yield tracks.astype(np.float32)
+            yield tracks
 
     streamed = StreamedArray(np.dtype(np.float32), (sampling.num_samples, num_points, 3), points())
     return NormalizedFlow(centroids, opening, _frames(rotations, centroids), streamed, left_frames, right_frames)
