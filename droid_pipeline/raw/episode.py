@@ -48,14 +48,15 @@ class CameraVideo:
         return width, self.info.height
 
 
-def find_camera_video(mp4_dir: Path, serial: str) -> CameraVideo | None:
+def find_camera_video(mp4_dir: Path, serial: str, *, frames: bool = False) -> CameraVideo | None:
     """The MP4 to read a camera's left image from: ``<serial>.mp4`` (side by side when it is
     twice a ZED width, see module docstring), else ``<serial>-stereo.mp4``; None if neither
-    exists. An unreadable file or an odd-width side-by-side one raises VideoError."""
+    exists. An unreadable file or an odd-width side-by-side one raises VideoError. ``frames``
+    also scans its packets (``info.frame_indices``) in the same opening."""
     for path, side_by_side in ((mp4_dir / f"{serial}.mp4", False), (mp4_dir / f"{serial}-stereo.mp4", True)):
         if not path.exists():
             continue
-        info = probe(path)  # a path that is not a regular file fails here, never skipped
+        info = probe(path, frames=frames)  # a path that is not a regular file fails here, never skipped
         if not side_by_side and match_resolution(info.width, info.height) is None \
                 and info.width % 2 == 0 and match_resolution(info.width // 2, info.height) is not None:
             side_by_side = True
@@ -157,9 +158,10 @@ class RawEpisode:
     def svo_path(self, serial: str) -> Path:
         return self.folder / SVO_DIR / f"{serial}.svo"
 
-    def camera_video(self, serial: str) -> CameraVideo | None:
-        """The camera's left-image MP4 (:func:`find_camera_video`)."""
-        return find_camera_video(self.mp4_dir, serial)
+    def camera_video(self, serial: str, *, frames: bool = False) -> CameraVideo | None:
+        """The camera's left-image MP4 (:func:`find_camera_video`; ``frames``: with its frames'
+        positions, ``info.frame_indices``)."""
+        return find_camera_video(self.mp4_dir, serial, frames=frames)
 
     def stereo_video(self, serial: str, width: int, height: int) -> CameraVideo:
         """The camera's side-by-side MP4 for a ``width x height`` left image (:func:`find_stereo_video`)."""

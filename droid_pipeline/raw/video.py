@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,36 +21,37 @@ class VideoError(ValueError):
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """Size in pixels, exact number of frames, and nominal frame rate (Hz) of a video's first stream."""
+    """Size in pixels, exact number of frames, and nominal frame rate (Hz) of a video's first
+    stream; with ``probe(..., frames=True)`` also the positions of its frames (:func:`frame_indices`)."""
 
     width: int
     height: int
     num_frames: int
     fps: float
+    frame_indices: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
-def probe(path: os.PathLike | str) -> VideoInfo:
-    """Size, frame count and rate of the first video stream.
+def probe(path: os.PathLike | str, *, frames: bool = False) -> VideoInfo:
+    """Size, frame count and rate of the first video stream; with ``frames``, also the positions
+    of the frames whose data is in the file (:func:`frame_indices`), from the same opening.
 
     The frame count is the container's own count (MP4's sample table) when it has one; otherwise
     (MKV, some streams) the packets are counted by demuxing, which reads no pixels.
     """
-    import av
-
     with _open(path) as container:
         stream = _video_stream(container, path)
         width, height = stream.codec_context.width, stream.codec_context.height
         rate = stream.guessed_rate or stream.average_rate  # nominal: a missing frame skews the average
         num_frames = stream.frames
-        if num_frames <= 0:
-            try:
-                num_frames = sum(1 for packet in container.demux(stream) if packet.size > 0)
-            except av.FFmpegError as exc:
-                raise VideoError(f"{path}: cannot demux video stream: {exc}") from exc
+        indices = None
+        if frames or num_frames <= 0:
+            packets = _packets(container, stream, path)
+            num_frames = num_frames if num_frames > 0 else len(packets)
+            indices = _frame_indices(packets, stream, path) if frames else None
     if width <= 0 or height <= 0:
         raise VideoError(f"{path}: video stream has no frame size")
     return VideoInfo(width=width, height=height, num_frames=num_frames,
-                     fps=float(rate) if rate else float("nan"))
+                     fps=float(rate) if rate else float("nan"), frame_indices=indices)
 
 
 def iter_frames(path: os.PathLike | str, fmt: str = "rgb24") -> Generator[tuple[int, np.ndarray], None, None]:
@@ -91,24 +92,37 @@ def frame_indices(path: os.PathLike | str) -> np.ndarray:
     cut short after its index (``+faststart`` puts the index first, listing every frame) has as
     many frames here as it really holds, not as its index lists.
     """
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        return _frame_indices(_packets(container, stream, path), stream, path)
+
+
+def _packets(container: av.container.InputContainer, stream: av.VideoStream,
+             path: os.PathLike | str) -> list[tuple[int | None, bool]]:
+    """(pts, whole) of each non-empty packet, demuxed: ``whole`` unless FFmpeg flags it corrupt or
+    it would end beyond the end of the file."""
     import av
 
     size = os.path.getsize(path)
-    with _open(path) as container:
-        stream = _video_stream(container, path)
-        try:
-            stamps = [packet.pts for packet in container.demux(stream)
-                      if packet.size > 0 and not packet.is_corrupt
-                      and (packet.pos is None or packet.pos < 0 or packet.pos + packet.size <= size)]
-        except av.FFmpegError as exc:
-            raise VideoError(f"{path}: cannot demux video stream: {exc}") from exc
-        known = [pts for pts in stamps if pts is not None]
-        origin = stream.start_time if stream.start_time is not None else min(known, default=None)
-        numbering = _FrameNumbering(stream, origin)
-        if len(known) < len(stamps):
-            indices = np.arange(len(stamps))  # no usable timestamps: frames in order
-        else:
-            indices = np.sort(np.array([numbering.index(pts, -1) for pts in known], dtype=np.int64))
+    try:
+        return [(packet.pts, not packet.is_corrupt
+                 and (packet.pos is None or packet.pos < 0 or packet.pos + packet.size <= size))
+                for packet in container.demux(stream) if packet.size > 0]
+    except av.FFmpegError as exc:
+        raise VideoError(f"{path}: cannot demux video stream: {exc}") from exc
+
+
+def _frame_indices(packets: list[tuple[int | None, bool]], stream: av.VideoStream,
+                   path: os.PathLike | str) -> np.ndarray:
+    """:func:`frame_indices` of demuxed ``packets``."""
+    stamps = [pts for pts, whole in packets if whole]
+    known = [pts for pts in stamps if pts is not None]
+    origin = stream.start_time if stream.start_time is not None else min(known, default=None)
+    numbering = _FrameNumbering(stream, origin)
+    if len(known) < len(stamps):
+        indices = np.arange(len(stamps))  # no usable timestamps: frames in order
+    else:
+        indices = np.sort(np.array([numbering.index(pts, -1) for pts in known], dtype=np.int64))
     if indices.size and (np.diff(indices) <= 0).any():
         repeated = int(indices[1:][np.diff(indices) <= 0][0])
         raise VideoError(f"{path}: two frames have the timestamp of frame {repeated}")

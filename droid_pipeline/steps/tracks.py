@@ -60,7 +60,7 @@ from droid_pipeline.geometry.projection import points_in_camera, project, visibl
 from droid_pipeline.raw.discovery import Episode
 from droid_pipeline.raw.episode import RawEpisode
 from droid_pipeline.raw.trajectory import Trajectory, TrajectoryFile, read_joint_positions, read_trajectory
-from droid_pipeline.raw.video import VideoError, frame_indices
+from droid_pipeline.raw.video import VideoError
 from droid_pipeline.robot.gripper import GripperModel
 from droid_pipeline.robot.kinematics import GripperMount
 from droid_pipeline.robot.occlusion import RobotOcclusion
@@ -313,17 +313,15 @@ def _check_video_frames(raw: RawEpisode, num_frames: int, policy: VideoFrameMism
     videos: dict[str, VideoFrames | None] = {}
     for role, serial in raw.episode.serials.items():
         try:
-            video = raw.camera_video(serial)
+            video = raw.camera_video(serial, frames=True)  # with the frames whose data is in the file
         except VideoError as exc:
             raise raw.fail(str(exc)) from exc
         if video is None:
             videos[serial] = None
             warnings.append(f"{role} camera {serial}: no MP4, frame count not checked")
             continue
-        try:
-            indices = frame_indices(video.path)  # the frames whose data is in the file
-        except VideoError as exc:
-            raise raw.fail(str(exc)) from exc
+        indices = video.info.frame_indices
+        assert indices is not None
         listed, count, name = video.info.num_frames, int(indices.size), video.path.name
         if count == num_frames and (count == listed or np.array_equal(indices, np.arange(num_frames))):
             videos[serial] = VideoFrames(name, count, [], 0)

@@ -12,12 +12,12 @@ import av
 import numpy as np
 import pytest
 
-from droid_pipeline.raw.video import frame_indices, iter_frames
+from droid_pipeline.raw.video import frame_indices, iter_frames, probe
 
 
-def write(path: Path, pts: list[int], codec: str = "libx264") -> None:
+def write(path: Path, pts: list[int], codec: str = "libx264", options: dict[str, str] | None = None) -> None:
     """Frames at the given positions (units of 1/15 s) of a 15 Hz stream, each a different grey."""
-    with av.open(str(path), "w") as container:
+    with av.open(str(path), "w", options=options or {}) as container:
         stream = container.add_stream(codec, rate=15)
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
         if codec == "libx264":
@@ -46,9 +46,27 @@ def test_frame_positions_match_the_decoder_and_ffprobe(tmp_path: Path, pts: list
     assert positions.tolist() == pts
     assert positions.tolist() == [index for index, _ in iter_frames(path, "gray")]
     assert positions.tolist() == ffprobe_positions(path)
+    info = probe(path, frames=True)   # the same scan in the probe's own opening
+    assert info.frame_indices is not None and info.frame_indices.tolist() == pts
+    assert (info.width, info.height, info.num_frames) == (64, 48, len(pts)) and probe(path).frame_indices is None
 
 
 def test_matroska_millisecond_timestamps_give_the_same_positions(tmp_path: Path) -> None:
     path = tmp_path / "video.mkv"
     write(path, [0, 1, 2, 4, 5], codec="ffv1")
     assert frame_indices(path).tolist() == [0, 1, 2, 4, 5] == [index for index, _ in iter_frames(path, "gray")]
+
+
+def test_a_faststart_mp4_cut_short_lists_every_frame_but_holds_fewer(tmp_path: Path) -> None:
+    path = tmp_path / "video.mp4"
+    write(path, list(range(30)), codec="mpeg4", options={"movflags": "+faststart"})  # index first, no B-frames
+    packets = json.loads(subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pos,size", "-of", "json",
+         str(path)], check=True, capture_output=True, text=True).stdout)["packets"]
+    cut = packets[20]   # the file ends half way through the 21st frame's data
+    with open(path, "r+b") as fh:
+        fh.truncate(int(cut["pos"]) + int(cut["size"]) // 2)
+    info = probe(path, frames=True)
+    assert info.num_frames == 30   # what the index lists
+    assert info.frame_indices is not None and info.frame_indices.tolist() == list(range(20)) \
+        == frame_indices(path).tolist()
