@@ -2,8 +2,8 @@
 3 cameras, about 2 m of contact-centroid travel. Times the step in-process with and without the
 occlusion labels (``occlusion.enabled``), the labels alone inside the step, and with ``--depth``
 the step again with every camera's true depth written as its depth.mkv (the scene test decodes
-it) and the decoding of those files alone; the same with the npz writer's isal engine when the
-package isal is installed; the step through its command line; and prints the bytes written per
+it) and the decoding of those files alone; the same with the npz writer's zlib engine (level 1,
+the smallest files; the default is isal level 3); the step through its command line; and prints the bytes written per
 file and per array. ``--keep DIR --reuse`` takes the episode an earlier run
 kept there (rendering a 720p one takes minutes). ``--before DIR`` (another checkout, e.g.
 ``git worktree add /tmp/before <commit>``) also runs that checkout's command on the same
@@ -18,7 +18,6 @@ inside the step (wall and CPU seconds, medians, and the ratio pair by pair).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import json
 import shutil
@@ -34,12 +33,12 @@ import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
-ISAL = ["npz.engine=isal", "npz.level=3"]
+ZLIB = ["npz.engine=zlib", "npz.level=1"]
 
 from droid_pipeline.core.config import load_config  # noqa: E402
 from droid_pipeline.core.schema import DEPTH, TRACKS  # noqa: E402
 from droid_pipeline.formats.depth_codec import DepthReader, DepthWriter  # noqa: E402
-from droid_pipeline.formats.npz import write_npz  # noqa: E402
+from droid_pipeline.formats.npz import Deflate, write_npz  # noqa: E402
 from droid_pipeline.raw.discovery import build_index  # noqa: E402
 from droid_pipeline.steps.intrinsics import extract_intrinsics  # noqa: E402
 from droid_pipeline.steps.occlusion_labels import OcclusionLabeller  # noqa: E402
@@ -197,8 +196,9 @@ def main() -> int:
                   f"{time.perf_counter() - start:.1f} s")
         config = load_config([info.config_path])
         without = load_config([info.config_path], ["occlusion.enabled=false"])
-        fast = importlib.util.find_spec("isal") is not None  # the npz writer's isal engine, level 3
-        isal = [load_config([info.config_path], [*extra, *ISAL]) for extra in ([], ["occlusion.enabled=false"])]
+        deflate = Deflate(config.npz.level, engine=config.npz.engine)
+        zlib_configs = [load_config([info.config_path], [*extra, *ZLIB])
+                        for extra in ([], ["occlusion.enabled=false"])]
         episode = build_index(config.droid_root, config.index_path).get(info.episodes[0].episode_id)
         output_dir = config.output_root / episode.relative_path
         extract_intrinsics(config, episode, output_dir)
@@ -215,7 +215,7 @@ def main() -> int:
             write_true_depth(info, depth_dir, float(arrays["fps"]))
             print(f"setup: true depth of every camera encoded in {time.perf_counter() - start:.1f} s")
         runs: dict[str, list[float]] = {"with": [], "without": [], "depth": [], "decoding": [], "savez": [],
-                                        "write_npz": [], "isal with": [], "isal without": []}
+                                        "write_npz": [], "zlib with": [], "zlib without": []}
         labels: dict[str, list[float]] = {"with": [], "with, CPU": [], "depth": []}
         with OcclusionTimer() as timer:
             for _ in range(args.repeats):  # interleaved, so all see the same machine load
@@ -230,12 +230,11 @@ def main() -> int:
                     timer.lap()
                     labels["depth"].append(timer.seconds[-1])
                     runs["decoding"] += timed(lambda: decode_all(depth_dir), 1)
-                if fast:
-                    runs["isal without"] += timed(lambda: generate_tracks(isal[1], episode, output_dir), 1)
-                    runs["isal with"] += timed(lambda: generate_tracks(isal[0], episode, output_dir), 1)
-                    timer.lap()
+                runs["zlib without"] += timed(lambda: generate_tracks(zlib_configs[1], episode, output_dir), 1)
+                runs["zlib with"] += timed(lambda: generate_tracks(zlib_configs[0], episode, output_dir), 1)
+                timer.lap()
                 runs["savez"] += timed(lambda: np.savez_compressed(io.BytesIO(), **arrays), 1)
-                runs["write_npz"] += timed(lambda: write_npz(io.BytesIO(), arrays), 1)
+                runs["write_npz"] += timed(lambda: write_npz(io.BytesIO(), arrays, deflate=deflate), 1)
         command = [sys.executable, str(REPO_ROOT / "generate_tracks_and_metadata.py"), "--config",
                    str(info.config_path), "--episode_id", episode.episode_id]
         cli = timed(lambda: subprocess.run(command, check=True, capture_output=True), max(2, args.repeats // 2))
@@ -250,9 +249,9 @@ def main() -> int:
             for _ in range(max(3, args.repeats)):   # in turn, 3 steps each time
                 for version, checkout in (("before", args.before.resolve()), ("now", REPO_ROOT)):
                     in_step[version] += labels_in_step(checkout, info.config_path, episode.episode_id, 3)
-        isal_command = [*command, *(item for setting in ISAL for item in ("--set", setting))]
-        isal_cli = timed(lambda: subprocess.run(isal_command, check=True, capture_output=True),
-                         max(2, args.repeats // 2)) if fast else []
+        zlib_command = [*command, *(item for setting in ZLIB for item in ("--set", setting))]
+        zlib_cli = timed(lambda: subprocess.run(zlib_command, check=True, capture_output=True),
+                         max(2, args.repeats // 2))
 
         rest = statistics.median(runs["with"]) - statistics.median(labels["with"])
         print(f"in-process, whole step, occlusion off:      {describe(runs['without'])}")
@@ -267,16 +266,12 @@ def main() -> int:
                   f"{describe(labels['depth'])}")
             print(f"  decoding the 3 depth.mkv alone, frame by frame:  {describe(runs['decoding'])} "
                   "(the scene test on decoded frames: bench/bench_occlusion.py)")
-        if fast:
-            print(f"in-process, npz.engine isal level 3, occlusion off: {describe(runs['isal without'])}")
-            print(f"in-process, npz.engine isal level 3, occlusion on:  {describe(runs['isal with'])}")
-        else:
-            print("the package isal is not installed: the npz.engine isal rows are left out")
+        print(f"in-process, npz.engine zlib level 1, occlusion off: {describe(runs['zlib without'])}")
+        print(f"in-process, npz.engine zlib level 1, occlusion on:  {describe(runs['zlib with'])}")
         print(f"  its tracks.npz arrays alone, to memory, by the step's writer: {describe(runs['write_npz'])}")
         print(f"  the same arrays by np.savez_compressed:                      {describe(runs['savez'])}")
         print(f"command line, whole step:        {describe(cli)} (interpreter start and imports included)")
-        if fast:
-            print(f"command line, npz.engine isal 3: {describe(isal_cli)}")
+        print(f"command line, npz.engine zlib 1: {describe(zlib_cli)}")
         if args.before:
             print(f"command line, whole process, in turn, medians of {len(pairs['now'])}: wall s, CPU s, peak MiB")
             for version, measured in pairs.items():
