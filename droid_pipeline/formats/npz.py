@@ -233,10 +233,11 @@ class _ZipWriter:
         else:
             in_flight: list[Future[bytes]] = []
             previous = b""
+            checksum = engine_module(setting.engine).crc32   # the same CRC-32; ISA-L's is 8x as fast
             current = next(pieces, None)
             while current is not None:
                 following = next(pieces, None)
-                crc = zlib.crc32(current, crc)
+                crc = checksum(current, crc)
                 size += len(current)
                 in_flight.append(pool.submit(_deflate_chunk, current, previous, setting, following is None))
                 previous = bytes(current[-WINDOW_BYTES:])

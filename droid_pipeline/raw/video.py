@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Generator
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -122,7 +123,7 @@ def _frame_indices(packets: list[tuple[int | None, bool]], stream: av.VideoStrea
     if len(known) < len(stamps):
         indices = np.arange(len(stamps))  # no usable timestamps: frames in order
     else:
-        indices = np.sort(np.array([numbering.index(pts, -1) for pts in known], dtype=np.int64))
+        indices = np.sort(numbering.indices(known))
     if indices.size and (np.diff(indices) <= 0).any():
         repeated = int(indices[1:][np.diff(indices) <= 0][0])
         raise VideoError(f"{path}: two frames have the timestamp of frame {repeated}")
@@ -141,6 +142,19 @@ class _FrameNumbering:
             return previous + 1
         self.origin = pts if self.origin is None else self.origin
         return round((pts - self.origin) * self.time_base * self.rate)
+
+    def indices(self, stamps: list[int]) -> np.ndarray:
+        """:meth:`index` of every timestamp (none missing; origin set), in exact integer arithmetic:
+        (pts - origin) * a / b rounded half to even, as ``round`` rounds the Fraction."""
+        if not self.rate or self.time_base is None:
+            return np.arange(len(stamps), dtype=np.int64)
+        scale = Fraction(self.time_base) * Fraction(self.rate)
+        offsets = np.array(stamps, dtype=np.int64) - (stamps[0] if self.origin is None else self.origin)
+        if offsets.size == 0 or np.abs(offsets).max() >= (1 << 62) // max(scale.numerator, scale.denominator):
+            return np.array([round(offset * scale) for offset in offsets.tolist()], dtype=np.int64)
+        quotient, remainder = np.divmod(offsets * scale.numerator, scale.denominator)
+        twice = 2 * remainder
+        return quotient + ((twice > scale.denominator) | ((twice == scale.denominator) & (quotient % 2 == 1)))
 
 
 def _open(path: os.PathLike | str) -> av.container.InputContainer:

@@ -70,3 +70,18 @@ def test_a_faststart_mp4_cut_short_lists_every_frame_but_holds_fewer(tmp_path: P
     assert info.num_frames == 30   # what the index lists
     assert info.frame_indices is not None and info.frame_indices.tolist() == list(range(20)) \
         == frame_indices(path).tolist()
+
+
+@pytest.mark.parametrize("time_base, rate", [(Fraction(1, 15360), Fraction(15)),
+                                             (Fraction(1, 90000), Fraction(30000, 1001)),
+                                             (Fraction(1, 2), Fraction(3)), (Fraction(1, 1000), Fraction(15))])
+def test_positions_in_integer_arithmetic_round_as_the_fractions_do(time_base: Fraction, rate: Fraction) -> None:
+    from types import SimpleNamespace
+
+    from droid_pipeline.raw.video import _FrameNumbering
+
+    stream = SimpleNamespace(guessed_rate=rate, average_rate=rate, time_base=time_base)
+    stamps = np.random.default_rng(7).integers(-1000, 10**9, 2000).tolist()   # demux order, ties included
+    for origin in (0, 1234, -77):
+        expected = [round((pts - origin) * time_base * rate) for pts in stamps]   # Python's exact rounding
+        assert _FrameNumbering(stream, origin).indices(stamps).tolist() == expected
