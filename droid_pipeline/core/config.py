@@ -26,6 +26,9 @@ import yaml
 # The defaults ship inside the package (checkouts also see them as configs/default.yaml).
 DEFAULT_CONFIG_PATH = Path(str(resources.files("droid_pipeline.core").joinpath("default.yaml")))
 SITE_CONFIG_ENV = "DROID_PIPELINE_SITE_CONFIG"
+# libyaml's parser where PyYAML was built with it (the wheels are): the same safe loading, about
+# 15x as fast, which every process of a run pays for the defaults.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class ConfigError(ValueError):
@@ -295,7 +298,7 @@ def load_config(config_files: list[str | os.PathLike] | tuple = (),
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected key=value")
         try:
-            value = yaml.safe_load(raw) if raw != "" else None
+            value = yaml.load(raw, Loader=_YAML_LOADER) if raw != "" else None
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {exc}") from exc
         nested: Any = value
@@ -340,7 +343,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config file: {getattr(exc, 'strerror', None) or exc}") from exc
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_YAML_LOADER)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if data is None:

@@ -13,14 +13,13 @@ import csv
 import enum
 import fcntl
 import io
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from droid_pipeline.core.atomic import append_locked
 from droid_pipeline.execution.steps import STEP_NAMES
@@ -149,6 +148,15 @@ def read_rows(path: os.PathLike | str) -> list[dict[str, str]]:
     return [r for r in rows if r.get("status") in STATUSES and r.get("episode_id")]
 
 
+def _percentile(ordered: Sequence[float], percent: float) -> float:
+    """The ``percent`` percentile of sorted values, interpolated linearly between the closest ranks
+    (NumPy's default method; no NumPy, so the driver's plan and summary processes do not load it)."""
+    position = (len(ordered) - 1) * percent / 100.0
+    below = math.floor(position)
+    above = min(below + 1, len(ordered) - 1)
+    return ordered[below] + (ordered[above] - ordered[below]) * (position - below)
+
+
 def _seconds(value: str | None) -> float | None:
     return float(value) if value not in (None, "") else None
 
@@ -167,11 +175,10 @@ def review(rows: Sequence[dict[str, str]], planned: int | None = None,
         seconds = [_seconds(r.get(f"{step}_s")) for r in finished
                    if not (r["status"] == "failed" and r["failed_step"] == step)
                    and (step != "total" or r["status"] == "done")]
-        values = np.array([v for v in seconds if v is not None])
-        if values.size:
-            steps[step] = {"count": int(values.size), "mean": float(values.mean()),
-                           "p50": float(np.percentile(values, 50)),
-                           "p95": float(np.percentile(values, 95)), "max": float(values.max())}
+        values = sorted(v for v in seconds if v is not None)
+        if values:
+            steps[step] = {"count": len(values), "mean": math.fsum(values) / len(values),
+                           "p50": _percentile(values, 50), "p95": _percentile(values, 95), "max": values[-1]}
     failures: dict[str, dict[str, Any]] = {}
     for r in finished:
         if r["status"] == "failed":
@@ -297,9 +304,9 @@ def plot_review(rows: Sequence[dict[str, str]], path: os.PathLike | str) -> None
     if finished:
         ends = sorted(parse_timestamp(r["start_time"]) + float(r["total_s"] or 0.0) for r in finished)
         t0 = min(parse_timestamp(r["start_time"]) for r in finished)
-        elapsed = np.array([t0, *ends]) - t0
+        elapsed = [t - t0 for t in (t0, *ends)]
         unit, scale = next((u, s) for u, s, span in _TIME_UNITS if elapsed[-1] <= span)
-        right.step(elapsed / scale, np.arange(len(elapsed)), where="post")
+        right.step([t / scale for t in elapsed], range(len(elapsed)), where="post")
     right.set_xlabel(f"{unit} since first start")
     right.set_ylabel("episodes finished")
     right.set_title("throughput")
