@@ -92,7 +92,7 @@ STEPS: tuple[Step, ...] = (
          "recordings/<serial>/depth.mkv, depth_meta.json (rgb.mp4 with export_rgb)", libraries=("h5py", "av")),
     Step("tracks", ("metadata", "full"), "droid_pipeline.steps.tracks:generate_tracks", _metadata_inputs,
          "metadata json, trajectory.h5, each camera's left-image MP4 (frame count), the steps' outputs",
-         "tracks.npz, extrinsics.npz, quality.json", libraries=("h5py", "av"), warm_up="warm_up"),
+         "tracks.npz, extrinsics.npz, quality.json", libraries=("h5py", "av", "isal"), warm_up="warm_up"),
 )
 # Timed like a step by the worker, after the steps: the atomic move into output_root.
 PUBLISH = "publish"
