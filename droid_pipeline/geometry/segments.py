@@ -111,6 +111,8 @@ class MeshSet:
         corners = self.vertices[self.faces + self.vertex_start[mesh_of_face, None]]
         self.face_normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])  # outward
         self.face_offsets = np.einsum("fi,fi->f", self.face_normals, corners[:, 0])
+        self.face_normal_columns = self.face_normals.T.copy()    # (3, F) the same, component-major
+        self.leaf_centre_columns = self.leaf_centres.T.copy()    # (3, C') the same, component-major
         spheres = [_bounding_sphere(self.vertices[self.vertex_start[i]:self.vertex_start[i + 1]])
                    for i in range(self.num_meshes)]
         self.mesh_centres = np.array([centre for centre, _ in spheres])   # (L, 3)
@@ -144,7 +146,6 @@ class _Grid:
     """Each step's tested targets in camera coordinates, binned on the z = 1 plane."""
 
     local: np.ndarray        # (T*N, 3) targets in camera coordinates
-    distance: np.ndarray     # (T*N,) |target - camera|
     lower: np.ndarray        # (T, 2) lower corner of the targets' bounding box on the z = 1 plane
     upper: np.ndarray        # (T, 2) upper corner
     cell: np.ndarray         # (T, 2) cell width and height
@@ -154,9 +155,8 @@ class _Grid:
     deepest: np.ndarray      # (T, K) each group's largest target depth
     frusta: np.ndarray       # (T, K, 6, 4) unit planes (n, d), n . p + d <= 0 inside, of each group's pyramid
     live: np.ndarray         # (T, K) whether the group has a tested target at the step
-    sorted_keys: np.ndarray  # tested targets' cell keys ((t * K + group) * G + row) * G + column, ascending
-    order: np.ndarray        # flat target index of each sorted key
-    row_columns: np.ndarray  # (T * K * G, 2) first and last occupied column of each group's row (G, -1: none)
+    flat: np.ndarray         # flat indices (t * N + n) of the tested targets, ascending
+    keys: np.ndarray         # their cell keys ((t * K + group) * G + row) * G + column
     summed: np.ndarray       # (T, K, G + 1, G + 1) summed-area tables of each group's targets per cell
 
     def cells(self, step: np.ndarray, low: np.ndarray, high: np.ndarray,
@@ -177,6 +177,15 @@ class _Grid:
                      + table[base + r0 * side + c0])
             count += np.where(marks[:, group], found, 0)
         return first, last, (count > 0) & (first[:, 0] <= last[:, 0]) & (first[:, 1] <= last[:, 1])
+
+
+@dataclass(frozen=True, eq=False)
+class _Bins:
+    """The tested targets of the steps that have candidate faces, ordered by cell (built only then)."""
+
+    sorted_keys: np.ndarray  # their cell keys (as _Grid.keys), ascending
+    order: np.ndarray        # flat target index of each sorted key
+    row_columns: np.ndarray  # (T * K * G, 2) first and last occupied column of each group's row (G, -1: none)
 
 
 @dataclass(frozen=True, eq=False)
@@ -227,8 +236,10 @@ def blocked_segments(meshes: MeshSet, mesh_poses: np.ndarray, camera_poses: np.n
     if mask.any():
         grid = _bin_targets(local, mask, group, len(skip))
         candidates = _candidate_faces(meshes, ~skip, cam_from_base[:, None] @ mesh_poses, grid)
-        for face, target in _pairs(candidates, grid):
-            blocked[target[_crosses_before(candidates, face, grid, target, margin_m)]] = True
+        if len(candidates.step):
+            bins = _order_targets(grid, candidates.step, num_targets)
+            for face, target in _pairs(candidates, grid, bins):
+                blocked[target[_crosses_before(candidates, face, grid, target, margin_m)]] = True
     return blocked.reshape(num_steps, num_targets)
 
 
@@ -255,11 +266,6 @@ def _bin_targets(local: np.ndarray, mask: np.ndarray, group: np.ndarray, num_gro
     step, column, row = flat // num_targets, column[flat], row[flat]
     row_key = (step * num_groups + group[flat % num_targets]) * GRID_CELLS + row
     keys = row_key * GRID_CELLS + column
-    sort = np.argsort(keys, kind="stable")
-    row_columns = np.empty((num_steps * num_groups * GRID_CELLS, 2), dtype=np.int64)
-    row_columns[:, 0], row_columns[:, 1] = GRID_CELLS, -1
-    np.minimum.at(row_columns[:, 0], row_key, column)
-    np.maximum.at(row_columns[:, 1], row_key, column)
     summed = np.zeros((num_steps, num_groups, GRID_CELLS + 1, GRID_CELLS + 1), dtype=np.int32)
     summed[:, :, 1:, 1:] = np.bincount(keys, minlength=num_steps * num_groups * GRID_CELLS * GRID_CELLS).reshape(
         num_steps, num_groups, GRID_CELLS, GRID_CELLS)
@@ -267,13 +273,27 @@ def _bin_targets(local: np.ndarray, mask: np.ndarray, group: np.ndarray, num_gro
     for right in range(2, GRID_CELLS + 1):  # along the short last axis a column at a time: faster than cumsum
         summed[..., right] += summed[..., right - 1]
     farthest = deepest.max(axis=1)
-    distance = np.sqrt(np.einsum("tni,tni->tn", local, local)).ravel()
     live = np.isfinite(deepest)
-    return _Grid(local.reshape(-1, 3), distance, lower, upper, cell, farthest, num_groups,
+    return _Grid(local.reshape(-1, 3), lower, upper, cell, farthest, num_groups,
                  np.concatenate([group_lower - PLANE_SLACK_M, group_upper + PLANE_SLACK_M], axis=2), deepest,
                  _pyramids(np.where(live[..., None], group_lower, 0.0), np.where(live[..., None], group_upper, 0.0),
                            np.where(live, deepest, 0.0)),
-                 live, keys[sort], flat[sort], row_columns, summed)
+                 live, flat, keys, summed)
+
+
+def _order_targets(grid: _Grid, steps: np.ndarray, num_targets: int) -> _Bins:
+    """Sort the tested targets of ``steps`` (the steps of candidate faces) by cell, for pair enumeration."""
+    used = np.zeros(len(grid.lower), dtype=bool)
+    used[steps] = True
+    chosen = used[grid.flat // num_targets]
+    keys, flat = grid.keys[chosen], grid.flat[chosen]
+    sort = np.argsort(keys)  # any order within a cell will do: a target is blocked by any of its pairs
+    row_key, column = np.divmod(keys, GRID_CELLS)
+    row_columns = np.empty((len(grid.lower) * grid.groups * GRID_CELLS, 2), dtype=np.int64)
+    row_columns[:, 0], row_columns[:, 1] = GRID_CELLS, -1
+    np.minimum.at(row_columns[:, 0], row_key, column)
+    np.maximum.at(row_columns[:, 1], row_key, column)
+    return _Bins(keys[sort], flat[sort], row_columns)
 
 
 def _members(group: np.ndarray, index: int) -> slice | np.ndarray:
@@ -302,7 +322,8 @@ def _candidate_faces(meshes: MeshSet, allowed: np.ndarray, cam_from_mesh: np.nda
     """Front faces, per step, of the leaves (of clusters, of meshes) whose bounding spheres reach
     the pyramid of a group the mesh may hide (``allowed`` (K, L)), in front of the camera, before
     that group's farthest target and over its box; which groups each face may hide; and the cells
-    its projection covers."""
+    its projection covers. Below the clusters, arrays are component-major ((3, M), (K, M)): NumPy
+    then runs long loops rather than one per short row."""
     rotation, translation = cam_from_mesh[..., :3, :3], cam_from_mesh[..., :3, 3]   # (T, L, ...)
     camera = invert(cam_from_mesh)[..., :3, 3]  # the camera in each mesh's frame
     centre = np.einsum("tlij,lj->tli", rotation, meshes.mesh_centres) + translation
@@ -311,64 +332,76 @@ def _candidate_faces(meshes: MeshSet, allowed: np.ndarray, cam_from_mesh: np.nda
     step, mesh = np.nonzero(reach.any(axis=2))
     near = _sphere_reaches(grid, step, centre[step, mesh], meshes.mesh_radii[mesh], reach[step, mesh])
     reach[step[~near], mesh[~near]] = False   # (the exact projections over the grid's occupied cells)
-    found = [(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3, 3)), np.zeros((0, grid.groups), bool),
-              np.zeros((0, 2)), np.zeros((0, 2)))]
+    num_groups = grid.groups
+    found = [(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((3, 3, 0)), np.zeros((num_groups, 0), bool),
+              np.zeros((2, 0)), np.zeros((2, 0)))]
     for index in np.flatnonzero(reach.any(axis=(0, 2))):
         steps = np.flatnonzero(reach[:, index].any(axis=1))
         first_cluster, stop_cluster = meshes.mesh_clusters[index]
-        turn = np.swapaxes(rotation[steps, index], -1, -2)
-        shift = translation[steps, index]
+        turn, shift = rotation[steps, index], translation[steps, index]
         # Each group's pyramid in the mesh's frame (n . (R p + t) + d = (n R) . p + n . t + d) against
         # the cluster spheres, all clusters at once (einsum, not BLAS: its threads cost more than they save).
         normals = grid.frusta[steps, :, :, :3].reshape(len(steps), -1, 3)
         offsets = np.einsum("spi,si->sp", normals, shift) + grid.frusta[steps, :, :, 3].reshape(len(steps), -1)
-        posed_normals = np.einsum("spi,sij->spj", normals, rotation[steps, index])
-        distance = np.einsum("spi,ci->spc", posed_normals, meshes.cluster_centres[first_cluster:stop_cluster])
-        inside = _within((distance + offsets[..., None]).reshape(len(steps), grid.groups, 6, -1).swapaxes(2, 3),
-                         meshes.cluster_radii[first_cluster:stop_cluster]) & reach[steps, index][..., None]
+        posed_normals = np.einsum("spi,sij->spj", normals, turn)
+        distance = (np.einsum("spi,ci->spc", posed_normals, meshes.cluster_centres[first_cluster:stop_cluster])
+                    + offsets[..., None]).reshape(len(steps), num_groups, 6, -1)
+        inside = ((distance.max(axis=2) <= meshes.cluster_radii[first_cluster:stop_cluster] + PLANE_SLACK_M)
+                  & reach[steps, index][..., None])     # (S, K, clusters)
         which, cluster = np.nonzero(inside.any(axis=1))
-        marks = inside[which, :, cluster]
+        marks = np.ascontiguousarray(inside[which, :, cluster].T)   # (K, M)
         cluster += first_cluster
         # Their leaves inside a pyramid, then the faces of those that face the camera (it lies on
         # the outer side of their plane).
         count = meshes.cluster_leaves[cluster, 1] - meshes.cluster_leaves[cluster, 0]
-        which, marks = np.repeat(which, count), np.repeat(marks, count, axis=0)
+        which, marks = np.repeat(which, count), np.repeat(marks, count, axis=1)
         leaf = np.repeat(meshes.cluster_leaves[cluster, 0], count) + _ramp(count)
-        distance = np.einsum("mpi,mi->mp", posed_normals[which], meshes.leaf_centres[leaf]) + offsets[which]
-        marks &= _within(distance.reshape(len(leaf), grid.groups, 6), meshes.leaf_radii[leaf, None])
-        inside = marks.any(axis=1)
-        which, leaf, marks = which[inside], leaf[inside], marks[inside]
+        plane = np.take(posed_normals.reshape(len(steps), -1).T, which, axis=1)   # (3 * 6K, M): n_x, n_y, n_z per plane
+        x, y, z = np.take(meshes.leaf_centre_columns, leaf, axis=1)
+        distance = (plane[0::3] * x + plane[1::3] * y + plane[2::3] * z
+                    + np.take(offsets.T, which, axis=1)).reshape(num_groups, 6, -1)
+        marks &= distance.max(axis=1) <= meshes.leaf_radii[leaf] + PLANE_SLACK_M
+        inside = marks.any(axis=0)
+        which, leaf, marks = which[inside], leaf[inside], marks[:, inside]
         size = meshes.leaf_faces[leaf, 1] - meshes.leaf_faces[leaf, 0]
-        which, marks = np.repeat(which, size), np.repeat(marks, size, axis=0)
+        which, marks = np.repeat(which, size), np.repeat(marks, size, axis=1)
         face = np.repeat(meshes.leaf_faces[leaf, 0], size) + _ramp(size)
-        front = (np.einsum("pi,pi->p", camera[steps[which], index], meshes.face_normals[face])
-                 > meshes.face_offsets[face])
-        which, face, marks = which[front], face[front], marks[front]
+        x, y, z = np.take(camera[steps, index].T, which, axis=1)
+        nx, ny, nz = np.take(meshes.face_normal_columns, face, axis=1)
+        front = (x * nx + z * nz) + y * ny > meshes.face_offsets[face]   # (the order of einsum's sum: same bits)
+        which, face, marks = which[front], face[front], marks[:, front]
         corners = _posed_corners(meshes.vertices[meshes.vertex_start[index]:meshes.vertex_start[index + 1]],
                                  meshes.faces[face], which, turn, shift)
         # Faces before the group's farthest target whose projection overlaps the group's box.
-        depth = corners[..., 2]
-        nearest = np.minimum(np.minimum(depth[:, 0], depth[:, 1]), depth[:, 2])
-        farthest = np.maximum(np.maximum(depth[:, 0], depth[:, 1]), depth[:, 2])
+        depth = corners[:, 2]
+        nearest = np.minimum(np.minimum(depth[0], depth[1]), depth[2])
+        farthest = np.maximum(np.maximum(depth[0], depth[1]), depth[2])
         keep = farthest > MIN_DEPTH_M
-        which, corners, nearest, marks = which[keep], corners[keep], nearest[keep], marks[keep]
+        which, corners, nearest, marks = which[keep], corners[..., keep], nearest[keep], marks[:, keep]
         low, high = _projected_bounds(corners, nearest > MIN_DEPTH_M)
-        box = grid.boxes[steps[which]]
-        marks &= ((nearest[:, None] < grid.deepest[steps[which]])
-                  & (low[:, 0, None] <= box[..., 2]) & (low[:, 1, None] <= box[..., 3])
-                  & (high[:, 0, None] >= box[..., 0]) & (high[:, 1, None] >= box[..., 1]))
-        keep = marks.any(axis=1)
-        found.append((steps[which[keep]], np.full(int(keep.sum()), index), corners[keep], marks[keep], low[keep],
-                      high[keep]))
-    step, owner, corners, marks, low, high = (np.concatenate([part[k] for part in found]) for k in range(6))
-    first, last, occupied = grid.cells(step, low, high, marks)
-    a, b, c = (corners[occupied, k] for k in range(3))
-    opposite = np.cross(b, c)
-    return _Candidates(step[occupied], owner[occupied], marks[occupied],
+        at = steps[which]
+        for group in range(num_groups):
+            box = grid.boxes[at, group].T
+            marks[group] &= ((nearest < grid.deepest[at, group]) & (low[0] <= box[2]) & (low[1] <= box[3])
+                             & (high[0] >= box[0]) & (high[1] >= box[1]))
+        keep = marks.any(axis=0)
+        found.append((at[keep], np.full(int(keep.sum()), index), corners[..., keep], marks[:, keep], low[:, keep],
+                      high[:, keep]))
+    step, owner = np.concatenate([part[0] for part in found]), np.concatenate([part[1] for part in found])
+    corners, marks, low, high = (np.concatenate([part[k] for part in found], axis=-1) for k in range(2, 6))
+    first, last, occupied = grid.cells(step, low.T, high.T, marks.T)
+    a, b, c = (corners[k][:, occupied] for k in range(3))
+    opposite = _cross(b, c)
+    return _Candidates(step[occupied], owner[occupied], marks[:, occupied].T,
                        np.stack([first[occupied, 0], last[occupied, 0]], axis=1),
                        np.stack([first[occupied, 1], last[occupied, 1]], axis=1),
-                       np.concatenate([np.cross(a, b), opposite, np.cross(c, a)], axis=1).T.copy(),
-                       np.einsum("pi,pi->p", a, opposite))
+                       np.concatenate([_cross(a, b), opposite, _cross(c, a)]),
+                       np.einsum("pi,pi->p", a.T.copy(), opposite.T.copy()))
+
+
+def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(3, M) cross products of (3, M) vectors (as np.cross computes them, component-major)."""
+    return np.stack([a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]])
 
 
 def _within(distance: np.ndarray, radius: np.ndarray) -> np.ndarray:
@@ -379,15 +412,24 @@ def _within(distance: np.ndarray, radius: np.ndarray) -> np.ndarray:
 
 def _posed_corners(vertices: np.ndarray, faces: np.ndarray, which: np.ndarray, turn: np.ndarray,
                    shift: np.ndarray) -> np.ndarray:
-    """(P, 3, 3) camera coordinates of faces (vertex rows ``faces`` (P, 3) of ``vertices`` (V, 3))
-    at steps ``which`` of the transforms ``x @ turn[k] + shift[k]``: all vertices at every step
-    by batched matrix products when the faces use most of them, else each face's own three
-    (summed term by term in the order of einsum's, which gives the same bits, at half its time)."""
+    """(3 corners, 3 axes, P) camera coordinates of faces (vertex rows ``faces`` (P, 3) of
+    ``vertices`` (V, 3)) at steps ``which`` of the transforms ``R x + t`` (``turn`` (S, 3, 3) R,
+    ``shift`` (S, 3) t): all vertices at every step by batched matrix products when the faces use
+    most of them, else each face's own three, summed term by term in the order of einsum's (the
+    same bits), one long loop per corner and axis."""
     if 3 * len(faces) >= len(turn) * len(vertices):
-        return (vertices @ turn + shift[:, None])[which[:, None], faces]
-    corners, rows = vertices[faces], turn[which]
-    return (corners[..., 0, None] * rows[:, None, 0] + corners[..., 1, None] * rows[:, None, 1]
-            + corners[..., 2, None] * rows[:, None, 2] + shift[which][:, None])
+        return (vertices @ np.swapaxes(turn, -1, -2) + shift[:, None])[which[:, None], faces].transpose(1, 2, 0)
+    rows = np.take(turn.reshape(len(turn), 9).T, which, axis=1).reshape(3, 3, -1)   # rows[j, i] = R[j, i]
+    moved = np.take(shift.T, which, axis=1)
+    corners = np.empty((3, 3, len(which)))
+    for corner in range(3):
+        x, y, z = np.take(vertices, faces[:, corner], axis=0).T
+        out = corners[corner]
+        np.multiply(x, rows[:, 0], out=out)
+        out += y * rows[:, 1]
+        out += z * rows[:, 2]
+        out += moved
+    return corners
 
 
 def _sphere_reaches(grid: _Grid, step: np.ndarray, centre: np.ndarray, radius: np.ndarray,
@@ -423,18 +465,19 @@ def _sphere_bounds(centre: np.ndarray, radius: np.ndarray) -> tuple[np.ndarray, 
 
 
 def _projected_bounds(corners: np.ndarray, ahead: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(M, 2) lower and upper corners of the z = 1 plane projection of each (3, 3) face's part in
-    front of the camera (z >= MIN_DEPTH_M). ``ahead``: faces wholly in front (their vertices
-    bound it); for the others the edges' crossings of z = MIN_DEPTH_M bound it too."""
-    inverse = 1.0 / np.maximum(corners[..., 2], MIN_DEPTH_M)
-    low, high = np.empty((len(corners), 2)), np.empty((len(corners), 2))
+    """(2, M) lower and upper corners of the z = 1 plane projection of each face's part in front
+    of the camera (z >= MIN_DEPTH_M), ``corners`` (3 corners, 3 axes, M). ``ahead``: faces wholly
+    in front (their vertices bound it); for the others the edges' crossings of z = MIN_DEPTH_M
+    bound it too."""
+    inverse = 1.0 / np.maximum(corners[:, 2], MIN_DEPTH_M)
+    low, high = np.empty((2, corners.shape[-1])), np.empty((2, corners.shape[-1]))
     for axis in range(2):
-        x0, x1, x2 = (corners[:, k, axis] * inverse[:, k] for k in range(3))
-        low[:, axis] = np.minimum(np.minimum(x0, x1), x2)
-        high[:, axis] = np.maximum(np.maximum(x0, x1), x2)
+        x0, x1, x2 = (corners[k, axis] * inverse[k] for k in range(3))
+        low[axis] = np.minimum(np.minimum(x0, x1), x2)
+        high[axis] = np.maximum(np.maximum(x0, x1), x2)
     crossing = np.flatnonzero(~ahead)
     if crossing.size:
-        part = corners[crossing]
+        part = corners[..., crossing].transpose(2, 0, 1)   # (M', corner, axis)
         depth = part[..., 2]
         before = depth >= MIN_DEPTH_M
         following = np.roll(part, -1, axis=1)
@@ -444,12 +487,12 @@ def _projected_bounds(corners: np.ndarray, ahead: np.ndarray) -> tuple[np.ndarra
         points = np.concatenate([part, part + fraction[..., None] * (following - part)], axis=1)
         valid = np.concatenate([before, crosses], axis=1)[..., None]
         projected = points[..., :2] / np.maximum(points[..., 2:], MIN_DEPTH_M)
-        low[crossing] = np.where(valid, projected, np.inf).min(axis=1)
-        high[crossing] = np.where(valid, projected, -np.inf).max(axis=1)
+        low[:, crossing] = np.where(valid, projected, np.inf).min(axis=1).T
+        high[:, crossing] = np.where(valid, projected, -np.inf).max(axis=1).T
     return low, high
 
 
-def _pairs(candidates: _Candidates, grid: _Grid) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _pairs(candidates: _Candidates, grid: _Grid, bins: _Bins) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (face index, flat target index) arrays: every tested target in a face's cells whose
     group the face may hide."""
     face, group = np.nonzero(candidates.groups)
@@ -458,19 +501,19 @@ def _pairs(candidates: _Candidates, grid: _Grid) -> Iterator[tuple[np.ndarray, n
     item = np.repeat(np.arange(len(face)), count)
     face = face[item]
     row_key = (candidates.step[face] * grid.groups + group[item]) * GRID_CELLS + rows[item, 0] + _ramp(count)
-    first = np.maximum(candidates.columns[face, 0], grid.row_columns[row_key, 0])
-    last = np.minimum(candidates.columns[face, 1], grid.row_columns[row_key, 1])
+    first = np.maximum(candidates.columns[face, 0], bins.row_columns[row_key, 0])
+    last = np.minimum(candidates.columns[face, 1], bins.row_columns[row_key, 1])
     occupied = first <= last
     face, row_key, first, last = face[occupied], row_key[occupied], first[occupied], last[occupied]
-    start = np.searchsorted(grid.sorted_keys, row_key * GRID_CELLS + first, side="left")
-    length = np.searchsorted(grid.sorted_keys, row_key * GRID_CELLS + last, side="right") - start
+    start = np.searchsorted(bins.sorted_keys, row_key * GRID_CELLS + first, side="left")
+    length = np.searchsorted(bins.sorted_keys, row_key * GRID_CELLS + last, side="right") - start
     bounds = np.concatenate([[0], np.cumsum(length)])
     begin = 0
     while begin < len(length):
         end = max(int(np.searchsorted(bounds, bounds[begin] + PAIR_CHUNK, side="right")) - 1, begin + 1)
         part = slice(begin, end)
         yield (np.repeat(face[part], length[part]),
-               grid.order[np.repeat(start[part], length[part]) + _ramp(length[part])])
+               bins.order[np.repeat(start[part], length[part]) + _ramp(length[part])])
         begin = end
 
 
@@ -486,5 +529,9 @@ def _crosses_before(candidates: _Candidates, face: np.ndarray, grid: _Grid, targ
     edges = candidates.edges
     sides = [x * edges[3 * k, face] + y * edges[3 * k + 1, face] + z * edges[3 * k + 2, face] for k in range(3)]
     toward = sides[0] + sides[1] + sides[2]
-    inside = (sides[0] <= 0.0) & (sides[1] <= 0.0) & (sides[2] <= 0.0) & (toward < 0.0)
-    return inside & (candidates.volume[face] > (1.0 - margin_m / grid.distance[target]) * toward)
+    inside = np.flatnonzero((sides[0] <= 0.0) & (sides[1] <= 0.0) & (sides[2] <= 0.0) & (toward < 0.0))
+    point = grid.local[target[inside]]
+    distance = np.sqrt(np.einsum("ni,ni->n", point, point))
+    crosses = np.zeros(len(face), dtype=bool)
+    crosses[inside] = candidates.volume[face[inside]] > (1.0 - margin_m / distance) * toward[inside]
+    return crosses
