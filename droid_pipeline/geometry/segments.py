@@ -287,7 +287,7 @@ def _order_targets(grid: _Grid, steps: np.ndarray, num_targets: int) -> _Bins:
     used[steps] = True
     chosen = used[grid.flat // num_targets]
     keys, flat = grid.keys[chosen], grid.flat[chosen]
-    sort = np.argsort(keys)  # any order within a cell will do: a target is blocked by any of its pairs
+    sort = np.argsort(keys, kind="stable")  # (faster here: the keys come in runs, one per step)
     row_key, column = np.divmod(keys, GRID_CELLS)
     row_columns = np.empty((len(grid.lower) * grid.groups * GRID_CELLS, 2), dtype=np.int64)
     row_columns[:, 0], row_columns[:, 1] = GRID_CELLS, -1
@@ -327,8 +327,10 @@ def _candidate_faces(meshes: MeshSet, allowed: np.ndarray, cam_from_mesh: np.nda
     rotation, translation = cam_from_mesh[..., :3, :3], cam_from_mesh[..., :3, 3]   # (T, L, ...)
     camera = invert(cam_from_mesh)[..., :3, 3]  # the camera in each mesh's frame
     centre = np.einsum("tlij,lj->tli", rotation, meshes.mesh_centres) + translation
-    reach = (_within(np.einsum("tli,tkpi->tlkp", centre, grid.frusta[..., :3]) + grid.frusta[:, None, :, :, 3],
-                     meshes.mesh_radii[:, None]) & allowed.T & grid.live[:, None])   # (T, L, K)
+    distance = (np.einsum("tli,tkpi->ptlk", centre, grid.frusta[..., :3])
+                + np.moveaxis(grid.frusta[..., 3], -1, 0)[:, :, None])   # (6, T, L, K): plane first, long loops
+    reach = ((distance.max(axis=0) <= meshes.mesh_radii[:, None] + PLANE_SLACK_M)
+             & allowed.T & grid.live[:, None])   # (T, L, K)
     step, mesh = np.nonzero(reach.any(axis=2))
     near = _sphere_reaches(grid, step, centre[step, mesh], meshes.mesh_radii[mesh], reach[step, mesh])
     reach[step[~near], mesh[~near]] = False   # (the exact projections over the grid's occupied cells)
@@ -356,10 +358,10 @@ def _candidate_faces(meshes: MeshSet, allowed: np.ndarray, cam_from_mesh: np.nda
         count = meshes.cluster_leaves[cluster, 1] - meshes.cluster_leaves[cluster, 0]
         which, marks = np.repeat(which, count), np.repeat(marks, count, axis=1)
         leaf = np.repeat(meshes.cluster_leaves[cluster, 0], count) + _ramp(count)
-        plane = np.take(posed_normals.reshape(len(steps), -1).T, which, axis=1)   # (3 * 6K, M): n_x, n_y, n_z per plane
+        plane = np.take(posed_normals.reshape(len(steps), -1).T.copy(), which, axis=1)   # (6K * 3, M)
         x, y, z = np.take(meshes.leaf_centre_columns, leaf, axis=1)
         distance = (plane[0::3] * x + plane[1::3] * y + plane[2::3] * z
-                    + np.take(offsets.T, which, axis=1)).reshape(num_groups, 6, -1)
+                    + np.take(offsets.T.copy(), which, axis=1)).reshape(num_groups, 6, -1)
         marks &= distance.max(axis=1) <= meshes.leaf_radii[leaf] + PLANE_SLACK_M
         inside = marks.any(axis=0)
         which, leaf, marks = which[inside], leaf[inside], marks[:, inside]
@@ -402,12 +404,6 @@ def _candidate_faces(meshes: MeshSet, allowed: np.ndarray, cam_from_mesh: np.nda
 def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(3, M) cross products of (3, M) vectors (as np.cross computes them, component-major)."""
     return np.stack([a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]])
-
-
-def _within(distance: np.ndarray, radius: np.ndarray) -> np.ndarray:
-    """Whether spheres lie within reach of every plane of a pyramid: ``distance`` (..., 6) from
-    their centres to the six planes, ``radius`` broadcasting to (...,)."""
-    return np.all(distance <= np.asarray(radius)[..., None] + PLANE_SLACK_M, axis=-1)
 
 
 def _posed_corners(vertices: np.ndarray, faces: np.ndarray, which: np.ndarray, turn: np.ndarray,
