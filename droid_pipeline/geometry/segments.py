@@ -34,6 +34,7 @@ lies at s = A.(B x C) / (D.N) of the way to D, N = (B - A) x (C - A); it blocks 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -59,86 +60,90 @@ class MeshSet:
     """Closed, outward-wound triangle meshes, each in its own frame, prepared for segment queries:
     shared vertices, face planes, and each mesh's faces grouped into spatial clusters, each split
     into leaves; bounding spheres of every mesh, cluster and leaf. Arrays of all meshes are
-    concatenated, mesh by mesh (faces leaf by leaf, leaves cluster by cluster)."""
+    concatenated, mesh by mesh (faces leaf by leaf, leaves cluster by cluster). Built with whole-
+    array passes (one sort per level of the cluster tree, sphere bounds by ``reduceat``)."""
 
     def __init__(self, meshes: Sequence[np.ndarray]):
         """``meshes``: one (F, 3, 3) triangle array per mesh (metres, outward winding)."""
-        vertices, faces, centres, radii, leaf_centres, leaf_radii = [], [], [], [], [], []
-        cluster_sizes: list[int] = []
-        leaf_sizes: list[int] = []
-        leaf_counts: list[int] = []
-        counts = np.zeros((len(meshes), 3), dtype=np.int64)  # vertices, faces, clusters per mesh
-        for index, triangles in enumerate(meshes):
-            triangles = np.asarray(triangles, dtype=np.float64)
-            if triangles.ndim != 3 or triangles.shape[1:] != (3, 3) or len(triangles) == 0:
-                raise ValueError(f"mesh {index}: need (F>=1, 3, 3) triangles, got shape {triangles.shape}")
-            shared, inverse = np.unique(triangles.reshape(-1, 3), axis=0, return_inverse=True)
-            indexed = inverse.reshape(-1, 3)
-            centroids = shared[indexed].mean(axis=1)
-            clusters = _clusters(centroids, CLUSTER_FACES)
-            leaves = [[cluster[leaf] for leaf in _clusters(centroids[cluster], LEAF_FACES)] for cluster in clusters]
-            vertices.append(shared)
-            faces.append(indexed[np.concatenate([leaf for parts in leaves for leaf in parts])])
-            cluster_sizes.extend(len(c) for c in clusters)
-            for cluster, parts in zip(clusters, leaves):
-                centre, radius = _bounding_sphere(shared[indexed[cluster]].reshape(-1, 3))
-                centres.append(centre)
-                radii.append(radius)
-                leaf_counts.append(len(parts))
-                for leaf in parts:
-                    centre, radius = _bounding_sphere(shared[indexed[leaf]].reshape(-1, 3))
-                    leaf_centres.append(centre)
-                    leaf_radii.append(radius)
-                    leaf_sizes.append(len(leaf))
-            counts[index] = len(shared), len(indexed), len(clusters)
-        self.num_meshes = len(meshes)
-        start = np.concatenate([np.zeros((1, 3), dtype=np.int64), np.cumsum(counts, axis=0)])
-        self.vertex_start = start[:, 0]                                # (L + 1,) each mesh's block of vertices
-        self.mesh_clusters = np.stack([start[:-1, 2], start[1:, 2]], axis=1)   # (L, 2) each mesh's cluster range
-        self.vertices = np.concatenate(vertices)          # (V, 3) in their mesh's frame
-        self.faces = np.concatenate(faces)                # (F, 3) vertex rows within the mesh's block
-        sizes = np.array(cluster_sizes)
-        self.cluster_faces = np.stack([np.cumsum(sizes) - sizes, np.cumsum(sizes)], axis=1)  # (C, 2) face range
-        self.cluster_centres = np.array(centres)          # (C, 3)
-        self.cluster_radii = np.array(radii)              # (C,)
-        sizes, counts_of_leaves = np.array(leaf_sizes), np.array(leaf_counts)
-        self.leaf_faces = np.stack([np.cumsum(sizes) - sizes, np.cumsum(sizes)], axis=1)   # (C', 2) face range
-        self.cluster_leaves = np.stack([np.cumsum(counts_of_leaves) - counts_of_leaves, np.cumsum(counts_of_leaves)],
-                                       axis=1)          # (C, 2) each cluster's leaf range
-        self.leaf_centres = np.array(leaf_centres)        # (C', 3)
-        self.leaf_radii = np.array(leaf_radii)            # (C',)
-        mesh_of_face = np.repeat(np.arange(self.num_meshes), counts[:, 1])
-        corners = self.vertices[self.faces + self.vertex_start[mesh_of_face, None]]
+        triangles = [np.asarray(mesh, dtype=np.float64) for mesh in meshes]
+        for index, mesh in enumerate(triangles):
+            if mesh.ndim != 3 or mesh.shape[1:] != (3, 3) or len(mesh) == 0:
+                raise ValueError(f"mesh {index}: need (F>=1, 3, 3) triangles, got shape {mesh.shape}")
+        self.num_meshes = len(triangles)
+        shared = [_unique_rows(mesh.reshape(-1, 3)) for mesh in triangles]
+        self.vertex_start = np.concatenate([[0], np.cumsum([len(rows) for rows, _ in shared])])  # (L + 1,)
+        self.vertices = np.concatenate([rows for rows, _ in shared])     # (V, 3) in their mesh's frame
+        local = np.concatenate([inverse.reshape(-1, 3) for _, inverse in shared])   # (F, 3) rows within the mesh
+        face_start = np.concatenate([[0], np.cumsum([len(mesh) for mesh in triangles])])
+        mesh_of_face = np.repeat(np.arange(self.num_meshes), np.diff(face_start))
+        corners = self.vertices[local + self.vertex_start[mesh_of_face, None]]
+        # The median-cut tree over face centroids: meshes split into clusters, clusters into leaves.
+        centroids = corners.mean(axis=1)
+        order, cluster_start = _split(centroids, np.arange(len(local)), face_start, CLUSTER_FACES)
+        order, leaf_start = _split(centroids, order, cluster_start, LEAF_FACES)
+        self.faces = local[order]                         # (F, 3) vertex rows within the mesh's block
+        corners = corners[order]
+        self.cluster_faces = np.stack([cluster_start[:-1], cluster_start[1:]], axis=1)   # (C, 2) face range
+        self.leaf_faces = np.stack([leaf_start[:-1], leaf_start[1:]], axis=1)            # (C', 2) face range
+        first_leaf = np.searchsorted(leaf_start, cluster_start)
+        self.cluster_leaves = np.stack([first_leaf[:-1], first_leaf[1:]], axis=1)  # (C, 2) each cluster's leaf range
+        first_cluster = np.searchsorted(cluster_start, face_start)
+        self.mesh_clusters = np.stack([first_cluster[:-1], first_cluster[1:]], axis=1)   # (L, 2) cluster range
+        self.cluster_centres, self.cluster_radii = _bounding_spheres(corners, cluster_start)   # (C, 3), (C,)
+        self.leaf_centres, self.leaf_radii = _bounding_spheres(corners, leaf_start)            # (C', 3), (C',)
+        self.mesh_centres, self.mesh_radii = _bounding_spheres(self.vertices[:, None], self.vertex_start)  # (L, 3)
         self.face_normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])  # outward
         self.face_offsets = np.einsum("fi,fi->f", self.face_normals, corners[:, 0])
         self.face_normal_columns = self.face_normals.T.copy()    # (3, F) the same, component-major
         self.leaf_centre_columns = self.leaf_centres.T.copy()    # (3, C') the same, component-major
-        spheres = [_bounding_sphere(self.vertices[self.vertex_start[i]:self.vertex_start[i + 1]])
-                   for i in range(self.num_meshes)]
-        self.mesh_centres = np.array([centre for centre, _ in spheres])   # (L, 3)
-        self.mesh_radii = np.array([radius for _, radius in spheres])     # (L,)
 
 
-def _bounding_sphere(points: np.ndarray) -> tuple[np.ndarray, float]:
-    """A sphere enclosing the points: centred on their bounding box."""
-    centre = 0.5 * (points.min(axis=0) + points.max(axis=0))
-    return centre, float(np.linalg.norm(points - centre, axis=1).max())
+def _unique_rows(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct rows of ``points`` (P, 3) in lexicographic order and each row's index among
+    them (as np.unique(axis=0, return_inverse=True), by one lexsort)."""
+    order = np.lexsort(points.T[::-1])
+    ordered = points[order]
+    new = np.ones(len(points), dtype=bool)
+    new[1:] = np.any(ordered[1:] != ordered[:-1], axis=1)
+    inverse = np.empty(len(points), dtype=np.int64)
+    inverse[order] = np.cumsum(new) - 1
+    return ordered[new], inverse
 
 
-def _clusters(centroids: np.ndarray, limit: int) -> list[np.ndarray]:
-    """Face indices split by recursive median cuts along the longest extent, at most ``limit`` each."""
-    pending, done = [np.arange(len(centroids))], []
-    while pending:
-        faces = pending.pop()
-        if len(faces) <= limit:
-            done.append(faces)
-            continue
-        points = centroids[faces]
-        axis = int(np.argmax(np.ptp(points, axis=0)))
-        order = faces[np.argsort(points[:, axis], kind="stable")]
-        half = len(order) // 2
-        pending.extend([order[half:], order[:half]])
-    return done
+def _split(centroids: np.ndarray, order: np.ndarray, start: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split runs of faces (``order`` (F,) face indices, run boundaries ``start`` (R + 1,)) by
+    recursive median cuts along each run's longest centroid extent until every run holds at most
+    ``limit``: a run of n splits into its n // 2 lowest and the rest, in that order (stable sort).
+    All runs of a level are cut at once. Returns the new order and run boundaries."""
+    order, start = order.copy(), np.asarray(start)
+    while True:
+        size = np.diff(start)
+        big = np.flatnonzero(size > limit)
+        if not big.size:
+            return order, start
+        points = centroids[order]
+        low = np.minimum.reduceat(points, start[:-1], axis=0)[big]
+        high = np.maximum.reduceat(points, start[:-1], axis=0)[big]
+        axis = np.argmax(high - low, axis=1)      # each run's longest extent (the first of equals)
+        run = np.repeat(np.arange(len(big)), size[big])
+        member = np.repeat(start[big], size[big]) + _ramp(size[big])
+        resorted = member[np.lexsort((points[member, axis[run]], run))]
+        order[member] = order[resorted]
+        start = np.sort(np.concatenate([start, start[big] + size[big] // 2]))
+
+
+def _bounding_spheres(corners: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(R, 3) centres and (R,) radii of spheres enclosing runs of faces' (or points') corners,
+    ``corners`` (F, k, 3), runs ``start`` (R + 1,): centred on each run's bounding box. (Corner
+    by corner and axis by axis: NumPy is slow along short axes.)"""
+    first, each = start[:-1], range(corners.shape[1])
+    low = np.minimum.reduceat(functools.reduce(np.minimum, (corners[:, k] for k in each)), first, axis=0)
+    high = np.maximum.reduceat(functools.reduce(np.maximum, (corners[:, k] for k in each)), first, axis=0)
+    centre = 0.5 * (low + high)
+    offset = corners - np.repeat(centre, np.diff(start), axis=0)[:, None]
+    square = offset * offset
+    reach = np.sqrt(square[..., 0] + square[..., 1] + square[..., 2])   # (the sum in np.linalg.norm's order)
+    return centre, np.maximum.reduceat(functools.reduce(np.maximum, (reach[:, k] for k in each)), first)
 
 
 @dataclass(frozen=True, eq=False)
