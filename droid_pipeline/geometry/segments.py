@@ -190,6 +190,7 @@ class _Bins:
 
     sorted_keys: np.ndarray  # their cell keys (as _Grid.keys), ascending
     order: np.ndarray        # flat target index of each sorted key
+    points: np.ndarray       # (3, n) their camera coordinates, component-major
     row_columns: np.ndarray  # (T * K * G, 2) first and last occupied column of each group's row (G, -1: none)
 
 
@@ -243,8 +244,8 @@ def blocked_segments(meshes: MeshSet, mesh_poses: np.ndarray, camera_poses: np.n
         candidates = _candidate_faces(meshes, ~skip, cam_from_base[:, None] @ mesh_poses, grid)
         if len(candidates.step):
             bins = _order_targets(grid, candidates.step, num_targets)
-            for face, target in _pairs(candidates, grid, bins):
-                blocked[target[_crosses_before(candidates, face, grid, target, margin_m)]] = True
+            for face, start, length in _pairs(candidates, grid, bins):
+                blocked[bins.order[_crosses_before(candidates, bins, face, start, length, margin_m)]] = True
     return blocked.reshape(num_steps, num_targets)
 
 
@@ -298,7 +299,8 @@ def _order_targets(grid: _Grid, steps: np.ndarray, num_targets: int) -> _Bins:
     row_columns[:, 0], row_columns[:, 1] = GRID_CELLS, -1
     np.minimum.at(row_columns[:, 0], row_key, column)
     np.maximum.at(row_columns[:, 1], row_key, column)
-    return _Bins(keys[sort], flat[sort], row_columns)
+    flat = flat[sort]
+    return _Bins(keys[sort], flat, np.take(grid.local, flat, axis=0).T.copy(), row_columns)
 
 
 def _members(group: np.ndarray, index: int) -> slice | np.ndarray:
@@ -493,9 +495,10 @@ def _projected_bounds(corners: np.ndarray, ahead: np.ndarray) -> tuple[np.ndarra
     return low, high
 
 
-def _pairs(candidates: _Candidates, grid: _Grid, bins: _Bins) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (face index, flat target index) arrays: every tested target in a face's cells whose
-    group the face may hide."""
+def _pairs(candidates: _Candidates, grid: _Grid, bins: _Bins) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield runs of (face, sorted target) pairs, as arrays (face index, first sorted position,
+    count): every tested target in a face's cells whose group the face may hide (one run per
+    face and cell row)."""
     face, group = np.nonzero(candidates.groups)
     rows = candidates.rows[face]
     count = rows[:, 1] - rows[:, 0] + 1
@@ -512,9 +515,7 @@ def _pairs(candidates: _Candidates, grid: _Grid, bins: _Bins) -> Iterator[tuple[
     begin = 0
     while begin < len(length):
         end = max(int(np.searchsorted(bounds, bounds[begin] + PAIR_CHUNK, side="right")) - 1, begin + 1)
-        part = slice(begin, end)
-        yield (np.repeat(face[part], length[part]),
-               bins.order[np.repeat(start[part], length[part]) + _ramp(length[part])])
+        yield face[begin:end], start[begin:end], length[begin:end]
         begin = end
 
 
@@ -523,16 +524,18 @@ def _ramp(count: np.ndarray) -> np.ndarray:
     return np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
 
 
-def _crosses_before(candidates: _Candidates, face: np.ndarray, grid: _Grid, target: np.ndarray,
+def _crosses_before(candidates: _Candidates, bins: _Bins, face: np.ndarray, start: np.ndarray, length: np.ndarray,
                     margin_m: float) -> np.ndarray:
-    """Whether the segment from the camera to each target crosses its face before it, beyond the margin."""
-    x, y, z = (grid.local[target, axis] for axis in range(3))
-    edges = candidates.edges
-    sides = [x * edges[3 * k, face] + y * edges[3 * k + 1, face] + z * edges[3 * k + 2, face] for k in range(3)]
+    """Sorted positions of the targets whose segment from the camera crosses a face before them,
+    beyond the margin, among the runs of pairs (``face``, targets ``start`` .. + ``length``)."""
+    position = np.repeat(start, length) + _ramp(length)
+    x, y, z = (np.take(coordinate, position) for coordinate in bins.points)
+    edges = np.repeat(candidates.edges[:, face], length, axis=1)
+    sides = [x * edges[3 * k] + y * edges[3 * k + 1] + z * edges[3 * k + 2] for k in range(3)]
     toward = sides[0] + sides[1] + sides[2]
     inside = np.flatnonzero((sides[0] <= 0.0) & (sides[1] <= 0.0) & (sides[2] <= 0.0) & (toward < 0.0))
-    point = grid.local[target[inside]]
+    position = position[inside]
+    point = np.ascontiguousarray(bins.points[:, position].T)
     distance = np.sqrt(np.einsum("ni,ni->n", point, point))
-    crosses = np.zeros(len(face), dtype=bool)
-    crosses[inside] = candidates.volume[face[inside]] > (1.0 - margin_m / distance) * toward[inside]
-    return crosses
+    volume = candidates.volume[np.repeat(face, length)[inside]]
+    return position[volume > (1.0 - margin_m / distance) * toward[inside]]
