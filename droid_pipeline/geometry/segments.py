@@ -259,24 +259,25 @@ def _bin_targets(local: np.ndarray, mask: np.ndarray, group: np.ndarray, num_gro
         members = _members(group, index)
         tested = mask[:, members]
         for axis, p in enumerate(plane):
-            group_lower[:, index, axis] = np.where(tested, p[:, members], np.inf).min(axis=1, initial=np.inf)
-            group_upper[:, index, axis] = np.where(tested, p[:, members], -np.inf).max(axis=1, initial=-np.inf)
-        deepest[:, index] = np.where(tested, local[:, members, 2], -np.inf).max(axis=1, initial=-np.inf)
+            group_lower[:, index, axis] = p[:, members].min(axis=1, initial=np.inf, where=tested)
+            group_upper[:, index, axis] = p[:, members].max(axis=1, initial=-np.inf, where=tested)
+        deepest[:, index] = local[:, members, 2].max(axis=1, initial=-np.inf, where=tested)
     lower, upper = group_lower.min(axis=1), group_upper.max(axis=1)
     empty = ~mask.any(axis=1)
     lower[empty], upper[empty] = 0.0, 0.0
     cell = np.maximum(upper - lower, 1e-12) / GRID_CELLS
-    column, row = (np.clip(np.floor((p - lower[:, None, axis]) / cell[:, None, axis]), 0, GRID_CELLS - 1)
-                   .astype(np.int64).ravel() for axis, p in enumerate(plane))
     flat = np.flatnonzero(mask)
-    step, column, row = flat // num_targets, column[flat], row[flat]
-    row_key = (step * num_groups + group[flat % num_targets]) * GRID_CELLS + row
+    step, member = np.divmod(flat, num_targets)
+    column, row = (np.clip(np.floor((p.ravel()[flat] - lower[step, axis]) / cell[step, axis]), 0, GRID_CELLS - 1)
+                   .astype(np.int64) for axis, p in enumerate(plane))
+    row_key = (step * num_groups + group[member]) * GRID_CELLS + row
     keys = row_key * GRID_CELLS + column
     summed = np.zeros((num_steps, num_groups, GRID_CELLS + 1, GRID_CELLS + 1), dtype=np.int32)
     summed[:, :, 1:, 1:] = np.bincount(keys, minlength=num_steps * num_groups * GRID_CELLS * GRID_CELLS).reshape(
         num_steps, num_groups, GRID_CELLS, GRID_CELLS)
-    np.cumsum(summed, axis=2, out=summed)
-    for right in range(2, GRID_CELLS + 1):  # along the short last axis a column at a time: faster than cumsum
+    for below in range(2, GRID_CELLS + 1):  # a row and a column at a time: faster than cumsum along short axes
+        summed[:, :, below] += summed[:, :, below - 1]
+    for right in range(2, GRID_CELLS + 1):
         summed[..., right] += summed[..., right - 1]
     farthest = deepest.max(axis=1)
     live = np.isfinite(deepest)
