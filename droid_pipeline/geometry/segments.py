@@ -96,6 +96,7 @@ class MeshSet:
         self.face_offsets = np.einsum("fi,fi->f", self.face_normals, corners[:, 0])
         self.face_normal_columns = self.face_normals.T.copy()    # (3, F) the same, component-major
         self.leaf_centre_columns = self.leaf_centres.T.copy()    # (3, C') the same, component-major
+        self.cluster_centre_columns = self.cluster_centres.T.copy()   # (3, C)
 
 
 def _unique_rows(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -157,8 +158,8 @@ class _Grid:
     farthest: np.ndarray     # (T,) largest target depth (-inf: nothing tested)
     groups: int              # K, the number of target groups
     boxes: np.ndarray        # (T, K, 4) each group's z = 1 plane box (lower x, y, upper x, y) widened by the slack
+    box_scales: np.ndarray   # (T, K, 4) sqrt(1 + bound ** 2) of each of those bounds: |normal| of its pyramid side
     deepest: np.ndarray      # (T, K) each group's largest target depth
-    frusta: np.ndarray       # (T, K, 6, 4) unit planes (n, d), n . p + d <= 0 inside, of each group's pyramid
     live: np.ndarray         # (T, K) whether the group has a tested target at the step
     flat: np.ndarray         # flat indices (t * N + n) of the tested targets, ascending
     keys: np.ndarray         # their cell keys ((t * K + group) * G + row) * G + column
@@ -281,11 +282,10 @@ def _bin_targets(local: np.ndarray, mask: np.ndarray, group: np.ndarray, num_gro
         summed[..., right] += summed[..., right - 1]
     farthest = deepest.max(axis=1)
     live = np.isfinite(deepest)
-    return _Grid(local.reshape(-1, 3), lower, upper, cell, farthest, num_groups,
-                 np.concatenate([group_lower - PLANE_SLACK_M, group_upper + PLANE_SLACK_M], axis=2), deepest,
-                 _pyramids(np.where(live[..., None], group_lower, 0.0), np.where(live[..., None], group_upper, 0.0),
-                           np.where(live, deepest, 0.0)),
-                 live, flat, keys, summed)
+    boxes = np.where(live[..., None], np.concatenate([group_lower - PLANE_SLACK_M, group_upper + PLANE_SLACK_M],
+                                                     axis=2), 0.0)   # (0: no targets of the group at the step)
+    return _Grid(local.reshape(-1, 3), lower, upper, cell, farthest, num_groups, boxes, np.sqrt(1.0 + boxes * boxes),
+                 deepest, live, flat, keys, summed)
 
 
 def _order_targets(grid: _Grid, steps: np.ndarray, num_targets: int) -> _Bins:
@@ -312,20 +312,6 @@ def _members(group: np.ndarray, index: int) -> slice | np.ndarray:
     return members
 
 
-def _pyramids(lower: np.ndarray, upper: np.ndarray, deepest: np.ndarray) -> np.ndarray:
-    """(..., 6, 4) unit planes (n, d) bounding the pyramids from the camera over z = 1 plane boxes
-    [lower, upper] (..., 2) up to depth ``deepest`` (...): every segment from the camera to a
-    target in the box at most that deep lies inside (n . p + d <= 0 for all six)."""
-    planes = np.zeros((*deepest.shape, 6, 4))
-    for axis in range(2):
-        planes[..., 2 * axis, axis], planes[..., 2 * axis, 2] = 1.0, -upper[..., axis]        # x <= upper z
-        planes[..., 2 * axis + 1, axis], planes[..., 2 * axis + 1, 2] = -1.0, lower[..., axis]  # x >= lower z
-    planes[..., 4, 2], planes[..., 4, 3] = 1.0, -deepest     # z <= deepest
-    planes[..., 5, 2] = -1.0                                 # z >= 0
-    planes[..., :4, :3] /= np.linalg.norm(planes[..., :4, :3], axis=-1, keepdims=True)
-    return planes
-
-
 def _candidate_faces(meshes: MeshSet, allowed: np.ndarray, cam_from_mesh: np.ndarray, grid: _Grid) -> _Candidates:
     """Front faces, per step, of the leaves (of clusters, of meshes) whose bounding spheres reach
     the pyramid of a group the mesh may hide (``allowed`` (K, L)), in front of the camera, before
@@ -335,10 +321,11 @@ def _candidate_faces(meshes: MeshSet, allowed: np.ndarray, cam_from_mesh: np.nda
     rotation, translation = cam_from_mesh[..., :3, :3], cam_from_mesh[..., :3, 3]   # (T, L, ...)
     camera = invert(cam_from_mesh)[..., :3, 3]  # the camera in each mesh's frame
     centre = np.einsum("tlij,lj->tli", rotation, meshes.mesh_centres) + translation
-    distance = (np.einsum("tli,tkpi->ptlk", centre, grid.frusta[..., :3])
-                + np.moveaxis(grid.frusta[..., 3], -1, 0)[:, :, None])   # (6, T, L, K): plane first, long loops
-    reach = ((distance.max(axis=0) <= meshes.mesh_radii[:, None] + PLANE_SLACK_M)
-             & allowed.T & grid.live[:, None])   # (T, L, K)
+    reach = np.zeros((*centre.shape[:2], grid.groups), dtype=bool)   # (T, L, K)
+    every, (x, y, z) = np.arange(len(centre))[:, None], np.moveaxis(centre, -1, 0)
+    for group in np.flatnonzero(grid.live.any(axis=0)).tolist():
+        reach[..., group] = (_in_pyramid(grid, every, group, x, y, z, meshes.mesh_radii)
+                             & allowed[group] & grid.live[:, group, None])
     step, mesh = np.nonzero(reach.any(axis=2))
     near = _sphere_reaches(grid, step, centre[step, mesh], meshes.mesh_radii[mesh], reach[step, mesh])
     reach[step[~near], mesh[~near]] = False   # (the exact projections over the grid's occupied cells)
@@ -349,30 +336,29 @@ def _candidate_faces(meshes: MeshSet, allowed: np.ndarray, cam_from_mesh: np.nda
         steps = np.flatnonzero(reach[:, index].any(axis=1))
         first_cluster, stop_cluster = meshes.mesh_clusters[index]
         turn, shift = rotation[steps, index], translation[steps, index]
-        # Each group's pyramid in the mesh's frame (n . (R p + t) + d = (n R) . p + n . t + d) against
-        # the cluster spheres, all clusters at once (einsum, not BLAS: its threads cost more than they save).
-        normals = grid.frusta[steps, :, :, :3].reshape(len(steps), -1, 3)
-        offsets = np.einsum("spi,si->sp", normals, shift) + grid.frusta[steps, :, :, 3].reshape(len(steps), -1)
-        posed_normals = np.einsum("spi,sij->spj", normals, turn)
-        distance = (np.einsum("spi,ci->spc", posed_normals, meshes.cluster_centres[first_cluster:stop_cluster])
-                    + offsets[..., None]).reshape(len(steps), num_groups, 6, -1)
-        inside = ((distance.max(axis=2) <= meshes.cluster_radii[first_cluster:stop_cluster] + PLANE_SLACK_M)
-                  & reach[steps, index][..., None])     # (S, K, clusters)
-        which, cluster = np.nonzero(inside.any(axis=1))
-        marks = np.ascontiguousarray(inside[which, :, cluster].T)   # (K, M)
+        # The cluster spheres, all clusters at every step at once, posed into camera coordinates
+        # (S, clusters) and tested against each group's pyramid.
+        x, y, z = _posed_points(turn[..., None], shift[..., None],
+                                meshes.cluster_centre_columns[:, None, first_cluster:stop_cluster])
+        radius = meshes.cluster_radii[first_cluster:stop_cluster]
+        inside = np.zeros((num_groups, len(steps), stop_cluster - first_cluster), dtype=bool)
+        for group in np.flatnonzero(reach[steps, index].any(axis=0)).tolist():
+            inside[group] = _in_pyramid(grid, steps[:, None], group, x, y, z, radius) & reach[steps, index, group, None]
+        which, cluster = np.nonzero(inside.any(axis=0))
+        marks = inside[:, which, cluster]   # (K, M)
         cluster += first_cluster
         # Their leaves inside a pyramid, then the faces of those that face the camera (it lies on
         # the outer side of their plane).
         count = meshes.cluster_leaves[cluster, 1] - meshes.cluster_leaves[cluster, 0]
         which, marks = np.repeat(which, count), np.repeat(marks, count, axis=1)
         leaf = np.repeat(meshes.cluster_leaves[cluster, 0], count) + _ramp(count)
-        plane = np.take(posed_normals.reshape(len(steps), -1).T.copy(), which, axis=1)   # (6K * 3, M)
-        x, y, z = np.take(meshes.leaf_centre_columns, leaf, axis=1)
-        distance = (plane[0::3] * x + plane[1::3] * y + plane[2::3] * z
-                    + np.take(offsets.T.copy(), which, axis=1)).reshape(num_groups, 6, -1)
-        marks &= distance.max(axis=1) <= meshes.leaf_radii[leaf] + PLANE_SLACK_M
-        inside = marks.any(axis=0)
-        which, leaf, marks = which[inside], leaf[inside], marks[:, inside]
+        x, y, z = _posed_points(np.take(turn.reshape(len(steps), 9).T.copy(), which, axis=1).reshape(3, 3, -1),
+                                np.take(shift.T.copy(), which, axis=1),
+                                np.take(meshes.leaf_centre_columns, leaf, axis=1), rows_first=True)
+        for group in np.flatnonzero(marks.any(axis=1)).tolist():
+            marks[group] &= _in_pyramid(grid, steps[which], group, x, y, z, meshes.leaf_radii[leaf])
+        kept = marks.any(axis=0)
+        which, leaf, marks = which[kept], leaf[kept], marks[:, kept]
         size = meshes.leaf_faces[leaf, 1] - meshes.leaf_faces[leaf, 0]
         which, marks = np.repeat(which, size), np.repeat(marks, size, axis=1)
         face = np.repeat(meshes.leaf_faces[leaf, 0], size) + _ramp(size)
@@ -407,6 +393,32 @@ def _candidate_faces(meshes: MeshSet, allowed: np.ndarray, cam_from_mesh: np.nda
                        np.stack([first[occupied, 1], last[occupied, 1]], axis=1),
                        np.concatenate([_cross(a, b), opposite, _cross(c, a)]),
                        np.einsum("pi,pi->p", a.T.copy(), opposite.T.copy()))
+
+
+def _posed_points(turn: np.ndarray, shift: np.ndarray, points: np.ndarray, *,
+                  rows_first: bool = False) -> list[np.ndarray]:
+    """x, y, z of ``R p + t``, component-major: ``points`` (3, ...) p, ``turn`` R and ``shift`` t
+    broadcasting against them, as (S, 3, 3, ...) and (S, 3, ...) or, ``rows_first``, (3, 3, ...)
+    and (3, ...)."""
+    rows = turn if rows_first else np.moveaxis(turn, (1, 2), (0, 1))
+    moved = shift if rows_first else np.moveaxis(shift, 1, 0)
+    return [rows[axis, 0] * points[0] + rows[axis, 1] * points[1] + rows[axis, 2] * points[2] + moved[axis]
+            for axis in range(3)]
+
+
+def _in_pyramid(grid: _Grid, step: np.ndarray, group: int, x: np.ndarray, y: np.ndarray, z: np.ndarray,
+                radius: np.ndarray) -> np.ndarray:
+    """Whether spheres (camera coordinates x, y, z, one step each, ``step`` broadcasting to them)
+    reach each of the six planes of the group's pyramid (within radius plus the slack): the
+    camera plane, the group's deepest target, and the four sides through the camera over its
+    (slack-widened) box, x <= upper z etc., the distance to each (x - upper z) / |(1, -upper)|."""
+    reach = np.asarray(radius) + PLANE_SLACK_M
+    box, scale = grid.boxes[step, group], grid.box_scales[step, group]
+    inside = (z >= -reach) & (z <= grid.deepest[step, group] + reach)
+    for axis, coordinate in enumerate((x, y)):
+        inside &= coordinate - box[..., 2 + axis] * z <= reach * scale[..., 2 + axis]
+        inside &= box[..., axis] * z - coordinate <= reach * scale[..., axis]
+    return inside
 
 
 def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
