@@ -157,9 +157,9 @@ class _Grid:
     cell: np.ndarray         # (T, 2) cell width and height
     farthest: np.ndarray     # (T,) largest target depth (-inf: nothing tested)
     groups: int              # K, the number of target groups
-    boxes: np.ndarray        # (T, K, 4) each group's z = 1 plane box (lower x, y, upper x, y) widened by the slack
-    box_scales: np.ndarray   # (T, K, 4) sqrt(1 + bound ** 2) of each of those bounds: |normal| of its pyramid side
-    deepest: np.ndarray      # (T, K) each group's largest target depth
+    boxes: np.ndarray        # (K, 5, T) each group's z = 1 plane box (lower x, y, upper x, y) widened by the
+                             # slack (0 where it has no targets), then its largest target depth (-inf: none)
+    box_scales: np.ndarray   # (K, 4, T) sqrt(1 + bound ** 2) of each of those bounds: |normal| of its pyramid side
     live: np.ndarray         # (T, K) whether the group has a tested target at the step
     flat: np.ndarray         # flat indices (t * N + n) of the tested targets, ascending
     keys: np.ndarray         # their cell keys ((t * K + group) * G + row) * G + column
@@ -283,9 +283,10 @@ def _bin_targets(local: np.ndarray, mask: np.ndarray, group: np.ndarray, num_gro
     farthest = deepest.max(axis=1)
     live = np.isfinite(deepest)
     boxes = np.where(live[..., None], np.concatenate([group_lower - PLANE_SLACK_M, group_upper + PLANE_SLACK_M],
-                                                     axis=2), 0.0)   # (0: no targets of the group at the step)
-    return _Grid(local.reshape(-1, 3), lower, upper, cell, farthest, num_groups, boxes, np.sqrt(1.0 + boxes * boxes),
-                 deepest, live, flat, keys, summed)
+                                                     axis=2), 0.0).transpose(1, 2, 0)
+    return _Grid(local.reshape(-1, 3), lower, upper, cell, farthest, num_groups,
+                 np.concatenate([boxes, deepest.T[:, None]], axis=1), np.sqrt(1.0 + boxes * boxes), live, flat, keys,
+                 summed)
 
 
 def _order_targets(grid: _Grid, steps: np.ndarray, num_targets: int) -> _Bins:
@@ -373,12 +374,13 @@ def _candidate_faces(meshes: MeshSet, allowed: np.ndarray, cam_from_mesh: np.nda
         nearest = np.minimum(np.minimum(depth[0], depth[1]), depth[2])
         farthest = np.maximum(np.maximum(depth[0], depth[1]), depth[2])
         keep = farthest > MIN_DEPTH_M
-        which, corners, nearest, marks = which[keep], corners[..., keep], nearest[keep], marks[:, keep]
+        if not keep.all():
+            which, corners, nearest, marks = which[keep], corners[..., keep], nearest[keep], marks[:, keep]
         low, high = _projected_bounds(corners, nearest > MIN_DEPTH_M)
         at = steps[which]
         for group in range(num_groups):
-            box = grid.boxes[at, group].T
-            marks[group] &= ((nearest < grid.deepest[at, group]) & (low[0] <= box[2]) & (low[1] <= box[3])
+            box = np.take(grid.boxes[group], at, axis=1)
+            marks[group] &= ((nearest < box[4]) & (low[0] <= box[2]) & (low[1] <= box[3])
                              & (high[0] >= box[0]) & (high[1] >= box[1]))
         keep = marks.any(axis=0)
         found.append((at[keep], np.full(int(keep.sum()), index), corners[..., keep], marks[:, keep], low[:, keep],
@@ -413,11 +415,11 @@ def _in_pyramid(grid: _Grid, step: np.ndarray, group: int, x: np.ndarray, y: np.
     camera plane, the group's deepest target, and the four sides through the camera over its
     (slack-widened) box, x <= upper z etc., the distance to each (x - upper z) / |(1, -upper)|."""
     reach = np.asarray(radius) + PLANE_SLACK_M
-    box, scale = grid.boxes[step, group], grid.box_scales[step, group]
-    inside = (z >= -reach) & (z <= grid.deepest[step, group] + reach)
+    box, scale = np.take(grid.boxes[group], step, axis=1), np.take(grid.box_scales[group], step, axis=1)
+    inside = (z >= -reach) & (z <= box[4] + reach)
     for axis, coordinate in enumerate((x, y)):
-        inside &= coordinate - box[..., 2 + axis] * z <= reach * scale[..., 2 + axis]
-        inside &= box[..., axis] * z - coordinate <= reach * scale[..., axis]
+        inside &= coordinate - box[2 + axis] * z <= reach * scale[2 + axis]
+        inside &= box[axis] * z - coordinate <= reach * scale[axis]
     return inside
 
 
