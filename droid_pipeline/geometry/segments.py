@@ -321,7 +321,8 @@ def _candidate_faces(meshes: MeshSet, allowed: np.ndarray, cam_from_mesh: np.nda
     then runs long loops rather than one per short row."""
     rotation, translation = cam_from_mesh[..., :3, :3], cam_from_mesh[..., :3, 3]   # (T, L, ...)
     camera = invert(cam_from_mesh)[..., :3, 3]  # the camera in each mesh's frame
-    centre = np.einsum("tlij,lj->tli", rotation, meshes.mesh_centres) + translation
+    centre = (rotation[..., 0] * meshes.mesh_centres[:, 0, None] + rotation[..., 1] * meshes.mesh_centres[:, 1, None]
+              + rotation[..., 2] * meshes.mesh_centres[:, 2, None] + translation)   # (T, L, 3)
     reach = np.zeros((*centre.shape[:2], grid.groups), dtype=bool)   # (T, L, K)
     every, (x, y, z) = np.arange(len(centre))[:, None], np.moveaxis(centre, -1, 0)
     for group in np.flatnonzero(grid.live.any(axis=0)).tolist():
