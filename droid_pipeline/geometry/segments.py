@@ -4,18 +4,19 @@ The query behind occlusion labels: per step t, a camera at the origin of ``camer
 N targets; a target is blocked when the segment from the camera to it crosses a mesh triangle
 closer to the camera than the target by more than ``margin_m`` (so the surface the target lies
 on does not hide it). Targets fall into groups (e.g. the two pads, which different meshes may
-hide). Vectorized over steps, targets and triangles (no loop over any of them), with culling at
-four levels, each dropping only what cannot cross a segment of a group it may hide:
+hide). Vectorized over steps, targets and triangles (no loop over any of them; below the meshes
+the arrays are component-major, (3, M) rather than (M, 3), as NumPy runs one inner loop per row),
+with culling at four levels, each dropping only what cannot cross a segment of a group it may hide:
 
 1. **Pyramids**: per step, each group's targets span a box on the camera's z = 1 plane
    (normalized image coordinates); every segment to them lies in the pyramid from the camera
-   over that box, up to the group's farthest target (six planes).
+   over that box, up to the group's farthest target (six planes: x <= upper z, x >= lower z,
+   the same in y, z >= 0, z <= the farthest depth).
 2. **Meshes, clusters, leaves**: each mesh's faces are split into spatial clusters of at most
    ``CLUSTER_FACES``, each cluster into leaves of at most ``LEAF_FACES``, with a bounding
-   sphere each. A mesh is kept at a step when its sphere reaches a pyramid of a group it may
-   hide and its exact projection covers a grid cell (below) holding such targets; its clusters
-   and then their leaves when their spheres reach one of those pyramids, tested in the mesh's
-   own frame (the pyramids' planes turned into it), all of a mesh's clusters at once.
+   sphere each. A mesh is kept at a step when its sphere, posed into camera coordinates,
+   reaches within its radius of all six planes of the pyramid of a group it may hide; then its
+   clusters (all of them at all its kept steps at once) and then their leaves, alike.
 3. **Faces**: only front faces (facing the camera) are kept. The meshes are closed with outward
    winding, so a segment starting outside a mesh enters it through a front face first; a camera
    inside a mesh is not hidden by that mesh. Faces behind the camera, beyond the group's
@@ -328,9 +329,6 @@ def _candidate_faces(meshes: MeshSet, allowed: np.ndarray, cam_from_mesh: np.nda
     for group in np.flatnonzero(grid.live.any(axis=0)).tolist():
         reach[..., group] = (_in_pyramid(grid, every, group, x, y, z, meshes.mesh_radii)
                              & allowed[group] & grid.live[:, group, None])
-    step, mesh = np.nonzero(reach.any(axis=2))
-    near = _sphere_reaches(grid, step, centre[step, mesh], meshes.mesh_radii[mesh], reach[step, mesh])
-    reach[step[~near], mesh[~near]] = False   # (the exact projections over the grid's occupied cells)
     num_groups = grid.groups
     found = [(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((3, 3, 0)), np.zeros((num_groups, 0), bool),
               np.zeros((2, 0)), np.zeros((2, 0)))]
@@ -449,38 +447,6 @@ def _posed_corners(vertices: np.ndarray, faces: np.ndarray, which: np.ndarray, t
         out += z * rows[:, 2]
         out += moved
     return corners
-
-
-def _sphere_reaches(grid: _Grid, step: np.ndarray, centre: np.ndarray, radius: np.ndarray,
-                    groups: np.ndarray) -> np.ndarray:
-    """Whether spheres (camera coordinates, one step each) reach past the camera, before the
-    step's farthest target, and over cells holding targets of ``groups``."""
-    depth = centre[:, 2]
-    reach = np.flatnonzero((depth + radius > MIN_DEPTH_M) & (depth - radius < grid.farthest[step]))
-    keep = np.zeros(len(step), dtype=bool)
-    keep[reach] = grid.cells(step[reach], *_sphere_bounds(centre[reach], radius[reach]), groups)[2]
-    return keep
-
-
-def _sphere_bounds(centre: np.ndarray, radius: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(M, 2) bounds of the z = 1 plane projection of spheres' parts in front of the camera: per
-    axis, the slopes of the two tangents from the camera to the sphere's outline in that axis'
-    plane with z; for a sphere reaching the camera plane, a tangent turned past 90 degrees (or
-    a camera inside the sphere) leaves that side unbounded."""
-    lateral, depth = centre[:, :2], np.broadcast_to(centre[:, 2:], (len(centre), 2))
-    radius = np.broadcast_to(radius[:, None], lateral.shape)
-    low, high = np.full(lateral.shape, -np.inf), np.full(lateral.shape, np.inf)
-    ahead = depth > radius
-    x, z, r = lateral[ahead], depth[ahead], radius[ahead]
-    squared = z * z - r * r
-    spread = r * np.sqrt(x * x + squared)
-    low[ahead], high[ahead] = (x * z - spread) / squared, (x * z + spread) / squared
-    near = ~ahead & (lateral * lateral + depth * depth > radius * radius)  # in the camera plane's reach
-    x, z, r = lateral[near], depth[near], radius[near]
-    angle, half = np.arctan2(x, z), np.arcsin(r / np.hypot(x, z))
-    low[near] = np.where(angle - half > -np.pi / 2, np.tan(angle - half), -np.inf)
-    high[near] = np.where(angle + half < np.pi / 2, np.tan(angle + half), np.inf)
-    return low, high
 
 
 def _projected_bounds(corners: np.ndarray, ahead: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
