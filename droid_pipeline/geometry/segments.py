@@ -270,8 +270,8 @@ def _bin_targets(local: np.ndarray, mask: np.ndarray, group: np.ndarray, num_gro
     cell = np.maximum(upper - lower, 1e-12) / GRID_CELLS
     flat = np.flatnonzero(mask)
     step, member = np.divmod(flat, num_targets)
-    column, row = (np.clip(np.floor((p.ravel()[flat] - lower[step, axis]) / cell[step, axis]), 0, GRID_CELLS - 1)
-                   .astype(np.int64) for axis, p in enumerate(plane))
+    column, row = (np.clip(np.floor((np.take(p, flat) - np.take(lower[:, axis], step)) / np.take(cell[:, axis], step)),
+                           0, GRID_CELLS - 1).astype(np.int64) for axis, p in enumerate(plane))
     row_key = (step * num_groups + group[member]) * GRID_CELLS + row
     keys = row_key * GRID_CELLS + column
     summed = np.zeros((num_steps, num_groups, GRID_CELLS + 1, GRID_CELLS + 1), dtype=np.int32)
