@@ -512,12 +512,13 @@ def _crosses_before(candidates: _Candidates, bins: _Bins, face: np.ndarray, star
     beyond the margin, among the runs of pairs (``face``, targets ``start`` .. + ``length``)."""
     position = np.repeat(start, length) + _ramp(length)
     x, y, z = (np.take(coordinate, position) for coordinate in bins.points)
-    edges = np.repeat(candidates.edges[:, face], length, axis=1)
-    sides = [x * edges[3 * k] + y * edges[3 * k + 1] + z * edges[3 * k + 2] for k in range(3)]
+    owner = np.repeat(face, length)
+    edge = [functools.partial(np.take, row) for row in candidates.edges]   # a row at a time: bounded memory
+    sides = [x * edge[3 * k](owner) + y * edge[3 * k + 1](owner) + z * edge[3 * k + 2](owner) for k in range(3)]
     toward = sides[0] + sides[1] + sides[2]
     inside = np.flatnonzero((sides[0] <= 0.0) & (sides[1] <= 0.0) & (sides[2] <= 0.0) & (toward < 0.0))
     position = position[inside]
     point = np.ascontiguousarray(bins.points[:, position].T)
     distance = np.sqrt(np.einsum("ni,ni->n", point, point))
-    volume = candidates.volume[np.repeat(face, length)[inside]]
+    volume = candidates.volume[owner[inside]]
     return position[volume > (1.0 - margin_m / distance) * toward[inside]]
