@@ -318,8 +318,8 @@ def _candidate_faces(meshes: MeshSet, allowed: np.ndarray, cam_from_mesh: np.nda
     """Front faces, per step, of the leaves (of clusters, of meshes) whose bounding spheres reach
     the pyramid of a group the mesh may hide (``allowed`` (K, L)), in front of the camera, before
     that group's farthest target and over its box; which groups each face may hide; and the cells
-    its projection covers. Below the clusters, arrays are component-major ((3, M), (K, M)): NumPy
-    then runs long loops rather than one per short row."""
+    its projection covers. Arrays are component-major ((3, ...) coordinates, (K, M) group marks):
+    NumPy then runs long loops rather than one per short row."""
     rotation, translation = cam_from_mesh[..., :3, :3], cam_from_mesh[..., :3, 3]   # (T, L, ...)
     camera = invert(cam_from_mesh)[..., :3, 3]  # the camera in each mesh's frame
     centre = (rotation[..., 0] * meshes.mesh_centres[:, 0, None] + rotation[..., 1] * meshes.mesh_centres[:, 1, None]
