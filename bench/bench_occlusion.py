@@ -6,7 +6,8 @@ self-occlusion test per camera (back faces and the ray test) and the scene test 
 camera's depth, and the tracks step itself; prints the median and spread of several runs and
 the labels' fractions. ``--before DIR`` (another checkout) also times that checkout's segment
 query (``geometry/segments.py``, loaded beside this one's) on the same calls, in turn with this
-one's: CPU seconds of the three cameras' queries, medians, and how many labels differ.
+one's: CPU seconds of the three cameras' queries, medians, and how many labels differ; and the
+two ``MeshSet`` builds of the robot's meshes, in turn: CPU medians, and which arrays differ.
 
     .venv/bin/python bench/bench_occlusion.py [--frames 300] [--repeats 7] [--keep DIR] [--before DIR]
 """
@@ -72,7 +73,8 @@ def describe(seconds: list[float]) -> str:
 def compare_queries(before: Path, occlusion: RobotOcclusion, pose, points, normals, cameras: dict, margin_m: float,
                     repeats: int) -> None:
     """The segment query of ``before`` and of this checkout on the same calls (the points each
-    camera tests, as ``RobotOcclusion.blocked`` groups and excludes them), in turn: CPU medians."""
+    camera tests, as ``RobotOcclusion.blocked`` groups and excludes them), in turn: CPU medians;
+    then the two ``MeshSet`` builds, in turn."""
     spec = importlib.util.spec_from_file_location("before_segments", before / "droid_pipeline/geometry/segments.py")
     if spec is None or spec.loader is None:
         raise SystemExit(f"no droid_pipeline/geometry/segments.py in {before}")
@@ -105,6 +107,20 @@ def compare_queries(before: Path, occlusion: RobotOcclusion, pose, points, norma
     print(f"segment query, 3 cameras, in turn, CPU medians of {repeats}: before {statistics.median(before_s):.3f} s, "
           f"now {statistics.median(now_s):.3f} s; now / before pair by pair "
           f"{statistics.median(n / b for n, b in zip(now_s, before_s)):.2f}; labels that differ: {differ}")
+    builds: dict[str, list[float]] = {"before": [], "now": []}
+    for _ in range(repeats + 1):
+        for version, build in (("before", module.MeshSet), ("now", segments.MeshSet)):
+            start = time.process_time()
+            build(meshes)
+            builds[version].append(time.process_time() - start)
+    old, new = versions["before"][0], versions["now"][0]
+    unequal = [name for name, value in vars(old).items()
+               if not np.array_equal(np.asarray(value), np.asarray(getattr(new, name, None)))]
+    before_s, now_s = builds["before"][1:], builds["now"][1:]
+    print(f"MeshSet build, {len(meshes)} meshes, in turn, CPU medians of {repeats}: before "
+          f"{statistics.median(before_s):.4f} s, now {statistics.median(now_s):.4f} s; now / before pair by pair "
+          f"{statistics.median(n / b for n, b in zip(now_s, before_s)):.2f}; arrays of the before build that differ "
+          f"in the new one: {', '.join(unequal) or 'none'}")
 
 
 def main() -> int:

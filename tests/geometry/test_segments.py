@@ -9,7 +9,8 @@ import trimesh
 from scipy.spatial.transform import Rotation
 from trimesh.ray.ray_triangle import ray_triangle_id
 
-from droid_pipeline.geometry.segments import MeshSet, blocked_segments
+from droid_pipeline.geometry import segments
+from droid_pipeline.geometry.segments import CLUSTER_FACES, LEAF_FACES, MeshSet, blocked_segments
 from droid_pipeline.robot.occlusion import RobotOcclusion
 
 MARGIN_M = 1e-3
@@ -103,6 +104,24 @@ def test_agrees_with_trimesh_ray_intersector(link_meshes, seed, distance_m):
     assert not result[np.einsum("tni,ti->tn", targets - cameras[:, None, :3, 3], cameras[:, :3, 2]) <= 0].any()
 
 
+def test_pairs_tested_in_many_small_chunks_agree_with_trimesh(link_meshes, monkeypatch):
+    """The (face, target) pairs are tested in chunks of whole runs, bounding memory: with chunks
+    of a few hundred pairs (thousands of chunks) the answers are still trimesh's."""
+    monkeypatch.setattr(segments, "PAIR_CHUNK", 300)
+    rng = np.random.default_rng(11)
+    steps, count, spread = 2, 600, 0.08
+    poses = random_poses(rng, steps, len(link_meshes), spread)
+    cameras = np.stack([camera_outside(link_meshes, poses[t], rng, spread, 0.4) for t in range(steps)])
+    targets = np.stack([scene_targets(link_meshes, poses[t], rng, count, spread) for t in range(steps)])
+    result = blocked_segments(MeshSet(link_meshes), poses, cameras, targets, margin_m=MARGIN_M)
+    for t in range(steps):
+        in_front = np.einsum("ij,j->i", targets[t] - cameras[t, :3, 3], cameras[t, :3, 2]) > 0
+        expected = reference_blocked(link_meshes, poses[t], cameras[t], targets[t],
+                                     np.zeros((count, len(link_meshes)), bool)) & in_front
+        assert expected.sum() > 50
+        np.testing.assert_array_equal(result[t], expected, err_msg=f"step {t}")
+
+
 def test_groups_skip_their_excluded_meshes_and_untested_targets_stay_false(link_meshes):
     rng = np.random.default_rng(5)
     steps, count, spread = 3, 450, 0.06
@@ -156,3 +175,56 @@ def test_bad_shapes_are_refused(link_meshes):
                          groups=np.array([0, 1, 0, 0, 0]), excluded=np.zeros((1, 2), bool))
     with pytest.raises(ValueError, match=r"need \(F>=1, 3, 3\) triangles"):
         MeshSet([np.zeros((0, 3, 3))])
+
+
+def test_mesh_set_tiles_each_mesh_into_bounded_leaves_and_clusters(link_meshes):
+    """Checked from the arrays alone: each mesh's faces are its input triangles, once each, over
+    distinct shared vertices; leaves (at most LEAF_FACES) tile clusters (at most CLUSTER_FACES),
+    which tile the meshes; every sphere encloses the vertices it bounds; the face planes are
+    trimesh's (outward normals) through the faces."""
+    icosphere = trimesh.creation.icosphere(subdivisions=3, radius=0.05).triangles   # 1280 faces
+    shuffled = icosphere[np.random.default_rng(4).permutation(len(icosphere))]   # list order tells nothing
+    meshes = [*link_meshes, shuffled, link_meshes[0][:5]]
+    built = MeshSet(meshes)
+    assert built.num_meshes == len(meshes)
+    rows_of = np.repeat(np.arange(len(meshes)), [len(m) for m in meshes])   # mesh of each face, in order
+    leaf_sizes = built.leaf_faces[:, 1] - built.leaf_faces[:, 0]
+    cluster_sizes = built.cluster_faces[:, 1] - built.cluster_faces[:, 0]
+    assert leaf_sizes.min() >= 1 and leaf_sizes.max() <= LEAF_FACES
+    assert cluster_sizes.min() >= 1 and cluster_sizes.max() <= CLUSTER_FACES
+    np.testing.assert_array_equal(built.leaf_faces[1:, 0], built.leaf_faces[:-1, 1])   # contiguous, no overlap
+    assert built.leaf_faces[0, 0] == 0 and built.leaf_faces[-1, 1] == len(built.faces) == len(rows_of)
+    np.testing.assert_array_equal(built.leaf_faces[built.cluster_leaves[:, 0], 0], built.cluster_faces[:, 0])
+    np.testing.assert_array_equal(built.leaf_faces[built.cluster_leaves[:, 1] - 1, 1], built.cluster_faces[:, 1])
+    np.testing.assert_array_equal(built.cluster_leaves[1:, 0], built.cluster_leaves[:-1, 1])
+    for index, triangles in enumerate(meshes):
+        first, stop = built.mesh_clusters[index]
+        faces = slice(built.cluster_faces[first, 0], built.cluster_faces[stop - 1, 1])
+        np.testing.assert_array_equal(rows_of[faces], index)
+        vertices = built.vertices[built.vertex_start[index]:built.vertex_start[index + 1]]
+        assert len(np.unique(vertices, axis=0)) == len(vertices)
+        assert set(built.faces[faces].ravel()) == set(range(len(vertices)))
+        rebuilt = vertices[built.faces[faces]]
+        # The same triangles, each once (rows compared as sorted arrays of their nine coordinates).
+        np.testing.assert_array_equal(np.unique(rebuilt.reshape(-1, 9), axis=0),
+                                      np.unique(np.asarray(triangles).reshape(-1, 9), axis=0))
+        assert len(rebuilt) == len(triangles)
+        enclosing = np.linalg.norm(vertices - built.mesh_centres[index], axis=1).max()
+        assert enclosing <= built.mesh_radii[index] + 1e-12
+        reference = trimesh.Trimesh(rebuilt.reshape(-1, 3), np.arange(3 * len(rebuilt)).reshape(-1, 3),
+                                    process=False)
+        unit = built.face_normals[faces] / np.linalg.norm(built.face_normals[faces], axis=1, keepdims=True)
+        np.testing.assert_allclose(unit, reference.face_normals, atol=1e-9)
+        np.testing.assert_allclose(built.face_offsets[faces], np.einsum("fi,fi->f", built.face_normals[faces],
+                                                                          rebuilt[:, 1]), atol=1e-12)
+    corners = built.vertices[built.faces + built.vertex_start[rows_of, None]]
+    for ranges, centres, radii in ((built.leaf_faces, built.leaf_centres, built.leaf_radii),
+                                   (built.cluster_faces, built.cluster_centres, built.cluster_radii)):
+        owner = np.repeat(np.arange(len(ranges)), ranges[:, 1] - ranges[:, 0])
+        reach = np.linalg.norm(corners - centres[owner, None], axis=2).max(axis=1)
+        assert (reach <= radii[owner] + 1e-12).all()
+    # The shuffled sphere's leaves and clusters are compact: the cuts split space, not the face list.
+    sphere = len(link_meshes)
+    for ranges, radii, most in ((built.leaf_faces, built.leaf_radii, 0.35),
+                                (built.cluster_faces, built.cluster_radii, 0.5)):   # (they measure 0.28, 0.42)
+        assert radii[rows_of[ranges[:, 0]] == sphere].max() < most * built.mesh_radii[sphere]
