@@ -14,10 +14,11 @@ is written as soon as the chunks before it are, so at most ``threads`` chunks ar
 member can also be given as a :class:`StreamedArray` whose C-order bytes are produced piece by
 piece (an array too large to hold whole is never assembled).
 
-Two deflate engines write the same format: ``zlib`` (the default) and ``isal``, Intel's ISA-L
-through the optional package of that name, which takes a quarter to a seventh of zlib level 1's
-CPU time on these arrays for 2.5-6% more bytes (``bench/bench_npz.py`` prints the table). Both
-release the GIL.
+Two deflate engines write the same format: ``zlib`` and ``isal``, Intel's ISA-L through the
+package of that name (a dependency; the config's default engine, at level 3), which takes a
+quarter to a seventh of zlib level 1's CPU time on these arrays for 2-6% more bytes
+(``bench/bench_npz.py`` prints the table). Both release the GIL. :class:`Deflate` on its own
+means zlib level 1, which needs nothing beyond the standard library.
 """
 
 from __future__ import annotations
