@@ -28,6 +28,17 @@ def reference_data() -> Path:
     return REFERENCE_DATA
 
 
+@pytest.fixture(scope="module")
+def slurm_cluster(tmp_path_factory):
+    """A real one-node SLURM cluster (tests/support/slurm_cluster.py), started for one test module."""
+    from slurm_cluster import SlurmCluster
+
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"), cpus=2)
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
 @pytest.fixture(scope="session")
 def session_caches() -> Path:
     """The folder every cache variable points into for this session."""

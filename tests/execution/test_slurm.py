@@ -11,21 +11,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from slurm_cluster import SlurmCluster
 
 from droid_pipeline.publish.staging import finished_state
 from droid_pipeline.synthetic.generator import generate_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 METADATA = REPO / "run_pipeline_metadata_only.sh"
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"), cpus=2)
-    cluster.start()
-    yield cluster
-    cluster.stop()
 
 
 @pytest.fixture(scope="module")
@@ -59,17 +50,17 @@ def test_slurm_dry_run_prints_the_sbatch_script(dataset, tmp_path):
 
 
 @pytest.mark.slow
-def test_slurm_array_runs_every_shard_on_a_real_cluster(cluster, dataset, tmp_path):
+def test_slurm_array_runs_every_shard_on_a_real_cluster(slurm_cluster, dataset, tmp_path):
     result = subprocess.run([str(METADATA), *slurm_args(dataset, tmp_path)], cwd=tmp_path,
-                            env=cluster.env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr + cluster.logs()
+                            env=slurm_cluster.env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr + slurm_cluster.logs()
     job_id = re.search(r"submitted SLURM job (\d+): 2 array task", result.stdout).group(1)
     run_dir = next((tmp_path / "runs").glob("metadata-*"))
     assert f"logs: {run_dir / 'slurm'}/{job_id}_<task>.out" in result.stdout
-    cluster.wait_job(job_id)
+    slurm_cluster.wait_job(job_id)
     outputs = {t: (run_dir / "slurm" / f"{job_id}_{t}.out").read_text() for t in (0, 1)}
-    assert cluster.job_states(job_id) == {"0": "COMPLETED", "1": "COMPLETED"}, \
-        "\n".join(outputs.values()) + cluster.logs()
+    assert slurm_cluster.job_states(job_id) == {"0": "COMPLETED", "1": "COMPLETED"}, \
+        "\n".join(outputs.values()) + slurm_cluster.logs()
     ids = [e.episode_id for e in sorted(dataset.episodes, key=lambda e: e.relative_path)]
     for task in (0, 1):
         assert f"array task {task} of 2: {len(ids[task::2])} episodes in the shard" in outputs[task]

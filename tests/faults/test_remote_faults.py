@@ -144,30 +144,20 @@ def test_the_debug_run_keeps_its_scratch_copy_and_says_where(dataset, proxy, tmp
     assert (Path(kept) / episode.relative_path / "trajectory.h5").is_file()
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    from slurm_cluster import SlurmCluster
-
-    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"), cpus=2)
-    cluster.start()
-    yield cluster
-    cluster.stop()
-
-
-def test_slurm_array_tasks_fetch_into_their_node_scratch(cluster, dataset, proxy, local_out, tmp_path):
+def test_slurm_array_tasks_fetch_into_their_node_scratch(slurm_cluster, dataset, proxy, local_out, tmp_path):
     scratch = tmp_path / "node-tmp"
     scratch.mkdir()
-    env = dict(cluster.env, TMPDIR=str(scratch), STORAGE_EMULATOR_HOST=proxy.url)
+    env = dict(slurm_cluster.env, TMPDIR=str(scratch), STORAGE_EMULATOR_HOST=proxy.url)
     args = ["--config", str(dataset.config_path), "--out", str(tmp_path / "out"), "--set",
             f"run_root={tmp_path / 'runs'}", "--set", "outcomes=[success, failure]", "--no-upload",
             "--droid-root", ROOT_URL, "--slurm", "--set", "slurm.num_tasks=2", "--set", "slurm.cpus_per_task=1",
             "--set", "slurm.max_parallel_tasks=2", "--set", "slurm.time=00:20:00", "--set", "slurm.partition=debug"]
     result = subprocess.run([str(METADATA), *args], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr + cluster.logs()
+    assert result.returncode == 0, result.stdout + result.stderr + slurm_cluster.logs()
     job_id = re.search(r"submitted SLURM job (\d+): 2 array task", result.stdout).group(1)
-    cluster.wait_job(job_id)
-    assert cluster.job_states(job_id) == {"0": "COMPLETED", "1": "COMPLETED"}, cluster.logs()
+    slurm_cluster.wait_job(job_id)
+    assert slurm_cluster.job_states(job_id) == {"0": "COMPLETED", "1": "COMPLETED"}, slurm_cluster.logs()
     rows = timing_rows(tmp_path)
     assert sorted(r["episode_id"] for r in rows) == sorted(e.episode_id for e in dataset.episodes)
     assert all(r["status"] == "done" and int(r["fetch_bytes"]) > 0 for r in rows)

@@ -87,8 +87,13 @@ def camera_outside(meshes: list[np.ndarray], poses: np.ndarray, rng: np.random.G
     raise AssertionError("no camera position outside the meshes")
 
 
-@pytest.mark.parametrize("seed, distance_m", [(0, 0.6), (1, 0.25), (2, 1.5)])
-def test_agrees_with_trimesh_ray_intersector(link_meshes, seed, distance_m):
+@pytest.mark.parametrize("seed, distance_m, pair_chunk", [(0, 0.6, None), (1, 0.25, None), (2, 1.5, None),
+                                                       (11, 0.4, 300)])
+def test_agrees_with_trimesh_ray_intersector(link_meshes, monkeypatch, seed, distance_m, pair_chunk):
+    """``pair_chunk``: the (face, target) pairs are tested in chunks of whole runs, bounding memory;
+    with chunks of a few hundred pairs (thousands of chunks) the answers are still trimesh's."""
+    if pair_chunk is not None:
+        monkeypatch.setattr(segments, "PAIR_CHUNK", pair_chunk)
     rng = np.random.default_rng(seed)
     steps, count, spread = 4, 600, 0.08
     poses = random_poses(rng, steps, len(link_meshes), spread)
@@ -102,24 +107,6 @@ def test_agrees_with_trimesh_ray_intersector(link_meshes, seed, distance_m):
         assert expected.sum() > 50 and (~expected & in_front).sum() > 50
         np.testing.assert_array_equal(result[t], expected, err_msg=f"step {t}")
     assert not result[np.einsum("tni,ti->tn", targets - cameras[:, None, :3, 3], cameras[:, :3, 2]) <= 0].any()
-
-
-def test_pairs_tested_in_many_small_chunks_agree_with_trimesh(link_meshes, monkeypatch):
-    """The (face, target) pairs are tested in chunks of whole runs, bounding memory: with chunks
-    of a few hundred pairs (thousands of chunks) the answers are still trimesh's."""
-    monkeypatch.setattr(segments, "PAIR_CHUNK", 300)
-    rng = np.random.default_rng(11)
-    steps, count, spread = 2, 600, 0.08
-    poses = random_poses(rng, steps, len(link_meshes), spread)
-    cameras = np.stack([camera_outside(link_meshes, poses[t], rng, spread, 0.4) for t in range(steps)])
-    targets = np.stack([scene_targets(link_meshes, poses[t], rng, count, spread) for t in range(steps)])
-    result = blocked_segments(MeshSet(link_meshes), poses, cameras, targets, margin_m=MARGIN_M)
-    for t in range(steps):
-        in_front = np.einsum("ij,j->i", targets[t] - cameras[t, :3, 3], cameras[t, :3, 2]) > 0
-        expected = reference_blocked(link_meshes, poses[t], cameras[t], targets[t],
-                                     np.zeros((count, len(link_meshes)), bool)) & in_front
-        assert expected.sum() > 50
-        np.testing.assert_array_equal(result[t], expected, err_msg=f"step {t}")
 
 
 def test_groups_skip_their_excluded_meshes_and_untested_targets_stay_false(link_meshes):
