@@ -543,14 +543,15 @@ def _normalized_flow(gripper: GripperModel, steps: StepArrays, gripper_positions
             # finger's points, p (R_f^T M R^T) + (t_f - c) M R^T + centroid, with c from the
             # points' sums: one pass over the block's points instead of five.
             turn = mount_rotation @ np.swapaxes(rotations[block], -1, -2)
-            fingers = [(part, np.swapaxes(pose[:, :3, :3], -1, -2), pose[:, :3, 3])
+            fingers = [(part, np.swapaxes(pose[:, :3, :3], -1, -2), pose[:, :3, 3])   # p, R_f^T, t_f
                        for part, pose in zip(parts, (left_finger, right_finger))]
-            centre = sum(part.sum(axis=0) @ turned + len(part) * shift for part, turned, shift in fingers) / num_points
+            centre = sum(part.sum(axis=0) @ finger_turn + len(part) * shift
+                         for part, finger_turn, shift in fingers) / num_points
             tracks = np.empty((len(opening[block]), num_points, 3), np.float32)
             pad_centres = []
-            for (part, turned, shift), where in zip(fingers, (slice(0, half), slice(half, num_points))):
+            for (part, finger_turn, shift), where in zip(fingers, (slice(0, half), slice(half, num_points))):
                 offset = centroids[block] + ((shift - centre)[:, None, :] @ turn)[:, 0]
-                finger_points = part @ (turned @ turn) + offset[:, None, :]
+                finger_points = part @ (finger_turn @ turn) + offset[:, None, :]
                 tracks[:, where] = finger_points
                 pad_centres.append(finger_points.mean(axis=1))
             left_frames[block] = _frames(rotations[block] @ to_finger @ left_finger[:, :3, :3], pad_centres[0])
