@@ -8,8 +8,7 @@ Usage: python compress_depth_ffv1.py --input DIR_OR_FILE --output depth.mkv [--f
 See docs/depth_format.md.
 """
 
-from droid_pipeline.cli.common import run_main
-from droid_pipeline.cli.compress_depth import main
+from droid_pipeline.cli.drivers import run_command
 
 if __name__ == "__main__":
-    run_main(main)
+    run_command("compress_depth")

@@ -6,8 +6,7 @@ Usage: python extract_intrinsics_only.py --episode_id ID [--config FILE] [--set 
 See docs/intrinsics.md.
 """
 
-from droid_pipeline.cli.common import run_main
-from droid_pipeline.cli.intrinsics import main
+from droid_pipeline.cli.drivers import run_command
 
 if __name__ == "__main__":
-    run_main(main)
+    run_command("intrinsics")

@@ -6,8 +6,7 @@ Usage: python extract_rgb_depth.py --episode_id ID [--config FILE] [--set KEY=VA
 See docs/depth.md.
 """
 
-from droid_pipeline.cli.common import run_main
-from droid_pipeline.cli.depth import main
+from droid_pipeline.cli.drivers import run_command
 
 if __name__ == "__main__":
-    run_main(main)
+    run_command("depth")

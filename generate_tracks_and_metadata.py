@@ -7,8 +7,7 @@ Usage: python generate_tracks_and_metadata.py --episode_id ID [--config FILE] [-
 --help lists every output; the full contract is docs/outputs.md.
 """
 
-from droid_pipeline.cli.common import run_main
-from droid_pipeline.cli.tracks import main
+from droid_pipeline.cli.drivers import run_command
 
 if __name__ == "__main__":
-    run_main(main)
+    run_command("tracks")

@@ -5,8 +5,7 @@ Usage: render_tracks.py --episode_id ID | --episode-dir DIR [--camera SERIAL|all
 [--trail K] [--what tracks|frames|normalized|depth]; see --help and docs/inspecting.md.
 """
 
-from droid_pipeline.cli.common import run_main
-from droid_pipeline.cli.render import main
+from droid_pipeline.cli.drivers import run_command
 
 if __name__ == "__main__":
-    run_main(main)
+    run_command("render")

@@ -5,8 +5,7 @@ Usage: upload_batches.py --once | --daemon | --dry-run | status [--config FILE] 
 exit codes and options: --help. See docs/upload.md.
 """
 
-from droid_pipeline.cli.common import run_main
-from droid_pipeline.cli.upload import main
+from droid_pipeline.cli.drivers import run_command
 
 if __name__ == "__main__":
-    run_main(main)
+    run_command("upload")

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from droid_pipeline.core.config import Config, ConfigError, load_config
 from droid_pipeline.core.errors import EpisodeError
@@ -64,7 +65,7 @@ def step_request(args: argparse.Namespace, step: str) -> StepRequest:
     return StepRequest(config, episode, output_dir, cameras)
 
 
-def run_main(main: Callable[[], int | None]) -> None:
+def run_main(main: Callable[[], int | None]) -> NoReturn:
     """Run an entry point: bad config exits 2, a failed episode exits 1, each with one clear line."""
     logging.basicConfig(level=logging.DEBUG if "-v" in sys.argv or "--verbose" in sys.argv
                         else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -9,6 +9,7 @@ own command's module.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import sys
@@ -22,10 +23,21 @@ def _exec_driver(pipeline: str) -> NoReturn:
                {**os.environ, "DROID_PYTHON": sys.executable})
 
 
-def _run(command: str) -> None:
-    from droid_pipeline.cli.common import run_main  # config and discovery: the drivers' exec needs neither
+def run_command(command: str) -> NoReturn:
+    """Run ``droid_pipeline.cli.<command>``'s main as this process's whole life, then exit.
 
-    run_main(importlib.import_module(f"droid_pipeline.cli.{command}").main)
+    Imports build only objects that live as long as the process, so the cyclic garbage collector
+    is off while they load, and ``gc.freeze`` then leaves them out of every later collection:
+    a step command spends 2 ms in collections instead of 13.
+    """
+    gc.disable()
+    try:
+        main = importlib.import_module(f"droid_pipeline.cli.{command}").main
+        from droid_pipeline.cli.common import run_main  # config and discovery: the drivers' exec needs neither
+    finally:
+        gc.freeze()
+        gc.enable()
+    run_main(main)
 
 
 def run_metadata() -> None:
@@ -40,49 +52,49 @@ def run_full() -> None:
 
 def intrinsics() -> None:
     """``droid-intrinsics``: ``extract_intrinsics_only.py``."""
-    _run("intrinsics")
+    run_command("intrinsics")
 
 
 def depth() -> None:
     """``droid-depth``: ``extract_rgb_depth.py``."""
-    _run("depth")
+    run_command("depth")
 
 
 def tracks() -> None:
     """``droid-tracks``: ``generate_tracks_and_metadata.py``."""
-    _run("tracks")
+    run_command("tracks")
 
 
 def compress_depth() -> None:
     """``droid-compress-depth``: ``compress_depth_ffv1.py``."""
-    _run("compress_depth")
+    run_command("compress_depth")
 
 
 def upload() -> None:
     """``droid-upload``: ``upload_batches.py``, ``python -m droid_pipeline.upload``."""
-    _run("upload")
+    run_command("upload")
 
 
 def render() -> None:
     """``droid-render``: ``render_tracks.py``."""
-    _run("render")
+    run_command("render")
 
 
 def episodes() -> None:
     """``droid-episodes``: ``python -m droid_pipeline.episodes``."""
-    _run("episodes")
+    run_command("episodes")
 
 
 def verify() -> None:
     """``droid-verify``: ``python -m droid_pipeline.verify``."""
-    _run("verify")
+    run_command("verify")
 
 
 def timing() -> None:
     """``droid-timing``: ``python -m droid_pipeline.timing``."""
-    _run("timing")
+    run_command("timing")
 
 
 def demo() -> None:
     """``droid-demo``: ``python -m droid_pipeline.demo``."""
-    _run("demo")
+    run_command("demo")

@@ -17,14 +17,14 @@ import re
 import types
 import typing
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-# The defaults ship inside the package (checkouts also see them as configs/default.yaml).
-DEFAULT_CONFIG_PATH = Path(str(resources.files("droid_pipeline.core").joinpath("default.yaml")))
+# The defaults ship inside the package, installed as files beside its modules (checkouts also see
+# them as configs/default.yaml). Not through importlib.resources: its import costs a command 5 ms.
+DEFAULT_CONFIG_PATH = Path(__file__).with_name("default.yaml")
 SITE_CONFIG_ENV = "DROID_PIPELINE_SITE_CONFIG"
 # libyaml's parser where PyYAML was built with it (the wheels are): the same safe loading, about
 # 15x as fast, which every process of a run pays for the defaults.
@@ -114,6 +114,7 @@ class NpzConfig:
 
     engine: Literal["zlib", "isal"] = _field()
     level: int = _field(min=0, max=9)
+    level_by_member: dict[str, int] = _field()
 
 
 @dataclass(frozen=True)
@@ -317,12 +318,25 @@ def load_config(config_files: list[str | os.PathLike] | tuple = (),
 
 
 def _check_npz(npz: NpzConfig, origin: dict[str, str]) -> None:
-    """The isal engine's levels stop at 3, and it needs its package (checked before any episode)."""
+    """Members named in level_by_member exist, levels are the engine's (isal's stop at 3), and
+    isal's package is installed (checked before any episode)."""
+    from droid_pipeline.core.schema import NPZ_FILES
+
+    members = {key for npz_file in NPZ_FILES for key in npz_file.expected()}
+    where = origin.get("npz.level_by_member", "config")
+    unknown = sorted(set(npz.level_by_member) - members)
+    if unknown:
+        raise ConfigError(f"{where}: key 'npz.level_by_member' names {', '.join(unknown)}, not a member of "
+                          f"tracks.npz or extrinsics.npz")
+    top = 3 if npz.engine == "isal" else 9
+    levels = {"npz.level": npz.level} | {f"npz.level_by_member.{key}": level
+                                         for key, level in npz.level_by_member.items()}
+    for key, level in levels.items():
+        if not 0 <= level <= top:
+            raise ConfigError(f"{origin.get(key, where)}: key '{key}' must be 0..{top} with npz.engine "
+                              f"{npz.engine}, got {level}")
     if npz.engine != "isal":
         return
-    if npz.level > 3:
-        raise ConfigError(f"{origin.get('npz.level', 'config')}: key 'npz.level' must be <= 3 with npz.engine "
-                          f"isal, got {npz.level}")
     if importlib.util.find_spec("isal") is None:
         raise ConfigError(f"{origin.get('npz.engine', 'config')}: npz.engine is isal but the package isal is "
                           "not installed (pip install isal; droid-pipeline depends on it)")

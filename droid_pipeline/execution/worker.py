@@ -27,6 +27,7 @@ import dataclasses
 import faulthandler
 import fcntl
 import functools
+import gc
 import importlib
 import json
 import logging
@@ -399,6 +400,7 @@ def _preload(slot: WorkerSlot, config: Config | None) -> None:
                 warm_up(config)
         except Exception:  # noqa: BLE001 - reported per episode, see docstring
             continue
+    gc.freeze()  # the forked episodes' collections skip what the imports built and leave its pages shared
 
 
 @functools.cache

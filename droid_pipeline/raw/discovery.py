@@ -466,9 +466,13 @@ def _unnamed_h5_cameras(trajectory: Path, named: set[str], mp4_names: set[str]) 
     "wrist", "exterior" or None (no usable camera_type). Empty when the file cannot be read (the
     steps then fail on it)."""
     import h5py
-    import numpy as np
 
-    from droid_pipeline.raw.trajectory import CAMERA_TYPE_GROUP, CAMERA_TYPE_WRIST, h5_camera_serials
+    from droid_pipeline.raw.trajectory import (
+        CAMERA_TYPE_GROUP,
+        CAMERA_TYPE_WRIST,
+        distinct_values,
+        h5_camera_serials,
+    )
 
     found: dict[str, str | None] = {}
     try:
@@ -477,9 +481,9 @@ def _unnamed_h5_cameras(trajectory: Path, named: set[str], mp4_names: set[str]) 
             for serial in sorted(h5_camera_serials(h5) - named):
                 if not ({f"{serial}.mp4", f"{serial}-stereo.mp4"} & mp4_names):
                     continue
-                values = np.unique(np.asarray(h5[f"{CAMERA_TYPE_GROUP}/{serial}"][()]).ravel()) \
-                    if f"{CAMERA_TYPE_GROUP}/{serial}" in h5 else np.empty(0)
-                found[serial] = None if values.size != 1 else \
+                values = distinct_values(h5[f"{CAMERA_TYPE_GROUP}/{serial}"][()]) \
+                    if f"{CAMERA_TYPE_GROUP}/{serial}" in h5 else []
+                found[serial] = None if len(values) != 1 else \
                     "wrist" if values[0] == CAMERA_TYPE_WRIST else "exterior"
     except (OSError, ValueError, KeyError, TypeError):
         return {}

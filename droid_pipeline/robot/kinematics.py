@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
+from pathlib import Path
 
 import numpy as np
 
@@ -25,7 +25,7 @@ NUM_ARM_JOINTS = 7
 
 def read_asset(name: str) -> bytes:
     """Bytes of a file packaged under ``droid_pipeline/robot/assets``."""
-    return resources.files("droid_pipeline.robot").joinpath("assets").joinpath(name).read_bytes()
+    return (Path(__file__).with_name("assets") / name).read_bytes()
 
 
 @functools.cache

@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ import numpy as np
 
 from droid_pipeline.core import schema
 from droid_pipeline.core.atomic import write_json_atomic
-from droid_pipeline.core.config import Config, IdleFilterConfig, VideoFrameMismatchConfig
+from droid_pipeline.core.config import Config, IdleFilterConfig, NpzConfig, VideoFrameMismatchConfig
 from droid_pipeline.core.errors import EpisodeError
 from droid_pipeline.core.schema import (
     CAMERA_ROLES,
@@ -48,7 +48,7 @@ from droid_pipeline.core.schema import (
 )
 from droid_pipeline.formats.depth_codec import DepthCodecError, DepthMeta
 from droid_pipeline.formats.intrinsics import IntrinsicsError, IntrinsicsRecord
-from droid_pipeline.formats.npz import Deflate, StreamedArray, save_npz_atomic
+from droid_pipeline.formats.npz import Deflate, Member, StreamedArray, save_npz_atomic
 from droid_pipeline.geometry.normalize import (
     ArcLengthSampling,
     arc_length_sampling,
@@ -276,7 +276,7 @@ def generate_tracks(config: Config, episode: Episode, output_dir: os.PathLike | 
                                                      **extrinsics.arrays(trajectory.num_frames)}, sizes)
     quality = _quality(config, raw, trajectory, gripper, extrinsics, steps, sampling, videos, depth, warnings,
                        keep_mask, keep is not None, language)
-    deflate = Deflate(config.npz.level, engine=config.npz.engine)
+    deflate = _deflate(config.npz)
     save_npz_atomic(output_dir / TRACKS.path, tracks, deflate=deflate)
     save_npz_atomic(output_dir / EXTRINSICS.path, extrinsics_arrays, deflate=deflate)
     write_json_atomic(output_dir / QUALITY.path, quality)
@@ -541,7 +541,8 @@ def _normalized_flow(gripper: GripperModel, steps: StepArrays, gripper_positions
             # (gripper-frame axes, origin at the points' centroid c) at (q - c) M, posed at the
             # sample by R: centroid + (q - c) M R^T. Fused per finger into one product of the
             # finger's points, p (R_f^T M R^T) + (t_f - c) M R^T + centroid, with c from the
-            # points' sums: one pass over the block's points instead of five.
+            # points' sums: one pass over the block's points instead of five. Each pad's centre is
+            # its points' mean put through the same map.
             turn = mount_rotation @ np.swapaxes(rotations[block], -1, -2)
             fingers = [(part, np.swapaxes(pose[:, :3, :3], -1, -2), pose[:, :3, 3])   # p, R_f^T, t_f
                        for part, pose in zip(parts, (left_finger, right_finger))]
@@ -551,9 +552,9 @@ def _normalized_flow(gripper: GripperModel, steps: StepArrays, gripper_positions
             pad_centres = []
             for (part, finger_turn, shift), where in zip(fingers, (slice(0, half), slice(half, num_points))):
                 offset = centroids[block] + ((shift - centre)[:, None, :] @ turn)[:, 0]
-                finger_points = part @ (finger_turn @ turn) + offset[:, None, :]
-                tracks[:, where] = finger_points
-                pad_centres.append(finger_points.mean(axis=1))
+                posed = finger_turn @ turn
+                tracks[:, where] = part @ posed + offset[:, None, :]
+                pad_centres.append(part.mean(axis=0) @ posed + offset)
             left_frames[block] = _frames(rotations[block] @ to_finger @ left_finger[:, :3, :3], pad_centres[0])
             right_frames[block] = _frames(rotations[block] @ to_finger @ right_finger[:, :3, :3], pad_centres[1])
             if not (np.isfinite(tracks).all() and np.isfinite(left_frames[block]).all()
@@ -563,6 +564,13 @@ def _normalized_flow(gripper: GripperModel, steps: StepArrays, gripper_positions
 
     streamed = StreamedArray(np.dtype(np.float32), (sampling.num_samples, num_points, 3), points())
     return NormalizedFlow(centroids, opening, _frames(rotations, centroids), streamed, left_frames, right_frames)
+
+
+def _deflate(npz: NpzConfig) -> Callable[[str, Member], Deflate]:
+    """The deflate setting of each npz member: ``npz.level``, or its own in ``npz.level_by_member``."""
+    default = Deflate(npz.level, engine=npz.engine)
+    own = {key: Deflate(level, engine=npz.engine) for key, level in npz.level_by_member.items()}
+    return lambda key, member: own.get(key, default)
 
 
 def _tracks_status(role: str, serials: dict[str, str], steps: StepArrays) -> str:

@@ -176,8 +176,22 @@ def test_new_groups_round_trip(tmp_path: Path):
 
 def test_the_isal_engine_takes_levels_up_to_3():
     assert load_config(overrides=["npz.engine=isal", "npz.level=3"]).npz.level == 3
-    with pytest.raises(ConfigError, match=r"--set npz.level: key 'npz.level' must be <= 3 with npz.engine isal"):
+    with pytest.raises(ConfigError, match=r"--set npz.level: key 'npz.level' must be 0..3 with npz.engine isal"):
         load_config(overrides=["npz.engine=isal", "npz.level=6"])
+    with pytest.raises(ConfigError, match=r"key 'npz.level_by_member.tracks_3d' must be 0..3 with npz.engine isal"):
+        load_config(overrides=["npz.engine=isal", "npz.level_by_member.tracks_3d=4"])
+    assert load_config(overrides=["npz.engine=zlib", "npz.level_by_member.tracks_3d=9"]).npz.level_by_member == {
+        "normalized_tracks_3d": 1, "tracks_3d": 9}
+
+
+def test_member_levels_name_members_of_the_npz_files():
+    assert load_config(overrides=["npz.level_by_member.normalized_tracks_3d=3"]).npz.level_by_member == {
+        "normalized_tracks_3d": 3}
+    assert load_config(overrides=["npz.level_by_member={T_base_cam_ext1: 0}"]).npz.level_by_member == {
+        "normalized_tracks_3d": 1, "T_base_cam_ext1": 0}
+    with pytest.raises(ConfigError, match=r"'npz.level_by_member' names normalised_tracks_3d, not a member of "
+                                          r"tracks.npz or extrinsics.npz"):
+        load_config(overrides=["npz.level_by_member={normalised_tracks_3d: 1}"])
 
 
 def test_the_isal_engine_without_its_package_fails_at_load(monkeypatch):

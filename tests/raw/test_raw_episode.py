@@ -151,3 +151,25 @@ def test_unreadable_trajectory_fails_the_step(tmp_path):
     (folder / "trajectory.h5").write_bytes(b"not hdf5")
     with pytest.raises(EpisodeError, match=r"step tracks: cannot open .*trajectory.h5"), raw.trajectory():
         pass
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 10, 301, 3000])
+def test_median_and_distinct_values_equal_numpys(size: int) -> None:
+    """The trajectory reader's own median and distinct values (NumPy's import masked arrays) hold
+    to ``np.median`` and ``np.unique``: ties, negatives, NaN and strings included."""
+    from droid_pipeline.raw.trajectory import _median, distinct_values
+
+    rng = np.random.default_rng(size)
+    for values in (rng.normal(66.7, 5, size), rng.integers(-3, 4, size).astype(np.float64),
+                   np.round(rng.normal(0, 1e3, size), 1)):
+        assert _median(values) == float(np.median(values))
+        assert distinct_values(values) == np.unique(values).tolist()
+        assert distinct_values(values.astype(np.int64)) == np.unique(values.astype(np.int64)).tolist()
+        with_nan = values.copy()
+        with_nan[size // 2] = np.nan
+        assert np.isnan(_median(with_nan)) and np.isnan(np.median(with_nan))
+        with_nan[:2] = np.nan
+        assert str(distinct_values(with_nan)) == str(np.unique(with_nan).tolist())   # one nan, as NumPy's
+    names = rng.choice(np.array([b"wrist", b"ext", b""]), (size, 1))
+    assert distinct_values(names) == np.unique(names).tolist()
+    assert distinct_values(np.empty((0, 2))) == np.unique(np.empty((0, 2))).tolist() == []

@@ -15,15 +15,18 @@ import pytest
 from droid_pipeline.raw.video import frame_indices, iter_frames, probe
 
 
-def write(path: Path, pts: list[int], codec: str = "libx264", options: dict[str, str] | None = None) -> None:
+def write(path: Path, pts: list[int], codec: str = "libx264", options: dict[str, str] | None = None,
+          size: tuple[int, int] = (64, 48)) -> None:
     """Frames at the given positions (units of 1/15 s) of a 15 Hz stream, each a different grey."""
+    width, height = size
     with av.open(str(path), "w", options=options or {}) as container:
         stream = container.add_stream(codec, rate=15)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         if codec == "libx264":
             stream.options = {"bf": "3", "g": "12"}   # B-frames: packets leave out of presentation order
         for position in pts:
-            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), position * 9 % 256, np.uint8), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), position * 9 % 256, np.uint8),
+                                               format="rgb24")
             frame.pts, frame.time_base = position, Fraction(1, 15)
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
@@ -49,6 +52,24 @@ def test_frame_positions_match_the_decoder_and_ffprobe(tmp_path: Path, pts: list
     info = probe(path, frames=True)   # the same scan in the probe's own opening
     assert info.frame_indices is not None and info.frame_indices.tolist() == pts
     assert (info.width, info.height, info.num_frames) == (64, 48, len(pts)) and probe(path).frame_indices is None
+
+
+@pytest.mark.parametrize("name, codec, size", [
+    ("video.mp4", "libx264", (1280, 720)), ("video.mp4", "libx265", (66, 50)), ("video.mkv", "libx264", (64, 48)),
+    ("video.mkv", "ffv1", (62, 46)), ("video.mp4", "mpeg4", (64, 48))])
+def test_the_probe_agrees_with_ffprobe(tmp_path: Path, name: str, codec: str, size: tuple[int, int]) -> None:
+    """The probe's opening skips FFmpeg's frame decoding; ffprobe's default analysis decodes."""
+    path = tmp_path / name
+    write(path, [0, 1, 2, 4, 5, 6, 7, 9], codec=codec, size=size)
+    stream = json.loads(subprocess.run(
+        ["ffprobe", "-v", "error", "-count_packets", "-select_streams", "v:0", "-show_entries",
+         "stream=width,height,r_frame_rate,nb_read_packets", "-of", "json", str(path)],
+        check=True, capture_output=True, text=True).stdout)["streams"][0]
+    info = probe(path, frames=True)
+    assert (info.width, info.height) == (stream["width"], stream["height"]) == size
+    assert info.num_frames == int(stream["nb_read_packets"]) == 8
+    assert info.fps == float(Fraction(stream["r_frame_rate"])) == 15
+    assert info.frame_indices is not None and info.frame_indices.tolist() == [0, 1, 2, 4, 5, 6, 7, 9]
 
 
 def test_matroska_millisecond_timestamps_give_the_same_positions(tmp_path: Path) -> None:
