@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import TYPE_CHECKING
@@ -39,8 +40,7 @@ def probe(path: os.PathLike | str, *, frames: bool = False) -> VideoInfo:
     The frame count is the container's own count (MP4's sample table) when it has one; otherwise
     (MKV, some streams) the packets are counted by demuxing, which reads no pixels.
     """
-    with _open(path, decode=False) as container:
-        stream = _video_stream(container, path)
+    with _analysed(path) as (container, stream):
         width, height = stream.codec_context.width, stream.codec_context.height
         rate = stream.guessed_rate or stream.average_rate  # nominal: a missing frame skews the average
         num_frames = stream.frames
@@ -93,8 +93,7 @@ def frame_indices(path: os.PathLike | str) -> np.ndarray:
     cut short after its index (``+faststart`` puts the index first, listing every frame) has as
     many frames here as it really holds, not as its index lists.
     """
-    with _open(path, decode=False) as container:
-        stream = _video_stream(container, path)
+    with _analysed(path) as (container, stream):
         return _frame_indices(_packets(container, stream, path), stream, path)
 
 
@@ -157,10 +156,26 @@ class _FrameNumbering:
         return quotient + ((twice > scale.denominator) | ((twice == scale.denominator) & (quotient % 2 == 1)))
 
 
+@contextlib.contextmanager
+def _analysed(path: os.PathLike | str) -> Iterator[tuple[av.container.InputContainer, av.VideoStream]]:
+    """The video opened for its stream's parameters, with the values an opening for decoding has.
+
+    FFmpeg's stream analysis is asked to decode no frame: sizes come from the codec headers, rates
+    and the start time from the timestamps, for a fifth of the CPU. Where that leaves the size or
+    the start time unknown (H.264 with B-frames in Matroska), the video is opened again with the
+    decoding analysis, whose start time :func:`iter_frames` numbers frames from.
+    """
+    with _open(path, decode=False) as light:
+        stream = _video_stream(light, path)
+        if stream.start_time is not None and stream.codec_context.width > 0:
+            yield light, stream
+            return
+    with _open(path) as decoding:
+        yield decoding, _video_stream(decoding, path)
+
+
 def _open(path: os.PathLike | str, *, decode: bool = True) -> av.container.InputContainer:
-    """Open a video for reading. Without ``decode``, FFmpeg's stream analysis decodes no frame:
-    sizes come from the codec headers and rates from the timestamps, the same values (checked on
-    every test and sample video) for a fifth of the CPU."""
+    """Open a video for reading; without ``decode``, FFmpeg's stream analysis decodes no frame."""
     import av
 
     try:

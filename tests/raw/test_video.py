@@ -69,7 +69,18 @@ def test_the_probe_agrees_with_ffprobe(tmp_path: Path, name: str, codec: str, si
     assert (info.width, info.height) == (stream["width"], stream["height"]) == size
     assert info.num_frames == int(stream["nb_read_packets"]) == 8
     assert info.fps == float(Fraction(stream["r_frame_rate"])) == 15
-    assert info.frame_indices is not None and info.frame_indices.tolist() == [0, 1, 2, 4, 5, 6, 7, 9]
+    assert info.frame_indices is not None and info.frame_indices.tolist() == [0, 1, 2, 4, 5, 6, 7, 9] \
+        == [index for index, _ in iter_frames(path, "gray")]
+
+
+def test_the_probes_opening_has_the_start_time_the_decoder_numbers_from(tmp_path: Path) -> None:
+    from droid_pipeline.raw.video import _analysed
+
+    path = tmp_path / "video.mkv"
+    write(path, [2, 3, 4, 6, 7], codec="libx264")   # B-frames in Matroska: no start without decoding
+    with av.open(str(path)) as decoding, _analysed(path) as (_, stream):
+        assert stream.start_time == decoding.streams.video[0].start_time is not None
+    assert frame_indices(path).tolist() == [index for index, _ in iter_frames(path, "gray")] == [0, 1, 2, 4, 5]
 
 
 def test_matroska_millisecond_timestamps_give_the_same_positions(tmp_path: Path) -> None:
