@@ -38,7 +38,7 @@ ZLIB = ["npz.engine=zlib", "npz.level=1"]
 from droid_pipeline.core.config import load_config  # noqa: E402
 from droid_pipeline.core.schema import DEPTH, TRACKS  # noqa: E402
 from droid_pipeline.formats.depth_codec import DepthReader, DepthWriter  # noqa: E402
-from droid_pipeline.formats.npz import Deflate, write_npz  # noqa: E402
+from droid_pipeline.formats.npz import deflate_by_member, write_npz  # noqa: E402
 from droid_pipeline.raw.discovery import build_index  # noqa: E402
 from droid_pipeline.steps.intrinsics import extract_intrinsics  # noqa: E402
 from droid_pipeline.steps.occlusion_labels import OcclusionLabeller  # noqa: E402
@@ -196,7 +196,7 @@ def main() -> int:
                   f"{time.perf_counter() - start:.1f} s")
         config = load_config([info.config_path])
         without = load_config([info.config_path], ["occlusion.enabled=false"])
-        deflate = Deflate(config.npz.level, engine=config.npz.engine)
+        deflate = deflate_by_member(config.npz)
         zlib_configs = [load_config([info.config_path], [*extra, *ZLIB])
                         for extra in ([], ["occlusion.enabled=false"])]
         episode = build_index(config.droid_root, config.index_path).get(info.episodes[0].episode_id)

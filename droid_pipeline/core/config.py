@@ -108,6 +108,10 @@ class OcclusionConfig:
     flange_tolerance_mm: float = _field(min=0)
 
 
+# The deflate levels of each npz engine (0 stores); formats/npz checks its settings against them.
+DEFLATE_LEVELS: dict[str, range] = {"zlib": range(10), "isal": range(4)}
+
+
 @dataclass(frozen=True)
 class NpzConfig:
     """How tracks.npz and extrinsics.npz are deflated (formats/npz.py)."""
@@ -328,12 +332,12 @@ def _check_npz(npz: NpzConfig, origin: dict[str, str]) -> None:
     if unknown:
         raise ConfigError(f"{where}: key 'npz.level_by_member' names {', '.join(unknown)}, not a member of "
                           f"tracks.npz or extrinsics.npz")
-    top = 3 if npz.engine == "isal" else 9
+    allowed = DEFLATE_LEVELS[npz.engine]
     levels = {"npz.level": npz.level} | {f"npz.level_by_member.{key}": level
                                          for key, level in npz.level_by_member.items()}
     for key, level in levels.items():
-        if not 0 <= level <= top:
-            raise ConfigError(f"{origin.get(key, where)}: key '{key}' must be 0..{top} with npz.engine "
+        if level not in allowed:
+            raise ConfigError(f"{origin.get(key, where)}: key '{key}' must be 0..{allowed[-1]} with npz.engine "
                               f"{npz.engine}, got {level}")
     if npz.engine != "isal":
         return

@@ -37,6 +37,7 @@ from typing import Any, BinaryIO, Literal
 import numpy as np
 
 from droid_pipeline.core.atomic import atomic_path
+from droid_pipeline.core.config import DEFLATE_LEVELS, NpzConfig
 
 # Bytes of raw member data per compressed chunk: large enough that the restart costs nothing
 # measurable in ratio, small enough to spread a 10 MB member over the threads.
@@ -69,8 +70,6 @@ Member = np.ndarray | StreamedArray
 
 
 Engine = Literal["zlib", "isal"]
-# The deflate levels of each engine (0, storing, is the same for both).
-ENGINE_LEVELS: dict[str, range] = {"zlib": range(10), "isal": range(4)}
 
 
 @dataclass(frozen=True)
@@ -83,13 +82,21 @@ class Deflate:
     engine: Engine = "zlib"
 
     def __post_init__(self) -> None:
-        levels = ENGINE_LEVELS.get(self.engine)
+        levels = DEFLATE_LEVELS.get(self.engine)
         if levels is None:
-            raise ValueError(f"deflate engine must be one of {', '.join(ENGINE_LEVELS)}, got {self.engine!r}")
+            raise ValueError(f"deflate engine must be one of {', '.join(DEFLATE_LEVELS)}, got {self.engine!r}")
         if self.level not in levels:
             raise ValueError(f"{self.engine} deflate level must be 0..{levels[-1]}, got {self.level}")
         if self.engine == "isal" and self.strategy != zlib.Z_DEFAULT_STRATEGY:
             raise ValueError("the isal engine has no deflate strategies")
+
+
+def deflate_by_member(npz: NpzConfig) -> Callable[[str, Member], Deflate]:
+    """The config's setting of each member, for :func:`write_npz`: ``npz.level``, or the member's own
+    in ``npz.level_by_member``."""
+    default = Deflate(npz.level, engine=npz.engine)
+    own = {key: Deflate(level, engine=npz.engine) for key, level in npz.level_by_member.items()}
+    return lambda key, member: own.get(key, default)
 
 
 def engine_module(engine: Engine) -> ModuleType:

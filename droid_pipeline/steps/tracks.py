@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ import numpy as np
 
 from droid_pipeline.core import schema
 from droid_pipeline.core.atomic import write_json_atomic
-from droid_pipeline.core.config import Config, IdleFilterConfig, NpzConfig, VideoFrameMismatchConfig
+from droid_pipeline.core.config import Config, IdleFilterConfig, VideoFrameMismatchConfig
 from droid_pipeline.core.errors import EpisodeError
 from droid_pipeline.core.schema import (
     CAMERA_ROLES,
@@ -48,7 +48,7 @@ from droid_pipeline.core.schema import (
 )
 from droid_pipeline.formats.depth_codec import DepthCodecError, DepthMeta
 from droid_pipeline.formats.intrinsics import IntrinsicsError, IntrinsicsRecord
-from droid_pipeline.formats.npz import Deflate, Member, StreamedArray, save_npz_atomic
+from droid_pipeline.formats.npz import StreamedArray, deflate_by_member, save_npz_atomic
 from droid_pipeline.geometry.normalize import (
     ArcLengthSampling,
     arc_length_sampling,
@@ -276,7 +276,7 @@ def generate_tracks(config: Config, episode: Episode, output_dir: os.PathLike | 
                                                      **extrinsics.arrays(trajectory.num_frames)}, sizes)
     quality = _quality(config, raw, trajectory, gripper, extrinsics, steps, sampling, videos, depth, warnings,
                        keep_mask, keep is not None, language)
-    deflate = _deflate(config.npz)
+    deflate = deflate_by_member(config.npz)
     save_npz_atomic(output_dir / TRACKS.path, tracks, deflate=deflate)
     save_npz_atomic(output_dir / EXTRINSICS.path, extrinsics_arrays, deflate=deflate)
     write_json_atomic(output_dir / QUALITY.path, quality)
@@ -564,13 +564,6 @@ def _normalized_flow(gripper: GripperModel, steps: StepArrays, gripper_positions
 
     streamed = StreamedArray(np.dtype(np.float32), (sampling.num_samples, num_points, 3), points())
     return NormalizedFlow(centroids, opening, _frames(rotations, centroids), streamed, left_frames, right_frames)
-
-
-def _deflate(npz: NpzConfig) -> Callable[[str, Member], Deflate]:
-    """The deflate setting of each npz member: ``npz.level``, or its own in ``npz.level_by_member``."""
-    default = Deflate(npz.level, engine=npz.engine)
-    own = {key: Deflate(level, engine=npz.engine) for key, level in npz.level_by_member.items()}
-    return lambda key, member: own.get(key, default)
 
 
 def _tracks_status(role: str, serials: dict[str, str], steps: StepArrays) -> str:

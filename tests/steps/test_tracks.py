@@ -875,7 +875,7 @@ def test_changed_mount_rotation_follows_the_urdf_joint(tmp_path: Path) -> None:
 
 def test_blocks_and_deflate_engines_change_no_array(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Block-wise computation (blocks of 7 steps or samples here) and either deflate engine write
-    exactly the arrays of one whole-episode block through zlib."""
+    exactly the arrays of one whole-episode block through the default deflate."""
     from droid_pipeline.steps import tracks as tracks_step
 
     built = build_episode(tmp_path)
@@ -884,7 +884,8 @@ def test_blocks_and_deflate_engines_change_no_array(tmp_path: Path, monkeypatch:
     whole = {"tracks": built.tracks(), "extrinsics": built.extrinsics()}
     assert len(whole["tracks"]["normalized_tracks_3d"]) > 7
     for blocks, overrides in [(7 * 480, ()), (1 << 30, ("npz.engine=isal", "npz.level=3")),
-                              (5 * 480, ("npz.engine=isal", "npz.level=1")), (1 << 30, ("npz.level=0",))]:
+                              (5 * 480, ("npz.engine=isal", "npz.level=1")),
+                              (1 << 30, ("npz.level=0", "npz.level_by_member.normalized_tracks_3d=0"))]:
         monkeypatch.setattr(tracks_step, "BLOCK_POINTS", blocks)
         built.run(*overrides)
         for name, arrays in {"tracks": built.tracks(), "extrinsics": built.extrinsics()}.items():
@@ -892,3 +893,17 @@ def test_blocks_and_deflate_engines_change_no_array(tmp_path: Path, monkeypatch:
             for key, array in arrays.items():
                 assert array.dtype == whole[name][key].dtype, (blocks, overrides, key)
                 np.testing.assert_array_equal(array, whole[name][key], err_msg=f"{blocks} {overrides} {key}")
+
+
+def test_members_are_deflated_at_their_own_level(tmp_path: Path) -> None:
+    """``npz.level_by_member`` reaches the files: a member at level 0 is stored, the others deflated
+    (as Python's zipfile reads the archives)."""
+    import zipfile
+
+    built = build_episode(tmp_path)
+    built.run("npz.level_by_member.tracks_3d=0", "npz.level_by_member.T_base_cam_ext1=0")
+    for name, stored in (("tracks.npz", "tracks_3d.npy"), ("extrinsics.npz", "T_base_cam_ext1.npy")):
+        with zipfile.ZipFile(built.output_dir / name) as archive:
+            methods = {info.filename: info.compress_type for info in archive.infolist()}
+        assert methods.pop(stored) == zipfile.ZIP_STORED
+        assert set(methods.values()) == {zipfile.ZIP_DEFLATED}, name
